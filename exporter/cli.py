@@ -1,0 +1,383 @@
+"""The ``flexiexport`` command line: thin Click commands over the library.
+
+Heavy libraries (torch, timm, onnx, onnxruntime, tensorrt) are imported inside the commands
+that need them, so ``flexiexport --help`` and ``flexiexport CMD --help`` stay fast. This is the
+only module that turns exceptions into exit codes and text:
+0 ok · 1 internal error · 2 bad usage or input · 3 validation failed · 4 environment lacks a need.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from exporter import __version__
+from exporter.errors import FlexiExportError, UsageError, ValidationFailed
+from exporter.sizes import Size2, format_size, to_size2
+
+NUMBERISH = re.compile(r"^-?\d")
+
+
+class SizeType(click.ParamType):
+    """``16``, ``10x15`` or ``8,16,32`` → a tuple of ``(h, w)`` sizes."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[Size2, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(to_size2(part) for part in str(value).split(",") if part.strip() or "," not in str(value))
+        except FlexiExportError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class GreedyCommand(click.Command):
+    """A command whose listed options take every following value up to the next option.
+
+    Click options take a fixed number of values; this lets ``--patch-sizes 8 16 32`` and the
+    seed converter's ``-ps 10 15`` work exactly as typed (values are joined with commas).
+    """
+
+    greedy: tuple[str, ...] = ()
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        i = 0
+        while i < len(args):
+            out.append(args[i])
+            if args[i] in self.greedy:
+                values = []
+                while i + 1 < len(args) and (not args[i + 1].startswith("-") or NUMBERISH.match(args[i + 1])):
+                    values.append(args[i + 1])
+                    i += 1
+                if values:
+                    out.append(",".join(values))
+            i += 1
+        return super().parse_args(ctx, out)
+
+
+class BuildCommand(GreedyCommand):
+    greedy = ("--patch-sizes", "-p")
+
+
+class ResizeCommand(GreedyCommand):
+    greedy = ("--patch-size", "-ps")
+
+
+def flatten_sizes(groups: tuple[tuple[Size2, ...], ...]) -> tuple[Size2, ...]:
+    return tuple(size for group in groups for size in group)
+
+
+def parse_img_size(value: str) -> str | Size2:
+    if value in ("native", "auto"):
+        return value
+    try:
+        return to_size2(value, "image size")
+    except FlexiExportError as exc:
+        raise click.BadParameter(f"must be N, HxW, 'native' or 'auto', got {value!r}") from exc
+
+
+def parse_batch(value: str) -> str | int:
+    if value == "dynamic":
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise click.BadParameter(f"must be 'dynamic' or a positive integer, got {value!r}")
+
+
+def debug_option(func: Any) -> Any:
+    return click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")(func)
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    probe = Console(stderr=stderr)
+    # Rich falls back to 80 columns when piped; the variant table needs more to stay legible.
+    width = None if probe.is_terminal else 160
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
+class FlexiGroup(click.Group):
+    """The command group; the one place that turns exceptions into exit codes and one-line errors."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["flexiexport.debug"] = "--debug" in args
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = ctx.meta.get("flexiexport.debug", False)
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            command = f"flexiexport {exc.ctx.info_name}" if exc.ctx and exc.ctx.parent else "flexiexport"
+            fail(ctx, f"{exc.format_message()} (see '{command} --help')", exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            fail(ctx, "interrupted; nothing was written (an existing bundle is unchanged)", 130)
+        except FlexiExportError as exc:
+            if debug:
+                raise
+            fail(ctx, str(exc), exc.exit_code)
+        except Exception as exc:  # noqa: BLE001 - the one place that turns any bug into exit 1
+            if debug:
+                raise
+            fail(ctx, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+
+
+def fail(ctx: click.Context, message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    ctx.exit(code)
+    raise AssertionError("unreachable")  # ctx.exit raises
+
+
+@click.group(cls=FlexiGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="flexiexport")
+@debug_option
+def cli(debug: bool) -> None:
+    """Turn one FlexiViT (or any timm ViT) checkpoint into validated models, one per patch size.
+
+    \b
+    Start here:   flexiexport build --patch-sizes 8 16 32
+    Then:         flexiexport inspect bundles/flexivit-demo
+    """
+    _setup_logging(debug)
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+class RichReporter:
+    """Draws the pipeline's progress: one bar, a line per finished stage, a row per variant."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.err = console(stderr=True)
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> RichReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def begin(self, total_steps: int) -> None:
+        if self.quiet:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=self.err, transient=True)
+        self.task = self.progress.add_task("building", total=total_steps)
+        self.progress.start()
+
+    def start(self, label: str, stage: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, description=f"{label}: {stage}")
+        elif not self.quiet:
+            self.err.print(f"{label}: {stage} ...")
+
+    def done(self, label: str, stage: str, seconds: float) -> None:
+        if self.quiet:
+            return
+        if self.progress is not None:
+            self.progress.advance(self.task)
+            self.progress.console.print(f"  {label}: {stage} done in {seconds:.2f} s")
+        else:
+            self.err.print(f"  {label}: {stage} done in {seconds:.2f} s")
+
+    def variant(self, record: Any) -> None:
+        if self.quiet:
+            return
+        mark = "[green]✓[/green]" if record.status == "passed" else "[red]✗[/red]"
+        p = record.parity
+        note = " (resumed: inputs and ONNX unchanged)" if record.resumed else ""
+        if self.progress is not None and record.resumed:
+            self.progress.advance(self.task, 3)
+        self.err.print(f"{mark} {record.label}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}  "
+                       f"top-1 {p['top1_agreement']:.0%}{note}")
+
+
+def print_table(manifest: Any, title: str) -> None:
+    from rich.table import Table
+
+    from exporter.manifest import TABLE_HEADER, variant_rows
+
+    table = Table(title=title, title_justify="left")
+    for header in TABLE_HEADER:
+        table.add_column(header, justify="right" if header not in ("", "variant", "onnx") else "left")
+    for row in variant_rows(manifest):
+        row[0] = "[green]✓[/green]" if row[0] == "✓" else "[red]✗[/red]"
+        table.add_row(*row)
+    console().print(table)
+
+
+def failed_message(manifest: Any, bundle: Path) -> str:
+    bad = [v for v in manifest.variants if v.status != "passed"]
+    detail = "; ".join(f"{v.label}: {', '.join(v.parity.get('failures', []))}" for v in bad)
+    return f"{len(bad)} of {len(manifest.variants)} variants failed validation ({detail}); see {bundle / 'report.md'}"
+
+
+@cli.command(cls=BuildCommand)
+@click.option("--model", "model_name", metavar="NAME", help="timm model name (e.g. flexivit_small); checked against the weights.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint: .pt/.pth/.bin/.ckpt, .safetensors or big_vision .npz.")
+@click.option("--pretrained", is_flag=True, help="Download --model's weights from the hub (needs network or a cache).")
+@click.option("--patch-sizes", "-p", "patch_sizes", type=SizeType(), multiple=True, required=True,
+              help="Patch sizes, e.g. 8 16 32, 8,16,32 or 10x15.")
+@click.option("--img-size", default="native", show_default=True, metavar="N|HxW|native|auto",
+              help="Image size for every variant; auto: per variant, the multiple of the patch nearest the native size.")
+@click.option("--out", type=click.Path(path_type=Path), help="Bundle folder [default: bundles/<model name>].")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14-20; 17 keeps LayerNorm one node).")
+@click.option("--batch", default="dynamic", show_default=True, metavar="dynamic|N", help="ONNX batch dimension.")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="torch.onnx exporter.")
+@click.option("--calib-dir", type=click.Path(path_type=Path), help="Real images to add to the parity inputs.")
+@click.option("--parity-samples", type=int, default=16, show_default=True, help="Random (and real) images per variant.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random parity images.")
+@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic"]),
+              help="Kernel resize interpolation [default: bilinear for FlexiViT, bicubic otherwise].")
+@click.option("--antialias/--no-antialias", default=None, help="Antialias in the kernel resize [default: per family].")
+@click.option("--num-heads", type=int, help="Attention heads, when the weights alone cannot tell (default: width/64).")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints that need pickled code (only for trusted files).")
+@click.option("--ema", "use_ema", is_flag=True, help="Use the EMA weights of a training checkpoint.")
+@click.option("--threads", type=int, help="CPU threads for PyTorch and onnxruntime [default: all].")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--resume", is_flag=True, help="Reuse variants whose inputs and ONNX files are unchanged.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors and the final table.")
+@debug_option
+def build(**kw: Any) -> None:
+    """Resize, export and check one model per patch size, and write a bundle.
+
+    \b
+    flexiexport build --patch-sizes 8 16 32                      # the shipped demo FlexiViT
+    flexiexport build --model flexivit_small --weights w.safetensors --patch-sizes 8 16 32 --img-size auto
+    """
+    from exporter.export import ExportOptions
+    from exporter.load import SourceSpec
+    from exporter.pipeline import BuildOptions, build as run_build
+    from exporter.resize import ResizeMethod, default_patch_resize
+
+    patch_resize = None
+    if kw["interpolation"] or kw["antialias"] is not None:
+        base = default_patch_resize("flexivit" if kw["interpolation"] is None else "")
+        patch_resize = ResizeMethod(kw["interpolation"] or base.interpolation,
+                                    base.antialias if kw["antialias"] is None else kw["antialias"])
+    options = BuildOptions(
+        patch_sizes=flatten_sizes(kw["patch_sizes"]),
+        source=SourceSpec(kw["weights"], kw["model_name"], kw["pretrained"], kw["trust_checkpoint"], kw["use_ema"],
+                          kw["num_heads"]),
+        img_size=parse_img_size(kw["img_size"]), out=kw["out"],
+        export=ExportOptions(opset=kw["opset"], batch=parse_batch(kw["batch"]), exporter=kw["exporter"]),  # type: ignore[arg-type]
+        force=kw["force"], resume=kw["resume"], calib_dir=kw["calib_dir"], parity_samples=kw["parity_samples"],
+        seed=kw["seed"], patch_resize=patch_resize, threads=kw["threads"],
+    )
+    with RichReporter(kw["quiet"]) as reporter:
+        result = run_build(options, reporter)
+    print_table(result.manifest, f"{result.manifest.name} → {result.bundle}")
+    stages = "  ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())
+    console().print(f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})")
+    if not result.manifest.passed:
+        raise ValidationFailed(failed_message(result.manifest, result.bundle))
+
+
+@cli.command(cls=ResizeCommand)
+@click.option("--input", "-i", "src", type=click.Path(path_type=Path), required=True, help="Checkpoint to read.")
+@click.option("--output", "-o", "dst", type=click.Path(path_type=Path), default=Path("converted_weights.pt"),
+              show_default=True, help="Checkpoint to write.")
+@click.option("--name", "-n", "key", default="patch_embed.proj.weight", show_default=True,
+              help="State-dict key of the patch embedding's conv weight.")
+@click.option("--patch-size", "-ps", "patch", type=SizeType(), required=True, help="New patch: 20, or 10 15 (h w).")
+@click.option("--img-size", help="Also resample the position embedding for this image size (N or HxW).")
+@click.option("--pos-key", help="State-dict key of the position embedding [default: pos_embed beside --name].")
+@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic"]), default="bicubic", show_default=True)
+@click.option("--antialias/--no-antialias", default=True, show_default=True)
+@click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints that need pickled code.")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@debug_option
+def resize(**kw: Any) -> None:
+    """PI-resize a checkpoint's patch embedding (the seed project's converter).
+
+    \b
+    flexiexport resize -i vit-16.pt -o vit-20.pt -n patch_embed.proj.weight -ps 20
+    flexiexport resize -i vit-16.pt -o vit-10-15.pt -ps 10 15 --img-size 240
+    """
+    from exporter.convert import convert_checkpoint, describe
+    from exporter.resize import ResizeMethod
+
+    sizes = kw["patch"]
+    if len(sizes) == 2 and sizes[0][0] == sizes[0][1] and sizes[1][0] == sizes[1][1]:
+        sizes = ((sizes[0][0], sizes[1][0]),)  # "-ps 10 15" means height 10, width 15
+    if len(sizes) != 1:
+        raise UsageError(f"-ps takes one size (20) or height and width (10 15), got {len(sizes)} values")
+    img = to_size2(kw["img_size"], "image size") if kw["img_size"] else None
+    method = ResizeMethod(kw["interpolation"], kw["antialias"])
+    out = console()
+    out.print(f"Resizing {kw['key']} in {kw['src']} to {format_size(sizes[0])}")
+    result = convert_checkpoint(kw["src"], kw["dst"], kw["key"], sizes[0], img, kw["pos_key"], method, method,
+                                kw["trust_checkpoint"], kw["force"])
+    out.print(describe(result))
+    out.print(f"Converted weights saved to {result.output}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+@debug_option
+def inspect(bundle: Path, as_json: bool, debug: bool) -> None:
+    """Print a bundle's manifest as a table."""
+    from exporter.manifest import read_manifest
+
+    manifest = read_manifest(bundle)
+    if as_json:
+        click.echo(manifest.to_json(), nl=False)
+        return
+    out = console()
+    src = manifest.source
+    out.print(f"[bold]{manifest.name}[/bold]  built {manifest.created} by flexiexport {manifest.versions['flexiexport']}")
+    out.print(f"source: {src.get('path') or src.get('kind')}  sha256 {str(src.get('sha256'))[:16]}…")
+    out.print(f"        {src['architecture']['summary']}")
+    pre = manifest.preprocessing
+    out.print(f"preprocessing: mean {pre['mean']} std {pre['std']} {pre['interpolation']} crop_pct {pre['crop_pct']}")
+    out.print(f"versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))
+    print_table(manifest, "variants")
+    out.print("overall: " + ("[green]passed[/green]" if manifest.passed else "[red]FAILED[/red]"))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--weights", type=click.Path(path_type=Path), help="Source checkpoint, if it moved since the build.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the verdicts.")
+@debug_option
+def validate(bundle: Path, weights: Path | None, quiet: bool, debug: bool) -> None:
+    """Re-check every file's sha256 and re-run PyTorch vs onnxruntime parity."""
+    from exporter.pipeline import recheck_bundle
+
+    with RichReporter(quiet) as reporter:
+        results = recheck_bundle(bundle, weights, reporter)
+    out = console()
+    for r in results:
+        mark = "[green]✓[/green]" if r else "[red]✗[/red]"
+        out.print(f"{mark} {r.label}  sha256 {'ok' if r.sha256_ok else 'MISMATCH'}  {r.comparison or r.problem}")
+    bad = [r.label for r in results if not r]
+    if bad:
+        raise ValidationFailed(f"{len(bad)} of {len(results)} variants failed validation: {', '.join(bad)}")
+    out.print(f"all {len(results)} variants passed")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="flexiexport")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The seed project's converter: PI-resize one kernel inside a checkpoint file, keep the rest.
+
+``convert_patch_embed.py -i vit-16.pt -o vit-20.pt -n patch_embed.proj.weight -ps 20`` keeps
+every other key and the container shape (top-level state dict, ``{"state_dict": ...}``,
+``{"model": ...}``...). Unlike the seed, it can also resample the position embedding for an
+image size, works on fp16/bf16 weights and on ``.safetensors``, and writes atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exporter.errors import CheckpointError, UsageError
+from exporter.load import CONTAINERS, read_safetensors, read_torch_file
+from exporter.resize import ResizeMethod, pi_resize_patch_embed, resample_pos_embed
+from exporter.sizes import Size2, format_size, grid_for
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    output: Path
+    key: str
+    old_shape: tuple[int, ...]
+    new_shape: tuple[int, ...]
+    pos_key: str | None = None
+    old_pos_shape: tuple[int, ...] | None = None
+    new_pos_shape: tuple[int, ...] | None = None
+
+
+def _find_holder(obj: Any, key: str) -> MutableMapping[str, Any]:
+    """The (possibly nested) mapping that holds ``key``."""
+    if isinstance(obj, MutableMapping) and key in obj:
+        return obj
+    if isinstance(obj, MutableMapping):
+        for name in CONTAINERS:
+            inner = obj.get(name)
+            if isinstance(inner, MutableMapping) and key in inner:
+                return inner
+    candidates = []
+    holder = obj.get("state_dict", obj) if isinstance(obj, MutableMapping) else {}
+    if isinstance(holder, MutableMapping):
+        candidates = [k for k, v in holder.items() if isinstance(v, torch.Tensor) and v.dim() == 4]
+    hint = f"; 4-D tensors in it: {', '.join(candidates[:5])}" if candidates else ""
+    raise CheckpointError(f"key {key!r} not found in the checkpoint{hint}")
+
+
+def pos_prefix_tokens(holder: MutableMapping[str, Any], pos_key: str) -> int:
+    """Leading non-grid slots of ``pos_key``, from the keys beside it (class/register tokens)."""
+    stem = pos_key[: -len("pos_embed")] if pos_key.endswith("pos_embed") else ""
+    prefix = int(f"{stem}cls_token" in holder)
+    reg = holder.get(f"{stem}reg_token")
+    prefix += int(reg.shape[1]) if isinstance(reg, torch.Tensor) else 0
+    n = int(holder[pos_key].shape[1])
+    if prefix and math.isqrt(n) ** 2 == n and math.isqrt(n - prefix) ** 2 != n - prefix:
+        return 0  # no_embed_class (FlexiViT): the prefix tokens have no position slot
+    return prefix
+
+
+def convert_checkpoint(
+    src: Path, dst: Path, key: str, patch: Size2, img_size: Size2 | None = None, pos_key: str | None = None,
+    method: ResizeMethod = ResizeMethod(), pos_method: ResizeMethod = ResizeMethod(),
+    trust: bool = False, force: bool = False,
+) -> ConvertResult:
+    """Resize ``key`` in ``src`` to ``patch`` (and ``pos_key`` for ``img_size``) and write ``dst``."""
+    if not src.is_file():
+        raise CheckpointError(f"input checkpoint {str(src)!r} does not exist")
+    if dst.exists() and not force:
+        raise UsageError(f"output {str(dst)!r} already exists; pass --force to overwrite it")
+    safetensors = src.suffix.lower() == ".safetensors"
+    obj: Any = read_safetensors(src)[0] if safetensors else read_torch_file(src, trust)
+    holder = _find_holder(obj, key)
+    kernel = holder[key]
+    if not isinstance(kernel, torch.Tensor) or kernel.dim() != 4:
+        shape = tuple(kernel.shape) if isinstance(kernel, torch.Tensor) else type(kernel).__name__
+        raise CheckpointError(f"{key!r} must be a 4-D conv weight [out, in, h, w], got {shape}")
+    holder[key] = pi_resize_patch_embed(kernel, patch, method.interpolation, method.antialias)
+    result = ConvertResult(dst, key, tuple(kernel.shape), tuple(holder[key].shape))
+    if img_size is not None:
+        result = _resize_pos(holder, key, pos_key, patch, img_size, pos_method, result)
+    _save(obj, dst, safetensors)
+    return result
+
+
+def _resize_pos(holder: MutableMapping[str, Any], key: str, pos_key: str | None, patch: Size2, img: Size2,
+                method: ResizeMethod, result: ConvertResult) -> ConvertResult:
+    if pos_key is None:
+        stem = key.split("patch_embed.")[0] if "patch_embed." in key else ""
+        pos_key = f"{stem}pos_embed"
+    if pos_key not in holder:
+        raise CheckpointError(f"position embedding {pos_key!r} not found beside {key!r}; pass --pos-key")
+    grid = grid_for(img, patch)
+    old = holder[pos_key]
+    holder[pos_key] = resample_pos_embed(old, grid, num_prefix_tokens=pos_prefix_tokens(holder, pos_key),
+                                         method=method)
+    return ConvertResult(result.output, key, result.old_shape, result.new_shape, pos_key, tuple(old.shape),
+                         tuple(holder[pos_key].shape))
+
+
+def _save(obj: Any, dst: Path, safetensors: bool) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        if safetensors:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+        else:
+            torch.save(obj, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def describe(result: ConvertResult) -> str:
+    text = f"{result.key}: {result.old_shape} → {result.new_shape}"
+    if result.pos_key:
+        text += f"; {result.pos_key}: {result.old_pos_shape} → {result.new_pos_shape}"
+    return text
+
+
+__all__ = ["ConvertResult", "convert_checkpoint", "describe", "format_size"]

@@ -1,0 +1,47 @@
+"""One exception hierarchy for the whole package.
+
+Only ``exporter.cli`` maps these to exit codes and user-facing text; library code raises them
+with a message that names the offending value and what would have been valid.
+"""
+
+from __future__ import annotations
+
+
+class FlexiExportError(Exception):
+    """Base class. ``exit_code`` is what the CLI returns for this kind of failure."""
+
+    exit_code = 1
+
+
+class UsageError(FlexiExportError, ValueError):
+    """Bad usage or input: a value out of range, a missing file, an unwritable output."""
+
+    exit_code = 2
+
+
+class PatchSizeError(UsageError):
+    """A patch size that is not a positive integer, or that does not fit the image."""
+
+
+class ImageSizeError(UsageError):
+    """An image size that the requested patch size does not divide."""
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be read, or that holds no usable ViT."""
+
+
+class BundleError(UsageError):
+    """A bundle folder that is missing, malformed, or would be clobbered."""
+
+
+class ValidationFailed(FlexiExportError):
+    """At least one variant failed its numerical parity check."""
+
+    exit_code = 3
+
+
+class EnvironmentMissing(FlexiExportError):
+    """The environment lacks what a stage needs (no TensorRT, no GPU, no network)."""
+
+    exit_code = 4

@@ -1,0 +1,59 @@
+"""Turn image files into ``pixel_values`` with a bundle's recorded preprocessing.
+
+timm's eval transform: resize the short side to ``img / crop_pct`` with the recorded
+interpolation, centre-crop to ``img``, scale to [0, 1], normalise with mean/std.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import UsageError
+from exporter.load import Preprocessing
+from exporter.sizes import Size2
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, sorted, recursively."""
+    if not folder.is_dir():
+        raise UsageError(f"image folder {str(folder)!r} does not exist or is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}")
+    return files
+
+
+def preprocess(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:
+    """One image file → float32 ``[3, H, W]``."""
+    from PIL import Image, UnidentifiedImageError
+
+    resample = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}.get(
+        pre.interpolation, Image.Resampling.BICUBIC
+    )
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"cannot read image {str(path)!r}: {exc}") from exc
+    scale = max(img_size[0], img_size[1]) / pre.crop_pct
+    short = min(image.size)
+    new_w = max(img_size[1], math.floor(image.size[0] * scale / short + 0.5))
+    new_h = max(img_size[0], math.floor(image.size[1] * scale / short + 0.5))
+    image = image.resize((new_w, new_h), resample)
+    left, top = (new_w - img_size[1]) // 2, (new_h - img_size[0]) // 2
+    image = image.crop((left, top, left + img_size[1], top + img_size[0]))
+    pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    mean = np.asarray(pre.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(pre.std, dtype=np.float32).reshape(3, 1, 1)
+    return ((pixels - mean) / std).astype(np.float32)
+
+
+def load_images(folder: Path, img_size: Size2, pre: Preprocessing, limit: int | None = None) -> np.ndarray:
+    """Up to ``limit`` images from ``folder`` as one float32 NCHW array."""
+    files = list_images(folder)[:limit]
+    return np.stack([preprocess(p, img_size, pre) for p in files])

@@ -1,0 +1,459 @@
+"""Read a checkpoint into a ``SourceModel``: weights, inferred architecture and metadata.
+
+Accepted: ``.pt/.pth/.bin`` (``torch.load(weights_only=True)``), ``.safetensors``, big_vision
+``.npz`` (read by timm, needs a model name), a timm model name with ``pretrained=True`` (hub),
+or a timm model name plus local weights. A ``<stem>.json`` beside the weights (or
+``config.json``, the timm/Hugging Face layout) supplies the architecture name, model arguments
+and preprocessing when present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from exporter.errors import CheckpointError, EnvironmentMissing, UsageError
+from exporter.resize import pos_grid_size
+from exporter.sizes import Size2, to_size2
+
+log = logging.getLogger(__name__)
+
+KERNEL_KEY = "patch_embed.proj.weight"
+POS_KEY = "pos_embed"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# Containers in the order they are tried; EMA weights only when asked for.
+CONTAINERS = ("state_dict", "model", "module", "net", "params")
+EMA_CONTAINERS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
+PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.", "encoder.")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a deployment must do to an image before ``pixel_values``."""
+
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.9
+    crop_mode: str = "center"
+    source: str = "assumed (timm ViT default)"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where the weights came from and how they were unpacked."""
+
+    kind: str  # "file", "pretrained", "random"
+    path: Path | None = None
+    sha256: str | None = None
+    file_format: str | None = None
+    container: str = "(top level)"
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A checkpoint's weights plus everything needed to rebuild its ViT at any patch size.
+
+    ``patch_size`` is the stored kernel's size and ``pos_grid`` the stored position grid; they
+    need not match ``img_size`` (big_vision FlexiViT keeps a 32x32 kernel and a 7x7 grid).
+    """
+
+    name: str
+    family: str
+    model_name: str | None
+    model_args: Mapping[str, Any]
+    state_dict: Mapping[str, torch.Tensor]
+    patch_size: Size2
+    img_size: Size2
+    pos_grid: Size2
+    num_pos_prefix: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    num_classes: int
+    in_chans: int
+    preprocessing: Preprocessing
+    origin: Origin
+    inferred: tuple[str, ...] = field(default=())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.state_dict[KERNEL_KEY].dtype
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def read_torch_file(path: Path, trust: bool = False) -> Any:
+    """``torch.load`` on the CPU; pickled code is refused unless ``trust``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if not trust and "weights_only" in str(exc):
+            raise CheckpointError(
+                f"{path} needs pickled Python code to load (not plain weights); "
+                "if you trust its source, pass --trust-checkpoint"
+            ) from exc
+        raise CheckpointError(f"cannot read {path}: not a valid checkpoint ({_first_line(exc)})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as exc:
+        raise CheckpointError(
+            f"cannot read {path}: truncated, corrupt or not a PyTorch checkpoint ({_first_line(exc)})"
+        ) from exc
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a ``.safetensors`` file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            return tensors, dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"cannot read {path}: truncated, corrupt or not a safetensors file ({_first_line(exc)})"
+        ) from exc
+
+
+def unwrap_state_dict(obj: Any, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+    """Find the state dict inside the usual containers and strip DDP/compile prefixes.
+
+    Returns the tensors and a description of where they were found.
+    """
+    where = []
+    for _ in range(3):
+        if not isinstance(obj, Mapping):
+            break
+        keys = EMA_CONTAINERS + CONTAINERS if use_ema else CONTAINERS
+        inner = next((k for k in keys if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        where.append(f"[{inner!r}]")
+        obj = obj[inner]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict of tensors")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError("checkpoint holds no tensors (is it a state dict?)")
+    tensors, stripped = _strip_prefixes(tensors)
+    where.extend(f"prefix {p!r} removed" for p in stripped)
+    return tensors, " ".join(where) or "(top level)"
+
+
+def _strip_prefixes(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    stripped = []
+    changed = True
+    while changed:
+        changed = False
+        for prefix in PREFIXES:
+            if all(k.startswith(prefix) for k in tensors) and not any(k == KERNEL_KEY for k in tensors):
+                tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+                stripped.append(prefix)
+                changed = True
+    return tensors, stripped
+
+
+def infer_vit_args(sd: Mapping[str, torch.Tensor], num_heads: int | None = None) -> tuple[dict[str, Any], list[str]]:
+    """timm ``VisionTransformer`` keyword arguments read off a state dict.
+
+    Returns the arguments and a list of what had to be assumed (the head count is not stored
+    in the weights: head dim 64 unless given).
+    """
+    if KERNEL_KEY not in sd:
+        sample = ", ".join(sorted(sd)[:6])
+        raise CheckpointError(
+            f"checkpoint has no patch embedding: expected key {KERNEL_KEY!r} "
+            f"(found {len(sd)} keys such as {sample}); pass -n/--name for another key"
+        )
+    kernel = sd[KERNEL_KEY]
+    if kernel.dim() != 4:
+        raise CheckpointError(f"{KERNEL_KEY} must be 4-D [out, in, h, w], got shape {tuple(kernel.shape)}")
+    if POS_KEY not in sd:
+        raise CheckpointError(f"checkpoint has no absolute position embedding {POS_KEY!r}; only ViTs with one are supported")
+    dim, in_chans = int(kernel.shape[0]), int(kernel.shape[1])
+    depth = len({m.group(1) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if depth == 0:
+        raise CheckpointError("checkpoint has no transformer blocks ('blocks.N.*'): not a timm ViT")
+    assumed = []
+    if num_heads is None:
+        num_heads = max(1, dim // 64)
+        assumed.append(f"num_heads={num_heads} (head dim 64; the weights do not store it)")
+    class_token = "cls_token" in sd
+    reg_tokens = int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
+    prefix = int(class_token) + reg_tokens
+    n_pos = int(sd[POS_KEY].shape[1])
+    no_embed_class = prefix > 0 and math.isqrt(n_pos) ** 2 == n_pos and math.isqrt(n_pos - prefix) ** 2 != n_pos - prefix
+    has_fc_norm = "fc_norm.weight" in sd
+    args: dict[str, Any] = dict(
+        embed_dim=dim, depth=depth, num_heads=num_heads, in_chans=in_chans,
+        mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / dim if "blocks.0.mlp.fc1.weight" in sd else 4.0,
+        qkv_bias="blocks.0.attn.qkv.bias" in sd,
+        class_token=class_token, reg_tokens=reg_tokens, no_embed_class=no_embed_class,
+        global_pool="avg" if has_fc_norm or not class_token else "token",
+        fc_norm=has_fc_norm if not class_token or has_fc_norm else None,
+        pre_norm="norm_pre.weight" in sd,
+        num_classes=int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0,
+    )
+    if "blocks.0.attn.q_norm.weight" in sd:
+        args["qk_norm"] = True
+    if "blocks.0.ls1.gamma" in sd:
+        args["init_values"] = 1e-5
+    if "patch_embed.proj.bias" not in sd:
+        args["patch_bias"] = False
+    return args, assumed
+
+
+def _num_pos_prefix(args: Mapping[str, Any]) -> int:
+    if args.get("no_embed_class"):
+        return 0
+    return int(args.get("class_token", True)) + int(args.get("reg_tokens", 0))
+
+
+def read_config(weights: Path) -> dict[str, Any]:
+    """The timm-style JSON config beside ``weights`` (``<stem>.json`` or ``config.json``), or {}."""
+    for candidate in (weights.with_suffix(".json"), weights.parent / "config.json"):
+        if candidate.is_file():
+            try:
+                config = json.loads(candidate.read_text())
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"cannot read config {candidate}: {_first_line(exc)}") from exc
+            if isinstance(config, dict):
+                config.setdefault("_path", str(candidate))
+                return config
+    return {}
+
+
+def _preprocessing(cfg: Mapping[str, Any] | None, source: str) -> Preprocessing:
+    if not cfg:
+        return Preprocessing()
+    default = Preprocessing()
+    return Preprocessing(
+        mean=tuple(float(v) for v in cfg.get("mean", default.mean)),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in cfg.get("std", default.std)),  # type: ignore[arg-type]
+        interpolation=str(cfg.get("interpolation", default.interpolation)),
+        crop_pct=float(cfg.get("crop_pct", default.crop_pct)),
+        crop_mode=str(cfg.get("crop_mode", default.crop_mode)),
+        source=source,
+    )
+
+
+def _check_model_name(name: str) -> None:
+    import timm
+
+    if not timm.is_model(name):
+        stem = name.split("_")[0] or name
+        close = timm.list_models(f"*{stem}*")[:8]
+        hint = f"; similar timm models: {', '.join(close)}" if close else ""
+        raise UsageError(f"unknown timm model {name!r}{hint}")
+
+
+def _meta_model(model_name: str | None, args: Mapping[str, Any]) -> torch.nn.Module:
+    """The architecture on the meta device: shapes only, no memory, no init cost."""
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    with torch.device("meta"):
+        if model_name:
+            return timm.create_model(model_name, pretrained=False, **args)
+        return VisionTransformer(**args)
+
+
+def check_state_dict(sd: Mapping[str, torch.Tensor], model: torch.nn.Module, what: str) -> None:
+    """Raise ``CheckpointError`` naming missing, unexpected and mis-shaped keys."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(sd) if tuple(sd[k].shape) != expected[k])
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else ""))
+    for key in shapes[:5]:
+        problems.append(f"{key} is {tuple(sd[key].shape)} but {what} expects {expected[key]}")
+    if problems:
+        raise CheckpointError(f"weights do not match {what}: " + "; ".join(problems))
+
+
+def _named_defaults(model_name: str, args: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """A named model's default pretrained config and head count (no weights touched)."""
+    model = _meta_model(model_name, args)
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    return cfg, int(model.blocks[0].attn.num_heads)  # type: ignore[index,union-attr]
+
+
+def _read_weights(path: Path, model_name: str | None, trust: bool, use_ema: bool) -> tuple[dict[str, torch.Tensor], str, str]:
+    """Tensors, container description and file format of a weights file."""
+    if not path.exists():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"weights path {str(path)!r} is not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        tensors, _ = read_safetensors(path)
+        sd, where = unwrap_state_dict(tensors, use_ema)
+        return sd, where, "safetensors"
+    if suffix == ".npz":
+        return _read_npz(path, model_name), "(big_vision npz, converted by timm)", "npz"
+    if suffix not in TORCH_SUFFIXES:
+        raise CheckpointError(
+            f"unsupported weights file {path.name!r}: use .pt, .pth, .bin, .ckpt, .safetensors or .npz"
+        )
+    sd, where = unwrap_state_dict(read_torch_file(path, trust), use_ema)
+    return sd, where, "torch"
+
+
+def _read_npz(path: Path, model_name: str | None) -> dict[str, torch.Tensor]:
+    if not model_name:
+        raise UsageError(f"{path.name} is a big_vision .npz checkpoint: pass --model NAME (e.g. flexivit_base)")
+    import timm
+
+    _check_model_name(model_name)
+    model = timm.create_model(model_name, pretrained=False)
+    try:
+        model.load_pretrained(str(path))  # type: ignore[operator]
+    except Exception as exc:  # noqa: BLE001 - any failure inside timm's npz reader is a bad file
+        raise CheckpointError(f"cannot read {path} as a {model_name} .npz checkpoint ({_first_line(exc)})") from exc
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def _download_pretrained(model_name: str) -> dict[str, torch.Tensor]:
+    import timm
+
+    try:
+        model = timm.create_model(model_name, pretrained=True)
+    except Exception as exc:  # noqa: BLE001 - hub, network and cache failures all land here
+        raise EnvironmentMissing(
+            f"cannot get pretrained weights for {model_name!r}: no network access to the model hub "
+            f"and no local cache ({_first_line(exc)}); pass --weights FILE instead"
+        ) from exc
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What the user asked to load. No weights and no model: the shipped demo."""
+
+    weights: Path | None = None
+    model_name: str | None = None
+    pretrained: bool = False
+    trust_checkpoint: bool = False
+    use_ema: bool = False
+    num_heads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.pretrained and not self.model_name:
+            raise UsageError("--pretrained needs --model NAME (a timm model name)")
+        if self.pretrained and self.weights:
+            raise UsageError("use either --pretrained or --weights, not both")
+        if self.num_heads is not None and self.num_heads <= 0:
+            raise UsageError(f"--num-heads must be a positive integer, got {self.num_heads}")
+
+
+def weights_path(spec: SourceSpec) -> Path | None:
+    """The file to read: ``--weights``, the shipped demo, or none (a hub download)."""
+    from exporter.demo import DEMO_WEIGHTS
+
+    return spec.weights if spec.weights is not None or spec.model_name else DEMO_WEIGHTS
+
+
+def source_name(spec: SourceSpec) -> str:
+    """The bundle's name, known before any weights are read."""
+    from exporter.demo import DEMO_NAME, DEMO_WEIGHTS
+
+    weights = weights_path(spec)
+    if weights == DEMO_WEIGHTS:
+        return DEMO_NAME
+    if weights is not None and weights.is_file():
+        config_name = read_config(weights).get("name")
+        if config_name:
+            return str(config_name)
+    return spec.model_name or (weights.stem if weights is not None else "model")
+
+
+def load_source(spec: SourceSpec) -> SourceModel:
+    """Load weights and work out (or check) the architecture they belong to."""
+    weights = weights_path(spec)
+    if spec.model_name:
+        _check_model_name(spec.model_name)
+    config = read_config(weights) if weights is not None else {}
+    model_name = spec.model_name or config.get("architecture") or None
+    if weights is not None:
+        sd, container, file_format = _read_weights(weights, model_name, spec.trust_checkpoint, spec.use_ema)
+        origin = Origin("file", weights.resolve(), sha256_file(weights), file_format, container)
+    elif spec.pretrained:
+        sd = _download_pretrained(str(model_name))
+        origin = Origin("pretrained", file_format="timm hub", container=f"timm {model_name} pretrained=True")
+    else:
+        raise UsageError(f"--model {model_name} needs --weights FILE or --pretrained")
+    return _describe(sd, source_name(spec), model_name, config, origin, spec.num_heads)
+
+
+def _describe(
+    sd: dict[str, torch.Tensor], name: str, model_name: str | None, config: Mapping[str, Any],
+    origin: Origin, num_heads: int | None,
+) -> SourceModel:
+    args, assumed = infer_vit_args(sd, num_heads)
+    named_cfg: dict[str, Any] = {}
+    if model_name:
+        args, assumed = {"num_classes": args["num_classes"], **(config.get("model_args") or {})}, []
+        named_cfg, heads = _named_defaults(model_name, args)
+        num_heads = num_heads or heads
+    else:
+        args.update(config.get("model_args") or {})
+    if num_heads is not None:
+        args["num_heads"] = num_heads
+    kernel = sd[KERNEL_KEY]
+    patch = (int(kernel.shape[2]), int(kernel.shape[3]))
+    prefix = _num_pos_prefix(args) if not model_name else _named_pos_prefix(model_name, args)
+    grid = pos_grid_size(sd[POS_KEY], prefix)
+    img = _native_img_size(config, named_cfg, grid, patch)
+    meta = _meta_model(model_name, {**args, "patch_size": patch, "img_size": (grid[0] * patch[0], grid[1] * patch[1])})
+    check_state_dict(sd, meta, f"timm {model_name}" if model_name else "the inferred ViT")
+    family = str(config.get("family") or ("flexivit" if (model_name or "").startswith("flexivit") else "vit"))
+    pre_cfg = config.get("pretrained_cfg") or named_cfg
+    pre_src = "checkpoint config" if config.get("pretrained_cfg") else (f"timm {model_name}" if named_cfg else "")
+    attn = meta.blocks[0].attn  # type: ignore[index,union-attr]
+    return SourceModel(
+        name=name, family=family, model_name=model_name, model_args=args, state_dict=sd,
+        patch_size=patch, img_size=img, pos_grid=grid, num_pos_prefix=prefix,
+        embed_dim=int(kernel.shape[0]), depth=len(meta.blocks), num_heads=int(attn.num_heads),  # type: ignore[arg-type]
+        num_classes=int(getattr(meta, "num_classes", 0)), in_chans=int(kernel.shape[1]),
+        preprocessing=_preprocessing(pre_cfg, pre_src) if pre_src else Preprocessing(),
+        origin=origin, inferred=tuple(assumed),
+    )
+
+
+def _named_pos_prefix(model_name: str, args: Mapping[str, Any]) -> int:
+    from exporter.resize import num_pos_prefix_tokens
+
+    return num_pos_prefix_tokens(_meta_model(model_name, args))
+
+
+def _native_img_size(config: Mapping[str, Any], named_cfg: Mapping[str, Any], grid: Size2, patch: Size2) -> Size2:
+    if config.get("img_size"):
+        return to_size2(config["img_size"], "image size")
+    if named_cfg.get("input_size"):
+        return to_size2(tuple(named_cfg["input_size"])[1:], "image size")
+    return (grid[0] * patch[0], grid[1] * patch[1])

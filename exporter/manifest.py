@@ -1,0 +1,165 @@
+"""The bundle manifest: what was built, from what, and how well it matched.
+
+Plain frozen dataclasses serialised to ``manifest.json`` (and read back for ``inspect``,
+``validate`` and ``--resume``), a Markdown report with the same table, and atomic writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+REPORT = "report.md"
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    """One variant in the manifest. ``status`` is ``passed``, ``failed`` or ``error``."""
+
+    label: str
+    patch_size: tuple[int, int]
+    img_size: tuple[int, int]
+    grid: tuple[int, int]
+    tokens: int
+    gflops: float
+    patch_resize: str
+    pos_resize: str
+    onnx: dict[str, Any]
+    parity: dict[str, Any]
+    status: str
+    export_seconds: float
+    parity_seconds: float
+    input_key: str
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    name: str
+    created: str
+    versions: dict[str, str]
+    source: dict[str, Any]
+    preprocessing: dict[str, Any]
+    options: dict[str, Any]
+    tolerance: dict[str, Any]
+    variants: tuple[VariantRecord, ...]
+    engines: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(v.status == "passed" for v in self.variants)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(f"manifest schema_version {version!r} is not supported (this flexiexport reads {SCHEMA_VERSION})")
+        names = {f.name for f in fields(VariantRecord)}
+        variants = tuple(
+            VariantRecord(**{k: tuple(v) if k in ("patch_size", "img_size", "grid") else v
+                             for k, v in item.items() if k in names})
+            for item in data.get("variants", [])
+        )
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in data.items() if k in known}, "variants": variants})
+
+
+def read_manifest(bundle: Path) -> Manifest:
+    """The manifest of a bundle folder; ``BundleError`` when missing or malformed."""
+    path = bundle / MANIFEST
+    if not bundle.is_dir():
+        raise BundleError(f"bundle {str(bundle)!r} does not exist or is not a folder")
+    if not path.is_file():
+        raise BundleError(f"{str(bundle)!r} is not a flexiexport bundle: no {MANIFEST}")
+    try:
+        return Manifest.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BundleError(f"cannot read {path}: malformed manifest ({exc})") from exc
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is put straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp files are private; artefacts are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt_size(size: tuple[int, int] | list[int]) -> str:
+    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
+
+
+def variant_rows(manifest: Manifest) -> list[list[str]]:
+    """One row of strings per variant: the table shared by the CLI and ``report.md``."""
+    rows = []
+    for v in manifest.variants:
+        p = v.parity or {}
+        rows.append([
+            "✓" if v.status == "passed" else "✗",
+            v.label, _fmt_size(v.img_size), f"{v.grid[0]}x{v.grid[1]}", str(v.tokens), f"{v.gflops:.3f}",
+            f"{p.get('max_abs', float('nan')):.1e}", f"{p.get('p99_abs', float('nan')):.1e}",
+            f"{p.get('min_cosine', float('nan')):.7f}", f"{p.get('top1_agreement', float('nan')):.1%}",
+            f"{p.get('top5_agreement', float('nan')):.1%}", f"{v.export_seconds:.2f}",
+            Path(v.onnx.get("path", "")).name,
+        ])
+    return rows
+
+
+TABLE_HEADER = ["", "variant", "image", "grid", "tokens", "GFLOPs", "max|Δ|", "p99|Δ|", "cosine",
+                "top-1", "top-5", "export s", "onnx"]
+
+
+def render_report(manifest: Manifest) -> str:
+    """``report.md``: the manifest as a human-readable table."""
+    src = manifest.source
+    tol = manifest.tolerance
+    lines = [
+        f"# {manifest.name}",
+        "",
+        f"Built {manifest.created} by flexiexport {manifest.versions.get('flexiexport')} "
+        f"(torch {manifest.versions.get('torch')}, timm {manifest.versions.get('timm')}, "
+        f"onnx {manifest.versions.get('onnx')}, onnxruntime {manifest.versions.get('onnxruntime')}).",
+        "",
+        f"Source: {src.get('path') or src.get('kind')} (sha256 {str(src.get('sha256'))[:16]}…), "
+        f"{src.get('architecture', {}).get('summary', '')}.",
+        "",
+        f"Parity: PyTorch fp32 (CPU) vs onnxruntime CPU on {manifest.options.get('parity_inputs')}; "
+        f"pass when |Δ| ≤ {tol.get('atol')} + {tol.get('rtol')}·|ref|, cosine ≥ {tol.get('min_cosine')}, "
+        f"top-1 agreement ≥ {tol.get('min_top1', 0):.0%}.",
+        "",
+        "| " + " | ".join(h or "ok" for h in TABLE_HEADER) + " |",
+        "|" + "---|" * len(TABLE_HEADER),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in variant_rows(manifest)]
+    failed = [v for v in manifest.variants if v.status != "passed"]
+    for v in failed:
+        lines += ["", f"**{v.label} {v.status}:** " + "; ".join(v.parity.get("failures", []) or [v.parity.get("error", "")])]
+    lines += ["", f"Overall: {'PASSED' if manifest.passed else 'FAILED'}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,449 @@
+"""The build pipeline: the only module that knows the order of the stages.
+
+    load ─▶ plan sizes ─▶ for each patch size: resize ─▶ export ─▶ parity ─▶ record
+         ─▶ manifest + report ─▶ atomic swap into --out
+
+Everything is written into a temporary folder beside ``--out`` and renamed into place at the
+end, so an interrupted or failed build never leaves a half-written or clobbered bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from exporter.errors import BundleError, UsageError
+from exporter.export import ExportOptions
+from exporter.load import SourceModel, SourceSpec
+from exporter.manifest import (
+    MANIFEST,
+    REPORT,
+    SCHEMA_VERSION,
+    Manifest,
+    VariantRecord,
+    current_umask,
+    read_manifest,
+    write_atomic,
+)
+from exporter.resize import ResizeMethod
+from exporter.sizes import Size2, format_size
+from exporter.validate import TOLERANCES, Comparison, Tolerance
+from exporter.variant import ImagePolicy, VariantSpec
+
+log = logging.getLogger(__name__)
+STAGES = ("resize", "export", "parity")
+
+
+class Reporter(Protocol):
+    """Receives progress from the pipeline; the CLI draws it, tests may record it."""
+
+    def begin(self, total_steps: int) -> None: ...
+    def start(self, label: str, stage: str) -> None: ...
+    def done(self, label: str, stage: str, seconds: float) -> None: ...
+    def variant(self, record: VariantRecord) -> None: ...
+
+
+class SilentReporter:
+    def begin(self, total_steps: int) -> None: ...
+    def start(self, label: str, stage: str) -> None: ...
+    def done(self, label: str, stage: str, seconds: float) -> None: ...
+    def variant(self, record: VariantRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything ``flexiexport build`` was asked to do."""
+
+    patch_sizes: tuple[Size2, ...]
+    source: SourceSpec = field(default_factory=SourceSpec)
+    img_size: ImagePolicy = "native"
+    out: Path | None = None
+    export: ExportOptions = field(default_factory=ExportOptions)
+    force: bool = False
+    resume: bool = False
+    calib_dir: Path | None = None
+    parity_samples: int = 16
+    seed: int = 0
+    patch_resize: ResizeMethod | None = None
+    pos_resize: ResizeMethod | None = None
+    tolerance: Tolerance = TOLERANCES["fp32"]
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.patch_sizes:
+            raise UsageError("give at least one patch size, e.g. --patch-sizes 8 16 32")
+        unique = tuple(dict.fromkeys(self.patch_sizes))
+        object.__setattr__(self, "patch_sizes", unique)
+        if self.parity_samples < 1:
+            raise UsageError(f"--parity-samples must be at least 1, got {self.parity_samples}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bundle: Path
+    manifest: Manifest
+    seconds: float
+    stage_seconds: dict[str, float]
+
+
+@contextmanager
+def _stage(reporter: Reporter, label: str, stage: str, times: dict[str, float]) -> Iterator[None]:
+    reporter.start(label, stage)
+    log.info("%s: %s ...", label, stage)
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    times[stage] = times.get(stage, 0.0) + seconds
+    log.info("%s: %s done in %.2f s", label, stage, seconds)
+    reporter.done(label, stage, seconds)
+
+
+def default_out(source_name: str) -> Path:
+    return Path("bundles") / source_name
+
+
+def check_output(out: Path, force: bool, resume: bool) -> None:
+    """Refuse an ``--out`` that is a file, a foreign folder, or an existing bundle without --force/--resume."""
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"--out {str(out)!r} is a file; give a folder path for the bundle")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():
+            raise BundleError(f"--out {str(out)!r} is a non-empty folder that is not a flexiexport bundle; "
+                              "refusing to replace it, choose another --out")
+        if not (force or resume):
+            raise BundleError(f"a bundle already exists at {str(out)!r}; pass --force to replace it "
+                              "or --resume to reuse its unchanged variants")
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BundleError(f"cannot create the folder {str(parent)!r} for --out: {exc.strerror}") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BundleError(f"cannot write to {str(parent)!r}: permission denied (choose another --out)")
+
+
+@contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out``; removed on any failure or interrupt."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
+    except OSError as exc:
+        raise BundleError(f"cannot write to {str(out.absolute().parent)!r}: {exc.strerror}") from exc
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time())}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import timm
+    import torch
+
+    from exporter import __version__
+
+    return {"flexiexport": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__}
+
+
+def source_record(source: SourceModel) -> dict[str, Any]:
+    arch = {
+        "model_name": source.model_name, "family": source.family, "kernel_size": list(source.patch_size),
+        "pos_grid": list(source.pos_grid), "img_size": list(source.img_size), "embed_dim": source.embed_dim,
+        "depth": source.depth, "num_heads": source.num_heads, "num_classes": source.num_classes,
+        "in_chans": source.in_chans, "num_pos_prefix_tokens": source.num_pos_prefix,
+        "model_args": dict(source.model_args), "assumed": list(source.inferred),
+        "summary": (f"{source.model_name or 'ViT (inferred)'}: {source.depth} blocks, width {source.embed_dim}, "
+                    f"{source.num_heads} heads, kernel {format_size(source.patch_size)}, "
+                    f"pos grid {format_size(source.pos_grid)}, native {format_size(source.img_size)}, "
+                    f"{source.num_classes} classes"),
+    }
+    o = source.origin
+    return {"name": source.name, "kind": o.kind, "path": str(o.path) if o.path else None, "sha256": o.sha256,
+            "format": o.file_format, "container": o.container, "dtype": str(source.dtype).replace("torch.", ""),
+            "architecture": arch}
+
+
+def state_digest(source: SourceModel) -> str:
+    """sha256 over the tensors (for sources with no file, e.g. hub downloads)."""
+    digest = hashlib.sha256()
+    for key in sorted(source.state_dict):
+        tensor = source.state_dict[key]
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def input_key(source_sha: str, spec: VariantSpec, options: BuildOptions) -> str:
+    """A digest of everything that determines a variant's ONNX and its parity verdict."""
+    from exporter import __version__
+
+    payload = {"source": source_sha, "patch": spec.patch_size, "img": spec.img_size,
+               "patch_resize": str(spec.patch_resize), "pos_resize": str(spec.pos_resize),
+               "export": asdict(options.export), "tolerance": asdict(options.tolerance),
+               "samples": options.parity_samples, "seed": options.seed,
+               "calib": str(options.calib_dir) if options.calib_dir else None, "flexiexport": __version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpec]:
+    """One spec per patch size; every size problem is reported before any work starts."""
+    from exporter.resize import check_patch_fits, default_patch_resize, default_pos_resize
+    from exporter.variant import plan_img_size
+
+    patch_resize = options.patch_resize or default_patch_resize(source.family)
+    pos_resize = options.pos_resize or default_pos_resize(source.family)
+    specs = []
+    for patch in options.patch_sizes:
+        reference = options.img_size if isinstance(options.img_size, tuple) else source.img_size
+        check_patch_fits(patch, reference)
+        specs.append(VariantSpec(patch, plan_img_size(source.img_size, patch, options.img_size), patch_resize, pos_resize))
+    return specs
+
+
+def parity_inputs(source: SourceModel, spec: VariantSpec, options: BuildOptions) -> tuple[np.ndarray, str]:
+    """Seeded random images plus real ones (``--calib-dir``, or the demo's held-out digits)."""
+    from exporter.validate import random_inputs
+
+    pre = source.preprocessing
+    parts = [random_inputs(spec.img_size, options.parity_samples, options.seed, pre.mean, pre.std)]
+    what = f"{options.parity_samples} seeded random images"
+    if options.calib_dir is not None:
+        from exporter.images import load_images
+
+        real = load_images(options.calib_dir, spec.img_size, pre, limit=options.parity_samples)
+        parts.append(real)
+        what += f" + {len(real)} images from {options.calib_dir}"
+    elif source.origin.path is not None and source.name == _demo_name() and spec.img_size[0] == spec.img_size[1]:
+        from exporter.demo import digits_to_pixels, load_demo_digits
+
+        digits, _ = load_demo_digits("test")
+        parts.append(digits_to_pixels(digits[: options.parity_samples], spec.img_size[0]))
+        what += f" + {min(len(digits), options.parity_samples)} held-out demo digits"
+    return np.concatenate(parts).astype(np.float32), what
+
+
+def _demo_name() -> str:
+    from exporter.demo import DEMO_NAME
+
+    return DEMO_NAME
+
+
+def _reuse(old: Manifest | None, old_dir: Path, label: str, key: str, tmp: Path) -> VariantRecord | None:
+    """The old record of a variant whose inputs and ONNX are unchanged, with its file copied."""
+    from exporter.load import sha256_file
+
+    if old is None:
+        return None
+    record = next((v for v in old.variants if v.label == label), None)
+    if record is None or record.input_key != key or record.status != "passed":
+        return None
+    path = old_dir / record.onnx["path"]
+    if not path.is_file() or sha256_file(path) != record.onnx["sha256"]:
+        return None
+    (tmp / record.onnx["path"]).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path, tmp / record.onnx["path"])
+    return replace(record, resumed=True)
+
+
+def build_variant(source: SourceModel, spec: VariantSpec, options: BuildOptions, tmp: Path, key: str,
+                  reporter: Reporter, times: dict[str, float]) -> VariantRecord:
+    """Resize, export and check one variant; returns its manifest record."""
+    from exporter.export import export_onnx
+    from exporter.validate import check_parity, ort_runner, torch_runner
+    from exporter.variant import make_variant
+
+    label = spec.label
+    with _stage(reporter, label, "resize", times):
+        variant = make_variant(source, spec)
+    rel = Path("onnx") / f"model_{label}.onnx"
+    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+    with _stage(reporter, label, "export", times):
+        info = export_onnx(variant.model, spec.img_size, tmp / rel, options.export)
+    with _stage(reporter, label, "parity", times):
+        start = time.perf_counter()
+        inputs, _ = parity_inputs(source, spec, options)
+        batch = 8 if options.export.batch == "dynamic" else int(options.export.batch)
+        comparison: Comparison = check_parity(torch_runner(variant.model), ort_runner(tmp / rel, options.threads),
+                                              inputs, batch, options.tolerance)
+        parity_seconds = time.perf_counter() - start
+    onnx_record = {**asdict(info), "path": str(rel), "inputs": [asdict(i) for i in info.inputs],
+                   "outputs": [asdict(o) for o in info.outputs], "op_counts": dict(info.op_counts)}
+    onnx_record.pop("seconds")
+    parity = comparison.to_dict()
+    parity.pop("tolerance")
+    return VariantRecord(
+        label=label, patch_size=spec.patch_size, img_size=spec.img_size, grid=spec.grid, tokens=variant.tokens,
+        gflops=round(variant.gflops, 6), patch_resize=str(spec.patch_resize), pos_resize=str(spec.pos_resize),
+        onnx=onnx_record, parity=parity, status="passed" if comparison else "failed",
+        export_seconds=round(info.seconds, 3), parity_seconds=round(parity_seconds, 3), input_key=key,
+    )
+
+
+def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
+    """Build a bundle. Raises ``FlexiExportError`` subclasses for bad input; a variant that
+    fails parity is recorded as ``failed`` (the caller decides the exit code)."""
+    from exporter.load import load_source
+
+    reporter = reporter or SilentReporter()
+    start = time.perf_counter()
+    times: dict[str, float] = {}
+    from exporter.load import source_name
+
+    out = options.out or default_out(source_name(options.source))
+    check_output(out, options.force, options.resume)
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    with _stage(reporter, "source", "load", times):
+        source = load_source(options.source)
+    specs = plan_variants(source, options)
+    old = _old_manifest(out) if options.resume else None
+    source_sha = source.origin.sha256 or state_digest(source)
+    reporter.begin(len(specs) * len(STAGES))
+    with staging_folder(out) as tmp:
+        records = []
+        for spec in specs:
+            key = input_key(source_sha, spec, options)
+            record = _reuse(old, out, spec.label, key, tmp) or build_variant(source, spec, options, tmp, key, reporter, times)
+            reporter.variant(record)
+            records.append(record)
+        manifest = _manifest(source, source_sha, options, records, specs)
+        write_atomic(tmp / MANIFEST, manifest.to_json())
+        write_atomic(tmp / REPORT, _render(manifest))
+        swap_into_place(tmp, out)
+    return BuildResult(out, manifest, time.perf_counter() - start, times)
+
+
+def _old_manifest(out: Path) -> Manifest | None:
+    try:
+        return read_manifest(out) if (out / MANIFEST).is_file() else None
+    except BundleError as exc:
+        log.warning("--resume: ignoring the old manifest (%s)", exc)
+        return None
+
+
+def _render(manifest: Manifest) -> str:
+    from exporter.manifest import render_report
+
+    return render_report(manifest)
+
+
+def _manifest(source: SourceModel, source_sha: str, options: BuildOptions, records: list[VariantRecord],
+              specs: list[VariantSpec]) -> Manifest:
+    pre = asdict(source.preprocessing)
+    pre["input"] = {"name": "pixel_values", "layout": "NCHW", "dtype": "float32", "channels": "RGB",
+                    "range_before_normalisation": [0.0, 1.0]}
+    _, what = parity_inputs(source, specs[0], options) if specs else (None, "")
+    opts = {"img_size_policy": options.img_size if isinstance(options.img_size, str) else list(options.img_size),
+            "export": asdict(options.export), "parity_samples": options.parity_samples, "seed": options.seed,
+            "parity_inputs": what, "calib_dir": str(options.calib_dir) if options.calib_dir else None,
+            "threads": options.threads, "patch_sizes": [format_size(p) for p in options.patch_sizes]}
+    return Manifest(
+        schema_version=SCHEMA_VERSION, name=source.name,
+        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        versions=library_versions(), source={**source_record(source), "sha256": source_sha},
+        preprocessing=pre, options=opts, tolerance=asdict(options.tolerance), variants=tuple(records),
+    )
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """``validate``'s verdict on one variant: file integrity and fresh parity."""
+
+    label: str
+    sha256_ok: bool
+    comparison: Comparison | None
+    problem: str = ""
+
+    def __bool__(self) -> bool:
+        return self.sha256_ok and bool(self.comparison) and not self.problem
+
+
+def parse_resize_method(text: str) -> ResizeMethod:
+    """Inverse of ``str(ResizeMethod)``: ``bilinear+antialias`` → ResizeMethod."""
+    name, _, flag = text.partition("+")
+    return ResizeMethod(name, antialias=flag == "antialias")
+
+
+def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter | None = None) -> list[Recheck]:
+    """Re-verify every file's sha256 and re-run parity of every variant against PyTorch."""
+    from exporter.load import SourceSpec, load_source, sha256_file
+    from exporter.validate import check_parity, ort_runner, torch_runner
+    from exporter.variant import make_variant
+
+    reporter = reporter or SilentReporter()
+    manifest = read_manifest(bundle)
+    src = manifest.source
+    path = weights or (Path(src["path"]) if src.get("path") else None)
+    if path is not None and not path.is_file():
+        raise BundleError(f"the bundle's source checkpoint {str(path)!r} is gone; pass --weights FILE")
+    arch = src["architecture"]
+    spec = SourceSpec(weights=path, model_name=arch.get("model_name"), pretrained=path is None,
+                      num_heads=arch.get("num_heads"))
+    source = load_source(spec)
+    if src.get("sha256") and source.origin.sha256 and source.origin.sha256 != src["sha256"]:
+        raise BundleError(f"{path} has sha256 {source.origin.sha256[:16]}…, but the bundle was built from "
+                          f"{src['sha256'][:16]}…")
+    opts = manifest.options
+    tol = Tolerance(**manifest.tolerance)
+    export = ExportOptions(**opts["export"])
+    calib = Path(opts["calib_dir"]) if opts.get("calib_dir") else None
+    options = BuildOptions(patch_sizes=tuple(tuple(v.patch_size) for v in manifest.variants),  # type: ignore[misc]
+                           export=export, parity_samples=opts["parity_samples"], seed=opts["seed"],
+                           calib_dir=calib if calib and calib.is_dir() else None, tolerance=tol)
+    reporter.begin(len(manifest.variants) * 2)
+    results = []
+    times: dict[str, float] = {}
+    for record in manifest.variants:
+        onnx_path = bundle / record.onnx["path"]
+        with _stage(reporter, record.label, "sha256", times):
+            ok = onnx_path.is_file() and sha256_file(onnx_path) == record.onnx["sha256"]
+        if not ok:
+            results.append(Recheck(record.label, False, None, f"{onnx_path.name} is missing or its sha256 changed"))
+            continue
+        vspec = VariantSpec(tuple(record.patch_size), tuple(record.img_size),  # type: ignore[arg-type]
+                            parse_resize_method(record.patch_resize), parse_resize_method(record.pos_resize))
+        with _stage(reporter, record.label, "parity", times):
+            variant = make_variant(source, vspec)
+            inputs, _ = parity_inputs(source, vspec, options)
+            batch = 8 if export.batch == "dynamic" else int(export.batch)
+            cmp = check_parity(torch_runner(variant.model), ort_runner(onnx_path), inputs, batch, tol)
+        results.append(Recheck(record.label, True, cmp))
+    return results

@@ -1,0 +1,98 @@
+"""Parsing and checking of patch and image sizes.
+
+Kept free of heavy imports: the CLI parses sizes before it decides to import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Union
+
+from exporter.errors import ImageSizeError, PatchSizeError
+
+Size2 = tuple[int, int]
+SizeLike = Union[int, str, Iterable[int]]
+
+
+def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool):
+        raise PatchSizeError(f"{what} must be a positive integer, got {value!r}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    else:
+        raise PatchSizeError(f"{what} must be a positive integer, got {value!r}")
+    if number <= 0:
+        raise PatchSizeError(f"{what} must be a positive integer, got {number}")
+    return number
+
+
+def to_size2(value: SizeLike, what: str = "patch size") -> Size2:
+    """Return ``(height, width)`` from ``16``, ``"16"``, ``"10x15"`` or ``(10, 15)``.
+
+    Raises ``PatchSizeError`` naming the value for anything that is not one or two positive
+    integers.
+    """
+    if isinstance(value, str):
+        parts = value.lower().replace("×", "x").split("x")
+        if len(parts) not in (1, 2) or not all(p.strip() for p in parts):
+            raise PatchSizeError(f"{what} must be N or HxW (e.g. 16 or 10x15), got {value!r}")
+        items: list[object] = list(parts)
+    elif isinstance(value, (int, float)):
+        items = [value]
+    else:
+        items = list(value)
+    if len(items) == 1:
+        items = items * 2
+    if len(items) != 2:
+        raise PatchSizeError(f"{what} must have one or two values (N or HxW), got {value!r}")
+    return (_positive_int(items[0], what), _positive_int(items[1], what))
+
+
+def format_size(size: Size2) -> str:
+    """``16`` for a square size, ``10x15`` otherwise: the form used in file names and tables."""
+    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
+
+
+def grid_for(img_size: Size2, patch_size: Size2) -> Size2:
+    """The token grid for an image and patch size; raises ``ImageSizeError`` if not whole."""
+    if patch_size[0] > img_size[0] or patch_size[1] > img_size[1]:
+        raise PatchSizeError(
+            f"patch size {format_size(patch_size)} is larger than the image "
+            f"{format_size(img_size)}; use a patch size of at most {min(img_size)}"
+        )
+    if img_size[0] % patch_size[0] or img_size[1] % patch_size[1]:
+        raise ImageSizeError(divisibility_message(img_size, patch_size))
+    return (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
+
+
+def valid_patch_sizes(img_size: int, smallest: int = 4) -> list[int]:
+    """Square patch sizes (at least ``smallest``) that divide ``img_size`` with >= 2 tokens a side."""
+    return [p for p in range(smallest, img_size // 2 + 1) if img_size % p == 0]
+
+
+def nearest_multiples(n: int, p: int) -> list[int]:
+    """The multiples of ``p`` just below and just above ``n`` (one if ``n`` is below ``p``)."""
+    below = (n // p) * p
+    above = below + p
+    return [m for m in (below, above) if m >= p]
+
+
+def nearest_multiple(n: int, p: int) -> int:
+    """The multiple of ``p`` closest to ``n`` (ties go up: fewer tokens lost), at least ``p``."""
+    candidates = nearest_multiples(n, p)
+    return min(candidates, key=lambda m: (abs(m - n), -m))
+
+
+def divisibility_message(img_size: Size2, patch_size: Size2) -> str:
+    dims = [(i, p) for i, p in zip(img_size, patch_size) if i % p]
+    img, p = dims[0]
+    valid = ", ".join(map(str, valid_patch_sizes(img)))
+    near = " or ".join(map(str, nearest_multiples(img, p)))
+    return (
+        f"patch size {format_size(patch_size)} does not divide image size "
+        f"{format_size(img_size)}; patch sizes that fit {img}: {valid}; "
+        f"image sizes that fit {p}: {near} (use --img-size N or --img-size auto)"
+    )

@@ -1,0 +1,174 @@
+"""Compare any runner's outputs with a reference: numbers first, verdict second.
+
+A runner is anything that maps a float32 NCHW batch to logits (PyTorch, onnxruntime, later
+TensorRT), so all backends are checked by one function. A ``Comparison`` is truthy when it
+passes and prints its own statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import UsageError
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass criteria; ``allclose``-style: ``|a - b| <= atol + rtol * |ref|`` everywhere."""
+
+    name: str = "fp32"
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_cosine: float = 0.99999
+    min_top1: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.atol < 0 or self.rtol < 0:
+            raise UsageError(f"tolerances must be >= 0, got atol={self.atol}, rtol={self.rtol}")
+        if not (0.0 <= self.min_cosine <= 1.0 and 0.0 <= self.min_top1 <= 1.0):
+            raise UsageError(
+                f"min cosine and min top-1 must be in [0, 1], got {self.min_cosine}, {self.min_top1}"
+            )
+
+
+TOLERANCES = {
+    "fp32": Tolerance("fp32"),
+    "trt-fp32": Tolerance("trt-fp32", atol=1e-3, rtol=1e-3, min_cosine=0.9999, min_top1=0.999),
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Statistics of candidate vs reference logits, and the verdict against a tolerance."""
+
+    samples: int
+    max_abs: float
+    mean_abs: float
+    p99_abs: float
+    max_rel: float
+    mean_rel: float
+    p99_rel: float
+    min_cosine: float
+    top1_agreement: float
+    top5_agreement: float
+    allclose: bool
+    tolerance: Tolerance
+    failures: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return not self.failures
+
+    @property
+    def passed(self) -> bool:
+        return bool(self)
+
+    def __str__(self) -> str:
+        mark = "✓" if self else "✗"
+        text = (
+            f"{mark} max|Δ| {self.max_abs:.2e}  p99 {self.p99_abs:.2e}  mean {self.mean_abs:.2e}  "
+            f"cos {self.min_cosine:.7f}  top-1 {self.top1_agreement:.1%}  top-5 {self.top5_agreement:.1%}"
+        )
+        return text + ("" if self else "  (" + "; ".join(self.failures) + ")")
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        data["failures"] = list(self.failures)
+        return data
+
+
+def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-logits, axis=1, kind="stable")[:, :k]
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance = TOLERANCES["fp32"]) -> Comparison:
+    """Compare ``[N, classes]`` logits. Relative error is ``|Δ| / (|ref| + atol)``."""
+    if reference.shape != candidate.shape:
+        raise UsageError(f"output shapes differ: reference {reference.shape}, candidate {candidate.shape}")
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    diff = np.abs(ref - cand)
+    rel = diff / (np.abs(ref) + max(tol.atol, 1e-12))
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    cosine = np.where(norms > 0, np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-300), 1.0)
+    k = min(5, ref.shape[1])
+    top1 = float(np.mean(_top_k(ref, 1)[:, 0] == _top_k(cand, 1)[:, 0]))
+    top5_ref, top5_cand = _top_k(ref, k), _top_k(cand, k)
+    top5 = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top5_ref, top5_cand)]))
+    allclose = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref))) and bool(np.all(np.isfinite(cand)))
+    failures = []
+    if not allclose:
+        failures.append(f"max|Δ| {diff.max():.2e} exceeds atol {tol.atol:g} + rtol {tol.rtol:g}·|ref|")
+    if float(cosine.min()) < tol.min_cosine or not math.isfinite(float(cosine.min())):
+        failures.append(f"cosine {cosine.min():.7f} < {tol.min_cosine}")
+    if top1 < tol.min_top1:
+        failures.append(f"top-1 agreement {top1:.1%} < {tol.min_top1:.1%}")
+    return Comparison(
+        samples=int(ref.shape[0]), max_abs=float(diff.max()), mean_abs=float(diff.mean()),
+        p99_abs=float(np.percentile(diff, 99)), max_rel=float(rel.max()), mean_rel=float(rel.mean()),
+        p99_rel=float(np.percentile(rel, 99)), min_cosine=float(cosine.min()), top1_agreement=top1,
+        top5_agreement=top5, allclose=allclose, tolerance=tol, failures=tuple(failures),
+    )
+
+
+def run_batched(runner: Runner, inputs: np.ndarray, batch: int) -> np.ndarray:
+    """Run ``runner`` over ``inputs`` in chunks of ``batch`` (a static-batch ONNX needs exact chunks)."""
+    outputs = []
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start:start + batch]
+        if len(chunk) < batch:  # pad the tail for static shapes, then drop the padding
+            pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
+            outputs.append(runner(np.concatenate([chunk, pad]))[: len(chunk)])
+        else:
+            outputs.append(runner(chunk))
+    return np.concatenate(outputs)
+
+
+def check_parity(reference: Runner, candidate: Runner, inputs: np.ndarray, batch: int, tol: Tolerance) -> Comparison:
+    """Run both runners on the same inputs and compare their logits."""
+    return compare_outputs(run_batched(reference, inputs, batch), run_batched(candidate, inputs, batch), tol)
+
+
+def torch_runner(model: object) -> Runner:
+    """PyTorch eager on the CPU in float32 (the reference)."""
+    import torch
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()  # type: ignore[operator]
+
+    return run
+
+
+def ort_runner(path: Path, threads: int | None = None) -> Runner:
+    """onnxruntime's CPU provider on an ONNX file, all graph optimisations on."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0])
+
+    return run
+
+
+def random_inputs(img_size: tuple[int, int], count: int, seed: int, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """Seeded uniform [0, 1) images, normalised with the model's mean/std: float32 NCHW."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.random((count, 3, *img_size), dtype=np.float32)
+    m = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return ((pixels - m) / s).astype(np.float32)

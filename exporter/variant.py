@@ -1,0 +1,114 @@
+"""One model per patch size: PI-resized kernel, resampled position grid, a timm ViT.
+
+Also the image-size policy (DESIGN.md): native size, one fixed size, or ``auto`` (per variant,
+the multiple of the patch size nearest the native size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+from exporter.errors import UsageError
+from exporter.load import KERNEL_KEY, POS_KEY, SourceModel
+from exporter.resize import ResizeMethod, pi_resize_patch_embed, resample_pos_embed
+from exporter.sizes import Size2, format_size, grid_for, nearest_multiple
+
+ImagePolicy = Union[str, Size2]  # "native", "auto" or a fixed (h, w)
+
+
+def plan_img_size(native: Size2, patch: Size2, policy: ImagePolicy) -> Size2:
+    """The image size a variant runs at; raises with suggestions when the patch does not fit."""
+    if policy == "auto":
+        img = (nearest_multiple(native[0], patch[0]), nearest_multiple(native[1], patch[1]))
+    elif policy == "native":
+        img = native
+    elif isinstance(policy, tuple):
+        img = policy
+    else:
+        raise UsageError(f"image size must be N, HxW, 'native' or 'auto', got {policy!r}")
+    grid_for(img, patch)
+    return img
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What one variant is: patch and image size plus how its embeddings were resized."""
+
+    patch_size: Size2
+    img_size: Size2
+    patch_resize: ResizeMethod
+    pos_resize: ResizeMethod
+
+    @property
+    def grid(self) -> Size2:
+        return grid_for(self.img_size, self.patch_size)
+
+    @property
+    def label(self) -> str:
+        """``p16`` or ``p10x15``: used in file names and tables."""
+        return f"p{format_size(self.patch_size)}"
+
+
+@dataclass(frozen=True)
+class Variant:
+    spec: VariantSpec
+    model: torch.nn.Module
+    tokens: int
+    gflops: float
+
+
+def vit_gflops(source: SourceModel, spec: VariantSpec) -> float:
+    """Forward GFLOPs per image (2 x multiply-adds) of the ViT at this patch and image size.
+
+    patch embedding ``2·N·C·ph·pw·D`` + per block ``2·T·D·(3D + D + 2·r·D) + 4·T²·D``
+    (qkv, proj, MLP; scores and weighted sum) + head ``2·D·classes``; T = N + prefix tokens.
+    Norms, softmax and GELU are elementwise and left out (< 1 % at these sizes).
+    """
+    grid = spec.grid
+    n = grid[0] * grid[1]
+    d = source.embed_dim
+    prefix = int(source.model_args.get("class_token", True)) + int(source.model_args.get("reg_tokens", 0))
+    t = n + prefix
+    ratio = float(source.model_args.get("mlp_ratio", 4.0))
+    embed = 2 * n * source.in_chans * spec.patch_size[0] * spec.patch_size[1] * d
+    block = 2 * t * d * (4 * d + 2 * int(ratio * d)) + 4 * t * t * d
+    head = 2 * d * source.num_classes
+    return (embed + source.depth * block + head) / 1e9
+
+
+def build_model(source: SourceModel, patch: Size2, img: Size2) -> torch.nn.Module:
+    """An uninitialised-weights timm ViT of the source's architecture at ``patch``/``img``."""
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    args = {**source.model_args, "patch_size": patch, "img_size": img}
+    if source.model_name:
+        return timm.create_model(source.model_name, pretrained=False, **args)
+    return VisionTransformer(**args)
+
+
+def resized_state_dict(source: SourceModel, spec: VariantSpec) -> dict[str, torch.Tensor]:
+    """The source's weights with the kernel PI-resized and the position grid resampled."""
+    state = dict(source.state_dict)
+    state[KERNEL_KEY] = pi_resize_patch_embed(
+        state[KERNEL_KEY], spec.patch_size, spec.patch_resize.interpolation, spec.patch_resize.antialias
+    )
+    state[POS_KEY] = resample_pos_embed(
+        state[POS_KEY], spec.grid, num_prefix_tokens=source.num_pos_prefix, old_grid=source.pos_grid,
+        method=spec.pos_resize,
+    )
+    return state
+
+
+def make_variant(source: SourceModel, spec: VariantSpec) -> Variant:
+    """Build, load (``strict=True``) and return the eval-mode model for one patch size."""
+    with torch.device("meta"):
+        model = build_model(source, spec.patch_size, spec.img_size)
+    model.load_state_dict(resized_state_dict(source, spec), strict=True, assign=True)
+    model = model.float().eval()
+    grid = spec.grid
+    tokens = grid[0] * grid[1] + int(getattr(model, "num_prefix_tokens", 1))
+    return Variant(spec, model, tokens, vit_gflops(source, spec))
