@@ -23,7 +23,18 @@ _LAZY = {
     "compare_outputs": "exporter.validate",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "BuildOptions",
+    "ResizeMethod",
+    "SourceSpec",
+    "__version__",
+    "build",
+    "compare_outputs",
+    "interpolate_patch_embed",
+    "load_source",
+    "pi_resize_patch_embed",
+    "resample_pos_embed",
+]
 
 if TYPE_CHECKING:
     from exporter.load import SourceSpec, load_source

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -126,7 +126,7 @@ class FlexiGroup(click.Group):
             if debug:
                 raise
             fail(ctx, str(exc), exc.exit_code)
-        except Exception as exc:  # noqa: BLE001 - the one place that turns any bug into exit 1
+        except Exception as exc:
             if debug:
                 raise
             fail(ctx, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
@@ -176,8 +176,14 @@ class RichReporter:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=self.err, transient=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.err,
+            transient=True,
+        )
         self.task = self.progress.add_task("building", total=total_steps)
         self.progress.start()
 
@@ -204,8 +210,10 @@ class RichReporter:
         note = " (resumed: inputs and ONNX unchanged)" if record.resumed else ""
         if self.progress is not None and record.resumed:
             self.progress.advance(self.task, 3)
-        self.err.print(f"{mark} {record.label}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}  "
-                       f"top-1 {p['top1_agreement']:.0%}{note}")
+        self.err.print(
+            f"{mark} {record.label}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}  "
+            f"top-1 {p['top1_agreement']:.0%}{note}"
+        )
 
 
 def print_table(manifest: Any, title: str) -> None:
@@ -229,26 +237,58 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 
 
 @cli.command(cls=BuildCommand)
-@click.option("--model", "model_name", metavar="NAME", help="timm model name (e.g. flexivit_small); checked against the weights.")
-@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint: .pt/.pth/.bin/.ckpt, .safetensors or big_vision .npz.")
+@click.option(
+    "--model", "model_name", metavar="NAME", help="timm model name (e.g. flexivit_small); checked against the weights."
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    help="Checkpoint: .pt/.pth/.bin/.ckpt, .safetensors or big_vision .npz.",
+)
 @click.option("--pretrained", is_flag=True, help="Download --model's weights from the hub (needs network or a cache).")
-@click.option("--patch-sizes", "-p", "patch_sizes", type=SizeType(), multiple=True, required=True,
-              help="Patch sizes, e.g. 8 16 32, 8,16,32 or 10x15.")
-@click.option("--img-size", default="native", show_default=True, metavar="N|HxW|native|auto",
-              help="Image size for every variant; auto: per variant, the multiple of the patch nearest the native size.")
+@click.option(
+    "--patch-sizes",
+    "-p",
+    "patch_sizes",
+    type=SizeType(),
+    multiple=True,
+    required=True,
+    help="Patch sizes, e.g. 8 16 32, 8,16,32 or 10x15.",
+)
+@click.option(
+    "--img-size",
+    default="native",
+    show_default=True,
+    metavar="N|HxW|native|auto",
+    help="Image size for every variant; auto: per variant, the multiple of the patch nearest the native size.",
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Bundle folder [default: bundles/<model name>].")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14-20; 17 keeps LayerNorm one node).")
+@click.option(
+    "--opset", type=int, default=17, show_default=True, help="ONNX opset (14-20; 17 keeps LayerNorm one node)."
+)
 @click.option("--batch", default="dynamic", show_default=True, metavar="dynamic|N", help="ONNX batch dimension.")
-@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
-              help="torch.onnx exporter.")
+@click.option(
+    "--exporter",
+    type=click.Choice(["torchscript", "dynamo"]),
+    default="torchscript",
+    show_default=True,
+    help="torch.onnx exporter.",
+)
 @click.option("--calib-dir", type=click.Path(path_type=Path), help="Real images to add to the parity inputs.")
 @click.option("--parity-samples", type=int, default=16, show_default=True, help="Random (and real) images per variant.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random parity images.")
-@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic"]),
-              help="Kernel resize interpolation [default: bilinear for FlexiViT, bicubic otherwise].")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Parity: absolute tolerance on logits.")
+@click.option("--rtol", type=float, default=1e-3, show_default=True, help="Parity: relative tolerance on logits.")
+@click.option(
+    "--interpolation",
+    type=click.Choice(["bilinear", "bicubic"]),
+    help="Kernel resize interpolation [default: bilinear for FlexiViT, bicubic otherwise].",
+)
 @click.option("--antialias/--no-antialias", default=None, help="Antialias in the kernel resize [default: per family].")
 @click.option("--num-heads", type=int, help="Attention heads, when the weights alone cannot tell (default: width/64).")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints that need pickled code (only for trusted files).")
+@click.option(
+    "--trust-checkpoint", is_flag=True, help="Allow checkpoints that need pickled code (only for trusted files)."
+)
 @click.option("--ema", "use_ema", is_flag=True, help="Use the EMA weights of a training checkpoint.")
 @click.option("--threads", type=int, help="CPU threads for PyTorch and onnxruntime [default: all].")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
@@ -264,22 +304,33 @@ def build(**kw: Any) -> None:
     """
     from exporter.export import ExportOptions
     from exporter.load import SourceSpec
-    from exporter.pipeline import BuildOptions, build as run_build
+    from exporter.pipeline import BuildOptions
+    from exporter.pipeline import build as run_build
     from exporter.resize import ResizeMethod, default_patch_resize
+    from exporter.validate import TOLERANCES
 
     patch_resize = None
     if kw["interpolation"] or kw["antialias"] is not None:
         base = default_patch_resize("flexivit" if kw["interpolation"] is None else "")
-        patch_resize = ResizeMethod(kw["interpolation"] or base.interpolation,
-                                    base.antialias if kw["antialias"] is None else kw["antialias"])
+        patch_resize = ResizeMethod(
+            kw["interpolation"] or base.interpolation, base.antialias if kw["antialias"] is None else kw["antialias"]
+        )
     options = BuildOptions(
         patch_sizes=flatten_sizes(kw["patch_sizes"]),
-        source=SourceSpec(kw["weights"], kw["model_name"], kw["pretrained"], kw["trust_checkpoint"], kw["use_ema"],
-                          kw["num_heads"]),
-        img_size=parse_img_size(kw["img_size"]), out=kw["out"],
+        source=SourceSpec(
+            kw["weights"], kw["model_name"], kw["pretrained"], kw["trust_checkpoint"], kw["use_ema"], kw["num_heads"]
+        ),
+        img_size=parse_img_size(kw["img_size"]),
+        out=kw["out"],
         export=ExportOptions(opset=kw["opset"], batch=parse_batch(kw["batch"]), exporter=kw["exporter"]),  # type: ignore[arg-type]
-        force=kw["force"], resume=kw["resume"], calib_dir=kw["calib_dir"], parity_samples=kw["parity_samples"],
-        seed=kw["seed"], patch_resize=patch_resize, threads=kw["threads"],
+        force=kw["force"],
+        resume=kw["resume"],
+        calib_dir=kw["calib_dir"],
+        parity_samples=kw["parity_samples"],
+        seed=kw["seed"],
+        patch_resize=patch_resize,
+        threads=kw["threads"],
+        tolerance=replace(TOLERANCES["fp32"], atol=kw["atol"], rtol=kw["rtol"]),
     )
     with RichReporter(kw["quiet"]) as reporter:
         result = run_build(options, reporter)
@@ -292,10 +343,23 @@ def build(**kw: Any) -> None:
 
 @cli.command(cls=ResizeCommand)
 @click.option("--input", "-i", "src", type=click.Path(path_type=Path), required=True, help="Checkpoint to read.")
-@click.option("--output", "-o", "dst", type=click.Path(path_type=Path), default=Path("converted_weights.pt"),
-              show_default=True, help="Checkpoint to write.")
-@click.option("--name", "-n", "key", default="patch_embed.proj.weight", show_default=True,
-              help="State-dict key of the patch embedding's conv weight.")
+@click.option(
+    "--output",
+    "-o",
+    "dst",
+    type=click.Path(path_type=Path),
+    default=Path("converted_weights.pt"),
+    show_default=True,
+    help="Checkpoint to write.",
+)
+@click.option(
+    "--name",
+    "-n",
+    "key",
+    default="patch_embed.proj.weight",
+    show_default=True,
+    help="State-dict key of the patch embedding's conv weight.",
+)
 @click.option("--patch-size", "-ps", "patch", type=SizeType(), required=True, help="New patch: 20, or 10 15 (h w).")
 @click.option("--img-size", help="Also resample the position embedding for this image size (N or HxW).")
 @click.option("--pos-key", help="State-dict key of the position embedding [default: pos_embed beside --name].")
@@ -323,8 +387,18 @@ def resize(**kw: Any) -> None:
     method = ResizeMethod(kw["interpolation"], kw["antialias"])
     out = console()
     out.print(f"Resizing {kw['key']} in {kw['src']} to {format_size(sizes[0])}")
-    result = convert_checkpoint(kw["src"], kw["dst"], kw["key"], sizes[0], img, kw["pos_key"], method, method,
-                                kw["trust_checkpoint"], kw["force"])
+    result = convert_checkpoint(
+        kw["src"],
+        kw["dst"],
+        kw["key"],
+        sizes[0],
+        img,
+        kw["pos_key"],
+        method,
+        method,
+        kw["trust_checkpoint"],
+        kw["force"],
+    )
     out.print(describe(result))
     out.print(f"Converted weights saved to {result.output}")
 
@@ -343,12 +417,14 @@ def inspect(bundle: Path, as_json: bool, debug: bool) -> None:
         return
     out = console()
     src = manifest.source
-    out.print(f"[bold]{manifest.name}[/bold]  built {manifest.created} by flexiexport {manifest.versions['flexiexport']}")
+    out.print(
+        f"[bold]{manifest.name}[/bold]  built {manifest.created} by flexiexport {manifest.versions['flexiexport']}"
+    )
     out.print(f"source: {src.get('path') or src.get('kind')}  sha256 {str(src.get('sha256'))[:16]}…")
     out.print(f"        {src['architecture']['summary']}")
     pre = manifest.preprocessing
     out.print(f"preprocessing: mean {pre['mean']} std {pre['std']} {pre['interpolation']} crop_pct {pre['crop_pct']}")
-    out.print(f"versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))
+    out.print("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))
     print_table(manifest, "variants")
     out.print("overall: " + ("[green]passed[/green]" if manifest.passed else "[red]FAILED[/red]"))
 

@@ -20,7 +20,13 @@ import torch
 
 from exporter.errors import CheckpointError, UsageError
 from exporter.load import CONTAINERS, read_safetensors, read_torch_file
-from exporter.resize import ResizeMethod, pi_resize_patch_embed, resample_pos_embed
+from exporter.resize import (
+    TIMM_PATCH_RESIZE,
+    TIMM_POS_RESIZE,
+    ResizeMethod,
+    pi_resize_patch_embed,
+    resample_pos_embed,
+)
 from exporter.sizes import Size2, format_size, grid_for
 
 
@@ -65,9 +71,16 @@ def pos_prefix_tokens(holder: MutableMapping[str, Any], pos_key: str) -> int:
 
 
 def convert_checkpoint(
-    src: Path, dst: Path, key: str, patch: Size2, img_size: Size2 | None = None, pos_key: str | None = None,
-    method: ResizeMethod = ResizeMethod(), pos_method: ResizeMethod = ResizeMethod(),
-    trust: bool = False, force: bool = False,
+    src: Path,
+    dst: Path,
+    key: str,
+    patch: Size2,
+    img_size: Size2 | None = None,
+    pos_key: str | None = None,
+    method: ResizeMethod = TIMM_PATCH_RESIZE,
+    pos_method: ResizeMethod = TIMM_POS_RESIZE,
+    trust: bool = False,
+    force: bool = False,
 ) -> ConvertResult:
     """Resize ``key`` in ``src`` to ``patch`` (and ``pos_key`` for ``img_size``) and write ``dst``."""
     if not src.is_file():
@@ -89,8 +102,15 @@ def convert_checkpoint(
     return result
 
 
-def _resize_pos(holder: MutableMapping[str, Any], key: str, pos_key: str | None, patch: Size2, img: Size2,
-                method: ResizeMethod, result: ConvertResult) -> ConvertResult:
+def _resize_pos(
+    holder: MutableMapping[str, Any],
+    key: str,
+    pos_key: str | None,
+    patch: Size2,
+    img: Size2,
+    method: ResizeMethod,
+    result: ConvertResult,
+) -> ConvertResult:
     if pos_key is None:
         stem = key.split("patch_embed.")[0] if "patch_embed." in key else ""
         pos_key = f"{stem}pos_embed"
@@ -98,10 +118,10 @@ def _resize_pos(holder: MutableMapping[str, Any], key: str, pos_key: str | None,
         raise CheckpointError(f"position embedding {pos_key!r} not found beside {key!r}; pass --pos-key")
     grid = grid_for(img, patch)
     old = holder[pos_key]
-    holder[pos_key] = resample_pos_embed(old, grid, num_prefix_tokens=pos_prefix_tokens(holder, pos_key),
-                                         method=method)
-    return ConvertResult(result.output, key, result.old_shape, result.new_shape, pos_key, tuple(old.shape),
-                         tuple(holder[pos_key].shape))
+    holder[pos_key] = resample_pos_embed(old, grid, num_prefix_tokens=pos_prefix_tokens(holder, pos_key), method=method)
+    return ConvertResult(
+        result.output, key, result.old_shape, result.new_shape, pos_key, tuple(old.shape), tuple(holder[pos_key].shape)
+    )
 
 
 def _save(obj: Any, dst: Path, safetensors: bool) -> None:

@@ -81,8 +81,14 @@ def export_onnx(model: torch.nn.Module, img_size: Size2, path: Path, options: Ex
         else:
             dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if options.batch == "dynamic" else None
             torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=options.opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=options.opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
     seconds = time.perf_counter() - start
@@ -96,8 +102,14 @@ def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path, op
         raise EnvironmentMissing("--exporter dynamo needs the onnxscript package: pip install onnxscript") from exc
     shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if options.batch == "dynamic" else None
     program = torch.onnx.export(
-        model, (example,), dynamo=True, opset_version=options.opset, input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME], dynamic_shapes=shapes, optimize=True,
+        model,
+        (example,),
+        dynamo=True,
+        opset_version=options.opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=shapes,
+        optimize=True,
     )
     program.save(str(path))  # type: ignore[union-attr]
 
@@ -127,7 +139,14 @@ def check_onnx(path: Path, exporter: str, seconds: float) -> ExportInfo:
         for o in graph.output
     )
     return ExportInfo(
-        path=path, sha256=sha256_file(path), opset=opset, exporter=exporter, inputs=inputs, outputs=outputs,
-        num_nodes=len(graph.node), op_counts=tuple(sorted(ops.items())), seconds=seconds,
+        path=path,
+        sha256=sha256_file(path),
+        opset=opset,
+        exporter=exporter,
+        inputs=inputs,
+        outputs=outputs,
+        num_nodes=len(graph.node),
+        op_counts=tuple(sorted(ops.items())),
+        seconds=seconds,
         size_bytes=path.stat().st_size,
     )

@@ -9,15 +9,17 @@ and preprocessing when present.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import pickle
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -107,16 +109,22 @@ def _first_line(exc: BaseException) -> str:
 
 def read_torch_file(path: Path, trust: bool = False) -> Any:
     """``torch.load`` on the CPU; pickled code is refused unless ``trust``."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch zip format or a raw pickle
+        raise CheckpointError(
+            f"cannot read {path}: not a PyTorch checkpoint (neither a torch zip archive nor a pickle)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if not trust and "weights_only" in str(exc):
+        if not trust and "GLOBAL" in str(exc):
             raise CheckpointError(
                 f"{path} needs pickled Python code to load (not plain weights); "
                 "if you trust its source, pass --trust-checkpoint"
             ) from exc
         raise CheckpointError(f"cannot read {path}: not a valid checkpoint ({_first_line(exc)})") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as exc:
+    except Exception as exc:
         raise CheckpointError(
             f"cannot read {path}: truncated, corrupt or not a PyTorch checkpoint ({_first_line(exc)})"
         ) from exc
@@ -128,7 +136,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
             return tensors, dict(handle.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
@@ -168,7 +176,7 @@ def _strip_prefixes(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
         changed = False
         for prefix in PREFIXES:
             if all(k.startswith(prefix) for k in tensors) and not any(k == KERNEL_KEY for k in tensors):
-                tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+                tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
                 stripped.append(prefix)
                 changed = True
     return tensors, stripped
@@ -190,7 +198,9 @@ def infer_vit_args(sd: Mapping[str, torch.Tensor], num_heads: int | None = None)
     if kernel.dim() != 4:
         raise CheckpointError(f"{KERNEL_KEY} must be 4-D [out, in, h, w], got shape {tuple(kernel.shape)}")
     if POS_KEY not in sd:
-        raise CheckpointError(f"checkpoint has no absolute position embedding {POS_KEY!r}; only ViTs with one are supported")
+        raise CheckpointError(
+            f"checkpoint has no absolute position embedding {POS_KEY!r}; only ViTs with one are supported"
+        )
     dim, in_chans = int(kernel.shape[0]), int(kernel.shape[1])
     depth = len({m.group(1) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
     if depth == 0:
@@ -203,13 +213,20 @@ def infer_vit_args(sd: Mapping[str, torch.Tensor], num_heads: int | None = None)
     reg_tokens = int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
     prefix = int(class_token) + reg_tokens
     n_pos = int(sd[POS_KEY].shape[1])
-    no_embed_class = prefix > 0 and math.isqrt(n_pos) ** 2 == n_pos and math.isqrt(n_pos - prefix) ** 2 != n_pos - prefix
+    no_embed_class = (
+        prefix > 0 and math.isqrt(n_pos) ** 2 == n_pos and math.isqrt(n_pos - prefix) ** 2 != n_pos - prefix
+    )
     has_fc_norm = "fc_norm.weight" in sd
     args: dict[str, Any] = dict(
-        embed_dim=dim, depth=depth, num_heads=num_heads, in_chans=in_chans,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=num_heads,
+        in_chans=in_chans,
         mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / dim if "blocks.0.mlp.fc1.weight" in sd else 4.0,
         qkv_bias="blocks.0.attn.qkv.bias" in sd,
-        class_token=class_token, reg_tokens=reg_tokens, no_embed_class=no_embed_class,
+        class_token=class_token,
+        reg_tokens=reg_tokens,
+        no_embed_class=no_embed_class,
         global_pool="avg" if has_fc_norm or not class_token else "token",
         fc_norm=has_fc_norm if not class_token or has_fc_norm else None,
         pre_norm="norm_pre.weight" in sd,
@@ -303,7 +320,9 @@ def _named_defaults(model_name: str, args: Mapping[str, Any]) -> tuple[dict[str,
     return cfg, int(model.blocks[0].attn.num_heads)  # type: ignore[index,union-attr]
 
 
-def _read_weights(path: Path, model_name: str | None, trust: bool, use_ema: bool) -> tuple[dict[str, torch.Tensor], str, str]:
+def _read_weights(
+    path: Path, model_name: str | None, model_args: Mapping[str, Any], trust: bool, use_ema: bool
+) -> tuple[dict[str, torch.Tensor], str, str]:
     """Tensors, container description and file format of a weights file."""
     if not path.exists():
         raise CheckpointError(f"weights file {str(path)!r} does not exist")
@@ -315,7 +334,7 @@ def _read_weights(path: Path, model_name: str | None, trust: bool, use_ema: bool
         sd, where = unwrap_state_dict(tensors, use_ema)
         return sd, where, "safetensors"
     if suffix == ".npz":
-        return _read_npz(path, model_name), "(big_vision npz, converted by timm)", "npz"
+        return _read_npz(path, model_name, model_args), "(big_vision npz, read by timm)", "npz"
     if suffix not in TORCH_SUFFIXES:
         raise CheckpointError(
             f"unsupported weights file {path.name!r}: use .pt, .pth, .bin, .ckpt, .safetensors or .npz"
@@ -324,26 +343,95 @@ def _read_weights(path: Path, model_name: str | None, trust: bool, use_ema: bool
     return sd, where, "torch"
 
 
-def _read_npz(path: Path, model_name: str | None) -> dict[str, torch.Tensor]:
+NPZ_PREFIXES = ("", "params/", "opt/target/", "params/img/")
+
+
+def _npz_layout(path: Path) -> tuple[Size2, Size2, bool]:
+    """Kernel size, position grid and whether the grid has a class slot, read off the arrays."""
+    import numpy as np
+
+    try:
+        with np.load(path) as data:
+            prefix = next((p for p in NPZ_PREFIXES if f"{p}embedding/kernel" in data.files), None)
+            if prefix is None:
+                raise CheckpointError(f"{path} is not a big_vision ViT checkpoint: no 'embedding/kernel' array")
+            kernel = data[f"{prefix}embedding/kernel"].shape
+            pos_key = next(
+                k
+                for k in (f"{prefix}pos_embedding", f"{prefix}Transformer/posembed_input/pos_embedding")
+                if k in data.files
+            )
+            tokens = int(data[pos_key].shape[1])
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read {path}: truncated, corrupt or not a big_vision .npz ({_first_line(exc)})"
+        ) from exc
+    side = math.isqrt(tokens)
+    has_slot = side * side != tokens
+    if has_slot:
+        side = math.isqrt(tokens - 1)
+    return (int(kernel[0]), int(kernel[1])), (side, side), has_slot
+
+
+def _read_npz(path: Path, model_name: str | None, model_args: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """A big_vision checkpoint through timm's reader, keeping its own kernel and grid.
+
+    The timm model is built at the checkpoint's kernel size and grid, so timm's loader
+    resamples nothing: FlexiViT's 32x32 kernel and 7x7 grid reach our PI-resize untouched.
+    """
     if not model_name:
         raise UsageError(f"{path.name} is a big_vision .npz checkpoint: pass --model NAME (e.g. flexivit_base)")
     import timm
 
     _check_model_name(model_name)
-    model = timm.create_model(model_name, pretrained=False)
+    kernel, grid, _ = _npz_layout(path)
+    args = {**model_args, "patch_size": kernel, "img_size": (grid[0] * kernel[0], grid[1] * kernel[1])}
+    model = timm.create_model(model_name, pretrained=False, **args)
     try:
         model.load_pretrained(str(path))  # type: ignore[operator]
-    except Exception as exc:  # noqa: BLE001 - any failure inside timm's npz reader is a bad file
+    except Exception as exc:
         raise CheckpointError(f"cannot read {path} as a {model_name} .npz checkpoint ({_first_line(exc)})") from exc
     return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def _hub_resolves() -> bool:
+    """Whether the model hub's host name resolves (fast); the hub client retries for ~45 s otherwise."""
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants as hub
+
+    host = urlparse(hub.ENDPOINT).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Make the hub client use its local cache only (what HF_HUB_OFFLINE=1 does at import)."""
+    import huggingface_hub.constants as hub
+
+    before = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
 
 
 def _download_pretrained(model_name: str) -> dict[str, torch.Tensor]:
     import timm
 
+    log.info("fetching pretrained weights for %s from the hub (or its local cache)", model_name)
     try:
-        model = timm.create_model(model_name, pretrained=True)
-    except Exception as exc:  # noqa: BLE001 - hub, network and cache failures all land here
+        with _hub_offline(not _hub_resolves()):
+            model = timm.create_model(model_name, pretrained=True)
+    except Exception as exc:
         raise EnvironmentMissing(
             f"cannot get pretrained weights for {model_name!r}: no network access to the model hub "
             f"and no local cache ({_first_line(exc)}); pass --weights FILE instead"
@@ -400,7 +488,9 @@ def load_source(spec: SourceSpec) -> SourceModel:
     config = read_config(weights) if weights is not None else {}
     model_name = spec.model_name or config.get("architecture") or None
     if weights is not None:
-        sd, container, file_format = _read_weights(weights, model_name, spec.trust_checkpoint, spec.use_ema)
+        sd, container, file_format = _read_weights(
+            weights, model_name, config.get("model_args") or {}, spec.trust_checkpoint, spec.use_ema
+        )
         origin = Origin("file", weights.resolve(), sha256_file(weights), file_format, container)
     elif spec.pretrained:
         sd = _download_pretrained(str(model_name))
@@ -411,8 +501,12 @@ def load_source(spec: SourceSpec) -> SourceModel:
 
 
 def _describe(
-    sd: dict[str, torch.Tensor], name: str, model_name: str | None, config: Mapping[str, Any],
-    origin: Origin, num_heads: int | None,
+    sd: dict[str, torch.Tensor],
+    name: str,
+    model_name: str | None,
+    config: Mapping[str, Any],
+    origin: Origin,
+    num_heads: int | None,
 ) -> SourceModel:
     args, assumed = infer_vit_args(sd, num_heads)
     named_cfg: dict[str, Any] = {}
@@ -436,12 +530,23 @@ def _describe(
     pre_src = "checkpoint config" if config.get("pretrained_cfg") else (f"timm {model_name}" if named_cfg else "")
     attn = meta.blocks[0].attn  # type: ignore[index,union-attr]
     return SourceModel(
-        name=name, family=family, model_name=model_name, model_args=args, state_dict=sd,
-        patch_size=patch, img_size=img, pos_grid=grid, num_pos_prefix=prefix,
-        embed_dim=int(kernel.shape[0]), depth=len(meta.blocks), num_heads=int(attn.num_heads),  # type: ignore[arg-type]
-        num_classes=int(getattr(meta, "num_classes", 0)), in_chans=int(kernel.shape[1]),
+        name=name,
+        family=family,
+        model_name=model_name,
+        model_args=args,
+        state_dict=sd,
+        patch_size=patch,
+        img_size=img,
+        pos_grid=grid,
+        num_pos_prefix=prefix,
+        embed_dim=int(kernel.shape[0]),
+        depth=len(meta.blocks),  # type: ignore[arg-type]
+        num_heads=int(attn.num_heads),  # type: ignore[arg-type]
+        num_classes=int(getattr(meta, "num_classes", 0)),
+        in_chans=int(kernel.shape[1]),
         preprocessing=_preprocessing(pre_cfg, pre_src) if pre_src else Preprocessing(),
-        origin=origin, inferred=tuple(assumed),
+        origin=origin,
+        inferred=tuple(assumed),
     )
 
 

@@ -65,15 +65,18 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise BundleError(f"manifest schema_version {version!r} is not supported (this flexiexport reads {SCHEMA_VERSION})")
+            raise BundleError(
+                f"manifest schema_version {version!r} is not supported (this flexiexport reads {SCHEMA_VERSION})"
+            )
         names = {f.name for f in fields(VariantRecord)}
-        variants = tuple(
-            VariantRecord(**{k: tuple(v) if k in ("patch_size", "img_size", "grid") else v
-                             for k, v in item.items() if k in names})
-            for item in data.get("variants", [])
-        )
+        variants = tuple(VariantRecord(**_record_fields(item, names)) for item in data.get("variants", []))
         known = {f.name for f in fields(cls)}
         return cls(**{**{k: v for k, v in data.items() if k in known}, "variants": variants})
+
+
+def _record_fields(item: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """JSON lists back to the tuples a ``VariantRecord`` holds; unknown keys dropped."""
+    return {k: tuple(v) if k in ("patch_size", "img_size", "grid") else v for k, v in item.items() if k in names}
 
 
 def read_manifest(bundle: Path) -> Manifest:
@@ -121,19 +124,41 @@ def variant_rows(manifest: Manifest) -> list[list[str]]:
     rows = []
     for v in manifest.variants:
         p = v.parity or {}
-        rows.append([
-            "✓" if v.status == "passed" else "✗",
-            v.label, _fmt_size(v.img_size), f"{v.grid[0]}x{v.grid[1]}", str(v.tokens), f"{v.gflops:.3f}",
-            f"{p.get('max_abs', float('nan')):.1e}", f"{p.get('p99_abs', float('nan')):.1e}",
-            f"{p.get('min_cosine', float('nan')):.7f}", f"{p.get('top1_agreement', float('nan')):.1%}",
-            f"{p.get('top5_agreement', float('nan')):.1%}", f"{v.export_seconds:.2f}",
-            Path(v.onnx.get("path", "")).name,
-        ])
+        rows.append(
+            [
+                "✓" if v.status == "passed" else "✗",
+                v.label,
+                _fmt_size(v.img_size),
+                f"{v.grid[0]}x{v.grid[1]}",
+                str(v.tokens),
+                f"{v.gflops:.3f}",
+                f"{p.get('max_abs', float('nan')):.1e}",
+                f"{p.get('p99_abs', float('nan')):.1e}",
+                f"{p.get('min_cosine', float('nan')):.7f}",
+                f"{p.get('top1_agreement', float('nan')):.1%}",
+                f"{p.get('top5_agreement', float('nan')):.1%}",
+                f"{v.export_seconds:.2f}",
+                Path(v.onnx.get("path", "")).name,
+            ]
+        )
     return rows
 
 
-TABLE_HEADER = ["", "variant", "image", "grid", "tokens", "GFLOPs", "max|Δ|", "p99|Δ|", "cosine",
-                "top-1", "top-5", "export s", "onnx"]
+TABLE_HEADER = [
+    "",
+    "variant",
+    "image",
+    "grid",
+    "tokens",
+    "GFLOPs",
+    "max|Δ|",
+    "p99|Δ|",
+    "cosine",
+    "top-1",
+    "top-5",
+    "export s",
+    "onnx",
+]
 
 
 def render_report(manifest: Manifest) -> str:
@@ -160,6 +185,9 @@ def render_report(manifest: Manifest) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in variant_rows(manifest)]
     failed = [v for v in manifest.variants if v.status != "passed"]
     for v in failed:
-        lines += ["", f"**{v.label} {v.status}:** " + "; ".join(v.parity.get("failures", []) or [v.parity.get("error", "")])]
+        lines += [
+            "",
+            f"**{v.label} {v.status}:** " + "; ".join(v.parity.get("failures", []) or [v.parity.get("error", "")]),
+        ]
     lines += ["", f"Overall: {'PASSED' if manifest.passed else 'FAILED'}", ""]
     return "\n".join(lines)

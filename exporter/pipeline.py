@@ -124,11 +124,15 @@ def check_output(out: Path, force: bool, resume: bool) -> None:
         raise BundleError(f"--out {str(out)!r} is a file; give a folder path for the bundle")
     if out.is_dir() and any(out.iterdir()):
         if not (out / MANIFEST).is_file():
-            raise BundleError(f"--out {str(out)!r} is a non-empty folder that is not a flexiexport bundle; "
-                              "refusing to replace it, choose another --out")
+            raise BundleError(
+                f"--out {str(out)!r} is a non-empty folder that is not a flexiexport bundle; "
+                "refusing to replace it, choose another --out"
+            )
         if not (force or resume):
-            raise BundleError(f"a bundle already exists at {str(out)!r}; pass --force to replace it "
-                              "or --resume to reuse its unchanged variants")
+            raise BundleError(
+                f"a bundle already exists at {str(out)!r}; pass --force to replace it "
+                "or --resume to reuse its unchanged variants"
+            )
     parent = out.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -176,27 +180,50 @@ def library_versions() -> dict[str, str]:
 
     from exporter import __version__
 
-    return {"flexiexport": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "timm": timm.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": np.__version__}
+    return {
+        "flexiexport": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def source_record(source: SourceModel) -> dict[str, Any]:
     arch = {
-        "model_name": source.model_name, "family": source.family, "kernel_size": list(source.patch_size),
-        "pos_grid": list(source.pos_grid), "img_size": list(source.img_size), "embed_dim": source.embed_dim,
-        "depth": source.depth, "num_heads": source.num_heads, "num_classes": source.num_classes,
-        "in_chans": source.in_chans, "num_pos_prefix_tokens": source.num_pos_prefix,
-        "model_args": dict(source.model_args), "assumed": list(source.inferred),
-        "summary": (f"{source.model_name or 'ViT (inferred)'}: {source.depth} blocks, width {source.embed_dim}, "
-                    f"{source.num_heads} heads, kernel {format_size(source.patch_size)}, "
-                    f"pos grid {format_size(source.pos_grid)}, native {format_size(source.img_size)}, "
-                    f"{source.num_classes} classes"),
+        "model_name": source.model_name,
+        "family": source.family,
+        "kernel_size": list(source.patch_size),
+        "pos_grid": list(source.pos_grid),
+        "img_size": list(source.img_size),
+        "embed_dim": source.embed_dim,
+        "depth": source.depth,
+        "num_heads": source.num_heads,
+        "num_classes": source.num_classes,
+        "in_chans": source.in_chans,
+        "num_pos_prefix_tokens": source.num_pos_prefix,
+        "model_args": dict(source.model_args),
+        "assumed": list(source.inferred),
+        "summary": (
+            f"{source.model_name or 'ViT (inferred)'}: {source.depth} blocks, width {source.embed_dim}, "
+            f"{source.num_heads} heads, kernel {format_size(source.patch_size)}, "
+            f"pos grid {format_size(source.pos_grid)}, native {format_size(source.img_size)}, "
+            f"{source.num_classes} classes"
+        ),
     }
     o = source.origin
-    return {"name": source.name, "kind": o.kind, "path": str(o.path) if o.path else None, "sha256": o.sha256,
-            "format": o.file_format, "container": o.container, "dtype": str(source.dtype).replace("torch.", ""),
-            "architecture": arch}
+    return {
+        "name": source.name,
+        "kind": o.kind,
+        "path": str(o.path) if o.path else None,
+        "sha256": o.sha256,
+        "format": o.file_format,
+        "container": o.container,
+        "dtype": str(source.dtype).replace("torch.", ""),
+        "architecture": arch,
+    }
 
 
 def state_digest(source: SourceModel) -> str:
@@ -205,7 +232,9 @@ def state_digest(source: SourceModel) -> str:
     for key in sorted(source.state_dict):
         tensor = source.state_dict[key]
         digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+        digest.update(
+            tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes()
+        )
     return digest.hexdigest()
 
 
@@ -213,11 +242,19 @@ def input_key(source_sha: str, spec: VariantSpec, options: BuildOptions) -> str:
     """A digest of everything that determines a variant's ONNX and its parity verdict."""
     from exporter import __version__
 
-    payload = {"source": source_sha, "patch": spec.patch_size, "img": spec.img_size,
-               "patch_resize": str(spec.patch_resize), "pos_resize": str(spec.pos_resize),
-               "export": asdict(options.export), "tolerance": asdict(options.tolerance),
-               "samples": options.parity_samples, "seed": options.seed,
-               "calib": str(options.calib_dir) if options.calib_dir else None, "flexiexport": __version__}
+    payload = {
+        "source": source_sha,
+        "patch": spec.patch_size,
+        "img": spec.img_size,
+        "patch_resize": str(spec.patch_resize),
+        "pos_resize": str(spec.pos_resize),
+        "export": asdict(options.export),
+        "tolerance": asdict(options.tolerance),
+        "samples": options.parity_samples,
+        "seed": options.seed,
+        "calib": str(options.calib_dir) if options.calib_dir else None,
+        "flexiexport": __version__,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -232,7 +269,9 @@ def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpe
     for patch in options.patch_sizes:
         reference = options.img_size if isinstance(options.img_size, tuple) else source.img_size
         check_patch_fits(patch, reference)
-        specs.append(VariantSpec(patch, plan_img_size(source.img_size, patch, options.img_size), patch_resize, pos_resize))
+        specs.append(
+            VariantSpec(patch, plan_img_size(source.img_size, patch, options.img_size), patch_resize, pos_resize)
+        )
     return specs
 
 
@@ -281,8 +320,15 @@ def _reuse(old: Manifest | None, old_dir: Path, label: str, key: str, tmp: Path)
     return replace(record, resumed=True)
 
 
-def build_variant(source: SourceModel, spec: VariantSpec, options: BuildOptions, tmp: Path, key: str,
-                  reporter: Reporter, times: dict[str, float]) -> VariantRecord:
+def build_variant(
+    source: SourceModel,
+    spec: VariantSpec,
+    options: BuildOptions,
+    tmp: Path,
+    key: str,
+    reporter: Reporter,
+    times: dict[str, float],
+) -> VariantRecord:
     """Resize, export and check one variant; returns its manifest record."""
     from exporter.export import export_onnx
     from exporter.validate import check_parity, ort_runner, torch_runner
@@ -299,19 +345,35 @@ def build_variant(source: SourceModel, spec: VariantSpec, options: BuildOptions,
         start = time.perf_counter()
         inputs, _ = parity_inputs(source, spec, options)
         batch = 8 if options.export.batch == "dynamic" else int(options.export.batch)
-        comparison: Comparison = check_parity(torch_runner(variant.model), ort_runner(tmp / rel, options.threads),
-                                              inputs, batch, options.tolerance)
+        comparison: Comparison = check_parity(
+            torch_runner(variant.model), ort_runner(tmp / rel, options.threads), inputs, batch, options.tolerance
+        )
         parity_seconds = time.perf_counter() - start
-    onnx_record = {**asdict(info), "path": str(rel), "inputs": [asdict(i) for i in info.inputs],
-                   "outputs": [asdict(o) for o in info.outputs], "op_counts": dict(info.op_counts)}
+    onnx_record = {
+        **asdict(info),
+        "path": str(rel),
+        "inputs": [asdict(i) for i in info.inputs],
+        "outputs": [asdict(o) for o in info.outputs],
+        "op_counts": dict(info.op_counts),
+    }
     onnx_record.pop("seconds")
     parity = comparison.to_dict()
     parity.pop("tolerance")
     return VariantRecord(
-        label=label, patch_size=spec.patch_size, img_size=spec.img_size, grid=spec.grid, tokens=variant.tokens,
-        gflops=round(variant.gflops, 6), patch_resize=str(spec.patch_resize), pos_resize=str(spec.pos_resize),
-        onnx=onnx_record, parity=parity, status="passed" if comparison else "failed",
-        export_seconds=round(info.seconds, 3), parity_seconds=round(parity_seconds, 3), input_key=key,
+        label=label,
+        patch_size=spec.patch_size,
+        img_size=spec.img_size,
+        grid=spec.grid,
+        tokens=variant.tokens,
+        gflops=round(variant.gflops, 6),
+        patch_resize=str(spec.patch_resize),
+        pos_resize=str(spec.pos_resize),
+        onnx=onnx_record,
+        parity=parity,
+        status="passed" if comparison else "failed",
+        export_seconds=round(info.seconds, 3),
+        parity_seconds=round(parity_seconds, 3),
+        input_key=key,
     )
 
 
@@ -341,7 +403,9 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         records = []
         for spec in specs:
             key = input_key(source_sha, spec, options)
-            record = _reuse(old, out, spec.label, key, tmp) or build_variant(source, spec, options, tmp, key, reporter, times)
+            record = _reuse(old, out, spec.label, key, tmp) or build_variant(
+                source, spec, options, tmp, key, reporter, times
+            )
             reporter.variant(record)
             records.append(record)
         manifest = _manifest(source, source_sha, options, records, specs)
@@ -365,21 +429,38 @@ def _render(manifest: Manifest) -> str:
     return render_report(manifest)
 
 
-def _manifest(source: SourceModel, source_sha: str, options: BuildOptions, records: list[VariantRecord],
-              specs: list[VariantSpec]) -> Manifest:
+def _manifest(
+    source: SourceModel, source_sha: str, options: BuildOptions, records: list[VariantRecord], specs: list[VariantSpec]
+) -> Manifest:
     pre = asdict(source.preprocessing)
-    pre["input"] = {"name": "pixel_values", "layout": "NCHW", "dtype": "float32", "channels": "RGB",
-                    "range_before_normalisation": [0.0, 1.0]}
+    pre["input"] = {
+        "name": "pixel_values",
+        "layout": "NCHW",
+        "dtype": "float32",
+        "channels": "RGB",
+        "range_before_normalisation": [0.0, 1.0],
+    }
     _, what = parity_inputs(source, specs[0], options) if specs else (None, "")
-    opts = {"img_size_policy": options.img_size if isinstance(options.img_size, str) else list(options.img_size),
-            "export": asdict(options.export), "parity_samples": options.parity_samples, "seed": options.seed,
-            "parity_inputs": what, "calib_dir": str(options.calib_dir) if options.calib_dir else None,
-            "threads": options.threads, "patch_sizes": [format_size(p) for p in options.patch_sizes]}
+    opts = {
+        "img_size_policy": options.img_size if isinstance(options.img_size, str) else list(options.img_size),
+        "export": asdict(options.export),
+        "parity_samples": options.parity_samples,
+        "seed": options.seed,
+        "parity_inputs": what,
+        "calib_dir": str(options.calib_dir) if options.calib_dir else None,
+        "threads": options.threads,
+        "patch_sizes": [format_size(p) for p in options.patch_sizes],
+    }
     return Manifest(
-        schema_version=SCHEMA_VERSION, name=source.name,
+        schema_version=SCHEMA_VERSION,
+        name=source.name,
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        versions=library_versions(), source={**source_record(source), "sha256": source_sha},
-        preprocessing=pre, options=opts, tolerance=asdict(options.tolerance), variants=tuple(records),
+        versions=library_versions(),
+        source={**source_record(source), "sha256": source_sha},
+        preprocessing=pre,
+        options=opts,
+        tolerance=asdict(options.tolerance),
+        variants=tuple(records),
     )
 
 
@@ -415,19 +496,26 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     if path is not None and not path.is_file():
         raise BundleError(f"the bundle's source checkpoint {str(path)!r} is gone; pass --weights FILE")
     arch = src["architecture"]
-    spec = SourceSpec(weights=path, model_name=arch.get("model_name"), pretrained=path is None,
-                      num_heads=arch.get("num_heads"))
+    spec = SourceSpec(
+        weights=path, model_name=arch.get("model_name"), pretrained=path is None, num_heads=arch.get("num_heads")
+    )
     source = load_source(spec)
     if src.get("sha256") and source.origin.sha256 and source.origin.sha256 != src["sha256"]:
-        raise BundleError(f"{path} has sha256 {source.origin.sha256[:16]}…, but the bundle was built from "
-                          f"{src['sha256'][:16]}…")
+        raise BundleError(
+            f"{path} has sha256 {source.origin.sha256[:16]}…, but the bundle was built from {src['sha256'][:16]}…"
+        )
     opts = manifest.options
     tol = Tolerance(**manifest.tolerance)
     export = ExportOptions(**opts["export"])
     calib = Path(opts["calib_dir"]) if opts.get("calib_dir") else None
-    options = BuildOptions(patch_sizes=tuple(tuple(v.patch_size) for v in manifest.variants),  # type: ignore[misc]
-                           export=export, parity_samples=opts["parity_samples"], seed=opts["seed"],
-                           calib_dir=calib if calib and calib.is_dir() else None, tolerance=tol)
+    options = BuildOptions(
+        patch_sizes=tuple(tuple(v.patch_size) for v in manifest.variants),  # type: ignore[misc]
+        export=export,
+        parity_samples=opts["parity_samples"],
+        seed=opts["seed"],
+        calib_dir=calib if calib and calib.is_dir() else None,
+        tolerance=tol,
+    )
     reporter.begin(len(manifest.variants) * 2)
     results = []
     times: dict[str, float] = {}
@@ -438,8 +526,12 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
         if not ok:
             results.append(Recheck(record.label, False, None, f"{onnx_path.name} is missing or its sha256 changed"))
             continue
-        vspec = VariantSpec(tuple(record.patch_size), tuple(record.img_size),  # type: ignore[arg-type]
-                            parse_resize_method(record.patch_resize), parse_resize_method(record.pos_resize))
+        vspec = VariantSpec(
+            record.patch_size,
+            record.img_size,
+            parse_resize_method(record.patch_resize),
+            parse_resize_method(record.pos_resize),
+        )
         with _stage(reporter, record.label, "parity", times):
             variant = make_variant(source, vspec)
             inputs, _ = parity_inputs(source, vspec, options)

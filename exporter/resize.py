@@ -36,10 +36,7 @@ class ResizeMethod:
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
-            raise UsageError(
-                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                f"got {self.interpolation!r}"
-            )
+            raise UsageError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
 
     def __str__(self) -> str:
         return f"{self.interpolation}{'+antialias' if self.antialias else ''}"
@@ -67,9 +64,7 @@ def default_pos_resize(family: str) -> ResizeMethod:
 def resize_matrix_1d(old: int, new: int, interpolation: str, antialias: bool) -> torch.Tensor:
     """The float64 ``[new, old]`` matrix that torch's 1-D resize applies (CPU, cached)."""
     basis = torch.eye(old, dtype=torch.float64).reshape(old, 1, 1, old)
-    resized = F.interpolate(
-        basis, size=(1, new), mode=interpolation, antialias=antialias, align_corners=False
-    )
+    resized = F.interpolate(basis, size=(1, new), mode=interpolation, antialias=antialias, align_corners=False)
     return resized.reshape(old, new).T.contiguous()
 
 
@@ -98,9 +93,7 @@ def pi_resize_matrices(old: Size2, new: Size2, method: ResizeMethod) -> tuple[to
 
 def _check_kernel(patch_embed: torch.Tensor) -> None:
     if patch_embed.dim() != 4:
-        raise UsageError(
-            f"patch embedding weight must be 4-D [out, in, h, w], got shape {tuple(patch_embed.shape)}"
-        )
+        raise UsageError(f"patch embedding weight must be 4-D [out, in, h, w], got shape {tuple(patch_embed.shape)}")
 
 
 def pi_resize_patch_embed(
@@ -141,16 +134,17 @@ def pi_resize_patch_embed_full(
     return (flat @ pinv.T).reshape(*patch_embed.shape[:2], *new).to(patch_embed.dtype)
 
 
-def interpolate_patch_embed(
-    patch_embed: torch.Tensor, new_patch_size: SizeLike, method: ResizeMethod
-) -> torch.Tensor:
+def interpolate_patch_embed(patch_embed: torch.Tensor, new_patch_size: SizeLike, method: ResizeMethod) -> torch.Tensor:
     """Naive kernel resize (plain interpolation): what PI-resize is compared against."""
     _check_kernel(patch_embed)
     new = to_size2(new_patch_size)
     old_area = patch_embed.shape[2] * patch_embed.shape[3]
     resized = F.interpolate(
-        patch_embed.to(torch.float32), size=new, mode=method.interpolation,
-        antialias=method.antialias, align_corners=False,
+        patch_embed.to(torch.float32),
+        size=new,
+        mode=method.interpolation,
+        antialias=method.antialias,
+        align_corners=False,
     )
     # Keep the response to a constant image: the kernel's sum scales with its area.
     return (resized * (old_area / (new[0] * new[1]))).to(patch_embed.dtype)
@@ -212,7 +206,11 @@ def resample_pos_embed(
         return pos_embed
     work = pos_embed if pos_embed.dtype in (torch.float32, torch.float64) else pos_embed.float()
     resized = resample_abs_pos_embed(
-        work, new_size=list(new), old_size=list(old), num_prefix_tokens=num_prefix_tokens,
-        interpolation=method.interpolation, antialias=method.antialias,
+        work,
+        new_size=list(new),
+        old_size=list(old),
+        num_prefix_tokens=num_prefix_tokens,
+        interpolation=method.interpolation,
+        antialias=method.antialias,
     )
     return resized.to(pos_embed.dtype)

@@ -5,7 +5,8 @@ Kept free of heavy imports: the CLI parses sizes before it decides to import tor
 
 from __future__ import annotations
 
-from typing import Iterable, Union
+from collections.abc import Iterable
+from typing import Union
 
 from exporter.errors import ImageSizeError, PatchSizeError
 
@@ -48,7 +49,12 @@ def to_size2(value: SizeLike, what: str = "patch size") -> Size2:
         items = items * 2
     if len(items) != 2:
         raise PatchSizeError(f"{what} must have one or two values (N or HxW), got {value!r}")
-    return (_positive_int(items[0], what), _positive_int(items[1], what))
+    try:
+        return (_positive_int(items[0], what), _positive_int(items[1], what))
+    except PatchSizeError:
+        if isinstance(value, str) and "x" in value.lower():
+            raise PatchSizeError(f"{what} must be N or HxW with positive integers, got {value!r}") from None
+        raise
 
 
 def format_size(size: Size2) -> str:

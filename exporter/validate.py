@@ -33,9 +33,7 @@ class Tolerance:
         if self.atol < 0 or self.rtol < 0:
             raise UsageError(f"tolerances must be >= 0, got atol={self.atol}, rtol={self.rtol}")
         if not (0.0 <= self.min_cosine <= 1.0 and 0.0 <= self.min_top1 <= 1.0):
-            raise UsageError(
-                f"min cosine and min top-1 must be in [0, 1], got {self.min_cosine}, {self.min_top1}"
-            )
+            raise UsageError(f"min cosine and min top-1 must be in [0, 1], got {self.min_cosine}, {self.min_top1}")
 
 
 TOLERANCES = {
@@ -111,10 +109,19 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
     if top1 < tol.min_top1:
         failures.append(f"top-1 agreement {top1:.1%} < {tol.min_top1:.1%}")
     return Comparison(
-        samples=int(ref.shape[0]), max_abs=float(diff.max()), mean_abs=float(diff.mean()),
-        p99_abs=float(np.percentile(diff, 99)), max_rel=float(rel.max()), mean_rel=float(rel.mean()),
-        p99_rel=float(np.percentile(rel, 99)), min_cosine=float(cosine.min()), top1_agreement=top1,
-        top5_agreement=top5, allclose=allclose, tolerance=tol, failures=tuple(failures),
+        samples=int(ref.shape[0]),
+        max_abs=float(diff.max()),
+        mean_abs=float(diff.mean()),
+        p99_abs=float(np.percentile(diff, 99)),
+        max_rel=float(rel.max()),
+        mean_rel=float(rel.mean()),
+        p99_rel=float(np.percentile(rel, 99)),
+        min_cosine=float(cosine.min()),
+        top1_agreement=top1,
+        top5_agreement=top5,
+        allclose=allclose,
+        tolerance=tol,
+        failures=tuple(failures),
     )
 
 
@@ -122,7 +129,7 @@ def run_batched(runner: Runner, inputs: np.ndarray, batch: int) -> np.ndarray:
     """Run ``runner`` over ``inputs`` in chunks of ``batch`` (a static-batch ONNX needs exact chunks)."""
     outputs = []
     for start in range(0, len(inputs), batch):
-        chunk = inputs[start:start + batch]
+        chunk = inputs[start : start + batch]
         if len(chunk) < batch:  # pad the tail for static shapes, then drop the padding
             pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
             outputs.append(runner(np.concatenate([chunk, pad]))[: len(chunk)])
@@ -165,7 +172,9 @@ def ort_runner(path: Path, threads: int | None = None) -> Runner:
     return run
 
 
-def random_inputs(img_size: tuple[int, int], count: int, seed: int, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+def random_inputs(
+    img_size: tuple[int, int], count: int, seed: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> np.ndarray:
     """Seeded uniform [0, 1) images, normalised with the model's mean/std: float32 NCHW."""
     rng = np.random.default_rng(seed)
     pixels = rng.random((count, 3, *img_size), dtype=np.float32)

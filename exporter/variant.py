@@ -97,7 +97,10 @@ def resized_state_dict(source: SourceModel, spec: VariantSpec) -> dict[str, torc
         state[KERNEL_KEY], spec.patch_size, spec.patch_resize.interpolation, spec.patch_resize.antialias
     )
     state[POS_KEY] = resample_pos_embed(
-        state[POS_KEY], spec.grid, num_prefix_tokens=source.num_pos_prefix, old_grid=source.pos_grid,
+        state[POS_KEY],
+        spec.grid,
+        num_prefix_tokens=source.num_pos_prefix,
+        old_grid=source.pos_grid,
         method=spec.pos_resize,
     )
     return state

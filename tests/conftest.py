@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny real timm ViTs saved to real checkpoint files, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+TINY = dict(embed_dim=32, depth=2, num_heads=2)
+
+
+def tiny_model(name: str = "flexivit_small", **overrides):
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, **{**TINY, **overrides}).eval()
+
+
+def save_with_config(model: torch.nn.Module, path: Path, architecture: str | None = None, **model_args) -> Path:
+    """Save ``model``'s state dict to ``path`` with a timm-style ``<stem>.json`` beside it."""
+    torch.save(model.state_dict(), path)
+    if architecture:
+        path.with_suffix(".json").write_text(json.dumps({"architecture": architecture, "model_args": model_args}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_flexivit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny flexivit_small (width 32, 2 blocks, 10 classes) at 240x240 with its config."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_flexivit.pt"
+    return save_with_config(tiny_model(num_classes=10), path, "flexivit_small", **TINY, num_classes=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny vit_base_patch16_224 (class token, pos slot for it), weights only: no config."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_vit.pt"
+    torch.save(tiny_model("vit_base_patch16_224", num_classes=7, embed_dim=64, num_heads=1).state_dict(), path)
+    return path
+
+
+def run_cli(*args: str) -> Result:
+    """Invoke the CLI in-process, with stdout and stderr kept apart."""
+    from exporter.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def one_line_error(result: Result) -> str:
+    """The error text; asserts it is one ``error:`` line with no traceback."""
+    err = result.stderr.strip()
+    assert "Traceback" not in result.output + result.stderr
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]

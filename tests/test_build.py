@@ -1,0 +1,228 @@
+"""``flexiexport build`` on the shipped demo: the bundle, inspect, validate, resume and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import one_line_error, run_cli
+
+from exporter.demo import DEMO_WEIGHTS
+from exporter.load import sha256_file
+
+HEADLINE = ("build", "--patch-sizes", "8", "16", "32")
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def demo_bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "demo"
+    result = run_cli(*HEADLINE, "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "p8" in result.stdout and "bundle written to" in result.stdout
+    return out
+
+
+def test_headline_bundle_layout_and_manifest(demo_bundle):
+    manifest = json.loads((demo_bundle / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1 and manifest["name"] == "flexivit-demo"
+    assert set(manifest["versions"]) >= {"flexiexport", "torch", "timm", "onnx", "onnxruntime"}
+    src = manifest["source"]
+    assert src["sha256"] == sha256_file(DEMO_WEIGHTS) and src["architecture"]["kernel_size"] == [32, 32]
+    assert src["architecture"]["pos_grid"] == [8, 8] and src["architecture"]["family"] == "flexivit"
+    assert manifest["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and manifest["preprocessing"]["crop_pct"] == 1.0
+    assert "held-out demo digits" in manifest["options"]["parity_inputs"]
+    assert [v["label"] for v in manifest["variants"]] == ["p8", "p16", "p32"]
+    for v, grid in zip(manifest["variants"], (8, 4, 2)):
+        assert v["status"] == "passed" and v["img_size"] == [64, 64] and v["grid"] == [grid, grid]
+        assert v["tokens"] == grid * grid + 1 and v["gflops"] > 0
+        assert (v["patch_resize"], v["pos_resize"]) == ("bilinear", "bilinear+antialias")
+        onnx_file = demo_bundle / v["onnx"]["path"]
+        assert sha256_file(onnx_file) == v["onnx"]["sha256"] and v["onnx"]["opset"] == 17
+        assert v["onnx"]["inputs"] == [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 64, 64]}]
+        assert v["onnx"]["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
+        assert v["onnx"]["op_counts"]["LayerNormalization"] == 2 * 4 + 1
+        p = v["parity"]
+        assert p["passed"] and p["samples"] == 32 and p["max_abs"] <= 1e-4 and p["min_cosine"] >= 0.99999
+        assert p["top1_agreement"] == 1.0 and {"p99_abs", "mean_rel", "top5_agreement"} <= set(p)
+    assert not list(demo_bundle.parent.glob(".*tmp-*"))
+
+
+def test_report_has_the_same_table(demo_bundle):
+    report = (demo_bundle / "report.md").read_text()
+    assert "| ✓ | p8 | 64 | 8x8 | 65 |" in report and "| ✓ | p32 | 64 | 2x2 | 5 |" in report
+    assert "Overall: PASSED" in report
+
+
+def test_exported_graphs_are_checked_and_reproduce_demo_accuracy(demo_bundle):
+    """The ONNX variants classify the held-out digits as well as the model card says."""
+    from exporter.demo import digits_to_pixels, load_demo_digits
+    from exporter.validate import ort_runner, run_batched
+
+    card = json.loads(DEMO_WEIGHTS.with_suffix(".json").read_text())["training"]["heldout_top1"]
+    digits, labels = load_demo_digits("test")
+    pixels = digits_to_pixels(digits)
+    for p in (8, 16, 32):
+        path = demo_bundle / "onnx" / f"model_p{p}.onnx"
+        onnx.checker.check_model(str(path), full_check=True)
+        accuracy = float(np.mean(run_batched(ort_runner(path), pixels, 64).argmax(1) == labels))
+        assert accuracy == pytest.approx(card[str(p)], abs=0.006)
+        assert accuracy >= 0.90
+
+
+def test_inspect(demo_bundle):
+    result = run_cli("inspect", str(demo_bundle))
+    assert result.exit_code == 0
+    assert "flexivit-demo" in result.stdout and "p16" in result.stdout and "passed" in result.stdout
+    raw = run_cli("inspect", str(demo_bundle), "--json")
+    assert json.loads(raw.stdout)["name"] == "flexivit-demo"
+
+
+def test_validate_passes_then_catches_a_tampered_file(demo_bundle, tmp_path):
+    result = run_cli("validate", str(demo_bundle), "--quiet")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "all 3 variants passed" in result.stdout
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_bundle, copy)
+    with open(copy / "onnx" / "model_p16.onnx", "ab") as handle:
+        handle.write(b"\0")
+    result = run_cli("validate", str(copy), "--quiet")
+    assert result.exit_code == 3
+    assert "sha256 MISMATCH" in result.stdout and "p16" in one_line_error(result)
+
+
+def test_failed_parity_writes_the_report_and_exits_3(tmp_path):
+    out = tmp_path / "strict"
+    result = run_cli("build", "-p", "16", "--out", str(out), "--atol", "0", "--rtol", "0", "--quiet")
+    assert result.exit_code == 3, result.output + result.stderr
+    assert "failed validation" in one_line_error(result) and "report.md" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["variants"][0]["status"] == "failed"
+    assert "exceeds atol 0" in manifest["variants"][0]["parity"]["failures"][0]
+    assert "**p16 failed:**" in (out / "report.md").read_text()
+
+
+def test_existing_bundle_needs_force_and_resume_reuses(demo_bundle, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(demo_bundle, out)
+    before = tree_digest(out)
+    result = run_cli(*HEADLINE, "--out", str(out), "--quiet")
+    assert result.exit_code == 2 and "--force" in one_line_error(result)
+    assert tree_digest(out) == before
+    with open(out / "onnx" / "model_p32.onnx", "ab") as handle:
+        handle.write(b"\0")
+    result = run_cli(*HEADLINE, "--out", str(out), "--resume")
+    assert result.exit_code == 0, result.output + result.stderr
+    variants = json.loads((out / "manifest.json").read_text())["variants"]
+    assert [v["resumed"] for v in variants] == [True, True, False]
+    assert "resumed" in result.stderr
+    assert sha256_file(out / "onnx" / "model_p32.onnx") == variants[2]["onnx"]["sha256"]
+    result = run_cli(*HEADLINE, "--out", str(out), "--force", "--quiet")
+    assert result.exit_code == 0
+    assert not any(v["resumed"] for v in json.loads((out / "manifest.json").read_text())["variants"])
+
+
+def test_patch_sizes_forms(tmp_path):
+    result = run_cli(
+        "build",
+        "--patch-sizes",
+        "8,16",
+        "-p",
+        "32",
+        "--out",
+        str(tmp_path / "b"),
+        "--quiet",
+        "--batch",
+        "4",
+        "--parity-samples",
+        "3",
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["options"]["patch_sizes"] == ["8", "16", "32"]
+    assert manifest["variants"][0]["onnx"]["inputs"][0]["shape"] == [4, 3, 64, 64]
+
+
+@pytest.fixture()
+def broken_files(tmp_path, tiny_flexivit) -> dict[str, Path]:
+    import torch
+
+    (tmp_path / "truncated.pt").write_bytes(tiny_flexivit.read_bytes()[:1000])
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    torch.save({"head.weight": torch.zeros(2, 2)}, tmp_path / "nopatch.pt")
+    (tmp_path / "afile").write_text("x")
+    return {p.stem: p for p in tmp_path.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--weights", "{missing}"], 2, "does not exist"),
+        (["--weights", "{truncated}"], 2, "truncated"),
+        (["--weights", "{text}"], 2, "not a PyTorch checkpoint"),
+        (["--weights", "{nopatch}"], 2, "no patch embedding"),
+        (["-p", "0"], 2, "positive integer, got 0"),
+        (["-p", "-8"], 2, "positive integer, got -8"),
+        (["-p", "sixteen"], 2, "got 'sixteen'"),
+        (["-p", "128"], 2, "larger than the image 64"),
+        (["-p", "24"], 2, "does not divide image size 64"),
+        (["--out", "{afile}"], 2, "is a file"),
+        (["--out", "{afile}/bundle"], 2, "cannot create the folder"),
+        (["--out", "/proc/flexiexport-test/bundle"], 2, "cannot create the folder"),
+        (["--img-size", "big"], 2, "'native' or 'auto'"),
+        (["--batch", "0"], 2, "'dynamic' or a positive integer"),
+        (["--opset", "9"], 2, "between 14 and 20"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, broken_files, args, code, message):
+    args = [a.format(missing=tmp_path / "missing.pt", **broken_files) for a in args]
+    if "-p" not in args:
+        args += ["-p", "16"]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli("build", *args)
+    assert result.exit_code == code, result.output + result.stderr
+    assert message in one_line_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from exporter.errors import CheckpointError
+
+    with pytest.raises(CheckpointError):
+        run_cli("build", "-p", "16", "--weights", str(tmp_path / "nope.pt"), "--debug")
+
+
+def test_ctrl_c_leaves_the_old_bundle_intact(demo_bundle, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(demo_bundle, out)
+    before = tree_digest(out)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter.cli", *HEADLINE, "--out", str(out), "--force"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".b.tmp-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "build finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert tree_digest(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
