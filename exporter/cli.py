@@ -210,6 +210,10 @@ class RichReporter:
         note = " (resumed: inputs and ONNX unchanged)" if record.resumed else ""
         if self.progress is not None and record.resumed:
             self.progress.advance(self.task, 3)
+        if record.trt_lint and not record.trt_lint.get("passed", True):
+            self.err.print(
+                f"[yellow]warning[/yellow] {record.label}: TensorRT lint: {'; '.join(record.trt_lint['issues'])}"
+            )
         self.err.print(
             f"{mark} {record.label}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}  "
             f"top-1 {p['top1_agreement']:.0%}{note}"
@@ -448,6 +452,160 @@ def validate(bundle: Path, weights: Path | None, quiet: bool, debug: bool) -> No
     if bad:
         raise ValidationFailed(f"{len(bad)} of {len(results)} variants failed validation: {', '.join(bad)}")
     out.print(f"all {len(results)} variants passed")
+
+
+class BenchCommand(GreedyCommand):
+    greedy = ("--batch-sizes", "--backends")
+
+
+def write_plot(bundle: Path, name: str) -> Path | None:
+    """Redraw ``tradeoff.png`` from whatever of bench.json / eval.json the bundle holds."""
+    import json
+
+    from exporter.plot import plot_tradeoff
+
+    data = {
+        n: json.loads((bundle / f"{n}.json").read_text()) for n in ("bench", "eval") if (bundle / f"{n}.json").is_file()
+    }
+    if not data:
+        return None
+    return plot_tradeoff(data.get("bench"), data.get("eval"), bundle / "tradeoff.png", f"{name}: speed / accuracy")
+
+
+@cli.command(cls=BenchCommand)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes, e.g. 1 8 or 1,8.")
+@click.option(
+    "--backends",
+    default=",".join(["torch", "torch-compile", "ort-cpu", "ort-cuda", "ort-tensorrt", "torch-cuda", "tensorrt"]),
+    show_default=True,
+    help="Backends to try; unavailable ones are listed as skipped with the reason.",
+)
+@click.option("--threads", type=int, help="CPU threads for every backend [default: all available cores].")
+@click.option("--runs", type=int, default=10, show_default=True, help="Timed runs at least (after warm-up).")
+@click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Timed seconds at least, per case.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs first.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Source checkpoint, if it moved since the build.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the table.")
+@debug_option
+def bench(bundle: Path, **kw: Any) -> None:
+    """Latency and throughput per variant, backend and batch size; writes bench.json and a plot."""
+    import json
+    from dataclasses import asdict
+
+    from exporter.bench import BenchOptions, bench_bundle
+    from exporter.manifest import read_manifest, write_atomic
+
+    manifest = read_manifest(bundle)
+    options = BenchOptions(
+        batch_sizes=tuple(int(b) for b in kw["batch_sizes"].replace(" ", ",").split(",") if b.strip()),
+        backends=tuple(b for b in kw["backends"].replace(" ", ",").split(",") if b.strip()),
+        threads=kw["threads"],
+        warmup=kw["warmup"],
+        min_runs=kw["runs"],
+        min_seconds=kw["min_seconds"],
+    )
+    err = console(stderr=True)
+    report = bench_bundle(bundle, options, None if kw["quiet"] else lambda t: err.print(f"  {t}"), kw["weights"])
+    write_atomic(bundle / "bench.json", json.dumps(asdict(report), indent=2) + "\n")
+    plot = write_plot(bundle, manifest.name)
+    print_bench(report)
+    console().print(f"wrote {bundle / 'bench.json'} and {plot}")
+
+
+def print_bench(report: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{report.machine['cpu']}, {report.threads} threads", title_justify="left")
+    for header in (
+        "variant",
+        "batch",
+        "backend",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "img/s",
+        "GFLOP/img",
+        "GFLOP/s",
+        "of ceiling",
+        "peak RSS MB",
+    ):
+        table.add_column(header, justify="left" if header in ("variant", "backend") else "right")
+    for t in sorted(report.timings, key=lambda t: (t.patch_size, t.batch, t.backend)):
+        frac = "" if t.fraction_of_ceiling is None else f"{t.fraction_of_ceiling:.0%}"
+        table.add_row(
+            t.variant,
+            str(t.batch),
+            t.backend,
+            f"{t.p50_ms:.2f}",
+            f"{t.p90_ms:.2f}",
+            f"{t.p99_ms:.2f}",
+            f"{t.images_per_s:.1f}",
+            f"{t.gflops_per_image:.3f}",
+            f"{t.achieved_gflops:.1f}",
+            frac,
+            f"{t.peak_rss_mb:.0f}",
+        )
+    out = console()
+    out.print(table)
+    c = report.ceiling
+    out.print(
+        f"ceiling (same run, {c.size}x{c.size} fp32): onnxruntime MatMul {c.ort_matmul_gflops:.0f} GFLOP/s, "
+        f"torch sgemm {c.torch_sgemm_gflops:.0f} GFLOP/s"
+    )
+    for s in report.skipped:
+        out.print(f"skipped {s.backend}: {s.reason}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="ImageFolder tree (one sub-folder per class), or 'demo-digits' [default: demo-digits for the demo].",
+)
+@click.option(
+    "--compare-resize", is_flag=True, help="Also evaluate the kernel plainly interpolated instead of PI-resized."
+)
+@click.option("--limit", type=int, help="Evaluate at most this many images.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Source checkpoint, if it moved since the build.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the table.")
+@debug_option
+def evaluate(
+    bundle: Path,
+    data: Path | None,
+    compare_resize: bool,
+    limit: int | None,
+    weights: Path | None,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Top-1 / top-5 per variant in PyTorch and onnxruntime; writes eval.json and updates the plot."""
+    import json
+
+    from rich.table import Table
+
+    from exporter.evaluate import evaluate_bundle
+    from exporter.manifest import read_manifest, write_atomic
+
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    manifest = read_manifest(bundle)
+    err = console(stderr=True)
+    result = evaluate_bundle(
+        bundle, data, compare_resize, limit, weights, None if quiet else lambda t: err.print(f"  {t}")
+    )
+    write_atomic(bundle / "eval.json", json.dumps(result, indent=2) + "\n")
+    plot = write_plot(bundle, manifest.name)
+    table = Table(title=f"{result['data']}, {result['samples']} images", title_justify="left")
+    for header in ("variant", "image", "backend", "top-1", "top-5"):
+        table.add_column(header, justify="right" if header.startswith("top") else "left")
+    for row in result["results"]:
+        table.add_row(
+            row["variant"], str(row["img_size"][0]), row["backend"], f"{row['top1']:.3f}", f"{row['top5']:.3f}"
+        )
+    console().print(table)
+    console().print(f"wrote {bundle / 'eval.json'} and {plot}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,6 +39,7 @@ class VariantRecord:
     parity_seconds: float
     input_key: str
     resumed: bool = False
+    trt_lint: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -189,5 +190,8 @@ def render_report(manifest: Manifest) -> str:
             "",
             f"**{v.label} {v.status}:** " + "; ".join(v.parity.get("failures", []) or [v.parity.get("error", "")]),
         ]
+    for v in manifest.variants:
+        if v.trt_lint and not v.trt_lint.get("passed", True):
+            lines += ["", f"TensorRT lint, {v.label}: " + "; ".join(v.trt_lint["issues"])]
     lines += ["", f"Overall: {'PASSED' if manifest.passed else 'FAILED'}", ""]
     return "\n".join(lines)

@@ -331,8 +331,9 @@ def build_variant(
 ) -> VariantRecord:
     """Resize, export and check one variant; returns its manifest record."""
     from exporter.export import export_onnx
+    from exporter.lint import lint_onnx
     from exporter.validate import check_parity, ort_runner, torch_runner
-    from exporter.variant import make_variant
+    from exporter.variant import count_layernorms, make_variant
 
     label = spec.label
     with _stage(reporter, label, "resize", times):
@@ -341,6 +342,7 @@ def build_variant(
     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
     with _stage(reporter, label, "export", times):
         info = export_onnx(variant.model, spec.img_size, tmp / rel, options.export)
+        lint = lint_onnx(tmp / rel, layernorms=count_layernorms(variant.model))
     with _stage(reporter, label, "parity", times):
         start = time.perf_counter()
         inputs, _ = parity_inputs(source, spec, options)
@@ -374,6 +376,7 @@ def build_variant(
         export_seconds=round(info.seconds, 3),
         parity_seconds=round(parity_seconds, 3),
         input_key=key,
+        trt_lint=lint.to_dict(),
     )
 
 
@@ -483,14 +486,10 @@ def parse_resize_method(text: str) -> ResizeMethod:
     return ResizeMethod(name, antialias=flag == "antialias")
 
 
-def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter | None = None) -> list[Recheck]:
-    """Re-verify every file's sha256 and re-run parity of every variant against PyTorch."""
-    from exporter.load import SourceSpec, load_source, sha256_file
-    from exporter.validate import check_parity, ort_runner, torch_runner
-    from exporter.variant import make_variant
+def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceModel:
+    """Reload the checkpoint a bundle was built from, refusing one whose sha256 changed."""
+    from exporter.load import SourceSpec, load_source
 
-    reporter = reporter or SilentReporter()
-    manifest = read_manifest(bundle)
     src = manifest.source
     path = weights or (Path(src["path"]) if src.get("path") else None)
     if path is not None and not path.is_file():
@@ -504,6 +503,28 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
         raise BundleError(
             f"{path} has sha256 {source.origin.sha256[:16]}…, but the bundle was built from {src['sha256'][:16]}…"
         )
+    return source
+
+
+def record_spec(record: VariantRecord) -> VariantSpec:
+    """The ``VariantSpec`` a manifest record was built from."""
+    return VariantSpec(
+        record.patch_size,
+        record.img_size,
+        parse_resize_method(record.patch_resize),
+        parse_resize_method(record.pos_resize),
+    )
+
+
+def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter | None = None) -> list[Recheck]:
+    """Re-verify every file's sha256 and re-run parity of every variant against PyTorch."""
+    from exporter.load import sha256_file
+    from exporter.validate import check_parity, ort_runner, torch_runner
+    from exporter.variant import make_variant
+
+    reporter = reporter or SilentReporter()
+    manifest = read_manifest(bundle)
+    source = bundle_source(manifest, weights)
     opts = manifest.options
     tol = Tolerance(**manifest.tolerance)
     export = ExportOptions(**opts["export"])
@@ -526,12 +547,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
         if not ok:
             results.append(Recheck(record.label, False, None, f"{onnx_path.name} is missing or its sha256 changed"))
             continue
-        vspec = VariantSpec(
-            record.patch_size,
-            record.img_size,
-            parse_resize_method(record.patch_resize),
-            parse_resize_method(record.pos_resize),
-        )
+        vspec = record_spec(record)
         with _stage(reporter, record.label, "parity", times):
             variant = make_variant(source, vspec)
             inputs, _ = parity_inputs(source, vspec, options)

@@ -135,10 +135,13 @@ def pi_resize_patch_embed_full(
 
 
 def interpolate_patch_embed(patch_embed: torch.Tensor, new_patch_size: SizeLike, method: ResizeMethod) -> torch.Tensor:
-    """Naive kernel resize (plain interpolation): what PI-resize is compared against."""
+    """Naive kernel resize, the FlexiViT paper's baseline: plain interpolation of the weights.
+
+    For comparisons only (``evaluate --compare-resize``): unlike PI-resize it does not keep a
+    token's response to the resized patch, which is what breaks models when patches grow.
+    """
     _check_kernel(patch_embed)
     new = to_size2(new_patch_size)
-    old_area = patch_embed.shape[2] * patch_embed.shape[3]
     resized = F.interpolate(
         patch_embed.to(torch.float32),
         size=new,
@@ -146,8 +149,7 @@ def interpolate_patch_embed(patch_embed: torch.Tensor, new_patch_size: SizeLike,
         antialias=method.antialias,
         align_corners=False,
     )
-    # Keep the response to a constant image: the kernel's sum scales with its area.
-    return (resized * (old_area / (new[0] * new[1]))).to(patch_embed.dtype)
+    return resized.to(patch_embed.dtype)
 
 
 def check_patch_fits(patch_size: Size2, img_size: Size2) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from exporter.errors import UsageError
 from exporter.load import KERNEL_KEY, POS_KEY, SourceModel
-from exporter.resize import ResizeMethod, pi_resize_patch_embed, resample_pos_embed
+from exporter.resize import ResizeMethod, interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
 from exporter.sizes import Size2, format_size, grid_for, nearest_multiple
 
 ImagePolicy = Union[str, Size2]  # "native", "auto" or a fixed (h, w)
@@ -90,12 +90,16 @@ def build_model(source: SourceModel, patch: Size2, img: Size2) -> torch.nn.Modul
     return VisionTransformer(**args)
 
 
-def resized_state_dict(source: SourceModel, spec: VariantSpec) -> dict[str, torch.Tensor]:
-    """The source's weights with the kernel PI-resized and the position grid resampled."""
+def resized_state_dict(source: SourceModel, spec: VariantSpec, naive: bool = False) -> dict[str, torch.Tensor]:
+    """The source's weights with the kernel PI-resized (or, ``naive``, just interpolated) and the
+    position grid resampled."""
     state = dict(source.state_dict)
-    state[KERNEL_KEY] = pi_resize_patch_embed(
-        state[KERNEL_KEY], spec.patch_size, spec.patch_resize.interpolation, spec.patch_resize.antialias
-    )
+    if naive:
+        state[KERNEL_KEY] = interpolate_patch_embed(state[KERNEL_KEY], spec.patch_size, spec.patch_resize)
+    else:
+        state[KERNEL_KEY] = pi_resize_patch_embed(
+            state[KERNEL_KEY], spec.patch_size, spec.patch_resize.interpolation, spec.patch_resize.antialias
+        )
     state[POS_KEY] = resample_pos_embed(
         state[POS_KEY],
         spec.grid,
@@ -106,12 +110,20 @@ def resized_state_dict(source: SourceModel, spec: VariantSpec) -> dict[str, torc
     return state
 
 
-def make_variant(source: SourceModel, spec: VariantSpec) -> Variant:
-    """Build, load (``strict=True``) and return the eval-mode model for one patch size."""
+def make_variant(source: SourceModel, spec: VariantSpec, naive_resize: bool = False) -> Variant:
+    """Build, load (``strict=True``) and return the eval-mode model for one patch size.
+
+    ``naive_resize`` interpolates the kernel instead of PI-resizing it (for comparisons only).
+    """
     with torch.device("meta"):
         model = build_model(source, spec.patch_size, spec.img_size)
-    model.load_state_dict(resized_state_dict(source, spec), strict=True, assign=True)
+    model.load_state_dict(resized_state_dict(source, spec, naive_resize), strict=True, assign=True)
     model = model.float().eval()
     grid = spec.grid
     tokens = grid[0] * grid[1] + int(getattr(model, "num_prefix_tokens", 1))
     return Variant(spec, model, tokens, vit_gflops(source, spec))
+
+
+def count_layernorms(model: torch.nn.Module) -> int:
+    """LayerNorm modules in ``model``: how many LayerNormalization nodes its ONNX should keep."""
+    return sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules())

@@ -48,8 +48,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     w = torch.randn(768, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     print(f"torch {torch.__version__}, {args.threads} threads, kernel {tuple(w.shape)}, median of {args.repeat}")
-    print(f"{'resize':>8} {'ours first':>11} {'ours ms':>8} {'timm first':>11} {'timm ms':>8} {'speed-up':>8}"
-          f" {'ident ours':>11} {'ident timm':>11}")
+    print(
+        f"{'resize':>8} {'ours first':>11} {'ours ms':>8} {'timm first':>11} {'timm ms':>8} {'speed-up':>8}"
+        f" {'ident ours':>11} {'ident timm':>11}"
+    )
     for new in (8, 20, 32, 48):
         resize_matrix_1d.cache_clear()
         _pinv_1d.cache_clear()
@@ -57,10 +59,14 @@ def main() -> None:
         timm_first, theirs = timed(lambda n=new: resample_patch_embed(w, [n, n]), args.repeat)
         ident = ""
         if new > 16:
-            ident = (f" {identity_error(w, pi_resize_patch_embed(w, (new, new))):11.2e}"
-                     f" {identity_error(w, resample_patch_embed(w, [new, new])):11.2e}")
-        print(f"{'16->' + str(new):>8} {ours_first:11.1f} {ours:8.1f} {timm_first:11.1f} {theirs:8.1f}"
-              f" {theirs / ours:7.2f}x{ident}")
+            ident = (
+                f" {identity_error(w, pi_resize_patch_embed(w, (new, new))):11.2e}"
+                f" {identity_error(w, resample_patch_embed(w, [new, new])):11.2e}"
+            )
+        print(
+            f"{'16->' + str(new):>8} {ours_first:11.1f} {ours:8.1f} {timm_first:11.1f} {theirs:8.1f}"
+            f" {theirs / ours:7.2f}x{ident}"
+        )
 
 
 if __name__ == "__main__":

@@ -57,9 +57,11 @@ def main() -> None:
             latency = ort_latency_ms(path, x, args.threads, args.runs)
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             parity = compare_outputs(reference, session.run(None, {"pixel_values": x})[0])
-            print(f"{exporter:>12} opset {opset}: export {info.seconds:5.2f} s, {info.num_nodes} nodes, "
-                  f"{dict(info.op_counts).get('LayerNormalization', 0)} LayerNormalization, "
-                  f"ORT {latency:6.1f} ms/image, parity max|Δ| {parity.max_abs:.1e} {'ok' if parity else 'FAIL'}")
+            print(
+                f"{exporter:>12} opset {opset}: export {info.seconds:5.2f} s, {info.num_nodes} nodes, "
+                f"{dict(info.op_counts).get('LayerNormalization', 0)} LayerNormalization, "
+                f"ORT {latency:6.1f} ms/image, parity max|Δ| {parity.max_abs:.1e} {'ok' if parity else 'FAIL'}"
+            )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import TINY, one_line_error, run_cli, save_with_config, tiny_model
 
 

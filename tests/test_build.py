@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import one_line_error, run_cli
 
 from exporter.demo import DEMO_WEIGHTS
 from exporter.load import sha256_file
+
+from conftest import one_line_error, run_cli
 
 HEADLINE = ("build", "--patch-sizes", "8", "16", "32")
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_line_error, run_cli, tiny_model
 from safetensors.torch import load_file, save_file
 
 from exporter import pi_resize_patch_embed
+
+from conftest import one_line_error, run_cli, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "patch_embed.proj.weight"

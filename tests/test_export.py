@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import tiny_model
 from exporter.errors import UsageError
 from exporter.export import ExportOptions, export_onnx
 from exporter.validate import compare_outputs, ort_runner, torch_runner
+
+from conftest import tiny_model
 
 
 @pytest.mark.parametrize(("exporter", "opset"), [("torchscript", 17), ("dynamo", 18)])
@@ -29,11 +30,14 @@ def test_static_batch(tmp_path):
     assert info.inputs[0].shape == (4, 3, 32, 32) and info.outputs[0].shape == (4, 5)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"opset": 13}, "between 14 and 20"),
-    ({"batch": 0}, "'dynamic' or a positive integer"),
-    ({"exporter": "tf2onnx"}, "torchscript, dynamo"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"opset": 13}, "between 14 and 20"),
+        ({"batch": 0}, "'dynamic' or a positive integer"),
+        ({"exporter": "tf2onnx"}, "torchscript, dynamo"),
+    ],
+)
 def test_bad_options(kwargs, message):
     with pytest.raises(UsageError, match=message):
         ExportOptions(**kwargs)

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, tiny_model
 from safetensors.torch import save_file
 
 from exporter.errors import CheckpointError, EnvironmentMissing, UsageError
 from exporter.load import SourceSpec, load_source, unwrap_state_dict
+
+from conftest import TINY, tiny_model
 
 
 def test_named_checkpoint_with_config(tiny_flexivit):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from conftest import tiny_model
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 from exporter import pi_resize_patch_embed, resample_pos_embed
@@ -17,6 +16,8 @@ from exporter.resize import (
     pi_resize_patch_embed_full,
     resize_matrix,
 )
+
+from conftest import tiny_model
 
 BICUBIC = ResizeMethod("bicubic", antialias=True)
 

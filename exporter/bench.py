@@ -1,0 +1,331 @@
+"""``flexiexport bench``: latency and throughput per variant, per backend, per batch size.
+
+Backends are runners (batch → logits) built by small factories; one that cannot run here
+raises ``Unavailable`` with the reason, and the report lists it as skipped, never silently.
+The achievable ceiling is measured in the same run: onnxruntime's own MatMul (the MLAS kernels
+the exported model runs on) and torch's sgemm, on 2048x2048 float32.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import UsageError
+from exporter.manifest import VariantRecord
+from exporter.validate import Runner
+
+BACKENDS = ("torch", "torch-compile", "ort-cpu", "ort-cuda", "ort-tensorrt", "torch-cuda", "tensorrt")
+
+
+class Unavailable(Exception):
+    """A backend that cannot run in this environment; the message says why."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    batch_sizes: tuple[int, ...] = (1, 8)
+    backends: tuple[str, ...] = BACKENDS
+    threads: int | None = None
+    warmup: int = 3
+    min_runs: int = 10
+    min_seconds: float = 1.0
+    max_runs: int = 500
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise UsageError(f"--batch-sizes must be positive integers, got {list(self.batch_sizes)}")
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise UsageError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if self.min_runs < 1 or self.warmup < 0 or self.min_seconds < 0:
+            raise UsageError("--runs must be >= 1, --warmup >= 0 and --min-seconds >= 0")
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class Timing:
+    backend: str
+    variant: str
+    patch_size: tuple[int, int]
+    batch: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    images_per_s: float
+    gflops_per_image: float
+    achieved_gflops: float
+    fraction_of_ceiling: float | None
+    peak_rss_mb: float
+    setup_seconds: float
+
+
+@dataclass(frozen=True)
+class Skipped:
+    backend: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    size: int
+    ort_matmul_gflops: float
+    torch_sgemm_gflops: float
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    machine: dict[str, object]
+    threads: int
+    ceiling: Ceiling
+    timings: tuple[Timing, ...]
+    skipped: tuple[Skipped, ...] = field(default=())
+
+
+def measure(run: Callable[[], object], options: BenchOptions) -> list[float]:
+    """Seconds per call: ``warmup`` untimed calls, then at least ``min_runs`` and ``min_seconds``."""
+    for _ in range(options.warmup):
+        run()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < options.max_runs and (
+        len(times) < options.min_runs or time.perf_counter() - start < options.min_seconds
+    ):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine_info(threads: int) -> dict[str, object]:
+    import onnxruntime
+    import torch
+
+    from exporter import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cores_available": len(os.sched_getaffinity(0)),
+        "threads": threads,
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "ort_providers": onnxruntime.get_available_providers(),
+        "flexiexport": __version__,
+    }
+
+
+def ort_matmul_gflops(size: int, threads: int, options: BenchOptions) -> float:
+    """onnxruntime's MatMul on ``size``² float32: the kernels an exported ViT spends its time in."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])],
+        [onnx.numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    times = measure(lambda: session.run(None, {"a": a}), options)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def torch_sgemm_gflops(size: int, options: BenchOptions) -> float:
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    times = measure(lambda: torch.mm(a, b), options)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def measure_ceiling(threads: int, options: BenchOptions, size: int = 2048) -> Ceiling:
+    return Ceiling(size, ort_matmul_gflops(size, threads, options), torch_sgemm_gflops(size, options))
+
+
+def torch_backend(model: object, onnx_path: Path, threads: int) -> Runner:
+    from exporter.validate import torch_runner
+
+    return torch_runner(model)
+
+
+def torch_compile_backend(model: object, onnx_path: Path, threads: int) -> Runner:
+    import torch
+
+    from exporter.validate import torch_runner
+
+    try:
+        compiled = torch.compile(model, dynamic=False)  # type: ignore[call-overload]
+    except Exception as exc:  # any compile failure means "not available here"
+        raise Unavailable(f"torch.compile failed: {exc}") from exc
+    return torch_runner(compiled)
+
+
+def ort_backend(provider: str) -> Callable[[object, Path, int], Runner]:
+    def make(model: object, onnx_path: Path, threads: int) -> Runner:
+        import onnxruntime as ort
+
+        if provider not in ort.get_available_providers():
+            raise Unavailable(f"onnxruntime {ort.__version__} has no {provider} (install onnxruntime-gpu)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
+        name = session.get_inputs()[0].name
+        return lambda batch: np.asarray(session.run(None, {name: batch})[0])
+
+    return make
+
+
+def torch_cuda_backend(model: object, onnx_path: Path, threads: int) -> Runner:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Unavailable("no CUDA GPU visible to PyTorch")
+    gpu_model = model.to("cuda")  # type: ignore[attr-defined]
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = gpu_model(torch.from_numpy(batch).to("cuda", non_blocking=True))
+            torch.cuda.synchronize()
+            return out.float().cpu().numpy()
+
+    return run
+
+
+def tensorrt_backend(model: object, onnx_path: Path, threads: int) -> Runner:
+    engines = sorted(onnx_path.parent.parent.glob("engines/*/" + onnx_path.stem + ".engine"))
+    if not engines:
+        raise Unavailable("the bundle has no TensorRT engines (build them with a GPU and TensorRT)")
+    raise Unavailable("running TensorRT engines is not implemented in this version")
+
+
+FACTORIES: dict[str, Callable[[object, Path, int], Runner]] = {
+    "torch": torch_backend,
+    "torch-compile": torch_compile_backend,
+    "ort-cpu": ort_backend("CPUExecutionProvider"),
+    "ort-cuda": ort_backend("CUDAExecutionProvider"),
+    "ort-tensorrt": ort_backend("TensorrtExecutionProvider"),
+    "torch-cuda": torch_cuda_backend,
+    "tensorrt": tensorrt_backend,
+}
+
+
+def _static_batch(record: VariantRecord) -> int | None:
+    dim = record.onnx["inputs"][0]["shape"][0]
+    return dim if isinstance(dim, int) else None
+
+
+def bench_variant(
+    backend: str,
+    runner: Runner,
+    record: VariantRecord,
+    img: tuple[int, int],
+    batch: int,
+    options: BenchOptions,
+    ceiling: Ceiling,
+) -> Timing:
+    """Time one backend on one variant at one batch size."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, *img), dtype=np.float32)
+    start = time.perf_counter()
+    runner(x)  # first call: compilation, allocation, autotuning
+    setup = time.perf_counter() - start
+    times = measure(lambda: runner(x), options)
+    p50 = percentile(times, 50)
+    gflops = float(record.gflops)
+    achieved = gflops * batch / p50
+    on_cpu = backend in ("torch", "torch-compile", "ort-cpu")
+    return Timing(
+        backend=backend,
+        variant=record.label,
+        patch_size=record.patch_size,
+        batch=batch,
+        runs=len(times),
+        p50_ms=p50 * 1e3,
+        p90_ms=percentile(times, 90) * 1e3,
+        p99_ms=percentile(times, 99) * 1e3,
+        images_per_s=batch / p50,
+        gflops_per_image=gflops,
+        achieved_gflops=achieved,
+        fraction_of_ceiling=achieved / ceiling.ort_matmul_gflops if on_cpu else None,
+        peak_rss_mb=peak_rss_mb(),
+        setup_seconds=setup,
+    )
+
+
+def bench_bundle(
+    bundle: Path, options: BenchOptions, progress: Callable[[str], None] | None = None, weights: Path | None = None
+) -> BenchReport:
+    """Benchmark every variant of ``bundle`` on every requested backend and batch size."""
+    import torch
+
+    from exporter.manifest import read_manifest
+    from exporter.pipeline import bundle_source, record_spec
+    from exporter.variant import make_variant
+
+    say = progress or (lambda text: None)
+    threads = options.thread_count
+    torch.set_num_threads(threads)
+    manifest = read_manifest(bundle)
+    source = bundle_source(manifest, weights)
+    say(f"ceiling: MatMul 2048x2048 fp32 on {threads} threads")
+    ceiling = measure_ceiling(threads, options)
+    timings, skipped = [], []
+    for backend in options.backends:
+        try:
+            for record in manifest.variants:
+                spec = record_spec(record)
+                runner = FACTORIES[backend](make_variant(source, spec).model, bundle / record.onnx["path"], threads)
+                for batch in options.batch_sizes:
+                    static = _static_batch(record)
+                    if backend.startswith("ort") and static is not None and static != batch:
+                        skipped.append(
+                            Skipped(
+                                backend, f"{record.label}: the ONNX has static batch {static}, batch {batch} skipped"
+                            )
+                        )
+                        continue
+                    say(f"{backend}: {record.label} batch {batch}")
+                    timings.append(bench_variant(backend, runner, record, spec.img_size, batch, options, ceiling))
+        except Unavailable as exc:
+            skipped.append(Skipped(backend, str(exc)))
+    return BenchReport(machine_info(threads), threads, ceiling, tuple(timings), tuple(skipped))

@@ -1,0 +1,130 @@
+"""``flexiexport evaluate``: top-1 / top-5 per variant, per backend, on labelled images.
+
+Data: an ImageFolder-style tree (one sub-folder per class, classes in sorted order = the
+model's class indices) preprocessed with the bundle's recorded preprocessing, or, for the demo
+bundle, its shipped held-out digits. ``compare_resize`` adds the same model with its kernel
+plainly interpolated instead of PI-resized: what PI-resize buys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.errors import UsageError
+from exporter.images import IMAGE_SUFFIXES, preprocess
+from exporter.load import Preprocessing, SourceModel
+from exporter.sizes import Size2
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    labels: np.ndarray
+    pixels: Callable[[Size2], np.ndarray]  # image size → float32 NCHW, cached by the caller
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    backend: str
+    variant: str
+    patch_size: tuple[int, int]
+    img_size: tuple[int, int]
+    samples: int
+    top1: float
+    top5: float
+
+
+DEMO_DIGITS = "demo-digits"  # --data value naming the shipped held-out digits
+
+
+def demo_dataset(limit: int | None) -> Dataset:
+    from exporter.demo import digits_to_pixels, load_demo_digits
+
+    digits, labels = load_demo_digits("test")
+    digits, labels = digits[:limit], labels[:limit]
+    return Dataset("demo held-out digits", labels, lambda size: digits_to_pixels(digits, size[0]))
+
+
+def image_folder(root: Path, pre: Preprocessing, limit: int | None) -> Dataset:
+    """An ImageFolder tree; ``limit`` keeps that many images, spread over the classes."""
+    if not root.is_dir():
+        raise UsageError(f"--data {str(root)!r} is not a folder (expected one sub-folder per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise UsageError(f"--data {str(root)!r} has no class sub-folders")
+    files = [
+        (f, i)
+        for i, c in enumerate(classes)
+        for f in sorted((root / c).rglob("*"))
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
+    if limit:
+        files = files[:: max(1, len(files) // limit)][:limit]
+    labels = np.asarray([i for _, i in files])
+    return Dataset(
+        f"{root} ({len(classes)} classes)", labels, lambda size: np.stack([preprocess(f, size, pre) for f, _ in files])
+    )
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    k = min(5, logits.shape[1])
+    top = np.argsort(-logits, axis=1)[:, :k]
+    return float(np.mean(top[:, 0] == labels)), float(np.mean(np.any(top == labels[:, None], axis=1)))
+
+
+def check_labels(dataset: Dataset, source: SourceModel) -> None:
+    if dataset.labels.max(initial=0) >= source.num_classes:
+        raise UsageError(f"--data has {int(dataset.labels.max()) + 1} classes but the model has {source.num_classes}")
+
+
+def evaluate_bundle(
+    bundle: Path,
+    data: Path | None = None,
+    compare_resize: bool = False,
+    limit: int | None = None,
+    weights: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Accuracy of every variant in PyTorch and onnxruntime (and with naive resize if asked)."""
+    from exporter.demo import DEMO_NAME
+    from exporter.manifest import read_manifest
+    from exporter.pipeline import bundle_source, record_spec
+    from exporter.validate import ort_runner, run_batched, torch_runner
+    from exporter.variant import make_variant
+
+    say = progress or (lambda text: None)
+    manifest = read_manifest(bundle)
+    source = bundle_source(manifest, weights)
+    if data is None and source.name != DEMO_NAME:
+        raise UsageError(
+            f"pass --data DIR (an ImageFolder tree) or --data {DEMO_DIGITS}; only the demo bundle "
+            "has built-in evaluation data"
+        )
+    use_digits = data is None or str(data) == DEMO_DIGITS
+    dataset = demo_dataset(limit) if use_digits else image_folder(data, source.preprocessing, limit)  # type: ignore[arg-type]
+    check_labels(dataset, source)
+    rows = []
+    for record in manifest.variants:
+        spec = record_spec(record)
+        pixels = dataset.pixels(spec.img_size)
+        runners = {
+            "pytorch": torch_runner(make_variant(source, spec).model),
+            "onnxruntime": ort_runner(bundle / record.onnx["path"]),
+        }
+        if compare_resize:
+            runners["pytorch (naive resize)"] = torch_runner(make_variant(source, spec, naive_resize=True).model)
+        for backend, runner in runners.items():
+            say(f"{record.label}: {backend}")
+            batch = record.onnx["inputs"][0]["shape"][0]
+            top1, top5 = topk_accuracy(
+                run_batched(runner, pixels, batch if isinstance(batch, int) else 64), dataset.labels
+            )
+            rows.append(EvalRow(backend, record.label, spec.patch_size, spec.img_size, len(pixels), top1, top5))
+    return {"data": dataset.name, "samples": len(dataset.labels), "results": [asdict(r) for r in rows]}

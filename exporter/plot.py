@@ -1,0 +1,68 @@
+"""The speed/accuracy plot: latency (log scale) and, when evaluated, accuracy vs patch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_tradeoff(bench: dict[str, Any] | None, evaluation: dict[str, Any] | None, path: Path, title: str) -> Path:
+    """Write a PNG with one line per backend; returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in ("latency" if bench else None, "accuracy" if evaluation else None) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "latency":
+            _latency(ax, bench)  # type: ignore[arg-type]
+        else:
+            _accuracy(ax, evaluation)  # type: ignore[arg-type]
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _latency(ax: Any, bench: dict[str, Any]) -> None:
+    batch = min(t["batch"] for t in bench["timings"])
+    series: dict[str, list[tuple[int, float]]] = {}
+    for t in bench["timings"]:
+        if t["batch"] == batch:
+            series.setdefault(t["backend"], []).append((t["patch_size"][0], t["p50_ms"]))
+    for backend, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p for p, _ in points], [ms for _, ms in points], marker="o", label=backend)
+    ax.set_yscale("log")
+    _patch_axis(ax, series)
+    ax.set_ylabel(f"p50 latency, batch {batch} (ms, log)")
+    machine = bench["machine"]
+    ax.set_title(f"{machine['cpu']}, {bench['threads']} threads", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _accuracy(ax: Any, evaluation: dict[str, Any]) -> None:
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in evaluation["results"]:
+        series.setdefault(row["backend"], []).append((row["patch_size"][0], row["top1"]))
+    for backend, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p for p, _ in points], [a for _, a in points], marker="o", label=backend)
+    _patch_axis(ax, series)
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(f"{evaluation['data']} ({evaluation['samples']} images)", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _patch_axis(ax: Any, series: dict[str, list[tuple[int, float]]]) -> None:
+    """Log-2 patch-size axis labelled with the patch sizes themselves (8, 16, 32)."""
+    ticks = sorted({p for points in series.values() for p, _ in points})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("patch size")

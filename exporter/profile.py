@@ -1,0 +1,186 @@
+"""Deployment profiles: ``profiles/*.toml`` loaded into frozen dataclasses.
+
+A profile says how to build TensorRT engines for one target: precision, batch range
+(min/opt/max, one optimisation profile), workspace, builder optimisation level, timing cache,
+hardware compatibility, DLA core, the GPU's compute capability and the TensorRT versions it
+supports. Unknown keys and impossible combinations are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
+HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
+JETSON_CC = ("7.2", "8.7")  # Xavier, Orin: the GPUs with DLA cores
+# Lowest compute capability with native support, per precision.
+MIN_CC = {"tf32": (8, 0), "bf16": (8, 0), "fp8": (8, 9), "fp16": (6, 0), "int8": (6, 1), "fp32": (0, 0)}
+
+
+class ProfileError(UsageError):
+    """A profile file that is missing, malformed or asks for something impossible."""
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    min: int = 1
+    opt: int = 1
+    max: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("min", "opt", "max"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ProfileError(f"batch.{name} must be a positive integer, got {value!r}")
+        if not self.min <= self.opt <= self.max:
+            raise ProfileError(
+                f"batch must satisfy min <= opt <= max, got min={self.min} opt={self.opt} max={self.max}"
+            )
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"10.3.0.26"`` → ``(10, 3, 0, 26)``; raises for anything else."""
+    if not re.fullmatch(r"\d+(\.\d+)*", text.strip()):
+        raise ProfileError(f"not a version number: {text!r}")
+    return tuple(int(p) for p in text.strip().split("."))
+
+
+def version_in_range(version: str, spec: str) -> bool:
+    """``"10.3.0"`` in ``">=10.3,<11"`` (comma-separated ``>= > <= < ==`` clauses)."""
+    v = parse_version(version)
+    for clause in (c.strip() for c in spec.split(",") if c.strip()):
+        match = re.fullmatch(r"(>=|<=|==|>|<)\s*([\d.]+)", clause)
+        if not match:
+            raise ProfileError(f"tensorrt: cannot read version clause {clause!r} (use e.g. '>=10.3,<11')")
+        op, bound = match.group(1), parse_version(match.group(2))
+        width = max(len(v), len(bound))
+        left, right = v[: len(bound)] if op in ("<", "<=", "==") else v, bound
+        left = left + (0,) * (width - len(left))
+        right = right + (0,) * (width - len(right))
+        ok = {">=": left >= right, ">": left > right, "<=": left <= right, "<": left < right, "==": left == right}[op]
+        if not ok:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    precision: str = "fp16"
+    batch: BatchRange = BatchRange()
+    workspace_mib: int = 2048
+    builder_optimization_level: int = 3
+    timing_cache: bool = True
+    hardware_compatibility: str = "none"
+    dla_core: int = -1
+    compute_capability: str | None = None
+    tensorrt: str = ">=10.0,<12"
+    description: str = ""
+    calibration: str | None = None
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        self._check_hardware()
+        version_in_range("10.0", self.tensorrt)  # parses the range; raises on a bad clause
+
+    def _check_choices(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ProfileError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
+            raise ProfileError(
+                f"hardware_compatibility must be one of {', '.join(HARDWARE_COMPATIBILITY)}, "
+                f"got {self.hardware_compatibility!r}"
+            )
+        if not 0 <= self.builder_optimization_level <= 5:
+            raise ProfileError(f"builder_optimization_level must be 0..5, got {self.builder_optimization_level}")
+        if self.workspace_mib < 1:
+            raise ProfileError(f"workspace_mib must be at least 1, got {self.workspace_mib}")
+        if self.precision == "int8" and not self.calibration:
+            raise ProfileError("precision = 'int8' needs calibration data: set calibration = 'DIR' (or 'demo')")
+
+    def _check_hardware(self) -> None:
+        cc = self.cc
+        if cc is not None and cc < MIN_CC[self.precision]:
+            need = ".".join(map(str, MIN_CC[self.precision]))
+            raise ProfileError(
+                f"precision = {self.precision!r} needs compute capability >= {need}, "
+                f"but compute_capability = {self.compute_capability!r}"
+            )
+        if self.dla_core not in (-1, 0, 1):
+            raise ProfileError(f"dla_core must be -1 (none), 0 or 1, got {self.dla_core}")
+        if self.dla_core >= 0 and self.compute_capability not in JETSON_CC:
+            raise ProfileError(f"dla_core = {self.dla_core} needs a Jetson GPU (compute_capability 7.2 or 8.7)")
+        if self.dla_core >= 0 and self.precision not in ("fp16", "int8"):
+            raise ProfileError(f"dla_core = {self.dla_core} needs precision fp16 or int8, got {self.precision!r}")
+        if self.hardware_compatibility != "none" and cc is not None and cc < (8, 0):
+            raise ProfileError(
+                f"hardware_compatibility = {self.hardware_compatibility!r} needs compute capability >= 8.0, "
+                f"got {self.compute_capability!r}"
+            )
+
+    @property
+    def cc(self) -> tuple[int, int] | None:
+        if self.compute_capability is None:
+            return None
+        match = re.fullmatch(r"(\d+)\.(\d+)", str(self.compute_capability))
+        if not match:
+            raise ProfileError(f"compute_capability must look like '8.7', got {self.compute_capability!r}")
+        return int(match.group(1)), int(match.group(2))
+
+    @property
+    def workspace_bytes(self) -> int:
+        return self.workspace_mib * 1024 * 1024
+
+
+def profile_from_dict(name: str, data: dict[str, Any], path: Path | None = None) -> Profile:
+    """Build a ``Profile``, rejecting unknown keys by name."""
+    known = {f.name for f in fields(Profile)} - {"name", "path"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ProfileError(f"profile {name!r}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
+    values = dict(data)
+    batch = values.pop("batch", {})
+    if not isinstance(batch, dict):
+        raise ProfileError(f"profile {name!r}: batch must be a table with min, opt and max")
+    extra = sorted(set(batch) - {"min", "opt", "max"})
+    if extra:
+        raise ProfileError(
+            f"profile {name!r}: unknown key 'batch.{extra[0]}'; valid keys: batch.min, batch.opt, batch.max"
+        )
+    try:
+        return Profile(name=name, batch=BatchRange(**batch), path=path, **values)
+    except ProfileError as exc:
+        raise ProfileError(f"profile {name!r}: {exc}") from None
+    except TypeError as exc:
+        raise ProfileError(f"profile {name!r}: {exc}") from None
+
+
+def available_profiles(folder: Path = PROFILE_DIR) -> list[Path]:
+    return sorted(folder.glob("*.toml")) if folder.is_dir() else []
+
+
+def load_profile(name_or_path: str | Path, folder: Path = PROFILE_DIR) -> Profile:
+    """A shipped profile by name (``jetson-orin-nano``) or a user's ``.toml`` file."""
+    text = str(name_or_path)
+    path = Path(text) if text.endswith(".toml") else folder / f"{text}.toml"
+    if not path.is_file():
+        names = ", ".join(p.stem for p in available_profiles(folder))
+        raise ProfileError(f"no profile {text!r}; shipped profiles: {names} (or pass a path to a .toml file)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc}") from exc
+    return profile_from_dict(path.stem, data, path)

@@ -1,0 +1,122 @@
+"""``bench`` and ``evaluate`` on the demo bundle (short timing runs; speed targets live in benchmarks)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from exporter.bench import BenchOptions
+from exporter.errors import UsageError
+from exporter.load import SourceSpec, load_source
+from exporter.resize import default_patch_resize, default_pos_resize
+from exporter.variant import VariantSpec, make_variant
+
+from conftest import one_line_error, run_cli, tiny_model
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "demo"
+    assert run_cli("build", "-p", "8", "16", "32", "--out", str(out), "--quiet").exit_code == 0
+    return out
+
+
+def test_bench_writes_json_plot_and_lists_skipped_backends(bundle):
+    result = run_cli(
+        "bench",
+        str(bundle),
+        "--backends",
+        "torch",
+        "ort-cpu",
+        "ort-cuda",
+        "tensorrt",
+        "--batch-sizes",
+        "1",
+        "2",
+        "--runs",
+        "2",
+        "--min-seconds",
+        "0",
+        "--warmup",
+        "1",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads((bundle / "bench.json").read_text())
+    cases = {(t["backend"], t["variant"], t["batch"]) for t in report["timings"]}
+    assert cases == {(b, v, n) for b in ("torch", "ort-cpu") for v in ("p8", "p16", "p32") for n in (1, 2)}
+    for t in report["timings"]:
+        assert t["runs"] >= 2 and 0 < t["p50_ms"] <= t["p99_ms"] and t["images_per_s"] > 0
+        assert t["achieved_gflops"] == pytest.approx(t["gflops_per_image"] * t["batch"] / t["p50_ms"] * 1e3)
+    assert report["ceiling"]["ort_matmul_gflops"] > 0 and report["ceiling"]["torch_sgemm_gflops"] > 0
+    assert {s["backend"] for s in report["skipped"]} >= {"ort-cuda", "tensorrt"}
+    assert report["machine"]["threads"] >= 1 and report["machine"]["cpu"]
+    assert "skipped ort-cuda" in result.stdout and (bundle / "tradeoff.png").stat().st_size > 10_000
+
+
+def test_evaluate_demo_with_compare_resize(bundle):
+    result = run_cli("evaluate", str(bundle), "--compare-resize", "--quiet")
+    assert result.exit_code == 0, result.output + result.stderr
+    evaluation = json.loads((bundle / "eval.json").read_text())
+    rows = {(r["variant"], r["backend"]): r for r in evaluation["results"]}
+    assert evaluation["samples"] == 360 and len(rows) == 9
+    for p in ("p8", "p16", "p32"):
+        assert rows[(p, "pytorch")]["top1"] == rows[(p, "onnxruntime")]["top1"] >= 0.9
+        assert rows[(p, "pytorch")]["top5"] >= rows[(p, "pytorch")]["top1"]
+    # The demo stores a 32x32 kernel: p32 needs no resize, so naive and PI agree there; at p8
+    # plain interpolation loses the token scale that PI-resize keeps.
+    assert rows[("p32", "pytorch (naive resize)")]["top1"] == rows[("p32", "pytorch")]["top1"]
+    assert rows[("p8", "pytorch (naive resize)")]["top1"] < rows[("p8", "pytorch")]["top1"] - 0.05
+
+
+def test_evaluate_image_folder_and_refusals(bundle, tmp_path):
+    from PIL import Image
+
+    from exporter.demo import load_demo_digits
+
+    digits, labels = load_demo_digits("test")
+    for i in range(20):
+        folder = tmp_path / "data" / str(labels[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits[i] * 15).astype("uint8")).resize((64, 64), Image.Resampling.BILINEAR).save(
+            folder / f"{i}.png"
+        )
+    # Class folders must cover 0..9 for the indices to match: add the empty ones.
+    for c in range(10):
+        (tmp_path / "data" / str(c)).mkdir(exist_ok=True)
+    result = run_cli("evaluate", str(bundle), "--data", str(tmp_path / "data"), "--quiet")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads((bundle / "eval.json").read_text())["samples"] == 20
+    result = run_cli("evaluate", str(bundle), "--data", str(tmp_path / "nope"))
+    assert result.exit_code == 2 and "is not a folder" in one_line_error(result)
+    result = run_cli("evaluate", str(bundle), "--limit", "0")
+    assert result.exit_code == 2 and "--limit" in one_line_error(result)
+
+
+def test_bench_refusals(bundle, tmp_path):
+    result = run_cli("bench", str(bundle), "--backends", "tpu")
+    assert result.exit_code == 2 and "unknown backend 'tpu'" in one_line_error(result)
+    result = run_cli("bench", str(tmp_path))
+    assert result.exit_code == 2 and "not a flexiexport bundle" in one_line_error(result)
+    with pytest.raises(UsageError):
+        BenchOptions(batch_sizes=(0,))
+
+
+@pytest.mark.parametrize(
+    ("name", "patch", "img"),
+    [("flexivit_small", 16, 240), ("vit_base_patch16_224", 8, 224), ("vit_base_patch16_224", 32, 224)],
+)
+def test_gflops_formula_matches_a_flop_counter(tmp_path, name, patch, img):
+    """Our closed-form count vs torch's FlopCounterMode on the real module, within 5 %."""
+    model = tiny_model(name, embed_dim=192, num_heads=3, depth=2)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    source = load_source(SourceSpec(weights=tmp_path / "w.pt", num_heads=3))
+    spec = VariantSpec((patch, patch), (img, img), default_patch_resize("vit"), default_pos_resize("vit"))
+    variant = make_variant(source, spec)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        variant.model(torch.zeros(1, 3, img, img))
+    counted = counter.get_total_flops() / 1e9
+    assert variant.gflops == pytest.approx(counted, rel=0.05)
