@@ -234,8 +234,37 @@ def print_table(manifest: Any, title: str) -> None:
     console().print(table)
 
 
+def print_engines(name: str, entry: dict[str, Any]) -> None:
+    out = console()
+    if entry.get("command"):
+        out.print(f"TensorRT engines for profile {name}: {entry['status']} ({entry['reason']})")
+        out.print(f"  on the target device run:  {entry['command']}")
+        out.print(f"  or, with trtexec only:     bash {entry['script']}  (inside the bundle)")
+        return
+    out.print(
+        f"TensorRT engines for profile {name}: {entry['status']} on {entry['gpu']} "
+        f"(sm {entry['compute_capability']}, TensorRT {entry['tensorrt']})"
+    )
+    for label, v in entry["variants"].items():
+        mark = "[green]✓[/green]" if v["status"] == "passed" else "[red]✗[/red]"
+        p = v["parity"]
+        out.print(
+            f"  {mark} {label}  {v['engine']}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.6f}  "
+            f"top-1 {p['top1_agreement']:.1%}  built in {v['build_seconds']:.0f} s"
+        )
+
+
 def failed_message(manifest: Any, bundle: Path) -> str:
     bad = [v for v in manifest.variants if v.status != "passed"]
+    bad_engines = [
+        (n, label, v)
+        for n, e in manifest.engines.items()
+        for label, v in e.get("variants", {}).items()
+        if v.get("status") == "failed"
+    ]
+    if bad_engines and not bad:
+        detail = "; ".join(f"{n} {label}: {', '.join(v['parity'].get('failures', []))}" for n, label, v in bad_engines)
+        return f"{len(bad_engines)} TensorRT engines failed validation ({detail}); see {bundle / 'report.md'}"
     detail = "; ".join(f"{v.label}: {', '.join(v.parity.get('failures', []))}" for v in bad)
     return f"{len(bad)} of {len(manifest.variants)} variants failed validation ({detail}); see {bundle / 'report.md'}"
 
@@ -295,6 +324,15 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 )
 @click.option("--ema", "use_ema", is_flag=True, help="Use the EMA weights of a training checkpoint.")
 @click.option("--threads", type=int, help="CPU threads for PyTorch and onnxruntime [default: all].")
+@click.option("--profile", "profile", metavar="NAME|FILE.toml", help="Deployment profile for TensorRT engines.")
+@click.option(
+    "--engines",
+    type=click.Choice(["auto", "required", "skip"]),
+    default="auto",
+    show_default=True,
+    help="auto: build engines when TensorRT and a GPU are here, else leave them pending; "
+    "required: fail (exit 4) without them.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--resume", is_flag=True, help="Reuse variants whose inputs and ONNX files are unchanged.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors and the final table.")
@@ -335,12 +373,16 @@ def build(**kw: Any) -> None:
         patch_resize=patch_resize,
         threads=kw["threads"],
         tolerance=replace(TOLERANCES["fp32"], atol=kw["atol"], rtol=kw["rtol"]),
+        profile=kw["profile"],
+        engines=kw["engines"],
     )
     with RichReporter(kw["quiet"]) as reporter:
         result = run_build(options, reporter)
     print_table(result.manifest, f"{result.manifest.name} → {result.bundle}")
     stages = "  ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())
     console().print(f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})")
+    for name, entry in result.manifest.engines.items():
+        print_engines(name, entry)
     if not result.manifest.passed:
         raise ValidationFailed(failed_message(result.manifest, result.bundle))
 
@@ -606,6 +648,51 @@ def evaluate(
         )
     console().print(table)
     console().print(f"wrote {bundle / 'eval.json'} and {plot}")
+
+
+@cli.command()
+@debug_option
+def profiles(debug: bool) -> None:
+    """List the shipped deployment profiles."""
+    from rich.table import Table
+
+    from exporter.profile import available_profiles, load_profile
+
+    table = Table(title="profiles (pass --profile NAME, or --profile FILE.toml for your own)", title_justify="left")
+    for header in ("name", "precision", "batch min/opt/max", "workspace", "sm", "TensorRT", "DLA", "note"):
+        table.add_column(header)
+    for path in available_profiles():
+        p = load_profile(path)
+        table.add_row(
+            p.name,
+            p.precision,
+            f"{p.batch.min}/{p.batch.opt}/{p.batch.max}",
+            f"{p.workspace_mib} MiB",
+            p.compute_capability or "any",
+            p.tensorrt,
+            str(p.dla_core) if p.dla_core >= 0 else "-",
+            p.description,
+        )
+    console().print(table)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--profile", "profile", required=True, metavar="NAME|FILE.toml", help="Deployment profile.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Source checkpoint, if it moved since the build.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the verdicts.")
+@debug_option
+def engine(bundle: Path, profile: str, weights: Path | None, quiet: bool, debug: bool) -> None:
+    """Build and validate TensorRT engines on the target device and add them to the bundle."""
+    from exporter.manifest import read_manifest
+    from exporter.pipeline import add_engines
+
+    read_manifest(bundle)
+    with RichReporter(quiet) as reporter:
+        entry = add_engines(bundle, profile, weights, reporter)
+    print_engines(profile, entry)
+    if entry["status"] != "built":
+        raise ValidationFailed(f"TensorRT engines for {profile} failed validation; see {bundle / 'report.md'}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,7 +57,9 @@ class Manifest:
 
     @property
     def passed(self) -> bool:
-        return all(v.status == "passed" for v in self.variants)
+        """Every variant passed parity, and no engine set failed (pending ones are not failures)."""
+        engines_ok = all(e.get("status") != "failed" for e in self.engines.values())
+        return engines_ok and all(v.status == "passed" for v in self.variants)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -193,5 +195,16 @@ def render_report(manifest: Manifest) -> str:
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             lines += ["", f"TensorRT lint, {v.label}: " + "; ".join(v.trt_lint["issues"])]
+    for name, entry in manifest.engines.items():
+        lines += [
+            "",
+            f"TensorRT engines, profile {name}: {entry.get('status')}"
+            + (f" ({entry['reason']})" if entry.get("reason") else "")
+            + (
+                f"; build them on the target with `{entry['command']}` or `{entry['script']}`"
+                if entry.get("command")
+                else ""
+            ),
+        ]
     lines += ["", f"Overall: {'PASSED' if manifest.passed else 'FAILED'}", ""]
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from exporter.errors import BundleError, UsageError
+from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.export import ExportOptions
 from exporter.load import SourceModel, SourceSpec
 from exporter.manifest import (
@@ -39,6 +39,7 @@ from exporter.manifest import (
     read_manifest,
     write_atomic,
 )
+from exporter.profile import Profile
 from exporter.resize import ResizeMethod
 from exporter.sizes import Size2, format_size
 from exporter.validate import TOLERANCES, Comparison, Tolerance
@@ -82,8 +83,14 @@ class BuildOptions:
     pos_resize: ResizeMethod | None = None
     tolerance: Tolerance = TOLERANCES["fp32"]
     threads: int | None = None
+    profile: str | None = None
+    engines: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.engines not in ENGINE_MODES:
+            raise UsageError(f"--engines must be one of {', '.join(ENGINE_MODES)}, got {self.engines!r}")
+        if self.engines == "required" and not self.profile:
+            raise UsageError("--engines required needs --profile NAME (see 'flexiexport profiles')")
         if not self.patch_sizes:
             raise UsageError("give at least one patch size, e.g. --patch-sizes 8 16 32")
         unique = tuple(dict.fromkeys(self.patch_sizes))
@@ -392,6 +399,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
 
     out = options.out or default_out(source_name(options.source))
     check_output(out, options.force, options.resume)
+    profile = check_engine_request(options)
     if options.threads:
         import torch
 
@@ -412,10 +420,52 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
             reporter.variant(record)
             records.append(record)
         manifest = _manifest(source, source_sha, options, records, specs)
+        if profile is not None:
+            manifest = replace(
+                manifest,
+                engines={profile.name: engine_stage(tmp, out, manifest, source, profile, options, reporter, times)},
+            )
         write_atomic(tmp / MANIFEST, manifest.to_json())
         write_atomic(tmp / REPORT, _render(manifest))
         swap_into_place(tmp, out)
     return BuildResult(out, manifest, time.perf_counter() - start, times)
+
+
+def check_engine_request(options: BuildOptions) -> Profile | None:
+    """Load ``--profile`` and, for ``--engines required``, insist on TensorRT and a GPU (exit 4)."""
+    if not options.profile:
+        return None
+    from exporter.profile import load_profile
+    from exporter.trt import tensorrt_problem
+
+    profile = load_profile(options.profile)
+    if options.engines == "required":
+        problem = tensorrt_problem()
+        if problem:
+            raise EnvironmentMissing(f"--engines required, but {problem}")
+    return profile
+
+
+def engine_stage(
+    tmp: Path,
+    out: Path,
+    manifest: Manifest,
+    source: SourceModel,
+    profile: Profile,
+    options: BuildOptions,
+    reporter: Reporter,
+    times: dict[str, float],
+) -> dict[str, Any]:
+    """Always write the trtexec script; build engines when TensorRT and a GPU are here."""
+    from exporter.trt import tensorrt_problem
+
+    write_engine_script(tmp, manifest, profile)
+    if options.engines == "skip":
+        return pending_engines(str(out), profile, "--engines skip")
+    problem = tensorrt_problem()
+    if problem:
+        return pending_engines(str(out), profile, problem)
+    return build_engines(tmp, manifest, source, profile, reporter, times)
 
 
 def _old_manifest(out: Path) -> Manifest | None:
@@ -555,3 +605,149 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
             cmp = check_parity(torch_runner(variant.model), ort_runner(onnx_path), inputs, batch, tol)
         results.append(Recheck(record.label, True, cmp))
     return results
+
+
+ENGINE_MODES = ("auto", "required", "skip")
+
+
+def layernorm_node_names(onnx_path: Path) -> tuple[str, ...]:
+    """Names of the LayerNormalization nodes (TensorRT names its layers after them)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return tuple(n.name for n in model.graph.node if n.op_type == "LayerNormalization")
+
+
+def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict[str, Any]]:
+    """Per variant: the ONNX, the engine path, the optimisation-profile shapes, LayerNorm names."""
+    from exporter.trt import engine_shapes
+
+    plan = []
+    for record in manifest.variants:
+        static = record.onnx["inputs"][0]["shape"][0]
+        plan.append(
+            {
+                "label": record.label,
+                "onnx": record.onnx["path"],
+                "onnx_precision": "fp32",
+                "engine": f"engines/{profile.name}/model_{record.label}.engine",
+                "shapes": engine_shapes(profile, record.img_size, static if isinstance(static, int) else None),
+                "layernorms": layernorm_node_names(bundle / record.onnx["path"]),
+            }
+        )
+    return plan
+
+
+def write_engine_script(bundle: Path, manifest: Manifest, profile: Profile) -> Path:
+    """``engines/build_<profile>.sh``, executable, for devices that have only trtexec."""
+    from exporter.trt import build_script
+
+    path = bundle / "engines" / f"build_{profile.name}.sh"
+    write_atomic(path, build_script(profile, engine_plan(bundle, manifest, profile)))
+    path.chmod(0o755)
+    return path
+
+
+def pending_engines(bundle_name: str, profile: Profile, reason: str) -> dict[str, Any]:
+    return {
+        "status": "pending (build on target)",
+        "reason": reason,
+        "profile": asdict(profile) | {"path": None},
+        "command": f"flexiexport engine {bundle_name} --profile {profile.name}",
+        "script": f"engines/build_{profile.name}.sh",
+    }
+
+
+def build_engines(
+    bundle: Path,
+    manifest: Manifest,
+    source: SourceModel,
+    profile: Profile,
+    reporter: Reporter,
+    times: dict[str, float],
+    out_root: Path | None = None,
+) -> dict[str, Any]:
+    """Build, then validate against PyTorch, one engine per variant (needs TensorRT and a GPU).
+
+    ONNX files are read from ``bundle``; engines, sidecars and the timing cache are written
+    under ``out_root`` (default: ``bundle``)."""
+    from exporter.trt import (
+        build_engine,
+        check_precision,
+        engine_runner,
+        gpu_identity,
+        import_tensorrt,
+        timing_cache_name,
+    )
+    from exporter.validate import check_parity, tolerance_for, torch_runner
+    from exporter.variant import make_variant
+
+    out_root = out_root or bundle
+    trt = import_tensorrt()
+    gpu, cc = gpu_identity()
+    cache = out_root / "engines" / profile.name / timing_cache_name(cc, trt.__version__)
+    tol = tolerance_for(profile.precision, "tensorrt")
+    variants: dict[str, Any] = {}
+    for item in engine_plan(bundle, manifest, profile):
+        check_precision(trt.__version__, profile.precision, item["onnx_precision"])
+        record = next(v for v in manifest.variants if v.label == item["label"])
+        with _stage(reporter, item["label"], "engine", times):
+            info = build_engine(bundle / item["onnx"], out_root / item["engine"], profile, item["shapes"], cache)
+        with _stage(reporter, item["label"], "engine parity", times):
+            spec = record_spec(record)
+            inputs, _ = parity_inputs(source, spec, BuildOptions(patch_sizes=(spec.patch_size,)))
+            inputs = inputs[: max(1, min(len(inputs), item["shapes"].max[0] * 4))]
+            cmp = check_parity(
+                torch_runner(make_variant(source, spec).model),
+                engine_runner(out_root / item["engine"]),
+                inputs,
+                item["shapes"].opt[0],
+                tol,
+            )
+        variants[item["label"]] = {
+            **asdict(info),
+            "parity": cmp.to_dict() | {"tolerance": asdict(tol)},
+            "status": "passed" if cmp else "failed",
+        }
+    ok = all(v["status"] == "passed" for v in variants.values())
+    return {
+        "status": "built" if ok else "failed",
+        "profile": asdict(profile) | {"path": None},
+        "gpu": gpu,
+        "compute_capability": cc,
+        "tensorrt": trt.__version__,
+        "variants": variants,
+        "script": f"engines/build_{profile.name}.sh",
+    }
+
+
+def add_engines(
+    bundle: Path, profile_name: str, weights: Path | None = None, reporter: Reporter | None = None
+) -> dict[str, Any]:
+    """``flexiexport engine``: on the target, build and validate engines and add them to the
+    bundle. Engines are built in a staging folder inside the bundle and renamed into place;
+    the manifest is rewritten atomically."""
+    from exporter.profile import load_profile
+    from exporter.trt import tensorrt_problem
+
+    reporter = reporter or SilentReporter()
+    manifest = read_manifest(bundle)
+    profile = load_profile(profile_name)
+    problem = tensorrt_problem()
+    if problem:
+        raise EnvironmentMissing(f"{problem}; with trtexec only, run {bundle}/engines/build_{profile.name}.sh")
+    source = bundle_source(manifest, weights)
+    times: dict[str, float] = {}
+    staging = Path(tempfile.mkdtemp(prefix=f".engines-{profile.name}-", dir=bundle))
+    try:
+        entry = build_engines(bundle, manifest, source, profile, reporter, times, out_root=staging)
+        write_engine_script(staging, manifest, profile)
+        (bundle / "engines").mkdir(exist_ok=True)
+        swap_into_place(staging / "engines" / profile.name, bundle / "engines" / profile.name)
+        os.replace(staging / "engines" / f"build_{profile.name}.sh", bundle / "engines" / f"build_{profile.name}.sh")
+        manifest = replace(manifest, engines={**manifest.engines, profile.name: entry})
+        write_atomic(bundle / MANIFEST, manifest.to_json())
+        write_atomic(bundle / REPORT, _render(manifest))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return entry

@@ -96,6 +96,11 @@ def engine_shapes(profile: Profile, img_size: tuple[int, int], static_batch: int
     return EngineShapes(*((n, 3, *img_size) for n in batches))
 
 
+def precision_ready(profile: Profile, variant: dict[str, Any]) -> bool:
+    """Whether a strongly typed build of ``variant`` yields the profile's precision."""
+    return profile.precision not in REDUCED or variant.get("onnx_precision", "fp32") == profile.precision
+
+
 def _dims(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
 
@@ -159,17 +164,25 @@ def build_script(profile: Profile, variants: list[dict[str, Any]]) -> str:
         f'if [ "${{version:-0}}" -ge {STRONG_TYPING_FROM[0] * 10000 + STRONG_TYPING_FROM[1] * 100} ]; then',
     ]
     for mode in ("strong", "weak"):
-        for v in variants:
-            cmd = trtexec_command(
-                v["onnx"],
-                v["engine"],
-                profile,
-                v["shapes"],
-                mode,
-                v.get("layernorms", ()),
-                f"engines/{profile.name}/timing.cache",
+        missing = [v["label"] for v in variants if mode == "strong" and not precision_ready(profile, v)]
+        if missing:
+            message = (
+                f"TensorRT >= 10.12 builds strongly typed networks: precision {profile.precision} needs a "
+                f"{profile.precision} ONNX, and this bundle has fp32 ONNX only ({', '.join(missing)})"
             )
-            lines.append("  " + shlex.join(['"$TRTEXEC"', *cmd[1:]]).replace("'\"$TRTEXEC\"'", '"$TRTEXEC"'))
+            lines += [f"  echo {shlex.quote(message)} >&2", "  exit 4"]
+        else:
+            for v in variants:
+                cmd = trtexec_command(
+                    v["onnx"],
+                    v["engine"],
+                    profile,
+                    v["shapes"],
+                    mode,
+                    v.get("layernorms", ()),
+                    f"engines/{profile.name}/timing.cache",
+                )
+                lines.append('  "$TRTEXEC" ' + shlex.join(cmd[1:]))
         lines.append("else" if mode == "strong" else "fi")
     lines.append(f'echo "engines written to engines/{profile.name}/"')
     return "\n".join(lines) + "\n"

@@ -78,9 +78,7 @@ def flexi_forward(model: VisionTransformer, pos_grid: torch.Tensor, x: torch.Ten
     )
     tokens = F.conv2d(x, weight, model.patch_embed.proj.bias, stride=patch).flatten(2).transpose(1, 2)
     grid = DEMO_IMG_SIZE // patch
-    pos = resample_pos_embed(
-        pos_grid, (grid, grid), num_prefix_tokens=0, old_grid=(POS_GRID, POS_GRID), method=FLEXIVIT_POS_RESIZE
-    )
+    pos = resample_pos_embed(pos_grid, (grid, grid), num_prefix_tokens=0, method=FLEXIVIT_POS_RESIZE)
     tokens = tokens + pos
     tokens = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
     tokens = model.norm(model.blocks(model.norm_pre(tokens)))
