@@ -161,7 +161,8 @@ def ort_matmul_gflops(size: int, threads: int, options: BenchOptions) -> float:
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])],
         [onnx.numpy_helper.from_array(b, "b")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR 8 (what torch writes for opset 17): older onnxruntime builds refuse newer IR versions.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])

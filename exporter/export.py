@@ -8,6 +8,8 @@ its graph keeps LayerNormalization as one node, and onnxruntime runs both graphs
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
 import warnings
@@ -101,16 +103,17 @@ def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path, op
     except ImportError as exc:
         raise EnvironmentMissing("--exporter dynamo needs the onnxscript package: pip install onnxscript") from exc
     shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if options.batch == "dynamic" else None
-    program = torch.onnx.export(
-        model,
-        (example,),
-        dynamo=True,
-        opset_version=options.opset,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes=shapes,
-        optimize=True,
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the dynamo exporter prints its own progress lines
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=options.opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=shapes,
+            optimize=True,
+        )
     program.save(str(path))  # type: ignore[union-attr]
 
 

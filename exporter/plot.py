@@ -28,6 +28,8 @@ def plot_tradeoff(bench: dict[str, Any] | None, evaluation: dict[str, Any] | Non
 
 
 def _latency(ax: Any, bench: dict[str, Any]) -> None:
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
     batch = min(t["batch"] for t in bench["timings"])
     series: dict[str, list[tuple[int, float]]] = {}
     for t in bench["timings"]:
@@ -37,6 +39,9 @@ def _latency(ax: Any, bench: dict[str, Any]) -> None:
         points.sort()
         ax.plot([p for p, _ in points], [ms for _, ms in points], marker="o", label=backend)
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     _patch_axis(ax, series)
     ax.set_ylabel(f"p50 latency, batch {batch} (ms, log)")
     machine = bench["machine"]
@@ -61,8 +66,10 @@ def _accuracy(ax: Any, evaluation: dict[str, Any]) -> None:
 
 def _patch_axis(ax: Any, series: dict[str, list[tuple[int, float]]]) -> None:
     """Log-2 patch-size axis labelled with the patch sizes themselves (8, 16, 32)."""
+    from matplotlib.ticker import NullLocator
+
     ticks = sorted({p for points in series.values() for p, _ in points})
     ax.set_xscale("log", base=2)
     ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("patch size")

@@ -54,15 +54,32 @@ def test_flexivit_fixed_224_and_non_square_patch(tiny_flexivit, tmp_path):
     assert manifest["variants"][3]["onnx"]["path"] == "onnx/model_p14x16.onnx"
 
 
-@pytest.mark.parametrize("name", ["vit_base_patch16_224", "deit_tiny_patch16_224"])
+@pytest.mark.parametrize("name", ["vit_base_patch16_224", "deit_tiny_patch16_224", "flexivit_base"])
 def test_class_token_vits_named_with_local_weights(tmp_path, name):
-    """A named timm ViT: --model NAME plus local weights (a config beside them carries the tiny width)."""
+    """A named timm ViT or FlexiViT: --model NAME plus local weights (a config beside them carries the tiny width)."""
     weights = save_with_config(tiny_model(name), tmp_path / "w.pth", name, **TINY)
-    manifest = build_ok("--model", name, "--weights", str(weights), "-p", "8", "16", "32", "--out", str(tmp_path / "b"))
+    manifest = build_ok(
+        "--model",
+        name,
+        "--weights",
+        str(weights),
+        "-p",
+        "8",
+        "16",
+        "32",
+        "--img-size",
+        "auto",
+        "--out",
+        str(tmp_path / "b"),
+    )
     arch = manifest["source"]["architecture"]
-    assert (arch["model_name"], arch["family"], arch["num_pos_prefix_tokens"]) == (name, "vit", 1)
-    assert [v["tokens"] for v in manifest["variants"]] == [785, 197, 50]
-    assert all(v["patch_resize"] == "bicubic+antialias" for v in manifest["variants"])
+    flexi = name.startswith("flexivit")
+    assert (arch["model_name"], arch["family"]) == (name, "flexivit" if flexi else "vit")
+    assert arch["num_pos_prefix_tokens"] == (0 if flexi else 1)  # FlexiViT: no position slot for the class token
+    tokens = [901, 226, 65] if flexi else [785, 197, 50]  # 240 (auto: 256 for p32) vs 224
+    assert [v["tokens"] for v in manifest["variants"]] == tokens
+    resize = "bilinear" if flexi else "bicubic+antialias"
+    assert all(v["patch_resize"] == resize for v in manifest["variants"])
 
 
 def test_vit_with_registers_inferred_from_weights(tmp_path):

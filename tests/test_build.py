@@ -156,6 +156,25 @@ def test_patch_sizes_forms(tmp_path):
     assert manifest["variants"][0]["onnx"]["inputs"][0]["shape"] == [4, 3, 64, 64]
 
 
+def test_calib_dir_images_join_the_parity_inputs(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    out = tmp_path / "b"
+    result = run_cli(
+        "build", "-p", "16", "--calib-dir", str(tmp_path), "--parity-samples", "4", "--out", str(out), "-q"
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["parity_inputs"] == f"4 seeded random images + 4 images from {tmp_path}"
+    assert manifest["variants"][0]["parity"]["samples"] == 8
+    result = run_cli("build", "-p", "16", "--calib-dir", str(tmp_path / "none"), "--out", str(tmp_path / "c"))
+    assert result.exit_code == 2 and "does not exist" in one_line_error(result)
+
+
 @pytest.fixture()
 def broken_files(tmp_path, tiny_flexivit) -> dict[str, Path]:
     import torch

@@ -77,3 +77,19 @@ def test_random_inputs_are_seeded_and_normalised():
     a = random_inputs((8, 8), 4, 0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert np.array_equal(a, random_inputs((8, 8), 4, 0, (0.5,) * 3, (0.5,) * 3))
     assert a.dtype == np.float32 and a.shape == (4, 3, 8, 8) and a.min() >= -1 and a.max() <= 1
+
+
+def test_fp16_tolerance_uses_p99_of_the_logit_range():
+    from exporter.validate import tolerance_for
+
+    tol = tolerance_for("fp16", "tensorrt")
+    ref = logits(64, 10)
+    spread = float(ref.max() - ref.min())
+    noisy = ref + np.float32(0.002 * spread)  # p99 0.2 % of the range: within 0.5 %
+    assert compare_outputs(ref, noisy, tol)
+    worse = ref + np.float32(0.01 * spread)
+    cmp = compare_outputs(ref, worse, tol)
+    assert not cmp and "x logit range" in cmp.failures[0]
+    assert tolerance_for("fp32", "tensorrt").atol == 1e-3 and tolerance_for("fp32", "onnxruntime").atol == 1e-4
+    with pytest.raises(UsageError, match="int8"):
+        tolerance_for("int8", "tensorrt")

@@ -1,0 +1,31 @@
+"""PyTorch-on-CUDA parity of the demo variants (marker ``gpu``; skips without a CUDA GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exporter.load import SourceSpec, load_source
+from exporter.pipeline import BuildOptions, parity_inputs, plan_variants
+from exporter.validate import TOLERANCES, compare_outputs, torch_runner
+from exporter.variant import make_variant
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_demo_variants_match_on_cuda_fp32_and_fp16():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    source = load_source(SourceSpec())
+    options = BuildOptions(patch_sizes=((8, 8), (16, 16), (32, 32)))
+    for spec in plan_variants(source, options):
+        model = make_variant(source, spec).model
+        x, _ = parity_inputs(source, spec, options)
+        reference = torch_runner(model)(x)
+        model = model.cuda()
+        with torch.inference_mode():
+            fp32 = model(torch.from_numpy(x).cuda()).cpu().numpy()
+            with torch.autocast("cuda", dtype=torch.float16):
+                fp16 = model(torch.from_numpy(x).cuda()).float().cpu().numpy()
+        assert compare_outputs(reference, fp32, TOLERANCES["trt-fp32"])
+        assert compare_outputs(reference, fp16, TOLERANCES["fp16"])
