@@ -352,7 +352,7 @@ def build_variant(
         lint = lint_onnx(tmp / rel, layernorms=count_layernorms(variant.model))
     with _stage(reporter, label, "parity", times):
         start = time.perf_counter()
-        inputs, _ = parity_inputs(source, spec, options)
+        inputs, inputs_text = parity_inputs(source, spec, options)
         batch = 8 if options.export.batch == "dynamic" else int(options.export.batch)
         comparison: Comparison = check_parity(
             torch_runner(variant.model), ort_runner(tmp / rel, options.threads), inputs, batch, options.tolerance
@@ -366,7 +366,7 @@ def build_variant(
         "op_counts": dict(info.op_counts),
     }
     onnx_record.pop("seconds")
-    parity = comparison.to_dict()
+    parity = comparison.to_dict() | {"inputs": inputs_text}
     parity.pop("tolerance")
     return VariantRecord(
         label=label,
@@ -419,7 +419,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
             )
             reporter.variant(record)
             records.append(record)
-        manifest = _manifest(source, source_sha, options, records, specs)
+        manifest = _manifest(source, source_sha, options, records)
         if profile is not None:
             manifest = replace(
                 manifest,
@@ -482,9 +482,7 @@ def _render(manifest: Manifest) -> str:
     return render_report(manifest)
 
 
-def _manifest(
-    source: SourceModel, source_sha: str, options: BuildOptions, records: list[VariantRecord], specs: list[VariantSpec]
-) -> Manifest:
+def _manifest(source: SourceModel, source_sha: str, options: BuildOptions, records: list[VariantRecord]) -> Manifest:
     pre = asdict(source.preprocessing)
     pre["input"] = {
         "name": "pixel_values",
@@ -493,7 +491,7 @@ def _manifest(
         "channels": "RGB",
         "range_before_normalisation": [0.0, 1.0],
     }
-    _, what = parity_inputs(source, specs[0], options) if specs else (None, "")
+    what = records[0].parity.get("inputs", "") if records else ""
     opts = {
         "img_size_policy": options.img_size if isinstance(options.img_size, str) else list(options.img_size),
         "export": asdict(options.export),
