@@ -472,6 +472,11 @@ def inspect(bundle: Path, as_json: bool, debug: bool) -> None:
     out.print(f"preprocessing: mean {pre['mean']} std {pre['std']} {pre['interpolation']} crop_pct {pre['crop_pct']}")
     out.print("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))
     print_table(manifest, "variants")
+    for v in manifest.variants:
+        if v.trt_lint and not v.trt_lint.get("passed", True):
+            out.print(f"[yellow]TensorRT lint[/yellow] {v.label}: {'; '.join(v.trt_lint['issues'])}")
+    for name, entry in manifest.engines.items():
+        print_engines(name, entry)
     out.print("overall: " + ("[green]passed[/green]" if manifest.passed else "[red]FAILED[/red]"))
 
 

@@ -39,15 +39,9 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt
     except ImportError as exc:
-        raise EnvironmentMissing(
-            "TensorRT is not installed (pip install tensorrt, or use the device's JetPack); "
-            "build engines on the target with 'flexiexport engine' or engines/build_<profile>.sh"
-        ) from exc
+        raise EnvironmentMissing("TensorRT is not installed (pip install tensorrt, or JetPack on a Jetson)") from exc
     if not hasattr(tensorrt, "Builder"):
-        raise EnvironmentMissing(
-            "the 'tensorrt' package here holds only type stubs, not TensorRT; "
-            "build engines on the target with 'flexiexport engine' or engines/build_<profile>.sh"
-        )
+        raise EnvironmentMissing("the 'tensorrt' package here holds only type stubs, not TensorRT")
     return tensorrt
 
 

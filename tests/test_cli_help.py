@@ -22,13 +22,9 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))
 
 @pytest.mark.parametrize(
     "args",
-    [
-        ["--help"],
-        ["build", "--help"],
-        ["resize", "--help"],
-        ["inspect", "--help"],
-        ["validate", "--help"],
-        ["--version"],
+    [["--help"], ["--version"]]
+    + [
+        [cmd, "--help"] for cmd in ("build", "resize", "inspect", "validate", "bench", "evaluate", "engine", "profiles")
     ],
 )
 def test_help_imports_no_heavy_library(args):
@@ -49,3 +45,11 @@ def test_package_import_is_lazy_but_names_resolve():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "exporter.resize"
+
+
+def test_profiles_command_imports_no_heavy_library():
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(args=["profiles"], heavy=HEAVY)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
