@@ -235,13 +235,13 @@ def source_record(source: SourceModel) -> dict[str, Any]:
 
 def state_digest(source: SourceModel) -> str:
     """sha256 over the tensors (for sources with no file, e.g. hub downloads)."""
+    import torch
+
     digest = hashlib.sha256()
     for key in sorted(source.state_dict):
-        tensor = source.state_dict[key]
+        raw = source.state_dict[key].detach().cpu().contiguous().view(-1).view(torch.uint8)  # any dtype, as bytes
         digest.update(key.encode())
-        digest.update(
-            tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes()
-        )
+        digest.update(raw.numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -390,13 +390,11 @@ def build_variant(
 def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     """Build a bundle. Raises ``FlexiExportError`` subclasses for bad input; a variant that
     fails parity is recorded as ``failed`` (the caller decides the exit code)."""
-    from exporter.load import load_source
+    from exporter.load import load_source, source_name
 
     reporter = reporter or SilentReporter()
     start = time.perf_counter()
     times: dict[str, float] = {}
-    from exporter.load import source_name
-
     out = options.out or default_out(source_name(options.source))
     check_output(out, options.force, options.resume)
     profile = check_engine_request(options)

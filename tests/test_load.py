@@ -211,3 +211,19 @@ def test_corrupt_npz(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError, match="bad.npz"):
         load_source(SourceSpec(weights=tmp_path / "bad.npz", model_name="flexivit_small"))
+
+
+def test_state_digest_identifies_weights_without_a_file(tiny_flexivit):
+    """Hub downloads have no file to hash: the manifest's source sha256 comes from the tensors."""
+    from dataclasses import replace
+
+    from exporter.pipeline import state_digest
+
+    src = load_source(SourceSpec(weights=tiny_flexivit))
+    digest = state_digest(src)
+    assert digest == state_digest(src) and len(digest) == 64
+    changed = dict(src.state_dict)
+    changed["pos_embed"] = changed["pos_embed"] + 1e-3
+    assert state_digest(replace(src, state_dict=changed)) != digest
+    halves = {k: v.to(torch.bfloat16) for k, v in src.state_dict.items()}
+    assert state_digest(replace(src, state_dict=halves)) != digest
