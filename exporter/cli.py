@@ -205,7 +205,7 @@ class RichReporter:
     def variant(self, record: Any) -> None:
         if self.quiet:
             return
-        mark = "[green]✓[/green]" if record.status == "passed" else "[red]✗[/red]"
+        mark = "[green]✓[/green]" if record.parity.get("passed") else "[red]✗[/red]"
         p = record.parity
         note = " (resumed: inputs and ONNX unchanged)" if record.resumed else ""
         if self.progress is not None and record.resumed:
@@ -218,6 +218,15 @@ class RichReporter:
             f"{mark} {record.label}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}  "
             f"top-1 {p['top1_agreement']:.0%}{note}"
         )
+        if record.reduced:
+            r = record.reduced
+            mark = "[green]✓[/green]" if r["status"] == "passed" else "[red]✗[/red]"
+            q = r["parity"]
+            self.err.print(
+                f"{mark} {record.label} {r['precision']}  max|Δ| {q['max_abs']:.1e}  p99 {q['p99_abs']:.1e}  "
+                f"cos {q['min_cosine']:.5f}  top-1 {q['top1_agreement']:.1%}  {r['bytes'] / 1e6:.1f} MB"
+                + ("" if r["status"] == "passed" else f"  ({'; '.join(q['failures'])})")
+            )
 
 
 def print_table(manifest: Any, title: str) -> None:
@@ -256,6 +265,14 @@ def print_engines(name: str, entry: dict[str, Any]) -> None:
 
 def failed_message(manifest: Any, bundle: Path) -> str:
     bad = [v for v in manifest.variants if v.status != "passed"]
+    bad_reduced = [v for v in bad if v.reduced and v.reduced["status"] != "passed" and v.parity.get("passed")]
+    if bad_reduced and len(bad_reduced) == len(bad):
+        detail = "; ".join(
+            f"{v.label} {v.reduced['precision']}: {', '.join(v.reduced['parity']['failures'])}" for v in bad_reduced
+        )
+        return (
+            f"{len(bad)} of {len(manifest.variants)} variants failed validation ({detail}); see {bundle / 'report.md'}"
+        )
     bad_engines = [
         (n, label, v)
         for n, e in manifest.engines.items()
@@ -307,7 +324,18 @@ def failed_message(manifest: Any, bundle: Path) -> str:
     show_default=True,
     help="torch.onnx exporter.",
 )
-@click.option("--calib-dir", type=click.Path(path_type=Path), help="Real images to add to the parity inputs.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Also write and check an fp16 (LayerNorm/Softmax/pos-embed/logits kept fp32) or int8 (QDQ) ONNX.",
+)
+@click.option(
+    "--calib-dir",
+    type=click.Path(path_type=Path),
+    help="Real images for parity (and int8 calibration; the demo ships its own).",
+)
 @click.option("--parity-samples", type=int, default=16, show_default=True, help="Random (and real) images per variant.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random parity images.")
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="Parity: absolute tolerance on logits.")
@@ -375,6 +403,7 @@ def build(**kw: Any) -> None:
         tolerance=replace(TOLERANCES["fp32"], atol=kw["atol"], rtol=kw["rtol"]),
         profile=kw["profile"],
         engines=kw["engines"],
+        precision=kw["precision"],
     )
     with RichReporter(kw["quiet"]) as reporter:
         result = run_build(options, reporter)
@@ -495,6 +524,8 @@ def validate(bundle: Path, weights: Path | None, quiet: bool, debug: bool) -> No
     for r in results:
         mark = "[green]✓[/green]" if r else "[red]✗[/red]"
         out.print(f"{mark} {r.label}  sha256 {'ok' if r.sha256_ok else 'MISMATCH'}  {r.comparison or r.problem}")
+        if r.reduced is not None:
+            out.print(f"  {r.label} {r.reduced.tolerance.name}: {r.reduced}")
     bad = [r.label for r in results if not r]
     if bad:
         raise ValidationFailed(f"{len(bad)} of {len(results)} variants failed validation: {', '.join(bad)}")

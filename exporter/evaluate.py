@@ -118,6 +118,8 @@ def evaluate_bundle(
             "pytorch": torch_runner(make_variant(source, spec).model),
             "onnxruntime": ort_runner(bundle / record.onnx["path"]),
         }
+        if record.reduced:
+            runners[f"onnxruntime {record.reduced['precision']}"] = ort_runner(bundle / record.reduced["path"])
         if compare_resize:
             runners["pytorch (naive resize)"] = torch_runner(make_variant(source, spec, naive_resize=True).model)
         for backend, runner in runners.items():

@@ -40,6 +40,7 @@ class VariantRecord:
     input_key: str
     resumed: bool = False
     trt_lint: dict[str, Any] = field(default_factory=dict)
+    reduced: dict[str, Any] = field(default_factory=dict)  # the fp16/int8 ONNX and its parity, if asked for
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def variant_rows(manifest: Manifest) -> list[list[str]]:
         p = v.parity or {}
         rows.append(
             [
-                "✓" if v.status == "passed" else "✗",
+                "✓" if v.parity.get("passed", v.status == "passed") else "✗",
                 v.label,
                 _fmt_size(v.img_size),
                 f"{v.grid[0]}x{v.grid[1]}",
@@ -192,6 +193,20 @@ def render_report(manifest: Manifest) -> str:
             "",
             f"**{v.label} {v.status}:** " + "; ".join(v.parity.get("failures", []) or [v.parity.get("error", "")]),
         ]
+    reduced = [v for v in manifest.variants if v.reduced]
+    if reduced:
+        lines += [
+            "",
+            "| ok | variant | precision | onnx | MB | max|Δ| | p99|Δ| | cosine | top-1 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for v in reduced:
+            r, q = v.reduced, v.reduced["parity"]
+            lines.append(
+                f"| {'✓' if r['status'] == 'passed' else '✗'} | {v.label} | {r['precision']} | "
+                f"{Path(r['path']).name} | {r['bytes'] / 1e6:.2f} | {q['max_abs']:.1e} | {q['p99_abs']:.1e} | "
+                f"{q['min_cosine']:.5f} | {q['top1_agreement']:.1%} |"
+            )
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             lines += ["", f"TensorRT lint, {v.label}: " + "; ".join(v.trt_lint["issues"])]

@@ -85,8 +85,13 @@ class BuildOptions:
     threads: int | None = None
     profile: str | None = None
     engines: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        from exporter.precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.engines not in ENGINE_MODES:
             raise UsageError(f"--engines must be one of {', '.join(ENGINE_MODES)}, got {self.engines!r}")
         if self.engines == "required" and not self.profile:
@@ -260,6 +265,7 @@ def input_key(source_sha: str, spec: VariantSpec, options: BuildOptions) -> str:
         "samples": options.parity_samples,
         "seed": options.seed,
         "calib": str(options.calib_dir) if options.calib_dir else None,
+        "precision": options.precision,
         "flexiexport": __version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -304,6 +310,12 @@ def parity_inputs(source: SourceModel, spec: VariantSpec, options: BuildOptions)
     return np.concatenate(parts).astype(np.float32), what
 
 
+def demo_weights() -> Path:
+    from exporter.demo import DEMO_WEIGHTS
+
+    return DEMO_WEIGHTS
+
+
 def _demo_name() -> str:
     from exporter.demo import DEMO_NAME
 
@@ -319,11 +331,14 @@ def _reuse(old: Manifest | None, old_dir: Path, label: str, key: str, tmp: Path)
     record = next((v for v in old.variants if v.label == label), None)
     if record is None or record.input_key != key or record.status != "passed":
         return None
-    path = old_dir / record.onnx["path"]
-    if not path.is_file() or sha256_file(path) != record.onnx["sha256"]:
+    files = [(record.onnx["path"], record.onnx["sha256"])]
+    if record.reduced:
+        files.append((record.reduced["path"], record.reduced["sha256"]))
+    if not all((old_dir / rel).is_file() and sha256_file(old_dir / rel) == sha for rel, sha in files):
         return None
-    (tmp / record.onnx["path"]).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(path, tmp / record.onnx["path"])
+    for rel, _ in files:
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(old_dir / rel, tmp / rel)
     return replace(record, resumed=True)
 
 
@@ -368,6 +383,10 @@ def build_variant(
     onnx_record.pop("seconds")
     parity = comparison.to_dict() | {"inputs": inputs_text}
     parity.pop("tolerance")
+    reduced: dict[str, Any] = {}
+    if options.precision != "fp32":
+        with _stage(reporter, label, options.precision, times):
+            reduced = reduced_variant(source, spec, options, tmp, rel, variant.model, inputs, batch)
     return VariantRecord(
         label=label,
         patch_size=spec.patch_size,
@@ -379,18 +398,80 @@ def build_variant(
         pos_resize=str(spec.pos_resize),
         onnx=onnx_record,
         parity=parity,
-        status="passed" if comparison else "failed",
+        status="passed" if comparison and reduced.get("status", "passed") == "passed" else "failed",
         export_seconds=round(info.seconds, 3),
         parity_seconds=round(parity_seconds, 3),
         input_key=key,
         trt_lint=lint.to_dict(),
+        reduced=reduced,
     )
+
+
+def calibration_images(source: SourceModel, spec: VariantSpec, options: BuildOptions, limit: int = 64) -> np.ndarray:
+    """INT8 calibration images: ``--calib-dir``, or the demo's own calibration split."""
+    if options.calib_dir is not None:
+        from exporter.images import load_images
+
+        return load_images(options.calib_dir, spec.img_size, source.preprocessing, limit=limit)
+    if source.name == _demo_name() and spec.img_size[0] == spec.img_size[1]:
+        from exporter.demo import digits_to_pixels, load_demo_digits
+
+        digits, _ = load_demo_digits("calib")
+        return digits_to_pixels(digits[:limit], spec.img_size[0])
+    raise UsageError("--precision int8 needs calibration images: pass --calib-dir DIR")
+
+
+def reduced_variant(
+    source: SourceModel,
+    spec: VariantSpec,
+    options: BuildOptions,
+    tmp: Path,
+    rel: Path,
+    model: Any,
+    inputs: np.ndarray,
+    batch: int,
+) -> dict[str, Any]:
+    """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32."""
+    from exporter.load import sha256_file
+    from exporter.precision import to_fp16, to_int8
+    from exporter.validate import check_parity, ort_runner, tolerance_for, torch_runner
+
+    start = time.perf_counter()
+    out_rel = rel.with_name(f"{rel.stem}.{options.precision}.onnx")
+    anchors: list[str] = []
+    if options.precision == "fp16":
+        anchors = to_fp16(tmp / rel, tmp / out_rel)
+    else:
+        static = None if options.export.batch == "dynamic" else int(options.export.batch)
+        to_int8(tmp / rel, tmp / out_rel, calibration_images(source, spec, options), static)
+    import onnx
+
+    onnx.checker.check_model(str(tmp / out_rel), full_check=True)
+    tol = tolerance_for(options.precision, "onnxruntime")
+    if options.precision == "int8":
+        # Static quantisation is calibrated to a data distribution: judge it on real images only
+        # (the random parity images are far outside any calibrated range).
+        inputs = inputs[options.parity_samples :]
+    cmp = check_parity(torch_runner(model), ort_runner(tmp / out_rel, options.threads), inputs, batch, tol)
+    parity = cmp.to_dict()
+    parity.pop("tolerance")
+    return {
+        "precision": options.precision,
+        "path": str(out_rel),
+        "sha256": sha256_file(tmp / out_rel),
+        "bytes": (tmp / out_rel).stat().st_size,
+        "fp32_nodes": anchors,
+        "tolerance": asdict(tol),
+        "parity": parity,
+        "status": "passed" if cmp else "failed",
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     """Build a bundle. Raises ``FlexiExportError`` subclasses for bad input; a variant that
     fails parity is recorded as ``failed`` (the caller decides the exit code)."""
-    from exporter.load import load_source, source_name
+    from exporter.load import load_source, source_name, weights_path
 
     reporter = reporter or SilentReporter()
     start = time.perf_counter()
@@ -398,6 +479,8 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     out = options.out or default_out(source_name(options.source))
     check_output(out, options.force, options.resume)
     profile = check_engine_request(options)
+    if options.precision == "int8" and options.calib_dir is None and weights_path(options.source) != demo_weights():
+        raise UsageError("--precision int8 needs calibration images: pass --calib-dir DIR")
     if options.threads:
         import torch
 
@@ -521,9 +604,11 @@ class Recheck:
     sha256_ok: bool
     comparison: Comparison | None
     problem: str = ""
+    reduced: Comparison | None = None  # the fp16/int8 ONNX, when the bundle has one
 
     def __bool__(self) -> bool:
-        return self.sha256_ok and bool(self.comparison) and not self.problem
+        reduced_ok = self.reduced is None or bool(self.reduced)
+        return self.sha256_ok and bool(self.comparison) and reduced_ok and not self.problem
 
 
 def parse_resize_method(text: str) -> ResizeMethod:
@@ -587,19 +672,27 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     results = []
     times: dict[str, float] = {}
     for record in manifest.variants:
-        onnx_path = bundle / record.onnx["path"]
+        files = [(record.onnx["path"], record.onnx["sha256"])]
+        if record.reduced:
+            files.append((record.reduced["path"], record.reduced["sha256"]))
         with _stage(reporter, record.label, "sha256", times):
-            ok = onnx_path.is_file() and sha256_file(onnx_path) == record.onnx["sha256"]
-        if not ok:
-            results.append(Recheck(record.label, False, None, f"{onnx_path.name} is missing or its sha256 changed"))
+            bad = [rel for rel, sha in files if not (bundle / rel).is_file() or sha256_file(bundle / rel) != sha]
+        if bad:
+            results.append(Recheck(record.label, False, None, f"{', '.join(bad)}: missing or sha256 changed"))
             continue
         vspec = record_spec(record)
         with _stage(reporter, record.label, "parity", times):
-            variant = make_variant(source, vspec)
+            reference = torch_runner(make_variant(source, vspec).model)
             inputs, _ = parity_inputs(source, vspec, options)
             batch = 8 if export.batch == "dynamic" else int(export.batch)
-            cmp = check_parity(torch_runner(variant.model), ort_runner(onnx_path), inputs, batch, tol)
-        results.append(Recheck(record.label, True, cmp))
+            cmp = check_parity(reference, ort_runner(bundle / record.onnx["path"]), inputs, batch, tol)
+            reduced = None
+            if record.reduced:
+                reduced_tol = Tolerance(**record.reduced["tolerance"])
+                reduced = check_parity(
+                    reference, ort_runner(bundle / record.reduced["path"]), inputs, batch, reduced_tol
+                )
+        results.append(Recheck(record.label, True, cmp, reduced=reduced))
     return results
 
 
@@ -621,11 +714,12 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
     plan = []
     for record in manifest.variants:
         static = record.onnx["inputs"][0]["shape"][0]
+        matching = record.reduced if record.reduced.get("precision") == profile.precision else None
         plan.append(
             {
                 "label": record.label,
-                "onnx": record.onnx["path"],
-                "onnx_precision": "fp32",
+                "onnx": matching["path"] if matching else record.onnx["path"],
+                "onnx_precision": profile.precision if matching else "fp32",
                 "engine": f"engines/{profile.name}/model_{record.label}.engine",
                 "shapes": engine_shapes(profile, record.img_size, static if isinstance(static, int) else None),
                 "layernorms": layernorm_node_names(bundle / record.onnx["path"]),

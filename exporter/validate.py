@@ -41,6 +41,7 @@ TOLERANCES = {
     "fp32": Tolerance("fp32"),
     "trt-fp32": Tolerance("trt-fp32", atol=1e-3, rtol=1e-3, min_cosine=0.9999, min_top1=0.999),
     "fp16": Tolerance("fp16", atol=None, rtol=0.0, min_cosine=0.999, min_top1=0.99, p99_of_range=5e-3),
+    "int8": Tolerance("int8", atol=None, rtol=0.0, min_cosine=0.99, min_top1=0.97),
 }
 
 
@@ -50,7 +51,9 @@ def tolerance_for(precision: str, runtime: str) -> Tolerance:
         return TOLERANCES["fp16"]
     if precision in ("fp32", "tf32"):
         return TOLERANCES["trt-fp32" if runtime == "tensorrt" else "fp32"]
-    raise UsageError(f"no default tolerance for precision {precision!r} yet (int8/fp8 need calibration data)")
+    if precision == "int8":
+        return TOLERANCES["int8"]
+    raise UsageError(f"no default tolerance for precision {precision!r}")
 
 
 @dataclass(frozen=True)

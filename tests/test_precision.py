@@ -1,0 +1,125 @@
+"""FP16 and INT8 ONNX variants of the demo, checked on the CPU with onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import one_line_error, run_cli
+
+
+def build(out: Path, *args: str) -> dict:
+    result = run_cli("build", "-p", "8", "16", "32", "--out", str(out), "--quiet", *args)
+    assert result.exit_code == 0, result.output + result.stderr
+    return json.loads((out / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fp16_bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fp16") / "b"
+    build(out, "--precision", "fp16", "--profile", "l4")
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "b"
+    build(out, "--precision", "int8")
+    return out
+
+
+def test_fp16_keeps_the_overflow_prone_ops_in_fp32(fp16_bundle):
+    manifest = json.loads((fp16_bundle / "manifest.json").read_text())
+    for v in manifest["variants"]:
+        r = v["reduced"]
+        assert r["precision"] == "fp16" and r["status"] == "passed" and r["path"].endswith(".fp16.onnx")
+        assert r["parity"]["min_cosine"] >= 0.999 and r["parity"]["top1_agreement"] >= 0.99
+        assert r["bytes"] < 0.6 * v["onnx"]["size_bytes"]
+        model = onnx.load(str(fp16_bundle / r["path"]))
+        assert {"/Add", "/head/Gemm"} <= set(r["fp32_nodes"])  # pos-embed add and logits
+        inits = {i.name: i.data_type for i in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "LayerNormalization":  # scale and bias stay float32
+                assert all(inits.get(i, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for i in node.input[1:])
+        assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+
+
+def test_fp16_bundle_validates_and_feeds_the_strongly_typed_engine_script(fp16_bundle, tmp_path):
+    result = run_cli("validate", str(fp16_bundle), "--quiet")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "fp16:" in result.stdout
+    fake = tmp_path / "trtexec"
+    fake.write_text(
+        f'#!/usr/bin/env bash\n[ "$1" = --help ] && {{ echo "[TensorRT v101300]"; exit 0; }}\n'
+        f'echo "$@" >> {tmp_path}/calls.log\n'
+    )
+    fake.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(fp16_bundle / "engines" / "build_l4.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRTEXEC": str(fake)},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls[0].startswith("--onnx=onnx/model_p8.fp16.onnx") and "--stronglyTyped" in calls[0]
+    assert "--fp16" not in calls[0]
+
+
+def test_int8_is_symmetric_per_channel_qdq_around_matmuls_only(int8_bundle):
+    manifest = json.loads((int8_bundle / "manifest.json").read_text())
+    r = manifest["variants"][1]["reduced"]
+    assert r["status"] == "passed" and r["parity"]["min_cosine"] >= 0.99
+    model = onnx.load(str(int8_bundle / r["path"]))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq
+    per_channel = 0
+    for node in dq:
+        zero_point = inits.get(node.input[2]) if len(node.input) > 2 else None
+        assert zero_point is None or (zero_point.dtype == np.int8 and not zero_point.any())  # symmetric int8
+        per_channel += inits[node.input[1]].ndim == 1 and inits[node.input[1]].size > 1
+        assert set(consumers.get(node.output[0], [])) <= {"MatMul", "Gemm", "Conv"}
+    assert per_channel > 0
+
+
+def test_int8_accuracy_change_is_within_one_point(int8_bundle):
+    result = run_cli("evaluate", str(int8_bundle), "--quiet")
+    assert result.exit_code == 0, result.output + result.stderr
+    rows = {
+        (r["variant"], r["backend"]): r["top1"] for r in json.loads((int8_bundle / "eval.json").read_text())["results"]
+    }
+    for p in ("p8", "p16", "p32"):
+        assert abs(rows[(p, "onnxruntime int8")] - rows[(p, "pytorch")]) <= 0.01
+
+
+def test_int8_needs_calibration_images(tiny_flexivit, tmp_path):
+    result = run_cli(
+        "build", "-p", "16", "--weights", str(tiny_flexivit), "--precision", "int8", "--out", str(tmp_path / "b")
+    )
+    assert result.exit_code == 2 and "--calib-dir" in one_line_error(result)
+    assert not (tmp_path / "b").exists()
+
+
+def test_resume_keeps_the_reduced_file(fp16_bundle, tmp_path):
+    import shutil
+
+    out = tmp_path / "b"
+    shutil.copytree(fp16_bundle, out)
+    manifest = build(out, "--precision", "fp16", "--profile", "l4", "--resume")
+    assert all(v["resumed"] for v in manifest["variants"])
+    assert all((out / v["reduced"]["path"]).is_file() for v in manifest["variants"])
