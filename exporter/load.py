@@ -10,7 +10,6 @@ and preprocessing when present.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from exporter.errors import CheckpointError, EnvironmentMissing, UsageError
+from exporter.manifest import sha256_file
 from exporter.resize import pos_grid_size
 from exporter.sizes import Size2, to_size2
 
@@ -91,15 +91,6 @@ class SourceModel:
     @property
     def dtype(self) -> torch.dtype:
         return self.state_dict[KERNEL_KEY].dtype
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _first_line(exc: BaseException) -> str:

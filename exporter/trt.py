@@ -12,17 +12,15 @@ LayerNorm layers constrained to FP32.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shlex
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import EnvironmentMissing, UsageError
+from exporter.manifest import sha256_file, write_atomic_bytes
 from exporter.profile import Profile, parse_version
 
 STRONG_TYPING_FROM = (10, 12)  # weak typing deprecated from here, removed in 11
@@ -182,14 +180,6 @@ def build_script(profile: Profile, variants: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class EngineInfo:
     """The sidecar ``model_pN.engine.json``: never metadata inside the engine itself."""
@@ -210,19 +200,7 @@ class EngineInfo:
     timing_cache: str | None
 
     def write(self, path: Path) -> None:
-        _write_atomic_bytes(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
-
-
-def _write_atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic_bytes(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
 
 
 def parser_errors(parser: trt.OnnxParser) -> str:
@@ -304,15 +282,15 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UsageError(f"TensorRT could not build an engine from {onnx_path.name} with profile {profile.name!r}")
-    _write_atomic_bytes(engine_path, bytes(serialized))
+    write_atomic_bytes(engine_path, bytes(serialized))
     if profile.timing_cache and cache_path is not None:
-        _write_atomic_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+        write_atomic_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     gpu, cc = gpu_identity()
     info = EngineInfo(
         engine=engine_path.name,
-        engine_sha256=_sha256(engine_path),
+        engine_sha256=sha256_file(engine_path),
         onnx=onnx_path.name,
-        onnx_sha256=_sha256(onnx_path),
+        onnx_sha256=sha256_file(onnx_path),
         profile=profile.name,
         precision=profile.precision,
         typing=mode,

@@ -230,8 +230,10 @@ def test_ctrl_c_leaves_the_old_bundle_intact(demo_bundle, tmp_path):
     out = tmp_path / "b"
     shutil.copytree(demo_bundle, out)
     before = tree_digest(out)
+    # Many parity samples keep the build busy for seconds after its staging folder appears,
+    # so the interrupt lands mid-build even on a loaded machine.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter.cli", *HEADLINE, "--out", str(out), "--force"],
+        [sys.executable, "-m", "exporter.cli", *HEADLINE, "--out", str(out), "--force", "--parity-samples", "400"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
