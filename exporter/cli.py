@@ -318,6 +318,11 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 )
 @click.option("--batch", default="dynamic", show_default=True, metavar="dynamic|N", help="ONNX batch dimension.")
 @click.option(
+    "--shared-weights",
+    is_flag=True,
+    help="Keep the weights all variants share in one external-data file (onnx/shared_weights.bin).",
+)
+@click.option(
     "--exporter",
     type=click.Choice(["torchscript", "dynamo"]),
     default="torchscript",
@@ -404,11 +409,18 @@ def build(**kw: Any) -> None:
         profile=kw["profile"],
         engines=kw["engines"],
         precision=kw["precision"],
+        shared_weights=kw["shared_weights"],
     )
     with RichReporter(kw["quiet"]) as reporter:
         result = run_build(options, reporter)
     print_table(result.manifest, f"{result.manifest.name} → {result.bundle}")
     stages = "  ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())
+    if result.manifest.shared_weights:
+        sw = result.manifest.shared_weights
+        console().print(
+            f"shared weights: {sw['tensors']} tensors in {sw['path']}; ONNX bytes "
+            f"{sw['bundle_onnx_bytes_before'] / 1e6:.1f} MB -> {sw['bundle_onnx_bytes_after'] / 1e6:.1f} MB"
+        )
     console().print(f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})")
     for name, entry in result.manifest.engines.items():
         print_engines(name, entry)

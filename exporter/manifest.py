@@ -56,6 +56,7 @@ class Manifest:
     tolerance: dict[str, Any]
     variants: tuple[VariantRecord, ...]
     engines: dict[str, Any] = field(default_factory=dict)
+    shared_weights: dict[str, Any] = field(default_factory=dict)  # --shared-weights: the external-data file
 
     @property
     def passed(self) -> bool:

@@ -86,6 +86,7 @@ class BuildOptions:
     profile: str | None = None
     engines: str = "auto"
     precision: str = "fp32"
+    shared_weights: bool = False
 
     def __post_init__(self) -> None:
         from exporter.precision import PRECISIONS
@@ -266,6 +267,7 @@ def input_key(source_sha: str, spec: VariantSpec, options: BuildOptions) -> str:
         "seed": options.seed,
         "calib": str(options.calib_dir) if options.calib_dir else None,
         "precision": options.precision,
+        "shared_weights": options.shared_weights,
         "flexiexport": __version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -457,6 +459,7 @@ def reduced_variant(
     parity.pop("tolerance")
     return {
         "precision": options.precision,
+        "shared_weights": options.shared_weights,
         "path": str(out_rel),
         "sha256": sha256_file(tmp / out_rel),
         "bytes": (tmp / out_rel).stat().st_size,
@@ -466,6 +469,46 @@ def reduced_variant(
         "status": "passed" if cmp else "failed",
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def share_bundle_weights(
+    source: SourceModel, specs: list[VariantSpec], options: BuildOptions, tmp: Path, records: list[VariantRecord]
+) -> tuple[list[VariantRecord], dict[str, Any]]:
+    """Move the weights all variants share into one external file; each file must still give
+    exactly the outputs it gave before (same graph, same bytes), or its variant fails."""
+    from exporter.export import check_onnx
+    from exporter.shared import share_weights
+    from exporter.validate import ort_runner, run_batched
+
+    paths = [tmp / r.onnx["path"] for r in records]
+    batch = 8 if options.export.batch == "dynamic" else int(options.export.batch)
+    inputs = [parity_inputs(source, spec, options)[0] for spec in specs]
+    before = [run_batched(ort_runner(p, options.threads), x, batch) for p, x in zip(paths, inputs)]
+    sizes = sum(p.stat().st_size for p in paths)
+    info = share_weights(paths)
+    updated = []
+    for record, path, x, reference in zip(records, paths, inputs, before):
+        same = bool(np.array_equal(run_batched(ort_runner(path, options.threads), x, batch), reference))
+        checked = check_onnx(path, record.onnx["exporter"], 0.0)
+        onnx_record = record.onnx | {
+            "sha256": checked.sha256,
+            "size_bytes": checked.size_bytes,
+            "external_data": f"onnx/{info.path.name}",
+        }
+        parity = record.parity | (
+            {} if same else {"passed": False, "failures": ["outputs changed when sharing weights"]}
+        )
+        updated.append(replace(record, onnx=onnx_record, parity=parity, status=record.status if same else "failed"))
+    after = info.bytes + sum(p.stat().st_size for p in paths)
+    shared = {
+        "path": f"onnx/{info.path.name}",
+        "sha256": info.sha256,
+        "bytes": info.bytes,
+        "tensors": info.tensors,
+        "bundle_onnx_bytes_before": sizes,
+        "bundle_onnx_bytes_after": after,
+    }
+    return updated, shared
 
 
 def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
@@ -495,12 +538,17 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         records = []
         for spec in specs:
             key = input_key(source_sha, spec, options)
-            record = _reuse(old, out, spec.label, key, tmp) or build_variant(
+            reusable = old if not options.shared_weights else None  # the shared file is rebuilt whole
+            record = _reuse(reusable, out, spec.label, key, tmp) or build_variant(
                 source, spec, options, tmp, key, reporter, times
             )
             reporter.variant(record)
             records.append(record)
-        manifest = _manifest(source, source_sha, options, records)
+        shared: dict[str, Any] = {}
+        if options.shared_weights:
+            with _stage(reporter, "bundle", "shared weights", times):
+                records, shared = share_bundle_weights(source, specs, options, tmp, records)
+        manifest = replace(_manifest(source, source_sha, options, records), shared_weights=shared)
         if profile is not None:
             manifest = replace(
                 manifest,
@@ -675,6 +723,8 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
         files = [(record.onnx["path"], record.onnx["sha256"])]
         if record.reduced:
             files.append((record.reduced["path"], record.reduced["sha256"]))
+        if record.onnx.get("external_data"):
+            files.append((manifest.shared_weights["path"], manifest.shared_weights["sha256"]))
         with _stage(reporter, record.label, "sha256", times):
             bad = [rel for rel, sha in files if not (bundle / rel).is_file() or sha256_file(bundle / rel) != sha]
         if bad:
