@@ -699,6 +699,59 @@ def evaluate(
 
 
 @cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--out", "repo", type=click.Path(path_type=Path), required=True, help="Model repository folder to write.")
+@click.option("--backend", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True)
+@click.option(
+    "--max-batch",
+    type=int,
+    help="max_batch_size for dynamic-batch models [default: the bundle's engine profile batch.max, else 8].",
+)
+@click.option("--force", is_flag=True, help="Replace an existing repository.")
+@debug_option
+def triton(bundle: Path, repo: Path, backend: str, max_batch: int | None, force: bool, debug: bool) -> None:
+    """Write a Triton Inference Server model repository, one model per variant."""
+    import shutil
+    import tempfile
+
+    from exporter.errors import BundleError
+    from exporter.manifest import read_manifest
+    from exporter.pipeline import swap_into_place
+    from exporter.triton import triton_schema, write_repository
+
+    manifest = read_manifest(bundle)
+    if max_batch is None:
+        profiles = [e["profile"]["batch"]["max"] for e in manifest.engines.values() if e.get("profile")]
+        max_batch = profiles[0] if profiles else 8
+    if max_batch < 1:
+        raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
+    if repo.exists() and not repo.is_dir():
+        raise BundleError(f"--out {str(repo)!r} is a file; give a folder for the model repository")
+    if repo.is_dir() and any(repo.iterdir()) and not force:
+        raise BundleError(f"{str(repo)!r} is not empty; pass --force to replace it")
+    repo.absolute().parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-", dir=repo.absolute().parent))
+    try:
+        names = write_repository(bundle, manifest, tmp, backend, max_batch)
+        tmp.chmod(0o755 & ~_umask())
+        swap_into_place(tmp, repo)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = console()
+    out.print(f"wrote {len(names)} models to {repo}: {', '.join(names)}")
+    if triton_schema() is None:
+        out.print("configs not checked against Triton's schema: pip install tritonclient")
+    else:
+        out.print("every config.pbtxt parsed with Triton's model_config schema")
+
+
+def _umask() -> int:
+    from exporter.manifest import current_umask
+
+    return current_umask()
+
+
+@cli.command()
 @debug_option
 def profiles(debug: bool) -> None:
     """List the shipped deployment profiles."""

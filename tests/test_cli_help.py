@@ -24,7 +24,8 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))
     "args",
     [["--help"], ["--version"]]
     + [
-        [cmd, "--help"] for cmd in ("build", "resize", "inspect", "validate", "bench", "evaluate", "engine", "profiles")
+        [cmd, "--help"]
+        for cmd in ("build", "resize", "inspect", "validate", "bench", "evaluate", "engine", "profiles", "triton")
     ],
 )
 def test_help_imports_no_heavy_library(args):

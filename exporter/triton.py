@@ -1,0 +1,129 @@
+"""``flexiexport triton``: a Triton Inference Server model repository, one model per variant.
+
+Layout per variant: ``<repo>/<name>_pN/config.pbtxt`` and ``1/model.onnx`` (plus the shared
+external-data file when the bundle has one) or ``1/model.plan`` (TensorRT; one plan per compute
+capability with ``cc_model_filenames`` when engines for several GPUs exist). Each config is parsed
+with Triton's own protobuf schema (``model_config_pb2`` from the ``tritonclient`` package) when
+that package is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from exporter.errors import BundleError, UsageError
+from exporter.manifest import Manifest, VariantRecord
+
+BACKENDS = ("onnx", "tensorrt")
+
+
+def model_name(bundle_name: str, label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{bundle_name}_{label}")
+
+
+def _dims(shape: list[Any]) -> tuple[int | None, list[int]]:
+    """(static batch or None, the dims after the batch)."""
+    batch, rest = shape[0], [int(d) for d in shape[1:]]
+    return (batch if isinstance(batch, int) else None), rest
+
+
+def config_text(
+    name: str, record: VariantRecord, platform: str, max_batch: int, cc_files: dict[str, str] | None = None
+) -> str:
+    """``config.pbtxt`` for one variant: names, dims and types from the manifest."""
+    (inp,), (out,) = record.onnx["inputs"], record.onnx["outputs"]
+    static, in_dims = _dims(inp["shape"])
+    _, out_dims = _dims(out["shape"])
+    if static is not None:  # a static-batch model: Triton sees the batch as part of the dims
+        max_batch, in_dims, out_dims = 0, [static, *in_dims], [static, *out_dims]
+    lines = [
+        f'name: "{name}"',
+        f'platform: "{platform}"',
+        f"max_batch_size: {max_batch}",
+        f'input [{{ name: "{inp["name"]}" data_type: TYPE_FP32 dims: {in_dims} }}]',
+        f'output [{{ name: "{out["name"]}" data_type: TYPE_FP32 dims: {out_dims} }}]',
+    ]
+    if max_batch > 0:
+        lines.append("dynamic_batching { max_queue_delay_microseconds: 100 }")
+    lines.append(
+        "instance_group [{ kind: KIND_GPU count: 1 }]"
+        if platform == "tensorrt_plan"
+        else "instance_group [{ kind: KIND_AUTO count: 1 }]"
+    )
+    for cc, filename in sorted((cc_files or {}).items()):
+        lines.append(f'cc_model_filenames {{ key: "{cc}" value: "{filename}" }}')
+    return "\n".join(lines) + "\n"
+
+
+def triton_schema() -> ModuleType | None:
+    """Triton's ``model_config_pb2``, loaded without the gRPC client it sits beside; None if absent."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("flexiexport_triton_model_config_pb2", path)
+    if module_spec is None or module_spec.loader is None or not path.is_file():
+        return None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def check_config(text: str, schema: ModuleType) -> Any:
+    """Parse ``text`` as a Triton ModelConfig; unknown fields or wrong types raise ``UsageError``."""
+    from google.protobuf import text_format
+
+    try:
+        return text_format.Parse(text, schema.ModelConfig())
+    except text_format.ParseError as exc:
+        raise UsageError(f"generated Triton config does not parse with Triton's schema: {exc}") from exc
+
+
+def _engines_by_cc(bundle: Path, manifest: Manifest, label: str) -> dict[str, Path]:
+    found = {}
+    for entry in manifest.engines.values():
+        variant = entry.get("variants", {}).get(label)
+        if entry.get("status") == "built" and variant:
+            found[entry["compute_capability"]] = bundle / "engines" / entry["profile"]["name"] / variant["engine"]
+    return found
+
+
+def write_repository(bundle: Path, manifest: Manifest, repo: Path, backend: str, max_batch: int) -> list[str]:
+    """Fill ``repo`` (an empty folder); returns the model names written."""
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    schema = triton_schema()
+    names = []
+    for record in manifest.variants:
+        name = model_name(manifest.name, record.label)
+        version = repo / name / "1"
+        version.mkdir(parents=True)
+        if backend == "onnx":
+            shutil.copy2(bundle / record.onnx["path"], version / "model.onnx")
+            if record.onnx.get("external_data"):
+                shutil.copy2(bundle / record.onnx["external_data"], version / Path(record.onnx["external_data"]).name)
+            text = config_text(name, record, "onnxruntime_onnx", max_batch)
+        else:
+            engines = _engines_by_cc(bundle, manifest, record.label)
+            if not engines:
+                raise BundleError(
+                    f"the bundle has no built TensorRT engine for {record.label}; build them on the "
+                    "target with 'flexiexport engine BUNDLE --profile P', or use --backend onnx"
+                )
+            cc_files = {cc: f"model_sm{cc.replace('.', '')}.plan" for cc in engines}
+            for cc, path in engines.items():
+                shutil.copy2(path, version / cc_files[cc])
+            if len(engines) == 1:
+                (version / next(iter(cc_files.values()))).rename(version / "model.plan")
+                cc_files = {}
+            text = config_text(name, record, "tensorrt_plan", max_batch, cc_files)
+        if schema is not None:
+            check_config(text, schema)
+        (repo / name / "config.pbtxt").write_text(text)
+        names.append(name)
+    return names

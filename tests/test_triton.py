@@ -1,0 +1,69 @@
+"""``flexiexport triton``: configs checked with Triton's own protobuf schema (tritonclient)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exporter.errors import UsageError
+from exporter.manifest import read_manifest
+from exporter.triton import check_config, config_text, triton_schema
+
+from conftest import one_line_error, run_cli
+
+SCHEMA = triton_schema()
+pytestmark = pytest.mark.skipif(SCHEMA is None, reason="tritonclient is in the dev extra")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("t") / "b"
+    result = run_cli("build", "-p", "8", "16", "--shared-weights", "--profile", "t4", "--out", str(out), "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    return out
+
+
+def test_onnx_repository(bundle, tmp_path):
+    repo = tmp_path / "repo"
+    result = run_cli("triton", str(bundle), "--out", str(repo))
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "parsed with Triton's model_config schema" in result.stdout
+    for label in ("p8", "p16"):
+        model = repo / f"flexivit_demo_{label}"
+        assert (model / "1" / "model.onnx").is_file() and (model / "1" / "shared_weights.bin").is_file()
+        config = check_config((model / "config.pbtxt").read_text(), SCHEMA)
+        assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 32  # t4 profile: batch.max 32
+        assert list(config.input[0].dims) == [3, 64, 64] and list(config.output[0].dims) == [10]
+        assert config.input[0].name == "pixel_values" and config.dynamic_batching.max_queue_delay_microseconds == 100
+    result = run_cli("triton", str(bundle), "--out", str(repo))
+    assert result.exit_code == 2 and "--force" in one_line_error(result)
+
+
+def test_tensorrt_backend_needs_built_engines(bundle, tmp_path):
+    result = run_cli("triton", str(bundle), "--out", str(tmp_path / "r"), "--backend", "tensorrt")
+    assert result.exit_code == 2 and "no built TensorRT engine" in one_line_error(result)
+    assert not (tmp_path / "r").exists()
+
+
+def test_plan_config_per_compute_capability_and_static_batch(bundle):
+    record = read_manifest(bundle).variants[0]
+    text = config_text("m", record, "tensorrt_plan", 16, {"8.7": "model_sm87.plan", "7.5": "model_sm75.plan"})
+    config = check_config(text, SCHEMA)
+    assert dict(config.cc_model_filenames) == {"8.7": "model_sm87.plan", "7.5": "model_sm75.plan"}
+    assert config.platform == "tensorrt_plan"
+    static = json.loads(json.dumps(record.onnx))
+    static["inputs"][0]["shape"][0] = 4
+    static["outputs"][0]["shape"][0] = 4
+    from dataclasses import replace
+
+    config = check_config(config_text("s", replace(record, onnx=static), "onnxruntime_onnx", 8), SCHEMA)
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [4, 3, 64, 64]
+
+
+def test_schema_rejects_unknown_fields_and_wrong_types():
+    with pytest.raises(UsageError, match="no field named"):
+        check_config('name: "x"\nmax_batch: 3\n', SCHEMA)
+    with pytest.raises(UsageError, match="parse"):
+        check_config('name: "x"\nmax_batch_size: "many"\n', SCHEMA)
