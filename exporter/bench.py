@@ -274,7 +274,7 @@ def bench_variant(
     p50 = percentile(times, 50)
     gflops = float(record.gflops)
     achieved = gflops * batch / p50
-    on_cpu = backend in ("torch", "torch-compile", "ort-cpu")
+    on_cpu = backend in ("torch", "torch-compile", "ort-cpu") or backend.startswith("ort-cpu ")
     return Timing(
         backend=backend,
         variant=record.label,
@@ -329,4 +329,13 @@ def bench_bundle(
                     timings.append(bench_variant(backend, runner, record, spec.img_size, batch, options, ceiling))
         except Unavailable as exc:
             skipped.append(Skipped(backend, str(exc)))
+    if "ort-cpu" in options.backends:  # the bundle's fp16/int8 ONNX, on the same provider
+        for record in (r for r in manifest.variants if r.reduced):
+            name = f"ort-cpu {record.reduced['precision']}"
+            runner = FACTORIES["ort-cpu"](None, bundle / record.reduced["path"], threads)
+            for batch in options.batch_sizes:
+                if _static_batch(record) in (None, batch):
+                    say(f"{name}: {record.label} batch {batch}")
+                    img = record_spec(record).img_size
+                    timings.append(bench_variant(name, runner, record, img, batch, options, ceiling))
     return BenchReport(machine_info(threads), threads, ceiling, tuple(timings), tuple(skipped))

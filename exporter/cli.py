@@ -332,9 +332,9 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16", "int8"]),
-    default="fp32",
-    show_default=True,
-    help="Also write and check an fp16 (LayerNorm/Softmax/pos-embed/logits kept fp32) or int8 (QDQ) ONNX.",
+    default=None,
+    help="Also write and check an fp16 (LayerNorm/Softmax/pos-embed/logits kept fp32) or int8 (QDQ) ONNX "
+    "[default: fp32 only, or the --profile's precision when it is fp16/int8].",
 )
 @click.option(
     "--calib-dir",
@@ -408,7 +408,8 @@ def build(**kw: Any) -> None:
         tolerance=replace(TOLERANCES["fp32"], atol=kw["atol"], rtol=kw["rtol"]),
         profile=kw["profile"],
         engines=kw["engines"],
-        precision=kw["precision"],
+        precision=kw["precision"] or "fp32",
+        precision_given=kw["precision"] is not None,
         shared_weights=kw["shared_weights"],
     )
     with RichReporter(kw["quiet"]) as reporter:

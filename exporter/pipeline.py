@@ -87,6 +87,7 @@ class BuildOptions:
     engines: str = "auto"
     precision: str = "fp32"
     shared_weights: bool = False
+    precision_given: bool = False  # --precision on the command line wins over the profile's
 
     def __post_init__(self) -> None:
         from exporter.precision import PRECISIONS
@@ -522,6 +523,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     out = options.out or default_out(source_name(options.source))
     check_output(out, options.force, options.resume)
     profile = check_engine_request(options)
+    options = with_profile_precision(options, profile)
     if options.precision == "int8" and options.calib_dir is None and weights_path(options.source) != demo_weights():
         raise UsageError("--precision int8 needs calibration images: pass --calib-dir DIR")
     if options.threads:
@@ -558,6 +560,17 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         write_atomic(tmp / REPORT, _render(manifest))
         swap_into_place(tmp, out)
     return BuildResult(out, manifest, time.perf_counter() - start, times)
+
+
+def with_profile_precision(options: BuildOptions, profile: Profile | None) -> BuildOptions:
+    """A profile that asks for fp16 or int8 gets that ONNX too (strongly typed TensorRT needs it),
+    unless ``--precision`` was given; an int8 profile's ``calibration`` folder calibrates it."""
+    if profile is None or options.precision_given or profile.precision not in ("fp16", "int8"):
+        return options
+    calib = options.calib_dir
+    if profile.precision == "int8" and calib is None and profile.calibration not in (None, "demo"):
+        calib = Path(str(profile.calibration))
+    return replace(options, precision=profile.precision, calib_dir=calib)
 
 
 def check_engine_request(options: BuildOptions) -> Profile | None:

@@ -123,3 +123,24 @@ def test_resume_keeps_the_reduced_file(fp16_bundle, tmp_path):
     manifest = build(out, "--precision", "fp16", "--profile", "l4", "--resume")
     assert all(v["resumed"] for v in manifest["variants"])
     assert all((out / v["reduced"]["path"]).is_file() for v in manifest["variants"])
+
+
+def test_bench_times_the_reduced_onnx_too(int8_bundle):
+    result = run_cli(
+        "bench",
+        str(int8_bundle),
+        "--backends",
+        "ort-cpu",
+        "--batch-sizes",
+        "1",
+        "--runs",
+        "2",
+        "--min-seconds",
+        "0",
+        "--warmup",
+        "1",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    backends = {t["backend"] for t in json.loads((int8_bundle / "bench.json").read_text())["timings"]}
+    assert backends == {"ort-cpu", "ort-cpu int8"}

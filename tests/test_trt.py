@@ -123,7 +123,10 @@ def test_without_tensorrt_import_is_an_environment_error():
 @pytest.fixture(scope="module")
 def demo_with_profile(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trt") / "demo"
-    result = run_cli("build", "-p", "8", "16", "--profile", "jetson-orin-nano", "--out", str(out), "--quiet")
+    # --precision fp32: an fp32-only bundle, so the strongly typed branch must refuse fp16.
+    result = run_cli(
+        "build", "-p", "8", "16", "--profile", "jetson-orin-nano", "--precision", "fp32", "--out", str(out), "--quiet"
+    )
     assert result.exit_code == 0, result.output + result.stderr
     return out
 
@@ -198,3 +201,10 @@ def test_real_engines_build_and_pass_parity(tmp_path):
     for label, v in entry["variants"].items():
         engine = tmp_path / "b" / "engines" / "fp32" / f"model_{label}.engine"
         assert engine.is_file() and Path(str(engine) + ".json").is_file() and v["parity"]["passed"]
+
+
+def test_an_fp16_profile_brings_fp16_onnx_unless_precision_is_given(tmp_path):
+    result = run_cli("build", "-p", "16", "--profile", "jetson-orin-nano", "--out", str(tmp_path / "b"), "--quiet")
+    assert result.exit_code == 0, result.output + result.stderr
+    variant = json.loads((tmp_path / "b" / "manifest.json").read_text())["variants"][0]
+    assert variant["reduced"]["precision"] == "fp16" and variant["reduced"]["status"] == "passed"
