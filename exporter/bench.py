@@ -183,46 +183,46 @@ def measure_ceiling(threads: int, options: BenchOptions, size: int = 2048) -> Ce
     return Ceiling(size, ort_matmul_gflops(size, threads, options), torch_sgemm_gflops(size, options))
 
 
-def torch_backend(model: object, onnx_path: Path, threads: int) -> Runner:
+ModelFactory = Callable[[], object]  # builds the PyTorch variant only for backends that run it
+
+
+def torch_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
     from exporter.validate import torch_runner
 
-    return torch_runner(model)
+    return torch_runner(model())
 
 
-def torch_compile_backend(model: object, onnx_path: Path, threads: int) -> Runner:
+def torch_compile_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
     import torch
 
     from exporter.validate import torch_runner
 
     try:
-        compiled = torch.compile(model, dynamic=False)  # type: ignore[call-overload]
+        compiled = torch.compile(model(), dynamic=False)  # type: ignore[call-overload]
     except Exception as exc:  # any compile failure means "not available here"
         raise Unavailable(f"torch.compile failed: {exc}") from exc
     return torch_runner(compiled)
 
 
-def ort_backend(provider: str) -> Callable[[object, Path, int], Runner]:
-    def make(model: object, onnx_path: Path, threads: int) -> Runner:
+def ort_backend(provider: str) -> Callable[[ModelFactory, Path, int], Runner]:
+    def make(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
         import onnxruntime as ort
+
+        from exporter.validate import ort_runner
 
         if provider not in ort.get_available_providers():
             raise Unavailable(f"onnxruntime {ort.__version__} has no {provider} (install onnxruntime-gpu)")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
-        name = session.get_inputs()[0].name
-        return lambda batch: np.asarray(session.run(None, {name: batch})[0])
+        return ort_runner(onnx_path, threads, provider)
 
     return make
 
 
-def torch_cuda_backend(model: object, onnx_path: Path, threads: int) -> Runner:
+def torch_cuda_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
     import torch
 
     if not torch.cuda.is_available():
         raise Unavailable("no CUDA GPU visible to PyTorch")
-    gpu_model = model.to("cuda")  # type: ignore[attr-defined]
+    gpu_model = model().to("cuda")  # type: ignore[attr-defined]
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -233,14 +233,24 @@ def torch_cuda_backend(model: object, onnx_path: Path, threads: int) -> Runner:
     return run
 
 
-def tensorrt_backend(model: object, onnx_path: Path, threads: int) -> Runner:
+def tensorrt_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
+    """The bundle's built engine for this variant (the first profile that has one)."""
+    from exporter.errors import EnvironmentMissing
+    from exporter.trt import engine_runner, tensorrt_problem
+
     engines = sorted(onnx_path.parent.parent.glob("engines/*/" + onnx_path.stem + ".engine"))
     if not engines:
         raise Unavailable("the bundle has no TensorRT engines (build them with a GPU and TensorRT)")
-    raise Unavailable("running TensorRT engines is not implemented in this version")
+    problem = tensorrt_problem()
+    if problem:
+        raise Unavailable(problem)
+    try:
+        return engine_runner(engines[0])
+    except EnvironmentMissing as exc:
+        raise Unavailable(str(exc)) from exc
 
 
-FACTORIES: dict[str, Callable[[object, Path, int], Runner]] = {
+FACTORIES: dict[str, Callable[[ModelFactory, Path, int], Runner]] = {
     "torch": torch_backend,
     "torch-compile": torch_compile_backend,
     "ort-cpu": ort_backend("CPUExecutionProvider"),
@@ -310,32 +320,30 @@ def bench_bundle(
     source = bundle_source(manifest, weights)
     say(f"ceiling: MatMul 2048x2048 fp32 on {threads} threads")
     ceiling = measure_ceiling(threads, options)
-    timings, skipped = [], []
+    timings: list[Timing] = []
+    skipped: list[Skipped] = []
+
+    def run_batches(name: str, runner: Runner, record: VariantRecord) -> None:
+        static = _static_batch(record)
+        for batch in options.batch_sizes:
+            if static is not None and static != batch and not name.startswith("torch"):  # the ONNX/engine is fixed
+                skipped.append(
+                    Skipped(name, f"{record.label}: the ONNX has static batch {static}, batch {batch} skipped")
+                )
+                continue
+            say(f"{name}: {record.label} batch {batch}")
+            timings.append(bench_variant(name, runner, record, record_spec(record).img_size, batch, options, ceiling))
+
     for backend in options.backends:
         try:
             for record in manifest.variants:
                 spec = record_spec(record)
-                runner = FACTORIES[backend](make_variant(source, spec).model, bundle / record.onnx["path"], threads)
-                for batch in options.batch_sizes:
-                    static = _static_batch(record)
-                    if backend.startswith("ort") and static is not None and static != batch:
-                        skipped.append(
-                            Skipped(
-                                backend, f"{record.label}: the ONNX has static batch {static}, batch {batch} skipped"
-                            )
-                        )
-                        continue
-                    say(f"{backend}: {record.label} batch {batch}")
-                    timings.append(bench_variant(backend, runner, record, spec.img_size, batch, options, ceiling))
+                model = lambda spec=spec: make_variant(source, spec).model  # noqa: E731 - built only if used
+                run_batches(backend, FACTORIES[backend](model, bundle / record.onnx["path"], threads), record)
         except Unavailable as exc:
             skipped.append(Skipped(backend, str(exc)))
     if "ort-cpu" in options.backends:  # the bundle's fp16/int8 ONNX, on the same provider
         for record in (r for r in manifest.variants if r.reduced):
-            name = f"ort-cpu {record.reduced['precision']}"
-            runner = FACTORIES["ort-cpu"](None, bundle / record.reduced["path"], threads)
-            for batch in options.batch_sizes:
-                if _static_batch(record) in (None, batch):
-                    say(f"{name}: {record.label} batch {batch}")
-                    img = record_spec(record).img_size
-                    timings.append(bench_variant(name, runner, record, img, batch, options, ceiling))
+            runner = FACTORIES["ort-cpu"](lambda: None, bundle / record.reduced["path"], threads)
+            run_batches(f"ort-cpu {record.reduced['precision']}", runner, record)
     return BenchReport(machine_info(threads), threads, ceiling, tuple(timings), tuple(skipped))

@@ -176,8 +176,8 @@ def torch_runner(model: object) -> Runner:
     return run
 
 
-def ort_runner(path: Path, threads: int | None = None) -> Runner:
-    """onnxruntime's CPU provider on an ONNX file, all graph optimisations on."""
+def ort_runner(path: Path, threads: int | None = None, provider: str = "CPUExecutionProvider") -> Runner:
+    """onnxruntime on an ONNX file (CPU provider unless told), all graph optimisations on."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -185,7 +185,7 @@ def ort_runner(path: Path, threads: int | None = None) -> Runner:
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=[provider])
     input_name = session.get_inputs()[0].name
 
     def run(batch: np.ndarray) -> np.ndarray:
