@@ -712,12 +712,9 @@ def evaluate(
 @debug_option
 def triton(bundle: Path, repo: Path, backend: str, max_batch: int | None, force: bool, debug: bool) -> None:
     """Write a Triton Inference Server model repository, one model per variant."""
-    import shutil
-    import tempfile
-
     from exporter.errors import BundleError
     from exporter.manifest import read_manifest
-    from exporter.pipeline import swap_into_place
+    from exporter.pipeline import staging_folder, swap_into_place
     from exporter.triton import triton_schema, write_repository
 
     manifest = read_manifest(bundle)
@@ -731,25 +728,15 @@ def triton(bundle: Path, repo: Path, backend: str, max_batch: int | None, force:
     if repo.is_dir() and any(repo.iterdir()) and not force:
         raise BundleError(f"{str(repo)!r} is not empty; pass --force to replace it")
     repo.absolute().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-", dir=repo.absolute().parent))
-    try:
+    with staging_folder(repo) as tmp:
         names = write_repository(bundle, manifest, tmp, backend, max_batch)
-        tmp.chmod(0o755 & ~_umask())
         swap_into_place(tmp, repo)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     out = console()
     out.print(f"wrote {len(names)} models to {repo}: {', '.join(names)}")
     if triton_schema() is None:
         out.print("configs not checked against Triton's schema: pip install tritonclient")
     else:
         out.print("every config.pbtxt parsed with Triton's model_config schema")
-
-
-def _umask() -> int:
-    from exporter.manifest import current_umask
-
-    return current_umask()
 
 
 @cli.command()

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from exporter.demo import DEMO_NAME, DEMO_WEIGHTS
 from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.export import ExportOptions
 from exporter.load import SourceModel, SourceSpec
@@ -37,6 +38,7 @@ from exporter.manifest import (
     VariantRecord,
     current_umask,
     read_manifest,
+    render_report,
     write_atomic,
 )
 from exporter.profile import Profile
@@ -304,25 +306,13 @@ def parity_inputs(source: SourceModel, spec: VariantSpec, options: BuildOptions)
         real = load_images(options.calib_dir, spec.img_size, pre, limit=options.parity_samples)
         parts.append(real)
         what += f" + {len(real)} images from {options.calib_dir}"
-    elif source.origin.path is not None and source.name == _demo_name() and spec.img_size[0] == spec.img_size[1]:
+    elif source.origin.path is not None and source.name == DEMO_NAME and spec.img_size[0] == spec.img_size[1]:
         from exporter.demo import digits_to_pixels, load_demo_digits
 
         digits, _ = load_demo_digits("test")
         parts.append(digits_to_pixels(digits[: options.parity_samples], spec.img_size[0]))
         what += f" + {min(len(digits), options.parity_samples)} held-out demo digits"
     return np.concatenate(parts).astype(np.float32), what
-
-
-def demo_weights() -> Path:
-    from exporter.demo import DEMO_WEIGHTS
-
-    return DEMO_WEIGHTS
-
-
-def _demo_name() -> str:
-    from exporter.demo import DEMO_NAME
-
-    return DEMO_NAME
 
 
 def _reuse(old: Manifest | None, old_dir: Path, label: str, key: str, tmp: Path) -> VariantRecord | None:
@@ -416,7 +406,7 @@ def calibration_images(source: SourceModel, spec: VariantSpec, options: BuildOpt
         from exporter.images import load_images
 
         return load_images(options.calib_dir, spec.img_size, source.preprocessing, limit=limit)
-    if source.name == _demo_name() and spec.img_size[0] == spec.img_size[1]:
+    if source.name == DEMO_NAME and spec.img_size[0] == spec.img_size[1]:
         from exporter.demo import digits_to_pixels, load_demo_digits
 
         digits, _ = load_demo_digits("calib")
@@ -524,7 +514,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     check_output(out, options.force, options.resume)
     profile = check_engine_request(options)
     options = with_profile_precision(options, profile)
-    if options.precision == "int8" and options.calib_dir is None and weights_path(options.source) != demo_weights():
+    if options.precision == "int8" and options.calib_dir is None and weights_path(options.source) != DEMO_WEIGHTS:
         raise UsageError("--precision int8 needs calibration images: pass --calib-dir DIR")
     if options.threads:
         import torch
@@ -557,7 +547,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
                 engines={profile.name: engine_stage(tmp, out, manifest, source, profile, options, reporter, times)},
             )
         write_atomic(tmp / MANIFEST, manifest.to_json())
-        write_atomic(tmp / REPORT, _render(manifest))
+        write_atomic(tmp / REPORT, render_report(manifest))
         swap_into_place(tmp, out)
     return BuildResult(out, manifest, time.perf_counter() - start, times)
 
@@ -616,12 +606,6 @@ def _old_manifest(out: Path) -> Manifest | None:
     except BundleError as exc:
         log.warning("--resume: ignoring the old manifest (%s)", exc)
         return None
-
-
-def _render(manifest: Manifest) -> str:
-    from exporter.manifest import render_report
-
-    return render_report(manifest)
 
 
 def _manifest(source: SourceModel, source_sha: str, options: BuildOptions, records: list[VariantRecord]) -> Manifest:
@@ -900,7 +884,7 @@ def add_engines(
         os.replace(staging / "engines" / f"build_{profile.name}.sh", bundle / "engines" / f"build_{profile.name}.sh")
         manifest = replace(manifest, engines={**manifest.engines, profile.name: entry})
         write_atomic(bundle / MANIFEST, manifest.to_json())
-        write_atomic(bundle / REPORT, _render(manifest))
+        write_atomic(bundle / REPORT, render_report(manifest))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return entry
