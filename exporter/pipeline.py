@@ -278,7 +278,8 @@ def input_key(source_sha: str, spec: VariantSpec, options: BuildOptions) -> str:
 
 def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpec]:
     """One spec per patch size; every size problem is reported before any work starts."""
-    from exporter.resize import check_patch_fits, default_patch_resize, default_pos_resize
+    from exporter.resize import default_patch_resize, default_pos_resize
+    from exporter.sizes import check_patch_fits
     from exporter.variant import plan_img_size
 
     patch_resize = options.patch_resize or default_patch_resize(source.family)

@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from exporter.errors import PatchSizeError, UsageError
-from exporter.sizes import Size2, SizeLike, format_size, to_size2
+from exporter.errors import UsageError
+from exporter.sizes import Size2, SizeLike, to_size2
 
 Interpolation = Literal["bilinear", "bicubic"]
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
@@ -150,15 +150,6 @@ def interpolate_patch_embed(patch_embed: torch.Tensor, new_patch_size: SizeLike,
         align_corners=False,
     )
     return resized.to(patch_embed.dtype)
-
-
-def check_patch_fits(patch_size: Size2, img_size: Size2) -> None:
-    """Raise ``PatchSizeError`` when a patch is larger than the image it tiles."""
-    if patch_size[0] > img_size[0] or patch_size[1] > img_size[1]:
-        raise PatchSizeError(
-            f"patch size {format_size(patch_size)} is larger than the image "
-            f"{format_size(img_size)}; use a patch size of at most {min(img_size)}"
-        )
 
 
 def num_pos_prefix_tokens(model: torch.nn.Module) -> int:

@@ -62,13 +62,18 @@ def format_size(size: Size2) -> str:
     return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
 
 
-def grid_for(img_size: Size2, patch_size: Size2) -> Size2:
-    """The token grid for an image and patch size; raises ``ImageSizeError`` if not whole."""
+def check_patch_fits(patch_size: Size2, img_size: Size2) -> None:
+    """Raise ``PatchSizeError`` when a patch is larger than the image it tiles."""
     if patch_size[0] > img_size[0] or patch_size[1] > img_size[1]:
         raise PatchSizeError(
             f"patch size {format_size(patch_size)} is larger than the image "
             f"{format_size(img_size)}; use a patch size of at most {min(img_size)}"
         )
+
+
+def grid_for(img_size: Size2, patch_size: Size2) -> Size2:
+    """The token grid for an image and patch size; raises ``ImageSizeError`` if not whole."""
+    check_patch_fits(patch_size, img_size)
     if img_size[0] % patch_size[0] or img_size[1] % patch_size[1]:
         raise ImageSizeError(divisibility_message(img_size, patch_size))
     return (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
