@@ -339,7 +339,8 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 @click.option(
     "--calib-dir",
     type=click.Path(path_type=Path),
-    help="Real images for parity (and int8 calibration; the demo ships its own).",
+    help="Real images (sorted): the first --parity-samples join the parity check; with int8 the "
+    "next 64 calibrate (the demo ships its own).",
 )
 @click.option("--parity-samples", type=int, default=16, show_default=True, help="Random (and real) images per variant.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random parity images.")

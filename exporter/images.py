@@ -53,7 +53,12 @@ def preprocess(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:
     return ((pixels - mean) / std).astype(np.float32)
 
 
-def load_images(folder: Path, img_size: Size2, pre: Preprocessing, limit: int | None = None) -> np.ndarray:
-    """Up to ``limit`` images from ``folder`` as one float32 NCHW array."""
-    files = list_images(folder)[:limit]
+def load_images(
+    folder: Path, img_size: Size2, pre: Preprocessing, limit: int | None = None, skip: int = 0
+) -> np.ndarray:
+    """Up to ``limit`` images from ``folder`` (in sorted order, after the first ``skip``) as one
+    float32 NCHW array; an empty ``[0, 3, H, W]`` array when none are left."""
+    files = list_images(folder)[skip:][:limit]
+    if not files:
+        return np.zeros((0, 3, *img_size), dtype=np.float32)
     return np.stack([preprocess(p, img_size, pre) for p in files])

@@ -223,6 +223,9 @@ def render_report(manifest: Manifest) -> str:
                 f"{Path(r['path']).name} | {r['bytes'] / 1e6:.2f} | {q['max_abs']:.1e} | {q['p99_abs']:.1e} | "
                 f"{q['min_cosine']:.5f} | {q['top1_agreement']:.1%} |"
             )
+        calibrated = [v for v in reduced if v.reduced.get("calibration")]
+        if calibrated:
+            lines += ["", f"INT8 calibration: {calibrated[0].reduced['calibration']}."]
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             lines += ["", f"TensorRT lint, {v.label}: " + "; ".join(v.trt_lint["issues"])]

@@ -401,17 +401,45 @@ def build_variant(
     )
 
 
-def calibration_images(source: SourceModel, spec: VariantSpec, options: BuildOptions, limit: int = 64) -> np.ndarray:
-    """INT8 calibration images: ``--calib-dir``, or the demo's own calibration split."""
+CALIBRATION_IMAGES = 64
+
+
+def check_calibration(options: BuildOptions, demo: bool) -> None:
+    """Fail before any work when int8 has no calibration images, or none left over after the
+    check: with ``--calib-dir`` the first ``--parity-samples`` images (sorted) check the int8
+    model and only the rest calibrate it, so it is never judged on its own calibration data."""
+    if options.precision != "int8":
+        return
+    if options.calib_dir is None:
+        if demo:
+            return
+        raise UsageError("--precision int8 needs calibration images: pass --calib-dir DIR")
+    from exporter.images import list_images
+
+    count = len(list_images(options.calib_dir))
+    if count <= options.parity_samples:
+        raise UsageError(
+            f"--calib-dir {str(options.calib_dir)!r} has {count} images; int8 needs more than --parity-samples "
+            f"({options.parity_samples}): the first {options.parity_samples} check the int8 model, the rest "
+            f"(up to {CALIBRATION_IMAGES}) calibrate it"
+        )
+
+
+def calibration_images(source: SourceModel, spec: VariantSpec, options: BuildOptions) -> tuple[np.ndarray, str]:
+    """INT8 calibration images and what they are: the ``--calib-dir`` images after the ones
+    the check uses, or the demo's own calibration split (disjoint from its held-out digits)."""
     if options.calib_dir is not None:
         from exporter.images import load_images
 
-        return load_images(options.calib_dir, spec.img_size, source.preprocessing, limit=limit)
+        skip = options.parity_samples
+        images = load_images(options.calib_dir, spec.img_size, source.preprocessing, CALIBRATION_IMAGES, skip)
+        return images, f"{len(images)} images from {options.calib_dir} (after the {skip} used for the check)"
     if source.name == DEMO_NAME and spec.img_size[0] == spec.img_size[1]:
         from exporter.demo import digits_to_pixels, load_demo_digits
 
         digits, _ = load_demo_digits("calib")
-        return digits_to_pixels(digits[:limit], spec.img_size[0])
+        images = digits_to_pixels(digits[:CALIBRATION_IMAGES], spec.img_size[0])
+        return images, f"{len(images)} digits of the demo's calibration split"
     raise UsageError("--precision int8 needs calibration images: pass --calib-dir DIR")
 
 
@@ -433,11 +461,13 @@ def reduced_variant(
     start = time.perf_counter()
     out_rel = rel.with_name(f"{rel.stem}.{options.precision}.onnx")
     anchors: list[str] = []
+    calibration = ""
     if options.precision == "fp16":
         anchors = to_fp16(tmp / rel, tmp / out_rel)
     else:
         static = None if options.export.batch == "dynamic" else int(options.export.batch)
-        to_int8(tmp / rel, tmp / out_rel, calibration_images(source, spec, options), static)
+        images, calibration = calibration_images(source, spec, options)
+        to_int8(tmp / rel, tmp / out_rel, images, static)
     import onnx
 
     onnx.checker.check_model(str(tmp / out_rel), full_check=True)
@@ -456,6 +486,7 @@ def reduced_variant(
         "sha256": sha256_file(tmp / out_rel),
         "bytes": (tmp / out_rel).stat().st_size,
         "fp32_nodes": anchors,
+        **({"calibration": calibration} if calibration else {}),
         "tolerance": asdict(tol),
         "parity": parity,
         "status": "passed" if cmp else "failed",
@@ -515,8 +546,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     check_output(out, options.force, options.resume)
     profile = check_engine_request(options)
     options = with_profile_precision(options, profile)
-    if options.precision == "int8" and options.calib_dir is None and weights_path(options.source) != DEMO_WEIGHTS:
-        raise UsageError("--precision int8 needs calibration images: pass --calib-dir DIR")
+    check_calibration(options, demo=weights_path(options.source) == DEMO_WEIGHTS)
     if options.threads:
         import torch
 

@@ -112,13 +112,18 @@ def qdq_inputs_only(model: object) -> int:
                     if name == dq.output[0]:
                         node.input[i] = q.input[0]
                         rewired += 1
-    used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-    dead = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]
-    for n in dead:
-        graph.node.remove(n)
-    used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-    for n in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.output[0] not in used]:
-        graph.node.remove(n)
+    removed = []
+    for op in ("DequantizeLinear", "QuantizeLinear"):
+        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type == op and n.output[0] not in used]
+        for n in dead:
+            graph.node.remove(n)
+        removed += dead
+    # Their scales and zero points, unless another node still reads them.
+    used = {name for n in graph.node for name in n.input}
+    orphans = {name for n in removed for name in n.input[1:]} - used
+    for init in [i for i in graph.initializer if i.name in orphans]:
+        graph.initializer.remove(init)
     return rewired
 
 

@@ -95,6 +95,7 @@ def test_int8_is_symmetric_per_channel_qdq_around_matmuls_only(int8_bundle):
         per_channel += inits[node.input[1]].ndim == 1 and inits[node.input[1]].size > 1
         assert set(consumers.get(node.output[0], [])) <= {"MatMul", "Gemm", "Conv"}
     assert per_channel > 0
+    assert set(inits) <= set(consumers)  # no scale or zero point left behind by a removed Q/DQ pair
 
 
 def test_int8_accuracy_change_is_within_one_point(int8_bundle):
@@ -113,6 +114,42 @@ def test_int8_needs_calibration_images(tiny_flexivit, tmp_path):
     )
     assert result.exit_code == 2 and "--calib-dir" in one_line_error(result)
     assert not (tmp_path / "b").exists()
+
+
+def test_int8_is_checked_on_images_it_was_not_calibrated_on(tiny_flexivit, tmp_path):
+    from PIL import Image
+
+    from exporter.images import load_images
+    from exporter.load import SourceSpec, load_source
+    from exporter.precision import to_int8
+
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (250, 260, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    args = ("build", "-p", "16", "--weights", str(tiny_flexivit), "--precision", "int8", "--calib-dir", str(photos))
+    result = run_cli(*args, "--parity-samples", "2", "--out", str(tmp_path / "b"), "-q")
+    assert result.exit_code in (0, 3), result.output + result.stderr
+    r = json.loads((tmp_path / "b" / "manifest.json").read_text())["variants"][0]["reduced"]
+    assert r["parity"]["samples"] == 2  # the first two (sorted) images only
+    assert r["calibration"] == f"4 images from {photos} (after the 2 used for the check)"
+    # Calibrating on images 2..5 ourselves gives exactly the bundle's activation scales.
+    source = load_source(SourceSpec(weights=tiny_flexivit))
+    again = tmp_path / "again.onnx"
+    to_int8(
+        tmp_path / "b" / "onnx" / "model_p16.onnx", again, load_images(photos, (240, 240), source.preprocessing, skip=2)
+    )
+    scales = [
+        {i.name: numpy_helper.to_array(i).tobytes() for i in onnx.load(str(f)).graph.initializer if "scale" in i.name}
+        for f in (tmp_path / "b" / r["path"], again)
+    ]
+    assert scales[0] and scales[0] == scales[1]
+
+    result = run_cli(*args, "--parity-samples", "6", "--out", str(tmp_path / "c"))
+    assert result.exit_code == 2
+    assert "has 6 images; int8 needs more than --parity-samples (6)" in one_line_error(result)
+    assert not (tmp_path / "c").exists()
 
 
 def test_resume_keeps_the_reduced_file(fp16_bundle, tmp_path):
