@@ -1,4 +1,4 @@
-"""Deployment profiles: ``profiles/*.toml`` loaded into frozen dataclasses.
+"""Deployment profiles: ``exporter/profiles/*.toml`` (shipped in the wheel) loaded into frozen dataclasses.
 
 A profile says how to build TensorRT engines for one target: precision, batch range
 (min/opt/max, one optimisation profile), workspace, builder optimisation level, timing cache,
@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
 JETSON_CC = ("7.2", "8.7")  # Xavier, Orin: the GPUs with DLA cores
