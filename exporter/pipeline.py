@@ -380,7 +380,7 @@ def build_variant(
     reduced: dict[str, Any] = {}
     if options.precision != "fp32":
         with _stage(reporter, label, options.precision, times):
-            reduced = reduced_variant(source, spec, options, tmp, rel, variant.model, inputs, batch)
+            reduced = reduced_variant(source, spec, options, tmp, rel, variant.model, inputs, batch, variant.tokens)
     return VariantRecord(
         label=label,
         patch_size=spec.patch_size,
@@ -452,10 +452,11 @@ def reduced_variant(
     model: Any,
     inputs: np.ndarray,
     batch: int,
+    tokens: int,
 ) -> dict[str, Any]:
     """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32."""
     from exporter.load import sha256_file
-    from exporter.precision import to_fp16, to_int8
+    from exporter.precision import int8_float_nodes, to_fp16, to_int8
     from exporter.validate import check_parity, ort_runner, tolerance_for, torch_runner
 
     start = time.perf_counter()
@@ -467,7 +468,8 @@ def reduced_variant(
     else:
         static = None if options.export.batch == "dynamic" else int(options.export.batch)
         images, calibration = calibration_images(source, spec, options)
-        to_int8(tmp / rel, tmp / out_rel, images, static)
+        anchors = int8_float_nodes(tmp / rel, tokens)
+        to_int8(tmp / rel, tmp / out_rel, images, static, exclude=anchors)
     import onnx
 
     onnx.checker.check_model(str(tmp / out_rel), full_check=True)

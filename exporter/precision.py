@@ -6,13 +6,14 @@ keeping LayerNormalization, Softmax, the position-embedding add and the logits i
 known ViT FP16 overflow) and float32 inputs/outputs. INT8: ``onnxruntime.quantization``
 static post-training quantisation in QDQ format, the explicit quantisation TensorRT's strongly
 typed builder expects: symmetric int8 activations and weights (zero point 0), per-channel weight
-scales, Q/DQ around MatMul, Gemm and Conv only, MinMax calibration on real images.
+scales, Q/DQ around MatMul, Gemm and Conv only (attention's activation matmuls only up to 512
+tokens, as NVIDIA ModelOpt does), MinMax calibration on real images.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
 FP32_OPS = ["LayerNormalization", "Softmax"]
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
+INT8_ATTENTION_MAX_TOKENS = 512
 
 
 def fp32_anchor_nodes(model: object) -> list[str]:
@@ -69,8 +71,29 @@ class _Calibration:
         return next(self._batches, None)
 
 
-def to_int8(src: Path, dst: Path, calibration: np.ndarray, static_batch: int | None = None) -> None:
-    """Write a QDQ INT8 copy of ``src`` calibrated on ``calibration`` images."""
+def attention_matmuls(model: object) -> list[str]:
+    """MatMuls of two activations, attention's Q·Kᵀ and P·V: neither input is a weight."""
+    graph = model.graph  # type: ignore[attr-defined]
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
+
+
+def int8_float_nodes(src: Path, tokens: int) -> list[str]:
+    """Nodes kept float in INT8, by NVIDIA ModelOpt's rule for TensorRT: attention's two
+    activation matmuls are quantised only up to 512 tokens (TensorRT's fused INT8 attention
+    kernels stop there); above it they stay float, like ModelOpt's ``find_nodes_from_mha_to_exclude``."""
+    import onnx
+
+    if tokens <= INT8_ATTENTION_MAX_TOKENS:
+        return []
+    return attention_matmuls(onnx.load(str(src), load_external_data=False))
+
+
+def to_int8(
+    src: Path, dst: Path, calibration: np.ndarray, static_batch: int | None = None, exclude: Sequence[str] = ()
+) -> None:
+    """Write a QDQ INT8 copy of ``src`` calibrated on ``calibration`` images; the nodes named in
+    ``exclude`` stay float."""
     if len(calibration) == 0:
         raise UsageError("int8 needs calibration images: pass --calib-dir DIR")
     batch = static_batch or 8
@@ -85,7 +108,7 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, static_batch: int | N
     level = root.level
     root.setLevel(max(level, logging.ERROR))  # onnxruntime's quantizer logs advice on the root logger
     try:
-        _quantize(src, dst, calibration, batch)
+        _quantize(src, dst, calibration, batch, exclude)
     finally:
         root.setLevel(level)
     import onnx
@@ -127,7 +150,7 @@ def qdq_inputs_only(model: object) -> int:
     return rewired
 
 
-def _quantize(src: Path, dst: Path, calibration: np.ndarray, batch: int) -> None:
+def _quantize(src: Path, dst: Path, calibration: np.ndarray, batch: int, exclude: Sequence[str]) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quantize_static(
@@ -140,6 +163,7 @@ def _quantize(src: Path, dst: Path, calibration: np.ndarray, batch: int) -> None
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=list(exclude),
         # Biases stay float: TensorRT fuses them itself and expects no int32 bias Q/DQ.
         # DedicatedQDQPair: only the quantised op reads the dequantised tensor; Shape/Reshape keep the float one.
         extra_options={

@@ -116,40 +116,72 @@ def test_int8_needs_calibration_images(tiny_flexivit, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_int8_is_checked_on_images_it_was_not_calibrated_on(tiny_flexivit, tmp_path):
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
     from PIL import Image
 
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (250, 260, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_flexivit, photos, tmp_path_factory) -> Path:
+    """The tiny flexivit_small at 240: p8 has 901 tokens, p16 226."""
+    out = tmp_path_factory.mktemp("tiny_int8") / "b"
+    args = ("-p", "8", "16", "--weights", str(tiny_flexivit), "--precision", "int8", "--calib-dir", str(photos))
+    result = run_cli("build", *args, "--parity-samples", "2", "--out", str(out), "-q")
+    assert result.exit_code in (0, 3), result.output + result.stderr  # random weights: judged elsewhere
+    return out
+
+
+def test_int8_is_checked_on_images_it_was_not_calibrated_on(tiny_int8, tiny_flexivit, photos, tmp_path):
     from exporter.images import load_images
     from exporter.load import SourceSpec, load_source
     from exporter.precision import to_int8
 
-    rng = np.random.default_rng(0)
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (250, 260, 3), dtype=np.uint8)).save(photos / f"{i}.png")
-    args = ("build", "-p", "16", "--weights", str(tiny_flexivit), "--precision", "int8", "--calib-dir", str(photos))
-    result = run_cli(*args, "--parity-samples", "2", "--out", str(tmp_path / "b"), "-q")
-    assert result.exit_code in (0, 3), result.output + result.stderr
-    r = json.loads((tmp_path / "b" / "manifest.json").read_text())["variants"][0]["reduced"]
+    r = json.loads((tiny_int8 / "manifest.json").read_text())["variants"][1]["reduced"]
     assert r["parity"]["samples"] == 2  # the first two (sorted) images only
     assert r["calibration"] == f"4 images from {photos} (after the 2 used for the check)"
     # Calibrating on images 2..5 ourselves gives exactly the bundle's activation scales.
     source = load_source(SourceSpec(weights=tiny_flexivit))
     again = tmp_path / "again.onnx"
-    to_int8(
-        tmp_path / "b" / "onnx" / "model_p16.onnx", again, load_images(photos, (240, 240), source.preprocessing, skip=2)
-    )
+    images = load_images(photos, (240, 240), source.preprocessing, skip=2)
+    to_int8(tiny_int8 / "onnx" / "model_p16.onnx", again, images)
     scales = [
         {i.name: numpy_helper.to_array(i).tobytes() for i in onnx.load(str(f)).graph.initializer if "scale" in i.name}
-        for f in (tmp_path / "b" / r["path"], again)
+        for f in (tiny_int8 / r["path"], again)
     ]
     assert scales[0] and scales[0] == scales[1]
 
-    result = run_cli(*args, "--parity-samples", "6", "--out", str(tmp_path / "c"))
+
+def test_int8_needs_more_images_than_the_check_uses(tiny_flexivit, photos, tmp_path):
+    args = ("-p", "16", "--weights", str(tiny_flexivit), "--precision", "int8", "--calib-dir", str(photos))
+    result = run_cli("build", *args, "--parity-samples", "6", "--out", str(tmp_path / "c"))
     assert result.exit_code == 2
     assert "has 6 images; int8 needs more than --parity-samples (6)" in one_line_error(result)
     assert not (tmp_path / "c").exists()
+
+
+def test_int8_attention_matmuls_are_quantised_only_up_to_512_tokens(tiny_int8):
+    from exporter.precision import attention_matmuls
+
+    for v in json.loads((tiny_int8 / "manifest.json").read_text())["variants"]:
+        fp32 = onnx.load(str(tiny_int8 / v["onnx"]["path"]))
+        attention = attention_matmuls(fp32)
+        assert len(attention) == 2 * 2  # Q·Kᵀ and P·V in each of the 2 blocks
+        model = onnx.load(str(tiny_int8 / v["reduced"]["path"]))
+        producers = {o: n.op_type for n in model.graph.node for o in n.output}
+        quantised = {n.name for n in model.graph.node if any(producers.get(i) == "DequantizeLinear" for i in n.input)}
+        if v["tokens"] > 512:  # p8: 901 tokens
+            assert sorted(v["reduced"]["fp32_nodes"]) == sorted(attention)
+            assert not quantised & set(attention)
+        else:  # p16: 226 tokens
+            assert v["reduced"]["fp32_nodes"] == []
+            assert set(attention) <= quantised
+        assert any("fc1" in n for n in quantised)  # the weight matmuls are quantised either way
 
 
 def test_resume_keeps_the_reduced_file(fp16_bundle, tmp_path):
