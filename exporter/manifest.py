@@ -205,10 +205,11 @@ def render_report(manifest: Manifest) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in variant_rows(manifest)]
     failed = [v for v in manifest.variants if v.status != "passed"]
     for v in failed:
-        lines += [
-            "",
-            f"**{v.label} {v.status}:** " + "; ".join(v.parity.get("failures", []) or [v.parity.get("error", "")]),
-        ]
+        reasons = list(v.parity.get("failures", [])) or ([v.parity["error"]] if v.parity.get("error") else [])
+        if v.reduced and v.reduced.get("status") != "passed":
+            precision = v.reduced["precision"]
+            reasons += [f"{precision}: {r}" for r in v.reduced["parity"].get("failures", [])]
+        lines += ["", f"**{v.label} {v.status}:** " + "; ".join(reasons)]
     reduced = [v for v in manifest.variants if v.reduced]
     if reduced:
         lines += [

@@ -157,6 +157,20 @@ def test_int8_is_checked_on_images_it_was_not_calibrated_on(tiny_int8, tiny_flex
     assert scales[0] and scales[0] == scales[1]
 
 
+def test_report_says_why_a_reduced_file_failed(tiny_int8):
+    from dataclasses import replace
+
+    from exporter.manifest import Manifest, render_report
+
+    manifest = Manifest.from_dict(json.loads((tiny_int8 / "manifest.json").read_text()))
+    first = manifest.variants[0]
+    parity = {**first.reduced["parity"], "failures": ["top-1 agreement 50.0% < 97.0%"]}
+    failed = replace(first, status="failed", reduced={**first.reduced, "status": "failed", "parity": parity})
+    report = render_report(replace(manifest, variants=(failed, *manifest.variants[1:])))
+    assert "**p8 failed:** int8: top-1 agreement 50.0% < 97.0%" in report
+    assert "| ✗ | p8 | int8 |" in report and "Overall: FAILED" in report
+
+
 def test_int8_needs_more_images_than_the_check_uses(tiny_flexivit, photos, tmp_path):
     args = ("-p", "16", "--weights", str(tiny_flexivit), "--precision", "int8", "--calib-dir", str(photos))
     result = run_cli("build", *args, "--parity-samples", "6", "--out", str(tmp_path / "c"))
