@@ -6,6 +6,7 @@ interpolation, centre-crop to ``img``, scale to [0, 1], normalise with mean/std.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -26,6 +27,16 @@ def list_images(folder: Path) -> list[Path]:
     if not files:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}")
     return files
+
+
+def folder_digest(folder: Path, limit: int) -> str:
+    """sha256 over the names and bytes of the first ``limit`` images (sorted) of ``folder``:
+    the ones a build reads, so ``--resume`` notices an image replaced under the same name."""
+    digest = hashlib.sha256()
+    for path in list_images(folder)[:limit]:
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def preprocess(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:

@@ -48,6 +48,7 @@ from exporter.validate import TOLERANCES, Comparison, Tolerance
 from exporter.variant import ImagePolicy, VariantSpec
 
 log = logging.getLogger(__name__)
+CALIBRATION_IMAGES = 64  # int8: calibration images read after the ones the check uses
 STAGES = ("resize", "export", "parity")
 
 
@@ -254,6 +255,16 @@ def state_digest(source: SourceModel) -> str:
     return digest.hexdigest()
 
 
+def calib_key(options: BuildOptions) -> str | None:
+    """The ``--calib-dir`` images a build reads, by content: parity's, and int8's calibration set."""
+    if options.calib_dir is None:
+        return None
+    from exporter.images import folder_digest
+
+    used = options.parity_samples + (CALIBRATION_IMAGES if options.precision == "int8" else 0)
+    return folder_digest(options.calib_dir, used)
+
+
 def input_key(source_sha: str, spec: VariantSpec, options: BuildOptions) -> str:
     """A digest of everything that determines a variant's ONNX and its parity verdict."""
     from exporter import __version__
@@ -268,7 +279,7 @@ def input_key(source_sha: str, spec: VariantSpec, options: BuildOptions) -> str:
         "tolerance": asdict(options.tolerance),
         "samples": options.parity_samples,
         "seed": options.seed,
-        "calib": str(options.calib_dir) if options.calib_dir else None,
+        "calib": calib_key(options),
         "precision": options.precision,
         "shared_weights": options.shared_weights,
         "flexiexport": __version__,
@@ -399,9 +410,6 @@ def build_variant(
         trt_lint=lint.to_dict(),
         reduced=reduced,
     )
-
-
-CALIBRATION_IMAGES = 64
 
 
 def check_calibration(options: BuildOptions, demo: bool) -> None:

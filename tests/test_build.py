@@ -175,6 +175,27 @@ def test_calib_dir_images_join_the_parity_inputs(tmp_path):
     assert result.exit_code == 2 and "does not exist" in one_line_error(result)
 
 
+def test_resume_rebuilds_when_a_calibration_image_changes(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (70, 70, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    out = tmp_path / "b"
+    args = ("build", "-p", "16", "32", "--calib-dir", str(photos), "--parity-samples", "2", "--out", str(out), "-q")
+    assert run_cli(*args).exit_code == 0
+    assert run_cli(*args, "--resume").exit_code == 0
+    assert all(v["resumed"] for v in json.loads((out / "manifest.json").read_text())["variants"])
+    (photos / "2.png").write_bytes(b"")  # past the ones parity reads: no effect
+    assert run_cli(*args, "--resume").exit_code == 0
+    assert all(v["resumed"] for v in json.loads((out / "manifest.json").read_text())["variants"])
+    Image.fromarray(rng.integers(0, 255, (70, 70, 3), dtype=np.uint8)).save(photos / "1.png")  # same name
+    assert run_cli(*args, "--resume").exit_code == 0
+    assert not any(v["resumed"] for v in json.loads((out / "manifest.json").read_text())["variants"])
+
+
 @pytest.fixture()
 def broken_files(tmp_path, tiny_flexivit) -> dict[str, Path]:
     import torch
