@@ -27,6 +27,9 @@ STRONG_TYPING_FROM = (10, 12)  # weak typing deprecated from here, removed in 11
 WEAK_TYPING_UNTIL = (11, 0)
 INPUT_NAME = "pixel_values"
 REDUCED = ("fp16", "bf16", "int8", "fp8")
+# Need an explicitly quantised (Q/DQ) ONNX under either typing: the INT8 flag on a float ONNX has
+# no calibration (trtexec --int8 then uses placeholder ranges, for timing only).
+QUANTISED = ("int8", "fp8")
 
 if TYPE_CHECKING:  # pyright checks the calls below against tensorrt-stubs (CI); mypy skips them
     import tensorrt as trt
@@ -65,11 +68,20 @@ def typing_mode(trt_version: str) -> str:
 
 
 def check_precision(trt_version: str, precision: str, onnx_precision: str) -> None:
-    """Refuse combinations this TensorRT cannot build: a strongly typed network takes its
-    precision from the ONNX, so fp16/bf16/int8/fp8 there need an ONNX that carries it."""
-    if typing_mode(trt_version) == "strong" and precision in REDUCED and onnx_precision != precision:
+    """Refuse combinations this TensorRT cannot build right: a strongly typed network takes its
+    precision from the ONNX, so fp16/bf16/int8/fp8 there need an ONNX that carries it; int8 and
+    fp8 need their Q/DQ ONNX under weak typing too (no calibration otherwise)."""
+    if precision not in REDUCED or onnx_precision == precision:
+        return
+    if precision in QUANTISED:
         raise UsageError(
-            f"TensorRT {trt_version} builds strongly typed networks: precision {precision} needs a "
+            f"precision {precision} needs the bundle's {precision} (Q/DQ) ONNX, but it has {onnx_precision} ONNX "
+            f"only: build it with --precision {precision} --calib-dir DIR (TensorRT's {precision} flag on a float "
+            "ONNX has no calibration)"
+        )
+    if typing_mode(trt_version) == "strong":
+        raise UsageError(
+            f"TensorRT {trt_version} builds strongly typed networks: precision {precision} needs an "
             f"{precision} ONNX in the bundle, but it has {onnx_precision} ONNX only"
         )
 
@@ -156,11 +168,17 @@ def build_script(profile: Profile, variants: list[dict[str, Any]]) -> str:
         f'if [ "${{version:-0}}" -ge {STRONG_TYPING_FROM[0] * 10000 + STRONG_TYPING_FROM[1] * 100} ]; then',
     ]
     for mode in ("strong", "weak"):
-        missing = [v["label"] for v in variants if mode == "strong" and not precision_ready(profile, v)]
+        strict = mode == "strong" or profile.precision in QUANTISED
+        missing = [v["label"] for v in variants if strict and not precision_ready(profile, v)]
         if missing:
+            why = (
+                "TensorRT >= 10.12 builds strongly typed networks"
+                if profile.precision not in QUANTISED
+                else "TensorRT has no calibration for it here"
+            )
             message = (
-                f"TensorRT >= 10.12 builds strongly typed networks: precision {profile.precision} needs a "
-                f"{profile.precision} ONNX, and this bundle has fp32 ONNX only ({', '.join(missing)})"
+                f"{why}: precision {profile.precision} needs an {profile.precision} ONNX, and this bundle has "
+                f"fp32 ONNX only ({', '.join(missing)})"
             )
             lines += [f"  echo {shlex.quote(message)} >&2", "  exit 4"]
         else:

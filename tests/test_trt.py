@@ -47,8 +47,15 @@ def test_strong_typing_needs_a_reduced_precision_onnx():
     check_precision("10.3.0", "fp16", "fp32")  # weak typing: builder flags do it
     check_precision("11.0.0", "fp32", "fp32")
     check_precision("11.0.0", "fp16", "fp16")
-    with pytest.raises(UsageError, match="strongly typed.*needs a fp16 ONNX"):
+    with pytest.raises(UsageError, match="strongly typed.*needs an fp16 ONNX"):
         check_precision("10.12.0", "fp16", "fp32")
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "10.13.0"])
+def test_int8_needs_the_qdq_onnx_under_either_typing(version):
+    check_precision(version, "int8", "int8")
+    with pytest.raises(UsageError, match=r"int8 needs the bundle's int8 \(Q/DQ\) ONNX.*--precision int8"):
+        check_precision(version, "int8", "fp32")
 
 
 def test_trtexec_command_weak_fp16_with_layernorm_in_fp32():
@@ -166,7 +173,47 @@ def test_build_script_picks_typing_by_the_device_version(demo_with_profile, tmp_
         assert "--fp16" in calls[0] and "--precisionConstraints=obey" in calls[0] and "--stronglyTyped" not in calls[0]
         assert "/norm/LayerNormalization:fp32" in calls[0]
     else:
-        assert "needs a fp16 ONNX" in done.stderr and not (tmp_path / "calls.log").exists()
+        assert "needs an fp16 ONNX" in done.stderr and not (tmp_path / "calls.log").exists()
+
+
+INT8_PROFILE = """description = "t4, int8"
+precision = "int8"
+calibration = "demo"
+compute_capability = "7.5"
+[batch]
+min = 1
+opt = 4
+max = 8
+"""
+
+
+@pytest.mark.parametrize(("version", "flag"), [("100300", "--int8"), ("101300", "--stronglyTyped")])
+def test_int8_engines_are_built_from_the_qdq_onnx_under_either_typing(tmp_path, version, flag):
+    (tmp_path / "t4-int8.toml").write_text(INT8_PROFILE)
+    out = tmp_path / "b"
+    result = run_cli("build", "-p", "16", "--profile", str(tmp_path / "t4-int8.toml"), "--out", str(out), "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    env = {**os.environ, "TRTEXEC": str(fake_trtexec(tmp_path, version))}
+    done = subprocess.run(["bash", str(out / "engines" / "build_t4-int8.sh")], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    (call,) = (tmp_path / "calls.log").read_text().splitlines()
+    assert call.startswith("--onnx=onnx/model_p16.int8.onnx") and flag in call.split()
+
+
+def test_int8_script_refuses_a_float_only_bundle_under_either_typing(demo_with_profile, tmp_path):
+    from exporter.manifest import read_manifest
+    from exporter.pipeline import engine_plan
+    from exporter.trt import build_script
+
+    (tmp_path / "t4-int8.toml").write_text(INT8_PROFILE)
+    profile = load_profile(tmp_path / "t4-int8.toml")
+    script = tmp_path / "build.sh"
+    script.write_text(build_script(profile, engine_plan(demo_with_profile, read_manifest(demo_with_profile), profile)))
+    for version in ("100300", "101300"):
+        env = {**os.environ, "TRTEXEC": str(fake_trtexec(tmp_path, version))}
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 4 and "precision int8 needs an int8 ONNX" in done.stderr
+    assert not (tmp_path / "calls.log").exists()
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
