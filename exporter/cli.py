@@ -690,14 +690,24 @@ def evaluate(
     write_atomic(bundle / "eval.json", json.dumps(result, indent=2) + "\n")
     plot = write_plot(bundle, manifest.name)
     table = Table(title=f"{result['data']}, {result['samples']} images", title_justify="left")
-    for header in ("variant", "image", "backend", "top-1", "top-5"):
-        table.add_column(header, justify="right" if header.startswith("top") else "left")
+    for header in ("", "variant", "image", "backend", "top-1", "top-5", "Δ top-1"):
+        table.add_column(header, justify="right" if header.startswith(("top", "Δ")) else "left")
     for row in result["results"]:
+        delta = "" if row["delta_top1"] is None else f"{row['delta_top1'] * 100:+.1f} pt"
+        mark = "" if row["max_drop"] is None else ("✓" if row["passed"] else "✗")
         table.add_row(
-            row["variant"], str(row["img_size"][0]), row["backend"], f"{row['top1']:.3f}", f"{row['top5']:.3f}"
+            mark,
+            row["variant"],
+            str(row["img_size"][0]),
+            row["backend"],
+            f"{row['top1']:.3f}",
+            f"{row['top5']:.3f}",
+            delta,
         )
     console().print(table)
     console().print(f"wrote {bundle / 'eval.json'} and {plot}")
+    if result["failures"]:
+        raise ValidationFailed(f"{len(result['failures'])} accuracy check(s) failed: {'; '.join(result['failures'])}")
 
 
 @cli.command()

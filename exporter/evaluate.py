@@ -37,6 +37,19 @@ class EvalRow:
     samples: int
     top1: float
     top5: float
+    delta_top1: float | None = None  # against PyTorch fp32, same variant
+    max_drop: float | None = None  # the precision's allowed accuracy drop (int8: 1 pt)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_drop is None or self.delta_top1 is None or -self.delta_top1 <= self.max_drop + 1e-9
+
+    def failure(self) -> str:
+        delta, drop = self.delta_top1 or 0.0, self.max_drop or 0.0
+        return (
+            f"{self.variant} {self.backend}: top-1 {self.top1 - delta:.3f} -> {self.top1:.3f} "
+            f"({delta * 100:+.1f} pt, allowed -{drop * 100:.1f} pt)"
+        )
 
 
 DEMO_DIGITS = "demo-digits"  # --data value naming the shipped held-out digits
@@ -84,6 +97,17 @@ def check_labels(dataset: Dataset, source: SourceModel) -> None:
         raise UsageError(f"--data has {int(dataset.labels.max()) + 1} classes but the model has {source.num_classes}")
 
 
+def allowed_drop(reduced: dict[str, Any]) -> float | None:
+    """The reduced file's recorded accuracy tolerance; bundles written before it was recorded get
+    today's default for their precision."""
+    from exporter.validate import tolerance_for
+
+    recorded = reduced.get("tolerance", {})
+    if "max_accuracy_drop" in recorded:
+        return recorded["max_accuracy_drop"]
+    return tolerance_for(reduced["precision"], "onnxruntime").max_accuracy_drop
+
+
 def evaluate_bundle(
     bundle: Path,
     data: Path | None = None,
@@ -122,11 +146,30 @@ def evaluate_bundle(
             runners[f"onnxruntime {record.reduced['precision']}"] = ort_runner(bundle / record.reduced["path"])
         if compare_resize:
             runners["pytorch (naive resize)"] = torch_runner(make_variant(source, spec, naive_resize=True).model)
+        reference = None
         for backend, runner in runners.items():
             say(f"{record.label}: {backend}")
             batch = record.onnx["inputs"][0]["shape"][0]
             top1, top5 = topk_accuracy(
                 run_batched(runner, pixels, batch if isinstance(batch, int) else 64), dataset.labels
             )
-            rows.append(EvalRow(backend, record.label, spec.patch_size, spec.img_size, len(pixels), top1, top5))
-    return {"data": dataset.name, "samples": len(dataset.labels), "results": [asdict(r) for r in rows]}
+            reference = top1 if reference is None else reference  # "pytorch" comes first
+            reduced = backend == f"onnxruntime {record.reduced.get('precision')}"
+            row = EvalRow(
+                backend,
+                record.label,
+                spec.patch_size,
+                spec.img_size,
+                len(pixels),
+                top1,
+                top5,
+                None if backend == "pytorch" else top1 - reference,
+                allowed_drop(record.reduced) if reduced else None,
+            )
+            rows.append(row)
+    return {
+        "data": dataset.name,
+        "samples": len(dataset.labels),
+        "results": [asdict(r) | {"passed": r.passed} for r in rows],
+        "failures": [r.failure() for r in rows if not r.passed],
+    }
