@@ -719,9 +719,18 @@ def evaluate(
     type=int,
     help="max_batch_size for dynamic-batch models [default: the bundle's engine profile batch.max, else 8].",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Which of the bundle's ONNX files the onnx backend serves (fp16/int8: built with --precision).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing repository.")
 @debug_option
-def triton(bundle: Path, repo: Path, backend: str, max_batch: int | None, force: bool, debug: bool) -> None:
+def triton(
+    bundle: Path, repo: Path, backend: str, max_batch: int | None, precision: str, force: bool, debug: bool
+) -> None:
     """Write a Triton Inference Server model repository, one model per variant."""
     from exporter.errors import BundleError
     from exporter.manifest import read_manifest
@@ -740,7 +749,7 @@ def triton(bundle: Path, repo: Path, backend: str, max_batch: int | None, force:
         raise BundleError(f"{str(repo)!r} is not empty; pass --force to replace it")
     repo.absolute().parent.mkdir(parents=True, exist_ok=True)
     with staging_folder(repo) as tmp:
-        names = write_repository(bundle, manifest, tmp, backend, max_batch)
+        names = write_repository(bundle, manifest, tmp, backend, max_batch, precision)
         swap_into_place(tmp, repo)
     out = console()
     out.print(f"wrote {len(names)} models to {repo}: {', '.join(names)}")

@@ -93,7 +93,27 @@ def _engines_by_cc(bundle: Path, manifest: Manifest, label: str) -> dict[str, Pa
     return found
 
 
-def write_repository(bundle: Path, manifest: Manifest, repo: Path, backend: str, max_batch: int) -> list[str]:
+def onnx_for(record: VariantRecord, precision: str) -> dict[str, Any]:
+    """The variant's ONNX entry of ``precision`` (fp32, or the bundle's fp16/int8 file), refusing
+    one that is missing or failed its parity check: a repository serves only checked models."""
+    if precision == "fp32":
+        entry, failures = record.onnx, record.parity.get("failures", [])
+    elif record.reduced.get("precision") == precision:
+        entry, failures = record.reduced, record.reduced["parity"].get("failures", [])
+    else:
+        raise BundleError(
+            f"the bundle has no {precision} ONNX for {record.label}: build it with --precision {precision}, "
+            "or pick --precision fp32"
+        )
+    if failures or record.parity.get("error"):
+        why = "; ".join(failures) or record.parity.get("error")
+        raise BundleError(f"{record.label}'s {precision} ONNX failed its parity check ({why}): not served")
+    return entry
+
+
+def write_repository(
+    bundle: Path, manifest: Manifest, repo: Path, backend: str, max_batch: int, precision: str = "fp32"
+) -> list[str]:
     """Fill ``repo`` (an empty folder); returns the model names written."""
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -104,9 +124,10 @@ def write_repository(bundle: Path, manifest: Manifest, repo: Path, backend: str,
         version = repo / name / "1"
         version.mkdir(parents=True)
         if backend == "onnx":
-            shutil.copy2(bundle / record.onnx["path"], version / "model.onnx")
-            if record.onnx.get("external_data"):
-                shutil.copy2(bundle / record.onnx["external_data"], version / Path(record.onnx["external_data"]).name)
+            entry = onnx_for(record, precision)
+            shutil.copy2(bundle / entry["path"], version / "model.onnx")
+            if entry.get("external_data"):
+                shutil.copy2(bundle / entry["external_data"], version / Path(entry["external_data"]).name)
             text = config_text(name, record, "onnxruntime_onnx", max_batch)
         else:
             engines = _engines_by_cc(bundle, manifest, record.label)

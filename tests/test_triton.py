@@ -41,6 +41,38 @@ def test_onnx_repository(bundle, tmp_path):
     assert result.exit_code == 2 and "--force" in one_line_error(result)
 
 
+def test_onnx_repository_can_serve_the_fp16_file_and_only_checked_files(bundle, tmp_path):
+    import shutil
+
+    from exporter.load import sha256_file
+    from exporter.validate import ort_runner, random_inputs
+
+    repo = tmp_path / "repo"
+    result = run_cli("triton", str(bundle), "--out", str(repo), "--precision", "fp16")
+    assert result.exit_code == 0, result.output + result.stderr
+    manifest = read_manifest(bundle)
+    x = random_inputs((64, 64), 2, 0, (0.5,) * 3, (0.5,) * 3)
+    for record in manifest.variants:
+        served = repo / f"flexivit_demo_{record.label}" / "1" / "model.onnx"
+        assert sha256_file(served) == record.reduced["sha256"]
+        alone = tmp_path / record.label / "model.onnx"  # the version folder must be self-contained
+        shutil.copytree(served.parent, alone.parent)
+        assert ort_runner(alone)(x).shape == (2, 10)
+    result = run_cli("triton", str(bundle), "--out", str(tmp_path / "r8"), "--precision", "int8")
+    assert result.exit_code == 2 and "no int8 ONNX for p8" in one_line_error(result)
+
+    failed = tmp_path / "failed"
+    shutil.copytree(bundle, failed)
+    data = json.loads((failed / "manifest.json").read_text())
+    data["variants"][1]["reduced"]["parity"]["failures"] = ["cosine 0.9 < 0.999"]
+    (failed / "manifest.json").write_text(json.dumps(data))
+    result = run_cli("triton", str(failed), "--out", str(tmp_path / "r16"), "--precision", "fp16")
+    error = one_line_error(result)
+    assert result.exit_code == 2 and "p16's fp16 ONNX failed its parity check (cosine 0.9 < 0.999)" in error
+    assert not (tmp_path / "r16").exists()
+    assert run_cli("triton", str(failed), "--out", str(tmp_path / "r32")).exit_code == 0  # fp32 files passed
+
+
 def test_tensorrt_backend_needs_built_engines(bundle, tmp_path):
     result = run_cli("triton", str(bundle), "--out", str(tmp_path / "r"), "--backend", "tensorrt")
     assert result.exit_code == 2 and "no built TensorRT engine" in one_line_error(result)
