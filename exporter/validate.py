@@ -74,6 +74,11 @@ class Comparison:
     allclose: bool
     tolerance: Tolerance
     failures: tuple[str, ...]
+    # The reference's gap between its top two logits, as a share of its logit range (max - min):
+    # median over all samples, and over the samples whose top-1 changed. Small gaps mean nearly
+    # tied logits (an untrained model), where any perturbation flips the top-1.
+    top2_gap: float | None = None
+    flipped_top2_gap: float | None = None
 
     def __bool__(self) -> bool:
         return not self.failures
@@ -129,8 +134,21 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
         failures.append(f"max|Δ| {diff.max():.2e} exceeds atol {tol.atol:g} + rtol {tol.rtol:g}·|ref|")
     if float(cosine.min()) < tol.min_cosine or not math.isfinite(float(cosine.min())):
         failures.append(f"cosine {cosine.min():.7f} < {tol.min_cosine}")
+    top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((len(ref), 2))
+    gaps = (top2[:, 1] - top2[:, 0]) / np.maximum(ref.max(axis=1) - ref.min(axis=1), 1e-12)
+    flipped = _top_k(ref, 1)[:, 0] != _top_k(cand, 1)[:, 0]
+    top2_gap = float(np.median(gaps))
+    flipped_gap = float(np.median(gaps[flipped])) if flipped.any() else None
     if top1 < tol.min_top1:
-        failures.append(f"top-1 agreement {top1:.1%} < {tol.min_top1:.1%}")
+        failures.append(
+            f"top-1 agreement {top1:.1%} < {tol.min_top1:.1%}"
+            + (
+                f" (flipped samples' top-2 gap: median {flipped_gap:.1%} of the logit range, all samples "
+                f"{top2_gap:.1%})"
+                if flipped_gap is not None
+                else ""
+            )
+        )
     return Comparison(
         samples=int(ref.shape[0]),
         max_abs=float(diff.max()),
@@ -145,6 +163,8 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
         allclose=allclose,
         tolerance=tol,
         failures=tuple(failures),
+        top2_gap=top2_gap,
+        flipped_top2_gap=flipped_gap,
     )
 
 

@@ -44,6 +44,11 @@ def test_top1_flip_fails_even_within_loose_tolerances():
     cmp = compare_outputs(ref, cand, Tolerance(atol=0.1, rtol=0.1, min_cosine=0.9, min_top1=1.0))
     assert cmp.top1_agreement == 0.5 and not cmp
     assert any("top-1 agreement 50.0%" in f for f in cmp.failures)
+    # The flipped sample's top two logits were 1 % of its range apart: nearly tied, said so.
+    assert cmp.flipped_top2_gap == pytest.approx(0.01) and cmp.top2_gap == pytest.approx(0.505)
+    assert any(
+        "flipped samples' top-2 gap: median 1.0% of the logit range, all samples 50.5%" in f for f in cmp.failures
+    )
 
 
 def test_nan_never_passes():
