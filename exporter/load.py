@@ -252,7 +252,8 @@ def read_config(weights: Path) -> dict[str, Any]:
     return {}
 
 
-def _preprocessing(cfg: Mapping[str, Any] | None, source: str) -> Preprocessing:
+def preprocessing_from(cfg: Mapping[str, Any] | None, source: str) -> Preprocessing:
+    """``Preprocessing`` from a timm pretrained config or a manifest's ``preprocessing`` (unknown keys ignored)."""
     if not cfg:
         return Preprocessing()
     default = Preprocessing()
@@ -535,7 +536,7 @@ def _describe(
         num_heads=int(attn.num_heads),  # type: ignore[arg-type]
         num_classes=int(getattr(meta, "num_classes", 0)),
         in_chans=int(kernel.shape[1]),
-        preprocessing=_preprocessing(pre_cfg, pre_src) if pre_src else Preprocessing(),
+        preprocessing=preprocessing_from(pre_cfg, pre_src) if pre_src else Preprocessing(),
         origin=origin,
         inferred=tuple(assumed),
     )

@@ -49,6 +49,7 @@ from exporter.variant import ImagePolicy, VariantSpec
 
 log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 64  # int8: calibration images read after the ones the check uses
+NO_CALIBRATION = "--precision int8 needs calibration images: pass --calib-dir DIR"
 STAGES = ("resize", "export", "parity")
 
 
@@ -265,8 +266,9 @@ def calib_key(options: BuildOptions) -> str | None:
     return folder_digest(options.calib_dir, used)
 
 
-def input_key(source_sha: str, spec: VariantSpec, options: BuildOptions) -> str:
-    """A digest of everything that determines a variant's ONNX and its parity verdict."""
+def input_key(source_sha: str, calib_sha: str | None, spec: VariantSpec, options: BuildOptions) -> str:
+    """A digest of everything that determines a variant's ONNX and its parity verdict
+    (``calib_sha``: ``calib_key``, computed once per build)."""
     from exporter import __version__
 
     payload = {
@@ -279,7 +281,7 @@ def input_key(source_sha: str, spec: VariantSpec, options: BuildOptions) -> str:
         "tolerance": asdict(options.tolerance),
         "samples": options.parity_samples,
         "seed": options.seed,
-        "calib": calib_key(options),
+        "calib": calib_sha,
         "precision": options.precision,
         "shared_weights": options.shared_weights,
         "flexiexport": __version__,
@@ -421,7 +423,7 @@ def check_calibration(options: BuildOptions, demo: bool) -> None:
     if options.calib_dir is None:
         if demo:
             return
-        raise UsageError("--precision int8 needs calibration images: pass --calib-dir DIR")
+        raise UsageError(NO_CALIBRATION)
     from exporter.images import list_images
 
     count = len(list_images(options.calib_dir))
@@ -448,7 +450,7 @@ def calibration_images(source: SourceModel, spec: VariantSpec, options: BuildOpt
         digits, _ = load_demo_digits("calib")
         images = digits_to_pixels(digits[:CALIBRATION_IMAGES], spec.img_size[0])
         return images, f"{len(images)} digits of the demo's calibration split"
-    raise UsageError("--precision int8 needs calibration images: pass --calib-dir DIR")
+    raise UsageError(NO_CALIBRATION)
 
 
 def reduced_variant(
@@ -566,11 +568,12 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     specs = plan_variants(source, options)
     old = _old_manifest(out) if options.resume else None
     source_sha = source.origin.sha256 or state_digest(source)
+    calib_sha = calib_key(options)
     reporter.begin(len(specs) * len(STAGES))
     with staging_folder(out) as tmp:
         records = []
         for spec in specs:
-            key = input_key(source_sha, spec, options)
+            key = input_key(source_sha, calib_sha, spec, options)
             reusable = old if not options.shared_weights else None  # the shared file is rebuilt whole
             record = _reuse(reusable, out, spec.label, key, tmp) or build_variant(
                 source, spec, options, tmp, key, reporter, times

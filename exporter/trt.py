@@ -67,11 +67,17 @@ def typing_mode(trt_version: str) -> str:
     return "strong" if parse_version(trt_version)[:2] >= STRONG_TYPING_FROM else "weak"
 
 
+def needs_precision_onnx(mode: str, precision: str) -> bool:
+    """Whether building ``precision`` under ``mode`` typing needs an ONNX of that precision:
+    any reduced precision when strongly typed; int8/fp8 (Q/DQ) under weak typing too."""
+    return precision in QUANTISED or (mode == "strong" and precision in REDUCED)
+
+
 def check_precision(trt_version: str, precision: str, onnx_precision: str) -> None:
     """Refuse combinations this TensorRT cannot build right: a strongly typed network takes its
     precision from the ONNX, so fp16/bf16/int8/fp8 there need an ONNX that carries it; int8 and
     fp8 need their Q/DQ ONNX under weak typing too (no calibration otherwise)."""
-    if precision not in REDUCED or onnx_precision == precision:
+    if onnx_precision == precision or not needs_precision_onnx(typing_mode(trt_version), precision):
         return
     if precision in QUANTISED:
         raise UsageError(
@@ -79,11 +85,10 @@ def check_precision(trt_version: str, precision: str, onnx_precision: str) -> No
             f"only: build it with --precision {precision} --calib-dir DIR (TensorRT's {precision} flag on a float "
             "ONNX has no calibration)"
         )
-    if typing_mode(trt_version) == "strong":
-        raise UsageError(
-            f"TensorRT {trt_version} builds strongly typed networks: precision {precision} needs an "
-            f"{precision} ONNX in the bundle, but it has {onnx_precision} ONNX only"
-        )
+    raise UsageError(
+        f"TensorRT {trt_version} builds strongly typed networks: precision {precision} needs an "
+        f"{precision} ONNX in the bundle, but it has {onnx_precision} ONNX only"
+    )
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,7 @@ def build_script(profile: Profile, variants: list[dict[str, Any]]) -> str:
         f'if [ "${{version:-0}}" -ge {STRONG_TYPING_FROM[0] * 10000 + STRONG_TYPING_FROM[1] * 100} ]; then',
     ]
     for mode in ("strong", "weak"):
-        strict = mode == "strong" or profile.precision in QUANTISED
+        strict = needs_precision_onnx(mode, profile.precision)
         missing = [v["label"] for v in variants if strict and not precision_ready(profile, v)]
         if missing:
             why = (

@@ -117,7 +117,8 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     cosine = np.where(norms > 0, np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-300), 1.0)
     k = min(5, ref.shape[1])
-    top1 = float(np.mean(_top_k(ref, 1)[:, 0] == _top_k(cand, 1)[:, 0]))
+    flipped = _top_k(ref, 1)[:, 0] != _top_k(cand, 1)[:, 0]
+    top1 = float(1.0 - np.mean(flipped))
     top5_ref, top5_cand = _top_k(ref, k), _top_k(cand, k)
     top5 = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top5_ref, top5_cand)]))
     finite = bool(np.all(np.isfinite(cand)))
@@ -136,7 +137,6 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
         failures.append(f"cosine {cosine.min():.7f} < {tol.min_cosine}")
     top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((len(ref), 2))
     gaps = (top2[:, 1] - top2[:, 0]) / np.maximum(ref.max(axis=1) - ref.min(axis=1), 1e-12)
-    flipped = _top_k(ref, 1)[:, 0] != _top_k(cand, 1)[:, 0]
     top2_gap = float(np.median(gaps))
     flipped_gap = float(np.median(gaps[flipped])) if flipped.any() else None
     if top1 < tol.min_top1:

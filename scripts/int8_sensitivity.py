@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import onnx
 
 from exporter.demo import DEMO_NAME, digits_to_pixels, load_demo_digits
 from exporter.images import load_images
-from exporter.load import Preprocessing
+from exporter.load import preprocessing_from
 from exporter.manifest import read_manifest
 from exporter.pipeline import CALIBRATION_IMAGES
 from exporter.precision import QUANTIZED_OPS, to_int8
@@ -58,10 +57,7 @@ def main() -> None:
     manifest = read_manifest(args.bundle)
     record = next(v for v in manifest.variants if v.label == args.variant)
     fp32 = args.bundle / record.onnx["path"]
-    known = {f.name for f in fields(Preprocessing)}
-    pre = Preprocessing(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in manifest.preprocessing.items() if k in known}
-    )
+    pre = preprocessing_from(manifest.preprocessing, "bundle")
     if args.calib_dir is not None:
         check = load_images(args.calib_dir, record.img_size, pre, args.check)
         calib = load_images(args.calib_dir, record.img_size, pre, CALIBRATION_IMAGES, skip=args.check)

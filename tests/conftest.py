@@ -10,6 +10,8 @@ import torch
 from click.testing import CliRunner, Result
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
+# bench options for a functional run, not a measurement: two timed runs after one warm-up.
+QUICK_BENCH = ("--runs", "2", "--min-seconds", "0", "--warmup", "1", "--quiet")
 
 
 def tiny_model(name: str = "flexivit_small", **overrides):

@@ -14,7 +14,7 @@ from exporter.load import SourceSpec, load_source
 from exporter.resize import default_patch_resize, default_pos_resize
 from exporter.variant import VariantSpec, make_variant
 
-from conftest import one_line_error, run_cli, tiny_model
+from conftest import QUICK_BENCH, one_line_error, run_cli, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +36,7 @@ def test_bench_writes_json_plot_and_lists_skipped_backends(bundle):
         "--batch-sizes",
         "1",
         "2",
-        "--runs",
-        "2",
-        "--min-seconds",
-        "0",
-        "--warmup",
-        "1",
-        "--quiet",
+        *QUICK_BENCH,
     )
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads((bundle / "bench.json").read_text())

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import one_line_error, run_cli
+from conftest import QUICK_BENCH, one_line_error, run_cli
 
 
 def build(out: Path, *args: str) -> dict:
@@ -236,13 +236,7 @@ def test_bench_times_the_reduced_onnx_too(int8_bundle):
         "ort-cpu",
         "--batch-sizes",
         "1",
-        "--runs",
-        "2",
-        "--min-seconds",
-        "0",
-        "--warmup",
-        "1",
-        "--quiet",
+        *QUICK_BENCH,
     )
     assert result.exit_code == 0, result.output + result.stderr
     timings = json.loads((int8_bundle / "bench.json").read_text())["timings"]
