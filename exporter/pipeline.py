@@ -453,6 +453,13 @@ def calibration_images(source: SourceModel, spec: VariantSpec, options: BuildOpt
     raise UsageError(NO_CALIBRATION)
 
 
+def reduced_check_inputs(precision: str, inputs: np.ndarray, random_count: int) -> np.ndarray:
+    """What a reduced-precision file is judged on, at build and at ``validate``: the parity inputs,
+    except that int8 sees only the real images after the ``random_count`` random ones (static
+    quantisation is calibrated to a data distribution; random images lie far outside its ranges)."""
+    return inputs[random_count:] if precision == "int8" else inputs
+
+
 def reduced_variant(
     source: SourceModel,
     spec: VariantSpec,
@@ -484,10 +491,7 @@ def reduced_variant(
 
     onnx.checker.check_model(str(tmp / out_rel), full_check=True)
     tol = tolerance_for(options.precision, "onnxruntime")
-    if options.precision == "int8":
-        # Static quantisation is calibrated to a data distribution: judge it on real images only
-        # (the random parity images are far outside any calibrated range).
-        inputs = inputs[options.parity_samples :]
+    inputs = reduced_check_inputs(options.precision, inputs, options.parity_samples)
     cmp = check_parity(torch_runner(model), ort_runner(tmp / out_rel, options.threads), inputs, batch, tol)
     parity = cmp.to_dict()
     parity.pop("tolerance")
@@ -780,8 +784,9 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
             reduced = None
             if record.reduced:
                 reduced_tol = Tolerance(**record.reduced["tolerance"])
+                reduced_inputs = reduced_check_inputs(record.reduced["precision"], inputs, options.parity_samples)
                 reduced = check_parity(
-                    reference, ort_runner(bundle / record.reduced["path"]), inputs, batch, reduced_tol
+                    reference, ort_runner(bundle / record.reduced["path"]), reduced_inputs, batch, reduced_tol
                 )
         results.append(Recheck(record.label, True, cmp, reduced=reduced))
     return results

@@ -98,6 +98,18 @@ def test_int8_is_symmetric_per_channel_qdq_around_matmuls_only(int8_bundle):
     assert set(inits) <= set(consumers)  # no scale or zero point left behind by a removed Q/DQ pair
 
 
+def test_validate_judges_the_int8_file_on_the_images_the_build_did(int8_bundle):
+    from exporter.pipeline import recheck_bundle
+
+    manifest = json.loads((int8_bundle / "manifest.json").read_text())
+    for result, v in zip(recheck_bundle(int8_bundle), manifest["variants"]):
+        assert result.reduced is not None
+        assert result.reduced.samples == v["reduced"]["parity"]["samples"] == 16  # the held-out digits only
+        assert result.reduced.top1_agreement == v["reduced"]["parity"]["top1_agreement"]
+    result = run_cli("validate", str(int8_bundle), "--quiet")
+    assert result.exit_code == 0, result.output + result.stderr
+
+
 def test_int8_accuracy_change_is_within_one_point(int8_bundle):
     result = run_cli("evaluate", str(int8_bundle), "--quiet")
     assert result.exit_code == 0, result.output + result.stderr
