@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.bundle import Bundle
 from exporter.errors import UsageError
 from exporter.manifest import VariantRecord
 from exporter.validate import Runner
@@ -233,21 +234,28 @@ def torch_cuda_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Ru
     return run
 
 
-def tensorrt_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
-    """The bundle's built engine for this variant (the first profile that has one)."""
+def tensorrt_backend(model: ModelFactory, engine_path: Path, threads: int) -> Runner:
+    """A built engine of the bundle (``bundle_engine`` picks and checks it)."""
     from exporter.errors import EnvironmentMissing
     from exporter.trt import engine_runner, tensorrt_problem
 
-    engines = sorted(onnx_path.parent.parent.glob("engines/*/" + onnx_path.stem + ".engine"))
-    if not engines:
-        raise Unavailable("the bundle has no TensorRT engines (build them with a GPU and TensorRT)")
     problem = tensorrt_problem()
     if problem:
         raise Unavailable(problem)
     try:
-        return engine_runner(engines[0])
+        return engine_runner(engine_path)
     except EnvironmentMissing as exc:
         raise Unavailable(str(exc)) from exc
+
+
+def bundle_engine(opened: Bundle, record: VariantRecord) -> Path:
+    """The variant's engine from the first engine set the manifest records as built, checked
+    like every bundle file (inside the bundle, sha256 as recorded)."""
+    for entry in opened.manifest.engines.values():
+        variant = entry.get("variants", {}).get(record.label)
+        if entry.get("status") == "built" and variant:
+            return opened.file(variant["engine"], variant["engine_sha256"])
+    raise Unavailable("the bundle has no TensorRT engines (build them with a GPU and TensorRT)")
 
 
 FACTORIES: dict[str, Callable[[ModelFactory, Path, int], Runner]] = {
@@ -305,19 +313,18 @@ def bench_variant(
 
 
 def bench_bundle(
-    bundle: Path, options: BenchOptions, progress: Callable[[str], None] | None = None, weights: Path | None = None
+    opened: Bundle, options: BenchOptions, progress: Callable[[str], None] | None = None, weights: Path | None = None
 ) -> BenchReport:
-    """Benchmark every variant of ``bundle`` on every requested backend and batch size."""
+    """Benchmark every variant of the bundle on every requested backend and batch size."""
     import torch
 
-    from exporter.manifest import read_manifest
     from exporter.pipeline import bundle_source, record_spec
     from exporter.variant import make_variant
 
     say = progress or (lambda text: None)
     threads = options.thread_count
     torch.set_num_threads(threads)
-    manifest = read_manifest(bundle)
+    manifest = opened.manifest
     source = bundle_source(manifest, weights)
     say(f"ceiling: MatMul 2048x2048 fp32 on {threads} threads")
     ceiling = measure_ceiling(threads, options)
@@ -340,11 +347,12 @@ def bench_bundle(
             for record in manifest.variants:
                 spec = record_spec(record)
                 model = lambda spec=spec: make_variant(source, spec).model  # noqa: E731 - built only if used
-                run_batches(backend, FACTORIES[backend](model, bundle / record.onnx["path"], threads), record)
+                path = bundle_engine(opened, record) if backend == "tensorrt" else opened.onnx(record)
+                run_batches(backend, FACTORIES[backend](model, path, threads), record)
         except Unavailable as exc:
             skipped.append(Skipped(backend, str(exc)))
     if "ort-cpu" in options.backends:  # the bundle's fp16/int8 ONNX, on the same provider
         for record in (r for r in manifest.variants if r.reduced):
-            runner = FACTORIES["ort-cpu"](lambda: None, bundle / record.reduced["path"], threads)
+            runner = FACTORIES["ort-cpu"](lambda: None, opened.onnx(record, record.reduced["precision"]), threads)
             run_batches(f"ort-cpu {record.reduced['precision']}", runner, record)
     return BenchReport(machine_info(threads), threads, ceiling, tuple(timings), tuple(skipped))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -120,8 +121,10 @@ class FlexiGroup(click.Group):
             fail(ctx, f"{exc.format_message()} (see '{command} --help')", exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except KeyboardInterrupt:
-            fail(ctx, "interrupted; nothing was written (an existing bundle is unchanged)", 130)
+        except KeyboardInterrupt as exc:
+            name = str(exc.args[0]) if exc.args and str(exc.args[0]).startswith("SIG") else "SIGINT"
+            code = 128 + int(getattr(signal.Signals, name, signal.SIGINT))
+            fail(ctx, f"interrupted ({name}); nothing was written (an existing bundle is as it was)", code)
         except FlexiExportError as exc:
             if debug:
                 raise
@@ -498,7 +501,7 @@ def resize(**kw: Any) -> None:
 @debug_option
 def inspect(bundle: Path, as_json: bool, debug: bool) -> None:
     """Print a bundle's manifest as a table."""
-    from exporter.manifest import read_manifest
+    from exporter.bundle import read_manifest
 
     manifest = read_manifest(bundle)
     if as_json:
@@ -537,7 +540,8 @@ def validate(bundle: Path, weights: Path | None, quiet: bool, debug: bool) -> No
     out = console()
     for r in results:
         mark = "[green]✓[/green]" if r else "[red]✗[/red]"
-        out.print(f"{mark} {r.label}  sha256 {'ok' if r.sha256_ok else 'MISMATCH'}  {r.comparison or r.problem}")
+        detail = r.problem if r.comparison is None else str(r.comparison)
+        out.print(f"{mark} {r.label}  sha256 {'ok' if r.sha256_ok else 'MISMATCH'}  {detail}")
         if r.reduced is not None:
             out.print(f"  {r.label} {r.reduced.tolerance.name}: {r.reduced}")
     bad = [r.label for r in results if not r]
@@ -550,18 +554,15 @@ class BenchCommand(GreedyCommand):
     greedy = ("--batch-sizes", "--backends")
 
 
-def write_plot(bundle: Path, name: str) -> Path | None:
+def write_plot(opened: Any) -> Path | None:
     """Redraw ``tradeoff.png`` from whatever of bench.json / eval.json the bundle holds."""
-    import json
-
     from exporter.plot import plot_tradeoff
 
-    data = {
-        n: json.loads((bundle / f"{n}.json").read_text()) for n in ("bench", "eval") if (bundle / f"{n}.json").is_file()
-    }
-    if not data:
+    bench, evaluation = opened.read_artefact("bench.json"), opened.read_artefact("eval.json")
+    if bench is None and evaluation is None:
         return None
-    return plot_tradeoff(data.get("bench"), data.get("eval"), bundle / "tradeoff.png", f"{name}: speed / accuracy")
+    title = f"{opened.manifest.name}: speed / accuracy"
+    return plot_tradeoff(bench, evaluation, opened.artefact("tradeoff.png"), title)
 
 
 @cli.command(cls=BenchCommand)
@@ -586,9 +587,10 @@ def bench(bundle: Path, **kw: Any) -> None:
     from dataclasses import asdict
 
     from exporter.bench import BenchOptions, bench_bundle
-    from exporter.manifest import read_manifest, write_atomic
+    from exporter.bundle import Bundle
+    from exporter.manifest import write_atomic
 
-    manifest = read_manifest(bundle)
+    opened = Bundle.open(bundle)
     options = BenchOptions(
         batch_sizes=tuple(int(b) for b in kw["batch_sizes"].replace(" ", ",").split(",") if b.strip()),
         backends=tuple(b for b in kw["backends"].replace(" ", ",").split(",") if b.strip()),
@@ -598,9 +600,9 @@ def bench(bundle: Path, **kw: Any) -> None:
         min_seconds=kw["min_seconds"],
     )
     err = console(stderr=True)
-    report = bench_bundle(bundle, options, None if kw["quiet"] else lambda t: err.print(f"  {t}"), kw["weights"])
-    write_atomic(bundle / "bench.json", json.dumps(asdict(report), indent=2) + "\n")
-    plot = write_plot(bundle, manifest.name)
+    report = bench_bundle(opened, options, None if kw["quiet"] else lambda t: err.print(f"  {t}"), kw["weights"])
+    write_atomic(opened.artefact("bench.json"), json.dumps(asdict(report), indent=2) + "\n")
+    plot = write_plot(opened)
     print_bench(report)
     console().print(f"wrote {bundle / 'bench.json'} and {plot}")
 
@@ -677,18 +679,19 @@ def evaluate(
 
     from rich.table import Table
 
+    from exporter.bundle import Bundle
     from exporter.evaluate import evaluate_bundle
-    from exporter.manifest import read_manifest, write_atomic
+    from exporter.manifest import write_atomic
 
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
-    manifest = read_manifest(bundle)
+    opened = Bundle.open(bundle)
     err = console(stderr=True)
     result = evaluate_bundle(
-        bundle, data, compare_resize, limit, weights, None if quiet else lambda t: err.print(f"  {t}")
+        opened, data, compare_resize, limit, weights, None if quiet else lambda t: err.print(f"  {t}")
     )
-    write_atomic(bundle / "eval.json", json.dumps(result, indent=2) + "\n")
-    plot = write_plot(bundle, manifest.name)
+    write_atomic(opened.artefact("eval.json"), json.dumps(result, indent=2) + "\n")
+    plot = write_plot(opened)
     table = Table(title=f"{result['data']}, {result['samples']} images", title_justify="left")
     for header in ("", "variant", "image", "backend", "top-1", "top-5", "Δ top-1"):
         table.add_column(header, justify="right" if header.startswith(("top", "Δ")) else "left")
@@ -732,25 +735,20 @@ def triton(
     bundle: Path, repo: Path, backend: str, max_batch: int | None, precision: str, force: bool, debug: bool
 ) -> None:
     """Write a Triton Inference Server model repository, one model per variant."""
-    from exporter.errors import BundleError
-    from exporter.manifest import read_manifest
-    from exporter.pipeline import staging_folder, swap_into_place
+    from exporter.bundle import Bundle, check_replaceable_repository, staging_folder, swap_into_place
     from exporter.triton import triton_schema, write_repository
 
-    manifest = read_manifest(bundle)
+    opened = Bundle.open(bundle)
+    manifest = opened.manifest
     if max_batch is None:
         profiles = [e["profile"]["batch"]["max"] for e in manifest.engines.values() if e.get("profile")]
         max_batch = profiles[0] if profiles else 8
     if max_batch < 1:
         raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
-    if repo.exists() and not repo.is_dir():
-        raise BundleError(f"--out {str(repo)!r} is a file; give a folder for the model repository")
-    if repo.is_dir() and any(repo.iterdir()) and not force:
-        raise BundleError(f"{str(repo)!r} is not empty; pass --force to replace it")
-    repo.absolute().parent.mkdir(parents=True, exist_ok=True)
+    check_replaceable_repository(repo, force, protect=[bundle])
     with staging_folder(repo) as tmp:
-        names = write_repository(bundle, manifest, tmp, backend, max_batch, precision)
-        swap_into_place(tmp, repo)
+        names = write_repository(opened, tmp, backend, max_batch, precision)
+        swap_into_place(tmp, repo, "model repository")
     out = console()
     out.print(f"wrote {len(names)} models to {repo}: {', '.join(names)}")
     if triton_schema() is None:
@@ -793,7 +791,7 @@ def profiles(debug: bool) -> None:
 @debug_option
 def engine(bundle: Path, profile: str, weights: Path | None, quiet: bool, debug: bool) -> None:
     """Build and validate TensorRT engines on the target device and add them to the bundle."""
-    from exporter.manifest import read_manifest
+    from exporter.bundle import read_manifest
     from exporter.pipeline import add_engines
 
     read_manifest(bundle)
@@ -806,7 +804,20 @@ def engine(bundle: Path, profile: str, weights: Path | None, quiet: bool, debug:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    install_signal_handlers()
     cli.main(args=argv, prog_name="flexiexport")
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP (docker stop, CI time-outs, ``timeout``, a closed terminal) behave like
+    Ctrl-C: the staging folder is removed and the old bundle stays."""
+
+    def raise_interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), raise_interrupt)
 
 
 if __name__ == "__main__":

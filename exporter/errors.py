@@ -45,3 +45,10 @@ class EnvironmentMissing(FlexiExportError):
     """The environment lacks what a stage needs (no TensorRT, no GPU, no network)."""
 
     exit_code = 4
+
+
+class Interrupted(FlexiExportError):
+    """SIGINT/SIGTERM/SIGHUP arrived while a bundle was being swapped into place: the swap was
+    finished first, so the new bundle is complete; the message says where."""
+
+    exit_code = 130

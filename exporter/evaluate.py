@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from exporter.bundle import Bundle
 from exporter.errors import UsageError
 from exporter.images import IMAGE_SUFFIXES, preprocess
 from exporter.load import Preprocessing, SourceModel
@@ -109,7 +110,7 @@ def allowed_drop(reduced: dict[str, Any]) -> float | None:
 
 
 def evaluate_bundle(
-    bundle: Path,
+    opened: Bundle,
     data: Path | None = None,
     compare_resize: bool = False,
     limit: int | None = None,
@@ -118,13 +119,12 @@ def evaluate_bundle(
 ) -> dict[str, Any]:
     """Accuracy of every variant in PyTorch and onnxruntime (and with naive resize if asked)."""
     from exporter.demo import DEMO_NAME
-    from exporter.manifest import read_manifest
     from exporter.pipeline import bundle_source, record_spec
     from exporter.validate import ort_runner, run_batched, torch_runner
     from exporter.variant import make_variant
 
     say = progress or (lambda text: None)
-    manifest = read_manifest(bundle)
+    manifest = opened.manifest
     source = bundle_source(manifest, weights)
     if data is None and source.name != DEMO_NAME:
         raise UsageError(
@@ -140,10 +140,11 @@ def evaluate_bundle(
         pixels = dataset.pixels(spec.img_size)
         runners = {
             "pytorch": torch_runner(make_variant(source, spec).model),
-            "onnxruntime": ort_runner(bundle / record.onnx["path"]),
+            "onnxruntime": ort_runner(opened.onnx(record)),
         }
         if record.reduced:
-            runners[f"onnxruntime {record.reduced['precision']}"] = ort_runner(bundle / record.reduced["path"])
+            precision = record.reduced["precision"]
+            runners[f"onnxruntime {precision}"] = ort_runner(opened.onnx(record, precision))
         if compare_resize:
             runners["pytorch (naive resize)"] = torch_runner(make_variant(source, spec, naive_resize=True).model)
         reference = None

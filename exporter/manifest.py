@@ -85,19 +85,6 @@ def _record_fields(item: dict[str, Any], names: set[str]) -> dict[str, Any]:
     return {k: tuple(v) if k in ("patch_size", "img_size", "grid") else v for k, v in item.items() if k in names}
 
 
-def read_manifest(bundle: Path) -> Manifest:
-    """The manifest of a bundle folder; ``BundleError`` when missing or malformed."""
-    path = bundle / MANIFEST
-    if not bundle.is_dir():
-        raise BundleError(f"bundle {str(bundle)!r} does not exist or is not a folder")
-    if not path.is_file():
-        raise BundleError(f"{str(bundle)!r} is not a flexiexport bundle: no {MANIFEST}")
-    try:
-        return Manifest.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise BundleError(f"cannot read {path}: malformed manifest ({exc})") from exc
-
-
 def current_umask() -> int:
     """The process umask (reading it means setting it; it is put straight back)."""
     mask = os.umask(0)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from exporter.bundle import Bundle, check_replaceable_bundle, staging_folder, swap_into_place
 from exporter.demo import DEMO_NAME, DEMO_WEIGHTS
 from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.export import ExportOptions
@@ -36,11 +37,11 @@ from exporter.manifest import (
     SCHEMA_VERSION,
     Manifest,
     VariantRecord,
-    current_umask,
-    read_manifest,
     render_report,
+    sha256_file,
     write_atomic,
 )
+from exporter.names import printable
 from exporter.profile import Profile
 from exporter.resize import ResizeMethod
 from exporter.sizes import Size2, format_size
@@ -134,60 +135,6 @@ def _stage(reporter: Reporter, label: str, stage: str, times: dict[str, float]) 
 
 def default_out(source_name: str) -> Path:
     return Path("bundles") / source_name
-
-
-def check_output(out: Path, force: bool, resume: bool) -> None:
-    """Refuse an ``--out`` that is a file, a foreign folder, or an existing bundle without --force/--resume."""
-    if out.exists() and not out.is_dir():
-        raise BundleError(f"--out {str(out)!r} is a file; give a folder path for the bundle")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise BundleError(
-                f"--out {str(out)!r} is a non-empty folder that is not a flexiexport bundle; "
-                "refusing to replace it, choose another --out"
-            )
-        if not (force or resume):
-            raise BundleError(
-                f"a bundle already exists at {str(out)!r}; pass --force to replace it "
-                "or --resume to reuse its unchanged variants"
-            )
-    parent = out.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BundleError(f"cannot create the folder {str(parent)!r} for --out: {exc.strerror}") from exc
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BundleError(f"cannot write to {str(parent)!r}: permission denied (choose another --out)")
-
-
-@contextmanager
-def staging_folder(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out``; removed on any failure or interrupt."""
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
-    except OSError as exc:
-        raise BundleError(f"cannot write to {str(out.absolute().parent)!r}: {exc.strerror}") from exc
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time())}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def library_versions() -> dict[str, str]:
@@ -329,23 +276,21 @@ def parity_inputs(source: SourceModel, spec: VariantSpec, options: BuildOptions)
     return np.concatenate(parts).astype(np.float32), what
 
 
-def _reuse(old: Manifest | None, old_dir: Path, label: str, key: str, tmp: Path) -> VariantRecord | None:
+def _reuse(old: Bundle | None, label: str, key: str, tmp: Path) -> VariantRecord | None:
     """The old record of a variant whose inputs and ONNX are unchanged, with its file copied."""
-    from exporter.load import sha256_file
-
     if old is None:
         return None
-    record = next((v for v in old.variants if v.label == label), None)
+    record = next((v for v in old.manifest.variants if v.label == label), None)
     if record is None or record.input_key != key or record.status != "passed":
         return None
     files = [(record.onnx["path"], record.onnx["sha256"])]
     if record.reduced:
         files.append((record.reduced["path"], record.reduced["sha256"]))
-    if not all((old_dir / rel).is_file() and sha256_file(old_dir / rel) == sha for rel, sha in files):
+    if any(old.problems(rel, sha) for rel, sha in files):
         return None
-    for rel, _ in files:
+    for rel, sha in files:
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(old_dir / rel, tmp / rel)
+        shutil.copy2(old.file(rel, sha), tmp / rel)
     return replace(record, resumed=True)
 
 
@@ -472,7 +417,6 @@ def reduced_variant(
     tokens: int,
 ) -> dict[str, Any]:
     """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32."""
-    from exporter.load import sha256_file
     from exporter.precision import int8_float_nodes, to_fp16, to_int8
     from exporter.validate import check_parity, ort_runner, tolerance_for, torch_runner
 
@@ -559,7 +503,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     start = time.perf_counter()
     times: dict[str, float] = {}
     out = options.out or default_out(source_name(options.source))
-    check_output(out, options.force, options.resume)
+    check_replaceable_bundle(out, options.force, options.resume, protected_inputs(options))
     profile = check_engine_request(options)
     options = with_profile_precision(options, profile)
     check_calibration(options, demo=weights_path(options.source) == DEMO_WEIGHTS)
@@ -579,7 +523,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         for spec in specs:
             key = input_key(source_sha, calib_sha, spec, options)
             reusable = old if not options.shared_weights else None  # the shared file is rebuilt whole
-            record = _reuse(reusable, out, spec.label, key, tmp) or build_variant(
+            record = _reuse(reusable, spec.label, key, tmp) or build_variant(
                 source, spec, options, tmp, key, reporter, times
             )
             reporter.variant(record)
@@ -588,7 +532,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         if options.shared_weights:
             with _stage(reporter, "bundle", "shared weights", times):
                 records, shared = share_bundle_weights(source, specs, options, tmp, records)
-        manifest = replace(_manifest(source, source_sha, options, records), shared_weights=shared)
+        manifest = replace(_manifest(source, source_sha, calib_sha, options, records), shared_weights=shared)
         if profile is not None:
             manifest = replace(
                 manifest,
@@ -648,15 +592,26 @@ def engine_stage(
     return build_engines(tmp, manifest, source, profile, reporter, times)
 
 
-def _old_manifest(out: Path) -> Manifest | None:
+def _old_manifest(out: Path) -> Bundle | None:
     try:
-        return read_manifest(out) if (out / MANIFEST).is_file() else None
+        return Bundle.open(out) if (out / MANIFEST).is_file() else None
     except BundleError as exc:
         log.warning("--resume: ignoring the old manifest (%s)", exc)
         return None
 
 
-def _manifest(source: SourceModel, source_sha: str, options: BuildOptions, records: list[VariantRecord]) -> Manifest:
+def protected_inputs(options: BuildOptions) -> list[Path]:
+    """What ``--out`` must never hold or replace: the checkpoint (and the config beside it) and
+    the calibration images."""
+    from exporter.load import weights_path
+
+    weights = weights_path(options.source)
+    return [p for p in (weights, options.calib_dir) if p is not None]
+
+
+def _manifest(
+    source: SourceModel, source_sha: str, calib_sha: str | None, options: BuildOptions, records: list[VariantRecord]
+) -> Manifest:
     pre = asdict(source.preprocessing)
     pre["input"] = {
         "name": "pixel_values",
@@ -673,6 +628,7 @@ def _manifest(source: SourceModel, source_sha: str, options: BuildOptions, recor
         "seed": options.seed,
         "parity_inputs": what,
         "calib_dir": str(options.calib_dir) if options.calib_dir else None,
+        "calib_sha256": calib_sha,
         "threads": options.threads,
         "patch_sizes": [format_size(p) for p in options.patch_sizes],
     }
@@ -711,23 +667,45 @@ def parse_resize_method(text: str) -> ResizeMethod:
 
 
 def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceModel:
-    """Reload the checkpoint a bundle was built from, refusing one whose sha256 changed."""
+    """Reload the checkpoint a bundle was built from. The file (the manifest's path, or
+    ``weights``) is hashed before it is read: one whose sha256 differs from the manifest's is
+    refused without loading it."""
     from exporter.load import SourceSpec, load_source
 
     src = manifest.source
     path = weights or (Path(src["path"]) if src.get("path") else None)
-    if path is not None and not path.is_file():
-        raise BundleError(f"the bundle's source checkpoint {str(path)!r} is gone; pass --weights FILE")
+    if path is not None:
+        if not path.is_file():
+            raise BundleError(f"the bundle's source checkpoint {printable(str(path))!r} is gone; pass --weights FILE")
+        sha = sha256_file(path)
+        if src.get("sha256") and sha != src["sha256"]:
+            raise BundleError(
+                f"{printable(str(path))} has sha256 {sha[:16]}…, but the bundle was built from {src['sha256'][:16]}…"
+            )
     arch = src["architecture"]
     spec = SourceSpec(
         weights=path, model_name=arch.get("model_name"), pretrained=path is None, num_heads=arch.get("num_heads")
     )
-    source = load_source(spec)
-    if src.get("sha256") and source.origin.sha256 and source.origin.sha256 != src["sha256"]:
+    return load_source(spec)
+
+
+def recorded_calib_dir(manifest: Manifest) -> Path | None:
+    """The build's ``--calib-dir``, when it still holds the images the build read (by content)."""
+    opts = manifest.options
+    calib = Path(opts["calib_dir"]) if opts.get("calib_dir") else None
+    if calib is None or not calib.is_dir() or not opts.get("calib_sha256"):
+        return None
+    from exporter.images import folder_digest
+
+    used = opts["parity_samples"] + (
+        CALIBRATION_IMAGES if any(v.reduced.get("precision") == "int8" for v in manifest.variants) else 0
+    )
+    if folder_digest(calib, used) != opts["calib_sha256"]:
         raise BundleError(
-            f"{path} has sha256 {source.origin.sha256[:16]}…, but the bundle was built from {src['sha256'][:16]}…"
+            f"the calibration images in {printable(str(calib))!r} changed since the build; "
+            "validate checks against the images the build used"
         )
-    return source
+    return calib
 
 
 def record_spec(record: VariantRecord) -> VariantSpec:
@@ -742,54 +720,61 @@ def record_spec(record: VariantRecord) -> VariantSpec:
 
 def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter | None = None) -> list[Recheck]:
     """Re-verify every file's sha256 and re-run parity of every variant against PyTorch."""
-    from exporter.load import sha256_file
     from exporter.validate import check_parity, ort_runner, torch_runner
     from exporter.variant import make_variant
 
     reporter = reporter or SilentReporter()
-    manifest = read_manifest(bundle)
+    opened = Bundle.open(bundle)
+    manifest = opened.manifest
     source = bundle_source(manifest, weights)
     opts = manifest.options
     tol = Tolerance(**manifest.tolerance)
     export = ExportOptions(**opts["export"])
-    calib = Path(opts["calib_dir"]) if opts.get("calib_dir") else None
     options = BuildOptions(
         patch_sizes=tuple(tuple(v.patch_size) for v in manifest.variants),  # type: ignore[misc]
         export=export,
         parity_samples=opts["parity_samples"],
         seed=opts["seed"],
-        calib_dir=calib if calib and calib.is_dir() else None,
+        calib_dir=recorded_calib_dir(manifest),
         tolerance=tol,
     )
     reporter.begin(len(manifest.variants) * 2)
     results = []
     times: dict[str, float] = {}
     for record in manifest.variants:
-        files = [(record.onnx["path"], record.onnx["sha256"])]
-        if record.reduced:
-            files.append((record.reduced["path"], record.reduced["sha256"]))
-        if record.onnx.get("external_data"):
-            files.append((manifest.shared_weights["path"], manifest.shared_weights["sha256"]))
         with _stage(reporter, record.label, "sha256", times):
-            bad = [rel for rel, sha in files if not (bundle / rel).is_file() or sha256_file(bundle / rel) != sha]
-        if bad:
-            results.append(Recheck(record.label, False, None, f"{', '.join(bad)}: missing or sha256 changed"))
+            precisions = ["fp32"] + ([record.reduced["precision"]] if record.reduced else [])
+            problem = "; ".join(p for p in (_file_problem(opened, record, x) for x in precisions) if p)
+        if problem:
+            results.append(Recheck(record.label, False, None, problem))
             continue
         vspec = record_spec(record)
         with _stage(reporter, record.label, "parity", times):
             reference = torch_runner(make_variant(source, vspec).model)
             inputs, _ = parity_inputs(source, vspec, options)
             batch = 8 if export.batch == "dynamic" else int(export.batch)
-            cmp = check_parity(reference, ort_runner(bundle / record.onnx["path"]), inputs, batch, tol)
+            cmp = check_parity(reference, ort_runner(opened.onnx(record)), inputs, batch, tol)
             reduced = None
             if record.reduced:
                 reduced_tol = Tolerance(**record.reduced["tolerance"])
                 reduced_inputs = reduced_check_inputs(record.reduced["precision"], inputs, options.parity_samples)
                 reduced = check_parity(
-                    reference, ort_runner(bundle / record.reduced["path"]), reduced_inputs, batch, reduced_tol
+                    reference,
+                    ort_runner(opened.onnx(record, record.reduced["precision"])),
+                    reduced_inputs,
+                    batch,
+                    reduced_tol,
                 )
         results.append(Recheck(record.label, True, cmp, reduced=reduced))
     return results
+
+
+def _file_problem(opened: Bundle, record: VariantRecord, precision: str) -> str:
+    try:
+        opened.onnx(record, precision)
+    except BundleError as exc:
+        return str(exc)
+    return ""
 
 
 ENGINE_MODES = ("auto", "required", "skip")
@@ -917,11 +902,16 @@ def add_engines(
     from exporter.trt import tensorrt_problem
 
     reporter = reporter or SilentReporter()
-    manifest = read_manifest(bundle)
+    opened = Bundle.open(bundle)
+    manifest = opened.manifest
     profile = load_profile(profile_name)
+    for rel in ("engines", f"engines/{profile.name}", f"engines/build_{profile.name}.sh"):
+        if (bundle / rel).is_symlink():
+            raise BundleError(f"{printable(str(bundle / rel))} is a symbolic link: refusing to write through it")
     problem = tensorrt_problem()
     if problem:
         raise EnvironmentMissing(f"{problem}; with trtexec only, run {bundle}/engines/build_{profile.name}.sh")
+    opened.verify_all()
     source = bundle_source(manifest, weights)
     times: dict[str, float] = {}
     staging = Path(tempfile.mkdtemp(prefix=f".engines-{profile.name}-", dir=bundle))

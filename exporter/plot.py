@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from exporter.manifest import write_atomic_bytes
 
 
 def plot_tradeoff(bench: dict[str, Any] | None, evaluation: dict[str, Any] | None, path: Path, title: str) -> Path:
@@ -22,8 +25,10 @@ def plot_tradeoff(bench: dict[str, Any] | None, evaluation: dict[str, Any] | Non
             _accuracy(ax, evaluation)  # type: ignore[arg-type]
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
+    write_atomic_bytes(path, image.getvalue())  # never through a link, never half-written
     return path
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from exporter.bundle import Bundle, write_repository_marker
 from exporter.errors import BundleError, UsageError
-from exporter.manifest import Manifest, VariantRecord
+from exporter.manifest import VariantRecord, write_atomic
 
 BACKENDS = ("onnx", "tensorrt")
 
@@ -84,12 +85,13 @@ def check_config(text: str, schema: ModuleType) -> Any:
         raise UsageError(f"generated Triton config does not parse with Triton's schema: {exc}") from exc
 
 
-def _engines_by_cc(bundle: Path, manifest: Manifest, label: str) -> dict[str, Path]:
+def _engines_by_cc(opened: Bundle, label: str) -> dict[str, Path]:
+    """The variant's built engines by compute capability, each checked (inside, sha256)."""
     found = {}
-    for entry in manifest.engines.values():
+    for entry in opened.manifest.engines.values():
         variant = entry.get("variants", {}).get(label)
-        if entry.get("status") == "built" and variant:
-            found[entry["compute_capability"]] = bundle / "engines" / entry["profile"]["name"] / variant["engine"]
+        if entry.get("status") == "built" and variant and entry.get("compute_capability"):
+            found[entry["compute_capability"]] = opened.file(variant["engine"], variant["engine_sha256"])
     return found
 
 
@@ -111,12 +113,13 @@ def onnx_for(record: VariantRecord, precision: str) -> dict[str, Any]:
     return entry
 
 
-def write_repository(
-    bundle: Path, manifest: Manifest, repo: Path, backend: str, max_batch: int, precision: str = "fp32"
-) -> list[str]:
-    """Fill ``repo`` (an empty folder); returns the model names written."""
+def write_repository(opened: Bundle, repo: Path, backend: str, max_batch: int, precision: str = "fp32") -> list[str]:
+    """Fill ``repo`` (an empty folder) with checked copies of the bundle's files; returns the
+    model names written. A marker file lists every file, so ``--force`` can tell our
+    repository from a folder that is not."""
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    manifest = opened.manifest
     schema = triton_schema()
     names = []
     for record in manifest.variants:
@@ -124,13 +127,14 @@ def write_repository(
         version = repo / name / "1"
         version.mkdir(parents=True)
         if backend == "onnx":
-            entry = onnx_for(record, precision)
-            shutil.copy2(bundle / entry["path"], version / "model.onnx")
-            if entry.get("external_data"):
-                shutil.copy2(bundle / entry["external_data"], version / Path(entry["external_data"]).name)
+            onnx_for(record, precision)  # refuses a file that failed its parity check
+            shutil.copyfile(opened.onnx(record, precision), version / "model.onnx")
+            if record.onnx.get("external_data"):
+                shared = manifest.shared_weights
+                shutil.copyfile(opened.file(shared["path"], shared["sha256"]), version / Path(shared["path"]).name)
             text = config_text(name, record, "onnxruntime_onnx", max_batch)
         else:
-            engines = _engines_by_cc(bundle, manifest, record.label)
+            engines = _engines_by_cc(opened, record.label)
             if not engines:
                 raise BundleError(
                     f"the bundle has no built TensorRT engine for {record.label}; build them on the "
@@ -138,13 +142,14 @@ def write_repository(
                 )
             cc_files = {cc: f"model_sm{cc.replace('.', '')}.plan" for cc in engines}
             for cc, path in engines.items():
-                shutil.copy2(path, version / cc_files[cc])
+                shutil.copyfile(path, version / cc_files[cc])
             if len(engines) == 1:
                 (version / next(iter(cc_files.values()))).rename(version / "model.plan")
                 cc_files = {}
             text = config_text(name, record, "tensorrt_plan", max_batch, cc_files)
         if schema is not None:
             check_config(text, schema)
-        (repo / name / "config.pbtxt").write_text(text)
+        write_atomic(repo / name / "config.pbtxt", text)
         names.append(name)
+    write_repository_marker(repo, opened.root)
     return names

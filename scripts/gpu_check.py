@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporter.manifest import read_manifest
+from exporter.bundle import read_manifest
 from exporter.pipeline import bundle_source, record_spec
 from exporter.trt import tensorrt_problem
 from exporter.validate import TOLERANCES, compare_outputs, random_inputs, torch_runner

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from exporter.bundle import read_manifest
 from exporter.demo import DEMO_NAME, digits_to_pixels, load_demo_digits
 from exporter.images import load_images
 from exporter.load import preprocessing_from
-from exporter.manifest import read_manifest
 from exporter.pipeline import CALIBRATION_IMAGES
 from exporter.precision import QUANTIZED_OPS, to_int8
 from exporter.validate import compare_outputs, ort_runner, tolerance_for

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from exporter.bundle import read_manifest
 from exporter.errors import UsageError
-from exporter.manifest import read_manifest
 from exporter.triton import check_config, config_text, triton_schema
 
 from conftest import one_line_error, run_cli

@@ -1,0 +1,608 @@
+"""The one door to a bundle on disk: open it, read and check its files, write and replace it.
+
+A bundle is a trust boundary. Everything read from ``manifest.json`` is data:
+
+- the manifest is parsed into typed records (pydantic v2, strict JSON mode): a wrong type or an
+  out-of-range number is one ``BundleError`` naming the field (``variants[0].tokens``);
+- every path in it must be a plain relative path (no absolute path, no ``..``) and must resolve,
+  after symlinks, inside the bundle's own folder;
+- a file's sha256 is checked against the manifest before any command uses it.
+
+Writing: a new bundle (or model repository) is built in a staging folder beside its destination
+and renamed into place. ``--force``/``--resume`` replace only a folder that is one of ours and
+holds nothing we did not write, never one that holds or lies above a command's own inputs or the
+current directory, never a mount point. The rename is shielded from SIGINT/SIGTERM/SIGHUP so an
+interrupt leaves either the old bundle or the new one, and the message says which.
+
+Why pydantic rather than msgspec: both validate JSON into typed records with located errors;
+pydantic's constrained types (patterns, bounds, our own path validator) say the rules next to the
+fields, it is the more widely kept of the two, and it ships wheels for every platform we deploy
+to (x86-64, aarch64 for Jetson). Speed does not matter here: a manifest is a few kilobytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from exporter.errors import BundleError, Interrupted
+from exporter.manifest import MANIFEST, REPORT, SCHEMA_VERSION, Manifest, VariantRecord, current_umask, sha256_file
+from exporter.names import SAFE_NAME, printable
+
+log = logging.getLogger(__name__)
+
+# Files a command writes into a bundle after the build: accounted for when deciding whether a
+# folder is one of ours (``--force`` may replace it).
+ARTEFACTS = ("bench.json", "eval.json", "tradeoff.png")
+REPOSITORY_MARKER = "flexiexport-repository.json"
+MAX_SIDE = 16384  # pixels; the memory estimate refuses far smaller sizes on real machines
+MAX_PATCH = 4096
+
+
+def _relative_path(text: str) -> str:
+    """A plain relative POSIX path: no absolute path, no ``..``/``.``/empty part, no backslash or NUL."""
+    parts = text.split("/")
+    if not text or text.startswith("/") or "\\" in text or "\x00" in text or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"must be a plain path inside the bundle, got {text!r}")
+    return text
+
+
+RelPath = Annotated[str, AfterValidator(_relative_path)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+SafeName = Annotated[str, Field(pattern=SAFE_NAME.pattern)]
+Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
+PatchSide = Annotated[int, Field(ge=1, le=MAX_PATCH)]
+Count = Annotated[int, Field(ge=0)]
+TensorName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: TensorName
+    dtype: str
+    shape: list[Annotated[int, Field(ge=1, le=1 << 20)] | Annotated[str, Field(max_length=64)]] = Field(
+        min_length=1, max_length=8
+    )
+
+
+class OnnxEntry(_Strict):
+    path: RelPath
+    sha256: Sha256
+    inputs: list[TensorSpec] = Field(min_length=1, max_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1, max_length=1)
+    external_data: RelPath | None = None
+
+
+class ParityStats(_Strict):
+    samples: Count
+    max_abs: float
+    p99_abs: float
+    min_cosine: float
+    top1_agreement: float
+    top5_agreement: float
+    failures: list[str] = []
+
+
+class ToleranceRecord(_Strict):
+    name: str
+    atol: Annotated[float, Field(ge=0)] | None
+    rtol: Annotated[float, Field(ge=0)]
+    min_cosine: Annotated[float, Field(ge=0, le=1)]
+    min_top1: Annotated[float, Field(ge=0, le=1)]
+
+
+class ReducedEntry(_Strict):
+    precision: Literal["fp16", "int8"]
+    path: RelPath
+    sha256: Sha256
+    bytes: Count
+    tolerance: ToleranceRecord
+    parity: ParityStats
+    status: Literal["passed", "failed"]
+
+
+class VariantSchema(_Strict):
+    label: SafeName
+    patch_size: tuple[PatchSide, PatchSide]
+    img_size: tuple[Side, Side]
+    grid: tuple[Side, Side]
+    tokens: Annotated[int, Field(ge=1, le=(MAX_SIDE**2) + 64)]
+    gflops: Annotated[float, Field(ge=0)]
+    patch_resize: Annotated[str, Field(pattern=r"^(bilinear|bicubic|nearest|area)(\+antialias)?$")]
+    pos_resize: Annotated[str, Field(pattern=r"^(bilinear|bicubic|nearest|area)(\+antialias)?$")]
+    onnx: OnnxEntry
+    parity: dict[str, Any]
+    status: Literal["passed", "failed", "error"]
+    export_seconds: float
+    parity_seconds: float
+    input_key: str
+    resumed: bool = False
+    trt_lint: dict[str, Any] = {}
+    reduced: ReducedEntry | dict[str, Any] = {}
+
+
+class ExportRecord(_Strict):
+    opset: Annotated[int, Field(ge=7, le=30)]
+    batch: Literal["dynamic"] | Annotated[int, Field(ge=1, le=4096)]
+    exporter: Literal["torchscript", "dynamo"]
+
+
+class OptionsRecord(_Strict):
+    export: ExportRecord
+    parity_samples: Annotated[int, Field(ge=1, le=100_000)]
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    calib_dir: str | None = None
+
+
+class Architecture(_Strict):
+    model_name: str | None
+    num_heads: Annotated[int, Field(ge=1, le=4096)]
+    summary: str
+
+
+class SourceRecord(_Strict):
+    name: str
+    kind: str
+    path: str | None
+    sha256: Sha256 | None
+    architecture: Architecture
+
+
+class PreprocessingRecord(_Strict):
+    mean: tuple[float, float, float]
+    std: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+    interpolation: str
+    crop_pct: Annotated[float, Field(gt=0, le=1)]
+
+
+class SharedWeights(_Strict):
+    path: RelPath
+    sha256: Sha256
+
+
+class EngineVariant(_Strict):
+    engine: RelPath
+    engine_sha256: Sha256
+    onnx: RelPath
+    status: str
+
+
+class BatchRecord(_Strict):
+    min: Annotated[int, Field(ge=1)]
+    opt: Annotated[int, Field(ge=1)]
+    max: Annotated[int, Field(ge=1, le=4096)]
+
+
+class EngineProfile(_Strict):
+    name: SafeName
+    batch: BatchRecord
+
+
+class EngineSet(_Strict):
+    status: str
+    profile: EngineProfile
+    script: RelPath | None = None
+    compute_capability: Annotated[str, Field(pattern=r"^\d{1,2}\.\d{1,2}$")] | None = None
+    variants: dict[SafeName, EngineVariant] = {}
+
+
+class ManifestSchema(_Strict):
+    schema_version: Literal[1]
+    name: SafeName
+    created: str
+    versions: dict[str, str]
+    source: SourceRecord
+    preprocessing: PreprocessingRecord
+    options: OptionsRecord
+    tolerance: ToleranceRecord
+    variants: list[VariantSchema] = Field(min_length=1, max_length=256)
+    engines: dict[SafeName, EngineSet] = {}
+    shared_weights: SharedWeights | dict[str, Any] = {}
+
+
+def _where(loc: Sequence[int | str]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    value = error.get("input")
+    shown = printable(repr(value))[:80] if not isinstance(value, (dict, list)) else type(value).__name__
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{_where(error['loc'])}: {error['msg']}, got {shown}{more}"
+
+
+def parse_manifest(text: str | bytes, where: str = MANIFEST) -> Manifest:
+    """Validate manifest JSON against the schema, then build the ``Manifest`` records."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{where} is not valid JSON ({printable(str(exc))[:120]})") from exc
+    if isinstance(data, dict) and data.get("schema_version") not in (None, SCHEMA_VERSION):
+        raise BundleError(
+            f"{where}: schema_version {printable(repr(data.get('schema_version')))[:40]} is not supported "
+            f"(this flexiexport reads {SCHEMA_VERSION})"
+        )
+    try:
+        ManifestSchema.model_validate_json(text)
+    except ValidationError as exc:
+        raise BundleError(f"{where} is malformed: {_first_error(exc)}") from exc
+    labels = [v["label"] for v in data["variants"]]
+    if len(set(labels)) != len(labels):
+        raise BundleError(f"{where} is malformed: variant labels repeat ({', '.join(labels)})")
+    return Manifest.from_dict(data)
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """``root/rel`` when its real path lies inside ``root``'s real path; ``BundleError`` otherwise."""
+    _relative_path(rel)  # the schema checked it already; a second look costs nothing
+    real = Path(os.path.realpath(root / rel))
+    if not real.is_relative_to(Path(os.path.realpath(root))):
+        raise BundleError(f"{printable(rel)!r} in the bundle's manifest leads outside the bundle: refused")
+    return root / rel
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An opened bundle: its folder and validated manifest. File access goes through ``file``,
+    which resolves the path inside the folder and checks the sha256 before handing it out."""
+
+    root: Path
+    manifest: Manifest
+    _verified: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @classmethod
+    def open(cls, path: Path) -> Bundle:
+        if not path.is_dir():
+            raise BundleError(f"bundle {printable(str(path))!r} does not exist or is not a folder")
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(f"{printable(str(path))!r} is not a flexiexport bundle: no {MANIFEST}")
+        _inside(path, MANIFEST)
+        if manifest_path.stat().st_size > 64 << 20:
+            raise BundleError(f"{manifest_path} is larger than 64 MB: not a manifest we wrote")
+        manifest = parse_manifest(manifest_path.read_bytes(), str(manifest_path))
+        bundle = cls(path, manifest)
+        for rel, _ in bundle.files():
+            _inside(path, rel)  # every path, before any command uses one
+        return bundle
+
+    def files(self) -> list[tuple[str, str]]:
+        """(relative path, sha256) of every file the manifest names."""
+        m = self.manifest
+        found: list[tuple[str, str]] = []
+        for record in m.variants:
+            found.append((record.onnx["path"], record.onnx["sha256"]))
+            if record.reduced:
+                found.append((record.reduced["path"], record.reduced["sha256"]))
+        if m.shared_weights:
+            found.append((m.shared_weights["path"], m.shared_weights["sha256"]))
+        for entry in m.engines.values():
+            for variant in entry.get("variants", {}).values():
+                found.append((variant["engine"], variant["engine_sha256"]))
+        return list(dict.fromkeys(found))
+
+    def file(self, rel: str, sha256: str) -> Path:
+        """The checked path of a file the manifest names: inside the bundle, a regular file, and
+        with the recorded sha256 (checked once per opened bundle)."""
+        key = f"{rel}\0{sha256}"
+        with self._lock:
+            if key in self._verified:
+                return self._verified[key]
+        path = _inside(self.root, rel)
+        if not path.is_file():
+            raise BundleError(f"{self.root / rel} is missing (named in the bundle's manifest)")
+        if sha256_file(path) != sha256:
+            raise BundleError(f"{self.root / rel} has changed since the build (sha256 differs from the manifest)")
+        with self._lock:
+            self._verified[key] = path
+        return path
+
+    def verify_all(self) -> None:
+        """Check every file the manifest names; the first problem raises ``BundleError``."""
+        for rel, sha in self.files():
+            self.file(rel, sha)
+
+    def problems(self, rel: str, sha256: str) -> str:
+        """Why ``file`` would refuse ``rel`` ('' when it would not)."""
+        try:
+            self.file(rel, sha256)
+        except BundleError as exc:
+            return str(exc)
+        return ""
+
+    def onnx(self, record: VariantRecord, precision: str = "fp32") -> Path:
+        """A variant's checked ONNX file (fp32, or its fp16/int8 one), with its shared weights."""
+        entry = record.onnx if precision == "fp32" else record.reduced
+        if precision != "fp32" and entry.get("precision") != precision:
+            raise BundleError(f"the bundle has no {precision} ONNX for {record.label}")
+        if entry.get("external_data") or (precision != "fp32" and record.onnx.get("external_data")):
+            sw = self.manifest.shared_weights
+            if not sw:
+                raise BundleError(f"{record.label}'s ONNX uses external data, but the manifest names no shared file")
+            self.file(sw["path"], sw["sha256"])
+        return self.file(entry["path"], entry["sha256"])
+
+    def artefact(self, name: str) -> Path:
+        """Where a command writes one of ``ARTEFACTS`` into the bundle."""
+        if name not in ARTEFACTS:
+            raise BundleError(f"{name!r} is not a bundle artefact ({', '.join(ARTEFACTS)})")
+        path = self.root / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise BundleError(f"{path} is not a regular file: refusing to write it")
+        return path
+
+    def read_artefact(self, name: str) -> Any | None:
+        """A JSON artefact (bench.json, eval.json) when present and parseable, else None."""
+        path = self.artefact(name)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            log.warning("ignoring %s: not valid JSON", path)
+            return None
+
+    def accounted(self) -> set[str]:
+        """Every relative path we may have written into this bundle."""
+        known = {MANIFEST, REPORT, *ARTEFACTS, *(rel for rel, _ in self.files())}
+        for name, entry in self.manifest.engines.items():
+            known.add(entry.get("script") or f"engines/build_{name}.sh")
+            known.add(f"engines/build_{name}.sh")
+            for record in self.manifest.variants:
+                engine = f"engines/{name}/model_{record.label}.engine"
+                known |= {engine, engine + ".json"}
+        return known
+
+    def unexpected_files(self) -> list[str]:
+        """Files in the folder that the manifest does not account for (our stale temporaries aside)."""
+        known = self.accounted()
+        engine_dirs = {f"engines/{name}" for name in self.manifest.engines}
+        found = []
+        for path in sorted(self.root.rglob("*")):
+            rel = path.relative_to(self.root).as_posix()
+            if (path.is_dir() and not path.is_symlink()) or _our_temporary(rel):
+                continue
+            in_engines = rel.rsplit("/", 1)[0] in engine_dirs and rel.endswith((".cache", ".timing.cache"))
+            if rel not in known and not in_engines:
+                found.append(rel)
+        return found
+
+
+def _our_temporary(rel: str) -> bool:
+    """Files and folders our own writers leave while they work (``write_atomic``, engine staging)."""
+    name = rel.rsplit("/", 1)[-1]
+    return any(part.startswith(".engines-") for part in rel.split("/")) or bool(
+        re.fullmatch(r"\..+\.[A-Za-z0-9_]{8}\.tmp", name)
+    )
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _contains(folder: Path, path: Path) -> bool:
+    return _real(path).is_relative_to(_real(folder))
+
+
+def check_destination(out: Path, what: str, protect: Iterable[Path] = (), enclosing: Iterable[Path] = ()) -> None:
+    """Refuse a destination that is a file, a mount point, or holds (or lies above) a protected
+    path: a command's own input, the source checkpoint, the current directory; or that lies
+    inside one of the ``enclosing`` folders (an input bundle, whose files it would change)."""
+    shown = printable(str(out))
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise BundleError(f"{what} {shown!r} is a file or a link; give a folder path")
+    if out.is_dir() and os.path.ismount(out):
+        raise BundleError(
+            f"{what} {shown!r} is a mount point, which cannot be replaced by a rename; "
+            f"give a folder inside it, e.g. {printable(str(out / 'bundle'))!r}"
+        )
+    for path in [Path.cwd(), *protect]:
+        if _contains(out, path):
+            kind = "the current directory" if path == Path.cwd() else printable(str(path))
+            raise BundleError(f"{what} {shown!r} holds {kind}: refusing to write there; choose another folder")
+    for path in enclosing:
+        if path.is_dir() and _contains(path, out):
+            raise BundleError(
+                f"{what} {shown!r} lies inside {printable(str(path))!r}, an input of this command; "
+                "choose a folder outside it"
+            )
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BundleError(f"cannot create the folder {printable(str(parent))!r} for {what}: {exc.strerror}") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BundleError(f"cannot write to {printable(str(parent))!r}: permission denied (choose another folder)")
+
+
+def check_replaceable_bundle(out: Path, force: bool, resume: bool, protect: Iterable[Path] = ()) -> None:
+    """``build --out``: an empty or absent folder, or (with --force/--resume) one of our bundles
+    that holds nothing the manifest does not account for."""
+    check_destination(out, "--out", protect)
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    shown = printable(str(out))
+    try:
+        existing = Bundle.open(out)
+    except BundleError as exc:
+        raise BundleError(
+            f"--out {shown!r} is a non-empty folder that is not a flexiexport bundle ({exc}); "
+            "refusing to replace it, choose another --out"
+        ) from exc
+    if not (force or resume):
+        raise BundleError(
+            f"a bundle already exists at {shown!r}; pass --force to replace it "
+            "or --resume to reuse its unchanged variants"
+        )
+    extra = existing.unexpected_files()
+    if extra:
+        listed = ", ".join(printable(e) for e in extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise BundleError(
+            f"--out {shown!r} holds files the bundle's manifest does not account for ({listed}); "
+            "refusing to replace it: move them away or choose another --out"
+        )
+
+
+def check_replaceable_repository(repo: Path, force: bool, protect: Iterable[Path] = ()) -> None:
+    """``triton --out``: an empty or absent folder, or (with --force) a repository we wrote whose
+    files are exactly those its marker lists."""
+    protect = list(protect)
+    check_destination(repo, "--out", protect, enclosing=protect)
+    if not (repo.is_dir() and any(repo.iterdir())):
+        return
+    shown = printable(str(repo))
+    if not force:
+        raise BundleError(f"--out {shown!r} is not empty; pass --force to replace a repository flexiexport wrote")
+    listed = repository_files(repo)
+    if listed is None:
+        raise BundleError(
+            f"--out {shown!r} is not a model repository flexiexport wrote (no valid {REPOSITORY_MARKER}); "
+            "refusing to replace it, choose another --out"
+        )
+    present = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if not p.is_dir() or p.is_symlink()}
+    extra = sorted(present - listed - {REPOSITORY_MARKER})
+    if extra:
+        raise BundleError(
+            f"--out {shown!r} holds files flexiexport did not write ({', '.join(printable(e) for e in extra[:5])}); "
+            "refusing to replace it"
+        )
+
+
+def repository_files(repo: Path) -> set[str] | None:
+    """The files a repository's marker lists, or None when there is no readable marker."""
+    marker = repo / REPOSITORY_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+        files = data["files"]
+        if data.get("tool") != "flexiexport" or not isinstance(files, list):
+            return None
+        return {_relative_path(str(f)) for f in files}
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+
+
+def write_repository_marker(repo: Path, bundle: Path) -> None:
+    from exporter.manifest import write_atomic
+
+    files = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
+    text = json.dumps({"tool": "flexiexport", "bundle": str(bundle.absolute()), "files": files}, indent=2)
+    write_atomic(repo / REPOSITORY_MARKER, text + "\n")
+
+
+# --- staging, swapping and interrupts -----------------------------------------------------------
+
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-.+")
+_HANDLED = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` folders beside ``out`` left by a process
+    that no longer runs (killed with SIGKILL, a power cut)."""
+    parent = out.absolute().parent
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for path in parent.glob(f".{out.name}.*-*"):
+        match = _TEMP.fullmatch(path.name)
+        ours = match and match["name"] == out.name and path.is_dir() and not path.is_symlink()
+        if ours and not _alive(int(match["pid"])):  # type: ignore[index]
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            log.info("removed %s, left by an interrupted run", path)
+    return removed
+
+
+@contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out``, named after this process; removed on any failure,
+    interrupt or termination signal."""
+    remove_stale_temporaries(out)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.absolute().parent))
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
+    except OSError as exc:
+        raise BundleError(f"cannot write to {printable(str(out.absolute().parent))!r}: {exc.strerror}") from exc
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM/SIGHUP until the block ends; yields the list of signals that came."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.getsignal(s) for s in _HANDLED}
+    for s in _HANDLED:
+        signal.signal(s, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def swap_into_place(tmp: Path, out: Path, what: str = "bundle") -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after.
+    Signals are held meanwhile: once the swap starts it finishes, and an interrupt that came
+    during it is reported afterwards as what it is (the new folder is complete)."""
+    with signals_deferred() as received:
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time() * 1000)}")
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    if received:
+        raise Interrupted(
+            f"interrupted ({signal.Signals(received[0]).name}) after the new {what} was complete; "
+            f"it is in place at {printable(str(out))}"
+        )
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The validated manifest of the bundle at ``path`` (its files are not hashed: use ``Bundle``)."""
+    return Bundle.open(path).manifest
