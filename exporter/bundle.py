@@ -63,7 +63,7 @@ def _relative_path(text: str) -> str:
 
 RelPath = Annotated[str, AfterValidator(_relative_path)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-SafeName = Annotated[str, Field(pattern=SAFE_NAME.pattern)]
+SafeName = Annotated[str, Field(pattern=f"^{SAFE_NAME.pattern}$")]
 Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
 PatchSide = Annotated[int, Field(ge=1, le=MAX_PATCH)]
 Count = Annotated[int, Field(ge=0)]

@@ -908,10 +908,10 @@ def add_engines(
     for rel in ("engines", f"engines/{profile.name}", f"engines/build_{profile.name}.sh"):
         if (bundle / rel).is_symlink():
             raise BundleError(f"{printable(str(bundle / rel))} is a symbolic link: refusing to write through it")
+    opened.verify_all()
     problem = tensorrt_problem()
     if problem:
         raise EnvironmentMissing(f"{problem}; with trtexec only, run {bundle}/engines/build_{profile.name}.sh")
-    opened.verify_all()
     source = bundle_source(manifest, weights)
     times: dict[str, float] = {}
     staging = Path(tempfile.mkdtemp(prefix=f".engines-{profile.name}-", dir=bundle))
