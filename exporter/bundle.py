@@ -286,6 +286,9 @@ class Bundle:
         bundle = cls(path, manifest)
         for rel, _ in bundle.files():
             _inside(path, rel)  # every path, before any command uses one
+        for link in (p for p in path.rglob("*") if p.is_symlink()):
+            # A file the manifest does not name can still be read: an ONNX's external data.
+            _inside(path, link.relative_to(path).as_posix())
         return bundle
 
     def files(self) -> list[tuple[str, str]]:

@@ -591,6 +591,7 @@ def bench(bundle: Path, **kw: Any) -> None:
     from exporter.manifest import write_atomic
 
     opened = Bundle.open(bundle)
+    targets = opened.artefact("bench.json"), opened.artefact("tradeoff.png")  # refused before any work
     options = BenchOptions(
         batch_sizes=tuple(int(b) for b in kw["batch_sizes"].replace(" ", ",").split(",") if b.strip()),
         backends=tuple(b for b in kw["backends"].replace(" ", ",").split(",") if b.strip()),
@@ -601,7 +602,7 @@ def bench(bundle: Path, **kw: Any) -> None:
     )
     err = console(stderr=True)
     report = bench_bundle(opened, options, None if kw["quiet"] else lambda t: err.print(f"  {t}"), kw["weights"])
-    write_atomic(opened.artefact("bench.json"), json.dumps(asdict(report), indent=2) + "\n")
+    write_atomic(targets[0], json.dumps(asdict(report), indent=2) + "\n")
     plot = write_plot(opened)
     print_bench(report)
     console().print(f"wrote {bundle / 'bench.json'} and {plot}")
@@ -686,11 +687,12 @@ def evaluate(
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
     opened = Bundle.open(bundle)
+    targets = opened.artefact("eval.json"), opened.artefact("tradeoff.png")  # refused before any work
     err = console(stderr=True)
     result = evaluate_bundle(
         opened, data, compare_resize, limit, weights, None if quiet else lambda t: err.print(f"  {t}")
     )
-    write_atomic(opened.artefact("eval.json"), json.dumps(result, indent=2) + "\n")
+    write_atomic(targets[0], json.dumps(result, indent=2) + "\n")
     plot = write_plot(opened)
     table = Table(title=f"{result['data']}, {result['samples']} images", title_justify="left")
     for header in ("", "variant", "image", "backend", "top-1", "top-5", "Δ top-1"):

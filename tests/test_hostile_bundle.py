@@ -294,8 +294,12 @@ def test_artefacts_are_never_written_through_a_link(bundle, tmp_path, artefact):
     target = tmp_path / "victim.txt"
     target.write_text("precious")
     (bundle / artefact).symlink_to(target)
-    refused(run_cli("bench", str(bundle), *QUICK_BENCH, "-q"), artefact, "not a regular file")
+    refused(run_cli("bench", str(bundle), *QUICK_BENCH, "-q"), artefact, "leads outside the bundle")
     assert target.read_text() == "precious"
+    (bundle / artefact).unlink()
+    (bundle / artefact).symlink_to(bundle / "report.md")  # inside, but still not ours to write through
+    refused(run_cli("bench", str(bundle), *QUICK_BENCH, "-q"), artefact, "not a regular file")
+    assert "Overall" in (bundle / "report.md").read_text()
 
 
 # --- interrupts -----------------------------------------------------------------------------------
@@ -353,3 +357,10 @@ def test_the_next_run_removes_temporaries_of_dead_runs_only(tmp_path):
         folder.mkdir()
     assert sorted(remove_stale_temporaries(out)) == sorted([stale, old])
     assert live.is_dir() and other.is_dir()
+
+
+def test_a_link_the_manifest_does_not_name_is_refused_too(bundle, tmp_path):
+    """An ONNX can name external data the manifest does not list; no link may lead outside."""
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 16)
+    (bundle / "onnx" / "weights.bin").symlink_to(tmp_path / "secret.bin")
+    refused(run_cli("inspect", str(bundle)), "onnx/weights.bin", "leads outside the bundle")
