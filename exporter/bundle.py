@@ -101,11 +101,16 @@ class ParityStats(_Strict):
 
 
 class ToleranceRecord(_Strict):
+    """Exactly ``validate.Tolerance``'s fields: the record is passed to it as keywords."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
     name: str
     atol: Annotated[float, Field(ge=0)] | None
     rtol: Annotated[float, Field(ge=0)]
     min_cosine: Annotated[float, Field(ge=0, le=1)]
     min_top1: Annotated[float, Field(ge=0, le=1)]
+    p99_of_range: Annotated[float, Field(ge=0)] | None = None
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
 class ReducedEntry(_Strict):
@@ -116,6 +121,22 @@ class ReducedEntry(_Strict):
     tolerance: ToleranceRecord
     parity: ParityStats
     status: Literal["passed", "failed"]
+
+
+class RandomInputs(_Strict):
+    count: Annotated[int, Field(ge=0, le=100_000)]
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class RealInputs(_Strict):
+    count: Annotated[int, Field(ge=0, le=100_000)]
+
+
+class ReferenceEntry(_Strict):
+    path: RelPath
+    sha256: Sha256
+    random: RandomInputs
+    real: RealInputs
 
 
 class VariantSchema(_Strict):
@@ -136,9 +157,11 @@ class VariantSchema(_Strict):
     resumed: bool = False
     trt_lint: dict[str, Any] = {}
     reduced: ReducedEntry | dict[str, Any] = {}
+    reference: ReferenceEntry | dict[str, Any] = {}
 
 
 class ExportRecord(_Strict):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)  # passed to ExportOptions as keywords
     opset: Annotated[int, Field(ge=7, le=30)]
     batch: Literal["dynamic"] | Annotated[int, Field(ge=1, le=4096)]
     exporter: Literal["torchscript", "dynamo"]
@@ -296,9 +319,7 @@ class Bundle:
         m = self.manifest
         found: list[tuple[str, str]] = []
         for record in m.variants:
-            found.append((record.onnx["path"], record.onnx["sha256"]))
-            if record.reduced:
-                found.append((record.reduced["path"], record.reduced["sha256"]))
+            found += record.files()
         if m.shared_weights:
             found.append((m.shared_weights["path"], m.shared_weights["sha256"]))
         for entry in m.engines.values():

@@ -528,15 +528,28 @@ def inspect(bundle: Path, as_json: bool, debug: bool) -> None:
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--weights", type=click.Path(path_type=Path), help="Source checkpoint, if it moved since the build.")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Rebuild each variant in PyTorch from the source checkpoint and re-run parity "
+    "[default: judge against the PyTorch reference stored in the bundle; needs no torch].",
+)
+@click.option("--weights", type=click.Path(path_type=Path), help="With --rebuild: the source checkpoint, if it moved.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdicts.")
 @debug_option
-def validate(bundle: Path, weights: Path | None, quiet: bool, debug: bool) -> None:
-    """Re-check every file's sha256 and re-run PyTorch vs onnxruntime parity."""
-    from exporter.pipeline import recheck_bundle
-
+def validate(bundle: Path, rebuild: bool, weights: Path | None, quiet: bool, debug: bool) -> None:
+    """Re-check every file's sha256, then each ONNX in onnxruntime against PyTorch's outputs."""
+    if weights is not None and not rebuild:
+        raise UsageError("--weights is used only with --rebuild (the stored reference needs no checkpoint)")
     with RichReporter(quiet) as reporter:
-        results = recheck_bundle(bundle, weights, reporter)
+        if rebuild:
+            from exporter.pipeline import recheck_bundle
+
+            results = recheck_bundle(bundle, weights, reporter)
+        else:
+            from exporter.check import check_bundle
+
+            results = check_bundle(bundle, reporter=reporter)
     out = console()
     for r in results:
         mark = "[green]✓[/green]" if r else "[red]✗[/red]"
@@ -788,17 +801,16 @@ def profiles(debug: bool) -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--profile", "profile", required=True, metavar="NAME|FILE.toml", help="Deployment profile.")
-@click.option("--weights", type=click.Path(path_type=Path), help="Source checkpoint, if it moved since the build.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdicts.")
 @debug_option
-def engine(bundle: Path, profile: str, weights: Path | None, quiet: bool, debug: bool) -> None:
+def engine(bundle: Path, profile: str, quiet: bool, debug: bool) -> None:
     """Build and validate TensorRT engines on the target device and add them to the bundle."""
     from exporter.bundle import read_manifest
     from exporter.pipeline import add_engines
 
     read_manifest(bundle)
     with RichReporter(quiet) as reporter:
-        entry = add_engines(bundle, profile, weights, reporter)
+        entry = add_engines(bundle, profile, reporter)
     print_engines(profile, entry)
     if entry["status"] != "built":
         raise ValidationFailed(f"TensorRT engines for {profile} failed validation; see {bundle / 'report.md'}")

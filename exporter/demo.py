@@ -42,3 +42,11 @@ def load_demo_digits(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """The shipped held-out (``"test"``) or calibration (``"calib"``) digits and labels."""
     with np.load(DEMO_SAMPLES) as data:
         return data[f"{split}_images"], data[f"{split}_labels"]
+
+
+def digits_to_uint8(digits: np.ndarray, img_size: int = DEMO_IMG_SIZE) -> np.ndarray:
+    """``digits_to_pixels`` before normalisation, as uint8 RGB ``[N, img, img, 3]``: the form in
+    which a bundle stores real parity images (``exporter.reference``)."""
+    pixels = digits_to_pixels(digits, img_size) * np.asarray(DIGIT_STD, dtype=np.float32).reshape(1, 3, 1, 1)
+    pixels += np.asarray(DIGIT_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)

@@ -73,3 +73,21 @@ def load_images(
     if not files:
         return np.zeros((0, 3, *img_size), dtype=np.float32)
     return np.stack([preprocess(p, img_size, pre) for p in files])
+
+
+def read_pixels(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:
+    """One image file → uint8 RGB ``[H, W, 3]``, resized and centre-cropped as ``preprocess``
+    does, before normalisation (what a bundle's reference stores)."""
+    pixels = preprocess(path, img_size, pre) * np.asarray(pre.std, dtype=np.float32).reshape(3, 1, 1)
+    pixels += np.asarray(pre.mean, dtype=np.float32).reshape(3, 1, 1)
+    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def load_pixels(
+    folder: Path, img_size: Size2, pre: Preprocessing, limit: int | None = None, skip: int = 0
+) -> np.ndarray:
+    """``load_images`` as uint8 RGB ``[N, H, W, 3]`` (an empty ``[0, H, W, 3]`` array when none are left)."""
+    files = list_images(folder)[skip:][:limit]
+    if not files:
+        return np.zeros((0, *img_size, 3), dtype=np.uint8)
+    return np.stack([read_pixels(p, img_size, pre) for p in files])

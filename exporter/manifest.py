@@ -42,6 +42,13 @@ class VariantRecord:
     resumed: bool = False
     trt_lint: dict[str, Any] = field(default_factory=dict)
     reduced: dict[str, Any] = field(default_factory=dict)  # the fp16/int8 ONNX and its parity, if asked for
+    reference: dict[str, Any] = field(default_factory=dict)  # PyTorch's logits on the parity inputs (npz)
+
+    def files(self) -> list[tuple[str, str]]:
+        """(relative path, sha256) of the variant's own files: ONNX, fp16/int8 ONNX, reference."""
+        found = [(self.onnx["path"], self.onnx["sha256"])]
+        found += [(e["path"], e["sha256"]) for e in (self.reduced, self.reference) if e]
+        return found
 
 
 @dataclass(frozen=True)

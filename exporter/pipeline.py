@@ -17,16 +17,15 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from exporter.bundle import Bundle, check_replaceable_bundle, staging_folder, swap_into_place
+from exporter.check import reduced_check_inputs
 from exporter.demo import DEMO_NAME, DEMO_WEIGHTS
 from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.export import ExportOptions
@@ -43,31 +42,17 @@ from exporter.manifest import (
 )
 from exporter.names import printable
 from exporter.profile import Profile
+from exporter.progress import Reporter, SilentReporter, stage
+from exporter.reference import REFERENCE_DIR, ParityInputs, save_reference, stored_reference
 from exporter.resize import ResizeMethod
 from exporter.sizes import Size2, format_size
-from exporter.validate import TOLERANCES, Comparison, Tolerance
+from exporter.validate import TOLERANCES, Recheck, Tolerance
 from exporter.variant import ImagePolicy, VariantSpec
 
 log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 64  # int8: calibration images read after the ones the check uses
 NO_CALIBRATION = "--precision int8 needs calibration images: pass --calib-dir DIR"
 STAGES = ("resize", "export", "parity")
-
-
-class Reporter(Protocol):
-    """Receives progress from the pipeline; the CLI draws it, tests may record it."""
-
-    def begin(self, total_steps: int) -> None: ...
-    def start(self, label: str, stage: str) -> None: ...
-    def done(self, label: str, stage: str, seconds: float) -> None: ...
-    def variant(self, record: VariantRecord) -> None: ...
-
-
-class SilentReporter:
-    def begin(self, total_steps: int) -> None: ...
-    def start(self, label: str, stage: str) -> None: ...
-    def done(self, label: str, stage: str, seconds: float) -> None: ...
-    def variant(self, record: VariantRecord) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -119,18 +104,6 @@ class BuildResult:
     manifest: Manifest
     seconds: float
     stage_seconds: dict[str, float]
-
-
-@contextmanager
-def _stage(reporter: Reporter, label: str, stage: str, times: dict[str, float]) -> Iterator[None]:
-    reporter.start(label, stage)
-    log.info("%s: %s ...", label, stage)
-    start = time.perf_counter()
-    yield
-    seconds = time.perf_counter() - start
-    times[stage] = times.get(stage, 0.0) + seconds
-    log.info("%s: %s done in %.2f s", label, stage, seconds)
-    reporter.done(label, stage, seconds)
 
 
 def default_out(source_name: str) -> Path:
@@ -254,26 +227,24 @@ def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpe
     return specs
 
 
-def parity_inputs(source: SourceModel, spec: VariantSpec, options: BuildOptions) -> tuple[np.ndarray, str]:
-    """Seeded random images plus real ones (``--calib-dir``, or the demo's held-out digits)."""
-    from exporter.validate import random_inputs
-
+def parity_inputs(source: SourceModel, spec: VariantSpec, options: BuildOptions) -> ParityInputs:
+    """Seeded random images plus real ones (``--calib-dir``, or the demo's held-out digits),
+    the real ones as uint8 pixels so that the bundle's reference can store them."""
     pre = source.preprocessing
-    parts = [random_inputs(spec.img_size, options.parity_samples, options.seed, pre.mean, pre.std)]
-    what = f"{options.parity_samples} seeded random images"
+    pixels = np.zeros((0, *spec.img_size, 3), dtype=np.uint8)
+    real_from = ""
     if options.calib_dir is not None:
-        from exporter.images import load_images
+        from exporter.images import load_pixels
 
-        real = load_images(options.calib_dir, spec.img_size, pre, limit=options.parity_samples)
-        parts.append(real)
-        what += f" + {len(real)} images from {options.calib_dir}"
+        pixels = load_pixels(options.calib_dir, spec.img_size, pre, limit=options.parity_samples)
+        real_from = f"images from {options.calib_dir}"
     elif source.origin.path is not None and source.name == DEMO_NAME and spec.img_size[0] == spec.img_size[1]:
-        from exporter.demo import digits_to_pixels, load_demo_digits
+        from exporter.demo import digits_to_uint8, load_demo_digits
 
         digits, _ = load_demo_digits("test")
-        parts.append(digits_to_pixels(digits[: options.parity_samples], spec.img_size[0]))
-        what += f" + {min(len(digits), options.parity_samples)} held-out demo digits"
-    return np.concatenate(parts).astype(np.float32), what
+        pixels = digits_to_uint8(digits[: options.parity_samples], spec.img_size[0])
+        real_from = "held-out demo digits"
+    return ParityInputs(spec.img_size, options.parity_samples, options.seed, pre.mean, pre.std, pixels, real_from)
 
 
 def _reuse(old: Bundle | None, label: str, key: str, tmp: Path) -> VariantRecord | None:
@@ -281,11 +252,9 @@ def _reuse(old: Bundle | None, label: str, key: str, tmp: Path) -> VariantRecord
     if old is None:
         return None
     record = next((v for v in old.manifest.variants if v.label == label), None)
-    if record is None or record.input_key != key or record.status != "passed":
+    if record is None or record.input_key != key or record.status != "passed" or not record.reference:
         return None
-    files = [(record.onnx["path"], record.onnx["sha256"])]
-    if record.reduced:
-        files.append((record.reduced["path"], record.reduced["sha256"]))
+    files = record.files()
     if any(old.problems(rel, sha) for rel, sha in files):
         return None
     for rel, sha in files:
@@ -306,24 +275,27 @@ def build_variant(
     """Resize, export and check one variant; returns its manifest record."""
     from exporter.export import export_onnx
     from exporter.lint import lint_onnx
-    from exporter.validate import check_parity, ort_runner, torch_runner
+    from exporter.validate import compare_outputs, ort_runner, run_batched, torch_runner
     from exporter.variant import count_layernorms, make_variant
 
     label = spec.label
-    with _stage(reporter, label, "resize", times):
+    with stage(reporter, label, "resize", times):
         variant = make_variant(source, spec)
     rel = Path("onnx") / f"model_{label}.onnx"
     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-    with _stage(reporter, label, "export", times):
+    with stage(reporter, label, "export", times):
         info = export_onnx(variant.model, spec.img_size, tmp / rel, options.export)
         lint = lint_onnx(tmp / rel, layernorms=count_layernorms(variant.model))
-    with _stage(reporter, label, "parity", times):
+    with stage(reporter, label, "parity", times):
         start = time.perf_counter()
-        inputs, inputs_text = parity_inputs(source, spec, options)
+        planned = parity_inputs(source, spec, options)
+        inputs = planned.arrays()
         batch = 8 if options.export.batch == "dynamic" else int(options.export.batch)
-        comparison: Comparison = check_parity(
-            torch_runner(variant.model), ort_runner(tmp / rel, options.threads), inputs, batch, options.tolerance
-        )
+        expected = run_batched(torch_runner(variant.model), inputs, batch)
+        actual = run_batched(ort_runner(tmp / rel, options.threads), inputs, batch)
+        comparison = compare_outputs(expected, actual, options.tolerance)
+        ref_rel = Path(REFERENCE_DIR) / f"model_{label}.npz"
+        save_reference(tmp / ref_rel, planned, expected)
         parity_seconds = time.perf_counter() - start
     onnx_record = {
         **asdict(info),
@@ -333,12 +305,13 @@ def build_variant(
         "op_counts": dict(info.op_counts),
     }
     onnx_record.pop("seconds")
-    parity = comparison.to_dict() | {"inputs": inputs_text}
+    parity = comparison.to_dict() | {"inputs": planned.what}
     parity.pop("tolerance")
     reduced: dict[str, Any] = {}
     if options.precision != "fp32":
-        with _stage(reporter, label, options.precision, times):
-            reduced = reduced_variant(source, spec, options, tmp, rel, variant.model, inputs, batch, variant.tokens)
+        with stage(reporter, label, options.precision, times):
+            reduced = reduced_variant(source, spec, options, tmp, rel, inputs, expected, batch, variant.tokens)
+    reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
     return VariantRecord(
         label=label,
         patch_size=spec.patch_size,
@@ -356,6 +329,7 @@ def build_variant(
         input_key=key,
         trt_lint=lint.to_dict(),
         reduced=reduced,
+        reference=reference,
     )
 
 
@@ -398,27 +372,21 @@ def calibration_images(source: SourceModel, spec: VariantSpec, options: BuildOpt
     raise UsageError(NO_CALIBRATION)
 
 
-def reduced_check_inputs(precision: str, inputs: np.ndarray, random_count: int) -> np.ndarray:
-    """What a reduced-precision file is judged on, at build and at ``validate``: the parity inputs,
-    except that int8 sees only the real images after the ``random_count`` random ones (static
-    quantisation is calibrated to a data distribution; random images lie far outside its ranges)."""
-    return inputs[random_count:] if precision == "int8" else inputs
-
-
 def reduced_variant(
     source: SourceModel,
     spec: VariantSpec,
     options: BuildOptions,
     tmp: Path,
     rel: Path,
-    model: Any,
     inputs: np.ndarray,
+    expected: np.ndarray,
     batch: int,
     tokens: int,
 ) -> dict[str, Any]:
-    """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32."""
+    """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32
+    (``expected``: PyTorch's logits on ``inputs``)."""
     from exporter.precision import int8_float_nodes, to_fp16, to_int8
-    from exporter.validate import check_parity, ort_runner, tolerance_for, torch_runner
+    from exporter.validate import compare_outputs, ort_runner, run_batched, tolerance_for
 
     start = time.perf_counter()
     out_rel = rel.with_name(f"{rel.stem}.{options.precision}.onnx")
@@ -436,7 +404,8 @@ def reduced_variant(
     onnx.checker.check_model(str(tmp / out_rel), full_check=True)
     tol = tolerance_for(options.precision, "onnxruntime")
     inputs = reduced_check_inputs(options.precision, inputs, options.parity_samples)
-    cmp = check_parity(torch_runner(model), ort_runner(tmp / out_rel, options.threads), inputs, batch, tol)
+    expected = reduced_check_inputs(options.precision, expected, options.parity_samples)
+    cmp = compare_outputs(expected, run_batched(ort_runner(tmp / out_rel, options.threads), inputs, batch), tol)
     parity = cmp.to_dict()
     parity.pop("tolerance")
     return {
@@ -465,7 +434,7 @@ def share_bundle_weights(
 
     paths = [tmp / r.onnx["path"] for r in records]
     batch = 8 if options.export.batch == "dynamic" else int(options.export.batch)
-    inputs = [parity_inputs(source, spec, options)[0] for spec in specs]
+    inputs = [parity_inputs(source, spec, options).arrays() for spec in specs]
     before = [run_batched(ort_runner(p, options.threads), x, batch) for p, x in zip(paths, inputs)]
     sizes = sum(p.stat().st_size for p in paths)
     info = share_weights(paths)
@@ -511,7 +480,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         import torch
 
         torch.set_num_threads(options.threads)
-    with _stage(reporter, "source", "load", times):
+    with stage(reporter, "source", "load", times):
         source = load_source(options.source)
     specs = plan_variants(source, options)
     old = _old_manifest(out) if options.resume else None
@@ -530,13 +499,13 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
             records.append(record)
         shared: dict[str, Any] = {}
         if options.shared_weights:
-            with _stage(reporter, "bundle", "shared weights", times):
+            with stage(reporter, "bundle", "shared weights", times):
                 records, shared = share_bundle_weights(source, specs, options, tmp, records)
         manifest = replace(_manifest(source, source_sha, calib_sha, options, records), shared_weights=shared)
         if profile is not None:
             manifest = replace(
                 manifest,
-                engines={profile.name: engine_stage(tmp, out, manifest, source, profile, options, reporter, times)},
+                engines={profile.name: enginestage(tmp, out, manifest, profile, options, reporter, times)},
             )
         write_atomic(tmp / MANIFEST, manifest.to_json())
         write_atomic(tmp / REPORT, render_report(manifest))
@@ -570,11 +539,10 @@ def check_engine_request(options: BuildOptions) -> Profile | None:
     return profile
 
 
-def engine_stage(
+def enginestage(
     tmp: Path,
     out: Path,
     manifest: Manifest,
-    source: SourceModel,
     profile: Profile,
     options: BuildOptions,
     reporter: Reporter,
@@ -589,7 +557,7 @@ def engine_stage(
     problem = tensorrt_problem()
     if problem:
         return pending_engines(str(out), profile, problem)
-    return build_engines(tmp, manifest, source, profile, reporter, times)
+    return build_engines(tmp, manifest, profile, reporter, times)
 
 
 def _old_manifest(out: Path) -> Bundle | None:
@@ -643,21 +611,6 @@ def _manifest(
         tolerance=asdict(options.tolerance),
         variants=tuple(records),
     )
-
-
-@dataclass(frozen=True)
-class Recheck:
-    """``validate``'s verdict on one variant: file integrity and fresh parity."""
-
-    label: str
-    sha256_ok: bool
-    comparison: Comparison | None
-    problem: str = ""
-    reduced: Comparison | None = None  # the fp16/int8 ONNX, when the bundle has one
-
-    def __bool__(self) -> bool:
-        reduced_ok = self.reduced is None or bool(self.reduced)
-        return self.sha256_ok and bool(self.comparison) and reduced_ok and not self.problem
 
 
 def parse_resize_method(text: str) -> ResizeMethod:
@@ -742,16 +695,16 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     results = []
     times: dict[str, float] = {}
     for record in manifest.variants:
-        with _stage(reporter, record.label, "sha256", times):
+        with stage(reporter, record.label, "sha256", times):
             precisions = ["fp32"] + ([record.reduced["precision"]] if record.reduced else [])
             problem = "; ".join(p for p in (_file_problem(opened, record, x) for x in precisions) if p)
         if problem:
             results.append(Recheck(record.label, False, None, problem))
             continue
         vspec = record_spec(record)
-        with _stage(reporter, record.label, "parity", times):
+        with stage(reporter, record.label, "parity", times):
             reference = torch_runner(make_variant(source, vspec).model)
-            inputs, _ = parity_inputs(source, vspec, options)
+            inputs = parity_inputs(source, vspec, options).arrays()
             batch = 8 if export.batch == "dynamic" else int(export.batch)
             cmp = check_parity(reference, ort_runner(opened.onnx(record)), inputs, batch, tol)
             reduced = None
@@ -809,12 +762,13 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
     return plan
 
 
-def write_engine_script(bundle: Path, manifest: Manifest, profile: Profile) -> Path:
-    """``engines/build_<profile>.sh``, executable, for devices that have only trtexec."""
+def write_engine_script(bundle: Path, manifest: Manifest, profile: Profile, onnx_root: Path | None = None) -> Path:
+    """``engines/build_<profile>.sh`` under ``bundle``, executable, for devices that have only
+    trtexec; the ONNX files are read from ``onnx_root`` (default: ``bundle``)."""
     from exporter.trt import build_script
 
     path = bundle / "engines" / f"build_{profile.name}.sh"
-    write_atomic(path, build_script(profile, engine_plan(bundle, manifest, profile)))
+    write_atomic(path, build_script(profile, engine_plan(onnx_root or bundle, manifest, profile)))
     path.chmod(0o755)
     return path
 
@@ -832,13 +786,13 @@ def pending_engines(bundle_name: str, profile: Profile, reason: str) -> dict[str
 def build_engines(
     bundle: Path,
     manifest: Manifest,
-    source: SourceModel,
     profile: Profile,
     reporter: Reporter,
     times: dict[str, float],
     out_root: Path | None = None,
 ) -> dict[str, Any]:
-    """Build, then validate against PyTorch, one engine per variant (needs TensorRT and a GPU).
+    """Build one engine per variant, then judge it against the PyTorch logits the bundle carries
+    (needs TensorRT and a GPU; no torch, no checkpoint).
 
     ONNX files are read from ``bundle``; engines, sidecars and the timing cache are written
     under ``out_root`` (default: ``bundle``)."""
@@ -850,8 +804,7 @@ def build_engines(
         import_tensorrt,
         timing_cache_name,
     )
-    from exporter.validate import check_parity, tolerance_for, torch_runner
-    from exporter.variant import make_variant
+    from exporter.validate import compare_outputs, run_batched, tolerance_for
 
     out_root = out_root or bundle
     trt = import_tensorrt()
@@ -862,19 +815,14 @@ def build_engines(
     for item in engine_plan(bundle, manifest, profile):
         check_precision(trt.__version__, profile.precision, item["onnx_precision"])
         record = next(v for v in manifest.variants if v.label == item["label"])
-        with _stage(reporter, item["label"], "engine", times):
+        with stage(reporter, item["label"], "engine", times):
             info = build_engine(bundle / item["onnx"], out_root / item["engine"], profile, item["shapes"], cache)
-        with _stage(reporter, item["label"], "engine parity", times):
-            spec = record_spec(record)
-            inputs, _ = parity_inputs(source, spec, BuildOptions(patch_sizes=(spec.patch_size,)))
-            inputs = inputs[: max(1, min(len(inputs), item["shapes"].max[0] * 4))]
-            cmp = check_parity(
-                torch_runner(make_variant(source, spec).model),
-                engine_runner(out_root / item["engine"]),
-                inputs,
-                item["shapes"].opt[0],
-                tol,
-            )
+        with stage(reporter, item["label"], "engine parity", times):
+            planned, expected = stored_reference(bundle, manifest, record)
+            inputs = reduced_check_inputs(profile.precision, planned.arrays(), planned.random_count)
+            expected = reduced_check_inputs(profile.precision, expected, planned.random_count)
+            actual = run_batched(engine_runner(out_root / item["engine"]), inputs, item["shapes"].opt[0])
+            cmp = compare_outputs(expected, actual, tol)
         variants[item["label"]] = {
             **asdict(info),
             "parity": cmp.to_dict() | {"tolerance": asdict(tol)},
@@ -892,9 +840,7 @@ def build_engines(
     }
 
 
-def add_engines(
-    bundle: Path, profile_name: str, weights: Path | None = None, reporter: Reporter | None = None
-) -> dict[str, Any]:
+def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = None) -> dict[str, Any]:
     """``flexiexport engine``: on the target, build and validate engines and add them to the
     bundle. Engines are built in a staging folder inside the bundle and renamed into place;
     the manifest is rewritten atomically."""
@@ -912,12 +858,11 @@ def add_engines(
     problem = tensorrt_problem()
     if problem:
         raise EnvironmentMissing(f"{problem}; with trtexec only, run {bundle}/engines/build_{profile.name}.sh")
-    source = bundle_source(manifest, weights)
     times: dict[str, float] = {}
     staging = Path(tempfile.mkdtemp(prefix=f".engines-{profile.name}-", dir=bundle))
     try:
-        entry = build_engines(bundle, manifest, source, profile, reporter, times, out_root=staging)
-        write_engine_script(staging, manifest, profile)
+        entry = build_engines(bundle, manifest, profile, reporter, times, out_root=staging)
+        write_engine_script(staging, manifest, profile, onnx_root=bundle)
         (bundle / "engines").mkdir(exist_ok=True)
         swap_into_place(staging / "engines" / profile.name, bundle / "engines" / profile.name)
         os.replace(staging / "engines" / f"build_{profile.name}.sh", bundle / "engines" / f"build_{profile.name}.sh")

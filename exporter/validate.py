@@ -168,6 +168,21 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
     )
 
 
+@dataclass(frozen=True)
+class Recheck:
+    """``validate``'s verdict on one variant: file integrity and fresh parity."""
+
+    label: str
+    sha256_ok: bool
+    comparison: Comparison | None
+    problem: str = ""
+    reduced: Comparison | None = None  # the fp16/int8 ONNX, when the bundle has one
+
+    def __bool__(self) -> bool:
+        reduced_ok = self.reduced is None or bool(self.reduced)
+        return self.sha256_ok and bool(self.comparison) and reduced_ok and not self.problem
+
+
 def run_batched(runner: Runner, inputs: np.ndarray, batch: int) -> np.ndarray:
     """Run ``runner`` over ``inputs`` in chunks of ``batch`` (a static-batch ONNX needs exact chunks)."""
     outputs = []
@@ -213,14 +228,3 @@ def ort_runner(path: Path, threads: int | None = None, provider: str = "CPUExecu
         return np.asarray(session.run(None, {input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0])
 
     return run
-
-
-def random_inputs(
-    img_size: tuple[int, int], count: int, seed: int, mean: tuple[float, ...], std: tuple[float, ...]
-) -> np.ndarray:
-    """Seeded uniform [0, 1) images, normalised with the model's mean/std: float32 NCHW."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.random((count, 3, *img_size), dtype=np.float32)
-    m = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
-    return ((pixels - m) / s).astype(np.float32)

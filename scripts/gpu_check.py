@@ -15,8 +15,9 @@ import torch
 
 from exporter.bundle import read_manifest
 from exporter.pipeline import bundle_source, record_spec
+from exporter.reference import random_inputs
 from exporter.trt import tensorrt_problem
-from exporter.validate import TOLERANCES, compare_outputs, random_inputs, torch_runner
+from exporter.validate import TOLERANCES, compare_outputs, torch_runner
 from exporter.variant import make_variant
 
 

@@ -45,7 +45,8 @@ def test_onnx_repository_can_serve_the_fp16_file_and_only_checked_files(bundle, 
     import shutil
 
     from exporter.load import sha256_file
-    from exporter.validate import ort_runner, random_inputs
+    from exporter.reference import random_inputs
+    from exporter.validate import ort_runner
 
     repo = tmp_path / "repo"
     result = run_cli("triton", str(bundle), "--out", str(repo), "--precision", "fp16")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from exporter.errors import UsageError
-from exporter.validate import Tolerance, compare_outputs, random_inputs, run_batched
+from exporter.reference import random_inputs
+from exporter.validate import Tolerance, compare_outputs, run_batched
 
 
 def logits(n: int = 8, classes: int = 10, seed: int = 0) -> np.ndarray:

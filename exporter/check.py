@@ -1,0 +1,68 @@
+"""``flexiexport validate``: judge a bundle's files against the PyTorch reference it carries.
+
+No torch, no timm, no checkpoint: the parity inputs are rebuilt with numpy from the reference
+(``exporter.reference``), every file is opened through the bundle door (paths inside, sha256
+checked), and onnxruntime runs each ONNX. ``validate --rebuild`` (``pipeline.recheck_bundle``)
+is the full re-run from the source checkpoint, where one is present.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from exporter.bundle import Bundle
+from exporter.errors import BundleError
+from exporter.manifest import VariantRecord
+from exporter.progress import Reporter, SilentReporter, stage
+from exporter.reference import stored_reference
+from exporter.validate import Comparison, Recheck, Tolerance, compare_outputs, ort_runner, run_batched
+
+
+def reduced_check_inputs(precision: str, inputs: np.ndarray, random_count: int) -> np.ndarray:
+    """What a reduced-precision file is judged on, at build and at ``validate``: the parity inputs
+    (or their reference logits), except that int8 sees only the real images after the
+    ``random_count`` random ones (static quantisation is calibrated to a data distribution;
+    random images lie far outside its ranges)."""
+    return inputs[random_count:] if precision == "int8" else inputs
+
+
+def check_variant(opened: Bundle, record: VariantRecord, threads: int | None = None) -> Recheck:
+    """Files first (inside, sha256), then each ONNX against the stored PyTorch logits."""
+    try:
+        for rel, sha in record.files():
+            opened.file(rel, sha)
+        onnx_path = opened.onnx(record)
+    except BundleError as exc:
+        return Recheck(record.label, False, None, str(exc))
+    try:
+        planned, expected = stored_reference(opened.root, opened.manifest, record)
+    except BundleError as exc:
+        return Recheck(record.label, True, None, str(exc))
+    export = opened.manifest.options["export"]
+    batch = 8 if export["batch"] == "dynamic" else int(export["batch"])
+    inputs = planned.arrays()
+    tol = Tolerance(**opened.manifest.tolerance)
+    cmp = compare_outputs(expected, run_batched(ort_runner(onnx_path, threads), inputs, batch), tol)
+    reduced: Comparison | None = None
+    if record.reduced:
+        precision = record.reduced["precision"]
+        x = reduced_check_inputs(precision, inputs, planned.random_count)
+        y = reduced_check_inputs(precision, expected, planned.random_count)
+        runner = ort_runner(opened.onnx(record, precision), threads)
+        reduced = compare_outputs(y, run_batched(runner, x, batch), Tolerance(**record.reduced["tolerance"]))
+    return Recheck(record.label, True, cmp, reduced=reduced)
+
+
+def check_bundle(bundle: Path, threads: int | None = None, reporter: Reporter | None = None) -> list[Recheck]:
+    """``validate``'s verdict on every variant, from the bundle alone."""
+    reporter = reporter or SilentReporter()
+    opened = Bundle.open(bundle)
+    reporter.begin(len(opened.manifest.variants))
+    times: dict[str, float] = {}
+    results = []
+    for record in opened.manifest.variants:
+        with stage(reporter, record.label, "parity (stored reference)", times):
+            results.append(check_variant(opened, record, threads))
+    return results
