@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import tempfile
 import time
@@ -41,6 +42,7 @@ from exporter.manifest import (
     render_report,
     write_atomic,
 )
+from exporter.names import check_name
 from exporter.profile import Profile
 from exporter.resize import ResizeMethod
 from exporter.sizes import Size2, format_size
@@ -809,6 +811,7 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
 
     plan = []
     for record in manifest.variants:
+        check_name(record.label, "the manifest's variant label")  # it names the engine file
         static = record.onnx["inputs"][0]["shape"][0]
         matching = record.reduced if record.reduced.get("precision") == profile.precision else None
         plan.append(
@@ -834,12 +837,12 @@ def write_engine_script(bundle: Path, manifest: Manifest, profile: Profile) -> P
     return path
 
 
-def pending_engines(bundle_name: str, profile: Profile, reason: str) -> dict[str, Any]:
+def pending_engines(bundle: str, profile: Profile, reason: str) -> dict[str, Any]:
     return {
         "status": "pending (build on target)",
         "reason": reason,
         "profile": asdict(profile) | {"path": None},
-        "command": f"flexiexport engine {bundle_name} --profile {profile.name}",
+        "command": shlex.join(["flexiexport", "engine", bundle, "--profile", profile.name]),
         "script": f"engines/build_{profile.name}.sh",
     }
 
@@ -921,7 +924,8 @@ def add_engines(
     profile = load_profile(profile_name)
     problem = tensorrt_problem()
     if problem:
-        raise EnvironmentMissing(f"{problem}; with trtexec only, run {bundle}/engines/build_{profile.name}.sh")
+        script = shlex.quote(str(bundle / "engines" / f"build_{profile.name}.sh"))
+        raise EnvironmentMissing(f"{problem}; with trtexec only, run {script}")
     source = bundle_source(manifest, weights)
     times: dict[str, float] = {}
     staging = Path(tempfile.mkdtemp(prefix=f".engines-{profile.name}-", dir=bundle))

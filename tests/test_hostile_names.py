@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from exporter.manifest import read_manifest
 from exporter.names import slug
+from exporter.pipeline import engine_plan
+from exporter.profile import load_profile, profile_from_dict
+from exporter.trt import build_script
 
-from conftest import TINY, run_cli, save_with_config, tiny_model
+from conftest import TINY, one_line_error, run_cli, save_with_config, tiny_model
 
 ESC = "\x1b"
 HOSTILE = '$(touch PWNED) `touch PWNED` it\'s "quoted"\ntouch PWNED'
@@ -73,3 +79,73 @@ def test_bundle_name_is_slugged_and_stays_inside_bundles(tmp_path, monkeypatch, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", f"{stem}.json", f"{stem}.pt"]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["work"]
     assert [r for r in caplog.records if f"'{expected}'" in r.getMessage()], caplog.text
+
+
+# 2. Profile names and the trtexec script.
+
+FP32_PROFILE = 'description = "plain"\nprecision = "fp32"\n[batch]\nmin = 1\nopt = 1\nmax = 2\n'
+
+
+def test_a_profile_file_with_a_command_in_its_name_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hostile = tmp_path / "x$(touch${IFS}PWNED).toml"
+    hostile.write_text(FP32_PROFILE)
+    result = run_cli("build", "-p", "16", "--profile", str(hostile), "--out", str(tmp_path / "B"), "-q")
+    error = one_line_error(result)
+    assert result.exit_code == 2 and "profile name 'x$(touch${IFS}PWNED)' is not a safe name" in error
+    assert not (tmp_path / "B").exists() and not pwned(tmp_path)
+
+
+def test_a_profile_name_that_is_a_path_is_refused(tmp_path):
+    result = run_cli("build", "-p", "16", "--profile", "../../../etc/x", "--out", str(tmp_path / "B"), "-q")
+    assert result.exit_code == 2 and "not a safe name" in one_line_error(result)
+    assert not (tmp_path / "B").exists()
+
+
+def fake_trtexec(tmp_path: Path, version: str) -> Path:
+    """A stand-in trtexec that reports ``version`` and logs each argument on its own line."""
+    fake = tmp_path / f"trtexec-{version}"
+    fake.write_text(
+        f'#!/usr/bin/env bash\nif [ "$1" = --help ]; then echo "[TensorRT v{version}]"; exit 0; fi\n'
+        f'printf "%s\\n" "$@" >> "{tmp_path}/calls.log"\n'
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_the_trtexec_script_runs_no_string_it_was_given(demo, tmp_path, precision):
+    bundle = copy_of(demo, tmp_path / "b")
+    profile = profile_from_dict("safe-name", {"description": HOSTILE, "precision": precision})
+    plan = engine_plan(bundle, read_manifest(bundle), profile)
+    plan = [{**v, "label": v["label"] + "$(touch PWNED)", "onnx": f"onnx/{HOSTILE}.onnx"} for v in plan]
+    script = bundle / "engines" / "build.sh"
+    script.parent.mkdir()
+    script.write_text(build_script(profile, plan))
+    for version in ("100300", "101300"):  # weak typing runs trtexec; strong refuses fp16 from fp32 ONNX
+        env = {**os.environ, "TRTEXEC": str(fake_trtexec(tmp_path, version))}
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == (4 if precision == "fp16" and version == "101300" else 0), done.stderr
+        assert not pwned(tmp_path), script.read_text()
+    calls = (tmp_path / "calls.log").read_text()
+    assert f"--onnx=onnx/{HOSTILE}.onnx\n" in calls  # the argument reached trtexec as one literal word
+    assert (bundle / "engines" / "safe-name").is_dir()
+
+
+# 5. Names shown as commands or used as file names.
+
+
+def test_the_pending_engine_command_quotes_the_bundle_path(demo, tmp_path):
+    from exporter.pipeline import pending_engines
+
+    entry = pending_engines(str(tmp_path / "my bundle$(id)"), load_profile("t4"), "no TensorRT")
+    assert entry["command"] == f"flexiexport engine '{tmp_path}/my bundle$(id)' --profile t4"
+
+
+def test_an_engine_plan_refuses_a_variant_label_that_is_a_path(demo):
+    from exporter.errors import UsageError
+
+    manifest = read_manifest(demo)
+    manifest = replace(manifest, variants=(replace(manifest.variants[0], label="../../p8"),))
+    with pytest.raises(UsageError, match="variant label '../../p8' is not a safe name"):
+        engine_plan(demo, manifest, load_profile("t4"))
