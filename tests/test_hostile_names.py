@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from exporter.errors import BundleError
 from exporter.manifest import read_manifest
-from exporter.names import slug
+from exporter.names import is_safe_name, slug
 from exporter.pipeline import engine_plan
 from exporter.profile import load_profile, profile_from_dict
+from exporter.triton import config_text, model_name
 from exporter.trt import build_script
 
 from conftest import TINY, one_line_error, run_cli, save_with_config, tiny_model
@@ -130,6 +132,46 @@ def test_the_trtexec_script_runs_no_string_it_was_given(demo, tmp_path, precisio
     calls = (tmp_path / "calls.log").read_text()
     assert f"--onnx=onnx/{HOSTILE}.onnx\n" in calls  # the argument reached trtexec as one literal word
     assert (bundle / "engines" / "safe-name").is_dir()
+
+
+# 3. Triton configs.
+
+
+def test_triton_model_names_are_safe():
+    assert model_name("flexivit-demo", "p8") == "flexivit_demo_p8"
+    for bundle_name in ('../"evil"\nname', "_-_", "x" * 300, "[/bold]"):
+        name = model_name(bundle_name, "p10x15")
+        assert is_safe_name(name) and name.endswith("p10x15"), name
+
+
+def test_triton_config_escapes_quotes_and_refuses_control_characters(demo):
+    from exporter.triton import check_config, triton_schema
+
+    record = read_manifest(demo).variants[0]
+    odd = 'in"put\\x'
+    onnx = {**record.onnx, "inputs": [{**record.onnx["inputs"][0], "name": odd}]}
+    text = config_text("m", replace(record, onnx=onnx), "onnxruntime_onnx", 8)
+    assert text.endswith("\n") and len(text.splitlines()) == text.count("\n")
+    schema = triton_schema()
+    if schema is not None:
+        assert check_config(text, schema).input[0].name == odd
+    for bad in ("in\nput", 'x" } ] output [ {', "a\x1b[2J"):
+        outputs = [{**record.onnx["outputs"][0], "name": bad}]
+        bad_record = replace(record, onnx={**record.onnx, "outputs": outputs})
+        if "\n" in bad or ESC in bad:
+            with pytest.raises(BundleError, match="output name"):
+                config_text("m", bad_record, "onnxruntime_onnx", 8)
+        else:
+            text = config_text("m", bad_record, "onnxruntime_onnx", 8)
+            assert schema is None or check_config(text, schema).output[0].name == bad
+
+
+def test_triton_refuses_a_manifest_input_name_with_a_newline(demo, tmp_path):
+    bundle = copy_of(demo, tmp_path / "b")
+    tamper(bundle, lambda d: d["variants"][0]["onnx"]["inputs"][0].update(name='x"\ninstance_group [ ]'))
+    result = run_cli("triton", str(bundle), "--out", str(tmp_path / "repo"))
+    assert result.exit_code == 2, result.output + result.stderr
+    assert ESC not in result.stderr and not (tmp_path / "repo").exists()
 
 
 # 5. Names shown as commands or used as file names.
