@@ -174,6 +174,81 @@ def test_triton_refuses_a_manifest_input_name_with_a_newline(demo, tmp_path):
     assert ESC not in result.stderr and not (tmp_path / "repo").exists()
 
 
+# 4. Terminal output.
+
+
+def test_inspect_shows_markup_and_escape_codes_from_a_manifest_literally(demo, tmp_path):
+    bundle = copy_of(demo, tmp_path / "b")
+
+    def change(data):
+        data["name"] = "[/bold]\x1b[2Jevil"
+        data["variants"][0]["label"] = "[red]p8"
+        data["source"]["architecture"]["summary"] = "[link=x]summary[/link] \x1b[31m[/]"
+        data["source"]["path"] = "/weights/[bold]w.pt"
+        data["versions"]["onnx"] = "[/red]1.0\x1b]8;;http://x\x07"
+        data["variants"][1]["onnx"]["path"] = "onnx/[/]model_p16.onnx"
+
+    tamper(bundle, change)
+    result = run_cli("inspect", str(bundle))
+    assert result.exit_code in (0, 2), result.output + result.stderr
+    assert ESC not in result.stdout + result.stderr and "\x07" not in result.stdout + result.stderr
+    if result.exit_code == 0:
+        for literal in ("[link=x]summary[/link]", "/weights/[bold]w.pt", "[/red]1.0", "]model_p16.onnx"):
+            assert literal in result.stdout, result.stdout
+    else:
+        one_line_error(result)
+
+
+def test_inspect_shows_markup_in_summaries_and_versions_literally(demo, tmp_path):
+    """The fields the manifest schema cannot restrict to safe names: free text, printed as is."""
+    bundle = copy_of(demo, tmp_path / "b")
+
+    def change(data):
+        data["source"]["architecture"]["summary"] = "[link=x]summary[/link] [/] \x1b[2J"
+        data["versions"]["torch"] = "[bold red]2.0[/]"
+
+    tamper(bundle, change)
+    result = run_cli("inspect", str(bundle))
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "[link=x]summary[/link] [/]" in result.stdout and "torch [bold red]2.0[/]" in result.stdout
+    assert ESC not in result.stdout + result.stderr
+
+
+def test_errors_quoting_a_hostile_label_carry_no_escape_codes(demo, tmp_path):
+    bundle = copy_of(demo, tmp_path / "b")
+    tamper(bundle, lambda d: d["variants"][0].update(label="[red]\x1b[2Jp8"))
+    result = run_cli("triton", str(bundle), "--out", str(tmp_path / "repo"), "--precision", "int8")
+    assert result.exit_code == 2 and ESC not in result.stderr
+    one_line_error(result)
+
+
+def test_a_bundle_folder_with_markup_in_its_name_builds_and_prints_literally(tmp_path):
+    out = tmp_path / "[/bold]b[red]"
+    result = run_cli("build", "-p", "16", "--parity-samples", "2", "--out", str(out), "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert f"bundle written to {out}" in result.stdout.replace("\n", "")
+
+
+def test_the_plot_draws_dollar_signs_as_written(tmp_path):
+    from exporter.plot import plot_tradeoff
+
+    evaluation = {
+        "results": [{"backend": "ort$", "patch_size": [8], "top1": 0.5}],
+        "data": "/d/$\\frac{$",
+        "samples": 1,
+    }
+    assert plot_tradeoff(None, evaluation, tmp_path / "p.png", "name $\\frac{ $").is_file()
+
+
+def test_log_lines_carry_no_escape_codes():
+    from exporter.cli import PrintableFormatter
+
+    record = logging.LogRecord("exporter.load", logging.WARNING, __file__, 1, "name %r", ("\x1b[2Jx",), None)
+    assert PrintableFormatter("%(message)s").format(record) == "name '\\x1b[2Jx'"
+    record = logging.LogRecord("exporter.load", logging.WARNING, __file__, 1, "name %s", ("\x1b[2Jx",), None)
+    assert PrintableFormatter("%(message)s").format(record) == "name [2Jx"
+
+
 # 5. Names shown as commands or used as file names.
 
 
