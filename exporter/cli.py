@@ -19,6 +19,7 @@ import click
 
 from exporter import __version__
 from exporter.errors import FlexiExportError, UsageError, ValidationFailed
+from exporter.names import printable
 from exporter.sizes import Size2, format_size, to_size2
 
 NUMBERISH = re.compile(r"^-?\d")
@@ -102,7 +103,15 @@ def console(stderr: bool = False) -> Any:
     probe = Console(stderr=stderr)
     # Rich falls back to 80 columns when piped; the variant table needs more to stay legible.
     width = None if probe.is_terminal else 160
-    return Console(stderr=stderr, highlight=False, width=width)
+    return Console(stderr=stderr, highlight=False, emoji=False, width=width)
+
+
+def safe(text: object) -> str:
+    """``text`` from a manifest, a checkpoint config or a file name, ready for Rich: control
+    characters (ANSI escapes) removed and markup shown as written, never interpreted."""
+    from rich.markup import escape
+
+    return escape(printable(str(text)))
 
 
 class FlexiGroup(click.Group):
@@ -136,7 +145,7 @@ class FlexiGroup(click.Group):
 
 
 def fail(ctx: click.Context, message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message)}", err=True)
     ctx.exit(code)
     raise AssertionError("unreachable")  # ctx.exit raises
 
@@ -154,8 +163,17 @@ def cli(debug: bool) -> None:
     _setup_logging(debug)
 
 
+class PrintableFormatter(logging.Formatter):
+    """Log lines can quote names from a checkpoint or a bundle: no control characters reach the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
 
 
 class RichReporter:
@@ -192,18 +210,18 @@ class RichReporter:
 
     def start(self, label: str, stage: str) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, description=f"{label}: {stage}")
+            self.progress.update(self.task, description=safe(f"{label}: {stage}"))
         elif not self.quiet:
-            self.err.print(f"{label}: {stage} ...")
+            self.err.print(safe(f"{label}: {stage} ..."))
 
     def done(self, label: str, stage: str, seconds: float) -> None:
         if self.quiet:
             return
         if self.progress is not None:
             self.progress.advance(self.task)
-            self.progress.console.print(f"  {label}: {stage} done in {seconds:.2f} s")
+            self.progress.console.print(safe(f"  {label}: {stage} done in {seconds:.2f} s"))
         else:
-            self.err.print(f"  {label}: {stage} done in {seconds:.2f} s")
+            self.err.print(safe(f"  {label}: {stage} done in {seconds:.2f} s"))
 
     def variant(self, record: Any) -> None:
         if self.quiet:
@@ -214,21 +232,21 @@ class RichReporter:
         if self.progress is not None and record.resumed:
             self.progress.advance(self.task, 3)
         if record.trt_lint and not record.trt_lint.get("passed", True):
-            self.err.print(
-                f"[yellow]warning[/yellow] {record.label}: TensorRT lint: {'; '.join(record.trt_lint['issues'])}"
-            )
+            issues = "; ".join(map(str, record.trt_lint["issues"]))
+            self.err.print(f"[yellow]warning[/yellow] {safe(record.label)}: TensorRT lint: {safe(issues)}")
         self.err.print(
-            f"{mark} {record.label}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}  "
+            f"{mark} {safe(record.label)}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}  "
             f"top-1 {p['top1_agreement']:.0%}{note}"
         )
         if record.reduced:
             r = record.reduced
             mark = "[green]✓[/green]" if r["status"] == "passed" else "[red]✗[/red]"
             q = r["parity"]
+            why = "" if r["status"] == "passed" else f"  ({'; '.join(q['failures'])})"
             self.err.print(
-                f"{mark} {record.label} {r['precision']}  max|Δ| {q['max_abs']:.1e}  p99 {q['p99_abs']:.1e}  "
-                f"cos {q['min_cosine']:.5f}  top-1 {q['top1_agreement']:.1%}  {r['bytes'] / 1e6:.1f} MB"
-                + ("" if r["status"] == "passed" else f"  ({'; '.join(q['failures'])})")
+                f"{mark} {safe(record.label)} {safe(r['precision'])}  max|Δ| {q['max_abs']:.1e}  "
+                f"p99 {q['p99_abs']:.1e}  cos {q['min_cosine']:.5f}  top-1 {q['top1_agreement']:.1%}  "
+                f"{r['bytes'] / 1e6:.1f} MB{safe(why)}"
             )
 
 
@@ -237,31 +255,33 @@ def print_table(manifest: Any, title: str) -> None:
 
     from exporter.manifest import TABLE_HEADER, variant_rows
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=safe(title), title_justify="left")
     for header in TABLE_HEADER:
         table.add_column(header, justify="right" if header not in ("", "variant", "onnx") else "left")
     for row in variant_rows(manifest):
-        row[0] = "[green]✓[/green]" if row[0] == "✓" else "[red]✗[/red]"
-        table.add_row(*row)
+        mark = "[green]✓[/green]" if row[0] == "✓" else "[red]✗[/red]"
+        table.add_row(mark, *map(safe, row[1:]))
     console().print(table)
 
 
 def print_engines(name: str, entry: dict[str, Any]) -> None:
     out = console()
     if entry.get("command"):
-        out.print(f"TensorRT engines for profile {name}: {entry['status']} ({entry['reason']})")
-        out.print(f"  on the target device run:  {entry['command']}")
-        out.print(f"  or, with trtexec only:     bash {entry['script']}  (inside the bundle)")
+        out.print(safe(f"TensorRT engines for profile {name}: {entry['status']} ({entry['reason']})"))
+        out.print(safe(f"  on the target device run:  {entry['command']}"))
+        out.print(safe(f"  or, with trtexec only:     bash {entry['script']}  (inside the bundle)"))
         return
     out.print(
-        f"TensorRT engines for profile {name}: {entry['status']} on {entry['gpu']} "
-        f"(sm {entry['compute_capability']}, TensorRT {entry['tensorrt']})"
+        safe(
+            f"TensorRT engines for profile {name}: {entry['status']} on {entry['gpu']} "
+            f"(sm {entry['compute_capability']}, TensorRT {entry['tensorrt']})"
+        )
     )
     for label, v in entry["variants"].items():
         mark = "[green]✓[/green]" if v["status"] == "passed" else "[red]✗[/red]"
         p = v["parity"]
         out.print(
-            f"  {mark} {label}  {v['engine']}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.6f}  "
+            f"  {mark} {safe(label)}  {safe(v['engine'])}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.6f}  "
             f"top-1 {p['top1_agreement']:.1%}  built in {v['build_seconds']:.0f} s"
         )
 
@@ -423,10 +443,12 @@ def build(**kw: Any) -> None:
     if result.manifest.shared_weights:
         sw = result.manifest.shared_weights
         console().print(
-            f"shared weights: {sw['tensors']} tensors in {sw['path']}; ONNX bytes "
-            f"{sw['bundle_onnx_bytes_before'] / 1e6:.1f} MB -> {sw['bundle_onnx_bytes_after'] / 1e6:.1f} MB"
+            safe(
+                f"shared weights: {sw['tensors']} tensors in {sw['path']}; ONNX bytes "
+                f"{sw['bundle_onnx_bytes_before'] / 1e6:.1f} MB -> {sw['bundle_onnx_bytes_after'] / 1e6:.1f} MB"
+            )
         )
-    console().print(f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})")
+    console().print(safe(f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})"))
     for name, entry in result.manifest.engines.items():
         print_engines(name, entry)
     if not result.manifest.passed:
@@ -478,7 +500,7 @@ def resize(**kw: Any) -> None:
     img = to_size2(kw["img_size"], "image size") if kw["img_size"] else None
     method = ResizeMethod(kw["interpolation"], kw["antialias"])
     out = console()
-    out.print(f"Resizing {kw['key']} in {kw['src']} to {format_size(sizes[0])}")
+    out.print(safe(f"Resizing {kw['key']} in {kw['src']} to {format_size(sizes[0])}"))
     result = convert_checkpoint(
         kw["src"],
         kw["dst"],
@@ -491,8 +513,8 @@ def resize(**kw: Any) -> None:
         kw["trust_checkpoint"],
         kw["force"],
     )
-    out.print(describe(result))
-    out.print(f"Converted weights saved to {result.output}")
+    out.print(safe(describe(result)))
+    out.print(safe(f"Converted weights saved to {result.output}"))
 
 
 @cli.command()
@@ -510,17 +532,21 @@ def inspect(bundle: Path, as_json: bool, debug: bool) -> None:
     out = console()
     src = manifest.source
     out.print(
-        f"[bold]{manifest.name}[/bold]  built {manifest.created} by flexiexport {manifest.versions['flexiexport']}"
+        f"[bold]{safe(manifest.name)}[/bold]  "
+        + safe(f"built {manifest.created} by flexiexport {manifest.versions['flexiexport']}")
     )
-    out.print(f"source: {src.get('path') or src.get('kind')}  sha256 {str(src.get('sha256'))[:16]}…")
-    out.print(f"        {src['architecture']['summary']}")
+    out.print(safe(f"source: {src.get('path') or src.get('kind')}  sha256 {str(src.get('sha256'))[:16]}…"))
+    out.print(safe(f"        {src['architecture']['summary']}"))
     pre = manifest.preprocessing
-    out.print(f"preprocessing: mean {pre['mean']} std {pre['std']} {pre['interpolation']} crop_pct {pre['crop_pct']}")
-    out.print("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))
+    out.print(
+        safe(f"preprocessing: mean {pre['mean']} std {pre['std']} {pre['interpolation']} crop_pct {pre['crop_pct']}")
+    )
+    out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
     print_table(manifest, "variants")
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
-            out.print(f"[yellow]TensorRT lint[/yellow] {v.label}: {'; '.join(v.trt_lint['issues'])}")
+            issues = "; ".join(map(str, v.trt_lint["issues"]))
+            out.print(f"[yellow]TensorRT lint[/yellow] {safe(v.label)}: {safe(issues)}")
     for name, entry in manifest.engines.items():
         print_engines(name, entry)
     out.print("overall: " + ("[green]passed[/green]" if manifest.passed else "[red]FAILED[/red]"))
@@ -554,9 +580,9 @@ def validate(bundle: Path, rebuild: bool, weights: Path | None, quiet: bool, deb
     for r in results:
         mark = "[green]✓[/green]" if r else "[red]✗[/red]"
         detail = r.problem if r.comparison is None else str(r.comparison)
-        out.print(f"{mark} {r.label}  sha256 {'ok' if r.sha256_ok else 'MISMATCH'}  {detail}")
+        out.print(f"{mark} {safe(f'{r.label}  sha256 ' + ('ok' if r.sha256_ok else 'MISMATCH') + '  ' + detail)}")
         if r.reduced is not None:
-            out.print(f"  {r.label} {r.reduced.tolerance.name}: {r.reduced}")
+            out.print(safe(f"  {r.label} {r.reduced.tolerance.name}: {r.reduced}"))
     bad = [r.label for r in results if not r]
     if bad:
         raise ValidationFailed(f"{len(bad)} of {len(results)} variants failed validation: {', '.join(bad)}")
@@ -614,17 +640,17 @@ def bench(bundle: Path, **kw: Any) -> None:
         min_seconds=kw["min_seconds"],
     )
     err = console(stderr=True)
-    report = bench_bundle(opened, options, None if kw["quiet"] else lambda t: err.print(f"  {t}"), kw["weights"])
+    report = bench_bundle(opened, options, None if kw["quiet"] else lambda t: err.print(safe(f"  {t}")), kw["weights"])
     write_atomic(targets[0], json.dumps(asdict(report), indent=2) + "\n")
     plot = write_plot(opened)
     print_bench(report)
-    console().print(f"wrote {bundle / 'bench.json'} and {plot}")
+    console().print(safe(f"wrote {bundle / 'bench.json'} and {plot}"))
 
 
 def print_bench(report: Any) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{report.machine['cpu']}, {report.threads} threads", title_justify="left")
+    table = Table(title=safe(f"{report.machine['cpu']}, {report.threads} threads"), title_justify="left")
     for header in (
         "variant",
         "batch",
@@ -642,9 +668,9 @@ def print_bench(report: Any) -> None:
     for t in sorted(report.timings, key=lambda t: (t.patch_size, t.batch, t.backend)):
         frac = "" if t.fraction_of_ceiling is None else f"{t.fraction_of_ceiling:.0%}"
         table.add_row(
-            t.variant,
+            safe(t.variant),
             str(t.batch),
-            t.backend,
+            safe(t.backend),
             f"{t.p50_ms:.2f}",
             f"{t.p90_ms:.2f}",
             f"{t.p99_ms:.2f}",
@@ -662,7 +688,7 @@ def print_bench(report: Any) -> None:
         f"torch sgemm {c.torch_sgemm_gflops:.0f} GFLOP/s"
     )
     for s in report.skipped:
-        out.print(f"skipped {s.backend}: {s.reason}")
+        out.print(safe(f"skipped {s.backend}: {s.reason}"))
 
 
 @cli.command()
@@ -703,11 +729,11 @@ def evaluate(
     targets = opened.artefact("eval.json"), opened.artefact("tradeoff.png")  # refused before any work
     err = console(stderr=True)
     result = evaluate_bundle(
-        opened, data, compare_resize, limit, weights, None if quiet else lambda t: err.print(f"  {t}")
+        opened, data, compare_resize, limit, weights, None if quiet else lambda t: err.print(safe(f"  {t}"))
     )
     write_atomic(targets[0], json.dumps(result, indent=2) + "\n")
     plot = write_plot(opened)
-    table = Table(title=f"{result['data']}, {result['samples']} images", title_justify="left")
+    table = Table(title=safe(f"{result['data']}, {result['samples']} images"), title_justify="left")
     for header in ("", "variant", "image", "backend", "top-1", "top-5", "Δ top-1"):
         table.add_column(header, justify="right" if header.startswith(("top", "Δ")) else "left")
     for row in result["results"]:
@@ -715,15 +741,15 @@ def evaluate(
         mark = "" if row["max_drop"] is None else ("✓" if row["passed"] else "✗")
         table.add_row(
             mark,
-            row["variant"],
+            safe(row["variant"]),
             str(row["img_size"][0]),
-            row["backend"],
+            safe(row["backend"]),
             f"{row['top1']:.3f}",
             f"{row['top5']:.3f}",
             delta,
         )
     console().print(table)
-    console().print(f"wrote {bundle / 'eval.json'} and {plot}")
+    console().print(safe(f"wrote {bundle / 'eval.json'} and {plot}"))
     if result["failures"]:
         raise ValidationFailed(f"{len(result['failures'])} accuracy check(s) failed: {'; '.join(result['failures'])}")
 
@@ -765,7 +791,7 @@ def triton(
         names = write_repository(opened, tmp, backend, max_batch, precision)
         swap_into_place(tmp, repo, "model repository")
     out = console()
-    out.print(f"wrote {len(names)} models to {repo}: {', '.join(names)}")
+    out.print(safe(f"wrote {len(names)} models to {repo}: {', '.join(names)}"))
     if triton_schema() is None:
         out.print("configs not checked against Triton's schema: pip install tritonclient")
     else:
@@ -786,14 +812,19 @@ def profiles(debug: bool) -> None:
     for path in available_profiles():
         p = load_profile(path)
         table.add_row(
-            p.name,
-            p.precision,
-            f"{p.batch.min}/{p.batch.opt}/{p.batch.max}",
-            f"{p.workspace_mib} MiB",
-            p.compute_capability or "any",
-            p.tensorrt,
-            str(p.dla_core) if p.dla_core >= 0 else "-",
-            p.description,
+            *map(
+                safe,
+                (
+                    p.name,
+                    p.precision,
+                    f"{p.batch.min}/{p.batch.opt}/{p.batch.max}",
+                    f"{p.workspace_mib} MiB",
+                    p.compute_capability or "any",
+                    p.tensorrt,
+                    str(p.dla_core) if p.dla_core >= 0 else "-",
+                    p.description,
+                ),
+            )
         )
     console().print(table)
 

@@ -24,6 +24,7 @@ import torch
 
 from exporter.errors import CheckpointError, EnvironmentMissing, UsageError
 from exporter.manifest import sha256_file
+from exporter.names import printable, slug
 from exporter.resize import pos_grid_size
 from exporter.sizes import Size2, to_size2
 
@@ -458,18 +459,28 @@ def weights_path(spec: SourceSpec) -> Path | None:
     return spec.weights if spec.weights is not None or spec.model_name else DEMO_WEIGHTS
 
 
-def source_name(spec: SourceSpec) -> str:
-    """The bundle's name, known before any weights are read."""
+def source_name(spec: SourceSpec, announce: bool = True) -> str:
+    """The bundle's name, known before any weights are read: always a safe name (it becomes the
+    folder ``bundles/<name>`` and a word in scripts). An unsafe name from the config beside the
+    weights, ``--model`` or the weights' stem is slugged, with a warning when ``announce``."""
     from exporter.demo import DEMO_NAME, DEMO_WEIGHTS
 
     weights = weights_path(spec)
     if weights == DEMO_WEIGHTS:
         return DEMO_NAME
-    if weights is not None and weights.is_file():
-        config_name = read_config(weights).get("name")
-        if config_name:
-            return str(config_name)
-    return spec.model_name or (weights.stem if weights is not None else "model")
+    config = read_config(weights) if weights is not None and weights.is_file() else {}
+    if config.get("name"):
+        name, origin = str(config["name"]), f"the config {config.get('_path')}"
+    elif spec.model_name:
+        name, origin = spec.model_name, "--model"
+    elif weights is not None:
+        name, origin = weights.stem, f"the weights file {weights.name}"
+    else:
+        name, origin = "model", "the default"
+    safe = slug(name)
+    if safe != name and announce:
+        log.warning("bundle name %r from %s is not a safe name; using %r", printable(name), printable(origin), safe)
+    return safe
 
 
 def load_source(spec: SourceSpec) -> SourceModel:
@@ -489,7 +500,7 @@ def load_source(spec: SourceSpec) -> SourceModel:
         origin = Origin("pretrained", file_format="timm hub", container=f"timm {model_name} pretrained=True")
     else:
         raise UsageError(f"--model {model_name} needs --weights FILE or --pretrained")
-    return _describe(sd, source_name(spec), model_name, config, origin, spec.num_heads)
+    return _describe(sd, source_name(spec, announce=False), model_name, config, origin, spec.num_heads)
 
 
 def _describe(

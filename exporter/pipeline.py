@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import tempfile
 import time
@@ -40,7 +41,7 @@ from exporter.manifest import (
     sha256_file,
     write_atomic,
 )
-from exporter.names import printable
+from exporter.names import check_name, printable
 from exporter.profile import Profile
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import REFERENCE_DIR, ParityInputs, save_reference, stored_reference
@@ -747,6 +748,7 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
 
     plan = []
     for record in manifest.variants:
+        check_name(record.label, "the manifest's variant label")  # it names the engine file
         static = record.onnx["inputs"][0]["shape"][0]
         matching = record.reduced if record.reduced.get("precision") == profile.precision else None
         plan.append(
@@ -773,12 +775,12 @@ def write_engine_script(bundle: Path, manifest: Manifest, profile: Profile, onnx
     return path
 
 
-def pending_engines(bundle_name: str, profile: Profile, reason: str) -> dict[str, Any]:
+def pending_engines(bundle: str, profile: Profile, reason: str) -> dict[str, Any]:
     return {
         "status": "pending (build on target)",
         "reason": reason,
         "profile": asdict(profile) | {"path": None},
-        "command": f"flexiexport engine {bundle_name} --profile {profile.name}",
+        "command": shlex.join(["flexiexport", "engine", bundle, "--profile", profile.name]),
         "script": f"engines/build_{profile.name}.sh",
     }
 
@@ -857,7 +859,8 @@ def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = Non
     opened.verify_all()
     problem = tensorrt_problem()
     if problem:
-        raise EnvironmentMissing(f"{problem}; with trtexec only, run {bundle}/engines/build_{profile.name}.sh")
+        script = shlex.quote(str(bundle / "engines" / f"build_{profile.name}.sh"))
+        raise EnvironmentMissing(f"{problem}; with trtexec only, run {script}")
     times: dict[str, float] = {}
     staging = Path(tempfile.mkdtemp(prefix=f".engines-{profile.name}-", dir=bundle))
     try:

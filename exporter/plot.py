@@ -23,13 +23,18 @@ def plot_tradeoff(bench: dict[str, Any] | None, evaluation: dict[str, Any] | Non
             _latency(ax, bench)  # type: ignore[arg-type]
         else:
             _accuracy(ax, evaluation)  # type: ignore[arg-type]
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(literal(title), fontsize=10)
     fig.tight_layout()
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
     write_atomic_bytes(path, image.getvalue())  # never through a link, never half-written
     return path
+
+
+def literal(text: str) -> str:
+    """``text`` drawn as written: matplotlib reads ``$...$`` as mathtext (a stray one fails the draw)."""
+    return str(text).replace("$", r"\$")
 
 
 def _latency(ax: Any, bench: dict[str, Any]) -> None:
@@ -42,7 +47,7 @@ def _latency(ax: Any, bench: dict[str, Any]) -> None:
             series.setdefault(t["backend"], []).append((t["patch_size"][0], t["p50_ms"]))
     for backend, points in sorted(series.items()):
         points.sort()
-        ax.plot([p for p, _ in points], [ms for _, ms in points], marker="o", label=backend)
+        ax.plot([p for p, _ in points], [ms for _, ms in points], marker="o", label=literal(backend))
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
@@ -50,7 +55,7 @@ def _latency(ax: Any, bench: dict[str, Any]) -> None:
     _patch_axis(ax, series)
     ax.set_ylabel(f"p50 latency, batch {batch} (ms, log)")
     machine = bench["machine"]
-    ax.set_title(f"{machine['cpu']}, {bench['threads']} threads", fontsize=8)
+    ax.set_title(literal(f"{machine['cpu']}, {bench['threads']} threads"), fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -61,10 +66,10 @@ def _accuracy(ax: Any, evaluation: dict[str, Any]) -> None:
         series.setdefault(row["backend"], []).append((row["patch_size"][0], row["top1"]))
     for backend, points in sorted(series.items()):
         points.sort()
-        ax.plot([p for p, _ in points], [a for _, a in points], marker="o", label=backend)
+        ax.plot([p for p, _ in points], [a for _, a in points], marker="o", label=literal(backend))
     _patch_axis(ax, series)
     ax.set_ylabel("top-1 accuracy")
-    ax.set_title(f"{evaluation['data']} ({evaluation['samples']} images)", fontsize=8)
+    ax.set_title(literal(f"{evaluation['data']} ({evaluation['samples']} images)"), fontsize=8)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
 

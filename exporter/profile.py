@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import UsageError
+from exporter.names import SAFE_NAME_TEXT, is_safe_name, printable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,6 +93,7 @@ class Profile:
     path: Path | None = None
 
     def __post_init__(self) -> None:
+        check_profile_name(self.name)
         self._check_choices()
         self._check_hardware()
         version_in_range("10.0", self.tensorrt)  # parses the range; raises on a bad clause
@@ -145,8 +147,15 @@ class Profile:
         return self.workspace_mib * 1024 * 1024
 
 
+def check_profile_name(name: str, hint: str = "") -> None:
+    """A profile's name becomes ``engines/<name>/`` and a word in ``build_<name>.sh``: safe names only."""
+    if not is_safe_name(name):
+        raise ProfileError(f"profile name {printable(str(name))!r} is not a safe name: use {SAFE_NAME_TEXT}{hint}")
+
+
 def profile_from_dict(name: str, data: dict[str, Any], path: Path | None = None) -> Profile:
-    """Build a ``Profile``, rejecting unknown keys by name."""
+    """Build a ``Profile``, rejecting an unsafe name and unknown keys by name."""
+    check_profile_name(name)
     known = {f.name for f in fields(Profile)} - {"name", "path"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -175,6 +184,10 @@ def available_profiles(folder: Path = PROFILE_DIR) -> list[Path]:
 def load_profile(name_or_path: str | Path, folder: Path = PROFILE_DIR) -> Profile:
     """A shipped profile by name (``jetson-orin-nano``) or a user's ``.toml`` file."""
     text = str(name_or_path)
+    if text.endswith(".toml"):  # a file's stem names its profile
+        check_profile_name(Path(text).stem, " (a profile file's stem is its name: rename the file)")
+    else:  # a shipped profile's name, never a path out of the folder
+        check_profile_name(text, " (or pass a path to a .toml file)")
     path = Path(text) if text.endswith(".toml") else folder / f"{text}.toml"
     if not path.is_file():
         names = ", ".join(p.stem for p in available_profiles(folder))

@@ -19,12 +19,29 @@ from typing import Any
 from exporter.bundle import Bundle, write_repository_marker
 from exporter.errors import BundleError, UsageError
 from exporter.manifest import VariantRecord, write_atomic
+from exporter.names import check_name
 
 BACKENDS = ("onnx", "tensorrt")
+# Refused inside a config's quoted strings: a line break or control character is never a real tensor name.
+PBTXT_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+COMPUTE_CAPABILITY = re.compile(r"\d{1,2}\.\d{1,2}")
 
 
 def model_name(bundle_name: str, label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", f"{bundle_name}_{label}")
+    """The Triton model name (and its folder): ``<bundle>_<label>`` in letters, digits and '_',
+    always a safe name; a long bundle name is cut so that the label stays."""
+    bundle, variant = (re.sub(r"[^A-Za-z0-9_]", "_", part).strip("_") for part in (bundle_name, label))
+    text = f"{bundle[: max(0, 127 - len(variant))]}_{variant or 'variant'}".strip("_")
+    return check_name(text[:128], "Triton model name")
+
+
+def pbtxt_string(text: Any, what: str) -> str:
+    """``text`` as a quoted protobuf text-format string; a non-string or control characters are refused."""
+    if not isinstance(text, str):
+        raise BundleError(f"{what} {text!r} is not a string: not written into a Triton config")
+    if PBTXT_REFUSED.search(text):
+        raise BundleError(f"{what} {text!r} has a control character: not written into a Triton config")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _dims(shape: list[Any]) -> tuple[int | None, list[int]]:
@@ -43,11 +60,13 @@ def config_text(
     if static is not None:  # a static-batch model: Triton sees the batch as part of the dims
         max_batch, in_dims, out_dims = 0, [static, *in_dims], [static, *out_dims]
     lines = [
-        f'name: "{name}"',
-        f'platform: "{platform}"',
+        f"name: {pbtxt_string(name, 'Triton model name')}",
+        f"platform: {pbtxt_string(platform, 'Triton platform')}",
         f"max_batch_size: {max_batch}",
-        f'input [{{ name: "{inp["name"]}" data_type: TYPE_FP32 dims: {in_dims} }}]',
-        f'output [{{ name: "{out["name"]}" data_type: TYPE_FP32 dims: {out_dims} }}]',
+        f"input [{{ name: {pbtxt_string(inp['name'], f'{record.label} input name')} data_type: TYPE_FP32 "
+        f"dims: {in_dims} }}]",
+        f"output [{{ name: {pbtxt_string(out['name'], f'{record.label} output name')} data_type: TYPE_FP32 "
+        f"dims: {out_dims} }}]",
     ]
     if max_batch > 0:
         lines.append("dynamic_batching { max_queue_delay_microseconds: 100 }")
@@ -57,7 +76,8 @@ def config_text(
         else "instance_group [{ kind: KIND_AUTO count: 1 }]"
     )
     for cc, filename in sorted((cc_files or {}).items()):
-        lines.append(f'cc_model_filenames {{ key: "{cc}" value: "{filename}" }}')
+        key, value = pbtxt_string(cc, "compute capability"), pbtxt_string(filename, "plan file")
+        lines.append(f"cc_model_filenames {{ key: {key} value: {value} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +144,8 @@ def write_repository(opened: Bundle, repo: Path, backend: str, max_batch: int, p
     names = []
     for record in manifest.variants:
         name = model_name(manifest.name, record.label)
+        if name in names:
+            raise BundleError(f"two variants would both be Triton model {name!r}: variant labels must differ")
         version = repo / name / "1"
         version.mkdir(parents=True)
         if backend == "onnx":

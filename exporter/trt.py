@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import EnvironmentMissing, UsageError
 from exporter.manifest import sha256_file, write_atomic_bytes
+from exporter.names import printable
 from exporter.profile import Profile, parse_version
 
 STRONG_TYPING_FROM = (10, 12)  # weak typing deprecated from here, removed in 11
@@ -160,16 +161,18 @@ def trtexec_command(
 def build_script(profile: Profile, variants: list[dict[str, Any]]) -> str:
     """``engines/build_<profile>.sh``: builds every variant with trtexec on a device that has only
     trtexec (a Jetson), picking strong or weak typing from the TensorRT version it finds."""
+    folder = f"engines/{profile.name}"
     lines = [
         "#!/usr/bin/env bash",
-        f"# Build TensorRT engines for profile {profile.name!r} with trtexec, on the target device.",
+        comment(f"Build TensorRT engines for profile {profile.name!r} with trtexec, on the target device."),
+        *([comment(f"Profile: {profile.description}")] if profile.description else []),
         "# Written by flexiexport; run from anywhere: paths are relative to the bundle.",
         "set -euo pipefail",
         'cd "$(dirname "$0")/.."',
         'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
         'version=$("$TRTEXEC" --help 2>&1 | grep -o "TensorRT v[0-9]*" | head -n 1 | tr -dc 0-9)',
         'echo "TensorRT ${version:-unknown} (trtexec at $TRTEXEC)"',
-        f"mkdir -p engines/{profile.name}",
+        f"mkdir -p {shlex.quote(folder)}",
         f'if [ "${{version:-0}}" -ge {STRONG_TYPING_FROM[0] * 10000 + STRONG_TYPING_FROM[1] * 100} ]; then',
     ]
     for mode in ("strong", "weak"):
@@ -185,7 +188,7 @@ def build_script(profile: Profile, variants: list[dict[str, Any]]) -> str:
                 f"{why}: precision {profile.precision} needs an {profile.precision} ONNX, and this bundle has "
                 f"fp32 ONNX only ({', '.join(missing)})"
             )
-            lines += [f"  echo {shlex.quote(message)} >&2", "  exit 4"]
+            lines += [f"  echo {shlex.quote(printable(message))} >&2", "  exit 4"]
         else:
             for v in variants:
                 cmd = trtexec_command(
@@ -195,12 +198,17 @@ def build_script(profile: Profile, variants: list[dict[str, Any]]) -> str:
                     v["shapes"],
                     mode,
                     v.get("layernorms", ()),
-                    f"engines/{profile.name}/timing.cache",
+                    f"{folder}/timing.cache",
                 )
                 lines.append('  "$TRTEXEC" ' + shlex.join(cmd[1:]))
         lines.append("else" if mode == "strong" else "fi")
-    lines.append(f'echo "engines written to engines/{profile.name}/"')
+    lines.append(f"echo {shlex.quote(f'engines written to {folder}/')}")
     return "\n".join(lines) + "\n"
+
+
+def comment(text: str) -> str:
+    """A shell comment line that stays one line: control characters go, line breaks become spaces."""
+    return "# " + " ".join(printable(text).split())
 
 
 @dataclass(frozen=True)
