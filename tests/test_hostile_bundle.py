@@ -152,8 +152,8 @@ def test_the_source_checkpoint_is_hashed_before_it_is_loaded(bundle, tmp_path):
     decoy = tmp_path / "decoy.safetensors"
     decoy.write_bytes(b"not the checkpoint")
     edit_manifest(bundle, lambda m: m["source"].update(path=str(decoy)))
-    refused(run_cli("validate", str(bundle)), "decoy.safetensors has sha256", "built from")
-    refused(run_cli("validate", str(bundle), "--weights", str(decoy)), "decoy.safetensors has sha256")
+    refused(run_cli("validate", str(bundle), "--rebuild"), "decoy.safetensors has sha256", "built from")
+    refused(run_cli("validate", str(bundle), "--rebuild", "--weights", str(decoy)), "decoy.safetensors has sha256")
 
 
 MALFORMED = [
@@ -198,7 +198,9 @@ def test_a_wrong_type_or_range_names_the_field(bundle, change, where):
 def test_every_file_the_manifest_names_is_resolved_and_hashed(demo):
     opened = Bundle.open(demo)
     names = [rel for rel, _ in opened.files()]
-    assert names == ["onnx/model_p8.onnx", "onnx/model_p16.onnx", "onnx/model_p32.onnx"]
+    assert names == [
+        f"{kind}/model_p{p}.{ext}" for p in (8, 16, 32) for kind, ext in (("onnx", "onnx"), ("reference", "npz"))
+    ]
     for rel, sha in opened.files():
         assert opened.file(rel, sha) == demo / rel
     assert opened.unexpected_files() == []

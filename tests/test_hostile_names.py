@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from exporter.bundle import read_manifest
 from exporter.errors import BundleError
-from exporter.manifest import read_manifest
 from exporter.names import is_safe_name, slug
 from exporter.pipeline import engine_plan
 from exporter.profile import load_profile, profile_from_dict
