@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from exporter import __version__
-from exporter.errors import FlexiExportError, UsageError, ValidationFailed
+from exporter.errors import EnvironmentMissing, FlexiExportError, UsageError, ValidationFailed
 from exporter.names import printable
 from exporter.sizes import Size2, format_size, to_size2
 
@@ -569,7 +569,13 @@ def validate(bundle: Path, rebuild: bool, weights: Path | None, quiet: bool, deb
         raise UsageError("--weights is used only with --rebuild (the stored reference needs no checkpoint)")
     with RichReporter(quiet) as reporter:
         if rebuild:
-            from exporter.pipeline import recheck_bundle
+            try:
+                from exporter.pipeline import recheck_bundle
+            except ImportError as exc:
+                raise EnvironmentMissing(
+                    f"validate --rebuild needs PyTorch and timm ({exc}); without them, validate judges the "
+                    "bundle against its stored reference"
+                ) from exc
 
             results = recheck_bundle(bundle, weights, reporter)
         else:
@@ -837,7 +843,7 @@ def profiles(debug: bool) -> None:
 def engine(bundle: Path, profile: str, quiet: bool, debug: bool) -> None:
     """Build and validate TensorRT engines on the target device and add them to the bundle."""
     from exporter.bundle import read_manifest
-    from exporter.pipeline import add_engines
+    from exporter.engine import add_engines
 
     read_manifest(bundle)
     with RichReporter(quiet) as reporter:

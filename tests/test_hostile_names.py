@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from exporter.bundle import read_manifest
+from exporter.engine import engine_plan
 from exporter.errors import BundleError
 from exporter.names import is_safe_name, slug
-from exporter.pipeline import engine_plan
 from exporter.profile import load_profile, profile_from_dict
 from exporter.triton import config_text, model_name
 from exporter.trt import build_script
@@ -253,7 +253,7 @@ def test_log_lines_carry_no_escape_codes():
 
 
 def test_the_pending_engine_command_quotes_the_bundle_path(demo, tmp_path):
-    from exporter.pipeline import pending_engines
+    from exporter.engine import pending_engines
 
     entry = pending_engines(str(tmp_path / "my bundle$(id)"), load_profile("t4"), "no TensorRT")
     assert entry["command"] == f"flexiexport engine '{tmp_path}/my bundle$(id)' --profile t4"

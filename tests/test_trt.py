@@ -202,7 +202,7 @@ def test_int8_engines_are_built_from_the_qdq_onnx_under_either_typing(tmp_path, 
 
 def test_int8_script_refuses_a_float_only_bundle_under_either_typing(demo_with_profile, tmp_path):
     from exporter.bundle import read_manifest
-    from exporter.pipeline import engine_plan
+    from exporter.engine import engine_plan
     from exporter.trt import build_script
 
     (tmp_path / "t4-int8.toml").write_text(INT8_PROFILE)

@@ -1,0 +1,169 @@
+"""The TensorRT engine stage: plan, trtexec script, build and validation, on the build machine
+or later on the target device (``flexiexport engine``).
+
+Needs TensorRT (imported lazily, in ``exporter.trt``), numpy and onnxruntime-free inputs: engines
+are judged against the PyTorch logits the bundle carries (``exporter.reference``), so no torch,
+timm or checkpoint is needed on the device.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from exporter.bundle import Bundle, swap_into_place
+from exporter.check import reduced_check_inputs
+from exporter.errors import BundleError, EnvironmentMissing
+from exporter.manifest import MANIFEST, REPORT, Manifest, render_report, write_atomic
+from exporter.names import check_name, printable
+from exporter.profile import Profile
+from exporter.progress import Reporter, SilentReporter, stage
+from exporter.reference import stored_reference
+
+
+def layernorm_node_names(onnx_path: Path) -> tuple[str, ...]:
+    """Names of the LayerNormalization nodes (TensorRT names its layers after them)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return tuple(n.name for n in model.graph.node if n.op_type == "LayerNormalization")
+
+
+def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict[str, Any]]:
+    """Per variant: the ONNX, the engine path, the optimisation-profile shapes, LayerNorm names."""
+    from exporter.trt import engine_shapes
+
+    plan = []
+    for record in manifest.variants:
+        check_name(record.label, "the manifest's variant label")  # it names the engine file
+        static = record.onnx["inputs"][0]["shape"][0]
+        matching = record.reduced if record.reduced.get("precision") == profile.precision else None
+        plan.append(
+            {
+                "label": record.label,
+                "onnx": matching["path"] if matching else record.onnx["path"],
+                "onnx_precision": profile.precision if matching else "fp32",
+                "engine": f"engines/{profile.name}/model_{record.label}.engine",
+                "shapes": engine_shapes(profile, record.img_size, static if isinstance(static, int) else None),
+                "layernorms": layernorm_node_names(bundle / record.onnx["path"]),
+            }
+        )
+    return plan
+
+
+def write_engine_script(bundle: Path, manifest: Manifest, profile: Profile, onnx_root: Path | None = None) -> Path:
+    """``engines/build_<profile>.sh`` under ``bundle``, executable, for devices that have only
+    trtexec; the ONNX files are read from ``onnx_root`` (default: ``bundle``)."""
+    from exporter.trt import build_script
+
+    path = bundle / "engines" / f"build_{profile.name}.sh"
+    write_atomic(path, build_script(profile, engine_plan(onnx_root or bundle, manifest, profile)))
+    path.chmod(0o755)
+    return path
+
+
+def pending_engines(bundle: str, profile: Profile, reason: str) -> dict[str, Any]:
+    return {
+        "status": "pending (build on target)",
+        "reason": reason,
+        "profile": asdict(profile) | {"path": None},
+        "command": shlex.join(["flexiexport", "engine", bundle, "--profile", profile.name]),
+        "script": f"engines/build_{profile.name}.sh",
+    }
+
+
+def build_engines(
+    bundle: Path,
+    manifest: Manifest,
+    profile: Profile,
+    reporter: Reporter,
+    times: dict[str, float],
+    out_root: Path | None = None,
+) -> dict[str, Any]:
+    """Build one engine per variant, then judge it against the PyTorch logits the bundle carries
+    (needs TensorRT and a GPU; no torch, no checkpoint).
+
+    ONNX files are read from ``bundle``; engines, sidecars and the timing cache are written
+    under ``out_root`` (default: ``bundle``)."""
+    from exporter.trt import (
+        build_engine,
+        check_precision,
+        engine_runner,
+        gpu_identity,
+        import_tensorrt,
+        timing_cache_name,
+    )
+    from exporter.validate import compare_outputs, run_batched, tolerance_for
+
+    out_root = out_root or bundle
+    trt = import_tensorrt()
+    gpu, cc = gpu_identity()
+    cache = out_root / "engines" / profile.name / timing_cache_name(cc, trt.__version__)
+    tol = tolerance_for(profile.precision, "tensorrt")
+    variants: dict[str, Any] = {}
+    for item in engine_plan(bundle, manifest, profile):
+        check_precision(trt.__version__, profile.precision, item["onnx_precision"])
+        record = next(v for v in manifest.variants if v.label == item["label"])
+        with stage(reporter, item["label"], "engine", times):
+            info = build_engine(bundle / item["onnx"], out_root / item["engine"], profile, item["shapes"], cache)
+        with stage(reporter, item["label"], "engine parity", times):
+            planned, expected = stored_reference(bundle, manifest, record)
+            inputs = reduced_check_inputs(profile.precision, planned.arrays(), planned.random_count)
+            expected = reduced_check_inputs(profile.precision, expected, planned.random_count)
+            actual = run_batched(engine_runner(out_root / item["engine"]), inputs, item["shapes"].opt[0])
+            cmp = compare_outputs(expected, actual, tol)
+        variants[item["label"]] = {
+            **asdict(info),
+            "parity": cmp.to_dict() | {"tolerance": asdict(tol)},
+            "status": "passed" if cmp else "failed",
+        }
+    ok = all(v["status"] == "passed" for v in variants.values())
+    return {
+        "status": "built" if ok else "failed",
+        "profile": asdict(profile) | {"path": None},
+        "gpu": gpu,
+        "compute_capability": cc,
+        "tensorrt": trt.__version__,
+        "variants": variants,
+        "script": f"engines/build_{profile.name}.sh",
+    }
+
+
+def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = None) -> dict[str, Any]:
+    """``flexiexport engine``: on the target, build and validate engines and add them to the
+    bundle. Engines are built in a staging folder inside the bundle and renamed into place;
+    the manifest is rewritten atomically."""
+    from exporter.profile import load_profile
+    from exporter.trt import tensorrt_problem
+
+    reporter = reporter or SilentReporter()
+    opened = Bundle.open(bundle)
+    manifest = opened.manifest
+    profile = load_profile(profile_name)
+    for rel in ("engines", f"engines/{profile.name}", f"engines/build_{profile.name}.sh"):
+        if (bundle / rel).is_symlink():
+            raise BundleError(f"{printable(str(bundle / rel))} is a symbolic link: refusing to write through it")
+    opened.verify_all()
+    problem = tensorrt_problem()
+    if problem:
+        script = shlex.quote(str(bundle / "engines" / f"build_{profile.name}.sh"))
+        raise EnvironmentMissing(f"{problem}; with trtexec only, run {script}")
+    times: dict[str, float] = {}
+    staging = Path(tempfile.mkdtemp(prefix=f".engines-{profile.name}-", dir=bundle))
+    try:
+        entry = build_engines(bundle, manifest, profile, reporter, times, out_root=staging)
+        write_engine_script(staging, manifest, profile, onnx_root=bundle)
+        (bundle / "engines").mkdir(exist_ok=True)
+        swap_into_place(staging / "engines" / profile.name, bundle / "engines" / profile.name)
+        os.replace(staging / "engines" / f"build_{profile.name}.sh", bundle / "engines" / f"build_{profile.name}.sh")
+        manifest = replace(manifest, engines={**manifest.engines, profile.name: entry})
+        write_atomic(bundle / MANIFEST, manifest.to_json())
+        write_atomic(bundle / REPORT, render_report(manifest))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return entry
