@@ -29,6 +29,7 @@ import numpy as np
 from exporter.demo import DEMO_NAME, DEMO_WEIGHTS
 from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.export import ExportOptions
+from exporter.limits import cap_threads
 from exporter.load import SourceModel, SourceSpec
 from exporter.manifest import (
     MANIFEST,
@@ -108,8 +109,7 @@ class BuildOptions:
         object.__setattr__(self, "patch_sizes", unique)
         if self.parity_samples < 1:
             raise UsageError(f"--parity-samples must be at least 1, got {self.parity_samples}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        object.__setattr__(self, "threads", cap_threads(self.threads))
 
 
 @dataclass(frozen=True)
