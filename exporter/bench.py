@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import UsageError
-from exporter.limits import available_cores, cap_threads
+from exporter.limits import available_cores, cap_threads, check_bundle_memory
 from exporter.manifest import VariantRecord
 from exporter.validate import Runner
 
@@ -317,6 +317,7 @@ def bench_bundle(
     threads = options.thread_count
     torch.set_num_threads(threads)
     manifest = read_manifest(bundle)
+    check_bundle_memory(manifest, bundle, "bench", max(options.batch_sizes), max(options.batch_sizes))
     source = bundle_source(manifest, weights)
     say(f"ceiling: MatMul 2048x2048 fp32 on {threads} threads")
     ceiling = measure_ceiling(threads, options)

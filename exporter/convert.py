@@ -70,6 +70,30 @@ def pos_prefix_tokens(holder: MutableMapping[str, Any], pos_key: str) -> int:
     return prefix
 
 
+def check_resize_memory(kernel: torch.Tensor, patch: Size2, img_size: Size2 | None) -> None:
+    """The new kernel (and position grid) must fit in memory: ``-ps 100000`` asks for terabytes."""
+    from exporter.limits import Workload, check_memory
+
+    dim, chans = int(kernel.shape[0]), int(kernel.shape[1])
+    img = img_size or patch
+    w = Workload(
+        params=kernel.numel(),
+        weight_bytes=kernel.numel() * kernel.element_size(),
+        embed_dim=dim,
+        depth=0,
+        num_heads=1,
+        num_classes=0,
+        img_size=img,
+        patch_size=patch,
+        batch=0,
+        images=0,
+        in_chans=chans,
+    )
+    what = f"-ps {format_size(patch)}" + (f" with --img-size {format_size(img_size)}" if img_size else "")
+    advice = {"weights": "use a smaller -ps", "position embedding": "use a smaller --img-size or a larger -ps"}
+    check_memory(w, what, advice)
+
+
 def convert_checkpoint(
     src: Path,
     dst: Path,
@@ -94,6 +118,7 @@ def convert_checkpoint(
     if not isinstance(kernel, torch.Tensor) or kernel.dim() != 4:
         shape = tuple(kernel.shape) if isinstance(kernel, torch.Tensor) else type(kernel).__name__
         raise CheckpointError(f"{key!r} must be a 4-D conv weight [out, in, h, w], got {shape}")
+    check_resize_memory(kernel, patch, img_size)
     holder[key] = pi_resize_patch_embed(kernel, patch, method.interpolation, method.antialias)
     result = ConvertResult(dst, key, tuple(kernel.shape), tuple(holder[key].shape))
     if img_size is not None:

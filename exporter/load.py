@@ -320,6 +320,7 @@ def _read_weights(
         raise CheckpointError(f"weights file {str(path)!r} does not exist")
     if not path.is_file():
         raise CheckpointError(f"weights path {str(path)!r} is not a file")
+    check_fits_in_memory(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         tensors, _ = read_safetensors(path)
@@ -333,6 +334,18 @@ def _read_weights(
         )
     sd, where = unwrap_state_dict(read_torch_file(path, trust), use_ema)
     return sd, where, "torch"
+
+
+def check_fits_in_memory(path: Path) -> None:
+    """Every reader holds the whole file in memory: refuse one larger than what is available."""
+    from exporter.limits import available_memory, gigabytes
+
+    size, free = path.stat().st_size, available_memory()
+    if free is not None and size > free:
+        raise CheckpointError(
+            f"weights file {str(path)!r} is {gigabytes(size)}, more than the {gigabytes(free)} of memory "
+            "available to read it"
+        )
 
 
 NPZ_PREFIXES = ("", "params/", "opt/target/", "params/img/")

@@ -29,7 +29,7 @@ import numpy as np
 from exporter.demo import DEMO_NAME, DEMO_WEIGHTS
 from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.export import ExportOptions
-from exporter.limits import cap_threads
+from exporter.limits import Workload, cap_threads, check_bundle_memory, check_memory
 from exporter.load import SourceModel, SourceSpec
 from exporter.manifest import (
     MANIFEST,
@@ -307,6 +307,39 @@ def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpe
     return specs
 
 
+def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: BuildOptions) -> None:
+    """Refuse (exit 2) a build whose largest variant cannot fit in the memory available,
+    before anything is resized, exported or drawn."""
+    params = sum(t.numel() for t in source.state_dict.values())
+    weight_bytes = sum(t.numel() * t.element_size() for t in source.state_dict.values())
+    static = options.export.batch if isinstance(options.export.batch, int) else None
+    calibration = CALIBRATION_IMAGES if options.precision == "int8" else 0
+    for spec in specs:
+        w = Workload(
+            params=params,
+            weight_bytes=weight_bytes,
+            embed_dim=source.embed_dim,
+            depth=source.depth,
+            num_heads=source.num_heads,
+            num_classes=source.num_classes,
+            img_size=spec.img_size,
+            patch_size=spec.patch_size,
+            batch=static or 8,
+            images=2 * options.parity_samples + calibration,  # random + as many real ones
+            prefix_tokens=int(source.model_args.get("class_token", True)) + int(source.model_args.get("reg_tokens", 0)),
+            mlp_ratio=float(source.model_args.get("mlp_ratio", 4.0)),
+            in_chans=source.in_chans,
+        )
+        size, patch = format_size(spec.img_size), format_size(spec.patch_size)
+        policy = options.img_size
+        what = (
+            f"--img-size {size} with patch {patch}"
+            if isinstance(policy, tuple)
+            else f"patch {patch} at image size {size}"
+        )
+        check_memory(w, what)
+
+
 def parity_inputs(source: SourceModel, spec: VariantSpec, options: BuildOptions) -> tuple[np.ndarray, str]:
     """Seeded random images plus real ones (``--calib-dir``, or the demo's held-out digits)."""
     from exporter.validate import random_inputs
@@ -570,6 +603,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     with _stage(reporter, "source", "load", times):
         source = load_source(options.source)
     specs = plan_variants(source, options)
+    check_build_memory(source, specs, options)
     old = _old_manifest(out) if options.resume else None
     source_sha = source.origin.sha256 or state_digest(source)
     calib_sha = calib_key(options)
@@ -748,6 +782,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
 
     reporter = reporter or SilentReporter()
     manifest = read_manifest(bundle)
+    check_bundle_memory(manifest, bundle, "validate")
     source = bundle_source(manifest, weights)
     opts = manifest.options
     tol = Tolerance(**manifest.tolerance)

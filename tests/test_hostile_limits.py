@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import json
+import resource
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from exporter.errors import UsageError
-from exporter.limits import available_cores
+from exporter.limits import Workload, available_cores, check_memory, estimate_peak
 
 from conftest import one_line_error, run_cli, tiny_model
 
@@ -54,6 +56,112 @@ def weights_with_config(folder: Path, state: dict[str, torch.Tensor], config: ob
     text = config if isinstance(config, str) else json.dumps(config)
     path.with_suffix(".json").write_text(text)
     return path
+
+
+# 1. Memory estimate before allocation -------------------------------------------------------
+
+
+def demo_workload(**changes) -> Workload:
+    base = dict(
+        params=500_000,
+        weight_bytes=2_000_000,
+        embed_dim=96,
+        depth=4,
+        num_heads=4,
+        num_classes=10,
+        img_size=(64, 64),
+        patch_size=(8, 8),
+        batch=8,
+        images=32,
+    )
+    return Workload(**{**base, **changes})
+
+
+def test_estimate_is_small_at_normal_sizes_and_grows_with_tokens_squared():
+    small = estimate_peak(demo_workload())
+    assert small.total < 0.2 * GB
+    check_memory(demo_workload(), "the demo", available=4 * 2**30)  # passes: returns, no raise
+    base = demo_workload(img_size=(224, 224), patch_size=(16, 16), embed_dim=768, depth=12, num_heads=12)
+    vit_b = estimate_peak(replace_params(base, 86_000_000))
+    assert 1 * GB < vit_b.total < 4 * GB and vit_b.largest[0] == "weights"
+    huge = estimate_peak(demo_workload(img_size=(100000, 100000)))
+    assert huge.largest[0] == "attention" and huge.total > 1e15
+    assert huge.attention == 3 * 8 * 4 * 156_250_001**2 * 4
+
+
+def replace_params(w: Workload, params: int) -> Workload:
+    from dataclasses import replace
+
+    return replace(w, params=params, weight_bytes=4 * params)
+
+
+def test_refusal_names_the_estimate_the_memory_and_the_way_out():
+    with pytest.raises(UsageError) as info:
+        check_memory(demo_workload(img_size=(100000, 100000)), "--img-size 100000 with patch 8", available=21 * 10**9)
+    text = str(info.value)
+    assert text.startswith("--img-size 100000 with patch 8 needs about ")
+    assert "GB (attention over 156,250,001 tokens" in text and "this machine has 21 GB available" in text
+    assert text.endswith("use a smaller --img-size or a larger patch")
+
+
+def test_huge_img_size_is_refused_before_any_allocation(demo_build, tmp_path):
+    # demo_build has paid for the imports; what is left is reading the demo and the arithmetic.
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.process_time()
+    result = run_cli("build", "-p", "8", "--img-size", "100000", "--out", str(tmp_path / "out"))
+    cpu_seconds = time.process_time() - start
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert line.startswith("error: --img-size 100000 with patch 8 needs about ")
+    assert "attention over 156,250,001 tokens" in line and "GB available" in line
+    assert cpu_seconds < 1 and grown_mb < 100, (cpu_seconds, grown_mb)
+    assert list(tmp_path.iterdir()) == []  # no bundle, no staging folder
+
+
+def test_huge_parity_samples_are_refused_by_the_estimate(tmp_path):
+    result = run_cli("build", "-p", "16", "--parity-samples", "1000000000", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert "needs about" in line and "2,000,000,000 input images of 64x64" in line and "--parity-samples" in line
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda m: m["variants"][0].update(img_size=[100000, 100000]), "attention over 156,250,001 tokens"),
+        (lambda m: m["variants"][0].update(img_size=[4096, 4096]), "attention over 262,145 tokens"),
+        (lambda m: m["options"].update(parity_samples=10**9), "2,000,000,000 input images"),
+        (lambda m: m["options"].update(parity_samples=10**6), "2,000,000 input images"),
+        (lambda m: m["options"]["export"].update(batch=10**7), "batch 10000000"),
+    ],
+)
+def test_huge_numbers_in_a_manifest_are_refused_at_validate(bundle, edit, expected):
+    edit_manifest(bundle, edit)
+    result = run_cli("validate", str(bundle))
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert "manifest.json" in line and "p8" in line and expected in line and "GB available" in line
+
+
+def test_the_demo_and_a_tiny_model_fit_at_normal_sizes(tiny_flexivit):
+    from exporter.limits import available_memory
+    from exporter.load import SourceSpec, load_source
+    from exporter.pipeline import BuildOptions, check_build_memory, plan_variants
+
+    options = BuildOptions(patch_sizes=((8, 8), (16, 16), (48, 48)), source=SourceSpec(weights=tiny_flexivit))
+    source = load_source(options.source)
+    check_build_memory(source, plan_variants(source, options), options)  # no raise
+    w = demo_workload(params=83_000, weight_bytes=332_000, embed_dim=32, depth=2, num_heads=2, img_size=(240, 240))
+    assert estimate_peak(w).total < 0.5 * GB < (available_memory() or GB)
+
+
+def test_bench_with_a_huge_batch_is_refused_before_timing(bundle):
+    start = time.perf_counter()
+    result = run_cli("bench", str(bundle), "--batch-sizes", "100000000", "--backends", "ort-cpu")
+    assert result.exit_code == 2 and time.perf_counter() - start < 5
+    line = one_line_error(result)
+    assert "batch 100000000" in line and "needs about" in line and "--batch-sizes" in line
 
 
 # 2. --threads ---------------------------------------------------------------------------------
