@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from exporter.errors import CheckpointError, UsageError
-from exporter.load import CONTAINERS, read_safetensors, read_torch_file
+from exporter.load import CONTAINERS, check_float, check_tensor_storage, read_safetensors, read_torch_file
 from exporter.resize import (
     TIMM_PATCH_RESIZE,
     TIMM_POS_RESIZE,
@@ -114,10 +114,12 @@ def convert_checkpoint(
     safetensors = src.suffix.lower() == ".safetensors"
     obj: Any = read_safetensors(src)[0] if safetensors else read_torch_file(src, trust)
     holder = _find_holder(obj, key)
+    check_tensor_storage(holder)
     kernel = holder[key]
     if not isinstance(kernel, torch.Tensor) or kernel.dim() != 4:
         shape = tuple(kernel.shape) if isinstance(kernel, torch.Tensor) else type(kernel).__name__
         raise CheckpointError(f"{key!r} must be a 4-D conv weight [out, in, h, w], got {shape}")
+    check_float(key, kernel)
     check_resize_memory(kernel, patch, img_size)
     holder[key] = pi_resize_patch_embed(kernel, patch, method.interpolation, method.antialias)
     result = ConvertResult(dst, key, tuple(kernel.shape), tuple(holder[key].shape))
@@ -143,6 +145,10 @@ def _resize_pos(
         raise CheckpointError(f"position embedding {pos_key!r} not found beside {key!r}; pass --pos-key")
     grid = grid_for(img, patch)
     old = holder[pos_key]
+    if not isinstance(old, torch.Tensor) or old.dim() != 3:
+        shape = tuple(old.shape) if isinstance(old, torch.Tensor) else type(old).__name__
+        raise CheckpointError(f"{pos_key!r} must be a 3-D position embedding [1, tokens, dim], got {shape}")
+    check_float(pos_key, old)
     holder[pos_key] = resample_pos_embed(old, grid, num_prefix_tokens=pos_prefix_tokens(holder, pos_key), method=method)
     return ConvertResult(
         result.output, key, result.old_shape, result.new_shape, pos_key, tuple(old.shape), tuple(holder[pos_key].shape)

@@ -36,6 +36,8 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 CONTAINERS = ("state_dict", "model", "module", "net", "params")
 EMA_CONTAINERS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
 PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.", "encoder.")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_NAMES = "float16, bfloat16, float32 or float64"
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,33 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         ) from exc
 
 
+def check_tensor_storage(tensors: Mapping[str, Any]) -> None:
+    """Refuse tensors that claim more bytes than their storage holds (``expand``-ed, stride-0 or
+    overlapping views): copying one would allocate what the file never contained, so this runs
+    before anything clones, casts or hashes them."""
+    from exporter.limits import gigabytes
+
+    for key, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.layout != torch.strided:
+            raise CheckpointError(f"checkpoint tensor {key!r} is {t.layout} (not a plain dense tensor)")
+        claimed, stored = t.numel() * t.element_size(), t.untyped_storage().nbytes()
+        if stored < claimed:
+            raise CheckpointError(
+                f"checkpoint tensor {key!r} claims shape {tuple(t.shape)} ({gigabytes(claimed)}) but is stored "
+                f"in {stored:,} bytes (an expanded or overlapping view, not plain weights); "
+                "re-save the checkpoint with .contiguous() tensors"
+            )
+
+
+def check_float(key: str, tensor: torch.Tensor) -> None:
+    """Weights are floating point; an integer or bool tensor is a wrong key or a broken file."""
+    if tensor.dtype not in FLOAT_DTYPES:
+        name = str(tensor.dtype).replace("torch.", "")
+        raise CheckpointError(f"{key!r} has dtype {name}; weights must be {FLOAT_NAMES}")
+
+
 def unwrap_state_dict(obj: Any, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """Find the state dict inside the usual containers and strip DDP/compile prefixes.
 
@@ -155,6 +184,7 @@ def unwrap_state_dict(obj: Any, use_ema: bool = False) -> tuple[dict[str, torch.
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError("checkpoint holds no tensors (is it a state dict?)")
+    check_tensor_storage(tensors)
     tensors, stripped = _strip_prefixes(tensors)
     where.extend(f"prefix {p!r} removed" for p in stripped)
     return tensors, " ".join(where) or "(top level)"
@@ -188,6 +218,7 @@ def infer_vit_args(sd: Mapping[str, torch.Tensor], num_heads: int | None = None)
     kernel = sd[KERNEL_KEY]
     if kernel.dim() != 4:
         raise CheckpointError(f"{KERNEL_KEY} must be 4-D [out, in, h, w], got shape {tuple(kernel.shape)}")
+    check_float(KERNEL_KEY, kernel)
     if POS_KEY not in sd:
         raise CheckpointError(
             f"checkpoint has no absolute position embedding {POS_KEY!r}; only ViTs with one are supported"
@@ -289,7 +320,10 @@ def _meta_model(model_name: str | None, args: Mapping[str, Any]) -> torch.nn.Mod
 
 
 def check_state_dict(sd: Mapping[str, torch.Tensor], model: torch.nn.Module, what: str) -> None:
-    """Raise ``CheckpointError`` naming missing, unexpected and mis-shaped keys."""
+    """Raise ``CheckpointError`` naming a non-float weight, or missing, unexpected and mis-shaped keys."""
+    for key, value in model.state_dict().items():
+        if key in sd and value.is_floating_point():
+            check_float(key, sd[key])
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))

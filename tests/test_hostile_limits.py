@@ -188,3 +188,47 @@ def test_bench_threads_are_clamped_and_below_one_refused():
 def test_threads_below_one_is_usage_error(tmp_path):
     result = run_cli("build", "-p", "16", "--threads", "0", "--out", str(tmp_path / "o"))
     assert result.exit_code == 2 and "--threads must be at least 1, got 0" in one_line_error(result)
+
+
+# 3. Checkpoints ------------------------------------------------------------------------------
+
+
+def test_expanded_tensors_are_refused_before_they_are_materialised(tmp_path, tiny_state):
+    state = dict(tiny_state)
+    state["blocks.0.mlp.fc1.weight"] = torch.zeros(1).expand(10**9)  # 4 GB claimed, 4 bytes stored
+    state["blocks.1.mlp.fc1.weight"] = torch.zeros(1, 1).expand(128, 32)  # right shape, still a view
+    torch.save(state, tmp_path / "bomb.pt")
+    assert (tmp_path / "bomb.pt").stat().st_size < 1_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = run_cli("build", "--weights", str(tmp_path / "bomb.pt"), "-p", "16", "--out", str(tmp_path / "o"))
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 500
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert "'blocks.0.mlp.fc1.weight'" in line and "(1000000000,)" in line and "4.0 GB" in line
+    assert "stored in 4 bytes" in line and ".contiguous()" in line
+    resized = run_cli("resize", "-i", str(tmp_path / "bomb.pt"), "-o", str(tmp_path / "r.pt"), "-ps", "8")
+    assert resized.exit_code == 2 and "'blocks.0.mlp.fc1.weight'" in one_line_error(resized)
+    assert not (tmp_path / "r.pt").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.int32])
+def test_non_float_kernel_is_refused_naming_key_and_dtype(tmp_path, tiny_state, dtype):
+    state = dict(tiny_state)
+    state["patch_embed.proj.weight"] = state["patch_embed.proj.weight"].to(dtype)
+    torch.save(state, tmp_path / "int.pt")
+    result = run_cli("build", "--weights", str(tmp_path / "int.pt"), "-p", "16", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    name = str(dtype).replace("torch.", "")
+    assert one_line_error(result) == (
+        f"error: 'patch_embed.proj.weight' has dtype {name}; weights must be float16, bfloat16, float32 or float64"
+    )
+    resized = run_cli("resize", "-i", str(tmp_path / "int.pt"), "-o", str(tmp_path / "r.pt"), "-ps", "8")
+    assert resized.exit_code == 2 and f"dtype {name}" in one_line_error(resized)
+
+
+def test_non_float_tensor_elsewhere_is_refused(tmp_path, tiny_state):
+    state = dict(tiny_state)
+    state["blocks.1.norm1.weight"] = state["blocks.1.norm1.weight"].long()
+    torch.save(state, tmp_path / "int.pt")
+    result = run_cli("build", "--weights", str(tmp_path / "int.pt"), "-p", "16", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "'blocks.1.norm1.weight' has dtype int64" in one_line_error(result)
