@@ -15,7 +15,7 @@ import torch
 from exporter.errors import UsageError
 from exporter.limits import Workload, available_cores, check_memory, estimate_peak
 
-from conftest import one_line_error, run_cli, tiny_model
+from conftest import TINY, one_line_error, run_cli, save_with_config, tiny_model
 
 GB = 1e9
 
@@ -232,3 +232,75 @@ def test_non_float_tensor_elsewhere_is_refused(tmp_path, tiny_state):
     torch.save(state, tmp_path / "int.pt")
     result = run_cli("build", "--weights", str(tmp_path / "int.pt"), "-p", "16", "--out", str(tmp_path / "o"))
     assert result.exit_code == 2 and "'blocks.1.norm1.weight' has dtype int64" in one_line_error(result)
+
+
+# 4. The config beside the weights -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"architecture": "no_such_vit", "model_args": TINY}, "unknown timm architecture 'no_such_vit'"),
+        ({"architecture": 7}, "'architecture' must be a timm model name (a string), got 7"),
+        ({"model_args": {"embed_dim": "wide"}}, "model_args.embed_dim must be an integer, got 'wide'"),
+        ({"model_args": {"mlp_ratio": [4]}}, "model_args.mlp_ratio must be a number, got [4]"),
+        ({"model_args": {"depth": -2}}, "model_args.depth must be at least 1, got -2"),
+        ({"model_args": {"bogus": 1}}, "model_args.bogus is not an argument of timm's VisionTransformer"),
+        ({"architecture": "flexivit_small", "model_args": {**TINY, "bogus": 1}}, "model_args.bogus is not"),
+        ({"model_args": [1, 2]}, "'model_args' must be a JSON object, got a list"),
+        ({"pretrained_cfg": {"mean": "grey"}}, "pretrained_cfg.mean must be 3 numbers, got 'grey'"),
+        ({"img_size": "big"}, "'img_size' must be N or [H, W] with positive integers, got 'big'"),
+        ([1, 2, 3], "must be a JSON object ({...}), got a list"),
+        ("{not json", "cannot read config"),
+    ],
+)
+def test_bad_config_beside_the_weights_is_usage_error(tmp_path, tiny_state, config, expected):
+    weights = weights_with_config(tmp_path, tiny_state, config)
+    result = run_cli("build", "--weights", str(weights), "--num-heads", "2", "-p", "16", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2, result.output + result.stderr
+    line = one_line_error(result)
+    assert f"config {weights.with_suffix('.json')}" in line and expected in line
+
+
+def test_config_json_in_the_folder_is_checked_too(tmp_path, tiny_state):
+    torch.save(tiny_state, tmp_path / "w.pt")
+    (tmp_path / "config.json").write_text(json.dumps({"model_args": {"bogus": 1}}))
+    result = run_cli("build", "--weights", str(tmp_path / "w.pt"), "-p", "16", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and f"config {tmp_path / 'config.json'}:" in one_line_error(result)
+
+
+# 5. Head counts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("heads", ["5", "3"])
+def test_num_heads_that_do_not_divide_the_width(tmp_path, tiny_state, heads):
+    torch.save(tiny_state, tmp_path / "w.pt")
+    result = run_cli("build", "--weights", str(tmp_path / "w.pt"), "--num-heads", heads, "-p", "16")
+    assert result.exit_code == 2
+    assert one_line_error(result) == (
+        f"error: --num-heads {heads} does not divide the width 32 of the weights; valid head counts: 1, 2, 4, 8, 16, 32"
+    )
+
+
+@pytest.mark.parametrize("heads", ["0", "-2"])
+def test_num_heads_below_one(heads):
+    result = run_cli("build", "--num-heads", heads, "-p", "16")
+    assert result.exit_code == 2 and f"--num-heads must be a positive integer, got {heads}" in one_line_error(result)
+
+
+def test_config_num_heads_that_do_not_divide_the_width(tmp_path, tiny_state):
+    weights = weights_with_config(tmp_path, tiny_state, {"model_args": {**TINY, "num_heads": 5}})
+    result = run_cli("build", "--weights", str(weights), "-p", "16", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert one_line_error(result) == (
+        f"error: config {weights.with_suffix('.json')}: model_args.num_heads 5 does not divide the width 32 "
+        "of the weights; valid head counts: 1, 2, 4, 8, 16, 32"
+    )
+
+
+def test_inferred_head_count_always_divides_the_width(tmp_path):
+    from exporter.load import SourceSpec, load_source
+
+    path = save_with_config(tiny_model(embed_dim=200, num_heads=5, num_classes=3), tmp_path / "w200.pt")
+    source = load_source(SourceSpec(weights=path))
+    assert 200 % source.num_heads == 0 and "num_heads=" in source.inferred[0]
