@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 64  # int8: calibration images read after the ones the check uses
 NO_CALIBRATION = "--precision int8 needs calibration images: pass --calib-dir DIR"
 STAGES = ("resize", "export", "parity")
+MAX_SEED = 2**32 - 1  # numpy takes any non-negative seed; this range is portable (torch, legacy numpy)
 
 
 class Reporter(Protocol):
@@ -109,6 +110,8 @@ class BuildOptions:
         object.__setattr__(self, "patch_sizes", unique)
         if self.parity_samples < 1:
             raise UsageError(f"--parity-samples must be at least 1, got {self.parity_samples}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
         object.__setattr__(self, "threads", cap_threads(self.threads))
 
 

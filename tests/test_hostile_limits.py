@@ -304,3 +304,13 @@ def test_inferred_head_count_always_divides_the_width(tmp_path):
     path = save_with_config(tiny_model(embed_dim=200, num_heads=5, num_classes=3), tmp_path / "w200.pt")
     source = load_source(SourceSpec(weights=path))
     assert 200 % source.num_heads == 0 and "num_heads=" in source.inferred[0]
+
+
+# 6. --seed ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_out_of_range(seed):
+    result = run_cli("build", "-p", "16", "--seed", seed)
+    assert result.exit_code == 2
+    assert one_line_error(result) == f"error: --seed must be between 0 and 4294967295, got {seed}"
