@@ -83,6 +83,18 @@ def parse_img_size(value: str) -> str | Size2:
         raise click.BadParameter(f"must be N, HxW, 'native' or 'auto', got {value!r}") from exc
 
 
+def parse_batch_sizes(value: str) -> tuple[int, ...]:
+    """``1 8`` or ``1,8`` → (1, 8); anything but positive integers is a usage error."""
+    sizes = []
+    for part in (p for p in value.replace(" ", ",").split(",") if p.strip()):
+        if not part.strip().lstrip("-").isdigit():
+            raise UsageError(f"--batch-sizes must be positive integers (e.g. 1 8 or 1,8), got {part!r}")
+        if int(part) < 1:
+            raise UsageError(f"--batch-sizes must be positive integers (e.g. 1 8 or 1,8), got {int(part)}")
+        sizes.append(int(part))
+    return tuple(sizes)
+
+
 def parse_batch(value: str) -> str | int:
     if value == "dynamic":
         return value
@@ -588,9 +600,10 @@ def bench(bundle: Path, **kw: Any) -> None:
     from exporter.bench import BenchOptions, bench_bundle
     from exporter.manifest import read_manifest, write_atomic
 
+    batch_sizes = parse_batch_sizes(kw["batch_sizes"])
     manifest = read_manifest(bundle)
     options = BenchOptions(
-        batch_sizes=tuple(int(b) for b in kw["batch_sizes"].replace(" ", ",").split(",") if b.strip()),
+        batch_sizes=batch_sizes,
         backends=tuple(b for b in kw["backends"].replace(" ", ",").split(",") if b.strip()),
         threads=kw["threads"],
         warmup=kw["warmup"],

@@ -314,3 +314,20 @@ def test_seed_out_of_range(seed):
     result = run_cli("build", "-p", "16", "--seed", seed)
     assert result.exit_code == 2
     assert one_line_error(result) == f"error: --seed must be between 0 and 4294967295, got {seed}"
+
+
+# 7. bench options -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "bad"), [("abc", "'abc'"), ("0", "0"), ("-1", "-1"), ("1,x", "'x'")])
+def test_bench_batch_sizes_must_be_positive_integers(demo_build, value, bad):
+    result = run_cli("bench", str(demo_build[0]), "--batch-sizes", value)
+    assert result.exit_code == 2
+    assert one_line_error(result) == f"error: --batch-sizes must be positive integers (e.g. 1 8 or 1,8), got {bad}"
+
+
+def test_bench_unknown_backend_names_the_valid_ones(demo_build):
+    result = run_cli("bench", str(demo_build[0]), "--backends", "nosuch")
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert "unknown backend 'nosuch'" in line and "torch, torch-compile, ort-cpu" in line
