@@ -260,12 +260,15 @@ def state_digest(source: SourceModel) -> str:
 
 
 def calib_key(options: BuildOptions) -> str | None:
-    """The ``--calib-dir`` images a build reads, by content: parity's, and int8's calibration set."""
+    """The ``--calib-dir`` images a build reads, by content: parity's, and int8's calibration set.
+    Their headers are checked first, so a broken file or a decompression bomb stops the build
+    before any export."""
     if options.calib_dir is None:
         return None
-    from exporter.images import folder_digest
+    from exporter.images import check_headers, folder_digest
 
     used = options.parity_samples + (CALIBRATION_IMAGES if options.precision == "int8" else 0)
+    check_headers(options.calib_dir, used)
     return folder_digest(options.calib_dir, used)
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import resource
 import shutil
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -331,3 +333,51 @@ def test_bench_unknown_backend_names_the_valid_ones(demo_build):
     assert result.exit_code == 2
     line = one_line_error(result)
     assert "unknown backend 'nosuch'" in line and "torch, torch-compile, ort-cpu" in line
+
+
+# 8. Decompression bombs ----------------------------------------------------------------------
+
+
+def png_claiming(path: Path, width: int, height: int) -> Path:
+    """A real 1x1 PNG whose header is rewritten to claim ``width`` x ``height`` (CRC fixed)."""
+    from PIL import Image
+
+    Image.new("P", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = 8 + 4  # signature, then the IHDR chunk's length field
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(("side", "what"), [(30000, "bomb"), (10000, "warning")])
+def test_decompression_bomb_is_refused(tmp_path, side, what):
+    from exporter.images import preprocess
+    from exporter.load import Preprocessing
+
+    bomb = png_claiming(tmp_path / f"{what}.png", side, side)
+    with pytest.raises(UsageError) as info:
+        preprocess(bomb, (64, 64), Preprocessing())
+    assert str(info.value) == (
+        f"image {str(bomb)!r} has {side * side:,} pixels, more than the 89,478,485 this tool decodes "
+        "(a decompression bomb?); shrink or remove it"
+    )
+
+
+def test_bomb_in_calib_dir_is_refused_before_the_build_works(tmp_path):
+    (tmp_path / "calib").mkdir()
+    png_claiming(tmp_path / "calib" / "a.png", 30000, 30000)
+    start = time.perf_counter()
+    result = run_cli("build", "-p", "16", "--calib-dir", str(tmp_path / "calib"), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and time.perf_counter() - start < 5
+    assert "a.png' has 900,000,000 pixels" in one_line_error(result)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bomb_in_evaluate_data_is_refused(bundle, tmp_path):
+    (tmp_path / "data" / "3").mkdir(parents=True)
+    png_claiming(tmp_path / "data" / "3" / "x.png", 30000, 30000)
+    result = run_cli("evaluate", str(bundle), "--data", str(tmp_path / "data"))
+    assert result.exit_code == 2 and "x.png' has 900,000,000 pixels" in one_line_error(result)
