@@ -476,7 +476,7 @@ def resize(**kw: Any) -> None:
     flexiexport resize -i vit-16.pt -o vit-20.pt -n patch_embed.proj.weight -ps 20
     flexiexport resize -i vit-16.pt -o vit-10-15.pt -ps 10 15 --img-size 240
     """
-    from exporter.convert import convert_checkpoint, describe
+    from exporter.convert import check_paths, convert_checkpoint, describe
     from exporter.resize import ResizeMethod
 
     sizes = kw["patch"]
@@ -486,6 +486,7 @@ def resize(**kw: Any) -> None:
         raise UsageError(f"-ps takes one size (20) or height and width (10 15), got {len(sizes)} values")
     img = to_size2(kw["img_size"], "image size") if kw["img_size"] else None
     method = ResizeMethod(kw["interpolation"], kw["antialias"])
+    check_paths(kw["src"], kw["dst"], kw["force"])
     out = console()
     out.print(f"Resizing {kw['key']} in {kw['src']} to {format_size(sizes[0])}")
     result = convert_checkpoint(

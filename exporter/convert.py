@@ -70,6 +70,22 @@ def pos_prefix_tokens(holder: MutableMapping[str, Any], pos_key: str) -> int:
     return prefix
 
 
+def check_paths(src: Path, dst: Path, force: bool) -> None:
+    """Refuse a missing input, an output that is a folder or the input itself (under any
+    spelling: ``..``, a symlink, a hard link), and an existing output without ``force``."""
+    if not src.exists():
+        raise CheckpointError(f"input checkpoint {str(src)!r} does not exist")
+    if not src.is_file():
+        raise CheckpointError(f"input checkpoint {str(src)!r} is not a file")
+    if dst.is_dir():
+        raise UsageError(f"-o {str(dst)!r} is a folder; give a file path")
+    same = os.path.samefile(src, dst) if dst.exists() else src.resolve() == dst.resolve()
+    if same:
+        raise UsageError(f"-o {str(dst)!r} is the input checkpoint itself; write to another file")
+    if dst.exists() and not force:
+        raise UsageError(f"output {str(dst)!r} already exists; pass --force to overwrite it")
+
+
 def check_resize_memory(kernel: torch.Tensor, patch: Size2, img_size: Size2 | None) -> None:
     """The new kernel (and position grid) must fit in memory: ``-ps 100000`` asks for terabytes."""
     from exporter.limits import Workload, check_memory
@@ -107,10 +123,7 @@ def convert_checkpoint(
     force: bool = False,
 ) -> ConvertResult:
     """Resize ``key`` in ``src`` to ``patch`` (and ``pos_key`` for ``img_size``) and write ``dst``."""
-    if not src.is_file():
-        raise CheckpointError(f"input checkpoint {str(src)!r} does not exist")
-    if dst.exists() and not force:
-        raise UsageError(f"output {str(dst)!r} already exists; pass --force to overwrite it")
+    check_paths(src, dst, force)
     safetensors = src.suffix.lower() == ".safetensors"
     obj: Any = read_safetensors(src)[0] if safetensors else read_torch_file(src, trust)
     holder = _find_holder(obj, key)

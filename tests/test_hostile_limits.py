@@ -381,3 +381,44 @@ def test_bomb_in_evaluate_data_is_refused(bundle, tmp_path):
     png_claiming(tmp_path / "data" / "3" / "x.png", 30000, 30000)
     result = run_cli("evaluate", str(bundle), "--data", str(tmp_path / "data"))
     assert result.exit_code == 2 and "x.png' has 900,000,000 pixels" in one_line_error(result)
+
+
+# 9. resize outputs ----------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def checkpoint(tmp_path, tiny_state) -> Path:
+    torch.save(tiny_state, tmp_path / "in.pt")
+    return tmp_path / "in.pt"
+
+
+def test_resize_output_that_is_a_folder(checkpoint, tmp_path):
+    (tmp_path / "dir").mkdir()
+    result = run_cli("resize", "-i", str(checkpoint), "-o", str(tmp_path / "dir"), "-ps", "8", "--force")
+    assert result.exit_code == 2 and "Resizing" not in result.stdout
+    assert one_line_error(result) == f"error: -o {str(tmp_path / 'dir')!r} is a folder; give a file path"
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotted", "symlink"])
+def test_resize_never_overwrites_its_input(checkpoint, tmp_path, spelling):
+    before = checkpoint.read_bytes()
+    out = {
+        "same": checkpoint,
+        "dotted": tmp_path / "." / "sub" / ".." / "in.pt",
+        "symlink": tmp_path / "link.pt",
+    }[spelling]
+    (tmp_path / "sub").mkdir()
+    if spelling == "symlink":
+        out.symlink_to(checkpoint)
+    result = run_cli("resize", "-i", str(checkpoint), "-o", str(out), "-ps", "8", "--force")
+    assert result.exit_code == 2 and "Resizing" not in result.stdout
+    assert "is the input checkpoint itself; write to another file" in one_line_error(result)
+    assert checkpoint.read_bytes() == before
+
+
+def test_resize_checks_arguments_before_announcing(checkpoint, tmp_path):
+    (tmp_path / "taken.pt").write_bytes(b"x")
+    result = run_cli("resize", "-i", str(checkpoint), "-o", str(tmp_path / "taken.pt"), "-ps", "8")
+    assert result.exit_code == 2 and "Resizing" not in result.stdout and "already exists" in one_line_error(result)
+    missing = run_cli("resize", "-i", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "r.pt"), "-ps", "8")
+    assert missing.exit_code == 2 and "Resizing" not in missing.stdout
