@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from exporter import __version__
-from exporter.errors import FlexiExportError, UsageError, ValidationFailed
+from exporter.errors import DiskFullError, FlexiExportError, UsageError, ValidationFailed, full_disk_cause
 from exporter.sizes import Size2, format_size, to_size2
 
 NUMBERISH = re.compile(r"^-?\d")
@@ -134,6 +134,10 @@ class FlexiGroup(click.Group):
             raise
         except KeyboardInterrupt:
             fail(ctx, "interrupted; nothing was written (an existing bundle is unchanged)", 130)
+        except DiskFullError as exc:
+            if debug:
+                raise
+            fail(ctx, disk_full_text(ctx, exc), exc.exit_code)
         except FlexiExportError as exc:
             if debug:
                 raise
@@ -141,7 +145,19 @@ class FlexiGroup(click.Group):
         except Exception as exc:
             if debug:
                 raise
+            full = full_disk_cause(exc)  # a write site we do not wrap (onnx.save, a library's own file)
+            if full is not None:
+                fail(ctx, disk_full_text(ctx, DiskFullError(full.filename or "the output")), 2)
             fail(ctx, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+
+
+OUTPUT_OPTIONS = {"build": "--out", "triton": "--out", "resize": "-o"}
+
+
+def disk_full_text(ctx: click.Context, exc: DiskFullError) -> str:
+    """The error plus what to do; the option to suggest depends on the command."""
+    option = OUTPUT_OPTIONS.get(ctx.invoked_subcommand or "")
+    return f"{exc} (free some space{f' or choose another {option}' if option else ''})"
 
 
 def fail(ctx: click.Context, message: str, code: int) -> NoReturn:

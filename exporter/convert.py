@@ -20,6 +20,7 @@ import torch
 
 from exporter.errors import CheckpointError, UsageError
 from exporter.load import CONTAINERS, check_float, check_tensor_storage, read_safetensors, read_torch_file
+from exporter.manifest import full_disk_as_usage_error
 from exporter.resize import (
     TIMM_PATCH_RESIZE,
     TIMM_POS_RESIZE,
@@ -173,12 +174,13 @@ def _save(obj: Any, dst: Path, safetensors: bool) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
     try:
-        if safetensors:
-            from safetensors.torch import save_file
+        with full_disk_as_usage_error(dst):
+            if safetensors:
+                from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
-        else:
-            torch.save(obj, tmp)
+                save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+            else:
+                torch.save(obj, tmp)
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

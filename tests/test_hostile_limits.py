@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import resource
 import shutil
 import struct
@@ -422,3 +424,72 @@ def test_resize_checks_arguments_before_announcing(checkpoint, tmp_path):
     assert result.exit_code == 2 and "Resizing" not in result.stdout and "already exists" in one_line_error(result)
     missing = run_cli("resize", "-i", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "r.pt"), "-ps", "8")
     assert missing.exit_code == 2 and "Resizing" not in missing.stdout
+
+
+# 10. Out of disk space ------------------------------------------------------------------------
+
+
+def enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_disk_full_while_writing_the_bundle(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "fsync", enospc)  # the seam: every atomic write fsyncs its file
+    result = run_cli("build", "-p", "32", "--out", str(tmp_path / "out"), "--quiet")
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert line.startswith(f"error: no space left on device while writing {tmp_path}")
+    assert line.endswith("(free some space or choose another --out)")
+    assert list(tmp_path.iterdir()) == []  # staging folder removed, nothing half-written
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_disk_full_on_a_real_full_device():
+    from exporter.errors import DiskFullError
+    from exporter.manifest import full_disk_as_usage_error
+
+    # Every write to /dev/full fails with ENOSPC (seen when the buffered file is closed).
+    with (
+        pytest.raises(DiskFullError) as info,
+        full_disk_as_usage_error(Path("/dev/full")),
+        open("/dev/full", "wb") as handle,
+    ):
+        handle.write(b"x")
+    assert str(info.value) == "no space left on device while writing /dev/full"
+
+
+def test_disk_full_while_resizing_names_the_output(checkpoint, tmp_path, monkeypatch):
+    def full(obj, f, *args, **kwargs):  # torch.save as it fails when the quota is used up
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(torch, "save", full)
+    result = run_cli("resize", "-i", str(checkpoint), "-o", str(tmp_path / "r.pt"), "-ps", "8")
+    assert result.exit_code == 2
+    assert one_line_error(result) == (
+        f"error: no space left on device while writing {tmp_path / 'r.pt'} (free some space or choose another -o)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.pt"]
+
+
+def test_disk_full_from_any_write_site_is_exit_2():
+    """A write we do not wrap (a library's own), its OSError wrapped in another exception."""
+    import click
+    from click.testing import CliRunner
+
+    from exporter.cli import FlexiGroup
+
+    @click.group(cls=FlexiGroup)
+    def group() -> None: ...
+
+    @group.command()
+    def triton() -> None:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/repo/m/1/model.onnx")
+        except OSError as exc:
+            raise RuntimeError("serialising the model failed") from exc
+
+    result = CliRunner().invoke(group, ["triton"])
+    assert result.exit_code == 2
+    assert one_line_error(result) == (
+        "error: no space left on device while writing /repo/m/1/model.onnx (free some space or choose another --out)"
+    )
