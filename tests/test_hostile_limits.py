@@ -13,11 +13,13 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from exporter.errors import UsageError
 from exporter.limits import Workload, available_cores, check_memory, estimate_peak
+from exporter.validate import Tolerance, compare_outputs
 
 from conftest import TINY, one_line_error, run_cli, save_with_config, tiny_model
 
@@ -493,3 +495,24 @@ def test_disk_full_from_any_write_site_is_exit_2():
     assert one_line_error(result) == (
         "error: no space left on device while writing /repo/m/1/model.onnx (free some space or choose another --out)"
     )
+
+
+# 11. Non-finite outputs -----------------------------------------------------------------------
+
+
+def test_all_nan_outputs_agree_with_nothing():
+    ref = np.random.default_rng(0).normal(size=(8, 10)).astype(np.float32)
+    ref[:, 0] += 10  # class 0 on top everywhere: a NaN row used to "agree" with it
+    cmp = compare_outputs(ref, np.full_like(ref, np.nan))
+    assert not cmp and cmp.top1_agreement == 0.0 and cmp.top5_agreement == 0.0 and cmp.min_cosine == 0.0
+    assert "non-finite outputs (NaN or Inf) in 8 of 8 samples" in cmp.failures
+
+
+def test_some_inf_rows_count_as_disagreements():
+    ref = np.random.default_rng(1).normal(size=(8, 10)).astype(np.float32)
+    cand = ref.copy()
+    cand[2, 3] = np.inf
+    cand[5, 0] = np.nan
+    cmp = compare_outputs(ref, cand, Tolerance(atol=1.0, rtol=1.0, min_cosine=0.0, min_top1=0.0))
+    assert cmp.top1_agreement == 6 / 8 and cmp.top5_agreement == 6 / 8 and cmp.min_cosine == 0.0
+    assert cmp.failures == ("non-finite outputs (NaN or Inf) in 2 of 8 samples",)
