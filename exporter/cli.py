@@ -566,7 +566,9 @@ def validate(bundle: Path, weights: Path | None, quiet: bool, debug: bool) -> No
     out = console()
     for r in results:
         mark = "[green]✓[/green]" if r else "[red]✗[/red]"
-        out.print(f"{mark} {r.label}  sha256 {'ok' if r.sha256_ok else 'MISMATCH'}  {r.comparison or r.problem}")
+        # A failing Comparison is falsy, yet its text is the reason: test for None, not truth.
+        detail = r.problem if r.comparison is None else r.comparison
+        out.print(f"{mark} {r.label}  sha256 {'ok' if r.sha256_ok else 'MISMATCH'}  {detail}")
         if r.reduced is not None:
             out.print(f"  {r.label} {r.reduced.tolerance.name}: {r.reduced}")
     bad = [r.label for r in results if not r]

@@ -516,3 +516,14 @@ def test_some_inf_rows_count_as_disagreements():
     cmp = compare_outputs(ref, cand, Tolerance(atol=1.0, rtol=1.0, min_cosine=0.0, min_top1=0.0))
     assert cmp.top1_agreement == 6 / 8 and cmp.top5_agreement == 6 / 8 and cmp.min_cosine == 0.0
     assert cmp.failures == ("non-finite outputs (NaN or Inf) in 2 of 8 samples",)
+
+
+# 12. validate prints the reason ---------------------------------------------------------------
+
+
+def test_validate_prints_why_a_variant_failed(bundle):
+    edit_manifest(bundle, lambda m: m["tolerance"].update(atol=1e-12, rtol=0.0))
+    result = run_cli("validate", str(bundle))
+    assert result.exit_code == 3
+    rows = [line for line in result.stdout.splitlines() if line.startswith("✗ p8")]
+    assert rows and "sha256 ok" in rows[0] and "max|Δ|" in rows[0] and "exceeds atol 1e-12" in rows[0]
