@@ -8,7 +8,6 @@ the exported model runs on) and torch's sgemm, on 2048x2048 float32.
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import statistics
@@ -21,6 +20,7 @@ import numpy as np
 
 from exporter.bundle import Bundle
 from exporter.errors import UsageError
+from exporter.limits import available_cores, cap_threads, check_bundle_memory
 from exporter.manifest import VariantRecord
 from exporter.validate import Runner
 
@@ -47,14 +47,13 @@ class BenchOptions:
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:
             raise UsageError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        object.__setattr__(self, "threads", cap_threads(self.threads))
         if self.min_runs < 1 or self.warmup < 0 or self.min_seconds < 0:
             raise UsageError("--runs must be >= 1, --warmup >= 0 and --min-seconds >= 0")
 
     @property
     def thread_count(self) -> int:
-        return self.threads or len(os.sched_getaffinity(0))
+        return self.threads or available_cores()
 
 
 @dataclass(frozen=True)
@@ -136,7 +135,7 @@ def machine_info(threads: int) -> dict[str, object]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": cpu,
-        "cores_available": len(os.sched_getaffinity(0)),
+        "cores_available": available_cores(),
         "threads": threads,
         "gpu": gpu,
         "python": platform.python_version(),
@@ -325,6 +324,7 @@ def bench_bundle(
     threads = options.thread_count
     torch.set_num_threads(threads)
     manifest = opened.manifest
+    check_bundle_memory(manifest, opened.root, "bench", max(options.batch_sizes), max(options.batch_sizes))
     source = bundle_source(manifest, weights)
     say(f"ceiling: MatMul 2048x2048 fp32 on {threads} threads")
     ceiling = measure_ceiling(threads, options)

@@ -14,6 +14,7 @@ import numpy as np
 
 from exporter.bundle import Bundle
 from exporter.errors import BundleError
+from exporter.limits import check_bundle_memory
 from exporter.manifest import VariantRecord
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import stored_reference
@@ -59,6 +60,7 @@ def check_bundle(bundle: Path, threads: int | None = None, reporter: Reporter | 
     """``validate``'s verdict on every variant, from the bundle alone."""
     reporter = reporter or SilentReporter()
     opened = Bundle.open(bundle)
+    check_bundle_memory(opened.manifest, opened.root, "validate")
     reporter.begin(len(opened.manifest.variants))
     times: dict[str, float] = {}
     results = []

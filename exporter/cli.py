@@ -18,7 +18,14 @@ from typing import Any, NoReturn
 import click
 
 from exporter import __version__
-from exporter.errors import EnvironmentMissing, FlexiExportError, UsageError, ValidationFailed
+from exporter.errors import (
+    DiskFullError,
+    EnvironmentMissing,
+    FlexiExportError,
+    UsageError,
+    ValidationFailed,
+    full_disk_cause,
+)
 from exporter.names import printable
 from exporter.sizes import Size2, format_size, to_size2
 
@@ -85,6 +92,18 @@ def parse_img_size(value: str) -> str | Size2:
         raise click.BadParameter(f"must be N, HxW, 'native' or 'auto', got {value!r}") from exc
 
 
+def parse_batch_sizes(value: str) -> tuple[int, ...]:
+    """``1 8`` or ``1,8`` → (1, 8); anything but positive integers is a usage error."""
+    sizes = []
+    for part in (p for p in value.replace(" ", ",").split(",") if p.strip()):
+        if not part.strip().lstrip("-").isdigit():
+            raise UsageError(f"--batch-sizes must be positive integers (e.g. 1 8 or 1,8), got {part!r}")
+        if int(part) < 1:
+            raise UsageError(f"--batch-sizes must be positive integers (e.g. 1 8 or 1,8), got {int(part)}")
+        sizes.append(int(part))
+    return tuple(sizes)
+
+
 def parse_batch(value: str) -> str | int:
     if value == "dynamic":
         return value
@@ -134,6 +153,10 @@ class FlexiGroup(click.Group):
             name = str(exc.args[0]) if exc.args and str(exc.args[0]).startswith("SIG") else "SIGINT"
             code = 128 + int(getattr(signal.Signals, name, signal.SIGINT))
             fail(ctx, f"interrupted ({name}); nothing was written (an existing bundle is as it was)", code)
+        except DiskFullError as exc:
+            if debug:
+                raise
+            fail(ctx, disk_full_text(ctx, exc), exc.exit_code)
         except FlexiExportError as exc:
             if debug:
                 raise
@@ -141,7 +164,19 @@ class FlexiGroup(click.Group):
         except Exception as exc:
             if debug:
                 raise
+            full = full_disk_cause(exc)  # a write site we do not wrap (onnx.save, a library's own file)
+            if full is not None:
+                fail(ctx, disk_full_text(ctx, DiskFullError(full.filename or "the output")), 2)
             fail(ctx, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+
+
+OUTPUT_OPTIONS = {"build": "--out", "triton": "--out", "resize": "-o"}
+
+
+def disk_full_text(ctx: click.Context, exc: DiskFullError) -> str:
+    """The error plus what to do; the option to suggest depends on the command."""
+    option = OUTPUT_OPTIONS.get(ctx.invoked_subcommand or "")
+    return f"{exc} (free some space{f' or choose another {option}' if option else ''})"
 
 
 def fail(ctx: click.Context, message: str, code: int) -> NoReturn:
@@ -489,7 +524,7 @@ def resize(**kw: Any) -> None:
     flexiexport resize -i vit-16.pt -o vit-20.pt -n patch_embed.proj.weight -ps 20
     flexiexport resize -i vit-16.pt -o vit-10-15.pt -ps 10 15 --img-size 240
     """
-    from exporter.convert import convert_checkpoint, describe
+    from exporter.convert import check_paths, convert_checkpoint, describe
     from exporter.resize import ResizeMethod
 
     sizes = kw["patch"]
@@ -499,6 +534,7 @@ def resize(**kw: Any) -> None:
         raise UsageError(f"-ps takes one size (20) or height and width (10 15), got {len(sizes)} values")
     img = to_size2(kw["img_size"], "image size") if kw["img_size"] else None
     method = ResizeMethod(kw["interpolation"], kw["antialias"])
+    check_paths(kw["src"], kw["dst"], kw["force"])
     out = console()
     out.print(safe(f"Resizing {kw['key']} in {kw['src']} to {format_size(sizes[0])}"))
     result = convert_checkpoint(
@@ -637,8 +673,9 @@ def bench(bundle: Path, **kw: Any) -> None:
 
     opened = Bundle.open(bundle)
     targets = opened.artefact("bench.json"), opened.artefact("tradeoff.png")  # refused before any work
+    batch_sizes = parse_batch_sizes(kw["batch_sizes"])
     options = BenchOptions(
-        batch_sizes=tuple(int(b) for b in kw["batch_sizes"].replace(" ", ",").split(",") if b.strip()),
+        batch_sizes=batch_sizes,
         backends=tuple(b for b in kw["backends"].replace(" ", ",").split(",") if b.strip()),
         threads=kw["threads"],
         warmup=kw["warmup"],

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from exporter.errors import CheckpointError, UsageError
-from exporter.load import CONTAINERS, read_safetensors, read_torch_file
+from exporter.load import CONTAINERS, check_float, check_tensor_storage, read_safetensors, read_torch_file
+from exporter.manifest import full_disk_as_usage_error
 from exporter.resize import (
     TIMM_PATCH_RESIZE,
     TIMM_POS_RESIZE,
@@ -70,6 +71,46 @@ def pos_prefix_tokens(holder: MutableMapping[str, Any], pos_key: str) -> int:
     return prefix
 
 
+def check_paths(src: Path, dst: Path, force: bool) -> None:
+    """Refuse a missing input, an output that is a folder or the input itself (under any
+    spelling: ``..``, a symlink, a hard link), and an existing output without ``force``."""
+    if not src.exists():
+        raise CheckpointError(f"input checkpoint {str(src)!r} does not exist")
+    if not src.is_file():
+        raise CheckpointError(f"input checkpoint {str(src)!r} is not a file")
+    if dst.is_dir():
+        raise UsageError(f"-o {str(dst)!r} is a folder; give a file path")
+    same = os.path.samefile(src, dst) if dst.exists() else src.resolve() == dst.resolve()
+    if same:
+        raise UsageError(f"-o {str(dst)!r} is the input checkpoint itself; write to another file")
+    if dst.exists() and not force:
+        raise UsageError(f"output {str(dst)!r} already exists; pass --force to overwrite it")
+
+
+def check_resize_memory(kernel: torch.Tensor, patch: Size2, img_size: Size2 | None) -> None:
+    """The new kernel (and position grid) must fit in memory: ``-ps 100000`` asks for terabytes."""
+    from exporter.limits import Workload, check_memory
+
+    dim, chans = int(kernel.shape[0]), int(kernel.shape[1])
+    img = img_size or patch
+    w = Workload(
+        params=kernel.numel(),
+        weight_bytes=kernel.numel() * kernel.element_size(),
+        embed_dim=dim,
+        depth=0,
+        num_heads=1,
+        num_classes=0,
+        img_size=img,
+        patch_size=patch,
+        batch=0,
+        images=0,
+        in_chans=chans,
+    )
+    what = f"-ps {format_size(patch)}" + (f" with --img-size {format_size(img_size)}" if img_size else "")
+    advice = {"weights": "use a smaller -ps", "position embedding": "use a smaller --img-size or a larger -ps"}
+    check_memory(w, what, advice)
+
+
 def convert_checkpoint(
     src: Path,
     dst: Path,
@@ -83,17 +124,17 @@ def convert_checkpoint(
     force: bool = False,
 ) -> ConvertResult:
     """Resize ``key`` in ``src`` to ``patch`` (and ``pos_key`` for ``img_size``) and write ``dst``."""
-    if not src.is_file():
-        raise CheckpointError(f"input checkpoint {str(src)!r} does not exist")
-    if dst.exists() and not force:
-        raise UsageError(f"output {str(dst)!r} already exists; pass --force to overwrite it")
+    check_paths(src, dst, force)
     safetensors = src.suffix.lower() == ".safetensors"
     obj: Any = read_safetensors(src)[0] if safetensors else read_torch_file(src, trust)
     holder = _find_holder(obj, key)
+    check_tensor_storage(holder)
     kernel = holder[key]
     if not isinstance(kernel, torch.Tensor) or kernel.dim() != 4:
         shape = tuple(kernel.shape) if isinstance(kernel, torch.Tensor) else type(kernel).__name__
         raise CheckpointError(f"{key!r} must be a 4-D conv weight [out, in, h, w], got {shape}")
+    check_float(key, kernel)
+    check_resize_memory(kernel, patch, img_size)
     holder[key] = pi_resize_patch_embed(kernel, patch, method.interpolation, method.antialias)
     result = ConvertResult(dst, key, tuple(kernel.shape), tuple(holder[key].shape))
     if img_size is not None:
@@ -118,6 +159,10 @@ def _resize_pos(
         raise CheckpointError(f"position embedding {pos_key!r} not found beside {key!r}; pass --pos-key")
     grid = grid_for(img, patch)
     old = holder[pos_key]
+    if not isinstance(old, torch.Tensor) or old.dim() != 3:
+        shape = tuple(old.shape) if isinstance(old, torch.Tensor) else type(old).__name__
+        raise CheckpointError(f"{pos_key!r} must be a 3-D position embedding [1, tokens, dim], got {shape}")
+    check_float(pos_key, old)
     holder[pos_key] = resample_pos_embed(old, grid, num_prefix_tokens=pos_prefix_tokens(holder, pos_key), method=method)
     return ConvertResult(
         result.output, key, result.old_shape, result.new_shape, pos_key, tuple(old.shape), tuple(holder[pos_key].shape)
@@ -129,12 +174,13 @@ def _save(obj: Any, dst: Path, safetensors: bool) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
     try:
-        if safetensors:
-            from safetensors.torch import save_file
+        with full_disk_as_usage_error(dst):
+            if safetensors:
+                from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
-        else:
-            torch.save(obj, tmp)
+                save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+            else:
+                torch.save(obj, tmp)
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

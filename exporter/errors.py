@@ -6,6 +6,10 @@ with a message that names the offending value and what would have been valid.
 
 from __future__ import annotations
 
+import errno
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
 
 class FlexiExportError(Exception):
     """Base class. ``exit_code`` is what the CLI returns for this kind of failure."""
@@ -33,6 +37,25 @@ class CheckpointError(UsageError):
 
 class BundleError(UsageError):
     """A bundle folder that is missing, malformed, or would be clobbered."""
+
+
+class DiskFullError(UsageError):
+    """The disk (or the user's quota) filled up while writing ``path``; the CLI adds what to do."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(f"no space left on device while writing {path}")
+        self.path = path
+
+
+def full_disk_cause(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT ``OSError`` that ``exc`` is or was raised from (libraries often wrap it)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class ValidationFailed(FlexiExportError):

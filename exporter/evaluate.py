@@ -18,6 +18,7 @@ import numpy as np
 from exporter.bundle import Bundle
 from exporter.errors import UsageError
 from exporter.images import IMAGE_SUFFIXES, preprocess
+from exporter.limits import check_bundle_memory
 from exporter.load import Preprocessing, SourceModel
 from exporter.sizes import Size2
 
@@ -134,6 +135,7 @@ def evaluate_bundle(
     use_digits = data is None or str(data) == DEMO_DIGITS
     dataset = demo_dataset(limit) if use_digits else image_folder(data, source.preprocessing, limit)  # type: ignore[arg-type]
     check_labels(dataset, source)
+    check_bundle_memory(manifest, opened.root, "evaluate", 64, len(dataset.labels))
     rows = []
     for record in manifest.variants:
         spec = record_spec(record)

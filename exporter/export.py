@@ -21,6 +21,7 @@ import torch
 
 from exporter.errors import EnvironmentMissing, UsageError
 from exporter.load import sha256_file
+from exporter.manifest import full_disk_as_usage_error
 from exporter.sizes import Size2
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def export_onnx(model: torch.nn.Module, img_size: Size2, path: Path, options: Ex
     """Export ``model`` to ``path`` (float32 NCHW ``pixel_values`` → ``logits``) and check it."""
     start = time.perf_counter()
     example = torch.zeros(options.trace_batch, 3, *img_size)
-    with warnings.catch_warnings(), torch.no_grad():
+    with full_disk_as_usage_error(path), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if options.exporter == "dynamo":
             _export_dynamo(model, example, path, options)

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,18 +44,52 @@ def folder_digest(folder: Path, limit: int) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def opened_image(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open`` (lazy: header only) that refuses unreadable files and decompression
+    bombs. PIL only warns between ``MAX_IMAGE_PIXELS`` and twice that, and would then decode
+    gigabytes; here both are a ``UsageError`` naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                yield image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UsageError(bomb_message(path, exc)) from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"cannot read image {str(path)!r}: {exc}") from exc
+
+
+def bomb_message(path: Path, exc: Exception) -> str:
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return (
+        f"image {str(path)!r} has {size}, more than the {Image.MAX_IMAGE_PIXELS or 0:,} this tool decodes "
+        "(a decompression bomb?); shrink or remove it"
+    )
+
+
+def check_headers(folder: Path, limit: int) -> None:
+    """Open (headers only) the first ``limit`` images of ``folder``: a bomb or a broken file is
+    refused before a build spends minutes on export."""
+    for path in list_images(folder)[:limit]:
+        with opened_image(path):
+            pass
+
+
 def preprocess(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:
     """One image file → float32 ``[3, H, W]``."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     resample = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}.get(
         pre.interpolation, Image.Resampling.BICUBIC
     )
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UsageError(f"cannot read image {str(path)!r}: {exc}") from exc
+    with opened_image(path) as opened:
+        image = opened.convert("RGB")  # decoding errors surface here, and opened_image names the file
     scale = max(img_size[0], img_size[1]) / pre.crop_pct
     short = min(image.size)
     new_w = max(img_size[1], math.floor(image.size[0] * scale / short + 0.5))

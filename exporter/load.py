@@ -37,6 +37,8 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 CONTAINERS = ("state_dict", "model", "module", "net", "params")
 EMA_CONTAINERS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
 PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.", "encoder.")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_NAMES = "float16, bfloat16, float32 or float64"
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,33 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         ) from exc
 
 
+def check_tensor_storage(tensors: Mapping[str, Any]) -> None:
+    """Refuse tensors that claim more bytes than their storage holds (``expand``-ed, stride-0 or
+    overlapping views): copying one would allocate what the file never contained, so this runs
+    before anything clones, casts or hashes them."""
+    from exporter.limits import gigabytes
+
+    for key, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.layout != torch.strided:
+            raise CheckpointError(f"checkpoint tensor {key!r} is {t.layout} (not a plain dense tensor)")
+        claimed, stored = t.numel() * t.element_size(), t.untyped_storage().nbytes()
+        if stored < claimed:
+            raise CheckpointError(
+                f"checkpoint tensor {key!r} claims shape {tuple(t.shape)} ({gigabytes(claimed)}) but is stored "
+                f"in {stored:,} bytes (an expanded or overlapping view, not plain weights); "
+                "re-save the checkpoint with .contiguous() tensors"
+            )
+
+
+def check_float(key: str, tensor: torch.Tensor) -> None:
+    """Weights are floating point; an integer or bool tensor is a wrong key or a broken file."""
+    if tensor.dtype not in FLOAT_DTYPES:
+        name = str(tensor.dtype).replace("torch.", "")
+        raise CheckpointError(f"{key!r} has dtype {name}; weights must be {FLOAT_NAMES}")
+
+
 def unwrap_state_dict(obj: Any, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """Find the state dict inside the usual containers and strip DDP/compile prefixes.
 
@@ -156,6 +185,7 @@ def unwrap_state_dict(obj: Any, use_ema: bool = False) -> tuple[dict[str, torch.
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError("checkpoint holds no tensors (is it a state dict?)")
+    check_tensor_storage(tensors)
     tensors, stripped = _strip_prefixes(tensors)
     where.extend(f"prefix {p!r} removed" for p in stripped)
     return tensors, " ".join(where) or "(top level)"
@@ -189,18 +219,19 @@ def infer_vit_args(sd: Mapping[str, torch.Tensor], num_heads: int | None = None)
     kernel = sd[KERNEL_KEY]
     if kernel.dim() != 4:
         raise CheckpointError(f"{KERNEL_KEY} must be 4-D [out, in, h, w], got shape {tuple(kernel.shape)}")
+    check_float(KERNEL_KEY, kernel)
     if POS_KEY not in sd:
         raise CheckpointError(
             f"checkpoint has no absolute position embedding {POS_KEY!r}; only ViTs with one are supported"
         )
     dim, in_chans = int(kernel.shape[0]), int(kernel.shape[1])
-    depth = len({m.group(1) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+    depth = weights_depth(sd)
     if depth == 0:
         raise CheckpointError("checkpoint has no transformer blocks ('blocks.N.*'): not a timm ViT")
     assumed = []
     if num_heads is None:
-        num_heads = max(1, dim // 64)
-        assumed.append(f"num_heads={num_heads} (head dim 64; the weights do not store it)")
+        num_heads = min(divisors(dim), key=lambda h: (abs(h - dim / 64), h))
+        assumed.append(f"num_heads={num_heads} (head dim 64, or near it; the weights do not store it)")
     class_token = "cls_token" in sd
     reg_tokens = int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
     prefix = int(class_token) + reg_tokens
@@ -233,6 +264,26 @@ def infer_vit_args(sd: Mapping[str, torch.Tensor], num_heads: int | None = None)
     return args, assumed
 
 
+def weights_depth(sd: Mapping[str, torch.Tensor]) -> int:
+    """Transformer blocks in a state dict (``blocks.N.*``)."""
+    return len({m.group(1) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+
+
+def divisors(n: int) -> list[int]:
+    """The positive divisors of ``n``, ascending: the head counts a width allows."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def check_heads(heads: int, width: int, what: str) -> None:
+    """Attention splits the width evenly over the heads."""
+    if width % heads:
+        raise UsageError(
+            f"{what} {heads} does not divide the width {width} of the weights; "
+            f"valid head counts: {', '.join(map(str, divisors(width)))}"
+        )
+
+
 def _num_pos_prefix(args: Mapping[str, Any]) -> int:
     if args.get("no_embed_class"):
         return 0
@@ -240,17 +291,97 @@ def _num_pos_prefix(args: Mapping[str, Any]) -> int:
 
 
 def read_config(weights: Path) -> dict[str, Any]:
-    """The timm-style JSON config beside ``weights`` (``<stem>.json`` or ``config.json``), or {}."""
+    """The timm-style JSON config beside ``weights`` (``<stem>.json`` or ``config.json``), or {}.
+
+    The fields this tool uses are checked here (``CheckpointError`` naming the file and the
+    field), so nothing downstream meets a string where it needs a width."""
     for candidate in (weights.with_suffix(".json"), weights.parent / "config.json"):
         if candidate.is_file():
             try:
                 config = json.loads(candidate.read_text())
             except (OSError, ValueError) as exc:
                 raise CheckpointError(f"cannot read config {candidate}: {_first_line(exc)}") from exc
-            if isinstance(config, dict):
-                config.setdefault("_path", str(candidate))
-                return config
+            try:
+                check_config(config)
+            except UsageError as exc:
+                raise CheckpointError(f"config {candidate}: {exc}") from None
+            config.setdefault("_path", str(candidate))
+            return config  # type: ignore[no-any-return]
     return {}
+
+
+CONFIG_INTS = {"embed_dim": 1, "depth": 1, "num_heads": 1, "in_chans": 1, "num_classes": 0, "reg_tokens": 0}
+CONFIG_BOOLS = ("class_token", "no_embed_class", "qkv_bias", "qk_norm", "pre_norm", "dynamic_img_size", "patch_bias")
+CONFIG_SIZES = ("img_size", "patch_size")
+
+
+def _json_kind(value: object) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_size(value: object, field: str) -> None:
+    try:
+        to_size2(value if isinstance(value, (int, list)) else str(value), "image size")  # type: ignore[arg-type]
+    except UsageError:
+        raise UsageError(f"{field} must be N or [H, W] with positive integers, got {value!r}") from None
+
+
+def check_config(config: object) -> None:
+    """Raise ``UsageError`` naming the first field of a timm-style config that is the wrong type."""
+    if not isinstance(config, dict):
+        raise UsageError(f"must be a JSON object ({{...}}), got {_json_kind(config)}")
+    for key in ("architecture", "name", "family"):
+        if config.get(key) is not None and not (isinstance(config[key], str) and config[key]):
+            what = "a timm model name (a string)" if key == "architecture" else "a string"
+            raise UsageError(f"{key!r} must be {what}, got {config[key]!r}")
+    if config.get("img_size") is not None:
+        _check_size(config["img_size"], "'img_size'")
+    for key in ("model_args", "pretrained_cfg"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise UsageError(f"{key!r} must be a JSON object, got {_json_kind(config[key])}")
+    check_model_args(config.get("model_args") or {})
+    check_pretrained_cfg(config.get("pretrained_cfg") or {})
+
+
+def check_model_args(args: Mapping[str, Any]) -> None:
+    """Types and ranges of the model arguments the tool reads; timm checks the names."""
+    for key, least in CONFIG_INTS.items():
+        value = args.get(key)
+        if key in args and (not isinstance(value, int) or isinstance(value, bool)):
+            raise UsageError(f"model_args.{key} must be an integer, got {value!r}")
+        if key in args and value < least:  # type: ignore[operator]
+            raise UsageError(f"model_args.{key} must be at least {least}, got {value!r}")
+    if "mlp_ratio" in args and not _is_number(args["mlp_ratio"]):
+        raise UsageError(f"model_args.mlp_ratio must be a number, got {args['mlp_ratio']!r}")
+    if "mlp_ratio" in args and not 0 < args["mlp_ratio"] <= 64:
+        raise UsageError(f"model_args.mlp_ratio must be in (0, 64], got {args['mlp_ratio']!r}")
+    for key in CONFIG_BOOLS:
+        if key in args and not isinstance(args[key], bool):
+            raise UsageError(f"model_args.{key} must be true or false, got {args[key]!r}")
+    for key in CONFIG_SIZES:
+        if args.get(key) is not None:
+            _check_size(args[key], f"model_args.{key}")
+
+
+def check_pretrained_cfg(cfg: Mapping[str, Any]) -> None:
+    """The preprocessing fields: what every deployment will do to its images."""
+    for key in ("mean", "std"):
+        value = cfg.get(key)
+        if key in cfg and not (isinstance(value, list) and len(value) == 3 and all(map(_is_number, value))):
+            raise UsageError(f"pretrained_cfg.{key} must be 3 numbers, got {value!r}")
+    if "std" in cfg and min(cfg["std"]) <= 0:
+        raise UsageError(f"pretrained_cfg.std must be positive, got {cfg['std']!r}")
+    # crop_pct sets the resize before the crop: a tiny one would blow every image up to gigapixels.
+    if "crop_pct" in cfg and not (_is_number(cfg["crop_pct"]) and 0.05 <= cfg["crop_pct"] <= 1):
+        raise UsageError(f"pretrained_cfg.crop_pct must be a number in [0.05, 1], got {cfg['crop_pct']!r}")
+    for key in ("interpolation", "crop_mode"):
+        if key in cfg and not isinstance(cfg[key], str):
+            raise UsageError(f"pretrained_cfg.{key} must be a string, got {cfg[key]!r}")
 
 
 def preprocessing_from(cfg: Mapping[str, Any] | None, source: str) -> Preprocessing:
@@ -268,29 +399,74 @@ def preprocessing_from(cfg: Mapping[str, Any] | None, source: str) -> Preprocess
     )
 
 
-def _check_model_name(name: str) -> None:
+def _check_model_name(name: str, what: str = "unknown timm model", error: type[UsageError] = UsageError) -> None:
     import timm
 
     if not timm.is_model(name):
         stem = name.split("_")[0] or name
         close = timm.list_models(f"*{stem}*")[:8]
         hint = f"; similar timm models: {', '.join(close)}" if close else ""
-        raise UsageError(f"unknown timm model {name!r}{hint}")
+        raise error(f"{what} {name!r}{hint}")
 
 
-def _meta_model(model_name: str | None, args: Mapping[str, Any]) -> torch.nn.Module:
-    """The architecture on the meta device: shapes only, no memory, no init cost."""
+def _meta_model(model_name: str | None, args: Mapping[str, Any], config: Mapping[str, Any]) -> torch.nn.Module:
+    """The architecture on the meta device: shapes only, no memory, no init cost. Arguments timm
+    refuses (they come from the config beside the weights) are a ``CheckpointError``."""
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
-    with torch.device("meta"):
-        if model_name:
-            return timm.create_model(model_name, pretrained=False, **args)
-        return VisionTransformer(**args)
+    try:
+        with torch.device("meta"):
+            if model_name:
+                return timm.create_model(model_name, pretrained=False, **args)
+            return VisionTransformer(**args)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise CheckpointError(_meta_problem(exc, model_name, args, config)) from exc
+
+
+def _meta_problem(exc: Exception, model_name: str | None, args: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    where = f"config {config['_path']}: " if config.get("_path") else ""
+    arch = model_name or "VisionTransformer"
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+    if unknown:
+        return f"{where}model_args.{unknown.group(1)} is not an argument of timm's {arch}"
+    if "divisible by num_heads" in str(exc) and "embed_dim" in args:
+        width = int(args["embed_dim"])
+        return (
+            f"{where}timm {arch}'s default head count does not divide model_args.embed_dim {width}; "
+            f"set model_args.num_heads or pass --num-heads (valid head counts: {', '.join(map(str, divisors(width)))})"
+        )
+    return f"{where}model_args do not build a timm {arch}: {_first_line(exc)}"
+
+
+def check_config_fits(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any], num_heads: int | None) -> None:
+    """The head count (``--num-heads``, else the config's) and the config's widths against the
+    weights, before any model is built from them (a config's depth of 10**7 would build for hours)."""
+    kernel = sd[KERNEL_KEY]
+    width, in_chans = int(kernel.shape[0]), int(kernel.shape[1])
+    if num_heads is not None:
+        check_heads(num_heads, width, "--num-heads")
+    args = config.get("model_args") or {}
+    where = f"config {config.get('_path')}"
+    try:
+        if num_heads is None and "num_heads" in args:
+            check_heads(args["num_heads"], width, "model_args.num_heads")
+    except UsageError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    found = {"embed_dim": (width, "the width"), "in_chans": (in_chans, "the input channels")}
+    found["depth"] = (weights_depth(sd), "the blocks")
+    for key, (value, what) in found.items():
+        if key in args and args[key] != value:
+            raise CheckpointError(
+                f"{where}: model_args.{key} {args[key]} does not match {what} of the weights ({value})"
+            )
 
 
 def check_state_dict(sd: Mapping[str, torch.Tensor], model: torch.nn.Module, what: str) -> None:
-    """Raise ``CheckpointError`` naming missing, unexpected and mis-shaped keys."""
+    """Raise ``CheckpointError`` naming a non-float weight, or missing, unexpected and mis-shaped keys."""
+    for key, value in model.state_dict().items():
+        if key in sd and value.is_floating_point():
+            check_float(key, sd[key])
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -306,9 +482,9 @@ def check_state_dict(sd: Mapping[str, torch.Tensor], model: torch.nn.Module, wha
         raise CheckpointError(f"weights do not match {what}: " + "; ".join(problems))
 
 
-def _named_defaults(model_name: str, args: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+def _named_defaults(model_name: str, args: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
     """A named model's default pretrained config and head count (no weights touched)."""
-    model = _meta_model(model_name, args)
+    model = _meta_model(model_name, args, config)
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     return cfg, int(model.blocks[0].attn.num_heads)  # type: ignore[index,union-attr]
 
@@ -321,6 +497,7 @@ def _read_weights(
         raise CheckpointError(f"weights file {str(path)!r} does not exist")
     if not path.is_file():
         raise CheckpointError(f"weights path {str(path)!r} is not a file")
+    check_fits_in_memory(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         tensors, _ = read_safetensors(path)
@@ -334,6 +511,18 @@ def _read_weights(
         )
     sd, where = unwrap_state_dict(read_torch_file(path, trust), use_ema)
     return sd, where, "torch"
+
+
+def check_fits_in_memory(path: Path) -> None:
+    """Every reader holds the whole file in memory: refuse one larger than what is available."""
+    from exporter.limits import available_memory, gigabytes
+
+    size, free = path.stat().st_size, available_memory()
+    if free is not None and size > free:
+        raise CheckpointError(
+            f"weights file {str(path)!r} is {gigabytes(size)}, more than the {gigabytes(free)} of memory "
+            "available to read it"
+        )
 
 
 NPZ_PREFIXES = ("", "params/", "opt/target/", "params/img/")
@@ -490,6 +679,8 @@ def load_source(spec: SourceSpec) -> SourceModel:
         _check_model_name(spec.model_name)
     config = read_config(weights) if weights is not None else {}
     model_name = spec.model_name or config.get("architecture") or None
+    if not spec.model_name and model_name:
+        _check_model_name(model_name, f"config {config['_path']}: unknown timm architecture", CheckpointError)
     if weights is not None:
         sd, container, file_format = _read_weights(
             weights, model_name, config.get("model_args") or {}, spec.trust_checkpoint, spec.use_ema
@@ -512,10 +703,13 @@ def _describe(
     num_heads: int | None,
 ) -> SourceModel:
     args, assumed = infer_vit_args(sd, num_heads)
+    check_config_fits(sd, config, num_heads)
     named_cfg: dict[str, Any] = {}
     if model_name:
         args, assumed = {"num_classes": args["num_classes"], **(config.get("model_args") or {})}, []
-        named_cfg, heads = _named_defaults(model_name, args)
+        if num_heads is not None:
+            args["num_heads"] = num_heads
+        named_cfg, heads = _named_defaults(model_name, args, config)
         num_heads = num_heads or heads
     else:
         args.update(config.get("model_args") or {})
@@ -523,10 +717,12 @@ def _describe(
         args["num_heads"] = num_heads
     kernel = sd[KERNEL_KEY]
     patch = (int(kernel.shape[2]), int(kernel.shape[3]))
-    prefix = _num_pos_prefix(args) if not model_name else _named_pos_prefix(model_name, args)
+    prefix = _num_pos_prefix(args) if not model_name else _named_pos_prefix(model_name, args, config)
     grid = pos_grid_size(sd[POS_KEY], prefix)
     img = _native_img_size(config, named_cfg, grid, patch)
-    meta = _meta_model(model_name, {**args, "patch_size": patch, "img_size": (grid[0] * patch[0], grid[1] * patch[1])})
+    meta = _meta_model(
+        model_name, {**args, "patch_size": patch, "img_size": (grid[0] * patch[0], grid[1] * patch[1])}, config
+    )
     check_state_dict(sd, meta, f"timm {model_name}" if model_name else "the inferred ViT")
     family = str(config.get("family") or ("flexivit" if (model_name or "").startswith("flexivit") else "vit"))
     pre_cfg = config.get("pretrained_cfg") or named_cfg
@@ -553,10 +749,10 @@ def _describe(
     )
 
 
-def _named_pos_prefix(model_name: str, args: Mapping[str, Any]) -> int:
+def _named_pos_prefix(model_name: str, args: Mapping[str, Any], config: Mapping[str, Any]) -> int:
     from exporter.resize import num_pos_prefix_tokens
 
-    return num_pos_prefix_tokens(_meta_model(model_name, args))
+    return num_pos_prefix_tokens(_meta_model(model_name, args, config))
 
 
 def _native_img_size(config: Mapping[str, Any], named_cfg: Mapping[str, Any], grid: Size2, patch: Size2) -> Size2:

@@ -10,11 +10,13 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from exporter.errors import BundleError
+from exporter.errors import BundleError, DiskFullError, full_disk_cause
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -99,12 +101,24 @@ def current_umask() -> int:
     return mask
 
 
+@contextmanager
+def full_disk_as_usage_error(path: Path) -> Iterator[None]:
+    """Running out of disk space or quota while writing ``path`` is ``DiskFullError`` (exit 2,
+    one line): the user's disk, not a bug."""
+    try:
+        yield
+    except Exception as exc:
+        if full_disk_cause(exc) is None:
+            raise
+        raise DiskFullError(path) from exc
+
+
 def write_atomic_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with full_disk_as_usage_error(path), os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -28,6 +28,7 @@ from exporter.demo import DEMO_NAME, DEMO_WEIGHTS
 from exporter.engine import build_engines, pending_engines, write_engine_script
 from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.export import ExportOptions
+from exporter.limits import Workload, cap_threads, check_bundle_memory, check_memory
 from exporter.load import SourceModel, SourceSpec
 from exporter.manifest import (
     MANIFEST,
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 64  # int8: calibration images read after the ones the check uses
 NO_CALIBRATION = "--precision int8 needs calibration images: pass --calib-dir DIR"
 STAGES = ("resize", "export", "parity")
+MAX_SEED = 2**32 - 1  # numpy takes any non-negative seed; this range is portable (torch, legacy numpy)
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,9 @@ class BuildOptions:
         object.__setattr__(self, "patch_sizes", unique)
         if self.parity_samples < 1:
             raise UsageError(f"--parity-samples must be at least 1, got {self.parity_samples}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        object.__setattr__(self, "threads", cap_threads(self.threads))
 
 
 @dataclass(frozen=True)
@@ -176,12 +179,15 @@ def state_digest(source: SourceModel) -> str:
 
 
 def calib_key(options: BuildOptions) -> str | None:
-    """The ``--calib-dir`` images a build reads, by content: parity's, and int8's calibration set."""
+    """The ``--calib-dir`` images a build reads, by content: parity's, and int8's calibration set.
+    Their headers are checked first, so a broken file or a decompression bomb stops the build
+    before any export."""
     if options.calib_dir is None:
         return None
-    from exporter.images import folder_digest
+    from exporter.images import check_headers, folder_digest
 
     used = options.parity_samples + (CALIBRATION_IMAGES if options.precision == "int8" else 0)
+    check_headers(options.calib_dir, used)
     return folder_digest(options.calib_dir, used)
 
 
@@ -224,6 +230,39 @@ def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpe
             VariantSpec(patch, plan_img_size(source.img_size, patch, options.img_size), patch_resize, pos_resize)
         )
     return specs
+
+
+def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: BuildOptions) -> None:
+    """Refuse (exit 2) a build whose largest variant cannot fit in the memory available,
+    before anything is resized, exported or drawn."""
+    params = sum(t.numel() for t in source.state_dict.values())
+    weight_bytes = sum(t.numel() * t.element_size() for t in source.state_dict.values())
+    static = options.export.batch if isinstance(options.export.batch, int) else None
+    calibration = CALIBRATION_IMAGES if options.precision == "int8" else 0
+    for spec in specs:
+        w = Workload(
+            params=params,
+            weight_bytes=weight_bytes,
+            embed_dim=source.embed_dim,
+            depth=source.depth,
+            num_heads=source.num_heads,
+            num_classes=source.num_classes,
+            img_size=spec.img_size,
+            patch_size=spec.patch_size,
+            batch=static or 8,
+            images=2 * options.parity_samples + calibration,  # random + as many real ones
+            prefix_tokens=int(source.model_args.get("class_token", True)) + int(source.model_args.get("reg_tokens", 0)),
+            mlp_ratio=float(source.model_args.get("mlp_ratio", 4.0)),
+            in_chans=source.in_chans,
+        )
+        size, patch = format_size(spec.img_size), format_size(spec.patch_size)
+        policy = options.img_size
+        what = (
+            f"--img-size {size} with patch {patch}"
+            if isinstance(policy, tuple)
+            else f"patch {patch} at image size {size}"
+        )
+        check_memory(w, what)
 
 
 def parity_inputs(source: SourceModel, spec: VariantSpec, options: BuildOptions) -> ParityInputs:
@@ -482,6 +521,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     with stage(reporter, "source", "load", times):
         source = load_source(options.source)
     specs = plan_variants(source, options)
+    check_build_memory(source, specs, options)
     old = _old_manifest(out) if options.resume else None
     source_sha = source.origin.sha256 or state_digest(source)
     calib_sha = calib_key(options)
@@ -678,6 +718,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     reporter = reporter or SilentReporter()
     opened = Bundle.open(bundle)
     manifest = opened.manifest
+    check_bundle_memory(manifest, bundle, "validate")
     source = bundle_source(manifest, weights)
     opts = manifest.options
     tol = Tolerance(**manifest.tolerance)

@@ -112,16 +112,21 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
         raise UsageError(f"output shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     ref = reference.astype(np.float64)
     cand = candidate.astype(np.float64)
+    ref_bad, cand_bad = ~np.isfinite(ref).all(axis=1), ~np.isfinite(cand).all(axis=1)
+    bad = ref_bad | cand_bad  # a NaN row agrees with nothing: argsort would rank its NaNs like numbers
     diff = np.abs(ref - cand)
     rel = diff / (np.abs(ref) + (tol.atol if tol.atol else 1e-6))
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-    cosine = np.where(norms > 0, np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-300), 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+        cosine = np.where(norms > 0, np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-300), 1.0)
+    cosine = np.where(bad, 0.0, cosine)
     k = min(5, ref.shape[1])
-    flipped = _top_k(ref, 1)[:, 0] != _top_k(cand, 1)[:, 0]
+    flipped = (_top_k(ref, 1)[:, 0] != _top_k(cand, 1)[:, 0]) | bad
     top1 = float(1.0 - np.mean(flipped))
     top5_ref, top5_cand = _top_k(ref, k), _top_k(cand, k)
-    top5 = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top5_ref, top5_cand)]))
-    finite = bool(np.all(np.isfinite(cand)))
+    overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(top5_ref, top5_cand)])
+    top5 = float(np.mean(np.where(bad, 0.0, overlap)))
+    finite = not bool(bad.any())
     allclose = finite and (tol.atol is None or bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref))))
     failures = []
     if tol.p99_of_range is not None:
@@ -129,9 +134,13 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
         p99 = float(np.percentile(diff, 99))
         if p99 > tol.p99_of_range * spread:
             failures.append(f"p99|Δ| {p99:.2e} exceeds {tol.p99_of_range:g} x logit range {spread:.3g}")
-    if not finite:
-        failures.append("non-finite outputs (NaN or Inf)")
-    elif not allclose:
+    if cand_bad.any():
+        failures.append(f"non-finite outputs (NaN or Inf) in {int(cand_bad.sum())} of {len(cand)} samples")
+    if ref_bad.any():
+        failures.append(
+            f"the reference has non-finite outputs (NaN or Inf) in {int(ref_bad.sum())} of {len(ref)} samples"
+        )
+    if finite and not allclose:
         failures.append(f"max|Δ| {diff.max():.2e} exceeds atol {tol.atol:g} + rtol {tol.rtol:g}·|ref|")
     if float(cosine.min()) < tol.min_cosine or not math.isfinite(float(cosine.min())):
         failures.append(f"cosine {cosine.min():.7f} < {tol.min_cosine}")

@@ -78,7 +78,7 @@ def test_flat_safetensors_keeps_its_format(tmp_path):
 def test_refusals_are_one_line(vit16, tmp_path):
     cases = [
         (["-i", str(tmp_path / "nope.pt"), "-ps", "20"], "does not exist"),
-        (["-i", str(vit16), "-o", str(vit16), "-ps", "20"], "already exists; pass --force"),
+        (["-i", str(vit16), "-o", str(vit16), "-ps", "20"], "is the input checkpoint itself"),
         (
             ["-i", str(vit16), "-o", str(tmp_path / "a.pt"), "-n", "head.weight", "-ps", "20"],
             "must be a 4-D conv weight",
