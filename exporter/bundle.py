@@ -241,18 +241,30 @@ class ManifestSchema(_Strict):
 
 
 def _where(loc: Sequence[int | str]) -> str:
+    """``('variants', 0, 'tokens')`` → ``variants[0].tokens``; a union's branch tags are dropped."""
     text = ""
     for part in loc:
+        if isinstance(part, str) and (part in _BRANCHES or "[" in part):
+            continue
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top level)"
 
 
+_BRANCHES = {"int", "str", "float", "bool", "dict", "list", "tuple", "none", "constrained-int", "constrained-str"}
+
+
 def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    value = error.get("input")
+    """The first failing field, with what every alternative of a union would have accepted."""
+    errors = exc.errors()
+    where = _where(errors[0]["loc"])
+    same = [e for e in errors if _where(e["loc"]) == where]
+    wants = list(dict.fromkeys(e["msg"].removeprefix("Input should be ") for e in same))
+    value = same[0].get("input")
     shown = printable(repr(value))[:80] if not isinstance(value, (dict, list)) else type(value).__name__
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{_where(error['loc'])}: {error['msg']}, got {shown}{more}"
+    others = len({_where(e["loc"]) for e in errors}) - 1
+    more = f" (and {others} more)" if others else ""
+    text = same[0]["msg"] if len(wants) == 1 else "Input should be " + " or ".join(wants)
+    return f"{where}: {text}, got {shown}{more}"
 
 
 def parse_manifest(text: str | bytes, where: str = MANIFEST) -> Manifest:
