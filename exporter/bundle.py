@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 # Files a command writes into a bundle after the build: accounted for when deciding whether a
 # folder is one of ours (``--force`` may replace it).
-ARTEFACTS = ("bench.json", "eval.json", "tradeoff.png")
+ARTEFACTS = ("bench.json", "eval.json", "tradeoff.png", "latency.json")
 REPOSITORY_MARKER = "flexiexport-repository.json"
 MAX_SIDE = 16384  # pixels; the memory estimate refuses far smaller sizes on real machines
 MAX_PATCH = 4096
@@ -238,6 +238,7 @@ class ManifestSchema(_Strict):
     variants: list[VariantSchema] = Field(min_length=1, max_length=256)
     engines: dict[SafeName, EngineSet] = {}
     shared_weights: SharedWeights | dict[str, Any] = {}
+    labels: list[Annotated[str, Field(max_length=512)]] = Field(default=[], max_length=1_000_000)
 
 
 def _where(loc: Sequence[int | str]) -> str:

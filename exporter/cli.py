@@ -376,6 +376,13 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 )
 @click.option("--batch", default="dynamic", show_default=True, metavar="dynamic|N", help="ONNX batch dimension.")
 @click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(path_type=Path),
+    help="Class names, one per line, stored in the manifest for 'predict' [default: the demo's digits, "
+    "timm's ImageNet names for 1000-class timm models].",
+)
+@click.option(
     "--shared-weights",
     is_flag=True,
     help="Keep the weights all variants share in one external-data file (onnx/shared_weights.bin).",
@@ -470,6 +477,7 @@ def build(**kw: Any) -> None:
         precision=kw["precision"] or "fp32",
         precision_given=kw["precision"] is not None,
         shared_weights=kw["shared_weights"],
+        labels=kw["labels_file"],
     )
     with RichReporter(kw["quiet"]) as reporter:
         result = run_build(options, reporter)
@@ -888,6 +896,78 @@ def engine(bundle: Path, profile: str, quiet: bool, debug: bool) -> None:
     print_engines(profile, entry)
     if entry["status"] != "built":
         raise ValidationFailed(f"TensorRT engines for {profile} failed validation; see {bundle / 'report.md'}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--variant", metavar="pN", help="Run this variant (see 'flexiexport inspect').")
+@click.option(
+    "--budget-ms",
+    type=float,
+    help="Latency budget: the most accurate variant whose p99 fits, measured on this device "
+    "(bench.json, or a short probe recorded in latency.json).",
+)
+@click.option(
+    "--backend",
+    default="auto",
+    show_default=True,
+    help="tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-bf16, or auto (the first present).",
+)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--batch", type=int, default=1, show_default=True, help="The batch size the budget is for.")
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--threads", type=int, help="CPU threads [default: all available cores].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@debug_option
+def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
+    """Classify images with a bundle: by --variant, or by --budget-ms on this device.
+
+    \b
+    flexiexport predict bundles/flexivit-demo digit.png --budget-ms 1
+    """
+    import json
+
+    from exporter.runtime import Bundle as RuntimeBundle
+    from exporter.runtime.model import predict_files
+
+    if kw["top_k"] < 1:
+        raise UsageError(f"--top-k must be at least 1, got {kw['top_k']}")
+    if kw["threads"] is not None and kw["threads"] < 1:
+        raise UsageError(f"--threads must be at least 1, got {kw['threads']}")
+    opened = RuntimeBundle.open(bundle)
+    model = opened.model(
+        variant=kw["variant"],
+        budget_ms=kw["budget_ms"],
+        backend=kw["backend"],
+        precision=kw["precision"],
+        batch=kw["batch"],
+        threads=kw["threads"],
+    )
+    results = predict_files(opened, images, model, kw["top_k"])
+    bad = [(path, why) for path, why in results if isinstance(why, str)]
+    if kw["as_json"]:
+        rows = [
+            {"image": str(path), "error": found}
+            if isinstance(found, str)
+            else {"image": str(path), "top": [vars(p) for p in found]}
+            for path, found in results
+        ]
+        click.echo(json.dumps({"variant": model.variant, "backend": model.backend, "results": rows}, indent=2))
+    else:
+        out = console()
+        out.print(safe(f"{model.variant} on {model.backend} ({model.precision})"))
+        for path, found in results:
+            if isinstance(found, str):
+                continue
+            best = found[0]
+            rest = ", ".join(f"{p.label} {p.probability:.1%}" for p in found[1:])
+            out.print(safe(f"{path}: {best.label} ({best.probability:.1%})" + (f"  [{rest}]" if rest else "")))
+    for _, why in bad:  # each names its file
+        click.echo(f"error: {printable(str(why))}", err=True)
+    if bad:
+        ctx = click.get_current_context()
+        ctx.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:

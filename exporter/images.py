@@ -7,19 +7,21 @@ interpolation, centre-crop to ``img``, scale to [0, 1], normalise with mean/std.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from exporter.errors import UsageError
-from exporter.load import Preprocessing
+from exporter.runtime.preprocess import Preprocess, read_image
 from exporter.sizes import Size2
+
+if TYPE_CHECKING:
+    from exporter.load import Preprocessing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -81,26 +83,20 @@ def check_headers(folder: Path, limit: int) -> None:
             pass
 
 
-def preprocess(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:
-    """One image file → float32 ``[3, H, W]``."""
-    from PIL import Image
+def transform(img_size: Size2, pre: Preprocessing) -> Preprocess:
+    """The runtime's preprocessing (timm's eval transform) for these recorded settings."""
+    return Preprocess(tuple(img_size), pre.mean, pre.std, pre.interpolation, pre.crop_pct)  # type: ignore[arg-type]
 
-    resample = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}.get(
-        pre.interpolation, Image.Resampling.BICUBIC
-    )
-    with opened_image(path) as opened:
-        image = opened.convert("RGB")  # decoding errors surface here, and opened_image names the file
-    scale = max(img_size[0], img_size[1]) / pre.crop_pct
-    short = min(image.size)
-    new_w = max(img_size[1], math.floor(image.size[0] * scale / short + 0.5))
-    new_h = max(img_size[0], math.floor(image.size[1] * scale / short + 0.5))
-    image = image.resize((new_w, new_h), resample)
-    left, top = (new_w - img_size[1]) // 2, (new_h - img_size[0]) // 2
-    image = image.crop((left, top, left + img_size[1], top + img_size[0]))
-    pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
-    mean = np.asarray(pre.mean, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(pre.std, dtype=np.float32).reshape(3, 1, 1)
-    return ((pixels - mean) / std).astype(np.float32)
+
+def read_pixels(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:
+    """One image file → uint8 RGB ``[H, W, 3]``, resized and centre-cropped, not yet normalised
+    (what a bundle's reference stores)."""
+    return transform(img_size, pre).pixels(read_image(path))
+
+
+def preprocess(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:
+    """One image file → float32 ``[3, H, W]``: ``read_pixels``, then normalised."""
+    return transform(img_size, pre).normalize(read_pixels(path, img_size, pre)[None])[0]
 
 
 def load_images(
@@ -112,14 +108,6 @@ def load_images(
     if not files:
         return np.zeros((0, 3, *img_size), dtype=np.float32)
     return np.stack([preprocess(p, img_size, pre) for p in files])
-
-
-def read_pixels(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:
-    """One image file → uint8 RGB ``[H, W, 3]``, resized and centre-cropped as ``preprocess``
-    does, before normalisation (what a bundle's reference stores)."""
-    pixels = preprocess(path, img_size, pre) * np.asarray(pre.std, dtype=np.float32).reshape(3, 1, 1)
-    pixels += np.asarray(pre.mean, dtype=np.float32).reshape(3, 1, 1)
-    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
 def load_pixels(

@@ -66,6 +66,7 @@ class Manifest:
     variants: tuple[VariantRecord, ...]
     engines: dict[str, Any] = field(default_factory=dict)
     shared_weights: dict[str, Any] = field(default_factory=dict)  # --shared-weights: the external-data file
+    labels: tuple[str, ...] = ()  # class names by output index (empty: indices)
 
     @property
     def passed(self) -> bool:
@@ -86,7 +87,8 @@ class Manifest:
         names = {f.name for f in fields(VariantRecord)}
         variants = tuple(VariantRecord(**_record_fields(item, names)) for item in data.get("variants", []))
         known = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in data.items() if k in known}, "variants": variants})
+        labels = tuple(data.get("labels", ()))
+        return cls(**{**{k: v for k, v in data.items() if k in known}, "variants": variants, "labels": labels})
 
 
 def _record_fields(item: dict[str, Any], names: set[str]) -> dict[str, Any]:

@@ -78,6 +78,7 @@ class BuildOptions:
     engines: str = "auto"
     precision: str = "fp32"
     shared_weights: bool = False
+    labels: Path | None = None  # --labels FILE: class names, one per line
     precision_given: bool = False  # --precision on the command line wins over the profile's
 
     def __post_init__(self) -> None:
@@ -522,6 +523,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         source = load_source(options.source)
     specs = plan_variants(source, options)
     check_build_memory(source, specs, options)
+    labels = class_names(source, options.labels)
     old = _old_manifest(out) if options.resume else None
     source_sha = source.origin.sha256 or state_digest(source)
     calib_sha = calib_key(options)
@@ -540,7 +542,9 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         if options.shared_weights:
             with stage(reporter, "bundle", "shared weights", times):
                 records, shared = share_bundle_weights(source, specs, options, tmp, records)
-        manifest = replace(_manifest(source, source_sha, calib_sha, options, records), shared_weights=shared)
+        manifest = replace(
+            _manifest(source, source_sha, calib_sha, options, records), shared_weights=shared, labels=labels
+        )
         if profile is not None:
             manifest = replace(
                 manifest,
@@ -614,6 +618,29 @@ def protected_inputs(options: BuildOptions) -> list[Path]:
 
     weights = weights_path(options.source)
     return [p for p in (weights, options.calib_dir) if p is not None]
+
+
+def class_names(source: SourceModel, labels: Path | None) -> tuple[str, ...]:
+    """Class names by output index: ``--labels FILE`` (one per line), the demo's digits, timm's
+    ImageNet-1k names for a 1000-class timm model; else none (the runtime shows indices)."""
+    if labels is not None:
+        try:
+            names = tuple(line.strip() for line in labels.read_text(encoding="utf-8").splitlines() if line.strip())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --labels {printable(str(labels))!r}: {exc}") from exc
+        if len(names) != source.num_classes or any(len(n) > 512 for n in names):
+            raise UsageError(
+                f"--labels {printable(str(labels))!r} has {len(names)} names (of at most 512 characters); "
+                f"the model has {source.num_classes} classes: give one name per line"
+            )
+        return names
+    if source.name == DEMO_NAME:
+        return tuple(str(d) for d in range(10))
+    if source.model_name and source.num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        return tuple(ImageNetInfo().label_descriptions())
+    return ()
 
 
 def _manifest(

@@ -1,0 +1,12 @@
+"""Run a bundle on the device: ``Bundle.open(path).model(variant=... | budget_ms=...)``.
+
+Imports numpy, Pillow, pydantic and the one backend used; never torch, timm or onnx.
+"""
+
+from __future__ import annotations
+
+from exporter.runtime.backends import BACKENDS, Runner, load_runner
+from exporter.runtime.model import Bundle, Model, Prediction, open_bundle
+from exporter.runtime.preprocess import Preprocess
+
+__all__ = ["BACKENDS", "Bundle", "Model", "Prediction", "Preprocess", "Runner", "load_runner", "open_bundle"]

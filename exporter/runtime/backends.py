@@ -1,0 +1,156 @@
+"""One runner interface over every backend a device may have.
+
+A ``Runner`` takes a float32 NCHW batch and returns float32 logits, and knows its backend and
+the batch sizes it accepts (Polygraphy's idea: ORT, OpenVINO and TensorRT are compared and
+timed by the same code). Backends, in the order ``backend="auto"`` tries them:
+
+    tensorrt        a built engine of the bundle (sidecar checked against this GPU and TensorRT)
+    ort-tensorrt    onnxruntime with its TensorRT provider
+    ort-cuda        onnxruntime with its CUDA provider
+    ort-cpu         onnxruntime on the CPU
+    openvino        OpenVINO on the CPU, f32 inference precision (optional extra)
+    openvino-bf16   OpenVINO on the CPU, bf16 (AMX/AVX-512 BF16 CPUs; OpenVINO's own default there)
+
+Each import is lazy: a device needs only the backend it runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.errors import EnvironmentMissing, UsageError
+
+BACKENDS = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu", "openvino", "openvino-bf16")
+ORT_PROVIDERS = {
+    "ort-tensorrt": "TensorrtExecutionProvider",
+    "ort-cuda": "CUDAExecutionProvider",
+    "ort-cpu": "CPUExecutionProvider",
+}
+
+
+@dataclass
+class Runner:
+    """A loaded model: ``runner(batch)`` → logits. ``static_batch`` is the one batch size a
+    static-batch file accepts (None: any up to ``max_batch``)."""
+
+    backend: str
+    path: Path
+    run: Callable[[np.ndarray], np.ndarray]
+    static_batch: int | None = None
+    max_batch: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        if self.static_batch is not None and n != self.static_batch:
+            raise UsageError(f"{self.path.name} takes batches of exactly {self.static_batch}, got {n}")
+        if self.max_batch is not None and n > self.max_batch:
+            raise UsageError(f"{self.path.name} ({self.backend}) takes batches up to {self.max_batch}, got {n}")
+        return np.asarray(self.run(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
+
+
+def backend_problem(backend: str) -> str | None:
+    """Why ``backend`` cannot run here, or None. Cheap: looks for the packages and providers."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)} or auto")
+    if backend in ORT_PROVIDERS:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed"
+        import onnxruntime as ort
+
+        provider = ORT_PROVIDERS[backend]
+        if provider not in ort.get_available_providers():
+            return f"onnxruntime {ort.__version__} has no {provider}"
+        return None
+    if backend.startswith("openvino"):
+        if importlib.util.find_spec("openvino") is None:
+            return "OpenVINO is not installed (pip install 'flexiexport[openvino]')"
+        if backend == "openvino-bf16" and not cpu_has_bf16():
+            return "this CPU has no bf16 instructions (AVX-512 BF16 or AMX)"
+        return None
+    from exporter.trt import tensorrt_problem
+
+    return tensorrt_problem()
+
+
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 or AMX-BF16, from /proc/cpuinfo (False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def ort_runner(path: Path, backend: str = "ort-cpu", threads: int | None = None) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=[ORT_PROVIDERS[backend]])
+    inp = session.get_inputs()[0]
+    name = inp.name
+    static = inp.shape[0] if isinstance(inp.shape[0], int) else None
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: batch})[0]
+
+    return Runner(backend, path, run, static, details={"providers": session.get_providers()})
+
+
+def openvino_runner(path: Path, backend: str = "openvino", threads: int | None = None) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if backend == "openvino-bf16" else "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    model = core.read_model(str(path))
+    static_dim = model.inputs[0].get_partial_shape()[0]
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: batch})[compiled.outputs[0]])
+
+    static = static_dim.get_length() if static_dim.is_static else None
+    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return Runner(backend, path, run, static, details={"inference_precision": precision})
+
+
+def tensorrt_runner(path: Path, backend: str = "tensorrt", threads: int | None = None) -> Runner:
+    from exporter.trt import engine_runner
+
+    return Runner(backend, path, engine_runner(path))
+
+
+FACTORIES: dict[str, Callable[[Path, str, int | None], Runner]] = {
+    **dict.fromkeys(ORT_PROVIDERS, ort_runner),
+    "openvino": openvino_runner,
+    "openvino-bf16": openvino_runner,
+    "tensorrt": tensorrt_runner,
+}
+
+
+def load_runner(path: Path, backend: str, threads: int | None = None) -> Runner:
+    """``backend``'s runner on ``path`` (an ONNX file, or an engine for ``tensorrt``)."""
+    problem = backend_problem(backend)
+    if problem:
+        raise EnvironmentMissing(f"backend {backend}: {problem}")
+    return FACTORIES[backend](path, backend, threads or default_threads())
+
+
+def default_threads() -> int:
+    from exporter.limits import available_cores
+
+    return available_cores()

@@ -1,0 +1,121 @@
+"""Which variant fits a latency budget: measured p99 per variant on this device and backend.
+
+Latencies come from the bundle's ``bench.json`` (``flexiexport bench``) or ``latency.json`` (the
+runtime's own short probe), and only from rows measured on this machine (same CPU model) with the
+same backend, precision and batch. The choice: the most accurate variant (most tokens) whose p99
+fits the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from exporter.errors import UsageError
+
+if TYPE_CHECKING:
+    from exporter.bundle import Bundle
+    from exporter.runtime.backends import Runner
+    from exporter.runtime.preprocess import Preprocess
+
+log = logging.getLogger("exporter.runtime")
+PROBE_SECONDS = 0.5  # per variant, after warm-up: a few seconds for a whole bundle
+PROBE_RUNS = (50, 2000)  # at least, at most
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p99_ms: float
+
+
+def choose_variant(ordered: list[str], latencies: dict[str, Latency], budget_ms: float) -> str:
+    """The first of ``ordered`` (most accurate first) whose p99 fits ``budget_ms``."""
+    for label in ordered:
+        if label in latencies and latencies[label].p99_ms <= budget_ms:
+            return label
+    fastest = min(latencies, key=lambda k: latencies[k].p99_ms)
+    raise UsageError(
+        f"no variant fits a budget of {budget_ms:g} ms: the fastest, {fastest}, has p99 "
+        f"{latencies[fastest].p99_ms:.3g} ms here; raise the budget or pick a variant"
+    )
+
+
+def _rows(data: Any) -> list[dict[str, Any]]:
+    rows = data.get("timings") or data.get("rows") if isinstance(data, dict) else None
+    return [r for r in rows or [] if isinstance(r, dict)]
+
+
+def _same_machine(data: Any) -> bool:
+    from exporter.runtime.model import machine_key
+
+    machine = data.get("machine") if isinstance(data, dict) else None
+    return isinstance(machine, dict) and machine.get("cpu") == machine_key()["cpu"]
+
+
+def load_latencies(door: Bundle, backend: str, precision: str, batch: int) -> dict[str, Latency]:
+    """Rows of bench.json, then latency.json, measured here for this backend, precision, batch."""
+    wanted = backend if precision == "fp32" else f"{backend} {precision}"
+    found: dict[str, Latency] = {}
+    for name in ("bench.json", "latency.json"):
+        data = door.read_artefact(name)
+        if not _same_machine(data):
+            continue
+        for row in _rows(data):
+            try:
+                if row.get("backend") == wanted and int(row["batch"]) == batch:
+                    found[str(row["variant"])] = Latency(float(row["p50_ms"]), float(row["p99_ms"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return found
+
+
+def time_runner(runner: Runner, batch: np.ndarray) -> Latency:
+    """p50/p99 of ``runner`` on ``batch``: two warm-up runs, then at least ``PROBE_RUNS[0]`` runs
+    and ``PROBE_SECONDS``."""
+    for _ in range(2):
+        runner(batch)
+    times: list[float] = []
+    deadline = time.perf_counter() + PROBE_SECONDS
+    while len(times) < PROBE_RUNS[1] and (len(times) < PROBE_RUNS[0] or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        runner(batch)
+        times.append((time.perf_counter() - start) * 1e3)
+    return Latency(float(np.percentile(times, 50)), float(np.percentile(times, 99)))
+
+
+def probe_latencies(
+    door: Bundle, runners: dict[str, Runner], backend: str, precision: str, batch: int, preprocess: Preprocess
+) -> dict[str, Latency]:
+    """Time every variant here (a few seconds, logged per variant) and record it in latency.json."""
+    from exporter.manifest import write_atomic
+    from exporter.runtime.model import machine_key
+
+    found = {}
+    for label, runner in runners.items():
+        record = next(v for v in door.manifest.variants if v.label == label)
+        n = runner.static_batch or batch
+        x = np.random.default_rng(0).standard_normal((n, 3, *record.img_size), dtype=np.float32)
+        log.warning("probing %s on %s at batch %d (no latency measured here yet) ...", label, backend, n)
+        found[label] = time_runner(runner, x)
+        log.warning("  %s: p50 %.3f ms, p99 %.3f ms", label, found[label].p50_ms, found[label].p99_ms)
+    wanted = backend if precision == "fp32" else f"{backend} {precision}"
+    previous = door.read_artefact("latency.json")
+    rows = [
+        r
+        for r in (_rows(previous) if _same_machine(previous) else [])
+        if not (r.get("backend") == wanted and r.get("batch") == batch)
+    ]
+    measured = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    rows += [
+        {"backend": wanted, "variant": k, "batch": batch, "p50_ms": v.p50_ms, "p99_ms": v.p99_ms, "measured": measured}
+        for k, v in found.items()
+    ]
+    write_atomic(door.artefact("latency.json"), json.dumps({"machine": machine_key(), "rows": rows}, indent=2) + "\n")
+    return found

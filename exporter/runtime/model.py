@@ -1,0 +1,270 @@
+"""Open a bundle on the device and run it: one callable per (variant, backend), the patch size
+chosen by a latency budget.
+
+    bundle = Bundle.open("bundles/flexivit-demo")          # verified: schema, paths, sha256
+    model = bundle.model(budget_ms=20)                      # or variant="p16"; backend="auto"
+    logits = model(["digit.png"])                           # paths, PIL images, uint8 or float arrays
+    model.predict(["digit.png"], top_k=3)                   # class names from the manifest
+
+Imports numpy, Pillow and the one backend it runs: no torch, timm or onnx.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.bundle import Bundle as _Door
+from exporter.errors import BundleError, EnvironmentMissing, UsageError
+from exporter.manifest import VariantRecord
+from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner
+from exporter.runtime.budget import Latency, choose_variant, load_latencies, probe_latencies
+from exporter.runtime.preprocess import Preprocess
+
+log = logging.getLogger("exporter.runtime")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    probability: float
+
+
+class Bundle:
+    """A bundle opened for inference (through the bundle door: every file checked before use)."""
+
+    def __init__(self, door: _Door) -> None:
+        self.door = door
+        self.manifest = door.manifest
+
+    @classmethod
+    def open(cls, path: str | Path) -> Bundle:
+        return cls(_Door.open(Path(path)))
+
+    @property
+    def variants(self) -> list[str]:
+        """Labels, most accurate (most tokens) first."""
+        return [v.label for v in sorted(self.manifest.variants, key=lambda v: -v.tokens)]
+
+    @property
+    def labels(self) -> list[str]:
+        names = self.manifest.labels
+        classes = int(self.manifest.variants[0].onnx["outputs"][0]["shape"][-1])
+        return list(names) if len(names) == classes else [str(i) for i in range(classes)]
+
+    def record(self, label: str) -> VariantRecord:
+        found = next((v for v in self.manifest.variants if v.label == label), None)
+        if found is None:
+            raise UsageError(f"no variant {label!r} in the bundle; it has {', '.join(self.variants)}")
+        return found
+
+    def resolve_backend(self, backend: str, precision: str = "fp32") -> str:
+        """``auto`` → the first backend in ``BACKENDS`` order that is present and has a file to run."""
+        if backend != "auto":
+            problem = backend_problem(backend) or self._file_problem(backend, precision)
+            if problem:
+                raise EnvironmentMissing(f"backend {backend}: {problem}")
+            return backend
+        reasons: dict[str, str] = {}
+        for name in BACKENDS:
+            if name == "openvino-bf16":
+                continue  # never chosen silently: it trades fp32 parity for speed
+            problem = backend_problem(name) or self._file_problem(name, precision)
+            if not problem:
+                log.info("backend auto: %s (skipped: %s)", name, "; ".join(f"{k}: {v}" for k, v in reasons.items()))
+                return name
+            reasons[name] = problem
+        raise EnvironmentMissing(
+            "no backend can run this bundle here: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
+        )
+
+    def _file_problem(self, backend: str, precision: str) -> str | None:
+        if backend == "tensorrt":
+            return None if self._engines() else "the bundle has no built engine for this GPU"
+        if precision != "fp32" and not all(v.reduced.get("precision") == precision for v in self.manifest.variants):
+            return f"the bundle has no {precision} ONNX (build with --precision {precision})"
+        return None
+
+    def _engines(self) -> dict[str, Path]:
+        """Checked engine files by variant, from the first engine set the manifest records as built."""
+        for entry in self.manifest.engines.values():
+            if entry.get("status") == "built":
+                return {k: self.door.file(v["engine"], v["engine_sha256"]) for k, v in entry["variants"].items()}
+        return {}
+
+    def runner(self, label: str, backend: str, precision: str = "fp32", threads: int | None = None) -> Runner:
+        """The checked file of ``label`` loaded on ``backend``."""
+        record = self.record(label)
+        if backend == "tensorrt":
+            path = self._engines().get(label)
+            if path is None:
+                raise EnvironmentMissing(f"the bundle has no engine for {label} that matches this GPU and TensorRT")
+        else:
+            if precision != "fp32" and record.reduced.get("status") != "passed":
+                raise BundleError(f"{label}'s {precision} ONNX is missing or failed its parity check")
+            path = self.door.onnx(record, precision)
+        return load_runner(path, backend, threads)
+
+    def model(
+        self,
+        variant: str | None = None,
+        budget_ms: float | None = None,
+        backend: str = "auto",
+        precision: str = "fp32",
+        batch: int = 1,
+        adaptive: bool = False,
+        threads: int | None = None,
+    ) -> Model:
+        """A callable for one variant, or for the most accurate one whose measured p99 at
+        ``batch`` fits ``budget_ms`` on this device and backend (``adaptive``: re-picked per
+        call from the latencies observed)."""
+        if (variant is None) == (budget_ms is None):
+            raise UsageError("give either variant='pN' or budget_ms=MS")
+        if precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if batch < 1:
+            raise UsageError(f"batch must be at least 1, got {batch}")
+        name = self.resolve_backend(backend, precision)
+        latencies: dict[str, Latency] = {}
+        if budget_ms is not None:
+            if not math.isfinite(budget_ms) or budget_ms <= 0:
+                raise UsageError(f"budget_ms must be a positive number, got {budget_ms}")
+            latencies = self.latencies(name, precision, batch, threads)
+            variant = choose_variant(self.variants, latencies, budget_ms)
+        assert variant is not None
+        return Model(self, variant, name, precision, threads, budget_ms, latencies, adaptive)
+
+    def latencies(self, backend: str, precision: str, batch: int, threads: int | None = None) -> dict[str, Latency]:
+        """p99 per variant on this device: ``bench.json``/``latency.json`` rows measured here with
+        this backend and batch, else a short probe (recorded in ``latency.json``)."""
+        found = load_latencies(self.door, backend, precision, batch)
+        if set(found) >= set(self.variants):
+            return found
+        runners = {label: self.runner(label, backend, precision, threads) for label in self.variants}
+        return probe_latencies(self.door, runners, backend, precision, batch, self.preprocess(self.variants[0]))
+
+    def preprocess(self, label: str) -> Preprocess:
+        return Preprocess.from_manifest(self.manifest.preprocessing, self.record(label).img_size)
+
+
+@dataclass
+class Model:
+    """``model(images)`` → float32 logits ``[N, classes]``; ``.variant``/``.backend`` say what ran."""
+
+    bundle: Bundle
+    variant: str
+    backend: str
+    precision: str
+    threads: int | None
+    budget_ms: float | None
+    latencies: dict[str, Latency]
+    adaptive: bool = False
+    window: int = 20
+    _runners: dict[str, Runner] = field(default_factory=dict)
+    _observed: deque[float] = field(default_factory=lambda: deque(maxlen=20))
+    switches: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def runner(self, label: str) -> Runner:
+        if label not in self._runners:
+            self._runners[label] = self.bundle.runner(label, self.backend, self.precision, self.threads)
+        return self._runners[label]
+
+    def __call__(self, images: Any) -> np.ndarray:
+        label = self.variant
+        runner = self.runner(label)
+        pixels = self.bundle.preprocess(label)(images)
+        start = time.perf_counter()
+        logits = run_in_batches(runner, pixels)
+        self._observe(label, (time.perf_counter() - start) * 1e3 / max(1, math.ceil(len(pixels) / _chunk(runner))))
+        return logits
+
+    def predict(self, images: Any, top_k: int = 5) -> list[list[Prediction]]:
+        logits = self(images)
+        names = self.bundle.labels
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        order = np.argsort(-logits, axis=1, kind="stable")[:, : max(1, top_k)]
+        return [[Prediction(int(i), names[int(i)], float(p[i])) for i in row] for row, p in zip(order, probs)]
+
+    def _observe(self, label: str, ms: float) -> None:
+        """Adaptive mode: step to a faster variant when the observed p99 passes the budget, and
+        back when the load lifts (measured p99 scaled by how slow this device runs right now)."""
+        if not self.adaptive or self.budget_ms is None:
+            return
+        self._observed.append(ms)
+        if len(self._observed) < min(5, self.window):
+            return
+        observed_p99 = float(np.percentile(list(self._observed), 99))
+        load = observed_p99 / max(self.latencies[label].p99_ms, 1e-6)
+        scaled = {k: Latency(v.p50_ms * load, v.p99_ms * load) for k, v in self.latencies.items()}
+        try:
+            choice = choose_variant(self.bundle.variants, scaled, self.budget_ms)
+        except UsageError:
+            choice = min(self.latencies, key=lambda k: self.latencies[k].p99_ms)
+        if choice != label:
+            why = f"observed p99 {observed_p99:.2f} ms (x{load:.2f} of measured), budget {self.budget_ms:g} ms"
+            log.info("adaptive: %s -> %s (%s)", label, choice, why)
+            self.switches.append((label, choice, why))
+            self.variant = choice
+            self._observed.clear()
+
+
+def _chunk(runner: Runner) -> int:
+    return runner.static_batch or runner.max_batch or 64
+
+
+def run_in_batches(runner: Runner, pixels: np.ndarray) -> np.ndarray:
+    """Run ``pixels`` in chunks the runner accepts (a static batch is padded, then trimmed)."""
+    size = _chunk(runner)
+    out = []
+    for start in range(0, len(pixels), size):
+        chunk = pixels[start : start + size]
+        if runner.static_batch is not None and len(chunk) < size:
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+            out.append(runner(padded)[: len(chunk)])
+        else:
+            out.append(runner(chunk))
+    return np.concatenate(out)
+
+
+def machine_key() -> dict[str, str]:
+    """What makes latencies comparable: the CPU model (and the machine type)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "machine": platform.machine()}
+
+
+def open_bundle(path: str | Path) -> Bundle:
+    return Bundle.open(path)
+
+
+def predict_files(
+    bundle: Bundle, files: Sequence[Path], model: Model, top_k: int
+) -> list[tuple[Path, list[Prediction] | str]]:
+    """Per file: its predictions, or why it could not be read (the others are still run)."""
+    from exporter.runtime.preprocess import read_image
+
+    results: list[tuple[Path, list[Prediction] | str]] = []
+    for path in files:
+        try:
+            image = read_image(path)
+        except UsageError as exc:
+            results.append((path, str(exc)))
+            continue
+        results.append((path, model.predict([image], top_k)[0]))
+    return results
