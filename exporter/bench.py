@@ -19,12 +19,22 @@ from pathlib import Path
 import numpy as np
 
 from exporter.bundle import Bundle
-from exporter.errors import UsageError
+from exporter.errors import EnvironmentMissing, UsageError
 from exporter.limits import available_cores, cap_threads, check_bundle_memory
 from exporter.manifest import VariantRecord
 from exporter.validate import Runner
 
-BACKENDS = ("torch", "torch-compile", "ort-cpu", "ort-cuda", "ort-tensorrt", "torch-cuda", "tensorrt")
+BACKENDS = (
+    "torch",
+    "torch-compile",
+    "ort-cpu",
+    "openvino",
+    "openvino-bf16",
+    "ort-cuda",
+    "ort-tensorrt",
+    "torch-cuda",
+    "tensorrt",
+)
 
 
 class Unavailable(Exception):
@@ -204,15 +214,19 @@ def torch_compile_backend(model: ModelFactory, onnx_path: Path, threads: int) ->
     return torch_runner(compiled)
 
 
-def ort_backend(provider: str) -> Callable[[ModelFactory, Path, int], Runner]:
-    def make(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
-        import onnxruntime as ort
+def runtime_backend(name: str) -> Callable[[ModelFactory, Path, int], Runner]:
+    """The runtime's runner for ``name`` (onnxruntime, OpenVINO, TensorRT): what ``predict`` runs."""
 
-        from exporter.validate import ort_runner
+    def make(model: ModelFactory, path: Path, threads: int) -> Runner:
+        from exporter.runtime.backends import backend_problem, load_runner
 
-        if provider not in ort.get_available_providers():
-            raise Unavailable(f"onnxruntime {ort.__version__} has no {provider} (install onnxruntime-gpu)")
-        return ort_runner(onnx_path, threads, provider)
+        problem = backend_problem(name)
+        if problem:
+            raise Unavailable(problem)
+        try:
+            return load_runner(path, name, threads)
+        except EnvironmentMissing as exc:
+            raise Unavailable(str(exc)) from exc
 
     return make
 
@@ -233,20 +247,6 @@ def torch_cuda_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Ru
     return run
 
 
-def tensorrt_backend(model: ModelFactory, engine_path: Path, threads: int) -> Runner:
-    """A built engine of the bundle (``bundle_engine`` picks and checks it)."""
-    from exporter.errors import EnvironmentMissing
-    from exporter.trt import engine_runner, tensorrt_problem
-
-    problem = tensorrt_problem()
-    if problem:
-        raise Unavailable(problem)
-    try:
-        return engine_runner(engine_path)
-    except EnvironmentMissing as exc:
-        raise Unavailable(str(exc)) from exc
-
-
 def bundle_engine(opened: Bundle, record: VariantRecord) -> Path:
     """The variant's engine from the first engine set the manifest records as built, checked
     like every bundle file (inside the bundle, sha256 as recorded)."""
@@ -260,11 +260,9 @@ def bundle_engine(opened: Bundle, record: VariantRecord) -> Path:
 FACTORIES: dict[str, Callable[[ModelFactory, Path, int], Runner]] = {
     "torch": torch_backend,
     "torch-compile": torch_compile_backend,
-    "ort-cpu": ort_backend("CPUExecutionProvider"),
-    "ort-cuda": ort_backend("CUDAExecutionProvider"),
-    "ort-tensorrt": ort_backend("TensorrtExecutionProvider"),
+    **{name: runtime_backend(name) for name in ("ort-cpu", "openvino", "openvino-bf16", "ort-cuda", "ort-tensorrt")},
     "torch-cuda": torch_cuda_backend,
-    "tensorrt": tensorrt_backend,
+    "tensorrt": runtime_backend("tensorrt"),
 }
 
 
@@ -292,7 +290,7 @@ def bench_variant(
     gflops = float(record.gflops)
     achieved = gflops * batch / p50
     # The ceiling is an fp32 MatMul on the CPU: only fp32 CPU backends are measured against it.
-    fp32_on_cpu = backend in ("torch", "torch-compile", "ort-cpu")
+    fp32_on_cpu = backend in ("torch", "torch-compile", "ort-cpu", "openvino")
     return Timing(
         backend=backend,
         variant=record.label,

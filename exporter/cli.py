@@ -605,12 +605,21 @@ def inspect(bundle: Path, as_json: bool, debug: bool) -> None:
     "[default: judge against the PyTorch reference stored in the bundle; needs no torch].",
 )
 @click.option("--weights", type=click.Path(path_type=Path), help="With --rebuild: the source checkpoint, if it moved.")
+@click.option(
+    "--backends",
+    default="ort-cpu",
+    show_default=True,
+    help="Where to run the ONNX files: ort-cpu, ort-cuda, ort-tensorrt, openvino (f32), openvino-bf16 "
+    "(judged with the fp16 tolerances), comma-separated.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdicts.")
 @debug_option
-def validate(bundle: Path, rebuild: bool, weights: Path | None, quiet: bool, debug: bool) -> None:
+def validate(bundle: Path, rebuild: bool, weights: Path | None, backends: str, quiet: bool, debug: bool) -> None:
     """Re-check every file's sha256, then each ONNX in onnxruntime against PyTorch's outputs."""
     if weights is not None and not rebuild:
         raise UsageError("--weights is used only with --rebuild (the stored reference needs no checkpoint)")
+    if rebuild and backends != "ort-cpu":
+        raise UsageError("--rebuild runs onnxruntime on the CPU; --backends works with the stored reference")
     with RichReporter(quiet) as reporter:
         if rebuild:
             try:
@@ -625,7 +634,10 @@ def validate(bundle: Path, rebuild: bool, weights: Path | None, quiet: bool, deb
         else:
             from exporter.check import check_bundle
 
-            results = check_bundle(bundle, reporter=reporter)
+            names = tuple(dict.fromkeys(b.strip() for b in backends.split(",") if b.strip()))
+            if "tensorrt" in names:
+                raise UsageError("validate runs ONNX files; TensorRT engines are validated by 'flexiexport engine'")
+            results = check_bundle(bundle, reporter=reporter, backends=names)
     out = console()
     for r in results:
         mark = "[green]✓[/green]" if r else "[red]✗[/red]"
@@ -637,6 +649,19 @@ def validate(bundle: Path, rebuild: bool, weights: Path | None, quiet: bool, deb
     if bad:
         raise ValidationFailed(f"{len(bad)} of {len(results)} variants failed validation: {', '.join(bad)}")
     out.print(f"all {len(results)} variants passed")
+
+
+BENCH_BACKENDS = (  # exporter.bench.BACKENDS, spelled here so that --help imports no numpy
+    "torch",
+    "torch-compile",
+    "ort-cpu",
+    "openvino",
+    "openvino-bf16",
+    "ort-cuda",
+    "ort-tensorrt",
+    "torch-cuda",
+    "tensorrt",
+)
 
 
 class BenchCommand(GreedyCommand):
@@ -659,7 +684,7 @@ def write_plot(opened: Any) -> Path | None:
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes, e.g. 1 8 or 1,8.")
 @click.option(
     "--backends",
-    default=",".join(["torch", "torch-compile", "ort-cpu", "ort-cuda", "ort-tensorrt", "torch-cuda", "tensorrt"]),
+    default=",".join(BENCH_BACKENDS),
     show_default=True,
     help="Backends to try; unavailable ones are listed as skipped with the reason.",
 )

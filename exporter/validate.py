@@ -222,18 +222,12 @@ def torch_runner(model: object) -> Runner:
 
 
 def ort_runner(path: Path, threads: int | None = None, provider: str = "CPUExecutionProvider") -> Runner:
-    """onnxruntime on an ONNX file (CPU provider unless told), all graph optimisations on."""
-    import onnxruntime as ort
+    """onnxruntime on an ONNX file (CPU provider unless told), all graph optimisations on: the
+    runtime's runner (``exporter.runtime.backends``), so a build checks what a device runs."""
+    from exporter.runtime.backends import ORT_PROVIDERS
+    from exporter.runtime.backends import ort_runner as runtime_ort_runner
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=[provider])
-    input_name = session.get_inputs()[0].name
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0])
-
-    return run
+    backend = next((name for name, p in ORT_PROVIDERS.items() if p == provider), None)
+    if backend is None:
+        raise UsageError(f"no onnxruntime backend for provider {provider!r}")
+    return runtime_ort_runner(path, backend, threads)

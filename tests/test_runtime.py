@@ -227,3 +227,17 @@ def test_the_runtime_imports_no_torch_timm_or_onnx(demo, digits):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["results"][0]["top"][0]["label"] == str(digits[2][1])
+
+
+def test_bench_and_the_cli_list_the_same_backends():
+    from exporter.bench import BACKENDS
+    from exporter.cli import BENCH_BACKENDS
+
+    assert BENCH_BACKENDS == BACKENDS
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed")
+def test_validate_runs_the_onnx_files_on_openvino_too(demo):
+    result = run_cli("validate", str(demo), "--backends", "ort-cpu,openvino", "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "p8 openvino  sha256 ok  ✓" in result.stdout and "all 6 variants passed" in result.stdout
