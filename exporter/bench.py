@@ -95,6 +95,20 @@ class Ceiling:
     size: int
     ort_matmul_gflops: float
     torch_sgemm_gflops: float
+    # Where the CPU has the instructions (AVX-512 BF16/AMX, VNNI): OpenVINO's bf16 MatMul and
+    # onnxruntime's int8 MatMulInteger, each row measured against the ceiling of its own precision.
+    bf16_matmul_gflops: float | None = None
+    int8_matmul_gops: float | None = None
+
+    def for_backend(self, backend: str) -> float | None:
+        """The ceiling a row of ``backend`` (``ort-cpu int8``, ``openvino-bf16``...) is measured against."""
+        if backend in ("torch", "torch-compile", "ort-cpu", "openvino"):
+            return self.ort_matmul_gflops
+        if backend == "openvino-bf16":
+            return self.bf16_matmul_gflops
+        if backend == "ort-cpu int8":
+            return self.int8_matmul_gops
+        return None  # GPUs, and fp16 on a CPU (no fast path in onnxruntime's CPU provider)
 
 
 @dataclass(frozen=True)
@@ -189,8 +203,65 @@ def torch_sgemm_gflops(size: int, options: BenchOptions) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
+def openvino_bf16_gflops(size: int, threads: int, options: BenchOptions) -> float | None:
+    """OpenVINO's MatMul on ``size``² with bf16 inference precision; None without OpenVINO or bf16."""
+    from exporter.runtime.backends import backend_problem
+
+    if backend_problem("openvino-bf16"):
+        return None
+    import openvino as ov
+
+    try:
+        import openvino.opset13 as ops
+    except ImportError:  # OpenVINO before 2024.2 kept the opsets under openvino.runtime
+        import openvino.runtime.opset13 as ops  # type: ignore[no-redef]
+
+    rng = np.random.default_rng(0)
+    a = ops.parameter([size, size], ov.Type.f32, name="a")
+    b = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
+    model = ov.Model([ops.matmul(a, b, False, False)], [a], "matmul")
+    config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads}
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    x = rng.standard_normal((size, size), dtype=np.float32)
+    times = measure(lambda: request.infer({0: x}), options)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def ort_int8_gops(size: int, threads: int, options: BenchOptions) -> float | None:
+    """onnxruntime's MatMulInteger (uint8 x int8 → int32) on ``size``²: its VNNI kernels where
+    the CPU has them; None when this build of onnxruntime lacks the op."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    b = rng.integers(-127, 128, (size, size), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
+        "matmul_int8",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])],
+        [numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception:  # an onnxruntime build without the op: no int8 ceiling, nothing else changes
+        return None
+    a = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    times = measure(lambda: session.run(None, {"a": a}), options)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
 def measure_ceiling(threads: int, options: BenchOptions, size: int = 2048) -> Ceiling:
-    return Ceiling(size, ort_matmul_gflops(size, threads, options), torch_sgemm_gflops(size, options))
+    return Ceiling(
+        size,
+        ort_matmul_gflops(size, threads, options),
+        torch_sgemm_gflops(size, options),
+        openvino_bf16_gflops(size, threads, options),
+        ort_int8_gops(size, threads, options),
+    )
 
 
 ModelFactory = Callable[[], object]  # builds the PyTorch variant only for backends that run it
@@ -289,8 +360,7 @@ def bench_variant(
     p50 = percentile(times, 50)
     gflops = float(record.gflops)
     achieved = gflops * batch / p50
-    # The ceiling is an fp32 MatMul on the CPU: only fp32 CPU backends are measured against it.
-    fp32_on_cpu = backend in ("torch", "torch-compile", "ort-cpu", "openvino")
+    roof = ceiling.for_backend(backend)
     return Timing(
         backend=backend,
         variant=record.label,
@@ -303,7 +373,7 @@ def bench_variant(
         images_per_s=batch / p50,
         gflops_per_image=gflops,
         achieved_gflops=achieved,
-        fraction_of_ceiling=achieved / ceiling.ort_matmul_gflops if fp32_on_cpu else None,
+        fraction_of_ceiling=achieved / roof if roof else None,
         peak_rss_mb=peak_rss_mb(),
         setup_seconds=setup,
     )

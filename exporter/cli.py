@@ -760,8 +760,11 @@ def print_bench(report: Any) -> None:
     out.print(table)
     c = report.ceiling
     out.print(
-        f"ceiling (same run, {c.size}x{c.size} fp32): onnxruntime MatMul {c.ort_matmul_gflops:.0f} GFLOP/s, "
+        f"ceiling (same run, {c.size}x{c.size}): onnxruntime fp32 MatMul {c.ort_matmul_gflops:.0f} GFLOP/s, "
         f"torch sgemm {c.torch_sgemm_gflops:.0f} GFLOP/s"
+        + (f", OpenVINO bf16 MatMul {c.bf16_matmul_gflops:.0f} GFLOP/s" if c.bf16_matmul_gflops else "")
+        + (f", onnxruntime int8 MatMulInteger {c.int8_matmul_gops:.0f} GOP/s" if c.int8_matmul_gops else "")
+        + "; each row's share is of its own precision's ceiling"
     )
     for s in report.skipped:
         out.print(safe(f"skipped {s.backend}: {s.reason}"))

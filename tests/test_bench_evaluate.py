@@ -117,3 +117,13 @@ def test_gflops_formula_matches_a_flop_counter(tmp_path, name, patch, img):
         variant.model(torch.zeros(1, 3, img, img))
     counted = counter.get_total_flops() / 1e9
     assert variant.gflops == pytest.approx(counted, rel=0.05)
+
+
+def test_each_row_is_measured_against_the_ceiling_of_its_precision():
+    from exporter.bench import Ceiling
+
+    c = Ceiling(2048, 100.0, 90.0, bf16_matmul_gflops=300.0, int8_matmul_gops=400.0)
+    assert [c.for_backend(b) for b in ("ort-cpu", "openvino", "torch")] == [100.0] * 3
+    assert c.for_backend("openvino-bf16") == 300.0 and c.for_backend("ort-cpu int8") == 400.0
+    assert c.for_backend("ort-cpu fp16") is None and c.for_backend("ort-cuda") is None
+    assert Ceiling(2048, 100.0, 90.0).for_backend("openvino-bf16") is None  # a CPU without bf16

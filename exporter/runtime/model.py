@@ -172,6 +172,7 @@ class Model:
     adaptive: bool = False
     window: int = 20
     _runners: dict[str, Runner] = field(default_factory=dict)
+    _preprocess: dict[str, Preprocess] = field(default_factory=dict)
     _observed: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     switches: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -183,7 +184,11 @@ class Model:
     def __call__(self, images: Any) -> np.ndarray:
         label = self.variant
         runner = self.runner(label)
-        pixels = self.bundle.preprocess(label)(images)
+        if label not in self._preprocess:
+            self._preprocess[label] = self.bundle.preprocess(label)
+        pixels = self._preprocess[label](images)
+        if not self.adaptive:
+            return run_in_batches(runner, pixels)
         start = time.perf_counter()
         logits = run_in_batches(runner, pixels)
         self._observe(label, (time.perf_counter() - start) * 1e3 / max(1, math.ceil(len(pixels) / _chunk(runner))))
@@ -227,6 +232,8 @@ def _chunk(runner: Runner) -> int:
 def run_in_batches(runner: Runner, pixels: np.ndarray) -> np.ndarray:
     """Run ``pixels`` in chunks the runner accepts (a static batch is padded, then trimmed)."""
     size = _chunk(runner)
+    if len(pixels) == size or (runner.static_batch is None and len(pixels) <= size):
+        return runner(pixels)
     out = []
     for start in range(0, len(pixels), size):
         chunk = pixels[start : start + size]
