@@ -782,6 +782,11 @@ def print_bench(report: Any) -> None:
 )
 @click.option("--limit", type=int, help="Evaluate at most this many images.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Source checkpoint, if it moved since the build.")
+@click.option(
+    "--backends",
+    default="",
+    help="Also run the fp32 ONNX on these runtime backends, comma-separated (e.g. openvino,openvino-bf16).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the table.")
 @debug_option
 def evaluate(
@@ -790,6 +795,7 @@ def evaluate(
     compare_resize: bool,
     limit: int | None,
     weights: Path | None,
+    backends: str,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -807,8 +813,9 @@ def evaluate(
     opened = Bundle.open(bundle)
     targets = opened.artefact("eval.json"), opened.artefact("tradeoff.png")  # refused before any work
     err = console(stderr=True)
+    names = tuple(dict.fromkeys(b.strip() for b in backends.split(",") if b.strip()))
     result = evaluate_bundle(
-        opened, data, compare_resize, limit, weights, None if quiet else lambda t: err.print(safe(f"  {t}"))
+        opened, data, compare_resize, limit, weights, None if quiet else lambda t: err.print(safe(f"  {t}")), names
     )
     write_atomic(targets[0], json.dumps(result, indent=2) + "\n")
     plot = write_plot(opened)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from exporter.bundle import Bundle
-from exporter.errors import UsageError
+from exporter.errors import EnvironmentMissing, UsageError
 from exporter.images import IMAGE_SUFFIXES, preprocess
 from exporter.limits import check_bundle_memory
 from exporter.load import Preprocessing, SourceModel
@@ -117,8 +117,16 @@ def evaluate_bundle(
     limit: int | None = None,
     weights: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    backends: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Accuracy of every variant in PyTorch and onnxruntime (and with naive resize if asked)."""
+    """Accuracy of every variant in PyTorch and onnxruntime (and with naive resize if asked), and
+    on each of ``backends`` (the runtime's: ``openvino``, ``openvino-bf16``, ...) too."""
+    from exporter.runtime.backends import backend_problem, load_runner
+
+    for name in backends:
+        problem = backend_problem(name)
+        if problem:
+            raise EnvironmentMissing(f"--backends {name}: {problem}")
     from exporter.demo import DEMO_NAME
     from exporter.pipeline import bundle_source, record_spec
     from exporter.validate import ort_runner, run_batched, torch_runner
@@ -147,6 +155,8 @@ def evaluate_bundle(
         if record.reduced:
             precision = record.reduced["precision"]
             runners[f"onnxruntime {precision}"] = ort_runner(opened.onnx(record, precision))
+        for name in backends:
+            runners[name] = load_runner(opened.onnx(record), name)
         if compare_resize:
             runners["pytorch (naive resize)"] = torch_runner(make_variant(source, spec, naive_resize=True).model)
         reference = None

@@ -241,3 +241,14 @@ def test_validate_runs_the_onnx_files_on_openvino_too(demo):
     result = run_cli("validate", str(demo), "--backends", "ort-cpu,openvino", "-q")
     assert result.exit_code == 0, result.output + result.stderr
     assert "p8 openvino  sha256 ok  ✓" in result.stdout and "all 6 variants passed" in result.stdout
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed")
+def test_evaluate_runs_openvino_beside_onnxruntime(demo, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(demo, copy)
+    result = run_cli("evaluate", str(copy), "--limit", "40", "--backends", "openvino", "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    rows = json.loads((copy / "eval.json").read_text())["results"]
+    by = {(r["variant"], r["backend"]): r["top1"] for r in rows}
+    assert all(by[(v, "openvino")] == by[(v, "onnxruntime")] for v in ("p8", "p16", "p32"))
