@@ -385,6 +385,7 @@ def bench_bundle(
     """Benchmark every variant of the bundle on every requested backend and batch size."""
     import torch
 
+    from exporter.load import SourceModel
     from exporter.pipeline import bundle_source, record_spec
     from exporter.variant import make_variant
 
@@ -393,7 +394,13 @@ def bench_bundle(
     torch.set_num_threads(threads)
     manifest = opened.manifest
     check_bundle_memory(manifest, opened.root, "bench", max(options.batch_sizes), max(options.batch_sizes))
-    source = bundle_source(manifest, weights)
+    sources: list[SourceModel] = []  # the checkpoint is read only for a PyTorch backend
+
+    def source() -> SourceModel:
+        if not sources:
+            sources.append(bundle_source(manifest, weights))
+        return sources[0]
+
     say(f"ceiling: MatMul 2048x2048 fp32 on {threads} threads")
     ceiling = measure_ceiling(threads, options)
     timings: list[Timing] = []
@@ -414,7 +421,7 @@ def bench_bundle(
         try:
             for record in manifest.variants:
                 spec = record_spec(record)
-                model = lambda spec=spec: make_variant(source, spec).model  # noqa: E731 - built only if used
+                model = lambda spec=spec: make_variant(source(), spec).model  # noqa: E731 - built only if used
                 path = bundle_engine(opened, record) if backend == "tensorrt" else opened.onnx(record)
                 run_batches(backend, FACTORIES[backend](model, path, threads), record)
         except Unavailable as exc:

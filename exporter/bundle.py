@@ -40,7 +40,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from exporter.errors import BundleError, Interrupted
-from exporter.manifest import MANIFEST, REPORT, SCHEMA_VERSION, Manifest, VariantRecord, current_umask, sha256_file
+from exporter.manifest import (
+    MANIFEST,
+    REPORT,
+    SCHEMA_VERSION,
+    Manifest,
+    VariantRecord,
+    current_umask,
+    sha256_file,
+    walk,
+)
 from exporter.names import SAFE_NAME, printable
 
 log = logging.getLogger(__name__)
@@ -74,12 +83,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
 
+def _dims_after_batch(shape: list[int | str]) -> list[int | str]:
+    """Only the batch may be symbolic (``"batch"``): every other dim is a number we use."""
+    if any(not isinstance(d, int) for d in shape[1:]):
+        raise ValueError(f"only the first (batch) dimension may be named, got {shape!r}")
+    return shape
+
+
+Dim = Annotated[int, Field(ge=1, le=1 << 20)] | Annotated[str, Field(max_length=64)]
+
+
 class TensorSpec(_Strict):
     name: TensorName
     dtype: str
-    shape: list[Annotated[int, Field(ge=1, le=1 << 20)] | Annotated[str, Field(max_length=64)]] = Field(
-        min_length=1, max_length=8
-    )
+    shape: Annotated[list[Dim], Field(min_length=1, max_length=8), AfterValidator(_dims_after_batch)]
+
+
+class Empty(BaseModel):
+    """``{}``: what an absent optional entry is written as, and nothing else."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 class OnnxEntry(_Strict):
@@ -91,6 +114,8 @@ class OnnxEntry(_Strict):
 
 
 class ParityStats(_Strict):
+    """The numbers every command prints of a comparison (the rest may follow)."""
+
     samples: Count
     max_abs: float
     p99_abs: float
@@ -98,6 +123,15 @@ class ParityStats(_Strict):
     top1_agreement: float
     top5_agreement: float
     failures: list[str] = []
+
+
+class VariantParity(ParityStats):
+    passed: bool
+
+
+class TrtLint(_Strict):
+    passed: bool
+    issues: list[str]
 
 
 class ToleranceRecord(_Strict):
@@ -130,6 +164,7 @@ class RandomInputs(_Strict):
 
 class RealInputs(_Strict):
     count: Annotated[int, Field(ge=0, le=100_000)]
+    from_: str = Field(alias="from")
 
 
 class ReferenceEntry(_Strict):
@@ -149,15 +184,15 @@ class VariantSchema(_Strict):
     patch_resize: Annotated[str, Field(pattern=r"^(bilinear|bicubic|nearest|area)(\+antialias)?$")]
     pos_resize: Annotated[str, Field(pattern=r"^(bilinear|bicubic|nearest|area)(\+antialias)?$")]
     onnx: OnnxEntry
-    parity: dict[str, Any]
+    parity: VariantParity
     status: Literal["passed", "failed", "error"]
     export_seconds: float
     parity_seconds: float
     input_key: str
     resumed: bool = False
-    trt_lint: dict[str, Any] = {}
-    reduced: ReducedEntry | dict[str, Any] = {}
-    reference: ReferenceEntry | dict[str, Any] = {}
+    trt_lint: TrtLint | Empty = Empty()
+    reduced: ReducedEntry | Empty = Empty()
+    reference: ReferenceEntry | Empty = Empty()
 
 
 class ExportRecord(_Strict):
@@ -204,7 +239,9 @@ class EngineVariant(_Strict):
     engine: RelPath
     engine_sha256: Sha256
     onnx: RelPath
-    status: str
+    status: Literal["passed", "failed"]
+    build_seconds: float
+    parity: ParityStats
 
 
 class BatchRecord(_Strict):
@@ -218,12 +255,27 @@ class EngineProfile(_Strict):
     batch: BatchRecord
 
 
-class EngineSet(_Strict):
-    status: str
+class PendingEngines(_Strict):
+    """Engines to build on the target: why, and how."""
+
+    status: Literal["pending (build on target)"]
     profile: EngineProfile
+    reason: str
+    command: str
+    script: RelPath
+
+
+class BuiltEngines(_Strict):
+    status: Literal["built", "failed"]
+    profile: EngineProfile
+    gpu: str
+    compute_capability: Annotated[str, Field(pattern=r"^\d{1,2}\.\d{1,2}$")]
+    tensorrt: str
     script: RelPath | None = None
-    compute_capability: Annotated[str, Field(pattern=r"^\d{1,2}\.\d{1,2}$")] | None = None
-    variants: dict[SafeName, EngineVariant] = {}
+    variants: dict[SafeName, EngineVariant]
+
+
+EngineSet = Annotated[PendingEngines | BuiltEngines, Field(discriminator="status")]
 
 
 class ManifestSchema(_Strict):
@@ -237,7 +289,7 @@ class ManifestSchema(_Strict):
     tolerance: ToleranceRecord
     variants: list[VariantSchema] = Field(min_length=1, max_length=256)
     engines: dict[SafeName, EngineSet] = {}
-    shared_weights: SharedWeights | dict[str, Any] = {}
+    shared_weights: SharedWeights | Empty = Empty()
     labels: list[Annotated[str, Field(max_length=512)]] = Field(default=[], max_length=1_000_000)
 
 
@@ -322,9 +374,9 @@ class Bundle:
         bundle = cls(path, manifest)
         for rel, _ in bundle.files():
             _inside(path, rel)  # every path, before any command uses one
-        for link in (p for p in path.rglob("*") if p.is_symlink()):
-            # A file the manifest does not name can still be read: an ONNX's external data.
-            _inside(path, link.relative_to(path).as_posix())
+        for entry in walk(path):
+            if entry.is_link:  # a file the manifest does not name can still be read: an ONNX's external data
+                _inside(path, entry.rel)
         return bundle
 
     def files(self) -> list[tuple[str, str]]:
@@ -395,11 +447,15 @@ class Bundle:
         path = self.artefact(name)
         if not path.is_file():
             return None
+        if path.stat().st_size > 16 << 20:
+            log.warning("ignoring %s: larger than 16 MB, not one we wrote", path)
+            return None
         try:
-            return json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError):
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError, RecursionError):
             log.warning("ignoring %s: not valid JSON", path)
             return None
+        return data if isinstance(data, dict) else None
 
     def accounted(self) -> set[str]:
         """Every relative path we may have written into this bundle."""
@@ -417,9 +473,9 @@ class Bundle:
         known = self.accounted()
         engine_dirs = {f"engines/{name}" for name in self.manifest.engines}
         found = []
-        for path in sorted(self.root.rglob("*")):
-            rel = path.relative_to(self.root).as_posix()
-            if (path.is_dir() and not path.is_symlink()) or _our_temporary(rel):
+        for entry in walk(self.root):
+            rel = entry.rel
+            if entry.is_dir or _our_temporary(rel):
                 continue
             in_engines = rel.rsplit("/", 1)[0] in engine_dirs and rel.endswith((".cache", ".timing.cache"))
             if rel not in known and not in_engines:
@@ -518,7 +574,7 @@ def check_replaceable_repository(repo: Path, force: bool, protect: Iterable[Path
             f"--out {shown!r} is not a model repository flexiexport wrote (no valid {REPOSITORY_MARKER}); "
             "refusing to replace it, choose another --out"
         )
-    present = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if not p.is_dir() or p.is_symlink()}
+    present = {e.rel for e in walk(repo) if not e.is_dir}
     extra = sorted(present - listed - {REPOSITORY_MARKER})
     if extra:
         raise BundleError(
@@ -545,14 +601,17 @@ def repository_files(repo: Path) -> set[str] | None:
 def write_repository_marker(repo: Path, bundle: Path) -> None:
     from exporter.manifest import write_atomic
 
-    files = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
+    files = sorted(e.rel for e in walk(repo) if e.is_file)
     text = json.dumps({"tool": "flexiexport", "bundle": str(bundle.absolute()), "files": files}, indent=2)
     write_atomic(repo / REPOSITORY_MARKER, text + "\n")
 
 
 # --- staging, swapping and interrupts -----------------------------------------------------------
 
-_TEMP = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-.+")
+# What our staging (mkdtemp's 8-character suffix) and moved-aside folders are called; each also
+# holds TEMP_MARKER naming the folder itself, so a user's folder of a similar name is never ours.
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?:tmp-(?P<pid>\d{1,7})-[A-Za-z0-9_]{8}|old-(?P<old_pid>\d{1,7})-\d{13})")
+TEMP_MARKER = ".flexiexport-temporary"
 _HANDLED = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
@@ -575,12 +634,31 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
         return removed
     for path in parent.glob(f".{out.name}.*-*"):
         match = _TEMP.fullmatch(path.name)
-        ours = match and match["name"] == out.name and path.is_dir() and not path.is_symlink()
-        if ours and not _alive(int(match["pid"])):  # type: ignore[index]
+        if not match or match["name"] != out.name or not _is_marked(path):
+            continue
+        if not _alive(int(match["pid"] or match["old_pid"])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
             log.info("removed %s, left by an interrupted run", path)
     return removed
+
+
+def _mark(folder: Path) -> None:
+    (folder / TEMP_MARKER).write_text(folder.name)
+
+
+def _is_marked(folder: Path) -> bool:
+    """A real folder (no link) holding our marker with its own name: one of our temporaries."""
+    marker = folder / TEMP_MARKER
+    try:
+        return (
+            folder.is_dir()
+            and not folder.is_symlink()
+            and not marker.is_symlink()
+            and marker.read_text() == folder.name
+        )
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 @contextmanager
@@ -591,6 +669,7 @@ def staging_folder(out: Path) -> Iterator[Path]:
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.absolute().parent))
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
+        _mark(tmp)
     except OSError as exc:
         raise BundleError(f"cannot write to {printable(str(out.absolute().parent))!r}: {exc.strerror}") from exc
     try:
@@ -625,7 +704,9 @@ def swap_into_place(tmp: Path, out: Path, what: str = "bundle") -> None:
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time() * 1000)}")
             os.replace(out, old)
+            _mark(old)  # killed from here on, the next run knows the folder is ours
         try:
+            (tmp / TEMP_MARKER).unlink(missing_ok=True)
             os.replace(tmp, out)
         except BaseException:
             if old is not None:

@@ -8,7 +8,9 @@ only module that turns exceptions into exit codes and text:
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 import signal
 from dataclasses import replace
@@ -167,9 +169,23 @@ class FlexiGroup(click.Group):
             full = full_disk_cause(exc)  # a write site we do not wrap (onnx.save, a library's own file)
             if full is not None:
                 fail(ctx, disk_full_text(ctx, DiskFullError(full.filename or "the output")), 2)
+            if isinstance(exc, OSError) and exc.filename and exc.errno in PATH_ERRNOS:
+                fail(ctx, f"cannot use {str(exc.filename)!r}: {exc.strerror}", 2)  # a path the user gave
             fail(ctx, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
 
 
+# An OSError about a path a command was given (too long, a loop of links, not a folder, no
+# permission, gone) is bad input, exit 2, not an internal error.
+PATH_ERRNOS = {
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.EROFS,
+}
 OUTPUT_OPTIONS = {"build": "--out", "triton": "--out", "resize": "-o"}
 
 
@@ -676,7 +692,11 @@ def write_plot(opened: Any) -> Path | None:
     if bench is None and evaluation is None:
         return None
     title = f"{opened.manifest.name}: speed / accuracy"
-    return plot_tradeoff(bench, evaluation, opened.artefact("tradeoff.png"), title)
+    try:
+        return plot_tradeoff(bench, evaluation, opened.artefact("tradeoff.png"), title)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:  # a bench/eval.json we did not write
+        logging.getLogger("exporter.plot").warning("no plot: bench.json or eval.json is not as written (%s)", exc)
+        return None
 
 
 @cli.command(cls=BenchCommand)
@@ -872,6 +892,7 @@ def triton(
         max_batch = profiles[0] if profiles else 8
     if max_batch < 1:
         raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
+    repo = Path(os.path.normpath(repo))  # 'x/..' names the parent, which the checks must see
     check_replaceable_repository(repo, force, protect=[bundle])
     with staging_folder(repo) as tmp:
         names = write_repository(opened, tmp, backend, max_batch, precision)

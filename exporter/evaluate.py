@@ -17,7 +17,7 @@ import numpy as np
 
 from exporter.bundle import Bundle
 from exporter.errors import EnvironmentMissing, UsageError
-from exporter.images import IMAGE_SUFFIXES, preprocess
+from exporter.images import IMAGE_SUFFIXES, image_files, preprocess
 from exporter.limits import check_bundle_memory
 from exporter.load import Preprocessing, SourceModel
 from exporter.sizes import Size2
@@ -72,12 +72,7 @@ def image_folder(root: Path, pre: Preprocessing, limit: int | None) -> Dataset:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise UsageError(f"--data {str(root)!r} has no class sub-folders")
-    files = [
-        (f, i)
-        for i, c in enumerate(classes)
-        for f in sorted((root / c).rglob("*"))
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    files = [(f, i) for i, c in enumerate(classes) for f in image_files(root / c)]
     if not files:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
     if limit:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from exporter.errors import UsageError
+from exporter.manifest import walk
 from exporter.runtime.preprocess import Preprocess, read_image
 from exporter.sizes import Size2
 
@@ -30,10 +31,20 @@ def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder``, sorted, recursively."""
     if not folder.is_dir():
         raise UsageError(f"image folder {str(folder)!r} does not exist or is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = image_files(folder)
     if not files:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}")
     return files
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Regular image files under ``folder`` (sorted; links to regular files too, never a FIFO or
+    device that would block a read)."""
+    return [
+        e.path
+        for e in walk(folder)
+        if e.path.suffix.lower() in IMAGE_SUFFIXES and (e.is_file or (e.is_link and e.path.is_file()))
+    ]
 
 
 def folder_digest(folder: Path, limit: int) -> str:

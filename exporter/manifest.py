@@ -253,3 +253,36 @@ def render_report(manifest: Manifest) -> str:
         ]
     lines += ["", f"Overall: {'PASSED' if manifest.passed else 'FAILED'}", ""]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing under a walked folder: its relative POSIX path and what it is (links not followed)."""
+
+    rel: str
+    path: Path
+    is_dir: bool
+    is_link: bool
+    is_file: bool
+
+
+def walk(root: Path, max_depth: int = 32) -> list[Entry]:
+    """Everything under ``root``, sorted, without following links and without recursion (a
+    hostile tree thousands of folders deep is refused with ``UsageError``, not a RecursionError)."""
+    from exporter.errors import UsageError
+
+    found: list[Entry] = []
+    stack = [(root, "", 0)]
+    while stack:
+        folder, prefix, depth = stack.pop()
+        if depth > max_depth:
+            raise UsageError(f"{folder} is nested more than {max_depth} folders deep under {root}: refused")
+        with os.scandir(folder) as entries:
+            for e in entries:
+                rel = f"{prefix}{e.name}"
+                is_link = e.is_symlink()
+                is_dir = e.is_dir(follow_symlinks=False)
+                found.append(Entry(rel, Path(e.path), is_dir, is_link, e.is_file(follow_symlinks=False)))
+                if is_dir:
+                    stack.append((Path(e.path), rel + "/", depth + 1))
+    return sorted(found, key=lambda e: e.rel)

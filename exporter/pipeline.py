@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -43,7 +44,7 @@ from exporter.manifest import (
 from exporter.names import printable
 from exporter.profile import Profile
 from exporter.progress import Reporter, SilentReporter, stage
-from exporter.reference import REFERENCE_DIR, ParityInputs, save_reference
+from exporter.reference import REFERENCE_DIR, ParityInputs, save_reference, stored_reference
 from exporter.resize import ResizeMethod
 from exporter.sizes import Size2, format_size
 from exporter.validate import TOLERANCES, Recheck, Tolerance
@@ -510,7 +511,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     reporter = reporter or SilentReporter()
     start = time.perf_counter()
     times: dict[str, float] = {}
-    out = options.out or default_out(source_name(options.source))
+    out = Path(os.path.normpath(options.out or default_out(source_name(options.source))))
     check_replaceable_bundle(out, options.force, options.resume, protected_inputs(options))
     profile = check_engine_request(options)
     options = with_profile_precision(options, profile)
@@ -686,45 +687,27 @@ def parse_resize_method(text: str) -> ResizeMethod:
 
 
 def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceModel:
-    """Reload the checkpoint a bundle was built from. The file (the manifest's path, or
-    ``weights``) is hashed before it is read: one whose sha256 differs from the manifest's is
-    refused without loading it."""
+    """Reload the checkpoint a bundle was built from: ``weights``, or the file the manifest names.
+    That file is hashed before it is read and refused unless its sha256 is the manifest's; a
+    bundle never makes a command download weights (hub-built bundles need ``--weights``)."""
     from exporter.load import SourceSpec, load_source
 
     src = manifest.source
-    path = weights or (Path(src["path"]) if src.get("path") else None)
-    if path is not None:
-        if not path.is_file():
-            raise BundleError(f"the bundle's source checkpoint {printable(str(path))!r} is gone; pass --weights FILE")
-        sha = sha256_file(path)
-        if src.get("sha256") and sha != src["sha256"]:
-            raise BundleError(
-                f"{printable(str(path))} has sha256 {sha[:16]}…, but the bundle was built from {src['sha256'][:16]}…"
-            )
-    arch = src["architecture"]
-    spec = SourceSpec(
-        weights=path, model_name=arch.get("model_name"), pretrained=path is None, num_heads=arch.get("num_heads")
-    )
-    return load_source(spec)
-
-
-def recorded_calib_dir(manifest: Manifest) -> Path | None:
-    """The build's ``--calib-dir``, when it still holds the images the build read (by content)."""
-    opts = manifest.options
-    calib = Path(opts["calib_dir"]) if opts.get("calib_dir") else None
-    if calib is None or not calib.is_dir() or not opts.get("calib_sha256"):
-        return None
-    from exporter.images import folder_digest
-
-    used = opts["parity_samples"] + (
-        CALIBRATION_IMAGES if any(v.reduced.get("precision") == "int8" for v in manifest.variants) else 0
-    )
-    if folder_digest(calib, used) != opts["calib_sha256"]:
+    if weights is None and not src.get("path"):
+        raise BundleError("the bundle names no checkpoint file (it was built from hub weights): pass --weights FILE")
+    path = weights or Path(src["path"])
+    if not path.is_file():
+        raise BundleError(f"the bundle's source checkpoint {printable(str(path))!r} is gone; pass --weights FILE")
+    if weights is None and not src.get("sha256"):
+        raise BundleError(f"the manifest records no sha256 for {printable(str(path))!r}: pass --weights FILE")
+    sha = sha256_file(path)
+    if src.get("sha256") and sha != src["sha256"]:
         raise BundleError(
-            f"the calibration images in {printable(str(calib))!r} changed since the build; "
-            "validate checks against the images the build used"
+            f"{printable(str(path))} has sha256 {sha[:16]}…, but the bundle was built from {src['sha256'][:16]}…"
         )
-    return calib
+    arch = src["architecture"]
+    spec = SourceSpec(weights=path, model_name=arch.get("model_name"), num_heads=arch.get("num_heads"))
+    return load_source(spec)
 
 
 def record_spec(record: VariantRecord) -> VariantSpec:
@@ -738,7 +721,9 @@ def record_spec(record: VariantRecord) -> VariantSpec:
 
 
 def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter | None = None) -> list[Recheck]:
-    """Re-verify every file's sha256 and re-run parity of every variant against PyTorch."""
+    """Re-verify every file's sha256, rebuild every variant in PyTorch from the checkpoint and
+    re-run parity on the build's inputs (the ones the bundle's reference stores: the recorded
+    ``--calib-dir`` is never read again)."""
     from exporter.validate import check_parity, ort_runner, torch_runner
     from exporter.variant import make_variant
 
@@ -755,7 +740,6 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
         export=export,
         parity_samples=opts["parity_samples"],
         seed=opts["seed"],
-        calib_dir=recorded_calib_dir(manifest),
         tolerance=tol,
     )
     reporter.begin(len(manifest.variants) * 2)
@@ -764,14 +748,21 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     for record in manifest.variants:
         with stage(reporter, record.label, "sha256", times):
             precisions = ["fp32"] + ([record.reduced["precision"]] if record.reduced else [])
-            problem = "; ".join(p for p in (_file_problem(opened, record, x) for x in precisions) if p)
+            problems = [_file_problem(opened, record, x) for x in precisions]
+            problems += [opened.problems(e["path"], e["sha256"]) for e in (record.reference,) if e]
+            problem = "; ".join(p for p in problems if p)
         if problem:
             results.append(Recheck(record.label, False, None, problem))
             continue
         vspec = record_spec(record)
         with stage(reporter, record.label, "parity", times):
             reference = torch_runner(make_variant(source, vspec).model)
-            inputs = parity_inputs(source, vspec, options).arrays()
+            planned = (
+                stored_reference(opened.root, manifest, record)[0]
+                if record.reference
+                else parity_inputs(source, vspec, options)
+            )
+            inputs = planned.arrays()
             batch = 8 if export.batch == "dynamic" else int(export.batch)
             cmp = check_parity(reference, ort_runner(opened.onnx(record)), inputs, batch, tol)
             reduced = None

@@ -99,11 +99,28 @@ def load_reference(
     path: Path, record: dict[str, Any], img_size: tuple[int, int], pre: dict[str, Any]
 ) -> tuple[ParityInputs, np.ndarray]:
     """Read a (sha256-checked) reference file; its shapes must agree with the manifest record."""
+    real, random = int(record["real"]["count"]), int(record["random"]["count"])
+    expected: dict[str, tuple[str, tuple[int, ...] | None]] = {
+        "pixels.npy": ("|u1", (real, *img_size, 3)),
+        "logits.npy": ("<f4", None),  # [random + real, classes]
+    }
     try:
         with zipfile.ZipFile(path) as archive:
             members = {info.filename: info for info in archive.infolist()}
             if set(members) != _MEMBERS or any(i.compress_type != zipfile.ZIP_STORED for i in members.values()):
                 raise BundleError(f"{path} is not a reference we wrote (members {sorted(members)})")
+            for name, (dtype, shape) in expected.items():
+                with archive.open(name) as member:  # the header first: no allocation on a lie
+                    found_dtype, found_shape = _npy_header(member)
+                rows_ok = shape is None and len(found_shape) == 2 and found_shape[0] == random + real
+                if (
+                    found_dtype != dtype
+                    or not (rows_ok or found_shape == shape)
+                    or any(d > 1 << 20 for d in found_shape)
+                ):
+                    raise BundleError(
+                        f"{path}: {name} holds {found_dtype} {list(found_shape)}, not what the manifest records"
+                    )
         with np.load(path, allow_pickle=False) as data:
             logits, pixels = data["logits"], data["pixels"]
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -117,10 +134,16 @@ def load_reference(
         pixels,
         str(record["real"]["from"]),
     )
-    expected = inputs.random_count + len(pixels)
-    if logits.dtype != np.float32 or logits.ndim != 2 or len(logits) != expected:
-        raise BundleError(f"{path}: logits {logits.dtype} {list(logits.shape)} do not match {expected} inputs")
     return inputs, logits
+
+
+def _npy_header(member: Any) -> tuple[str, tuple[int, ...]]:
+    version = np.lib.format.read_magic(member)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(member)
+    if fortran:
+        raise ValueError("Fortran-ordered array")
+    return dtype.str, tuple(int(d) for d in shape)
 
 
 def stored_reference(root: Path, manifest: Manifest, record: VariantRecord) -> tuple[ParityInputs, np.ndarray]:
@@ -130,6 +153,13 @@ def stored_reference(root: Path, manifest: Manifest, record: VariantRecord) -> t
         raise BundleError(
             f"{record.label}: the bundle carries no PyTorch reference (built by flexiexport before 0.2); "
             "rebuild it, or run 'flexiexport validate --rebuild' where the checkpoint is"
+        )
+    samples = manifest.options["parity_samples"]
+    random, real = record.reference["random"]["count"], record.reference["real"]["count"]
+    if random != samples or real > samples:
+        raise BundleError(
+            f"{record.label}: the reference records {random} random and {real} real images, but the build "
+            f"checked {samples} of each at most (options.parity_samples)"
         )
     path = root / record.reference["path"]
     return load_reference(path, record.reference, record.img_size, manifest.preprocessing)

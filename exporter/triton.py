@@ -127,8 +127,9 @@ def onnx_for(record: VariantRecord, precision: str) -> dict[str, Any]:
             f"the bundle has no {precision} ONNX for {record.label}: build it with --precision {precision}, "
             "or pick --precision fp32"
         )
-    if failures or record.parity.get("error"):
-        why = "; ".join(failures) or record.parity.get("error")
+    passed = record.parity.get("passed") if precision == "fp32" else record.reduced.get("status") == "passed"
+    if failures or record.parity.get("error") or not passed:
+        why = "; ".join(failures) or record.parity.get("error") or "not recorded as passed"
         raise BundleError(f"{record.label}'s {precision} ONNX failed its parity check ({why}): not served")
     return entry
 

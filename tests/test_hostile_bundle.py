@@ -349,16 +349,23 @@ def test_an_interrupt_during_the_swap_finishes_it_and_says_so(tmp_path, monkeypa
 
 
 def test_the_next_run_removes_temporaries_of_dead_runs_only(tmp_path):
+    from exporter.bundle import TEMP_MARKER
+
     out = tmp_path / "b"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f".b.tmp-{dead.stdout.strip()}-abc"
-    old = tmp_path / f".b.old-{dead.stdout.strip()}-123"
-    live = tmp_path / f".b.tmp-{os.getpid()}-def"
-    other = tmp_path / ".c.tmp-1-xyz"
-    for folder in (stale, old, live, other):
+    pid = dead.stdout.strip()
+    stale = tmp_path / f".b.tmp-{pid}-abcd1234"
+    old = tmp_path / f".b.old-{pid}-1764330000000"
+    live = tmp_path / f".b.tmp-{os.getpid()}-efgh5678"
+    other = tmp_path / ".c.tmp-1-xyzw9876"
+    unmarked = tmp_path / f".b.old-{pid}-1764330000001"  # named like ours, but the user's
+    for folder in (stale, old, live, other, unmarked):
         folder.mkdir()
+        if folder is not unmarked:
+            (folder / TEMP_MARKER).write_text(folder.name)
+    (unmarked / "data.txt").write_text("precious")
     assert sorted(remove_stale_temporaries(out)) == sorted([stale, old])
-    assert live.is_dir() and other.is_dir()
+    assert live.is_dir() and other.is_dir() and (unmarked / "data.txt").read_text() == "precious"
 
 
 def test_a_link_the_manifest_does_not_name_is_refused_too(bundle, tmp_path):
