@@ -318,14 +318,61 @@ def torch_cuda_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Ru
     return run
 
 
-def bundle_engine(opened: Bundle, record: VariantRecord) -> Path:
-    """The variant's engine from the first engine set the manifest records as built, checked
-    like every bundle file (inside the bundle, sha256 as recorded)."""
-    for entry in opened.manifest.engines.values():
+def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str, dict[str, object]]]:
+    """The variant's engines the bundle holds, as ``(path, sha256, info)``: every engine set the
+    manifest records as built, and the engines ``build_<profile>.sh`` wrote for a profile the
+    manifest names (read through their sidecar ``model_pN.engine.json``; the manifest has no
+    record of those). Nothing is trusted yet: ``tensorrt_runner`` checks each file through
+    ``Bundle.file`` before TensorRT reads it."""
+    from exporter.trt import read_sidecar
+
+    found: list[tuple[str, str, dict[str, object]]] = []
+    for name, entry in opened.manifest.engines.items():
+        rel = f"engines/{name}/model_{record.label}.engine"
         variant = entry.get("variants", {}).get(record.label)
         if entry.get("status") == "built" and variant:
-            return opened.file(variant["engine"], variant["engine_sha256"])
-    raise Unavailable("the bundle has no TensorRT engines (build them with a GPU and TensorRT)")
+            found.append((variant["engine"], variant["engine_sha256"], variant))
+        sidecar = read_sidecar(opened.root / (rel + ".json"))
+        if isinstance(sidecar, dict) and sidecar["engine_sha256"] not in {sha for _, sha, _ in found}:
+            found.append((rel, str(sidecar["engine_sha256"]), sidecar))
+    return found
+
+
+def tensorrt_here() -> None:
+    """``Unavailable`` when engines cannot run here (no TensorRT >= 10, no usable GPU)."""
+    from exporter.trt import tensorrt_problem
+
+    problem = tensorrt_problem()
+    if problem:
+        raise Unavailable(problem)
+
+
+def tensorrt_runner(opened: Bundle, record: VariantRecord) -> Runner:
+    """A runner over the bundle's engine for this GPU and TensorRT: engines are ranked by their
+    sidecar (same GPU model, then same compute capability, then hardware-compatible) and tried in
+    that order, so one that TensorRT cannot load is passed over, not fatal. ``Unavailable`` says
+    why each one was passed over."""
+    from exporter.errors import BundleError, EnvironmentMissing
+    from exporter.gpu import gpu_identity
+    from exporter.trt import engine_fit, engine_runner, import_tensorrt
+
+    tensorrt_here()
+    version, gpu = import_tensorrt().__version__, gpu_identity()
+    ranked, passed_over = [], []
+    for rel, sha, info in bundle_engines(opened, record):
+        rank, why = engine_fit(info, version, gpu.compute_capability, gpu.name)
+        if rank < 0:
+            passed_over.append(f"{rel}: {why}")
+        else:
+            ranked.append((rank, rel, sha))
+    for _, rel, sha in sorted(ranked):
+        try:
+            return engine_runner(opened.file(rel, sha))
+        except (BundleError, EnvironmentMissing) as exc:
+            passed_over.append(f"{rel}: {exc}")
+    if not passed_over:
+        raise Unavailable(f"{record.label}: the bundle has no TensorRT engines (build them with a GPU and TensorRT)")
+    raise Unavailable(f"{record.label}: no engine in the bundle runs here ({'; '.join(passed_over)})")
 
 
 FACTORIES: dict[str, Callable[[ModelFactory, Path, int], Runner]] = {
@@ -333,8 +380,7 @@ FACTORIES: dict[str, Callable[[ModelFactory, Path, int], Runner]] = {
     "torch-compile": torch_compile_backend,
     **{name: runtime_backend(name) for name in ("ort-cpu", "openvino", "openvino-bf16", "ort-cuda", "ort-tensorrt")},
     "torch-cuda": torch_cuda_backend,
-    "tensorrt": runtime_backend("tensorrt"),
-}
+}  # "tensorrt" runs the bundle's engines, not its ONNX: tensorrt_runner
 
 
 def _static_batch(record: VariantRecord) -> int | None:
@@ -408,10 +454,18 @@ def bench_bundle(
 
     def run_batches(name: str, runner: Runner, record: VariantRecord) -> None:
         static = _static_batch(record)
+        lo, hi = getattr(runner, "batch_range", (1, None))  # an engine takes its profile's batches only
         for batch in options.batch_sizes:
             if static is not None and static != batch and not name.startswith("torch"):  # the ONNX/engine is fixed
                 skipped.append(
                     Skipped(name, f"{record.label}: the ONNX has static batch {static}, batch {batch} skipped")
+                )
+                continue
+            if batch < lo or (hi is not None and batch > hi):
+                skipped.append(
+                    Skipped(
+                        name, f"{record.label}: batch {batch} is outside the engine's profile ({lo}..{hi}), skipped"
+                    )
                 )
                 continue
             say(f"{name}: {record.label} batch {batch}")
@@ -420,10 +474,16 @@ def bench_bundle(
     for backend in options.backends:
         try:
             for record in manifest.variants:
+                if backend == "tensorrt":
+                    tensorrt_here()  # a missing TensorRT ends the backend: one line, not one per variant
+                    try:
+                        run_batches(backend, tensorrt_runner(opened, record), record)
+                    except Unavailable as exc:  # this variant's engines; the next variant may have one
+                        skipped.append(Skipped(backend, str(exc)))
+                    continue
                 spec = record_spec(record)
                 model = lambda spec=spec: make_variant(source(), spec).model  # noqa: E731 - built only if used
-                path = bundle_engine(opened, record) if backend == "tensorrt" else opened.onnx(record)
-                run_batches(backend, FACTORIES[backend](model, path, threads), record)
+                run_batches(backend, FACTORIES[backend](model, opened.onnx(record), threads), record)
         except Unavailable as exc:
             skipped.append(Skipped(backend, str(exc)))
     if "ort-cpu" in options.backends:  # the bundle's fp16/int8 ONNX, on the same provider

@@ -1,17 +1,21 @@
 """The TensorRT engine stage: plan, trtexec script, build and validation, on the build machine
 or later on the target device (``flexiexport engine``).
 
-Needs TensorRT (imported lazily, in ``exporter.trt``), numpy and onnxruntime-free inputs: engines
-are judged against the PyTorch logits the bundle carries (``exporter.reference``), so no torch,
-timm or checkpoint is needed on the device.
+Needs TensorRT (imported lazily, in ``exporter.trt``), cuda-python (``exporter.gpu``) and numpy:
+engines are judged against the PyTorch logits the bundle carries (``exporter.reference``), and
+the LayerNorm names the trtexec script pins to FP32 are read from the ONNX's protobuf directly,
+so no torch, timm, onnx or checkpoint is needed on the device.
 """
 
 from __future__ import annotations
 
+import logging
+import mmap
 import os
 import shlex
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -19,23 +23,84 @@ from typing import Any
 from exporter.bundle import Bundle, swap_into_place
 from exporter.check import reduced_check_inputs
 from exporter.errors import BundleError, EnvironmentMissing
-from exporter.manifest import MANIFEST, REPORT, Manifest, render_report, write_atomic
+from exporter.manifest import MANIFEST, REPORT, Manifest, render_report, sha256_file, write_atomic
 from exporter.names import check_name, printable
 from exporter.profile import Profile
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import stored_reference
 
+log = logging.getLogger(__name__)
+
+
+def _varint(buf: Any, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("a varint longer than 10 bytes")
+
+
+def _fields(buf: Any, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """Protobuf wire format: ``(field number, wire type, start, end)`` of each field in
+    ``buf[start:end]``; a varint's value is in ``start`` (``end`` is -1)."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            yield number, wire, value, -1
+            continue
+        if wire == 2:
+            size, pos = _varint(buf, pos)
+            yield number, wire, pos, pos + size
+            pos += size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire} (protobuf groups) does not occur in ONNX")
+    if pos != end:
+        raise ValueError("a field runs past the end of its message")
+
+
+def onnx_node_names(onnx_path: Path, op_type: str) -> tuple[str, ...]:
+    """Names of the main graph's ``op_type`` nodes, read straight from the protobuf wire format
+    (ModelProto.graph = 7, GraphProto.node = 1, NodeProto.name = 3, NodeProto.op_type = 4): the
+    device has no ``onnx`` package, and initializers are skipped by length, never parsed."""
+    names = []
+    try:
+        with open(onnx_path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            graphs = [(s, e) for n, w, s, e in _fields(buf, 0, len(buf)) if n == 7 and w == 2]
+            for g_start, g_end in graphs:
+                for n, w, start, end in _fields(buf, g_start, g_end):
+                    if n != 1 or w != 2:
+                        continue
+                    node = {
+                        k: bytes(buf[a:b]).decode()
+                        for k, kw, a, b in _fields(buf, start, end)
+                        if kw == 2 and k in (3, 4)
+                    }
+                    if node.get(4) == op_type:
+                        names.append(node.get(3, ""))
+    except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{onnx_path.name} is not an ONNX file we can read ({exc})") from exc
+    return tuple(names)
+
 
 def layernorm_node_names(onnx_path: Path) -> tuple[str, ...]:
     """Names of the LayerNormalization nodes (TensorRT names its layers after them)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return tuple(n.name for n in model.graph.node if n.op_type == "LayerNormalization")
+    return onnx_node_names(onnx_path, "LayerNormalization")
 
 
 def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict[str, Any]]:
-    """Per variant: the ONNX, the engine path, the optimisation-profile shapes, LayerNorm names."""
+    """Per variant: the ONNX the engine is built from (the profile's precision when the bundle
+    has it), the ONNX precisions the bundle has, the engine path, the optimisation-profile shapes
+    and the LayerNorm names of that ONNX."""
     from exporter.trt import engine_shapes
 
     plan = []
@@ -43,14 +108,16 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
         check_name(record.label, "the manifest's variant label")  # it names the engine file
         static = record.onnx["inputs"][0]["shape"][0]
         matching = record.reduced if record.reduced.get("precision") == profile.precision else None
+        onnx = matching["path"] if matching else record.onnx["path"]
         plan.append(
             {
                 "label": record.label,
-                "onnx": matching["path"] if matching else record.onnx["path"],
+                "onnx": onnx,
                 "onnx_precision": profile.precision if matching else "fp32",
+                "available": ("fp32", *([record.reduced["precision"]] if record.reduced.get("precision") else [])),
                 "engine": f"engines/{profile.name}/model_{record.label}.engine",
                 "shapes": engine_shapes(profile, record.img_size, static if isinstance(static, int) else None),
-                "layernorms": layernorm_node_names(bundle / record.onnx["path"]),
+                "layernorms": layernorm_node_names(bundle / onnx),
             }
         )
     return plan
@@ -84,33 +151,44 @@ def build_engines(
     reporter: Reporter,
     times: dict[str, float],
     out_root: Path | None = None,
+    cache_in: Path | None = None,
 ) -> dict[str, Any]:
     """Build one engine per variant, then judge it against the PyTorch logits the bundle carries
-    (needs TensorRT and a GPU; no torch, no checkpoint).
+    (needs TensorRT and a GPU; no torch, no checkpoint). A TensorRT version or GPU the profile is
+    not for is ``EnvironmentMissing`` (exit 4) naming both, before anything is built.
 
     ONNX files are read from ``bundle``; engines, sidecars and the timing cache are written
-    under ``out_root`` (default: ``bundle``)."""
+    under ``out_root`` (default: ``bundle``). ``cache_in`` is a saved timing cache to start from."""
+    from exporter.gpu import gpu_identity
     from exporter.trt import (
         build_engine,
         check_precision,
         engine_runner,
-        gpu_identity,
         import_tensorrt,
+        profile_mismatch,
         timing_cache_name,
     )
     from exporter.validate import compare_outputs, run_batched, tolerance_for
 
     out_root = out_root or bundle
     trt = import_tensorrt()
-    gpu, cc = gpu_identity()
-    cache = out_root / "engines" / profile.name / timing_cache_name(cc, trt.__version__)
+    gpu = gpu_identity()
+    mismatch = profile_mismatch(profile, trt.__version__, gpu.compute_capability, gpu.name)
+    if mismatch:
+        raise EnvironmentMissing(mismatch)
+    cache = f"engines/{profile.name}/{timing_cache_name(gpu.compute_capability, trt.__version__)}"
     tol = tolerance_for(profile.precision, "tensorrt")
+    plan = engine_plan(bundle, manifest, profile)
+    for item in plan:  # every refusal before the first build
+        check_precision(trt.__version__, profile.precision, item["onnx_precision"], item["available"])
     variants: dict[str, Any] = {}
-    for item in engine_plan(bundle, manifest, profile):
-        check_precision(trt.__version__, profile.precision, item["onnx_precision"])
+    for item in plan:
         record = next(v for v in manifest.variants if v.label == item["label"])
         with stage(reporter, item["label"], "engine", times):
-            info = build_engine(bundle / item["onnx"], out_root / item["engine"], profile, item["shapes"], cache)
+            info = build_engine(
+                bundle / item["onnx"], out_root / item["engine"], profile, item["shapes"], cache_in, out_root / cache
+            )
+        cache_in = out_root / cache  # the next variant starts from what this one measured
         with stage(reporter, item["label"], "engine parity", times):
             planned, expected = stored_reference(bundle, manifest, record)
             inputs = reduced_check_inputs(profile.precision, planned.arrays(), planned.random_count)
@@ -119,19 +197,37 @@ def build_engines(
             cmp = compare_outputs(expected, actual, tol)
         variants[item["label"]] = {
             **asdict(info),
+            "engine": item["engine"],  # the sidecar names files beside it; the manifest, paths in the bundle
+            "onnx": item["onnx"],
             "parity": cmp.to_dict() | {"tolerance": asdict(tol)},
             "status": "passed" if cmp else "failed",
         }
     ok = all(v["status"] == "passed" for v in variants.values())
+    cache_file = out_root / cache
     return {
         "status": "built" if ok else "failed",
         "profile": asdict(profile) | {"path": None},
-        "gpu": gpu,
-        "compute_capability": cc,
+        "gpu": gpu.name,
+        "compute_capability": gpu.compute_capability,
         "tensorrt": trt.__version__,
         "variants": variants,
         "script": f"engines/build_{profile.name}.sh",
+        **({"timing_cache": {"path": cache, "sha256": sha256_file(cache_file)}} if cache_file.is_file() else {}),
     }
+
+
+def saved_timing_cache(opened: Bundle, profile: Profile) -> Path | None:
+    """The timing cache a previous ``flexiexport engine`` recorded for ``profile``, checked like
+    every bundle file (inside the bundle, sha256 as recorded); None when there is none or it has
+    changed (a cache only saves build time: a warning, never a failure)."""
+    record = opened.manifest.engines.get(profile.name, {}).get("timing_cache")
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+        return None
+    try:
+        return opened.file(record["path"], str(record.get("sha256")))
+    except BundleError as exc:
+        log.warning("not reusing the timing cache: %s", exc)
+        return None
 
 
 def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -154,9 +250,10 @@ def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = Non
         script = shlex.quote(str(bundle / "engines" / f"build_{profile.name}.sh"))
         raise EnvironmentMissing(f"{problem}; with trtexec only, run {script}")
     times: dict[str, float] = {}
+    cache_in = saved_timing_cache(opened, profile)
     staging = Path(tempfile.mkdtemp(prefix=f".engines-{profile.name}-", dir=bundle))
     try:
-        entry = build_engines(bundle, manifest, profile, reporter, times, out_root=staging)
+        entry = build_engines(bundle, manifest, profile, reporter, times, out_root=staging, cache_in=cache_in)
         write_engine_script(staging, manifest, profile, onnx_root=bundle)
         (bundle / "engines").mkdir(exist_ok=True)
         swap_into_place(staging / "engines" / profile.name, bundle / "engines" / profile.name)

@@ -70,6 +70,10 @@ class EnvironmentMissing(FlexiExportError):
     exit_code = 4
 
 
+class EngineLoadError(EnvironmentMissing):
+    """A TensorRT engine this TensorRT or GPU cannot load (built for another GPU or version)."""
+
+
 class Interrupted(FlexiExportError):
     """SIGINT/SIGTERM/SIGHUP arrived while a bundle was being swapped into place: the swap was
     finished first, so the new bundle is complete; the message says where."""

@@ -573,11 +573,11 @@ def check_engine_request(options: BuildOptions) -> Profile | None:
     if not options.profile:
         return None
     from exporter.profile import load_profile
-    from exporter.trt import tensorrt_problem
+    from exporter.trt import engine_problem
 
     profile = load_profile(options.profile)
     if options.engines == "required":
-        problem = tensorrt_problem()
+        problem = engine_problem(profile)
         if problem:
             raise EnvironmentMissing(f"--engines required, but {problem}")
     return profile
@@ -592,13 +592,14 @@ def engine_stage(
     reporter: Reporter,
     times: dict[str, float],
 ) -> dict[str, Any]:
-    """Always write the trtexec script; build engines when TensorRT and a GPU are here."""
-    from exporter.trt import tensorrt_problem
+    """Always write the trtexec script; build engines when TensorRT and a GPU are here and they
+    are what the profile is for (else the engines wait for the target, and the reason says why)."""
+    from exporter.trt import engine_problem
 
     write_engine_script(tmp, manifest, profile)
     if options.engines == "skip":
         return pending_engines(str(out), profile, "--engines skip")
-    problem = tensorrt_problem()
+    problem = engine_problem(profile)
     if problem:
         return pending_engines(str(out), profile, problem)
     return build_engines(tmp, manifest, profile, reporter, times)

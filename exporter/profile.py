@@ -27,6 +27,9 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
 JETSON_CC = ("7.2", "8.7")  # Xavier, Orin: the GPUs with DLA cores
 # Lowest compute capability with native support, per precision.
+# TensorRT's NvInfer.h (10.9+): kAMPERE_PLUS "only supported for engines built on NVIDIA Ampere and
+# later GPUs", kSAME_COMPUTE_CAPABILITY "on NVIDIA Turing and later GPUs".
+HARDWARE_MIN_CC = {"ampere_plus": (8, 0), "same_compute_capability": (7, 5)}
 MIN_CC = {"tf32": (8, 0), "bf16": (8, 0), "fp8": (8, 9), "fp16": (6, 0), "int8": (6, 1), "fp32": (0, 0)}
 
 
@@ -127,10 +130,17 @@ class Profile:
             raise ProfileError(f"dla_core = {self.dla_core} needs a Jetson GPU (compute_capability 7.2 or 8.7)")
         if self.dla_core >= 0 and self.precision not in ("fp16", "int8"):
             raise ProfileError(f"dla_core = {self.dla_core} needs precision fp16 or int8, got {self.precision!r}")
-        if self.hardware_compatibility != "none" and cc is not None and cc < (8, 0):
+        if self.dla_core >= 0 and not self.batch.min == self.batch.opt == self.batch.max:
             raise ProfileError(
-                f"hardware_compatibility = {self.hardware_compatibility!r} needs compute capability >= 8.0, "
-                f"got {self.compute_capability!r}"
+                f"dla_core = {self.dla_core} needs a static batch (batch.min = batch.opt = batch.max): DLA runs "
+                f"fixed shapes only, so with min={self.batch.min} opt={self.batch.opt} max={self.batch.max} "
+                "every layer would fall back to the GPU"
+            )
+        min_cc = HARDWARE_MIN_CC.get(self.hardware_compatibility)
+        if min_cc and cc is not None and cc < min_cc:
+            raise ProfileError(
+                f"hardware_compatibility = {self.hardware_compatibility!r} needs compute capability >= "
+                f"{min_cc[0]}.{min_cc[1]}, got {self.compute_capability!r}"
             )
 
     @property

@@ -110,6 +110,7 @@ def fake_trtexec(tmp_path: Path, version: str) -> Path:
     fake.write_text(
         f'#!/usr/bin/env bash\nif [ "$1" = --help ]; then echo "[TensorRT v{version}]"; exit 0; fi\n'
         f'printf "%s\\n" "$@" >> "{tmp_path}/calls.log"\n'
+        'for a in "$@"; do case "$a" in --saveEngine=*) echo engine > "${a#--saveEngine=}";; esac; done\n'
     )
     fake.chmod(0o755)
     return fake

@@ -61,6 +61,7 @@ def test_fp16_bundle_validates_and_feeds_the_strongly_typed_engine_script(fp16_b
     fake.write_text(
         f'#!/usr/bin/env bash\n[ "$1" = --help ] && {{ echo "[TensorRT v101300]"; exit 0; }}\n'
         f'echo "$@" >> {tmp_path}/calls.log\n'
+        'for a in "$@"; do case "$a" in --saveEngine=*) echo engine > "${a#--saveEngine=}";; esac; done\n'
     )
     fake.chmod(0o755)
     done = subprocess.run(

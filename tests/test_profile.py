@@ -43,6 +43,11 @@ def test_user_profile_file(tmp_path):
         ({"dla_core": 0, "compute_capability": "8.9"}, "needs a Jetson GPU"),
         ({"dla_core": 0, "compute_capability": "8.7", "precision": "fp32"}, "needs precision fp16 or int8"),
         ({"hardware_compatibility": "ampere_plus", "compute_capability": "7.5"}, "needs compute capability >= 8.0"),
+        ({"hardware_compatibility": "same_compute_capability", "compute_capability": "7.2"}, ">= 7.5, got '7.2'"),
+        (
+            {"dla_core": 0, "compute_capability": "8.7", "batch": {"min": 1, "opt": 4, "max": 16}},
+            r"dla_core = 0 needs a static batch \(batch.min = batch.opt = batch.max\)",
+        ),
         ({"builder_optimization_level": 7}, "0..5"),
         ({"tensorrt": "~10"}, "cannot read version clause"),
     ],
@@ -55,6 +60,15 @@ def test_impossible_profiles_name_the_key(data, message):
 def test_int8_with_calibration_and_dla_on_orin_are_fine():
     assert profile_from_dict("q", {"precision": "int8", "calibration": "demo"}).precision == "int8"
     assert profile_from_dict("d", {"dla_core": 1, "compute_capability": "8.7"}).dla_core == 1
+    static = {"min": 8, "opt": 8, "max": 8}
+    assert profile_from_dict("d", {"dla_core": 0, "compute_capability": "8.7", "batch": static}).batch.max == 8
+
+
+def test_same_compute_capability_is_allowed_from_turing():
+    """NvInfer.h (10.9+): kSAME_COMPUTE_CAPABILITY "is only supported for engines built on NVIDIA
+    Turing and later GPUs" (7.5), kAMPERE_PLUS on Ampere and later (8.0)."""
+    level = {"hardware_compatibility": "same_compute_capability"}
+    assert profile_from_dict("t", {**level, "compute_capability": "7.5"}).cc == (7, 5)
 
 
 @pytest.mark.parametrize(
