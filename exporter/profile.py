@@ -33,6 +33,9 @@ HARDWARE_MIN_CC = {"ampere_plus": (8, 0), "same_compute_capability": (7, 5)}
 MIN_CC = {"tf32": (8, 0), "bf16": (8, 0), "fp8": (8, 9), "fp16": (6, 0), "int8": (6, 1), "fp32": (0, 0)}
 
 
+MAX_BATCH = 4096  # what a bundle's manifest admits (exporter.bundle.BatchRecord)
+
+
 class ProfileError(UsageError):
     """A profile file that is missing, malformed or asks for something impossible."""
 
@@ -97,9 +100,35 @@ class Profile:
 
     def __post_init__(self) -> None:
         check_profile_name(self.name)
+        self._check_types()
         self._check_choices()
         self._check_hardware()
         version_in_range("10.0", self.tensorrt)  # parses the range; raises on a bad clause
+
+    def _check_types(self) -> None:
+        """Every value of the type its field names, before any comparison or format uses it."""
+        kinds: dict[str, tuple[type, ...]] = {
+            "precision": (str,),
+            "workspace_mib": (int,),
+            "builder_optimization_level": (int,),
+            "timing_cache": (bool,),
+            "hardware_compatibility": (str,),
+            "dla_core": (int,),
+            "compute_capability": (str, type(None)),
+            "tensorrt": (str,),
+            "description": (str,),
+            "calibration": (str, type(None)),
+        }
+        for name, allowed in kinds.items():
+            value = getattr(self, name)
+            is_bool = isinstance(value, bool)
+            if not isinstance(value, allowed) or (is_bool and bool not in allowed):
+                wanted = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
+                raise ProfileError(f"{name} must be {wanted}, got {value!r}")
+        if not 1 <= self.workspace_mib <= 1 << 20:
+            raise ProfileError(f"workspace_mib must be 1..{1 << 20} (1 TiB), got {self.workspace_mib}")
+        if self.batch.max > MAX_BATCH:
+            raise ProfileError(f"batch.max must be at most {MAX_BATCH}, got {self.batch.max}")
 
     def _check_choices(self) -> None:
         if self.precision not in PRECISIONS:
@@ -203,7 +232,11 @@ def load_profile(name_or_path: str | Path, folder: Path = PROFILE_DIR) -> Profil
         names = ", ".join(p.stem for p in available_profiles(folder))
         raise ProfileError(f"no profile {text!r}; shipped profiles: {names} (or pass a path to a .toml file)")
     try:
+        if path.stat().st_size > 1 << 20:
+            raise ProfileError(f"profile {path} is larger than 1 MB: not a profile")
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProfileError(f"cannot read profile {path}: {exc}") from exc
+    except RecursionError as exc:
+        raise ProfileError(f"cannot read profile {path}: nested too deeply") from exc
     return profile_from_dict(path.stem, data, path)
