@@ -254,5 +254,8 @@ def test_bench_times_the_reduced_onnx_too(int8_bundle):
     assert result.exit_code == 0, result.output + result.stderr
     timings = json.loads((int8_bundle / "bench.json").read_text())["timings"]
     assert {t["backend"] for t in timings} == {"ort-cpu", "ort-cpu int8"}
-    # The fp32 MatMul ceiling says nothing about int8 kernels: no share of it for those rows.
-    assert all((t["fraction_of_ceiling"] is None) == (t["backend"] == "ort-cpu int8") for t in timings)
+    # Each row against the ceiling of its own precision: int8 rows against the int8 MatMulInteger one.
+    ceiling = json.loads((int8_bundle / "bench.json").read_text())["ceiling"]
+    for t in timings:
+        roof = ceiling["int8_matmul_gops"] if t["backend"] == "ort-cpu int8" else ceiling["ort_matmul_gflops"]
+        assert t["fraction_of_ceiling"] == pytest.approx(t["achieved_gflops"] / roof)
