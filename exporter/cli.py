@@ -409,7 +409,12 @@ def failed_message(manifest: Any, bundle: Path) -> str:
     type=click.Choice(["bilinear", "bicubic"]),
     help="Kernel resize interpolation [default: bilinear for FlexiViT, bicubic otherwise].",
 )
-@click.option("--antialias/--no-antialias", default=None, help="Antialias in the kernel resize [default: per family].")
+@click.option(
+    "--antialias/--no-antialias",
+    default=None,
+    help="Antialias in the kernel resize [default: off for FlexiViT, on otherwise]; either option alone "
+    "keeps the family's default for the other.",
+)
 @click.option("--num-heads", type=int, help="Attention heads, when the weights alone cannot tell (default: width/64).")
 @click.option(
     "--trust-checkpoint", is_flag=True, help="Allow checkpoints that need pickled code (only for trusted files)."
@@ -440,15 +445,10 @@ def build(**kw: Any) -> None:
     from exporter.load import SourceSpec
     from exporter.pipeline import BuildOptions
     from exporter.pipeline import build as run_build
-    from exporter.resize import ResizeMethod, default_patch_resize
+    from exporter.resize import ResizeOverride
     from exporter.validate import TOLERANCES
 
-    patch_resize = None
-    if kw["interpolation"] or kw["antialias"] is not None:
-        base = default_patch_resize("flexivit" if kw["interpolation"] is None else "")
-        patch_resize = ResizeMethod(
-            kw["interpolation"] or base.interpolation, base.antialias if kw["antialias"] is None else kw["antialias"]
-        )
+    patch_resize = ResizeOverride(kw["interpolation"], kw["antialias"])  # the rest: the checkpoint family's
     options = BuildOptions(
         patch_sizes=flatten_sizes(kw["patch_sizes"]),
         source=SourceSpec(

@@ -44,7 +44,7 @@ from exporter.names import printable
 from exporter.profile import Profile
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import REFERENCE_DIR, ParityInputs, save_reference
-from exporter.resize import ResizeMethod
+from exporter.resize import ResizeMethod, ResizeOverride
 from exporter.sizes import Size2, format_size
 from exporter.validate import TOLERANCES, Recheck, Tolerance
 from exporter.variant import ImagePolicy, VariantSpec
@@ -70,8 +70,8 @@ class BuildOptions:
     calib_dir: Path | None = None
     parity_samples: int = 16
     seed: int = 0
-    patch_resize: ResizeMethod | None = None
-    pos_resize: ResizeMethod | None = None
+    patch_resize: ResizeOverride = field(default_factory=ResizeOverride)  # parts left None: the family's
+    pos_resize: ResizeOverride = field(default_factory=ResizeOverride)
     tolerance: Tolerance = TOLERANCES["fp32"]
     threads: int | None = None
     profile: str | None = None
@@ -220,8 +220,8 @@ def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpe
     from exporter.sizes import check_patch_fits
     from exporter.variant import plan_img_size
 
-    patch_resize = options.patch_resize or default_patch_resize(source.family)
-    pos_resize = options.pos_resize or default_pos_resize(source.family)
+    patch_resize = options.patch_resize.resolve(default_patch_resize(source.family))
+    pos_resize = options.pos_resize.resolve(default_pos_resize(source.family))
     specs = []
     for patch in options.patch_sizes:
         reference = options.img_size if isinstance(options.img_size, tuple) else source.img_size

@@ -60,6 +60,26 @@ def default_pos_resize(family: str) -> ResizeMethod:
     return FLEXIVIT_POS_RESIZE if family == "flexivit" else TIMM_POS_RESIZE
 
 
+@dataclass(frozen=True)
+class ResizeOverride:
+    """What the command line asked of a resize; a part left ``None`` comes from the checkpoint
+    family's default, which is known only once the checkpoint is loaded."""
+
+    interpolation: str | None = None
+    antialias: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise UsageError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+
+    def resolve(self, default: ResizeMethod) -> ResizeMethod:
+        """``default`` with the parts that were asked for replaced."""
+        return ResizeMethod(
+            self.interpolation or default.interpolation,
+            default.antialias if self.antialias is None else self.antialias,
+        )
+
+
 @lru_cache(maxsize=256)
 def resize_matrix_1d(old: int, new: int, interpolation: str, antialias: bool) -> torch.Tensor:
     """The float64 ``[new, old]`` matrix that torch's 1-D resize applies (CPU, cached)."""
