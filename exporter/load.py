@@ -702,7 +702,8 @@ def _describe(
     origin: Origin,
     num_heads: int | None,
 ) -> SourceModel:
-    args, assumed = infer_vit_args(sd, num_heads)
+    config_heads = (config.get("model_args") or {}).get("num_heads")
+    args, assumed = infer_vit_args(sd, num_heads or config_heads)  # assumed only when nothing says
     check_config_fits(sd, config, num_heads)
     named_cfg: dict[str, Any] = {}
     if model_name:
