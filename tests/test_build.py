@@ -18,7 +18,7 @@ import pytest
 from exporter.demo import DEMO_WEIGHTS
 from exporter.load import sha256_file
 
-from conftest import one_line_error, run_cli
+from conftest import markdown_tables, one_line_error, run_cli
 
 HEADLINE = ("build", "--patch-sizes", "8", "16", "32")
 
@@ -65,6 +65,21 @@ def test_report_has_the_same_table(demo_bundle):
     report = (demo_bundle / "report.md").read_text()
     assert "| ✓ | p8 | 64 | 8x8 | 65 |" in report and "| ✓ | p32 | 64 | 2x2 | 5 |" in report
     assert "Overall: PASSED" in report
+
+
+def test_report_tables_render_as_tables(demo_bundle):
+    """``max|Δ|`` in a header used to split the cell: GitHub showed the report's table as text."""
+    from dataclasses import replace
+
+    from exporter.manifest import TABLE_HEADER, Manifest, render_report
+
+    report = (demo_bundle / "report.md").read_text()
+    assert markdown_tables(report) == [[len(TABLE_HEADER)] * 4]
+    manifest = Manifest.from_dict(json.loads((demo_bundle / "manifest.json").read_text()))
+    odd = replace(manifest.variants[0], label="p8|x", onnx=manifest.variants[0].onnx | {"path": "onnx/a|b.onnx"})
+    rendered = render_report(replace(manifest, variants=(odd,)))
+    assert markdown_tables(rendered) == [[len(TABLE_HEADER)] * 2]
+    assert "p8\\|x" in rendered
 
 
 def test_exported_graphs_are_checked_and_reproduce_demo_accuracy(demo_bundle):
