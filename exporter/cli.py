@@ -27,7 +27,7 @@ from exporter.errors import (
     full_disk_cause,
 )
 from exporter.names import printable
-from exporter.sizes import Size2, format_size, to_size2
+from exporter.sizes import Size2, format_size, grid_for, to_size2
 
 NUMBERISH = re.compile(r"^-?\d")
 
@@ -524,7 +524,7 @@ def resize(**kw: Any) -> None:
     flexiexport resize -i vit-16.pt -o vit-20.pt -n patch_embed.proj.weight -ps 20
     flexiexport resize -i vit-16.pt -o vit-10-15.pt -ps 10 15 --img-size 240
     """
-    from exporter.convert import check_paths, convert_checkpoint, describe
+    from exporter.convert import RESIZE_ADVICE, check_paths, convert_checkpoint, describe
     from exporter.resize import ResizeMethod
 
     sizes = kw["patch"]
@@ -533,6 +533,8 @@ def resize(**kw: Any) -> None:
     if len(sizes) != 1:
         raise UsageError(f"-ps takes one size (20) or height and width (10 15), got {len(sizes)} values")
     img = to_size2(kw["img_size"], "image size") if kw["img_size"] else None
+    if img is not None:
+        grid_for(img, sizes[0], RESIZE_ADVICE)  # before anything is read or printed
     method = ResizeMethod(kw["interpolation"], kw["antialias"])
     check_paths(kw["src"], kw["dst"], kw["force"])
     out = console()
