@@ -672,6 +672,14 @@ def source_name(spec: SourceSpec, announce: bool = True) -> str:
     return safe
 
 
+def stated_img_size(spec: SourceSpec) -> Size2 | None:
+    """The native image size when the config beside the weights states it (``img_size``, as the
+    demo's does), read without touching the weights; None when only the weights can tell."""
+    weights = weights_path(spec)
+    config = read_config(weights) if weights is not None and weights.is_file() else {}
+    return to_size2(config["img_size"], "image size") if config.get("img_size") else None
+
+
 def load_source(spec: SourceSpec) -> SourceModel:
     """Load weights and work out (or check) the architecture they belong to."""
     weights = weights_path(spec)

@@ -217,19 +217,28 @@ def input_key(source_sha: str, calib_sha: str | None, spec: VariantSpec, options
 def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpec]:
     """One spec per patch size; every size problem is reported before any work starts."""
     from exporter.resize import default_patch_resize, default_pos_resize
-    from exporter.sizes import check_patch_fits
-    from exporter.variant import plan_img_size
+    from exporter.variant import fitted_img_size
 
     patch_resize = options.patch_resize.resolve(default_patch_resize(source.family))
     pos_resize = options.pos_resize.resolve(default_pos_resize(source.family))
     specs = []
     for patch in options.patch_sizes:
-        reference = options.img_size if isinstance(options.img_size, tuple) else source.img_size
-        check_patch_fits(patch, reference)
-        specs.append(
-            VariantSpec(patch, plan_img_size(source.img_size, patch, options.img_size), patch_resize, pos_resize)
-        )
+        img = fitted_img_size(source.img_size, patch, options.img_size)
+        assert img is not None  # the native size is known once loaded
+        specs.append(VariantSpec(patch, img, patch_resize, pos_resize))
     return specs
+
+
+def check_sizes_before_loading(options: BuildOptions) -> None:
+    """Refuse a patch size that cannot fit before the checkpoint is read: against ``--img-size N``,
+    or the native size the config beside the weights states (the demo's 64). Sizes that only
+    the weights can tell are checked by ``plan_variants``."""
+    from exporter.load import stated_img_size
+    from exporter.variant import fitted_img_size
+
+    native = None if isinstance(options.img_size, tuple) else stated_img_size(options.source)
+    for patch in options.patch_sizes:
+        fitted_img_size(native, patch, options.img_size)
 
 
 def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: BuildOptions) -> None:
@@ -509,6 +518,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     reporter = reporter or SilentReporter()
     start = time.perf_counter()
     times: dict[str, float] = {}
+    check_sizes_before_loading(options)
     out = options.out or default_out(source_name(options.source))
     check_replaceable_bundle(out, options.force, options.resume, protected_inputs(options))
     profile = check_engine_request(options)

@@ -255,6 +255,35 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, broken_files, args, 
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "7"], "does not divide image size 64"),  # the demo's config states 64
+        (["-p", "8", "128", "--img-size", "auto"], "larger than the image 64"),
+        (["-p", "7", "--weights", "{tiny}", "--img-size", "64"], "does not divide image size 64"),
+        (["-p", "7", "--weights", "{tiny_240}"], "does not divide image size 240"),  # its config states 240
+    ],
+)
+def test_a_patch_size_that_cannot_fit_is_refused_before_loading(tmp_path, tiny_flexivit, monkeypatch, args, message):
+    """``build -p 7`` used to load the checkpoint before refusing the patch size."""
+    import exporter.load
+
+    tiny_240 = tmp_path / "tiny_240.pt"
+    shutil.copy(tiny_flexivit, tiny_240)
+    config = json.loads(tiny_flexivit.with_suffix(".json").read_text())
+    tiny_240.with_suffix(".json").write_text(json.dumps({**config, "img_size": 240}))
+
+    def no_loading(spec):
+        raise AssertionError("the checkpoint was loaded")
+
+    monkeypatch.setattr(exporter.load, "load_source", no_loading)
+    args = [a.format(tiny=tiny_flexivit, tiny_240=tiny_240) for a in args]
+    result = run_cli("build", *args, "--out", str(tmp_path / "b"))
+    assert result.exit_code == 2, result.output + result.stderr
+    assert message in one_line_error(result)
+    assert not (tmp_path / "b").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path):
     from exporter.errors import CheckpointError
 
