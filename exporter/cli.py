@@ -117,12 +117,22 @@ def debug_option(func: Any) -> Any:
 
 
 def console(stderr: bool = False) -> Any:
+    """Rich's console: the terminal's width, or ``COLUMNS`` (else 80) when piped."""
     from rich.console import Console
 
-    probe = Console(stderr=stderr)
-    # Rich falls back to 80 columns when piped; the variant table needs more to stay legible.
-    width = None if probe.is_terminal else 160
-    return Console(stderr=stderr, highlight=False, emoji=False, width=width)
+    return Console(stderr=stderr, highlight=False, emoji=False)
+
+
+def print_whole(renderable: Any, out: Any = None) -> None:
+    """Print a table; when piped (a log, a file, ``less``), as wide as it needs rather than with
+    its numbers cut to "…": no one is there to widen the window."""
+    from rich.measure import Measurement
+
+    out = out or console()
+    if not out.is_terminal and not out.record:
+        needed = Measurement.get(out, out.options.update(width=10_000), renderable).maximum
+        out.width = max(out.width, needed)
+    out.print(renderable)
 
 
 def safe(text: object) -> str:
@@ -285,18 +295,21 @@ class RichReporter:
             )
 
 
-def print_table(manifest: Any, title: str) -> None:
+def print_table(manifest: Any, title: str, wide: bool = False, out: Any = None) -> None:
+    """The variant table: the columns that fit 80 columns, or with ``wide`` every column."""
     from rich.table import Table
 
-    from exporter.manifest import TABLE_HEADER, variant_rows
+    from exporter.manifest import NARROW_HEADER, TABLE_HEADER, variant_rows
 
+    shown = [i for i, h in enumerate(TABLE_HEADER) if wide or h in NARROW_HEADER]
     table = Table(title=safe(title), title_justify="left")
-    for header in TABLE_HEADER:
-        table.add_column(header, justify="right" if header not in ("", "variant", "onnx") else "left")
+    for i in shown:
+        header = TABLE_HEADER[i]
+        table.add_column(header, justify="right" if header not in ("", "variant", "onnx") else "left", no_wrap=True)
     for row in variant_rows(manifest):
         mark = "[green]✓[/green]" if row[0] == "✓" else "[red]✗[/red]"
-        table.add_row(mark, *map(safe, row[1:]))
-    console().print(table)
+        table.add_row(*[mark if i == 0 else safe(row[i]) for i in shown])
+    print_whole(table, out)
 
 
 def print_engines(name: str, entry: dict[str, Any]) -> None:
@@ -432,7 +445,10 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--resume", is_flag=True, help="Reuse variants whose inputs and ONNX files are unchanged.")
-@click.option("--quiet", "-q", is_flag=True, help="Print only errors and the final table.")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="Print only errors, warnings and one summary line (no progress, no table)."
+)
+@click.option("--wide", is_flag=True, help="Every column of the variant table (it needs about 130 columns).")
 @debug_option
 def build(**kw: Any) -> None:
     """Resize, export and check one model per patch size, and write a bundle.
@@ -473,7 +489,27 @@ def build(**kw: Any) -> None:
     )
     with RichReporter(kw["quiet"]) as reporter:
         result = run_build(options, reporter)
-    print_table(result.manifest, f"{result.manifest.name} → {result.bundle}")
+    if kw["quiet"]:
+        console().print(safe(summary_line(result)), soft_wrap=True)
+    else:
+        print_build(result, kw["wide"])
+    if not result.manifest.passed:
+        raise ValidationFailed(failed_message(result.manifest, result.bundle))
+
+
+def summary_line(result: Any) -> str:
+    """``build -q``'s one line."""
+    variants = result.manifest.variants
+    passed = sum(v.status == "passed" for v in variants)
+    mark = "✓" if result.manifest.passed else "✗"
+    return (
+        f"{mark} {result.manifest.name}: {passed} of {len(variants)} variants passed; "
+        f"bundle written to {result.bundle} in {result.seconds:.1f} s"
+    )
+
+
+def print_build(result: Any, wide: bool) -> None:
+    print_table(result.manifest, f"{result.manifest.name} → {result.bundle}", wide)
     stages = "  ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())
     if result.manifest.shared_weights:
         sw = result.manifest.shared_weights
@@ -483,11 +519,9 @@ def build(**kw: Any) -> None:
                 f"{sw['bundle_onnx_bytes_before'] / 1e6:.1f} MB -> {sw['bundle_onnx_bytes_after'] / 1e6:.1f} MB"
             )
         )
-    console().print(safe(f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})"))
+    console().print(safe(f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})"), soft_wrap=True)
     for name, entry in result.manifest.engines.items():
         print_engines(name, entry)
-    if not result.manifest.passed:
-        raise ValidationFailed(failed_message(result.manifest, result.bundle))
 
 
 @cli.command(cls=ResizeCommand)
@@ -558,8 +592,9 @@ def resize(**kw: Any) -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+@click.option("--wide", is_flag=True, help="Every column of the variant table (it needs about 130 columns).")
 @debug_option
-def inspect(bundle: Path, as_json: bool, debug: bool) -> None:
+def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     """Print a bundle's manifest as a table."""
     from exporter.bundle import read_manifest
 
@@ -580,7 +615,7 @@ def inspect(bundle: Path, as_json: bool, debug: bool) -> None:
         safe(f"preprocessing: mean {pre['mean']} std {pre['std']} {pre['interpolation']} crop_pct {pre['crop_pct']}")
     )
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
-    print_table(manifest, "variants")
+    print_table(manifest, "variants", wide)
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             issues = "; ".join(map(str, v.trt_lint["issues"]))
@@ -726,7 +761,7 @@ def print_bench(report: Any) -> None:
             f"{t.peak_rss_mb:.0f}",
         )
     out = console()
-    out.print(table)
+    print_whole(table, out)
     c = report.ceiling
     out.print(
         f"ceiling (same run, {c.size}x{c.size} fp32): onnxruntime MatMul {c.ort_matmul_gflops:.0f} GFLOP/s, "
@@ -793,7 +828,7 @@ def evaluate(
             f"{row['top5']:.3f}",
             delta,
         )
-    console().print(table)
+    print_whole(table)
     console().print(safe(f"wrote {bundle / 'eval.json'} and {plot}"))
     if result["failures"]:
         raise ValidationFailed(f"{len(result['failures'])} accuracy check(s) failed: {'; '.join(result['failures'])}")
@@ -871,7 +906,7 @@ def profiles(debug: bool) -> None:
                 ),
             )
         )
-    console().print(table)
+    print_whole(table)
 
 
 @cli.command()

@@ -199,6 +199,10 @@ def md_row(cells: list[str]) -> str:
     return "| " + " | ".join(md_cell(c) for c in cells) + " |"
 
 
+# The columns a terminal shows by default (``--wide``: all of TABLE_HEADER): fits 80 columns.
+NARROW_HEADER = ["", "variant", "image", "tokens", "GFLOPs", "max|Δ|", "cosine", "top-1"]
+
+
 def render_report(manifest: Manifest) -> str:
     """``report.md``: the manifest as a human-readable table."""
     src = manifest.source

@@ -32,7 +32,7 @@ def demo_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "demo"
     result = run_cli(*HEADLINE, "--out", str(out), "--quiet")
     assert result.exit_code == 0, result.output + result.stderr
-    assert "p8" in result.stdout and "bundle written to" in result.stdout
+    assert result.stdout.startswith("✓ flexivit-demo: 3 of 3 variants passed; bundle written to")
     return out
 
 
@@ -65,6 +65,49 @@ def test_report_has_the_same_table(demo_bundle):
     report = (demo_bundle / "report.md").read_text()
     assert "| ✓ | p8 | 64 | 8x8 | 65 |" in report and "| ✓ | p32 | 64 | 2x2 | 5 |" in report
     assert "Overall: PASSED" in report
+
+
+def test_quiet_prints_one_summary_line(tmp_path):
+    """``-q`` used to print the whole table."""
+    result = run_cli("build", "-p", "16", "--parity-samples", "2", "--out", str(tmp_path / "b"), "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert result.stdout.splitlines() == [
+        f"✓ flexivit-demo: 1 of 1 variants passed; bundle written to {tmp_path / 'b'} in "
+        + result.stdout.split(" in ")[-1].strip()
+    ]
+    assert result.stderr == ""
+
+
+def test_the_variant_table_is_readable_at_80_columns(demo_bundle):
+    """At 80 (or 100) columns Rich cut every number of the 13-column table to '…'."""
+    from rich.console import Console
+
+    from exporter.cli import print_table
+    from exporter.manifest import NARROW_HEADER, TABLE_HEADER, Manifest, variant_rows
+
+    manifest = Manifest.from_dict(json.loads((demo_bundle / "manifest.json").read_text()))
+    out = Console(width=80, record=True)
+    print_table(manifest, f"{manifest.name} → {demo_bundle}", out=out)
+    text = out.export_text()
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for row in variant_rows(manifest):
+        for header, cell in zip(TABLE_HEADER, row):
+            assert cell in text or header not in NARROW_HEADER, (header, cell)
+    assert "p99|Δ|" not in text and "model_p8.onnx" not in text
+    wide = Console(width=200, record=True)
+    print_table(manifest, "variants", wide=True, out=wide)
+    wide_text = wide.export_text()
+    missing = [cell for row in variant_rows(manifest) for cell in row[1:] if cell not in wide_text]
+    assert not missing, missing
+
+
+def test_inspect_wide_and_piped_tables_are_whole(demo_bundle):
+    result = run_cli("inspect", str(demo_bundle), "--wide")
+    assert result.exit_code == 0
+    assert "p99|Δ|" in result.stdout and "model_p8.onnx" in result.stdout
+    table = result.stdout[result.stdout.index("variants") :]
+    assert "…" not in table, table
 
 
 def test_report_tables_render_as_tables(demo_bundle):
