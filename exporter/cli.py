@@ -702,9 +702,8 @@ def write_plot(opened: Any) -> Path | None:
 def bench(bundle: Path, **kw: Any) -> None:
     """Latency and throughput per variant, backend and batch size; writes bench.json and a plot."""
     import json
-    from dataclasses import asdict
 
-    from exporter.bench import BenchOptions, bench_bundle
+    from exporter.bench import BenchOptions, bench_bundle, merge_reports
     from exporter.bundle import Bundle
     from exporter.manifest import write_atomic
 
@@ -721,10 +720,13 @@ def bench(bundle: Path, **kw: Any) -> None:
     )
     err = console(stderr=True)
     report = bench_bundle(opened, options, None if kw["quiet"] else lambda t: err.print(safe(f"  {t}")), kw["weights"])
-    write_atomic(targets[0], json.dumps(asdict(report), indent=2) + "\n")
+    merged, note = merge_reports(opened.read_artefact("bench.json"), report)
+    write_atomic(targets[0], json.dumps(merged, indent=2) + "\n")
     plot = write_plot(opened)
     print_bench(report)
-    console().print(safe(f"wrote {bundle / 'bench.json'} and {plot}"))
+    if note:
+        console().print(safe(note), soft_wrap=True)
+    console().print(safe(f"wrote {bundle / 'bench.json'} and {plot}"), soft_wrap=True)
 
 
 def print_bench(report: Any) -> None:
