@@ -27,6 +27,7 @@ from exporter.errors import (
     full_disk_cause,
 )
 from exporter.names import printable
+from exporter.precision import PRECISIONS, Precision
 from exporter.sizes import Size2, format_size, grid_for, to_size2
 
 NUMBERISH = re.compile(r"^-?\d")
@@ -402,7 +403,7 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default=None,
     help="Also write and check an fp16 (LayerNorm/Softmax/pos-embed/logits kept fp32) or int8 (QDQ) ONNX "
     "[default: fp32 only, or the --profile's precision when it is fp16/int8].",
@@ -483,7 +484,7 @@ def build(**kw: Any) -> None:
         tolerance=replace(TOLERANCES["fp32"], atol=kw["atol"], rtol=kw["rtol"]),
         profile=kw["profile"],
         engines=kw["engines"],
-        precision=kw["precision"] or "fp32",
+        precision=Precision(kw["precision"] or "fp32"),
         precision_given=kw["precision"] is not None,
         shared_weights=kw["shared_weights"],
     )
@@ -847,7 +848,7 @@ def evaluate(
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
     help="Which of the bundle's ONNX files the onnx backend serves (fp16/int8: built with --precision).",
@@ -870,7 +871,7 @@ def triton(
         raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
     check_replaceable_repository(repo, force, protect=[bundle])
     with staging_folder(repo) as tmp:
-        names = write_repository(opened, tmp, backend, max_batch, precision)
+        names = write_repository(opened, tmp, backend, max_batch, Precision(precision))
         swap_into_place(tmp, repo, "model repository")
     out = console()
     out.print(safe(f"wrote {len(names)} models to {repo}: {', '.join(names)}"))

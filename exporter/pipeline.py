@@ -41,6 +41,7 @@ from exporter.manifest import (
     write_atomic,
 )
 from exporter.names import printable
+from exporter.precision import REDUCED_PRECISIONS, Precision
 from exporter.profile import Profile
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import REFERENCE_DIR, ParityInputs, save_reference
@@ -76,15 +77,12 @@ class BuildOptions:
     threads: int | None = None
     profile: str | None = None
     engines: str = "auto"
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     shared_weights: bool = False
     precision_given: bool = False  # --precision on the command line wins over the profile's
 
     def __post_init__(self) -> None:
-        from exporter.precision import PRECISIONS
-
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        object.__setattr__(self, "precision", Precision.parse(self.precision))
         if self.engines not in ENGINE_MODES:
             raise UsageError(f"--engines must be one of {', '.join(ENGINE_MODES)}, got {self.engines!r}")
         if self.engines == "required" and not self.profile:
@@ -186,7 +184,7 @@ def calib_key(options: BuildOptions) -> str | None:
         return None
     from exporter.images import check_headers, folder_digest
 
-    used = options.parity_samples + (CALIBRATION_IMAGES if options.precision == "int8" else 0)
+    used = options.parity_samples + (CALIBRATION_IMAGES if options.precision is Precision.INT8 else 0)
     check_headers(options.calib_dir, used)
     return folder_digest(options.calib_dir, used)
 
@@ -247,7 +245,7 @@ def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: B
     params = sum(t.numel() for t in source.state_dict.values())
     weight_bytes = sum(t.numel() * t.element_size() for t in source.state_dict.values())
     static = options.export.batch if isinstance(options.export.batch, int) else None
-    calibration = CALIBRATION_IMAGES if options.precision == "int8" else 0
+    calibration = CALIBRATION_IMAGES if options.precision is Precision.INT8 else 0
     for spec in specs:
         w = Workload(
             params=params,
@@ -355,7 +353,7 @@ def build_variant(
     parity = comparison.to_dict() | {"inputs": planned.what}
     parity.pop("tolerance")
     reduced: dict[str, Any] = {}
-    if options.precision != "fp32":
+    if options.precision.reduced:
         with stage(reporter, label, options.precision, times):
             reduced = reduced_variant(source, spec, options, tmp, rel, inputs, expected, batch, variant.tokens)
     reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
@@ -384,7 +382,7 @@ def check_calibration(options: BuildOptions, demo: bool) -> None:
     """Fail before any work when int8 has no calibration images, or none left over after the
     check: with ``--calib-dir`` the first ``--parity-samples`` images (sorted) check the int8
     model and only the rest calibrate it, so it is never judged on its own calibration data."""
-    if options.precision != "int8":
+    if options.precision is not Precision.INT8:
         return
     if options.calib_dir is None:
         if demo:
@@ -439,7 +437,7 @@ def reduced_variant(
     out_rel = rel.with_name(f"{rel.stem}.{options.precision}.onnx")
     anchors: list[str] = []
     calibration = ""
-    if options.precision == "fp16":
+    if options.precision is Precision.FP16:
         anchors = to_fp16(tmp / rel, tmp / out_rel)
     else:
         static = None if options.export.batch == "dynamic" else int(options.export.batch)
@@ -565,12 +563,12 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
 def with_profile_precision(options: BuildOptions, profile: Profile | None) -> BuildOptions:
     """A profile that asks for fp16 or int8 gets that ONNX too (strongly typed TensorRT needs it),
     unless ``--precision`` was given; an int8 profile's ``calibration`` folder calibrates it."""
-    if profile is None or options.precision_given or profile.precision not in ("fp16", "int8"):
+    if profile is None or options.precision_given or profile.precision not in REDUCED_PRECISIONS:
         return options
     calib = options.calib_dir
-    if profile.precision == "int8" and calib is None and profile.calibration not in (None, "demo"):
+    if profile.precision == Precision.INT8 and calib is None and profile.calibration not in (None, "demo"):
         calib = Path(str(profile.calibration))
-    return replace(options, precision=profile.precision, calib_dir=calib)
+    return replace(options, precision=Precision(profile.precision), calib_dir=calib)
 
 
 def check_engine_request(options: BuildOptions) -> Profile | None:
@@ -700,7 +698,7 @@ def recorded_calib_dir(manifest: Manifest) -> Path | None:
     from exporter.images import folder_digest
 
     used = opts["parity_samples"] + (
-        CALIBRATION_IMAGES if any(v.reduced.get("precision") == "int8" for v in manifest.variants) else 0
+        CALIBRATION_IMAGES if any(v.reduced.get("precision") == Precision.INT8 for v in manifest.variants) else 0
     )
     if folder_digest(calib, used) != opts["calib_sha256"]:
         raise BundleError(
@@ -746,7 +744,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     times: dict[str, float] = {}
     for record in manifest.variants:
         with stage(reporter, record.label, "sha256", times):
-            precisions = ["fp32"] + ([record.reduced["precision"]] if record.reduced else [])
+            precisions = [Precision.FP32] + ([Precision(record.reduced["precision"])] if record.reduced else [])
             problem = "; ".join(p for p in (_file_problem(opened, record, x) for x in precisions) if p)
         if problem:
             results.append(Recheck(record.label, False, None, problem))
@@ -772,7 +770,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     return results
 
 
-def _file_problem(opened: Bundle, record: VariantRecord, precision: str) -> str:
+def _file_problem(opened: Bundle, record: VariantRecord, precision: Precision) -> str:
     try:
         opened.onnx(record, precision)
     except BundleError as exc:

@@ -66,4 +66,3 @@ def test_op_list_is_data_with_its_source():
     assert "NonZero" in supported_ops()
     header = OPS_FILE.read_text().splitlines()[:3]
     assert any(line.startswith("# Source: onnx-tensorrt") for line in header), header
-
