@@ -118,10 +118,13 @@ def debug_option(func: Any) -> Any:
 
 
 def console(stderr: bool = False) -> Any:
-    """Rich's console: the terminal's width, or ``COLUMNS`` (else 80) when piped."""
+    """Rich's console at the terminal's width; when piped (a log, a file, ``grep``), lines are
+    never wrapped and tables print whole (``print_whole``), rather than cut at 80 columns."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, emoji=False)
+    out = Console(stderr=stderr, highlight=False, emoji=False)
+    out.soft_wrap = not out.is_terminal
+    return out
 
 
 def print_whole(renderable: Any, out: Any = None) -> None:
