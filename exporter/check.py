@@ -15,7 +15,7 @@ import numpy as np
 from exporter.bundle import Bundle
 from exporter.errors import BundleError
 from exporter.limits import check_bundle_memory
-from exporter.manifest import VariantRecord
+from exporter.manifest import VariantRecord, check_batch
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import stored_reference
 from exporter.validate import Comparison, Recheck, Tolerance, compare_outputs, ort_runner, run_batched
@@ -42,7 +42,7 @@ def check_variant(opened: Bundle, record: VariantRecord, threads: int | None = N
     except BundleError as exc:
         return Recheck(record.label, True, None, str(exc))
     export = opened.manifest.options["export"]
-    batch = 8 if export["batch"] == "dynamic" else int(export["batch"])
+    batch = check_batch(export["batch"])
     inputs = planned.arrays()
     tol = Tolerance(**opened.manifest.tolerance)
     cmp = compare_outputs(expected, run_batched(ort_runner(onnx_path, threads), inputs, batch), tol)

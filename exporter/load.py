@@ -57,7 +57,7 @@ class Preprocessing:
 class Origin:
     """Where the weights came from and how they were unpacked."""
 
-    kind: str  # "file", "pretrained", "random"
+    kind: str  # "file" or "pretrained"
     path: Path | None = None
     sha256: str | None = None
     file_format: str | None = None

@@ -21,6 +21,14 @@ from exporter.errors import BundleError, DiskFullError, full_disk_cause
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REPORT = "report.md"
+INPUT_NAME = "pixel_values"  # every ONNX file and engine: float32 NCHW in, logits out
+OUTPUT_NAME = "logits"
+CHECK_BATCH = 8  # parity runs a dynamic-batch model 8 images at a time
+
+
+def check_batch(export_batch: int | str) -> int:
+    """The batch parity checks run at: the model's static batch, else ``CHECK_BATCH``."""
+    return CHECK_BATCH if export_batch == "dynamic" else int(export_batch)
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,13 @@ from exporter.export import ExportOptions
 from exporter.limits import Workload, cap_threads, check_bundle_memory, check_memory
 from exporter.load import SourceModel, SourceSpec
 from exporter.manifest import (
+    INPUT_NAME,
     MANIFEST,
     REPORT,
     SCHEMA_VERSION,
     Manifest,
     VariantRecord,
+    check_batch,
     render_report,
     sha256_file,
     write_atomic,
@@ -244,7 +246,6 @@ def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: B
     before anything is resized, exported or drawn."""
     params = sum(t.numel() for t in source.state_dict.values())
     weight_bytes = sum(t.numel() * t.element_size() for t in source.state_dict.values())
-    static = options.export.batch if isinstance(options.export.batch, int) else None
     calibration = CALIBRATION_IMAGES if options.precision is Precision.INT8 else 0
     for spec in specs:
         w = Workload(
@@ -256,7 +257,7 @@ def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: B
             num_classes=source.num_classes,
             img_size=spec.img_size,
             patch_size=spec.patch_size,
-            batch=static or 8,
+            batch=check_batch(options.export.batch),
             images=2 * options.parity_samples + calibration,  # random + as many real ones
             prefix_tokens=int(source.model_args.get("class_token", True)) + int(source.model_args.get("reg_tokens", 0)),
             mlp_ratio=float(source.model_args.get("mlp_ratio", 4.0)),
@@ -335,7 +336,7 @@ def build_variant(
         start = time.perf_counter()
         planned = parity_inputs(source, spec, options)
         inputs = planned.arrays()
-        batch = 8 if options.export.batch == "dynamic" else int(options.export.batch)
+        batch = check_batch(options.export.batch)
         expected = run_batched(torch_runner(variant.model), inputs, batch)
         actual = run_batched(ort_runner(tmp / rel, options.threads), inputs, batch)
         comparison = compare_outputs(expected, actual, options.tolerance)
@@ -478,7 +479,7 @@ def share_bundle_weights(
     from exporter.validate import ort_runner, run_batched
 
     paths = [tmp / r.onnx["path"] for r in records]
-    batch = 8 if options.export.batch == "dynamic" else int(options.export.batch)
+    batch = check_batch(options.export.batch)
     inputs = [parity_inputs(source, spec, options).arrays() for spec in specs]
     before = [run_batched(ort_runner(p, options.threads), x, batch) for p, x in zip(paths, inputs)]
     sizes = sum(p.stat().st_size for p in paths)
@@ -629,7 +630,7 @@ def _manifest(
 ) -> Manifest:
     pre = asdict(source.preprocessing)
     pre["input"] = {
-        "name": "pixel_values",
+        "name": INPUT_NAME,
         "layout": "NCHW",
         "dtype": "float32",
         "channels": "RGB",
@@ -753,7 +754,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
         with stage(reporter, record.label, "parity", times):
             reference = torch_runner(make_variant(source, vspec).model)
             inputs = parity_inputs(source, vspec, options).arrays()
-            batch = 8 if export.batch == "dynamic" else int(export.batch)
+            batch = check_batch(export.batch)
             cmp = check_parity(reference, ort_runner(opened.onnx(record)), inputs, batch, tol)
             reduced = None
             if record.reduced:

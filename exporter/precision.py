@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.errors import UsageError
+from exporter.manifest import INPUT_NAME
 
 if TYPE_CHECKING:
     import numpy as np
@@ -187,7 +188,7 @@ def _quantize(src: Path, dst: Path, calibration: np.ndarray, batch: int, exclude
     quantize_static(
         str(src),
         str(dst),
-        _Calibration("pixel_values", calibration, batch),  # type: ignore[arg-type]
+        _Calibration(INPUT_NAME, calibration, batch),  # type: ignore[arg-type]
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=QUANTIZED_OPS,
         per_channel=True,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,6 @@ import torch.nn.functional as F
 from exporter.errors import UsageError
 from exporter.sizes import Size2, SizeLike, to_size2
 
-Interpolation = Literal["bilinear", "bicubic"]
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
 
 
