@@ -13,8 +13,10 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +84,8 @@ class Timing:
     fraction_of_ceiling: float | None
     peak_rss_mb: float
     setup_seconds: float
+    measured_at: str = ""  # UTC, ISO 8601: bench.json keeps rows of earlier runs (merge_reports)
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -422,6 +426,41 @@ def bench_variant(
         fraction_of_ceiling=achieved / roof if roof else None,
         peak_rss_mb=peak_rss_mb(),
         setup_seconds=setup,
+        measured_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        threads=options.thread_count,
+    )
+
+
+def merge_reports(previous: Any, report: BenchReport) -> tuple[dict[str, Any], str]:
+    """``bench.json`` after this run, and a line saying what was merged. Rows are keyed by
+    (backend, variant, batch): this run's rows replace earlier ones with the same key, the
+    others are kept (each says when it was measured), so a run with other options adds to the
+    plot instead of erasing it. A file from another machine (CPU or GPU) is replaced whole."""
+    new = asdict(report)
+    if not isinstance(previous, dict) or not isinstance(previous.get("timings"), list):
+        return new, ""
+    machine: dict[str, Any] = previous["machine"] if isinstance(previous.get("machine"), dict) else {}
+    here = (report.machine.get("cpu"), report.machine.get("gpu"))
+    if (machine.get("cpu"), machine.get("gpu")) != here:
+        return new, f"replaced bench.json from another machine ({machine.get('cpu')}, GPU {machine.get('gpu')})"
+
+    def key(t: dict[str, Any]) -> tuple[Any, ...]:
+        return (t.get("backend"), t.get("variant"), t.get("batch"))
+
+    fresh = {key(t) for t in new["timings"]}
+    earlier = [t for t in previous["timings"] if isinstance(t, dict)]
+    kept = [t for t in earlier if key(t) not in fresh]
+    ran = {t.backend for t in report.timings} | {s.backend for s in report.skipped}
+    old_skips: list[Any] = previous["skipped"] if isinstance(previous.get("skipped"), list) else []
+    new["timings"] = kept + list(new["timings"])
+    still_skipped = [s for s in old_skips if isinstance(s, dict) and s.get("backend") not in ran]
+    new["skipped"] = list(new["skipped"]) + still_skipped
+    if not kept:
+        return new, f"replaced all {len(earlier)} rows of the previous bench.json" if earlier else ""
+    backends = ", ".join(sorted({str(t.get("backend")) for t in kept}))
+    return new, (
+        f"merged into bench.json: {len(report.timings)} rows measured now ({len(earlier) - len(kept)} replacing "
+        f"earlier ones), {len(kept)} earlier rows kept ({backends})"
     )
 
 

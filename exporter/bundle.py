@@ -51,6 +51,7 @@ from exporter.manifest import (
     walk,
 )
 from exporter.names import SAFE_NAME, printable
+from exporter.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -421,12 +422,12 @@ class Bundle:
             return str(exc)
         return ""
 
-    def onnx(self, record: VariantRecord, precision: str = "fp32") -> Path:
+    def onnx(self, record: VariantRecord, precision: str = Precision.FP32) -> Path:
         """A variant's checked ONNX file (fp32, or its fp16/int8 one), with its shared weights."""
-        entry = record.onnx if precision == "fp32" else record.reduced
-        if precision != "fp32" and entry.get("precision") != precision:
+        entry = record.onnx if precision == Precision.FP32 else record.reduced
+        if precision != Precision.FP32 and entry.get("precision") != precision:
             raise BundleError(f"the bundle has no {precision} ONNX for {record.label}")
-        if entry.get("external_data") or (precision != "fp32" and record.onnx.get("external_data")):
+        if entry.get("external_data") or (precision != Precision.FP32 and record.onnx.get("external_data")):
             sw = self.manifest.shared_weights
             if not sw:
                 raise BundleError(f"{record.label}'s ONNX uses external data, but the manifest names no shared file")

@@ -16,7 +16,7 @@ import numpy as np
 from exporter.bundle import Bundle
 from exporter.errors import BundleError, EnvironmentMissing
 from exporter.limits import check_bundle_memory
-from exporter.manifest import VariantRecord
+from exporter.manifest import VariantRecord, check_batch
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import stored_reference
 from exporter.runtime.backends import backend_problem, load_runner
@@ -53,7 +53,7 @@ def check_variant(
     except BundleError as exc:
         return Recheck(label, True, None, str(exc))
     export = opened.manifest.options["export"]
-    batch = 8 if export["batch"] == "dynamic" else int(export["batch"])
+    batch = check_batch(export["batch"])
     inputs = planned.arrays()
     tol = backend_tolerance(Tolerance(**opened.manifest.tolerance), backend)
     cmp = compare_outputs(expected, run_batched(load_runner(onnx_path, backend, threads), inputs, batch), tol)

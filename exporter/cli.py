@@ -29,7 +29,8 @@ from exporter.errors import (
     full_disk_cause,
 )
 from exporter.names import printable
-from exporter.sizes import Size2, format_size, to_size2
+from exporter.precision import PRECISIONS, Precision
+from exporter.sizes import Size2, format_size, grid_for, to_size2
 
 NUMBERISH = re.compile(r"^-?\d")
 
@@ -119,12 +120,25 @@ def debug_option(func: Any) -> Any:
 
 
 def console(stderr: bool = False) -> Any:
+    """Rich's console at the terminal's width; when piped (a log, a file, ``grep``), lines are
+    never wrapped and tables print whole (``print_whole``), rather than cut at 80 columns."""
     from rich.console import Console
 
-    probe = Console(stderr=stderr)
-    # Rich falls back to 80 columns when piped; the variant table needs more to stay legible.
-    width = None if probe.is_terminal else 160
-    return Console(stderr=stderr, highlight=False, emoji=False, width=width)
+    out = Console(stderr=stderr, highlight=False, emoji=False)
+    out.soft_wrap = not out.is_terminal
+    return out
+
+
+def print_whole(renderable: Any, out: Any = None) -> None:
+    """Print a table; when piped (a log, a file, ``less``), as wide as it needs rather than with
+    its numbers cut to "…": no one is there to widen the window."""
+    from rich.measure import Measurement
+
+    out = out or console()
+    if not out.is_terminal and not out.record:
+        needed = Measurement.get(out, out.options.update(width=10_000), renderable).maximum
+        out.width = max(out.width, needed)
+    out.print(renderable)
 
 
 def safe(text: object) -> str:
@@ -301,18 +315,21 @@ class RichReporter:
             )
 
 
-def print_table(manifest: Any, title: str) -> None:
+def print_table(manifest: Any, title: str, wide: bool = False, out: Any = None) -> None:
+    """The variant table: the columns that fit 80 columns, or with ``wide`` every column."""
     from rich.table import Table
 
-    from exporter.manifest import TABLE_HEADER, variant_rows
+    from exporter.manifest import NARROW_HEADER, TABLE_HEADER, variant_rows
 
+    shown = [i for i, h in enumerate(TABLE_HEADER) if wide or h in NARROW_HEADER]
     table = Table(title=safe(title), title_justify="left")
-    for header in TABLE_HEADER:
-        table.add_column(header, justify="right" if header not in ("", "variant", "onnx") else "left")
+    for i in shown:
+        header = TABLE_HEADER[i]
+        table.add_column(header, justify="right" if header not in ("", "variant", "onnx") else "left", no_wrap=True)
     for row in variant_rows(manifest):
         mark = "[green]✓[/green]" if row[0] == "✓" else "[red]✗[/red]"
-        table.add_row(mark, *map(safe, row[1:]))
-    console().print(table)
+        table.add_row(*[mark if i == 0 else safe(row[i]) for i in shown])
+    print_whole(table, out)
 
 
 def print_engines(name: str, entry: dict[str, Any]) -> None:
@@ -412,7 +429,7 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default=None,
     help="Also write and check an fp16 (LayerNorm/Softmax/pos-embed/logits kept fp32) or int8 (QDQ) ONNX "
     "[default: fp32 only, or the --profile's precision when it is fp16/int8].",
@@ -432,7 +449,12 @@ def failed_message(manifest: Any, bundle: Path) -> str:
     type=click.Choice(["bilinear", "bicubic"]),
     help="Kernel resize interpolation [default: bilinear for FlexiViT, bicubic otherwise].",
 )
-@click.option("--antialias/--no-antialias", default=None, help="Antialias in the kernel resize [default: per family].")
+@click.option(
+    "--antialias/--no-antialias",
+    default=None,
+    help="Antialias in the kernel resize [default: off for FlexiViT, on otherwise]; either option alone "
+    "keeps the family's default for the other.",
+)
 @click.option("--num-heads", type=int, help="Attention heads, when the weights alone cannot tell (default: width/64).")
 @click.option(
     "--trust-checkpoint", is_flag=True, help="Allow checkpoints that need pickled code (only for trusted files)."
@@ -450,7 +472,10 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--resume", is_flag=True, help="Reuse variants whose inputs and ONNX files are unchanged.")
-@click.option("--quiet", "-q", is_flag=True, help="Print only errors and the final table.")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="Print only errors, warnings and one summary line (no progress, no table)."
+)
+@click.option("--wide", is_flag=True, help="Every column of the variant table (it needs about 130 columns).")
 @debug_option
 def build(**kw: Any) -> None:
     """Resize, export and check one model per patch size, and write a bundle.
@@ -463,15 +488,10 @@ def build(**kw: Any) -> None:
     from exporter.load import SourceSpec
     from exporter.pipeline import BuildOptions
     from exporter.pipeline import build as run_build
-    from exporter.resize import ResizeMethod, default_patch_resize
+    from exporter.resize import ResizeOverride
     from exporter.validate import TOLERANCES
 
-    patch_resize = None
-    if kw["interpolation"] or kw["antialias"] is not None:
-        base = default_patch_resize("flexivit" if kw["interpolation"] is None else "")
-        patch_resize = ResizeMethod(
-            kw["interpolation"] or base.interpolation, base.antialias if kw["antialias"] is None else kw["antialias"]
-        )
+    patch_resize = ResizeOverride(kw["interpolation"], kw["antialias"])  # the rest: the checkpoint family's
     options = BuildOptions(
         patch_sizes=flatten_sizes(kw["patch_sizes"]),
         source=SourceSpec(
@@ -490,14 +510,34 @@ def build(**kw: Any) -> None:
         tolerance=replace(TOLERANCES["fp32"], atol=kw["atol"], rtol=kw["rtol"]),
         profile=kw["profile"],
         engines=kw["engines"],
-        precision=kw["precision"] or "fp32",
+        precision=Precision(kw["precision"] or "fp32"),
         precision_given=kw["precision"] is not None,
         shared_weights=kw["shared_weights"],
         labels=kw["labels_file"],
     )
     with RichReporter(kw["quiet"]) as reporter:
         result = run_build(options, reporter)
-    print_table(result.manifest, f"{result.manifest.name} → {result.bundle}")
+    if kw["quiet"]:
+        console().print(safe(summary_line(result)), soft_wrap=True)
+    else:
+        print_build(result, kw["wide"])
+    if not result.manifest.passed:
+        raise ValidationFailed(failed_message(result.manifest, result.bundle))
+
+
+def summary_line(result: Any) -> str:
+    """``build -q``'s one line."""
+    variants = result.manifest.variants
+    passed = sum(v.status == "passed" for v in variants)
+    mark = "✓" if result.manifest.passed else "✗"
+    return (
+        f"{mark} {result.manifest.name}: {passed} of {len(variants)} variants passed; "
+        f"bundle written to {result.bundle} in {result.seconds:.1f} s"
+    )
+
+
+def print_build(result: Any, wide: bool) -> None:
+    print_table(result.manifest, f"{result.manifest.name} → {result.bundle}", wide)
     stages = "  ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())
     if result.manifest.shared_weights:
         sw = result.manifest.shared_weights
@@ -507,11 +547,9 @@ def build(**kw: Any) -> None:
                 f"{sw['bundle_onnx_bytes_before'] / 1e6:.1f} MB -> {sw['bundle_onnx_bytes_after'] / 1e6:.1f} MB"
             )
         )
-    console().print(safe(f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})"))
+    console().print(safe(f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})"), soft_wrap=True)
     for name, entry in result.manifest.engines.items():
         print_engines(name, entry)
-    if not result.manifest.passed:
-        raise ValidationFailed(failed_message(result.manifest, result.bundle))
 
 
 @cli.command(cls=ResizeCommand)
@@ -548,7 +586,7 @@ def resize(**kw: Any) -> None:
     flexiexport resize -i vit-16.pt -o vit-20.pt -n patch_embed.proj.weight -ps 20
     flexiexport resize -i vit-16.pt -o vit-10-15.pt -ps 10 15 --img-size 240
     """
-    from exporter.convert import check_paths, convert_checkpoint, describe
+    from exporter.convert import RESIZE_ADVICE, check_paths, convert_checkpoint, describe
     from exporter.resize import ResizeMethod
 
     sizes = kw["patch"]
@@ -557,6 +595,8 @@ def resize(**kw: Any) -> None:
     if len(sizes) != 1:
         raise UsageError(f"-ps takes one size (20) or height and width (10 15), got {len(sizes)} values")
     img = to_size2(kw["img_size"], "image size") if kw["img_size"] else None
+    if img is not None:
+        grid_for(img, sizes[0], RESIZE_ADVICE)  # before anything is read or printed
     method = ResizeMethod(kw["interpolation"], kw["antialias"])
     check_paths(kw["src"], kw["dst"], kw["force"])
     out = console()
@@ -580,8 +620,9 @@ def resize(**kw: Any) -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+@click.option("--wide", is_flag=True, help="Every column of the variant table (it needs about 130 columns).")
 @debug_option
-def inspect(bundle: Path, as_json: bool, debug: bool) -> None:
+def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     """Print a bundle's manifest as a table."""
     from exporter.bundle import read_manifest
 
@@ -602,7 +643,7 @@ def inspect(bundle: Path, as_json: bool, debug: bool) -> None:
         safe(f"preprocessing: mean {pre['mean']} std {pre['std']} {pre['interpolation']} crop_pct {pre['crop_pct']}")
     )
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
-    print_table(manifest, "variants")
+    print_table(manifest, "variants", wide)
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             issues = "; ".join(map(str, v.trt_lint["issues"]))
@@ -718,9 +759,8 @@ def write_plot(opened: Any) -> Path | None:
 def bench(bundle: Path, **kw: Any) -> None:
     """Latency and throughput per variant, backend and batch size; writes bench.json and a plot."""
     import json
-    from dataclasses import asdict
 
-    from exporter.bench import BenchOptions, bench_bundle
+    from exporter.bench import BenchOptions, bench_bundle, merge_reports
     from exporter.bundle import Bundle
     from exporter.manifest import write_atomic
 
@@ -737,10 +777,13 @@ def bench(bundle: Path, **kw: Any) -> None:
     )
     err = console(stderr=True)
     report = bench_bundle(opened, options, None if kw["quiet"] else lambda t: err.print(safe(f"  {t}")), kw["weights"])
-    write_atomic(targets[0], json.dumps(asdict(report), indent=2) + "\n")
+    merged, note = merge_reports(opened.read_artefact("bench.json"), report)
+    write_atomic(targets[0], json.dumps(merged, indent=2) + "\n")
     plot = write_plot(opened)
     print_bench(report)
-    console().print(safe(f"wrote {bundle / 'bench.json'} and {plot}"))
+    if note:
+        console().print(safe(note), soft_wrap=True)
+    console().print(safe(f"wrote {bundle / 'bench.json'} and {plot}"), soft_wrap=True)
 
 
 def print_bench(report: Any) -> None:
@@ -777,7 +820,7 @@ def print_bench(report: Any) -> None:
             f"{t.peak_rss_mb:.0f}",
         )
     out = console()
-    out.print(table)
+    print_whole(table, out)
     c = report.ceiling
     out.print(
         f"ceiling (same run, {c.size}x{c.size}): onnxruntime fp32 MatMul {c.ort_matmul_gflops:.0f} GFLOP/s, "
@@ -854,7 +897,7 @@ def evaluate(
             f"{row['top5']:.3f}",
             delta,
         )
-    console().print(table)
+    print_whole(table)
     console().print(safe(f"wrote {bundle / 'eval.json'} and {plot}"))
     if result["failures"]:
         raise ValidationFailed(f"{len(result['failures'])} accuracy check(s) failed: {'; '.join(result['failures'])}")
@@ -871,7 +914,7 @@ def evaluate(
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
     help="Which of the bundle's ONNX files the onnx backend serves (fp16/int8: built with --precision).",
@@ -895,7 +938,7 @@ def triton(
     repo = Path(os.path.normpath(repo))  # 'x/..' names the parent, which the checks must see
     check_replaceable_repository(repo, force, protect=[bundle])
     with staging_folder(repo) as tmp:
-        names = write_repository(opened, tmp, backend, max_batch, precision)
+        names = write_repository(opened, tmp, backend, max_batch, Precision(precision))
         swap_into_place(tmp, repo, "model repository")
     out = console()
     out.print(safe(f"wrote {len(names)} models to {repo}: {', '.join(names)}"))
@@ -933,7 +976,7 @@ def profiles(debug: bool) -> None:
                 ),
             )
         )
-    console().print(table)
+    print_whole(table)
 
 
 @cli.command()

@@ -20,7 +20,7 @@ import torch
 
 from exporter.errors import CheckpointError, UsageError
 from exporter.load import CONTAINERS, check_float, check_tensor_storage, read_safetensors, read_torch_file
-from exporter.manifest import full_disk_as_usage_error
+from exporter.manifest import current_umask, full_disk_as_usage_error
 from exporter.resize import (
     TIMM_PATCH_RESIZE,
     TIMM_POS_RESIZE,
@@ -29,6 +29,8 @@ from exporter.resize import (
     resample_pos_embed,
 )
 from exporter.sizes import Size2, format_size, grid_for
+
+RESIZE_ADVICE = "pass one of them as --img-size"
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ def _resize_pos(
         pos_key = f"{stem}pos_embed"
     if pos_key not in holder:
         raise CheckpointError(f"position embedding {pos_key!r} not found beside {key!r}; pass --pos-key")
-    grid = grid_for(img, patch)
+    grid = grid_for(img, patch, RESIZE_ADVICE)
     old = holder[pos_key]
     if not isinstance(old, torch.Tensor) or old.dim() != 3:
         shape = tuple(old.shape) if isinstance(old, torch.Tensor) else type(old).__name__
@@ -181,6 +183,7 @@ def _save(obj: Any, dst: Path, safetensors: bool) -> None:
                 save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
             else:
                 torch.save(obj, tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp files are private; a checkpoint is an ordinary file
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -13,7 +13,6 @@ import numpy as np
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_WEIGHTS = ASSETS / "flexivit_demo.safetensors"
-DEMO_CONFIG = ASSETS / "flexivit_demo.json"
 DEMO_SAMPLES = ASSETS / "demo_digits.npz"
 DEMO_NAME = "flexivit-demo"
 DEMO_IMG_SIZE = 64

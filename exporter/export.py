@@ -20,14 +20,11 @@ from typing import Literal, Union
 import torch
 
 from exporter.errors import EnvironmentMissing, UsageError
-from exporter.load import sha256_file
-from exporter.manifest import full_disk_as_usage_error
+from exporter.manifest import INPUT_NAME, OUTPUT_NAME, full_disk_as_usage_error, sha256_file
 from exporter.sizes import Size2
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "logits"
 MIN_OPSET, MAX_OPSET = 14, 20  # LayerNormalization needs 17 to stay one node; TRT 10 parses <= 20
 EXPORTERS = ("torchscript", "dynamo")
 Dim = Union[int, str]

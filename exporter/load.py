@@ -57,7 +57,7 @@ class Preprocessing:
 class Origin:
     """Where the weights came from and how they were unpacked."""
 
-    kind: str  # "file", "pretrained", "random"
+    kind: str  # "file" or "pretrained"
     path: Path | None = None
     sha256: str | None = None
     file_format: str | None = None
@@ -672,6 +672,14 @@ def source_name(spec: SourceSpec, announce: bool = True) -> str:
     return safe
 
 
+def stated_img_size(spec: SourceSpec) -> Size2 | None:
+    """The native image size when the config beside the weights states it (``img_size``, as the
+    demo's does), read without touching the weights; None when only the weights can tell."""
+    weights = weights_path(spec)
+    config = read_config(weights) if weights is not None and weights.is_file() else {}
+    return to_size2(config["img_size"], "image size") if config.get("img_size") else None
+
+
 def load_source(spec: SourceSpec) -> SourceModel:
     """Load weights and work out (or check) the architecture they belong to."""
     weights = weights_path(spec)
@@ -702,7 +710,8 @@ def _describe(
     origin: Origin,
     num_heads: int | None,
 ) -> SourceModel:
-    args, assumed = infer_vit_args(sd, num_heads)
+    config_heads = (config.get("model_args") or {}).get("num_heads")
+    args, assumed = infer_vit_args(sd, num_heads or config_heads)  # assumed only when nothing says
     check_config_fits(sd, config, num_heads)
     named_cfg: dict[str, Any] = {}
     if model_name:

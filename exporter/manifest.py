@@ -21,6 +21,14 @@ from exporter.errors import BundleError, DiskFullError, full_disk_cause
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REPORT = "report.md"
+INPUT_NAME = "pixel_values"  # every ONNX file and engine: float32 NCHW in, logits out
+OUTPUT_NAME = "logits"
+CHECK_BATCH = 8  # parity runs a dynamic-batch model 8 images at a time
+
+
+def check_batch(export_batch: int | str) -> int:
+    """The batch parity checks run at: the model's static batch, else ``CHECK_BATCH``."""
+    return CHECK_BATCH if export_batch == "dynamic" else int(export_batch)
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,20 @@ TABLE_HEADER = [
 ]
 
 
+def md_cell(text: object) -> str:
+    """``text`` as one Markdown table cell: a ``|`` (as in ``max|Δ|``, or in a name) would end
+    the cell and break the whole table, and a line break would end the row."""
+    return " ".join(str(text).split()).replace("\\", "\\\\").replace("|", "\\|")
+
+
+def md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(md_cell(c) for c in cells) + " |"
+
+
+# The columns a terminal shows by default (``--wide``: all of TABLE_HEADER): fits 80 columns.
+NARROW_HEADER = ["", "variant", "image", "tokens", "GFLOPs", "max|Δ|", "cosine", "top-1"]
+
+
 def render_report(manifest: Manifest) -> str:
     """``report.md``: the manifest as a human-readable table."""
     src = manifest.source
@@ -209,10 +231,10 @@ def render_report(manifest: Manifest) -> str:
         f"pass when |Δ| ≤ {tol.get('atol')} + {tol.get('rtol')}·|ref|, cosine ≥ {tol.get('min_cosine')}, "
         f"top-1 agreement ≥ {tol.get('min_top1', 0):.0%}.",
         "",
-        "| " + " | ".join(h or "ok" for h in TABLE_HEADER) + " |",
+        md_row([h or "ok" for h in TABLE_HEADER]),
         "|" + "---|" * len(TABLE_HEADER),
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in variant_rows(manifest)]
+    lines += [md_row(row) for row in variant_rows(manifest)]
     failed = [v for v in manifest.variants if v.status != "passed"]
     for v in failed:
         reasons = list(v.parity.get("failures", [])) or ([v.parity["error"]] if v.parity.get("error") else [])
@@ -224,15 +246,25 @@ def render_report(manifest: Manifest) -> str:
     if reduced:
         lines += [
             "",
-            "| ok | variant | precision | onnx | MB | max|Δ| | p99|Δ| | cosine | top-1 |",
+            md_row(["ok", "variant", "precision", "onnx", "MB", "max|Δ|", "p99|Δ|", "cosine", "top-1"]),
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for v in reduced:
             r, q = v.reduced, v.reduced["parity"]
             lines.append(
-                f"| {'✓' if r['status'] == 'passed' else '✗'} | {v.label} | {r['precision']} | "
-                f"{Path(r['path']).name} | {r['bytes'] / 1e6:.2f} | {q['max_abs']:.1e} | {q['p99_abs']:.1e} | "
-                f"{q['min_cosine']:.5f} | {q['top1_agreement']:.1%} |"
+                md_row(
+                    [
+                        "✓" if r["status"] == "passed" else "✗",
+                        v.label,
+                        r["precision"],
+                        Path(r["path"]).name,
+                        f"{r['bytes'] / 1e6:.2f}",
+                        f"{q['max_abs']:.1e}",
+                        f"{q['p99_abs']:.1e}",
+                        f"{q['min_cosine']:.5f}",
+                        f"{q['top1_agreement']:.1%}",
+                    ]
+                )
             )
         calibrated = [v for v in reduced if v.reduced.get("calibration")]
         if calibrated:

@@ -32,20 +32,23 @@ from exporter.export import ExportOptions
 from exporter.limits import Workload, cap_threads, check_bundle_memory, check_memory
 from exporter.load import SourceModel, SourceSpec
 from exporter.manifest import (
+    INPUT_NAME,
     MANIFEST,
     REPORT,
     SCHEMA_VERSION,
     Manifest,
     VariantRecord,
+    check_batch,
     render_report,
     sha256_file,
     write_atomic,
 )
 from exporter.names import printable
+from exporter.precision import REDUCED_PRECISIONS, Precision
 from exporter.profile import Profile
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import REFERENCE_DIR, ParityInputs, save_reference, stored_reference
-from exporter.resize import ResizeMethod
+from exporter.resize import ResizeMethod, ResizeOverride
 from exporter.sizes import Size2, format_size
 from exporter.validate import TOLERANCES, Recheck, Tolerance
 from exporter.variant import ImagePolicy, VariantSpec
@@ -71,22 +74,19 @@ class BuildOptions:
     calib_dir: Path | None = None
     parity_samples: int = 16
     seed: int = 0
-    patch_resize: ResizeMethod | None = None
-    pos_resize: ResizeMethod | None = None
+    patch_resize: ResizeOverride = field(default_factory=ResizeOverride)  # parts left None: the family's
+    pos_resize: ResizeOverride = field(default_factory=ResizeOverride)
     tolerance: Tolerance = TOLERANCES["fp32"]
     threads: int | None = None
     profile: str | None = None
     engines: str = "auto"
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     shared_weights: bool = False
     labels: Path | None = None  # --labels FILE: class names, one per line
     precision_given: bool = False  # --precision on the command line wins over the profile's
 
     def __post_init__(self) -> None:
-        from exporter.precision import PRECISIONS
-
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        object.__setattr__(self, "precision", Precision.parse(self.precision))
         if self.engines not in ENGINE_MODES:
             raise UsageError(f"--engines must be one of {', '.join(ENGINE_MODES)}, got {self.engines!r}")
         if self.engines == "required" and not self.profile:
@@ -188,7 +188,7 @@ def calib_key(options: BuildOptions) -> str | None:
         return None
     from exporter.images import check_headers, folder_digest
 
-    used = options.parity_samples + (CALIBRATION_IMAGES if options.precision == "int8" else 0)
+    used = options.parity_samples + (CALIBRATION_IMAGES if options.precision is Precision.INT8 else 0)
     check_headers(options.calib_dir, used)
     return folder_digest(options.calib_dir, used)
 
@@ -219,19 +219,28 @@ def input_key(source_sha: str, calib_sha: str | None, spec: VariantSpec, options
 def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpec]:
     """One spec per patch size; every size problem is reported before any work starts."""
     from exporter.resize import default_patch_resize, default_pos_resize
-    from exporter.sizes import check_patch_fits
-    from exporter.variant import plan_img_size
+    from exporter.variant import fitted_img_size
 
-    patch_resize = options.patch_resize or default_patch_resize(source.family)
-    pos_resize = options.pos_resize or default_pos_resize(source.family)
+    patch_resize = options.patch_resize.resolve(default_patch_resize(source.family))
+    pos_resize = options.pos_resize.resolve(default_pos_resize(source.family))
     specs = []
     for patch in options.patch_sizes:
-        reference = options.img_size if isinstance(options.img_size, tuple) else source.img_size
-        check_patch_fits(patch, reference)
-        specs.append(
-            VariantSpec(patch, plan_img_size(source.img_size, patch, options.img_size), patch_resize, pos_resize)
-        )
+        img = fitted_img_size(source.img_size, patch, options.img_size)
+        assert img is not None  # the native size is known once loaded
+        specs.append(VariantSpec(patch, img, patch_resize, pos_resize))
     return specs
+
+
+def check_sizes_before_loading(options: BuildOptions) -> None:
+    """Refuse a patch size that cannot fit before the checkpoint is read: against ``--img-size N``,
+    or the native size the config beside the weights states (the demo's 64). Sizes that only
+    the weights can tell are checked by ``plan_variants``."""
+    from exporter.load import stated_img_size
+    from exporter.variant import fitted_img_size
+
+    native = None if isinstance(options.img_size, tuple) else stated_img_size(options.source)
+    for patch in options.patch_sizes:
+        fitted_img_size(native, patch, options.img_size)
 
 
 def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: BuildOptions) -> None:
@@ -239,8 +248,7 @@ def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: B
     before anything is resized, exported or drawn."""
     params = sum(t.numel() for t in source.state_dict.values())
     weight_bytes = sum(t.numel() * t.element_size() for t in source.state_dict.values())
-    static = options.export.batch if isinstance(options.export.batch, int) else None
-    calibration = CALIBRATION_IMAGES if options.precision == "int8" else 0
+    calibration = CALIBRATION_IMAGES if options.precision is Precision.INT8 else 0
     for spec in specs:
         w = Workload(
             params=params,
@@ -251,7 +259,7 @@ def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: B
             num_classes=source.num_classes,
             img_size=spec.img_size,
             patch_size=spec.patch_size,
-            batch=static or 8,
+            batch=check_batch(options.export.batch),
             images=2 * options.parity_samples + calibration,  # random + as many real ones
             prefix_tokens=int(source.model_args.get("class_token", True)) + int(source.model_args.get("reg_tokens", 0)),
             mlp_ratio=float(source.model_args.get("mlp_ratio", 4.0)),
@@ -330,7 +338,7 @@ def build_variant(
         start = time.perf_counter()
         planned = parity_inputs(source, spec, options)
         inputs = planned.arrays()
-        batch = 8 if options.export.batch == "dynamic" else int(options.export.batch)
+        batch = check_batch(options.export.batch)
         expected = run_batched(torch_runner(variant.model), inputs, batch)
         actual = run_batched(ort_runner(tmp / rel, options.threads), inputs, batch)
         comparison = compare_outputs(expected, actual, options.tolerance)
@@ -348,7 +356,7 @@ def build_variant(
     parity = comparison.to_dict() | {"inputs": planned.what}
     parity.pop("tolerance")
     reduced: dict[str, Any] = {}
-    if options.precision != "fp32":
+    if options.precision.reduced:
         with stage(reporter, label, options.precision, times):
             reduced = reduced_variant(source, spec, options, tmp, rel, inputs, expected, batch, variant.tokens)
     reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
@@ -377,7 +385,7 @@ def check_calibration(options: BuildOptions, demo: bool) -> None:
     """Fail before any work when int8 has no calibration images, or none left over after the
     check: with ``--calib-dir`` the first ``--parity-samples`` images (sorted) check the int8
     model and only the rest calibrate it, so it is never judged on its own calibration data."""
-    if options.precision != "int8":
+    if options.precision is not Precision.INT8:
         return
     if options.calib_dir is None:
         if demo:
@@ -432,7 +440,7 @@ def reduced_variant(
     out_rel = rel.with_name(f"{rel.stem}.{options.precision}.onnx")
     anchors: list[str] = []
     calibration = ""
-    if options.precision == "fp16":
+    if options.precision is Precision.FP16:
         anchors = to_fp16(tmp / rel, tmp / out_rel)
     else:
         static = None if options.export.batch == "dynamic" else int(options.export.batch)
@@ -473,7 +481,7 @@ def share_bundle_weights(
     from exporter.validate import ort_runner, run_batched
 
     paths = [tmp / r.onnx["path"] for r in records]
-    batch = 8 if options.export.batch == "dynamic" else int(options.export.batch)
+    batch = check_batch(options.export.batch)
     inputs = [parity_inputs(source, spec, options).arrays() for spec in specs]
     before = [run_batched(ort_runner(p, options.threads), x, batch) for p, x in zip(paths, inputs)]
     sizes = sum(p.stat().st_size for p in paths)
@@ -511,6 +519,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     reporter = reporter or SilentReporter()
     start = time.perf_counter()
     times: dict[str, float] = {}
+    check_sizes_before_loading(options)
     out = Path(os.path.normpath(options.out or default_out(source_name(options.source))))
     check_replaceable_bundle(out, options.force, options.resume, protected_inputs(options))
     profile = check_engine_request(options)
@@ -560,12 +569,12 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
 def with_profile_precision(options: BuildOptions, profile: Profile | None) -> BuildOptions:
     """A profile that asks for fp16 or int8 gets that ONNX too (strongly typed TensorRT needs it),
     unless ``--precision`` was given; an int8 profile's ``calibration`` folder calibrates it."""
-    if profile is None or options.precision_given or profile.precision not in ("fp16", "int8"):
+    if profile is None or options.precision_given or profile.precision not in REDUCED_PRECISIONS:
         return options
     calib = options.calib_dir
-    if profile.precision == "int8" and calib is None and profile.calibration not in (None, "demo"):
+    if profile.precision == Precision.INT8 and calib is None and profile.calibration not in (None, "demo"):
         calib = Path(str(profile.calibration))
-    return replace(options, precision=profile.precision, calib_dir=calib)
+    return replace(options, precision=Precision(profile.precision), calib_dir=calib)
 
 
 def check_engine_request(options: BuildOptions) -> Profile | None:
@@ -650,7 +659,7 @@ def _manifest(
 ) -> Manifest:
     pre = asdict(source.preprocessing)
     pre["input"] = {
-        "name": "pixel_values",
+        "name": INPUT_NAME,
         "layout": "NCHW",
         "dtype": "float32",
         "channels": "RGB",
@@ -748,7 +757,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     times: dict[str, float] = {}
     for record in manifest.variants:
         with stage(reporter, record.label, "sha256", times):
-            precisions = ["fp32"] + ([record.reduced["precision"]] if record.reduced else [])
+            precisions = [Precision.FP32] + ([Precision(record.reduced["precision"])] if record.reduced else [])
             problems = [_file_problem(opened, record, x) for x in precisions]
             problems += [opened.problems(e["path"], e["sha256"]) for e in (record.reference,) if e]
             problem = "; ".join(p for p in problems if p)
@@ -764,7 +773,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
                 else parity_inputs(source, vspec, options)
             )
             inputs = planned.arrays()
-            batch = 8 if export.batch == "dynamic" else int(export.batch)
+            batch = check_batch(export.batch)
             cmp = check_parity(reference, ort_runner(opened.onnx(record)), inputs, batch, tol)
             reduced = None
             if record.reduced:
@@ -781,7 +790,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     return results
 
 
-def _file_problem(opened: Bundle, record: VariantRecord, precision: str) -> str:
+def _file_problem(opened: Bundle, record: VariantRecord, precision: Precision) -> str:
     try:
         opened.onnx(record, precision)
     except BundleError as exc:

@@ -14,14 +14,46 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from enum import Enum
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from exporter.errors import UsageError
+from exporter.manifest import INPUT_NAME
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class Precision(str, Enum):
+    """The precision of an ONNX file in a bundle: every variant has its fp32 file, and with
+    ``--precision fp16|int8`` one reduced-precision file beside it. (A TensorRT profile's
+    precision is wider: tf32, bf16 and fp8 are engine settings, not ONNX files.)"""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+    def __str__(self) -> str:  # "fp16" in file names, messages and JSON, on every Python
+        return self.value
+
+    @classmethod
+    def parse(cls, value: object, what: str = "--precision") -> Precision:
+        try:
+            return cls(str(value))
+        except ValueError:
+            raise UsageError(f"{what} must be one of {', '.join(PRECISIONS)}, got {value!r}") from None
+
+    @property
+    def reduced(self) -> bool:
+        """A file converted from the fp32 one (and judged with its own tolerance)."""
+        return self is not Precision.FP32
+
+
+PRECISIONS = tuple(p.value for p in Precision)
+REDUCED_PRECISIONS = tuple(p.value for p in Precision if p.reduced)
 FP32_OPS = ["LayerNormalization", "Softmax"]
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
 INT8_ATTENTION_MAX_TOKENS = 512
@@ -156,7 +188,7 @@ def _quantize(src: Path, dst: Path, calibration: np.ndarray, batch: int, exclude
     quantize_static(
         str(src),
         str(dst),
-        _Calibration("pixel_values", calibration, batch),  # type: ignore[arg-type]
+        _Calibration(INPUT_NAME, calibration, batch),  # type: ignore[arg-type]
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=QUANTIZED_OPS,
         per_channel=True,

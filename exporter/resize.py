@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,6 @@ import torch.nn.functional as F
 from exporter.errors import UsageError
 from exporter.sizes import Size2, SizeLike, to_size2
 
-Interpolation = Literal["bilinear", "bicubic"]
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
 
 
@@ -58,6 +56,26 @@ def default_patch_resize(family: str) -> ResizeMethod:
 def default_pos_resize(family: str) -> ResizeMethod:
     """The position-embedding resize default for a checkpoint family."""
     return FLEXIVIT_POS_RESIZE if family == "flexivit" else TIMM_POS_RESIZE
+
+
+@dataclass(frozen=True)
+class ResizeOverride:
+    """What the command line asked of a resize; a part left ``None`` comes from the checkpoint
+    family's default, which is known only once the checkpoint is loaded."""
+
+    interpolation: str | None = None
+    antialias: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise UsageError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+
+    def resolve(self, default: ResizeMethod) -> ResizeMethod:
+        """``default`` with the parts that were asked for replaced."""
+        return ResizeMethod(
+            self.interpolation or default.interpolation,
+            default.antialias if self.antialias is None else self.antialias,
+        )
 
 
 @lru_cache(maxsize=256)

@@ -71,11 +71,15 @@ def check_patch_fits(patch_size: Size2, img_size: Size2) -> None:
         )
 
 
-def grid_for(img_size: Size2, patch_size: Size2) -> Size2:
-    """The token grid for an image and patch size; raises ``ImageSizeError`` if not whole."""
+BUILD_ADVICE = "use --img-size N or --img-size auto"
+
+
+def grid_for(img_size: Size2, patch_size: Size2, advice: str = BUILD_ADVICE) -> Size2:
+    """The token grid for an image and patch size; raises ``ImageSizeError`` if not whole
+    (``advice``: what the command that asked can do about it)."""
     check_patch_fits(patch_size, img_size)
     if img_size[0] % patch_size[0] or img_size[1] % patch_size[1]:
-        raise ImageSizeError(divisibility_message(img_size, patch_size))
+        raise ImageSizeError(divisibility_message(img_size, patch_size, advice))
     return (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
 
 
@@ -97,7 +101,7 @@ def nearest_multiple(n: int, p: int) -> int:
     return min(candidates, key=lambda m: (abs(m - n), -m))
 
 
-def divisibility_message(img_size: Size2, patch_size: Size2) -> str:
+def divisibility_message(img_size: Size2, patch_size: Size2, advice: str = BUILD_ADVICE) -> str:
     dims = [(i, p) for i, p in zip(img_size, patch_size) if i % p]
     img, p = dims[0]
     valid = ", ".join(map(str, valid_patch_sizes(img)))
@@ -105,5 +109,5 @@ def divisibility_message(img_size: Size2, patch_size: Size2) -> str:
     return (
         f"patch size {format_size(patch_size)} does not divide image size "
         f"{format_size(img_size)}; patch sizes that fit {img}: {valid}; "
-        f"image sizes that fit {p}: {near} (use --img-size N or --img-size auto)"
+        f"image sizes that fit {p}: {near} ({advice})"
     )

@@ -20,6 +20,7 @@ from exporter.bundle import Bundle, write_repository_marker
 from exporter.errors import BundleError, UsageError
 from exporter.manifest import VariantRecord, write_atomic
 from exporter.names import check_name
+from exporter.precision import Precision
 
 BACKENDS = ("onnx", "tensorrt")
 # Refused inside a config's quoted strings: a line break or control character is never a real tensor name.
@@ -115,10 +116,10 @@ def _engines_by_cc(opened: Bundle, label: str) -> dict[str, Path]:
     return found
 
 
-def onnx_for(record: VariantRecord, precision: str) -> dict[str, Any]:
+def onnx_for(record: VariantRecord, precision: Precision) -> dict[str, Any]:
     """The variant's ONNX entry of ``precision`` (fp32, or the bundle's fp16/int8 file), refusing
     one that is missing or failed its parity check: a repository serves only checked models."""
-    if precision == "fp32":
+    if precision is Precision.FP32:
         entry, failures = record.onnx, record.parity.get("failures", [])
     elif record.reduced.get("precision") == precision:
         entry, failures = record.reduced, record.reduced["parity"].get("failures", [])
@@ -134,7 +135,9 @@ def onnx_for(record: VariantRecord, precision: str) -> dict[str, Any]:
     return entry
 
 
-def write_repository(opened: Bundle, repo: Path, backend: str, max_batch: int, precision: str = "fp32") -> list[str]:
+def write_repository(
+    opened: Bundle, repo: Path, backend: str, max_batch: int, precision: Precision = Precision.FP32
+) -> list[str]:
     """Fill ``repo`` (an empty folder) with checked copies of the bundle's files; returns the
     model names written. A marker file lists every file, so ``--force`` can tell our
     repository from a folder that is not."""

@@ -14,7 +14,7 @@ import torch
 from exporter.errors import UsageError
 from exporter.load import KERNEL_KEY, POS_KEY, SourceModel
 from exporter.resize import ResizeMethod, interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
-from exporter.sizes import Size2, format_size, grid_for, nearest_multiple
+from exporter.sizes import Size2, check_patch_fits, format_size, grid_for, nearest_multiple
 
 ImagePolicy = Union[str, Size2]  # "native", "auto" or a fixed (h, w)
 
@@ -31,6 +31,16 @@ def plan_img_size(native: Size2, patch: Size2, policy: ImagePolicy) -> Size2:
         raise UsageError(f"image size must be N, HxW, 'native' or 'auto', got {policy!r}")
     grid_for(img, patch)
     return img
+
+
+def fitted_img_size(native: Size2 | None, patch: Size2, policy: ImagePolicy) -> Size2 | None:
+    """``plan_img_size`` when the size to check against is known (``--img-size N``, or the
+    native size); None when it is not (yet). Raises for a patch that does not fit."""
+    reference = policy if isinstance(policy, tuple) else native
+    if reference is None:
+        return None
+    check_patch_fits(patch, reference)
+    return plan_img_size(native or reference, patch, policy)
 
 
 @dataclass(frozen=True)

@@ -58,3 +58,28 @@ def one_line_error(result: Result) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, err
     return lines[0]
+
+
+def markdown_tables(text: str) -> list[list[int]]:
+    """Each table that ``text`` renders to (CommonMark + GFM tables, as GitHub shows it), as the
+    number of cells in each row, header first. A source row whose unescaped ``|`` make more cells
+    than its header is an error here (the renderer silently drops the extra cells)."""
+    import re
+
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark").enable("table")
+    tokens = md.parse(text)
+    lines = text.splitlines()
+    tables: list[list[int]] = []
+    for token in tokens:
+        if token.type == "table_open":
+            tables.append([])
+            start, end = token.map or (0, 0)
+            cells = [len(re.split(r"(?<!\\)\|", line.strip().strip("|"))) for line in lines[start:end]]
+            assert len(set(cells)) == 1, (cells, lines[start:end])
+        elif token.type == "tr_open":
+            tables[-1].append(0)
+        elif token.type in ("th_open", "td_open"):
+            tables[-1][-1] += 1
+    return tables

@@ -116,3 +116,19 @@ def test_full_size_flexivit_small_build(tmp_path):
     )
     assert [v["tokens"] for v in manifest["variants"]] == [901, 226, 65]
     assert all(v["status"] == "passed" for v in manifest["variants"])
+
+
+@pytest.mark.parametrize(
+    "flags, flexivit, expected",
+    [
+        (("--antialias",), False, "bicubic+antialias"),  # was bilinear+antialias: the FlexiViT default leaked in
+        (("--no-antialias",), False, "bicubic"),
+        (("--interpolation", "bilinear"), False, "bilinear+antialias"),
+        (("--antialias",), True, "bilinear+antialias"),
+        (("--interpolation", "bicubic"), True, "bicubic"),
+    ],
+)
+def test_a_partial_resize_override_keeps_the_checkpoint_familys_default(tiny_vit, flags, flexivit, expected, tmp_path):
+    source = ("-p", "8", "16") if flexivit else ("--weights", str(tiny_vit), "-p", "8")
+    manifest = build_ok(*source, *flags, "--out", str(tmp_path / "b"))
+    assert {v["patch_resize"] for v in manifest["variants"]} == {expected}

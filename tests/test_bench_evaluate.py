@@ -24,6 +24,35 @@ def bundle(tmp_path_factory):
     return out
 
 
+def test_a_later_bench_run_merges_into_bench_json(bundle, tmp_path):
+    """A later run with other options used to overwrite bench.json (and so the plot) silently."""
+    import shutil
+
+    copy = tmp_path / "demo"
+    shutil.copytree(bundle, copy)
+    args = ("bench", str(copy), *QUICK_BENCH)
+
+    def rows():
+        return {
+            (t["backend"], t["variant"], t["batch"]): t
+            for t in json.loads((copy / "bench.json").read_text())["timings"]
+        }
+
+    assert run_cli(*args, "--backends", "ort-cpu", "--batch-sizes", "1", "2").exit_code == 0
+    first = rows()
+    result = run_cli(*args, "--backends", "torch", "ort-cpu", "--batch-sizes", "1")
+    assert result.exit_code == 0, result.output + result.stderr
+    second = rows()
+    variants = ("p8", "p16", "p32")
+    assert set(second) == {(b, v, 1) for b in ("torch", "ort-cpu") for v in variants} | {
+        ("ort-cpu", v, 2) for v in variants
+    }
+    assert all(second[("ort-cpu", v, 2)] == first[("ort-cpu", v, 2)] for v in variants)  # kept as measured
+    assert all(second[("ort-cpu", v, 1)]["measured_at"] >= first[("ort-cpu", v, 1)]["measured_at"] for v in variants)
+    assert all(t["measured_at"] and t["threads"] >= 1 for t in second.values())
+    assert "6 rows measured now (3 replacing earlier ones), 3 earlier rows kept (ort-cpu)" in result.stdout
+
+
 def test_bench_writes_json_plot_and_lists_skipped_backends(bundle):
     result = run_cli(
         "bench",

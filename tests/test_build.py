@@ -18,7 +18,7 @@ import pytest
 from exporter.demo import DEMO_WEIGHTS
 from exporter.load import sha256_file
 
-from conftest import one_line_error, run_cli
+from conftest import markdown_tables, one_line_error, run_cli
 
 HEADLINE = ("build", "--patch-sizes", "8", "16", "32")
 
@@ -32,7 +32,7 @@ def demo_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "demo"
     result = run_cli(*HEADLINE, "--out", str(out), "--quiet")
     assert result.exit_code == 0, result.output + result.stderr
-    assert "p8" in result.stdout and "bundle written to" in result.stdout
+    assert result.stdout.startswith("✓ flexivit-demo: 3 of 3 variants passed; bundle written to")
     return out
 
 
@@ -65,6 +65,64 @@ def test_report_has_the_same_table(demo_bundle):
     report = (demo_bundle / "report.md").read_text()
     assert "| ✓ | p8 | 64 | 8x8 | 65 |" in report and "| ✓ | p32 | 64 | 2x2 | 5 |" in report
     assert "Overall: PASSED" in report
+
+
+def test_quiet_prints_one_summary_line(tmp_path):
+    """``-q`` used to print the whole table."""
+    result = run_cli("build", "-p", "16", "--parity-samples", "2", "--out", str(tmp_path / "b"), "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert result.stdout.splitlines() == [
+        f"✓ flexivit-demo: 1 of 1 variants passed; bundle written to {tmp_path / 'b'} in "
+        + result.stdout.split(" in ")[-1].strip()
+    ]
+    assert result.stderr == ""
+
+
+def test_the_variant_table_is_readable_at_80_columns(demo_bundle):
+    """At 80 (or 100) columns Rich cut every number of the 13-column table to '…'."""
+    from rich.console import Console
+
+    from exporter.cli import print_table
+    from exporter.manifest import NARROW_HEADER, TABLE_HEADER, Manifest, variant_rows
+
+    manifest = Manifest.from_dict(json.loads((demo_bundle / "manifest.json").read_text()))
+    out = Console(width=80, record=True)
+    print_table(manifest, f"{manifest.name} → {demo_bundle}", out=out)
+    text = out.export_text()
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for row in variant_rows(manifest):
+        for header, cell in zip(TABLE_HEADER, row):
+            assert cell in text or header not in NARROW_HEADER, (header, cell)
+    assert "p99|Δ|" not in text and "model_p8.onnx" not in text
+    wide = Console(width=200, record=True)
+    print_table(manifest, "variants", wide=True, out=wide)
+    wide_text = wide.export_text()
+    missing = [cell for row in variant_rows(manifest) for cell in row[1:] if cell not in wide_text]
+    assert not missing, missing
+
+
+def test_inspect_wide_and_piped_tables_are_whole(demo_bundle):
+    result = run_cli("inspect", str(demo_bundle), "--wide")
+    assert result.exit_code == 0
+    assert "p99|Δ|" in result.stdout and "model_p8.onnx" in result.stdout
+    table = result.stdout[result.stdout.index("variants") :]
+    assert "…" not in table, table
+
+
+def test_report_tables_render_as_tables(demo_bundle):
+    """``max|Δ|`` in a header used to split the cell: GitHub showed the report's table as text."""
+    from dataclasses import replace
+
+    from exporter.manifest import TABLE_HEADER, Manifest, render_report
+
+    report = (demo_bundle / "report.md").read_text()
+    assert markdown_tables(report) == [[len(TABLE_HEADER)] * 4]
+    manifest = Manifest.from_dict(json.loads((demo_bundle / "manifest.json").read_text()))
+    odd = replace(manifest.variants[0], label="p8|x", onnx=manifest.variants[0].onnx | {"path": "onnx/a|b.onnx"})
+    rendered = render_report(replace(manifest, variants=(odd,)))
+    assert markdown_tables(rendered) == [[len(TABLE_HEADER)] * 2]
+    assert "p8\\|x" in rendered
 
 
 def test_exported_graphs_are_checked_and_reproduce_demo_accuracy(demo_bundle):
@@ -238,6 +296,35 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, broken_files, args, 
     assert result.exit_code == code, result.output + result.stderr
     assert message in one_line_error(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "7"], "does not divide image size 64"),  # the demo's config states 64
+        (["-p", "8", "128", "--img-size", "auto"], "larger than the image 64"),
+        (["-p", "7", "--weights", "{tiny}", "--img-size", "64"], "does not divide image size 64"),
+        (["-p", "7", "--weights", "{tiny_240}"], "does not divide image size 240"),  # its config states 240
+    ],
+)
+def test_a_patch_size_that_cannot_fit_is_refused_before_loading(tmp_path, tiny_flexivit, monkeypatch, args, message):
+    """``build -p 7`` used to load the checkpoint before refusing the patch size."""
+    import exporter.load
+
+    tiny_240 = tmp_path / "tiny_240.pt"
+    shutil.copy(tiny_flexivit, tiny_240)
+    config = json.loads(tiny_flexivit.with_suffix(".json").read_text())
+    tiny_240.with_suffix(".json").write_text(json.dumps({**config, "img_size": 240}))
+
+    def no_loading(spec):
+        raise AssertionError("the checkpoint was loaded")
+
+    monkeypatch.setattr(exporter.load, "load_source", no_loading)
+    args = [a.format(tiny=tiny_flexivit, tiny_240=tiny_240) for a in args]
+    result = run_cli("build", *args, "--out", str(tmp_path / "b"))
+    assert result.exit_code == 2, result.output + result.stderr
+    assert message in one_line_error(result)
+    assert not (tmp_path / "b").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -95,6 +95,27 @@ def test_refusals_are_one_line(vit16, tmp_path):
     assert not (tmp_path / "a.pt").exists()
 
 
+def test_a_size_that_does_not_fit_is_refused_first_with_advice_resize_takes(vit16, tmp_path):
+    """resize suggested '--img-size auto', which resize itself rejects; and it printed 'Resizing ...' first."""
+    result = run_cli("resize", "-i", str(vit16), "-o", str(tmp_path / "a.pt"), "-ps", "20", "--img-size", "250")
+    assert result.exit_code == 2
+    error = one_line_error(result)
+    assert "240 or 260" in error and "auto" not in error, error
+    assert "Resizing" not in result.stdout
+
+
+def test_output_is_an_ordinary_file(vit16, tmp_path):
+    """The converted checkpoint was written with mode 0600 (mkstemp's), whatever the umask."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        assert run_cli("resize", "-i", str(vit16), "-o", str(tmp_path / "a.pt"), "-ps", "20").exit_code == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644
+
+
 def test_script_matches_the_seed_command_line(vit16, tmp_path):
     out = tmp_path / "vit-20.pt"
     cmd = [

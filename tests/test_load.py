@@ -227,3 +227,13 @@ def test_state_digest_identifies_weights_without_a_file(tiny_flexivit):
     assert state_digest(replace(src, state_dict=changed)) != digest
     halves = {k: v.to(torch.bfloat16) for k, v in src.state_dict.items()}
     assert state_digest(replace(src, state_dict=halves)) != digest
+
+
+def test_a_head_count_from_the_config_is_not_listed_as_assumed():
+    """The demo's config says 4 heads; the manifest used to add 'assumed: num_heads=1 (head dim 64...)'."""
+    from exporter.demo import DEMO_WEIGHTS
+    from exporter.load import SourceSpec, load_source
+
+    source = load_source(SourceSpec(DEMO_WEIGHTS))
+    assert source.num_heads == 4
+    assert source.inferred == ()

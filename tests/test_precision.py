@@ -259,3 +259,20 @@ def test_bench_times_the_reduced_onnx_too(int8_bundle):
     for t in timings:
         roof = ceiling["int8_matmul_gops"] if t["backend"] == "ort-cpu int8" else ceiling["ort_matmul_gflops"]
         assert t["fraction_of_ceiling"] == pytest.approx(t["achieved_gflops"] / roof)
+
+
+def test_precision_is_one_enum_used_by_the_cli_and_the_pipeline():
+    """The allowed values were written out in the CLI (twice), precision.py and the pipeline."""
+    from exporter.cli import build, triton
+    from exporter.errors import UsageError
+    from exporter.pipeline import BuildOptions
+    from exporter.precision import PRECISIONS, Precision
+
+    assert PRECISIONS == ("fp32", "fp16", "int8")
+    for command in (build, triton):
+        option = next(p for p in command.params if p.name == "precision")
+        assert tuple(option.type.choices) == PRECISIONS
+    options = BuildOptions(patch_sizes=((16, 16),), precision="int8")  # type: ignore[arg-type]
+    assert options.precision is Precision.INT8 and f"model.{options.precision}.onnx" == "model.int8.onnx"
+    with pytest.raises(UsageError, match="one of fp32, fp16, int8, got 'fp8'"):
+        BuildOptions(patch_sizes=((16, 16),), precision="fp8")  # type: ignore[arg-type]
