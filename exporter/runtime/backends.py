@@ -103,7 +103,7 @@ def ort_runner(path: Path, backend: str = "ort-cpu", threads: int | None = None)
     static = inp.shape[0] if isinstance(inp.shape[0], int) else None
 
     def run(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: batch})[0]
+        return np.asarray(session.run(None, {name: batch})[0])
 
     return Runner(backend, path, run, static, details={"providers": session.get_providers()})
 
