@@ -131,7 +131,13 @@ def openvino_runner(path: Path, backend: str = "openvino", threads: int | None =
 def tensorrt_runner(path: Path, backend: str = "tensorrt", threads: int | None = None) -> Runner:
     from exporter.trt import engine_runner
 
-    return Runner(backend, path, engine_runner(path))
+    return wrap_engine(engine_runner(path), path)
+
+
+def wrap_engine(engine: Any, path: Path) -> Runner:
+    """An ``EngineRunner`` as a ``Runner``: its profile's batch range becomes the runner's limits."""
+    low, high = engine.batch_range
+    return Runner("tensorrt", path, engine, static_batch=low if low == high else None, max_batch=high)
 
 
 FACTORIES: dict[str, Callable[[Path, str, int | None], Runner]] = {

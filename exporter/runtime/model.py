@@ -96,20 +96,24 @@ class Bundle:
             return f"the bundle has no {precision} ONNX (build with --precision {precision})"
         return None
 
-    def _engines(self) -> dict[str, Path]:
-        """Checked engine files by variant, from the first engine set the manifest records as built."""
-        for entry in self.manifest.engines.values():
-            if entry.get("status") == "built":
-                return {k: self.door.file(v["engine"], v["engine_sha256"]) for k, v in entry["variants"].items()}
-        return {}
+    def _engines(self) -> bool:
+        """Whether the bundle holds any engine (built, or written by ``build_<profile>.sh``)."""
+        from exporter.bench import bundle_engines
+
+        return any(bundle_engines(self.door, record) for record in self.manifest.variants)
 
     def runner(self, label: str, backend: str, precision: str = "fp32", threads: int | None = None) -> Runner:
         """The checked file of ``label`` loaded on ``backend``."""
         record = self.record(label)
-        if backend == "tensorrt":
-            path = self._engines().get(label)
-            if path is None:
-                raise EnvironmentMissing(f"the bundle has no engine for {label} that matches this GPU and TensorRT")
+        if backend == "tensorrt":  # the engine that fits this GPU and TensorRT best (by its sidecar)
+            from exporter.bench import Unavailable, tensorrt_runner
+            from exporter.runtime.backends import wrap_engine
+
+            try:
+                engine = tensorrt_runner(self.door, record)
+            except Unavailable as exc:
+                raise EnvironmentMissing(str(exc)) from exc
+            return wrap_engine(engine, Path(getattr(engine, "name", "model.engine")))
         else:
             if precision != "fp32" and record.reduced.get("status") != "passed":
                 raise BundleError(f"{label}'s {precision} ONNX is missing or failed its parity check")
