@@ -360,3 +360,22 @@ def test_flexiexport_engine_runs_with_tensorrt_cuda_python_numpy_only(orin_bundl
     assert entry["variants"]["p8"]["engine"] == "engines/jetson-orin-nano/model_p8.engine"
     result = run_cli("inspect", str(bundle))  # the bundle door accepts what engine wrote
     assert result.exit_code == 0, result.output + result.stderr
+
+
+def test_the_runtime_runs_the_engine_that_fits_with_its_batch_limits(device, orin_bundle, tmp_path):
+    """``exporter.runtime``'s TensorRT backend: bench's sidecar choice, the profile's batch range
+    as the runner's limit, and backend auto preferring TensorRT where it runs (stand-in device)."""
+    from exporter.errors import EnvironmentMissing, UsageError
+    from exporter.runtime import Bundle
+
+    bundle = tmp_path / "b"
+    shutil.copytree(orin_bundle, bundle)
+    place_engine(bundle, "p8", "10.3.0.30", "10.3.0")
+    opened = Bundle.open(bundle)
+    runner = opened.runner("p8", "tensorrt")
+    assert (runner.backend, runner.max_batch, runner.static_batch) == ("tensorrt", 4, None)
+    with pytest.raises(UsageError, match="takes batches up to 4, got 5"):
+        runner(np.zeros((5, 3, *opened.record("p8").img_size), dtype=np.float32))
+    with pytest.raises(EnvironmentMissing, match="p16: the bundle has no TensorRT engines"):
+        opened.runner("p16", "tensorrt")
+    assert opened.resolve_backend("auto") == "tensorrt"
