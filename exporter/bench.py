@@ -22,7 +22,7 @@ import numpy as np
 
 from exporter.bundle import Bundle
 from exporter.errors import EnvironmentMissing, UsageError
-from exporter.limits import available_cores, cap_threads, check_bundle_memory
+from exporter.limits import available_cores, cap_threads, check_bundle_memory, cpu_model
 from exporter.manifest import VariantRecord
 from exporter.validate import Runner
 
@@ -154,12 +154,7 @@ def machine_info(threads: int) -> dict[str, object]:
 
     from exporter import __version__
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": cpu,

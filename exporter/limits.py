@@ -203,6 +203,20 @@ def check_memory(
     )
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's word for it elsewhere): what makes
+    latencies from two runs comparable."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return cpu
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:

@@ -83,3 +83,32 @@ def markdown_tables(text: str) -> list[list[int]]:
         elif token.type in ("th_open", "td_open"):
             tables[-1][-1] += 1
     return tables
+
+
+HEADLINE = ("build", "--patch-sizes", "8", "16", "32")
+
+
+def build_demo(tmp_path_factory: pytest.TempPathFactory, folder: str = "bundles") -> Path:
+    """The demo bundle, built fresh (for a module-scoped fixture: tests copy it before they change it)."""
+    out = tmp_path_factory.mktemp(folder) / "demo"
+    result = run_cli(*HEADLINE, "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output + result.stderr
+    return out
+
+
+def edit_manifest(bundle: Path, change) -> dict:
+    """Apply ``change`` to the bundle's manifest.json (in place, or by returning a new dict)."""
+    path = bundle / "manifest.json"
+    data = json.loads(path.read_text())
+    data = change(data) or data
+    path.write_text(json.dumps(data))
+    return data
+
+
+def refused(result: Result, *words: str) -> str:
+    """Asserts exit 2 with one ``error:`` line holding every one of ``words``; returns the line."""
+    assert result.exit_code == 2, f"exit {result.exit_code}: " + result.output + result.stderr
+    line = one_line_error(result)
+    for word in words:
+        assert word in line, line
+    return line

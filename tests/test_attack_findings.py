@@ -7,7 +7,6 @@ demo bundle built once, tampered with per test, like ``test_hostile_bundle``.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -20,18 +19,14 @@ import pytest
 
 from exporter.load import sha256_file
 
-from conftest import one_line_error, run_cli
+from conftest import HEADLINE, build_demo, edit_manifest, refused, run_cli
 
-HEADLINE = ("build", "--patch-sizes", "8", "16", "32")
 QUICK_BENCH = ("--backends", "ort-cpu", "--batch-sizes", "1", "--runs", "1", "--min-seconds", "0", "--warmup", "0")
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("attack") / "demo"
-    result = run_cli(*HEADLINE, "--out", str(out), "--quiet")
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return build_demo(tmp_path_factory, "attack")
 
 
 @pytest.fixture
@@ -39,22 +34,6 @@ def bundle(demo, tmp_path) -> Path:
     copy = tmp_path / "b"
     shutil.copytree(demo, copy)
     return copy
-
-
-def edit_manifest(bundle: Path, change) -> dict:
-    path = bundle / "manifest.json"
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-    return data
-
-
-def refused(result, *words: str) -> str:
-    assert result.exit_code == 2, f"exit {result.exit_code}: " + result.output + result.stderr
-    line = one_line_error(result)
-    for word in words:
-        assert word in line, line
-    return line
 
 
 # --- data loss ----------------------------------------------------------------------------------------

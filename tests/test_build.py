@@ -334,7 +334,9 @@ def test_debug_shows_the_traceback(tmp_path):
         run_cli("build", "-p", "16", "--weights", str(tmp_path / "nope.pt"), "--debug")
 
 
-def test_ctrl_c_leaves_the_old_bundle_intact(demo_bundle, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_an_interrupt_leaves_the_old_bundle_intact(demo_bundle, tmp_path, sig):
+    """Ctrl-C, and SIGTERM/SIGHUP (docker stop, CI time-outs, a closed terminal) alike."""
     out = tmp_path / "b"
     shutil.copytree(demo_bundle, out)
     before = tree_digest(out)
@@ -350,9 +352,9 @@ def test_ctrl_c_leaves_the_old_bundle_intact(demo_bundle, tmp_path):
     while not list(tmp_path.glob(".b.tmp-*")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "build finished before it could be interrupted"
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted ({sig.name}); nothing was written" in err and "Traceback" not in err
     assert tree_digest(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

@@ -7,7 +7,6 @@ outside the bundle read, written or deleted, and no half-written output left beh
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -22,9 +21,8 @@ from exporter.bundle import Bundle, remove_stale_temporaries, swap_into_place
 from exporter.errors import Interrupted
 from exporter.load import sha256_file
 
-from conftest import one_line_error, run_cli
+from conftest import HEADLINE, build_demo, edit_manifest, refused, run_cli
 
-HEADLINE = ("build", "--patch-sizes", "8", "16", "32")
 QUICK_BENCH = ("--backends", "ort-cpu", "--batch-sizes", "1", "--runs", "1", "--min-seconds", "0", "--warmup", "0")
 
 
@@ -41,10 +39,7 @@ def tree(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("hostile") / "demo"
-    result = run_cli(*HEADLINE, "--out", str(out), "--quiet")
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return build_demo(tmp_path_factory, "hostile")
 
 
 @pytest.fixture
@@ -53,22 +48,6 @@ def bundle(demo, tmp_path) -> Path:
     copy = tmp_path / "b"
     shutil.copytree(demo, copy)
     return copy
-
-
-def edit_manifest(bundle: Path, change) -> dict:
-    path = bundle / "manifest.json"
-    data = json.loads(path.read_text())
-    data = change(data) or data
-    path.write_text(json.dumps(data))
-    return data
-
-
-def refused(result, *words: str) -> str:
-    assert result.exit_code == 2, result.output + result.stderr
-    line = one_line_error(result)
-    for word in words:
-        assert word in line, line
-    return line
 
 
 # --- manifest paths are data ----------------------------------------------------------------------
@@ -305,29 +284,6 @@ def test_artefacts_are_never_written_through_a_link(bundle, tmp_path, artefact):
 
 
 # --- interrupts -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_leave_the_old_bundle_and_no_temporaries(demo, tmp_path, sig):
-    out = tmp_path / "b"
-    shutil.copytree(demo, out)
-    before = tree(out)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter.cli", *HEADLINE, "--out", str(out), "--force", "--parity-samples", "400"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".b.tmp-*")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "build finished before it could be interrupted"
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + sig, err
-    assert f"interrupted ({sig.name}); nothing was written" in err and "Traceback" not in err
-    assert tree(out) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
 def test_an_interrupt_during_the_swap_finishes_it_and_says_so(tmp_path, monkeypatch):

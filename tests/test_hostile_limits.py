@@ -21,7 +21,7 @@ from exporter.errors import UsageError
 from exporter.limits import Workload, available_cores, check_memory, estimate_peak
 from exporter.validate import Tolerance, compare_outputs
 
-from conftest import TINY, one_line_error, run_cli, save_with_config, tiny_model
+from conftest import TINY, edit_manifest, one_line_error, run_cli, save_with_config, tiny_model
 
 GB = 1e9
 
@@ -41,13 +41,6 @@ def bundle(demo_build, tmp_path) -> Path:
     copy = tmp_path / "demo"
     shutil.copytree(demo_build[0], copy)
     return copy
-
-
-def edit_manifest(bundle: Path, edit) -> None:
-    path = bundle / "manifest.json"
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from exporter.profile import load_profile, profile_from_dict
 from exporter.triton import config_text, model_name
 from exporter.trt import build_script
 
-from conftest import TINY, one_line_error, run_cli, save_with_config, tiny_model
+from conftest import TINY, build_demo, one_line_error, run_cli, save_with_config, tiny_model
 
 ESC = "\x1b"
 HOSTILE = '$(touch PWNED) `touch PWNED` it\'s "quoted"\ntouch PWNED'
@@ -30,10 +30,7 @@ HOSTILE = '$(touch PWNED) `touch PWNED` it\'s "quoted"\ntouch PWNED'
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("hostile") / "demo"
-    result = run_cli("build", "--patch-sizes", "8", "16", "32", "--out", str(out), "--quiet")
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return build_demo(tmp_path_factory, "hostile")
 
 
 def copy_of(demo: Path, where: Path) -> Path:

@@ -19,7 +19,7 @@ from exporter.load import SourceSpec, load_source
 from exporter.pipeline import BuildOptions, parity_inputs, recheck_bundle, record_spec
 from exporter.reference import load_reference, normalize
 
-from conftest import run_cli
+from conftest import build_demo, run_cli
 
 BLOCKED = ("torch", "torchvision", "timm", "onnx", "tensorrt")
 # Runs the CLI with those imports refused, the way a Jetson with only numpy and onnxruntime is.
@@ -44,10 +44,7 @@ def run_without_torch(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("reference") / "demo"
-    result = run_cli("build", "-p", "8", "16", "32", "--out", str(out), "-q")
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return build_demo(tmp_path_factory, "reference")
 
 
 def test_the_reference_rebuilds_the_build_inputs_bit_for_bit(demo):

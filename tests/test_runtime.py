@@ -20,17 +20,14 @@ from exporter.runtime import Bundle, Preprocess
 from exporter.runtime.budget import Latency, choose_variant
 from exporter.runtime.model import machine_key
 
-from conftest import run_cli
+from conftest import build_demo, run_cli
 
 HAS_OPENVINO = __import__("importlib").util.find_spec("openvino") is not None
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runtime") / "demo"
-    result = run_cli("build", "-p", "8", "16", "32", "--out", str(out), "-q")
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return build_demo(tmp_path_factory, "runtime")
 
 
 @pytest.fixture(scope="module")

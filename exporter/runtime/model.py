@@ -251,13 +251,9 @@ def run_in_batches(runner: Runner, pixels: np.ndarray) -> np.ndarray:
 
 def machine_key() -> dict[str, str]:
     """What makes latencies comparable: the CPU model (and the machine type)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "machine": platform.machine()}
+    from exporter.limits import cpu_model
+
+    return {"cpu": cpu_model(), "machine": platform.machine()}
 
 
 def open_bundle(path: str | Path) -> Bundle:
