@@ -10,12 +10,10 @@ so no torch, timm, onnx or checkpoint is needed on the device.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import shlex
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -25,71 +23,12 @@ from exporter.check import reduced_check_inputs
 from exporter.errors import BundleError, EnvironmentMissing
 from exporter.manifest import MANIFEST, REPORT, Manifest, render_report, sha256_file, write_atomic
 from exporter.names import check_name, printable
+from exporter.onnxwire import onnx_node_names
 from exporter.profile import Profile
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import stored_reference
 
 log = logging.getLogger(__name__)
-
-
-def _varint(buf: Any, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("a varint longer than 10 bytes")
-
-
-def _fields(buf: Any, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """Protobuf wire format: ``(field number, wire type, start, end)`` of each field in
-    ``buf[start:end]``; a varint's value is in ``start`` (``end`` is -1)."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-            yield number, wire, value, -1
-            continue
-        if wire == 2:
-            size, pos = _varint(buf, pos)
-            yield number, wire, pos, pos + size
-            pos += size
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"wire type {wire} (protobuf groups) does not occur in ONNX")
-    if pos != end:
-        raise ValueError("a field runs past the end of its message")
-
-
-def onnx_node_names(onnx_path: Path, op_type: str) -> tuple[str, ...]:
-    """Names of the main graph's ``op_type`` nodes, read straight from the protobuf wire format
-    (ModelProto.graph = 7, GraphProto.node = 1, NodeProto.name = 3, NodeProto.op_type = 4): the
-    device has no ``onnx`` package, and initializers are skipped by length, never parsed."""
-    names = []
-    try:
-        with open(onnx_path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            graphs = [(s, e) for n, w, s, e in _fields(buf, 0, len(buf)) if n == 7 and w == 2]
-            for g_start, g_end in graphs:
-                for n, w, start, end in _fields(buf, g_start, g_end):
-                    if n != 1 or w != 2:
-                        continue
-                    node = {
-                        k: bytes(buf[a:b]).decode()
-                        for k, kw, a, b in _fields(buf, start, end)
-                        if kw == 2 and k in (3, 4)
-                    }
-                    if node.get(4) == op_type:
-                        names.append(node.get(3, ""))
-    except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{onnx_path.name} is not an ONNX file we can read ({exc})") from exc
-    return tuple(names)
 
 
 def layernorm_node_names(onnx_path: Path) -> tuple[str, ...]:

@@ -45,6 +45,7 @@ class Runner:
     static_batch: int | None = None
     max_batch: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    borrowed: dict[str, Any] = field(default_factory=dict, repr=False)  # memory the model uses, kept alive
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         n = len(batch)
@@ -89,7 +90,12 @@ def cpu_has_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
-def ort_runner(path: Path, backend: str = "ort-cpu", threads: int | None = None) -> Runner:
+def ort_runner(
+    path: Path, backend: str = "ort-cpu", threads: int | None = None, initializers: dict[str, Any] | None = None
+) -> Runner:
+    """``initializers``: OrtValues used instead of the model's own (``add_initializer``, not
+    copied; the runner keeps them alive). Given any, MatMul prepacking is off: a packed copy per
+    session would defeat sharing them."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -97,6 +103,10 @@ def ort_runner(path: Path, backend: str = "ort-cpu", threads: int | None = None)
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    for name, value in (initializers or {}).items():
+        options.add_initializer(name, value)
+    if initializers:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(str(path), options, providers=[ORT_PROVIDERS[backend]])
     inp = session.get_inputs()[0]
     name = inp.name
@@ -105,7 +115,8 @@ def ort_runner(path: Path, backend: str = "ort-cpu", threads: int | None = None)
     def run(batch: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(None, {name: batch})[0])
 
-    return Runner(backend, path, run, static, details={"providers": session.get_providers()})
+    details = {"providers": session.get_providers(), "shared_initializers": len(initializers or {})}
+    return Runner(backend, path, run, static, details=details, borrowed=dict(initializers or {}))
 
 
 def openvino_runner(path: Path, backend: str = "openvino", threads: int | None = None) -> Runner:
@@ -148,11 +159,18 @@ FACTORIES: dict[str, Callable[[Path, str, int | None], Runner]] = {
 }
 
 
-def load_runner(path: Path, backend: str, threads: int | None = None) -> Runner:
-    """``backend``'s runner on ``path`` (an ONNX file, or an engine for ``tensorrt``)."""
+def load_runner(
+    path: Path, backend: str, threads: int | None = None, initializers: dict[str, Any] | None = None
+) -> Runner:
+    """``backend``'s runner on ``path`` (an ONNX file, or an engine for ``tensorrt``);
+    ``initializers`` (shared OrtValues) only for ``ort-cpu``."""
     problem = backend_problem(backend)
     if problem:
         raise EnvironmentMissing(f"backend {backend}: {problem}")
+    if initializers:
+        if backend != "ort-cpu":
+            raise UsageError(f"shared initializers are for ort-cpu, not {backend}")
+        return ort_runner(path, backend, threads or default_threads(), initializers)
     return FACTORIES[backend](path, backend, threads or default_threads())
 
 

@@ -29,6 +29,7 @@ from exporter.manifest import VariantRecord
 from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner
 from exporter.runtime.budget import Latency, choose_variant, load_latencies, probe_latencies
 from exporter.runtime.preprocess import Preprocess
+from exporter.runtime.sharing import SharedTensors
 
 log = logging.getLogger("exporter.runtime")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -44,13 +45,29 @@ class Prediction:
 class Bundle:
     """A bundle opened for inference (through the bundle door: every file checked before use)."""
 
-    def __init__(self, door: _Door) -> None:
+    def __init__(self, door: _Door, share_weights: bool = False) -> None:
         self.door = door
         self.manifest = door.manifest
+        self.share_weights = share_weights
+        self._shared: SharedTensors | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> Bundle:
-        return cls(_Door.open(Path(path)))
+    def open(cls, path: str | Path, share_weights: bool = False) -> Bundle:
+        """``share_weights``: on a ``--shared-weights`` bundle, every ort-cpu variant loaded from
+        this object uses one copy of the shared tensors (less memory with several variants
+        loaded, slower runs: MatMul prepacking is off; README, "Run a bundle")."""
+        return cls(_Door.open(Path(path)), share_weights)
+
+    def shares(self, backend: str) -> bool:
+        """Whether runners on ``backend`` use one copy of the bundle's shared tensors."""
+        return self.share_weights and bool(self.manifest.shared_weights) and backend == "ort-cpu"
+
+    def shared_tensors(self) -> SharedTensors:
+        """The bundle's shared file, read once per opened bundle."""
+        if self._shared is None:
+            entry = self.manifest.shared_weights
+            self._shared = SharedTensors(self.door.file(entry["path"], entry["sha256"]), entry["sha256"])
+        return self._shared
 
     @property
     def variants(self) -> list[str]:
@@ -118,7 +135,13 @@ class Bundle:
             if precision != "fp32" and record.reduced.get("status") != "passed":
                 raise BundleError(f"{label}'s {precision} ONNX is missing or failed its parity check")
             path = self.door.onnx(record, precision)
-        return load_runner(path, backend, threads)
+        initializers = self.shared_tensors().initializers(path) if self.shares(backend) else None
+        return load_runner(path, backend, threads, initializers)
+
+    def load_all(self, backend: str = "auto", precision: str = "fp32", threads: int | None = None) -> dict[str, Runner]:
+        """Every variant loaded on ``backend``, most accurate first (sharing as ``runner`` does)."""
+        name = self.resolve_backend(backend, precision)
+        return {label: self.runner(label, name, precision, threads) for label in self.variants}
 
     def model(
         self,
@@ -139,24 +162,35 @@ class Bundle:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if batch < 1:
             raise UsageError(f"batch must be at least 1, got {batch}")
+        if budget_ms is not None and (not math.isfinite(budget_ms) or budget_ms <= 0):
+            raise UsageError(f"budget_ms must be a positive number, got {budget_ms}")
         name = self.resolve_backend(backend, precision)
+        runners = self.load_all(name, precision, threads) if adaptive else {}  # switch without a load stall
         latencies: dict[str, Latency] = {}
         if budget_ms is not None:
-            if not math.isfinite(budget_ms) or budget_ms <= 0:
-                raise UsageError(f"budget_ms must be a positive number, got {budget_ms}")
-            latencies = self.latencies(name, precision, batch, threads)
+            latencies = self.latencies(name, precision, batch, threads, runners)
             variant = choose_variant(self.variants, latencies, budget_ms)
         assert variant is not None
-        return Model(self, variant, name, precision, threads, budget_ms, latencies, adaptive)
+        return Model(self, variant, name, precision, threads, budget_ms, latencies, adaptive, _runners=runners)
 
-    def latencies(self, backend: str, precision: str, batch: int, threads: int | None = None) -> dict[str, Latency]:
+    def latencies(
+        self,
+        backend: str,
+        precision: str,
+        batch: int,
+        threads: int | None = None,
+        runners: dict[str, Runner] | None = None,
+    ) -> dict[str, Latency]:
         """p99 per variant on this device: ``bench.json``/``latency.json`` rows measured here with
-        this backend and batch, else a short probe (recorded in ``latency.json``)."""
-        found = load_latencies(self.door, backend, precision, batch)
+        this backend and batch, else a short probe of ``runners`` (default: ``load_all``),
+        recorded in ``latency.json``. Shared-weight runs are slower, so they have rows of their
+        own (backend ``ort-cpu shared``)."""
+        key = f"{backend} shared" if self.shares(backend) else backend
+        found = load_latencies(self.door, key, precision, batch)
         if set(found) >= set(self.variants):
             return found
-        runners = {label: self.runner(label, backend, precision, threads) for label in self.variants}
-        return probe_latencies(self.door, runners, backend, precision, batch, self.preprocess(self.variants[0]))
+        runners = runners or self.load_all(backend, precision, threads)
+        return probe_latencies(self.door, runners, key, precision, batch, self.preprocess(self.variants[0]))
 
     def preprocess(self, label: str) -> Preprocess:
         return Preprocess.from_manifest(self.manifest.preprocessing, self.record(label).img_size)
