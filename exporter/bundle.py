@@ -667,13 +667,16 @@ def staging_folder(out: Path) -> Iterator[Path]:
     """A temporary folder beside ``out``, named after this process; removed on any failure,
     interrupt or termination signal."""
     remove_stale_temporaries(out)
+    with signals_deferred() as received:  # an interrupt here must not leave an unmarked folder behind
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.absolute().parent))
+            tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
+            _mark(tmp)
+        except OSError as exc:
+            raise BundleError(f"cannot write to {printable(str(out.absolute().parent))!r}: {exc.strerror}") from exc
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.absolute().parent))
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
-        _mark(tmp)
-    except OSError as exc:
-        raise BundleError(f"cannot write to {printable(str(out.absolute().parent))!r}: {exc.strerror}") from exc
-    try:
+        if received:
+            raise KeyboardInterrupt(signal.Signals(received[0]).name)
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

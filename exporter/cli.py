@@ -1077,14 +1077,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def install_signal_handlers() -> None:
     """SIGTERM and SIGHUP (docker stop, CI time-outs, ``timeout``, a closed terminal) behave like
-    Ctrl-C: the staging folder is removed and the old bundle stays."""
+    Ctrl-C: the staging folder is removed and the old bundle stays. All three are remembered, so
+    an interrupt that a library's clean-up code swallows is raised again at the next stage."""
+    from exporter.progress import interrupt
 
-    def raise_interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for name in ("SIGTERM", "SIGHUP"):
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
-            signal.signal(getattr(signal, name), raise_interrupt)
+            signal.signal(getattr(signal, name), interrupt)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,24 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 log = logging.getLogger("exporter.pipeline")
+# Signals received and not yet acted on. A KeyboardInterrupt raised inside a __del__ or a weakref
+# callback (torch and onnxruntime objects have them) is printed and dropped by Python; the next
+# stage boundary raises it again, so an interrupt is never lost.
+PENDING: list[str] = []
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """The handler ``flexiexport`` installs for SIGINT, SIGTERM and SIGHUP."""
+    import signal
+
+    name = signal.Signals(signum).name
+    PENDING.append(name)
+    raise KeyboardInterrupt(name)
+
+
+def check_interrupted() -> None:
+    if PENDING:
+        raise KeyboardInterrupt(PENDING[0])
 
 
 class Reporter(Protocol):
@@ -34,10 +52,12 @@ class SilentReporter:
 @contextmanager
 def stage(reporter: Reporter, label: str, name: str, times: dict[str, float]) -> Iterator[None]:
     """Log and report the start and the finish (with its time) of one step; add it to ``times``."""
+    check_interrupted()
     reporter.start(label, name)
     log.info("%s: %s ...", label, name)
     start = time.perf_counter()
     yield
+    check_interrupted()
     seconds = time.perf_counter() - start
     times[name] = times.get(name, 0.0) + seconds
     log.info("%s: %s done in %.2f s", label, name, seconds)
