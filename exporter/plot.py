@@ -74,9 +74,9 @@ def _latency(ax: Any, bench: dict[str, Any]) -> None:
 
 def _accuracy(ax: Any, evaluation: dict[str, Any]) -> None:
     series: dict[str, list[tuple[int, float]]] = {}
-    sizes = {tuple(row["img_size"]) for row in evaluation["results"]}
+    sizes = {tuple(row.get("img_size") or ()) for row in evaluation["results"]}
     for row in evaluation["results"]:
-        name = row["backend"] + (f" @ {row['img_size'][0]}" if len(sizes) > 1 else "")
+        name = row["backend"] + (f" @ {row['img_size'][0]}" if len(sizes) > 1 and row.get("img_size") else "")
         series.setdefault(name, []).append((row["patch_size"][0], row["top1"]))
     for backend, points in sorted(series.items()):
         points.sort()
