@@ -86,6 +86,7 @@ class Timing:
     setup_seconds: float
     measured_at: str = ""  # UTC, ISO 8601: bench.json keeps rows of earlier runs (merge_reports)
     threads: int = 0
+    img_size: tuple[int, int] = (0, 0)  # the variant's (a grid has several per patch size)
 
 
 @dataclass(frozen=True)
@@ -423,6 +424,7 @@ def bench_variant(
         setup_seconds=setup,
         measured_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         threads=options.thread_count,
+        img_size=img,
     )
 
 

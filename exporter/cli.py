@@ -75,7 +75,7 @@ class GreedyCommand(click.Command):
 
 
 class BuildCommand(GreedyCommand):
-    greedy = ("--patch-sizes", "-p")
+    greedy = ("--patch-sizes", "-p", "--img-size")
 
 
 class ResizeCommand(GreedyCommand):
@@ -93,6 +93,21 @@ def parse_img_size(value: str) -> str | Size2:
         return to_size2(value, "image size")
     except FlexiExportError as exc:
         raise click.BadParameter(f"must be N, HxW, 'native' or 'auto', got {value!r}") from exc
+
+
+def parse_img_sizes(value: str) -> tuple[str | Size2, tuple[Size2, ...]]:
+    """``--img-size``: one policy (``native``, ``auto``, ``64``), or several sizes (``48 64 96``,
+    joined with commas by the greedy parser) for a grid of variants."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if len(parts) <= 1:
+        return parse_img_size(value.strip(",")), ()
+    sizes = [parse_img_size(p) for p in parts]
+    fixed = tuple(s for s in sizes if isinstance(s, tuple))
+    if len(fixed) != len(sizes):
+        raise click.BadParameter(
+            f"several image sizes must all be N or HxW ('native'/'auto' stand alone), got {value!r}"
+        )
+    return "native", fixed
 
 
 def parse_batch_sizes(value: str) -> tuple[int, ...]:
@@ -401,7 +416,9 @@ def failed_message(manifest: Any, bundle: Path) -> str:
     default="native",
     show_default=True,
     metavar="N|HxW|native|auto",
-    help="Image size for every variant; auto: per variant, the multiple of the patch nearest the native size.",
+    help="Image size for every variant; auto: per variant, the multiple of the patch nearest the native size; "
+    "several sizes (48 64 96): one variant per patch and size, named p16_64 (pairs that cannot exist are left out "
+    "and named).",
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Bundle folder [default: bundles/<model name>].")
 @click.option(
@@ -483,6 +500,7 @@ def build(**kw: Any) -> None:
     \b
     flexiexport build --patch-sizes 8 16 32                      # the shipped demo FlexiViT
     flexiexport build --model flexivit_small --weights w.safetensors --patch-sizes 8 16 32 --img-size auto
+    flexiexport build --patch-sizes 8 16 32 --img-size 48 64 96   # a grid: p8_48 ... p32_96
     """
     from exporter.export import ExportOptions
     from exporter.load import SourceSpec
@@ -492,12 +510,14 @@ def build(**kw: Any) -> None:
     from exporter.validate import TOLERANCES
 
     patch_resize = ResizeOverride(kw["interpolation"], kw["antialias"])  # the rest: the checkpoint family's
+    img_policy, img_sizes = parse_img_sizes(kw["img_size"])
     options = BuildOptions(
         patch_sizes=flatten_sizes(kw["patch_sizes"]),
         source=SourceSpec(
             kw["weights"], kw["model_name"], kw["pretrained"], kw["trust_checkpoint"], kw["use_ema"], kw["num_heads"]
         ),
-        img_size=parse_img_size(kw["img_size"]),
+        img_size=img_policy,
+        img_sizes=img_sizes,
         out=kw["out"],
         export=ExportOptions(opset=kw["opset"], batch=parse_batch(kw["batch"]), exporter=kw["exporter"]),  # type: ignore[arg-type]
         force=kw["force"],
@@ -517,6 +537,8 @@ def build(**kw: Any) -> None:
     )
     with RichReporter(kw["quiet"]) as reporter:
         result = run_build(options, reporter)
+    for line in result.manifest.options.get("impossible_variants", []):
+        console(stderr=True).print(safe(f"left out {line}"), soft_wrap=True)
     if kw["quiet"]:
         console().print(safe(summary_line(result)), soft_wrap=True)
     else:
@@ -781,9 +803,33 @@ def bench(bundle: Path, **kw: Any) -> None:
     write_atomic(targets[0], json.dumps(merged, indent=2) + "\n")
     plot = write_plot(opened)
     print_bench(report)
+    print_frontier(opened)
     if note:
         console().print(safe(note), soft_wrap=True)
     console().print(safe(f"wrote {bundle / 'bench.json'} and {plot}"), soft_wrap=True)
+
+
+def print_frontier(opened: Any) -> None:
+    """The accuracy/latency frontier per backend, once the bundle has both bench.json and eval.json."""
+    from rich.table import Table
+
+    from exporter.frontier import bundle_frontiers
+
+    frontiers = bundle_frontiers(opened.read_artefact("bench.json"), opened.read_artefact("eval.json"))
+    for where, rows in frontiers.items():
+        table = Table(title=safe(f"frontier on {where} (★ non-dominated)"), title_justify="left")
+        for header in ("", "variant", "top-1", "p99 ms", "against its neighbours"):
+            table.add_column(header, justify="right" if header in ("top-1", "p99 ms") else "left")
+        for row in rows:
+            p = row.point
+            table.add_row(
+                "★" if row.on_frontier else "",
+                safe(p.variant),
+                f"{p.accuracy:.3f}",
+                f"{p.p99_ms:.3g}",
+                safe(row.cost()),
+            )
+        print_whole(table)
 
 
 def print_bench(report: Any) -> None:
@@ -898,6 +944,7 @@ def evaluate(
             delta,
         )
     print_whole(table)
+    print_frontier(opened)
     console().print(safe(f"wrote {bundle / 'eval.json'} and {plot}"))
     if result["failures"]:
         raise ValidationFailed(f"{len(result['failures'])} accuracy check(s) failed: {'; '.join(result['failures'])}")

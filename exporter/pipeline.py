@@ -67,6 +67,7 @@ class BuildOptions:
     patch_sizes: tuple[Size2, ...]
     source: SourceSpec = field(default_factory=SourceSpec)
     img_size: ImagePolicy = "native"
+    img_sizes: tuple[Size2, ...] = ()  # --img-size 48 64 96: a grid, one variant per (patch, size)
     out: Path | None = None
     export: ExportOptions = field(default_factory=ExportOptions)
     force: bool = False
@@ -95,6 +96,10 @@ class BuildOptions:
             raise UsageError("give at least one patch size, e.g. --patch-sizes 8 16 32")
         unique = tuple(dict.fromkeys(self.patch_sizes))
         object.__setattr__(self, "patch_sizes", unique)
+        sizes = tuple(dict.fromkeys(self.img_sizes))
+        if len(sizes) == 1:  # one size is today's fixed size, with today's labels
+            object.__setattr__(self, "img_size", sizes[0])
+        object.__setattr__(self, "img_sizes", sizes if len(sizes) > 1 else ())
         if self.parity_samples < 1:
             raise UsageError(f"--parity-samples must be at least 1, got {self.parity_samples}")
         if not 0 <= self.seed <= MAX_SEED:
@@ -217,12 +222,18 @@ def input_key(source_sha: str, calib_sha: str | None, spec: VariantSpec, options
 
 
 def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpec]:
-    """One spec per patch size; every size problem is reported before any work starts."""
+    """One spec per patch size, or per (patch, image size) of a grid; every size problem is
+    reported before any work starts (a grid's impossible pairs are logged and left out)."""
     from exporter.resize import default_patch_resize, default_pos_resize
-    from exporter.variant import fitted_img_size
+    from exporter.variant import fitted_img_size, plan_grid
 
     patch_resize = options.patch_resize.resolve(default_patch_resize(source.family))
     pos_resize = options.pos_resize.resolve(default_pos_resize(source.family))
+    if options.img_sizes:
+        plan = plan_grid(options.patch_sizes, options.img_sizes)
+        for line in plan.impossible:
+            log.info("left out %s", line)  # the manifest records them; the CLI prints them
+        return [VariantSpec(patch, img, patch_resize, pos_resize, sized=True) for patch, img in plan.pairs]
     specs = []
     for patch in options.patch_sizes:
         img = fitted_img_size(source.img_size, patch, options.img_size)
@@ -233,11 +244,14 @@ def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpe
 
 def check_sizes_before_loading(options: BuildOptions) -> None:
     """Refuse a patch size that cannot fit before the checkpoint is read: against ``--img-size N``,
-    or the native size the config beside the weights states (the demo's 64). Sizes that only
-    the weights can tell are checked by ``plan_variants``."""
+    or the native size the config beside the weights states (the demo's 64); a grid with no
+    possible pair. Sizes that only the weights can tell are checked by ``plan_variants``."""
     from exporter.load import stated_img_size
-    from exporter.variant import fitted_img_size
+    from exporter.variant import fitted_img_size, plan_grid
 
+    if options.img_sizes:
+        plan_grid(options.patch_sizes, options.img_sizes)
+        return
     native = None if isinstance(options.img_size, tuple) else stated_img_size(options.source)
     for patch in options.patch_sizes:
         fitted_img_size(native, patch, options.img_size)
@@ -654,9 +668,19 @@ def class_names(source: SourceModel, labels: Path | None) -> tuple[str, ...]:
     return ()
 
 
+def img_size_policy(options: BuildOptions) -> str | list[int] | list[list[int]]:
+    """What the manifest records: 'native', 'auto', one [h, w], or a grid's [[h, w], ...]."""
+    if options.img_sizes:
+        return [list(size) for size in options.img_sizes]
+    return options.img_size if isinstance(options.img_size, str) else list(options.img_size)
+
+
 def _manifest(
     source: SourceModel, source_sha: str, calib_sha: str | None, options: BuildOptions, records: list[VariantRecord]
 ) -> Manifest:
+    from exporter.variant import plan_grid
+
+    impossible = plan_grid(options.patch_sizes, options.img_sizes).impossible if options.img_sizes else ()
     pre = asdict(source.preprocessing)
     pre["input"] = {
         "name": INPUT_NAME,
@@ -667,7 +691,8 @@ def _manifest(
     }
     what = records[0].parity.get("inputs", "") if records else ""
     opts = {
-        "img_size_policy": options.img_size if isinstance(options.img_size, str) else list(options.img_size),
+        "img_size_policy": img_size_policy(options),
+        **({"impossible_variants": list(impossible)} if impossible else {}),
         "export": asdict(options.export),
         "parity_samples": options.parity_samples,
         "seed": options.seed,
@@ -722,11 +747,14 @@ def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceMode
 
 def record_spec(record: VariantRecord) -> VariantSpec:
     """The ``VariantSpec`` a manifest record was built from."""
+    from exporter.variant import variant_label
+
     return VariantSpec(
         record.patch_size,
         record.img_size,
         parse_resize_method(record.patch_resize),
         parse_resize_method(record.pos_resize),
+        sized=record.label != variant_label(record.patch_size),
     )
 
 

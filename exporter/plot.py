@@ -1,4 +1,5 @@
-"""The speed/accuracy plot: latency (log scale) and, when evaluated, accuracy vs patch size."""
+"""The speed/accuracy plot: latency (log scale) and, when evaluated, accuracy vs patch size (one
+line per backend, and per image size in a grid); with both, the accuracy/latency frontier."""
 
 from __future__ import annotations
 
@@ -16,13 +17,22 @@ def plot_tradeoff(bench: dict[str, Any] | None, evaluation: dict[str, Any] | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [p for p in ("latency" if bench else None, "accuracy" if evaluation else None) if p]
+    from exporter.frontier import bundle_frontiers
+
+    frontiers = bundle_frontiers(bench, evaluation) if bench and evaluation else {}
+    panels = [
+        p
+        for p in ("latency" if bench else None, "accuracy" if evaluation else None, "frontier" if frontiers else None)
+        if p
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         if panel == "latency":
             _latency(ax, bench)  # type: ignore[arg-type]
-        else:
+        elif panel == "accuracy":
             _accuracy(ax, evaluation)  # type: ignore[arg-type]
+        else:
+            _frontier(ax, frontiers)
     fig.suptitle(literal(title), fontsize=10)
     fig.tight_layout()
     image = io.BytesIO()
@@ -42,9 +52,11 @@ def _latency(ax: Any, bench: dict[str, Any]) -> None:
 
     batch = min(t["batch"] for t in bench["timings"])
     series: dict[str, list[tuple[int, float]]] = {}
+    sizes = {tuple(t.get("img_size") or ()) for t in bench["timings"]}
     for t in bench["timings"]:
         if t["batch"] == batch:
-            series.setdefault(t["backend"], []).append((t["patch_size"][0], t["p50_ms"]))
+            name = t["backend"] + (f" @ {t['img_size'][0]}" if len(sizes) > 1 and t.get("img_size") else "")
+            series.setdefault(name, []).append((t["patch_size"][0], t["p50_ms"]))
     for backend, points in sorted(series.items()):
         points.sort()
         ax.plot([p for p, _ in points], [ms for _, ms in points], marker="o", label=literal(backend))
@@ -62,8 +74,10 @@ def _latency(ax: Any, bench: dict[str, Any]) -> None:
 
 def _accuracy(ax: Any, evaluation: dict[str, Any]) -> None:
     series: dict[str, list[tuple[int, float]]] = {}
+    sizes = {tuple(row.get("img_size") or ()) for row in evaluation["results"]}
     for row in evaluation["results"]:
-        series.setdefault(row["backend"], []).append((row["patch_size"][0], row["top1"]))
+        name = row["backend"] + (f" @ {row['img_size'][0]}" if len(sizes) > 1 and row.get("img_size") else "")
+        series.setdefault(name, []).append((row["patch_size"][0], row["top1"]))
     for backend, points in sorted(series.items()):
         points.sort()
         ax.plot([p for p, _ in points], [a for _, a in points], marker="o", label=literal(backend))
@@ -83,3 +97,28 @@ def _patch_axis(ax: Any, series: dict[str, list[tuple[int, float]]]) -> None:
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("patch size")
+
+
+def _frontier(ax: Any, frontiers: dict[str, Any]) -> None:
+    """Top-1 against p99 for every variant; the non-dominated ones joined and starred."""
+    for where, rows in sorted(frontiers.items()):
+        on = [r.point for r in rows if r.on_frontier]
+        line = ax.plot(
+            [p.p99_ms for p in on], [p.accuracy for p in on], marker="*", markersize=10, label=literal(where)
+        )
+        off = [r.point for r in rows if not r.on_frontier]
+        ax.scatter([p.p99_ms for p in off], [p.accuracy for p in off], color=line[0].get_color(), alpha=0.5, s=16)
+        for r in rows:
+            ax.annotate(
+                literal(r.point.variant),
+                (r.point.p99_ms, r.point.accuracy),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("p99 latency (ms, log)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title("frontier: ★ joined, dominated variants faint", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)

@@ -11,10 +11,10 @@ from typing import Union
 
 import torch
 
-from exporter.errors import UsageError
+from exporter.errors import FlexiExportError, ImageSizeError, UsageError
 from exporter.load import KERNEL_KEY, POS_KEY, SourceModel
 from exporter.resize import ResizeMethod, interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
-from exporter.sizes import Size2, check_patch_fits, format_size, grid_for, nearest_multiple
+from exporter.sizes import Size2, check_patch_fits, format_size, grid_for, nearest_multiple, nearest_multiples
 
 ImagePolicy = Union[str, Size2]  # "native", "auto" or a fixed (h, w)
 
@@ -43,6 +43,47 @@ def fitted_img_size(native: Size2 | None, patch: Size2, policy: ImagePolicy) -> 
     return plan_img_size(native or reference, patch, policy)
 
 
+def variant_label(patch: Size2, img: Size2 | None = None) -> str:
+    """``p16``, or with an image size ``p16_64`` (see ``VariantSpec.label``)."""
+    return f"p{format_size(patch)}" + (f"_{format_size(img)}" if img is not None else "")
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """The (patch, image size) pairs of a grid that can exist, and one line for each that cannot."""
+
+    pairs: tuple[tuple[Size2, Size2], ...]
+    impossible: tuple[str, ...]
+
+
+def plan_grid(patches: tuple[Size2, ...], sizes: tuple[Size2, ...]) -> GridPlan:
+    """Every patch at every size (patch-major, the order asked). A pair whose patch does not
+    tile the image is left out and named with the nearest sizes that fit; ``ImageSizeError``
+    when no pair is left."""
+    pairs, impossible = [], []
+    for patch in patches:
+        for img in sizes:
+            try:
+                grid_for(img, patch)
+            except FlexiExportError:
+                impossible.append(impossible_pair(patch, img))
+                continue
+            pairs.append((patch, img))
+    if not pairs:
+        raise ImageSizeError("no (patch, image size) pair can exist: " + "; ".join(impossible))
+    return GridPlan(tuple(pairs), tuple(impossible))
+
+
+def impossible_pair(patch: Size2, img: Size2) -> str:
+    """``p32_48: 32 does not divide 48 (sizes that fit 32: 32 or 64)``."""
+    dims = list(zip(img, patch))[: 1 if img[0] == img[1] and patch[0] == patch[1] else 2]
+    near = " by ".join(" or ".join(map(str, nearest_multiples(i, p))) if i % p or p > i else str(i) for i, p in dims)
+    return (
+        f"{variant_label(patch, img)}: patch {format_size(patch)} does not tile image {format_size(img)} "
+        f"(sizes that fit it: {near})"
+    )
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """What one variant is: patch and image size plus how its embeddings were resized."""
@@ -51,6 +92,7 @@ class VariantSpec:
     img_size: Size2
     patch_resize: ResizeMethod
     pos_resize: ResizeMethod
+    sized: bool = False  # one of a grid of image sizes: the label names the size too
 
     @property
     def grid(self) -> Size2:
@@ -58,8 +100,12 @@ class VariantSpec:
 
     @property
     def label(self) -> str:
-        """``p16`` or ``p10x15``: used in file names and tables."""
-        return f"p{format_size(self.patch_size)}"
+        """``p16`` or ``p10x15``; in a grid of image sizes ``p16_64`` or ``p10x15_48x64``.
+
+        One name for the manifest, file names, Triton model names and script words, so it keeps
+        to ``names.SAFE_NAME`` ('@' would read better but is reserved in URLs, where Triton puts
+        model names)."""
+        return variant_label(self.patch_size, self.img_size if self.sized else None)
 
 
 @dataclass(frozen=True)

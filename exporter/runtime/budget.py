@@ -2,8 +2,9 @@
 
 Latencies come from the bundle's ``bench.json`` (``flexiexport bench``) or ``latency.json`` (the
 runtime's own short probe), and only from rows measured on this machine (same CPU model) with the
-same backend, precision and batch. The choice: the most accurate variant (most tokens) whose p99
-fits the budget.
+same backend, precision and batch. The choice: the most accurate variant whose p99 fits the
+budget, accuracy measured (``eval.json``, ``flexiexport evaluate``) where the bundle has it, else
+most tokens; the first that fits is on the accuracy/latency frontier (``exporter.frontier``).
 """
 
 from __future__ import annotations

@@ -71,8 +71,23 @@ class Bundle:
 
     @property
     def variants(self) -> list[str]:
-        """Labels, most accurate (most tokens) first."""
+        """Labels, most tokens first (``ranked`` orders by measured accuracy)."""
         return [v.label for v in sorted(self.manifest.variants, key=lambda v: -v.tokens)]
+
+    def ranked(self, backend: str, precision: str = "fp32", latencies: dict[str, Latency] | None = None) -> list[str]:
+        """Labels, most accurate first: top-1 from ``eval.json`` on this backend where the bundle
+        has one (variants it lacks go last), else most tokens; ties go to the faster (measured
+        p99), then to more tokens. The first that fits a budget is thus on the frontier."""
+        from exporter.frontier import accuracies
+
+        name = backend if precision == "fp32" else f"{backend} {precision}"
+        top1 = accuracies(self.door.read_artefact("eval.json"), name)
+        lat = latencies or {}
+        by_label = {v.label: v for v in self.manifest.variants}
+        p99 = {k: lat[k].p99_ms if k in lat else math.inf for k in by_label}
+        if not top1:
+            return sorted(by_label, key=lambda k: (-by_label[k].tokens, p99[k]))
+        return sorted(by_label, key=lambda k: (-top1.get(k, -1.0), p99[k], -by_label[k].tokens))
 
     @property
     def labels(self) -> list[str]:
@@ -154,8 +169,8 @@ class Bundle:
         threads: int | None = None,
     ) -> Model:
         """A callable for one variant, or for the most accurate one whose measured p99 at
-        ``batch`` fits ``budget_ms`` on this device and backend (``adaptive``: re-picked per
-        call from the latencies observed)."""
+        ``batch`` fits ``budget_ms`` on this device and backend: by ``eval.json`` when the bundle
+        has one, else most tokens (``adaptive``: re-picked per call from the latencies observed)."""
         if (variant is None) == (budget_ms is None):
             raise UsageError("give either variant='pN' or budget_ms=MS")
         if precision not in PRECISIONS:
@@ -169,7 +184,7 @@ class Bundle:
         latencies: dict[str, Latency] = {}
         if budget_ms is not None:
             latencies = self.latencies(name, precision, batch, threads, runners)
-            variant = choose_variant(self.variants, latencies, budget_ms)
+            variant = choose_variant(self.ranked(name, precision, latencies), latencies, budget_ms)
         assert variant is not None
         return Model(self, variant, name, precision, threads, budget_ms, latencies, adaptive, _runners=runners)
 
@@ -252,7 +267,7 @@ class Model:
         load = observed_p99 / max(self.latencies[label].p99_ms, 1e-6)
         scaled = {k: Latency(v.p50_ms * load, v.p99_ms * load) for k, v in self.latencies.items()}
         try:
-            choice = choose_variant(self.bundle.variants, scaled, self.budget_ms)
+            choice = choose_variant(self.bundle.ranked(self.backend, self.precision, scaled), scaled, self.budget_ms)
         except UsageError:
             choice = min(self.latencies, key=lambda k: self.latencies[k].p99_ms)
         if choice != label:
