@@ -11,24 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from exporter.bundle import Bundle
 from exporter.errors import BundleError, EnvironmentMissing
+from exporter.inputs import InputPlan
 from exporter.limits import check_bundle_memory
 from exporter.manifest import VariantRecord, check_batch
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import stored_reference
 from exporter.runtime.backends import backend_problem, load_runner
 from exporter.validate import TOLERANCES, Comparison, Recheck, Tolerance, compare_outputs, run_batched
-
-
-def reduced_check_inputs(precision: str, inputs: np.ndarray, random_count: int) -> np.ndarray:
-    """What a reduced-precision file is judged on, at build and at ``validate``: the parity inputs
-    (or their reference logits), except that int8 sees only the real images after the
-    ``random_count`` random ones (static quantisation is calibrated to a data distribution;
-    random images lie far outside its ranges)."""
-    return inputs[random_count:] if precision == "int8" else inputs
 
 
 def backend_tolerance(recorded: Tolerance, backend: str) -> Tolerance:
@@ -60,8 +51,8 @@ def check_variant(
     reduced: Comparison | None = None
     if record.reduced:
         precision = record.reduced["precision"]
-        x = reduced_check_inputs(precision, inputs, planned.random_count)
-        y = reduced_check_inputs(precision, expected, planned.random_count)
+        plan = InputPlan.for_bundle(opened.manifest)
+        x, y = plan.reduced(precision, inputs), plan.reduced(precision, expected)
         runner = load_runner(opened.onnx(record, precision), backend, threads)
         reduced = compare_outputs(y, run_batched(runner, x, batch), Tolerance(**record.reduced["tolerance"]))
     return Recheck(label, True, cmp, reduced=reduced)

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.bundle import Bundle, swap_into_place
-from exporter.check import reduced_check_inputs
 from exporter.errors import BundleError, EnvironmentMissing
+from exporter.inputs import InputPlan
 from exporter.manifest import MANIFEST, REPORT, Manifest, render_report, sha256_file, write_atomic
 from exporter.names import check_name, printable
 from exporter.profile import Profile
@@ -179,6 +179,7 @@ def build_engines(
     cache = f"engines/{profile.name}/{timing_cache_name(gpu.compute_capability, trt.__version__)}"
     tol = tolerance_for(profile.precision, "tensorrt")
     plan = engine_plan(bundle, manifest, profile)
+    input_plan = InputPlan.for_bundle(manifest)
     for item in plan:  # every refusal before the first build
         check_precision(trt.__version__, profile.precision, item["onnx_precision"], item["available"])
     variants: dict[str, Any] = {}
@@ -191,8 +192,8 @@ def build_engines(
         cache_in = out_root / cache  # the next variant starts from what this one measured
         with stage(reporter, item["label"], "engine parity", times):
             planned, expected = stored_reference(bundle, manifest, record)
-            inputs = reduced_check_inputs(profile.precision, planned.arrays(), planned.random_count)
-            expected = reduced_check_inputs(profile.precision, expected, planned.random_count)
+            inputs = input_plan.reduced(profile.precision, planned.arrays())
+            expected = input_plan.reduced(profile.precision, expected)
             actual = run_batched(engine_runner(out_root / item["engine"]), inputs, item["shapes"].opt[0])
             cmp = compare_outputs(expected, actual, tol)
         variants[item["label"]] = {
