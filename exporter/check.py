@@ -19,7 +19,15 @@ from exporter.manifest import VariantRecord, check_batch
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import stored_reference
 from exporter.runtime.backends import backend_problem, load_runner
-from exporter.validate import TOLERANCES, Comparison, Recheck, Tolerance, compare_outputs, run_batched
+from exporter.validate import (
+    TOLERANCES,
+    Comparison,
+    Recheck,
+    Tolerance,
+    compare_outputs,
+    recorded_tolerance,
+    run_batched,
+)
 
 
 def backend_tolerance(recorded: Tolerance, backend: str) -> Tolerance:
@@ -46,7 +54,7 @@ def check_variant(
     export = opened.manifest.options["export"]
     batch = check_batch(export["batch"])
     inputs = planned.arrays()
-    tol = backend_tolerance(Tolerance(**opened.manifest.tolerance), backend)
+    tol = backend_tolerance(recorded_tolerance(record.onnx), backend)
     cmp = compare_outputs(expected, run_batched(load_runner(onnx_path, backend, threads), inputs, batch), tol)
     reduced: Comparison | None = None
     if record.reduced:
@@ -54,7 +62,7 @@ def check_variant(
         plan = InputPlan.for_bundle(opened.manifest)
         x, y = plan.reduced(precision, inputs), plan.reduced(precision, expected)
         runner = load_runner(opened.onnx(record, precision), backend, threads)
-        reduced = compare_outputs(y, run_batched(runner, x, batch), Tolerance(**record.reduced["tolerance"]))
+        reduced = compare_outputs(y, run_batched(runner, x, batch), recorded_tolerance(record.reduced))
     return Recheck(label, True, cmp, reduced=reduced)
 
 

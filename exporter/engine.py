@@ -200,7 +200,8 @@ def build_engines(
             **asdict(info),
             "engine": item["engine"],  # the sidecar names files beside it; the manifest, paths in the bundle
             "onnx": item["onnx"],
-            "parity": cmp.to_dict() | {"tolerance": asdict(tol)},
+            "tolerance": asdict(tol),
+            "parity": cmp.to_dict(),
             "status": "passed" if cmp else "failed",
         }
     ok = all(v["status"] == "passed" for v in variants.values())

@@ -6,6 +6,7 @@ Plain frozen dataclasses serialised to ``manifest.json`` (and read back for ``in
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -70,7 +71,6 @@ class Manifest:
     source: dict[str, Any]
     preprocessing: dict[str, Any]
     options: dict[str, Any]
-    tolerance: dict[str, Any]
     variants: tuple[VariantRecord, ...]
     engines: dict[str, Any] = field(default_factory=dict)
     shared_weights: dict[str, Any] = field(default_factory=dict)  # --shared-weights: the external-data file
@@ -92,11 +92,45 @@ class Manifest:
             raise BundleError(
                 f"manifest schema_version {version!r} is not supported (this flexiexport reads {SCHEMA_VERSION})"
             )
+        data, _ = upgrade_manifest(data)
         names = {f.name for f in fields(VariantRecord)}
         variants = tuple(VariantRecord(**_record_fields(item, names)) for item in data.get("variants", []))
         known = {f.name for f in fields(cls)}
         labels = tuple(data.get("labels", ()))
         return cls(**{**{k: v for k, v in data.items() if k in known}, "variants": variants, "labels": labels})
+
+
+def upgrade_manifest(data: Any, where: str = MANIFEST) -> tuple[Any, bool]:
+    """A copy of manifest ``data`` in today's layout, and whether it was in an older one.
+
+    Manifests written before each checked file carried its own tolerance (same schema_version)
+    kept the fp32 ONNX files' tolerance at the top level and an engine's inside its ``parity``;
+    both move into the file's record (``onnx.tolerance``, the engine entry's ``tolerance``).
+    A manifest that records the fp32 tolerance both ways is refused: which would judge?"""
+    if not isinstance(data, dict):
+        return data, False
+    data = copy.deepcopy(data)
+    older = "tolerance" in data
+    top = data.pop("tolerance", None)
+    variants = data.get("variants")
+    for variant in variants if older and isinstance(variants, list) else []:
+        onnx = variant.get("onnx") if isinstance(variant, dict) else None
+        if isinstance(onnx, dict):
+            if "tolerance" in onnx:
+                raise BundleError(
+                    f"{where} is malformed: the fp32 tolerance is recorded both at the top level (as older "
+                    "bundles did) and in variants[].onnx.tolerance"
+                )
+            onnx["tolerance"] = top
+    engines = data.get("engines")
+    for entry in engines.values() if isinstance(engines, dict) else []:
+        built = entry.get("variants") if isinstance(entry, dict) else None
+        for variant in built.values() if isinstance(built, dict) else []:
+            parity = variant.get("parity") if isinstance(variant, dict) else None
+            if isinstance(parity, dict) and "tolerance" in parity:
+                older = True
+                variant.setdefault("tolerance", parity.pop("tolerance"))
+    return data, older
 
 
 def _record_fields(item: dict[str, Any], names: set[str]) -> dict[str, Any]:
@@ -215,8 +249,10 @@ NARROW_HEADER = ["", "variant", "image", "tokens", "GFLOPs", "max|Δ|", "cosine"
 
 def render_report(manifest: Manifest) -> str:
     """``report.md``: the manifest as a human-readable table."""
+    from exporter.validate import recorded_tolerance
+
     src = manifest.source
-    tol = manifest.tolerance
+    tol = recorded_tolerance(manifest.variants[0].onnx)  # one build, one fp32 tolerance
     lines = [
         f"# {manifest.name}",
         "",
@@ -228,8 +264,8 @@ def render_report(manifest: Manifest) -> str:
         f"{src.get('architecture', {}).get('summary', '')}.",
         "",
         f"Parity: PyTorch fp32 (CPU) vs onnxruntime CPU on {manifest.options.get('parity_inputs')}; "
-        f"pass when |Δ| ≤ {tol.get('atol')} + {tol.get('rtol')}·|ref|, cosine ≥ {tol.get('min_cosine')}, "
-        f"top-1 agreement ≥ {tol.get('min_top1', 0):.0%}.",
+        f"pass when |Δ| ≤ {tol.atol} + {tol.rtol}·|ref|, cosine ≥ {tol.min_cosine}, "
+        f"top-1 agreement ≥ {tol.min_top1:.0%}.",
         "",
         md_row([h or "ok" for h in TABLE_HEADER]),
         "|" + "---|" * len(TABLE_HEADER),

@@ -314,13 +314,13 @@ def build_variant(
     onnx_record = {
         **asdict(info),
         "path": str(rel),
+        "tolerance": asdict(options.tolerance),
         "inputs": [asdict(i) for i in info.inputs],
         "outputs": [asdict(o) for o in info.outputs],
         "op_counts": dict(info.op_counts),
     }
     onnx_record.pop("seconds")
     parity = comparison.to_dict() | {"inputs": planned.what}
-    parity.pop("tolerance")
     reduced: dict[str, Any] = {}
     if options.precision.reduced:
         with stage(reporter, label, options.precision, times):
@@ -380,8 +380,6 @@ def reduced_variant(
     tol = tolerance_for(options.precision, "onnxruntime")
     inputs, expected = plan.reduced(options.precision, inputs), plan.reduced(options.precision, expected)
     cmp = compare_outputs(expected, run_batched(ort_runner(tmp / out_rel, options.threads), inputs, batch), tol)
-    parity = cmp.to_dict()
-    parity.pop("tolerance")
     return {
         "precision": options.precision,
         "shared_weights": options.shared_weights,
@@ -391,7 +389,7 @@ def reduced_variant(
         "fp32_nodes": anchors,
         **({"calibration": calibration} if calibration else {}),
         "tolerance": asdict(tol),
-        "parity": parity,
+        "parity": cmp.to_dict(),
         "status": "passed" if cmp else "failed",
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -614,7 +612,6 @@ def _manifest(
         source={**source_record(source), "sha256": source_sha},
         preprocessing=pre,
         options=opts,
-        tolerance=asdict(options.tolerance),
         variants=tuple(records),
     )
 
@@ -663,7 +660,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     """Re-verify every file's sha256, rebuild every variant in PyTorch from the checkpoint and
     re-run parity on the build's inputs (the ones the bundle's reference stores: the recorded
     ``--calib-dir`` is never read again)."""
-    from exporter.validate import check_parity, ort_runner, torch_runner
+    from exporter.validate import check_parity, ort_runner, recorded_tolerance, torch_runner
     from exporter.variant import make_variant
 
     reporter = reporter or SilentReporter()
@@ -672,7 +669,6 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     check_bundle_memory(manifest, bundle, "validate")
     source = bundle_source(manifest, weights)
     opts = manifest.options
-    tol = Tolerance(**manifest.tolerance)
     batch = check_batch(opts["export"]["batch"])
     plan = InputPlan.for_bundle(manifest).with_source(source)
     reporter.begin(len(manifest.variants) * 2)
@@ -692,16 +688,17 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
             reference = torch_runner(make_variant(source, vspec).model)
             planned = stored_reference(opened.root, manifest, record)[0] if record.reference else plan.parity(vspec)
             inputs = planned.arrays()
-            cmp = check_parity(reference, ort_runner(opened.onnx(record)), inputs, batch, tol)
+            cmp = check_parity(
+                reference, ort_runner(opened.onnx(record)), inputs, batch, recorded_tolerance(record.onnx)
+            )
             reduced = None
             if record.reduced:
-                reduced_tol = Tolerance(**record.reduced["tolerance"])
                 reduced = check_parity(
                     reference,
                     ort_runner(opened.onnx(record, record.reduced["precision"])),
                     plan.reduced(record.reduced["precision"], inputs),
                     batch,
-                    reduced_tol,
+                    recorded_tolerance(record.reduced),
                 )
         results.append(Recheck(record.label, True, cmp, reduced=reduced))
     return results

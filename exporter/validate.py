@@ -8,9 +8,10 @@ passes and prints its own statistics.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,12 @@ TOLERANCES = {
     "fp16": Tolerance("fp16", atol=None, rtol=0.0, min_cosine=0.999, min_top1=0.99, p99_of_range=5e-3),
     "int8": Tolerance("int8", atol=None, rtol=0.0, min_cosine=0.99, min_top1=0.97, max_accuracy_drop=0.01),
 }
+
+
+def recorded_tolerance(entry: Mapping[str, Any]) -> Tolerance:
+    """The tolerance a checked file was judged with. Every checked file's record carries its own,
+    once, under ``tolerance``: a variant's ``onnx`` and ``reduced`` entries, an engine's entry."""
+    return Tolerance(**entry["tolerance"])
 
 
 def tolerance_for(precision: str, runtime: str) -> Tolerance:
@@ -96,7 +103,10 @@ class Comparison:
         return text + ("" if self else "  (" + "; ".join(self.failures) + ")")
 
     def to_dict(self) -> dict[str, object]:
+        """The numbers and the verdict, as a manifest's ``parity`` records them; the tolerance is
+        recorded once, in the checked file's own record (``recorded_tolerance``)."""
         data = asdict(self)
+        del data["tolerance"]
         data["passed"] = self.passed
         data["failures"] = list(self.failures)
         return data
