@@ -106,7 +106,6 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
     plan = []
     for record in manifest.variants:
         check_name(record.label, "the manifest's variant label")  # it names the engine file
-        static = record.onnx["inputs"][0]["shape"][0]
         matching = record.reduced if record.reduced.get("precision") == profile.precision else None
         onnx = matching["path"] if matching else record.onnx["path"]
         plan.append(
@@ -116,7 +115,7 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
                 "onnx_precision": profile.precision if matching else "fp32",
                 "available": ("fp32", *([record.reduced["precision"]] if record.reduced.get("precision") else [])),
                 "engine": f"engines/{profile.name}/model_{record.label}.engine",
-                "shapes": engine_shapes(profile, record.img_size, static if isinstance(static, int) else None),
+                "shapes": engine_shapes(profile, record.img_size, record.static_batch),
                 "layernorms": layernorm_node_names(bundle / onnx),
             }
         )

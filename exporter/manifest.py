@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +25,11 @@ REPORT = "report.md"
 INPUT_NAME = "pixel_values"  # every ONNX file and engine: float32 NCHW in, logits out
 OUTPUT_NAME = "logits"
 CHECK_BATCH = 8  # parity runs a dynamic-batch model 8 images at a time
+
+
+def static_batch(shape: Sequence[int | str]) -> int | None:
+    """A tensor's fixed batch (``[8, 3, 64, 64]`` → 8), or None when the batch is named (dynamic)."""
+    return shape[0] if isinstance(shape[0], int) else None
 
 
 def check_batch(export_batch: int | str) -> int:
@@ -54,6 +59,11 @@ class VariantRecord:
     trt_lint: dict[str, Any] = field(default_factory=dict)
     reduced: dict[str, Any] = field(default_factory=dict)  # the fp16/int8 ONNX and its parity, if asked for
     reference: dict[str, Any] = field(default_factory=dict)  # PyTorch's logits on the parity inputs (npz)
+
+    @property
+    def static_batch(self) -> int | None:
+        """The ONNX's fixed batch (``--batch N``), or None for a dynamic batch."""
+        return static_batch(self.onnx["inputs"][0]["shape"])
 
     def files(self) -> list[tuple[str, str]]:
         """(relative path, sha256) of the variant's own files: ONNX, fp16/int8 ONNX, reference."""
