@@ -437,6 +437,19 @@ class Bundle:
             self.file(sw["path"], sw["sha256"])
         return self.file(entry["path"], entry["sha256"])
 
+    def variant_problems(self, record: VariantRecord) -> str:
+        """Why a variant's files cannot be used, '' when each is inside the bundle, present and as
+        built: its fp32 ONNX and fp16/int8 one (with the shared weights they read), its reference."""
+        problems = []
+        for precision in (Precision.FP32, *([record.reduced["precision"]] if record.reduced else [])):
+            try:
+                self.onnx(record, precision)
+            except BundleError as exc:
+                problems.append(str(exc))
+        if record.reference:
+            problems.append(self.problems(record.reference["path"], record.reference["sha256"]))
+        return "; ".join(dict.fromkeys(p for p in problems if p))
+
     def artefact(self, name: str) -> Path:
         """Where a command writes one of ``ARTEFACTS`` into the bundle."""
         if name not in ARTEFACTS:

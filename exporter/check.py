@@ -41,12 +41,10 @@ def check_variant(
 ) -> Recheck:
     """Files first (inside, sha256), then each ONNX on ``backend`` against the stored PyTorch logits."""
     label = record.label if backend == "ort-cpu" else f"{record.label} {backend}"
-    try:
-        for rel, sha in record.files():
-            opened.file(rel, sha)
-        onnx_path = opened.onnx(record)
-    except BundleError as exc:
-        return Recheck(label, False, None, str(exc))
+    problem = opened.variant_problems(record)
+    if problem:
+        return Recheck(label, False, None, problem)
+    onnx_path = opened.onnx(record)
     try:
         planned, expected = stored_reference(opened.root, opened.manifest, record)
     except BundleError as exc:

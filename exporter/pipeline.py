@@ -267,10 +267,9 @@ def _reuse(old: Bundle | None, label: str, key: str, tmp: Path) -> VariantRecord
     record = next((v for v in old.manifest.variants if v.label == label), None)
     if record is None or record.input_key != key or record.status != "passed" or not record.reference:
         return None
-    files = record.files()
-    if any(old.problems(rel, sha) for rel, sha in files):
+    if old.variant_problems(record):
         return None
-    for rel, sha in files:
+    for rel, sha in record.files():
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(old.file(rel, sha), tmp / rel)
     return replace(record, resumed=True)
@@ -676,10 +675,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     times: dict[str, float] = {}
     for record in manifest.variants:
         with stage(reporter, record.label, "sha256", times):
-            precisions = [Precision.FP32] + ([Precision(record.reduced["precision"])] if record.reduced else [])
-            problems = [_file_problem(opened, record, x) for x in precisions]
-            problems += [opened.problems(e["path"], e["sha256"]) for e in (record.reference,) if e]
-            problem = "; ".join(p for p in problems if p)
+            problem = opened.variant_problems(record)
         if problem:
             results.append(Recheck(record.label, False, None, problem))
             continue
@@ -702,14 +698,6 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
                 )
         results.append(Recheck(record.label, True, cmp, reduced=reduced))
     return results
-
-
-def _file_problem(opened: Bundle, record: VariantRecord, precision: Precision) -> str:
-    try:
-        opened.onnx(record, precision)
-    except BundleError as exc:
-        return str(exc)
-    return ""
 
 
 ENGINE_MODES = ("auto", "required", "skip")
