@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from exporter.errors import CheckpointError, EnvironmentMissing, UsageError
+from exporter.limits import prefix_tokens
 from exporter.manifest import sha256_file
 from exporter.names import printable, slug
 from exporter.resize import pos_grid_size
@@ -285,9 +286,8 @@ def check_heads(heads: int, width: int, what: str) -> None:
 
 
 def _num_pos_prefix(args: Mapping[str, Any]) -> int:
-    if args.get("no_embed_class"):
-        return 0
-    return int(args.get("class_token", True)) + int(args.get("reg_tokens", 0))
+    """Position slots before the grid: the prefix tokens, none for ``no_embed_class`` (FlexiViT)."""
+    return 0 if args.get("no_embed_class") else prefix_tokens(args)
 
 
 def read_config(weights: Path) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from exporter.engine import build_engines, pending_engines, write_engine_script
 from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.export import ExportOptions
 from exporter.inputs import InputPlan
-from exporter.limits import Workload, cap_threads, check_bundle_memory, check_memory
+from exporter.limits import Workload, cap_threads, check_bundle_memory, check_memory, prefix_tokens
 from exporter.load import SourceModel, SourceSpec
 from exporter.manifest import (
     INPUT_NAME,
@@ -246,7 +246,7 @@ def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: B
             patch_size=spec.patch_size,
             batch=check_batch(options.export.batch),
             images=images,
-            prefix_tokens=int(source.model_args.get("class_token", True)) + int(source.model_args.get("reg_tokens", 0)),
+            prefix_tokens=prefix_tokens(source.model_args),
             mlp_ratio=float(source.model_args.get("mlp_ratio", 4.0)),
             in_chans=source.in_chans,
         )

@@ -12,6 +12,7 @@ from typing import Union
 import torch
 
 from exporter.errors import UsageError
+from exporter.limits import prefix_tokens
 from exporter.load import KERNEL_KEY, POS_KEY, SourceModel
 from exporter.resize import ResizeMethod, interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
 from exporter.sizes import Size2, check_patch_fits, format_size, grid_for, nearest_multiple
@@ -80,8 +81,7 @@ def vit_gflops(source: SourceModel, spec: VariantSpec) -> float:
     grid = spec.grid
     n = grid[0] * grid[1]
     d = source.embed_dim
-    prefix = int(source.model_args.get("class_token", True)) + int(source.model_args.get("reg_tokens", 0))
-    t = n + prefix
+    t = n + prefix_tokens(source.model_args)
     ratio = float(source.model_args.get("mlp_ratio", 4.0))
     embed = 2 * n * source.in_chans * spec.patch_size[0] * spec.patch_size[1] * d
     block = 2 * t * d * (4 * d + 2 * int(ratio * d)) + 4 * t * t * d
