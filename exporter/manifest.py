@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import BundleError, DiskFullError, full_disk_cause
+from exporter.sizes import format_size
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -197,10 +198,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _fmt_size(size: tuple[int, int] | list[int]) -> str:
-    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
-
-
 def variant_rows(manifest: Manifest) -> list[list[str]]:
     """One row of strings per variant: the table shared by the CLI and ``report.md``."""
     rows = []
@@ -210,7 +207,7 @@ def variant_rows(manifest: Manifest) -> list[list[str]]:
             [
                 "✓" if v.parity.get("passed", v.status == "passed") else "✗",
                 v.label,
-                _fmt_size(v.img_size),
+                format_size(v.img_size),
                 f"{v.grid[0]}x{v.grid[1]}",
                 str(v.tokens),
                 f"{v.gflops:.3f}",
