@@ -13,7 +13,7 @@ import torch
 
 from exporter.errors import UsageError
 from exporter.limits import prefix_tokens
-from exporter.load import KERNEL_KEY, POS_KEY, SourceModel
+from exporter.load import KERNEL_KEY, POS_KEY, SourceModel, create_vit
 from exporter.resize import ResizeMethod, interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
 from exporter.sizes import Size2, check_patch_fits, format_size, grid_for, nearest_multiple
 
@@ -91,13 +91,7 @@ def vit_gflops(source: SourceModel, spec: VariantSpec) -> float:
 
 def build_model(source: SourceModel, patch: Size2, img: Size2) -> torch.nn.Module:
     """An uninitialised-weights timm ViT of the source's architecture at ``patch``/``img``."""
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
-
-    args = {**source.model_args, "patch_size": patch, "img_size": img}
-    if source.model_name:
-        return timm.create_model(source.model_name, pretrained=False, **args)
-    return VisionTransformer(**args)
+    return create_vit(source.model_name, {**source.model_args, "patch_size": patch, "img_size": img})
 
 
 def resized_state_dict(source: SourceModel, spec: VariantSpec, naive: bool = False) -> dict[str, torch.Tensor]:
