@@ -25,6 +25,7 @@ from exporter.errors import BundleError, EnvironmentMissing
 from exporter.inputs import InputPlan
 from exporter.manifest import MANIFEST, REPORT, Manifest, render_report, sha256_file, write_atomic
 from exporter.names import check_name, printable
+from exporter.precision import Precision
 from exporter.profile import Profile
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import stored_reference
@@ -112,8 +113,11 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
             {
                 "label": record.label,
                 "onnx": onnx,
-                "onnx_precision": profile.precision if matching else "fp32",
-                "available": ("fp32", *([record.reduced["precision"]] if record.reduced.get("precision") else [])),
+                "onnx_precision": profile.precision if matching else Precision.FP32.value,
+                "available": (
+                    Precision.FP32.value,
+                    *([record.reduced["precision"]] if record.reduced.get("precision") else []),
+                ),
                 "engine": f"engines/{profile.name}/model_{record.label}.engine",
                 "shapes": engine_shapes(profile, record.img_size, record.static_batch),
                 "layernorms": layernorm_node_names(bundle / onnx),

@@ -43,6 +43,7 @@ import numpy as np
 from exporter.errors import EngineLoadError, EnvironmentMissing, UsageError
 from exporter.manifest import INPUT_NAME, sha256_file, write_atomic_bytes
 from exporter.names import printable
+from exporter.precision import REDUCED_PRECISIONS, Precision
 from exporter.profile import HARDWARE_MIN_CC, Profile, parse_version, version_in_range
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,11 @@ HARDWARE_LEVELS = {
 }
 # The script branches on these (newest first): each one changes a flag (see the docstring).
 SCRIPT_ERAS = (STRONG_BY_DEFAULT_FROM, STRONG_TYPING_FROM, (10, 9), MIN_TENSORRT)
-REDUCED = ("fp16", "bf16", "int8", "fp8")
+# Below fp32/tf32: a strongly typed network needs an ONNX in that precision.
+REDUCED = (*REDUCED_PRECISIONS, "bf16", "fp8")
 # Need an explicitly quantised (Q/DQ) ONNX under either typing: the INT8 flag on a float ONNX has
 # no calibration (trtexec --int8 then uses placeholder ranges, for timing only).
-QUANTISED = ("int8", "fp8")
+QUANTISED = (Precision.INT8.value, "fp8")
 SIDECAR_KEYS = (
     "engine",
     "engine_sha256",

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from exporter.errors import UsageError
+from exporter.precision import Precision
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -55,11 +56,11 @@ def recorded_tolerance(entry: Mapping[str, Any]) -> Tolerance:
 
 def tolerance_for(precision: str, runtime: str) -> Tolerance:
     """DESIGN.md's defaults: fp32 in onnxruntime, fp32/tf32 in TensorRT, fp16/bf16."""
-    if precision in ("fp16", "bf16"):
+    if precision in (Precision.FP16, "bf16"):
         return TOLERANCES["fp16"]
-    if precision in ("fp32", "tf32"):
+    if precision in (Precision.FP32, "tf32"):
         return TOLERANCES["trt-fp32" if runtime == "tensorrt" else "fp32"]
-    if precision == "int8":
+    if precision == Precision.INT8:
         return TOLERANCES["int8"]
     raise UsageError(f"no default tolerance for precision {precision!r}")
 
