@@ -153,13 +153,9 @@ def machine_info(threads: int) -> dict[str, object]:
     import torch
 
     from exporter import __version__
+    from exporter.runtime.model import machine_key
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = machine_key()["cpu"]  # what the runtime matches bench.json rows on
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": cpu,
