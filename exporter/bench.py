@@ -383,11 +383,6 @@ FACTORIES: dict[str, Callable[[ModelFactory, Path, int], Runner]] = {
 }  # "tensorrt" runs the bundle's engines, not its ONNX: tensorrt_runner
 
 
-def _static_batch(record: VariantRecord) -> int | None:
-    dim = record.onnx["inputs"][0]["shape"][0]
-    return dim if isinstance(dim, int) else None
-
-
 def bench_variant(
     backend: str,
     runner: Runner,
@@ -489,7 +484,7 @@ def bench_bundle(
     skipped: list[Skipped] = []
 
     def run_batches(name: str, runner: Runner, record: VariantRecord) -> None:
-        static = _static_batch(record)
+        static = record.static_batch
         lo, hi = getattr(runner, "batch_range", (1, None))  # an engine takes its profile's batches only
         for batch in options.batch_sizes:
             if static is not None and static != batch and not name.startswith("torch"):  # the ONNX/engine is fixed

@@ -48,6 +48,7 @@ from exporter.manifest import (
     VariantRecord,
     current_umask,
     sha256_file,
+    upgrade_manifest,
     walk,
 )
 from exporter.names import SAFE_NAME, printable
@@ -106,14 +107,6 @@ class Empty(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-class OnnxEntry(_Strict):
-    path: RelPath
-    sha256: Sha256
-    inputs: list[TensorSpec] = Field(min_length=1, max_length=1)
-    outputs: list[TensorSpec] = Field(min_length=1, max_length=1)
-    external_data: RelPath | None = None
-
-
 class ParityStats(_Strict):
     """The numbers every command prints of a comparison (the rest may follow)."""
 
@@ -146,6 +139,15 @@ class ToleranceRecord(_Strict):
     min_top1: Annotated[float, Field(ge=0, le=1)]
     p99_of_range: Annotated[float, Field(ge=0)] | None = None
     max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class OnnxEntry(_Strict):
+    path: RelPath
+    sha256: Sha256
+    inputs: list[TensorSpec] = Field(min_length=1, max_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1, max_length=1)
+    external_data: RelPath | None = None
+    tolerance: ToleranceRecord
 
 
 class ReducedEntry(_Strict):
@@ -242,6 +244,7 @@ class EngineVariant(_Strict):
     onnx: RelPath
     status: Literal["passed", "failed"]
     build_seconds: float
+    tolerance: ToleranceRecord
     parity: ParityStats
 
 
@@ -287,7 +290,6 @@ class ManifestSchema(_Strict):
     source: SourceRecord
     preprocessing: PreprocessingRecord
     options: OptionsRecord
-    tolerance: ToleranceRecord
     variants: list[VariantSchema] = Field(min_length=1, max_length=256)
     engines: dict[SafeName, EngineSet] = {}
     shared_weights: SharedWeights | Empty = Empty()
@@ -332,8 +334,9 @@ def parse_manifest(text: str | bytes, where: str = MANIFEST) -> Manifest:
             f"{where}: schema_version {printable(repr(data.get('schema_version')))[:40]} is not supported "
             f"(this flexiexport reads {SCHEMA_VERSION})"
         )
+    data, older = upgrade_manifest(data, where)
     try:
-        ManifestSchema.model_validate_json(text)
+        ManifestSchema.model_validate_json(json.dumps(data) if older else text)
     except ValidationError as exc:
         raise BundleError(f"{where} is malformed: {_first_error(exc)}") from exc
     labels = [v["label"] for v in data["variants"]]
@@ -433,6 +436,19 @@ class Bundle:
                 raise BundleError(f"{record.label}'s ONNX uses external data, but the manifest names no shared file")
             self.file(sw["path"], sw["sha256"])
         return self.file(entry["path"], entry["sha256"])
+
+    def variant_problems(self, record: VariantRecord) -> str:
+        """Why a variant's files cannot be used, '' when each is inside the bundle, present and as
+        built: its fp32 ONNX and fp16/int8 one (with the shared weights they read), its reference."""
+        problems = []
+        for precision in (Precision.FP32, *([record.reduced["precision"]] if record.reduced else [])):
+            try:
+                self.onnx(record, precision)
+            except BundleError as exc:
+                problems.append(str(exc))
+        if record.reference:
+            problems.append(self.problems(record.reference["path"], record.reference["sha256"]))
+        return "; ".join(dict.fromkeys(p for p in problems if p))
 
     def artefact(self, name: str) -> Path:
         """Where a command writes one of ``ARTEFACTS`` into the bundle."""

@@ -11,24 +11,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from exporter.bundle import Bundle
 from exporter.errors import BundleError, EnvironmentMissing
+from exporter.inputs import InputPlan
 from exporter.limits import check_bundle_memory
 from exporter.manifest import VariantRecord, check_batch
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import stored_reference
 from exporter.runtime.backends import backend_problem, load_runner
-from exporter.validate import TOLERANCES, Comparison, Recheck, Tolerance, compare_outputs, run_batched
-
-
-def reduced_check_inputs(precision: str, inputs: np.ndarray, random_count: int) -> np.ndarray:
-    """What a reduced-precision file is judged on, at build and at ``validate``: the parity inputs
-    (or their reference logits), except that int8 sees only the real images after the
-    ``random_count`` random ones (static quantisation is calibrated to a data distribution;
-    random images lie far outside its ranges)."""
-    return inputs[random_count:] if precision == "int8" else inputs
+from exporter.validate import (
+    TOLERANCES,
+    Comparison,
+    Recheck,
+    Tolerance,
+    compare_outputs,
+    recorded_tolerance,
+    run_batched,
+)
 
 
 def backend_tolerance(recorded: Tolerance, backend: str) -> Tolerance:
@@ -42,12 +41,10 @@ def check_variant(
 ) -> Recheck:
     """Files first (inside, sha256), then each ONNX on ``backend`` against the stored PyTorch logits."""
     label = record.label if backend == "ort-cpu" else f"{record.label} {backend}"
-    try:
-        for rel, sha in record.files():
-            opened.file(rel, sha)
-        onnx_path = opened.onnx(record)
-    except BundleError as exc:
-        return Recheck(label, False, None, str(exc))
+    problem = opened.variant_problems(record)
+    if problem:
+        return Recheck(label, False, None, problem)
+    onnx_path = opened.onnx(record)
     try:
         planned, expected = stored_reference(opened.root, opened.manifest, record)
     except BundleError as exc:
@@ -55,15 +52,15 @@ def check_variant(
     export = opened.manifest.options["export"]
     batch = check_batch(export["batch"])
     inputs = planned.arrays()
-    tol = backend_tolerance(Tolerance(**opened.manifest.tolerance), backend)
+    tol = backend_tolerance(recorded_tolerance(record.onnx), backend)
     cmp = compare_outputs(expected, run_batched(load_runner(onnx_path, backend, threads), inputs, batch), tol)
     reduced: Comparison | None = None
     if record.reduced:
         precision = record.reduced["precision"]
-        x = reduced_check_inputs(precision, inputs, planned.random_count)
-        y = reduced_check_inputs(precision, expected, planned.random_count)
+        plan = InputPlan.for_bundle(opened.manifest)
+        x, y = plan.reduced(precision, inputs), plan.reduced(precision, expected)
         runner = load_runner(opened.onnx(record, precision), backend, threads)
-        reduced = compare_outputs(y, run_batched(runner, x, batch), Tolerance(**record.reduced["tolerance"]))
+        reduced = compare_outputs(y, run_batched(runner, x, batch), recorded_tolerance(record.reduced))
     return Recheck(label, True, cmp, reduced=reduced)
 
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from exporter.bundle import Bundle, swap_into_place
-from exporter.check import reduced_check_inputs
 from exporter.errors import BundleError, EnvironmentMissing
+from exporter.inputs import InputPlan
 from exporter.manifest import MANIFEST, REPORT, Manifest, render_report, sha256_file, write_atomic
 from exporter.names import check_name, printable
 from exporter.onnxwire import onnx_node_names
+from exporter.precision import Precision
 from exporter.profile import Profile
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import stored_reference
@@ -45,17 +46,19 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
     plan = []
     for record in manifest.variants:
         check_name(record.label, "the manifest's variant label")  # it names the engine file
-        static = record.onnx["inputs"][0]["shape"][0]
         matching = record.reduced if record.reduced.get("precision") == profile.precision else None
         onnx = matching["path"] if matching else record.onnx["path"]
         plan.append(
             {
                 "label": record.label,
                 "onnx": onnx,
-                "onnx_precision": profile.precision if matching else "fp32",
-                "available": ("fp32", *([record.reduced["precision"]] if record.reduced.get("precision") else [])),
+                "onnx_precision": profile.precision if matching else Precision.FP32.value,
+                "available": (
+                    Precision.FP32.value,
+                    *([record.reduced["precision"]] if record.reduced.get("precision") else []),
+                ),
                 "engine": f"engines/{profile.name}/model_{record.label}.engine",
-                "shapes": engine_shapes(profile, record.img_size, static if isinstance(static, int) else None),
+                "shapes": engine_shapes(profile, record.img_size, record.static_batch),
                 "layernorms": layernorm_node_names(bundle / onnx),
             }
         )
@@ -118,6 +121,7 @@ def build_engines(
     cache = f"engines/{profile.name}/{timing_cache_name(gpu.compute_capability, trt.__version__)}"
     tol = tolerance_for(profile.precision, "tensorrt")
     plan = engine_plan(bundle, manifest, profile)
+    input_plan = InputPlan.for_bundle(manifest)
     for item in plan:  # every refusal before the first build
         check_precision(trt.__version__, profile.precision, item["onnx_precision"], item["available"])
     variants: dict[str, Any] = {}
@@ -130,15 +134,16 @@ def build_engines(
         cache_in = out_root / cache  # the next variant starts from what this one measured
         with stage(reporter, item["label"], "engine parity", times):
             planned, expected = stored_reference(bundle, manifest, record)
-            inputs = reduced_check_inputs(profile.precision, planned.arrays(), planned.random_count)
-            expected = reduced_check_inputs(profile.precision, expected, planned.random_count)
+            inputs = input_plan.reduced(profile.precision, planned.arrays())
+            expected = input_plan.reduced(profile.precision, expected)
             actual = run_batched(engine_runner(out_root / item["engine"]), inputs, item["shapes"].opt[0])
             cmp = compare_outputs(expected, actual, tol)
         variants[item["label"]] = {
             **asdict(info),
             "engine": item["engine"],  # the sidecar names files beside it; the manifest, paths in the bundle
             "onnx": item["onnx"],
-            "parity": cmp.to_dict() | {"tolerance": asdict(tol)},
+            "tolerance": asdict(tol),
+            "parity": cmp.to_dict(),
             "status": "passed" if cmp else "failed",
         }
     ok = all(v["status"] == "passed" for v in variants.values())

@@ -125,6 +125,12 @@ def estimate_peak(w: Workload) -> Estimate:
     )
 
 
+def prefix_tokens(model_args: Mapping[str, Any]) -> int:
+    """Tokens a timm ViT puts before the patch grid (class token, registers), from its arguments
+    (timm's defaults: a class token, no registers)."""
+    return int(model_args.get("class_token", True)) + int(model_args.get("reg_tokens", 0))
+
+
 def vit_params(embed_dim: int, depth: int, num_classes: int, mlp_ratio: float, tokens: int, kernel: int) -> int:
     """Parameters of a plain ViT (for bundles, whose manifest records the shape, not the count)."""
     d, hidden = embed_dim, int(embed_dim * mlp_ratio)
@@ -247,7 +253,7 @@ def bundle_workloads(manifest: Manifest, batch: int | None, images: int | None) 
     args = arch.get("model_args") or {}
     dim, depth, classes = int(arch["embed_dim"]), int(arch["depth"]), int(arch["num_classes"])
     in_chans, mlp_ratio = int(arch.get("in_chans", 3)), float(args.get("mlp_ratio", 4.0))
-    prefix = int(args.get("class_token", True)) + int(args.get("reg_tokens", 0))
+    prefix = prefix_tokens(args)
     kernel = dim * in_chans * int(arch["kernel_size"][0]) * int(arch["kernel_size"][1])
     params = vit_params(dim, depth, classes, mlp_ratio, int(arch["pos_grid"][0]) * int(arch["pos_grid"][1]), kernel)
     export_batch = manifest.options["export"]["batch"]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from exporter.errors import CheckpointError, EnvironmentMissing, UsageError
+from exporter.limits import prefix_tokens
 from exporter.manifest import sha256_file
 from exporter.names import printable, slug
 from exporter.resize import pos_grid_size
@@ -285,9 +286,8 @@ def check_heads(heads: int, width: int, what: str) -> None:
 
 
 def _num_pos_prefix(args: Mapping[str, Any]) -> int:
-    if args.get("no_embed_class"):
-        return 0
-    return int(args.get("class_token", True)) + int(args.get("reg_tokens", 0))
+    """Position slots before the grid: the prefix tokens, none for ``no_embed_class`` (FlexiViT)."""
+    return 0 if args.get("no_embed_class") else prefix_tokens(args)
 
 
 def read_config(weights: Path) -> dict[str, Any]:
@@ -409,17 +409,24 @@ def _check_model_name(name: str, what: str = "unknown timm model", error: type[U
         raise error(f"{what} {name!r}{hint}")
 
 
-def _meta_model(model_name: str | None, args: Mapping[str, Any], config: Mapping[str, Any]) -> torch.nn.Module:
-    """The architecture on the meta device: shapes only, no memory, no init cost. Arguments timm
-    refuses (they come from the config beside the weights) are a ``CheckpointError``."""
+def create_vit(model_name: str | None, args: Mapping[str, Any]) -> torch.nn.Module:
+    """The one way a model is built from a source: timm's ``model_name`` with ``args`` (no
+    pretrained weights), or timm's ``VisionTransformer(**args)`` for an architecture read off the
+    weights. Built on the current default device (``torch.device("meta")`` for shapes only)."""
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
+    if model_name:
+        return timm.create_model(model_name, pretrained=False, **args)
+    return VisionTransformer(**args)
+
+
+def _meta_model(model_name: str | None, args: Mapping[str, Any], config: Mapping[str, Any]) -> torch.nn.Module:
+    """The architecture on the meta device: shapes only, no memory, no init cost. Arguments timm
+    refuses (they come from the config beside the weights) are a ``CheckpointError``."""
     try:
         with torch.device("meta"):
-            if model_name:
-                return timm.create_model(model_name, pretrained=False, **args)
-            return VisionTransformer(**args)
+            return create_vit(model_name, args)
     except (TypeError, ValueError, AssertionError) as exc:
         raise CheckpointError(_meta_problem(exc, model_name, args, config)) from exc
 
@@ -565,12 +572,10 @@ def _read_npz(path: Path, model_name: str | None, model_args: Mapping[str, Any])
     """
     if not model_name:
         raise UsageError(f"{path.name} is a big_vision .npz checkpoint: pass --model NAME (e.g. flexivit_base)")
-    import timm
-
     _check_model_name(model_name)
     kernel, grid, _ = _npz_layout(path)
     args = {**model_args, "patch_size": kernel, "img_size": (grid[0] * kernel[0], grid[1] * kernel[1])}
-    model = timm.create_model(model_name, pretrained=False, **args)
+    model = create_vit(model_name, args)
     try:
         model.load_pretrained(str(path))  # type: ignore[operator]
     except Exception as exc:

@@ -6,17 +6,19 @@ Plain frozen dataclasses serialised to ``manifest.json`` (and read back for ``in
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from exporter.errors import BundleError, DiskFullError, full_disk_cause
+from exporter.sizes import format_size
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -24,6 +26,11 @@ REPORT = "report.md"
 INPUT_NAME = "pixel_values"  # every ONNX file and engine: float32 NCHW in, logits out
 OUTPUT_NAME = "logits"
 CHECK_BATCH = 8  # parity runs a dynamic-batch model 8 images at a time
+
+
+def static_batch(shape: Sequence[int | str]) -> int | None:
+    """A tensor's fixed batch (``[8, 3, 64, 64]`` → 8), or None when the batch is named (dynamic)."""
+    return shape[0] if isinstance(shape[0], int) else None
 
 
 def check_batch(export_batch: int | str) -> int:
@@ -54,6 +61,11 @@ class VariantRecord:
     reduced: dict[str, Any] = field(default_factory=dict)  # the fp16/int8 ONNX and its parity, if asked for
     reference: dict[str, Any] = field(default_factory=dict)  # PyTorch's logits on the parity inputs (npz)
 
+    @property
+    def static_batch(self) -> int | None:
+        """The ONNX's fixed batch (``--batch N``), or None for a dynamic batch."""
+        return static_batch(self.onnx["inputs"][0]["shape"])
+
     def files(self) -> list[tuple[str, str]]:
         """(relative path, sha256) of the variant's own files: ONNX, fp16/int8 ONNX, reference."""
         found = [(self.onnx["path"], self.onnx["sha256"])]
@@ -70,7 +82,6 @@ class Manifest:
     source: dict[str, Any]
     preprocessing: dict[str, Any]
     options: dict[str, Any]
-    tolerance: dict[str, Any]
     variants: tuple[VariantRecord, ...]
     engines: dict[str, Any] = field(default_factory=dict)
     shared_weights: dict[str, Any] = field(default_factory=dict)  # --shared-weights: the external-data file
@@ -92,11 +103,45 @@ class Manifest:
             raise BundleError(
                 f"manifest schema_version {version!r} is not supported (this flexiexport reads {SCHEMA_VERSION})"
             )
+        data, _ = upgrade_manifest(data)
         names = {f.name for f in fields(VariantRecord)}
         variants = tuple(VariantRecord(**_record_fields(item, names)) for item in data.get("variants", []))
         known = {f.name for f in fields(cls)}
         labels = tuple(data.get("labels", ()))
         return cls(**{**{k: v for k, v in data.items() if k in known}, "variants": variants, "labels": labels})
+
+
+def upgrade_manifest(data: Any, where: str = MANIFEST) -> tuple[Any, bool]:
+    """A copy of manifest ``data`` in today's layout, and whether it was in an older one.
+
+    Manifests written before each checked file carried its own tolerance (same schema_version)
+    kept the fp32 ONNX files' tolerance at the top level and an engine's inside its ``parity``;
+    both move into the file's record (``onnx.tolerance``, the engine entry's ``tolerance``).
+    A manifest that records the fp32 tolerance both ways is refused: which would judge?"""
+    if not isinstance(data, dict):
+        return data, False
+    data = copy.deepcopy(data)
+    older = "tolerance" in data
+    top = data.pop("tolerance", None)
+    variants = data.get("variants")
+    for variant in variants if older and isinstance(variants, list) else []:
+        onnx = variant.get("onnx") if isinstance(variant, dict) else None
+        if isinstance(onnx, dict):
+            if "tolerance" in onnx:
+                raise BundleError(
+                    f"{where} is malformed: the fp32 tolerance is recorded both at the top level (as older "
+                    "bundles did) and in variants[].onnx.tolerance"
+                )
+            onnx["tolerance"] = top
+    engines = data.get("engines")
+    for entry in engines.values() if isinstance(engines, dict) else []:
+        built = entry.get("variants") if isinstance(entry, dict) else None
+        for variant in built.values() if isinstance(built, dict) else []:
+            parity = variant.get("parity") if isinstance(variant, dict) else None
+            if isinstance(parity, dict) and "tolerance" in parity:
+                older = True
+                variant.setdefault("tolerance", parity.pop("tolerance"))
+    return data, older
 
 
 def _record_fields(item: dict[str, Any], names: set[str]) -> dict[str, Any]:
@@ -153,10 +198,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _fmt_size(size: tuple[int, int] | list[int]) -> str:
-    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
-
-
 def variant_rows(manifest: Manifest) -> list[list[str]]:
     """One row of strings per variant: the table shared by the CLI and ``report.md``."""
     rows = []
@@ -166,7 +207,7 @@ def variant_rows(manifest: Manifest) -> list[list[str]]:
             [
                 "✓" if v.parity.get("passed", v.status == "passed") else "✗",
                 v.label,
-                _fmt_size(v.img_size),
+                format_size(v.img_size),
                 f"{v.grid[0]}x{v.grid[1]}",
                 str(v.tokens),
                 f"{v.gflops:.3f}",
@@ -215,8 +256,10 @@ NARROW_HEADER = ["", "variant", "image", "tokens", "GFLOPs", "max|Δ|", "cosine"
 
 def render_report(manifest: Manifest) -> str:
     """``report.md``: the manifest as a human-readable table."""
+    from exporter.validate import recorded_tolerance
+
     src = manifest.source
-    tol = manifest.tolerance
+    tol = recorded_tolerance(manifest.variants[0].onnx)  # one build, one fp32 tolerance
     lines = [
         f"# {manifest.name}",
         "",
@@ -228,8 +271,8 @@ def render_report(manifest: Manifest) -> str:
         f"{src.get('architecture', {}).get('summary', '')}.",
         "",
         f"Parity: PyTorch fp32 (CPU) vs onnxruntime CPU on {manifest.options.get('parity_inputs')}; "
-        f"pass when |Δ| ≤ {tol.get('atol')} + {tol.get('rtol')}·|ref|, cosine ≥ {tol.get('min_cosine')}, "
-        f"top-1 agreement ≥ {tol.get('min_top1', 0):.0%}.",
+        f"pass when |Δ| ≤ {tol.atol} + {tol.rtol}·|ref|, cosine ≥ {tol.min_cosine}, "
+        f"top-1 agreement ≥ {tol.min_top1:.0%}.",
         "",
         md_row([h or "ok" for h in TABLE_HEADER]),
         "|" + "---|" * len(TABLE_HEADER),

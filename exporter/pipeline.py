@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from exporter.bundle import Bundle, check_replaceable_bundle, staging_folder, swap_into_place
-from exporter.check import reduced_check_inputs
-from exporter.demo import DEMO_NAME, DEMO_WEIGHTS
+from exporter.demo import DEMO_NAME
 from exporter.engine import build_engines, pending_engines, write_engine_script
 from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.export import ExportOptions
-from exporter.limits import Workload, cap_threads, check_bundle_memory, check_memory
+from exporter.inputs import InputPlan
+from exporter.limits import Workload, cap_threads, check_bundle_memory, check_memory, prefix_tokens
 from exporter.load import SourceModel, SourceSpec
 from exporter.manifest import (
     INPUT_NAME,
@@ -47,15 +47,13 @@ from exporter.names import printable
 from exporter.precision import REDUCED_PRECISIONS, Precision
 from exporter.profile import Profile
 from exporter.progress import Reporter, SilentReporter, stage
-from exporter.reference import REFERENCE_DIR, ParityInputs, save_reference, stored_reference
+from exporter.reference import REFERENCE_DIR, save_reference, stored_reference
 from exporter.resize import ResizeMethod, ResizeOverride
 from exporter.sizes import Size2, format_size
 from exporter.validate import TOLERANCES, Recheck, Tolerance
 from exporter.variant import ImagePolicy, VariantSpec
 
 log = logging.getLogger(__name__)
-CALIBRATION_IMAGES = 64  # int8: calibration images read after the ones the check uses
-NO_CALIBRATION = "--precision int8 needs calibration images: pass --calib-dir DIR"
 STAGES = ("resize", "export", "parity")
 MAX_SEED = 2**32 - 1  # numpy takes any non-negative seed; this range is portable (torch, legacy numpy)
 
@@ -185,22 +183,9 @@ def state_digest(source: SourceModel) -> str:
     return digest.hexdigest()
 
 
-def calib_key(options: BuildOptions) -> str | None:
-    """The ``--calib-dir`` images a build reads, by content: parity's, and int8's calibration set.
-    Their headers are checked first, so a broken file or a decompression bomb stops the build
-    before any export."""
-    if options.calib_dir is None:
-        return None
-    from exporter.images import check_headers, folder_digest
-
-    used = options.parity_samples + (CALIBRATION_IMAGES if options.precision is Precision.INT8 else 0)
-    check_headers(options.calib_dir, used)
-    return folder_digest(options.calib_dir, used)
-
-
 def input_key(source_sha: str, calib_sha: str | None, spec: VariantSpec, options: BuildOptions) -> str:
     """A digest of everything that determines a variant's ONNX and its parity verdict
-    (``calib_sha``: ``calib_key``, computed once per build)."""
+    (``calib_sha``: ``InputPlan.key``, computed once per build)."""
     from exporter import __version__
 
     payload = {
@@ -262,7 +247,7 @@ def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: B
     before anything is resized, exported or drawn."""
     params = sum(t.numel() for t in source.state_dict.values())
     weight_bytes = sum(t.numel() * t.element_size() for t in source.state_dict.values())
-    calibration = CALIBRATION_IMAGES if options.precision is Precision.INT8 else 0
+    images = InputPlan.for_build(options, source.name).images_per_variant
     for spec in specs:
         w = Workload(
             params=params,
@@ -274,8 +259,8 @@ def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: B
             img_size=spec.img_size,
             patch_size=spec.patch_size,
             batch=check_batch(options.export.batch),
-            images=2 * options.parity_samples + calibration,  # random + as many real ones
-            prefix_tokens=int(source.model_args.get("class_token", True)) + int(source.model_args.get("reg_tokens", 0)),
+            images=images,
+            prefix_tokens=prefix_tokens(source.model_args),
             mlp_ratio=float(source.model_args.get("mlp_ratio", 4.0)),
             in_chans=source.in_chans,
         )
@@ -289,26 +274,6 @@ def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: B
         check_memory(w, what)
 
 
-def parity_inputs(source: SourceModel, spec: VariantSpec, options: BuildOptions) -> ParityInputs:
-    """Seeded random images plus real ones (``--calib-dir``, or the demo's held-out digits),
-    the real ones as uint8 pixels so that the bundle's reference can store them."""
-    pre = source.preprocessing
-    pixels = np.zeros((0, *spec.img_size, 3), dtype=np.uint8)
-    real_from = ""
-    if options.calib_dir is not None:
-        from exporter.images import load_pixels
-
-        pixels = load_pixels(options.calib_dir, spec.img_size, pre, limit=options.parity_samples)
-        real_from = f"images from {options.calib_dir}"
-    elif source.origin.path is not None and source.name == DEMO_NAME and spec.img_size[0] == spec.img_size[1]:
-        from exporter.demo import digits_to_uint8, load_demo_digits
-
-        digits, _ = load_demo_digits("test")
-        pixels = digits_to_uint8(digits[: options.parity_samples], spec.img_size[0])
-        real_from = "held-out demo digits"
-    return ParityInputs(spec.img_size, options.parity_samples, options.seed, pre.mean, pre.std, pixels, real_from)
-
-
 def _reuse(old: Bundle | None, label: str, key: str, tmp: Path) -> VariantRecord | None:
     """The old record of a variant whose inputs and ONNX are unchanged, with its file copied."""
     if old is None:
@@ -316,10 +281,9 @@ def _reuse(old: Bundle | None, label: str, key: str, tmp: Path) -> VariantRecord
     record = next((v for v in old.manifest.variants if v.label == label), None)
     if record is None or record.input_key != key or record.status != "passed" or not record.reference:
         return None
-    files = record.files()
-    if any(old.problems(rel, sha) for rel, sha in files):
+    if old.variant_problems(record):
         return None
-    for rel, sha in files:
+    for rel, sha in record.files():
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(old.file(rel, sha), tmp / rel)
     return replace(record, resumed=True)
@@ -329,6 +293,7 @@ def build_variant(
     source: SourceModel,
     spec: VariantSpec,
     options: BuildOptions,
+    plan: InputPlan,
     tmp: Path,
     key: str,
     reporter: Reporter,
@@ -350,7 +315,7 @@ def build_variant(
         lint = lint_onnx(tmp / rel, layernorms=count_layernorms(variant.model))
     with stage(reporter, label, "parity", times):
         start = time.perf_counter()
-        planned = parity_inputs(source, spec, options)
+        planned = plan.parity(spec)
         inputs = planned.arrays()
         batch = check_batch(options.export.batch)
         expected = run_batched(torch_runner(variant.model), inputs, batch)
@@ -362,17 +327,17 @@ def build_variant(
     onnx_record = {
         **asdict(info),
         "path": str(rel),
+        "tolerance": asdict(options.tolerance),
         "inputs": [asdict(i) for i in info.inputs],
         "outputs": [asdict(o) for o in info.outputs],
         "op_counts": dict(info.op_counts),
     }
     onnx_record.pop("seconds")
     parity = comparison.to_dict() | {"inputs": planned.what}
-    parity.pop("tolerance")
     reduced: dict[str, Any] = {}
     if options.precision.reduced:
         with stage(reporter, label, options.precision, times):
-            reduced = reduced_variant(source, spec, options, tmp, rel, inputs, expected, batch, variant.tokens)
+            reduced = reduced_variant(spec, options, plan, tmp, rel, inputs, expected, batch, variant.tokens)
     reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
     return VariantRecord(
         label=label,
@@ -395,49 +360,10 @@ def build_variant(
     )
 
 
-def check_calibration(options: BuildOptions, demo: bool) -> None:
-    """Fail before any work when int8 has no calibration images, or none left over after the
-    check: with ``--calib-dir`` the first ``--parity-samples`` images (sorted) check the int8
-    model and only the rest calibrate it, so it is never judged on its own calibration data."""
-    if options.precision is not Precision.INT8:
-        return
-    if options.calib_dir is None:
-        if demo:
-            return
-        raise UsageError(NO_CALIBRATION)
-    from exporter.images import list_images
-
-    count = len(list_images(options.calib_dir))
-    if count <= options.parity_samples:
-        raise UsageError(
-            f"--calib-dir {str(options.calib_dir)!r} has {count} images; int8 needs more than --parity-samples "
-            f"({options.parity_samples}): the first {options.parity_samples} check the int8 model, the rest "
-            f"(up to {CALIBRATION_IMAGES}) calibrate it"
-        )
-
-
-def calibration_images(source: SourceModel, spec: VariantSpec, options: BuildOptions) -> tuple[np.ndarray, str]:
-    """INT8 calibration images and what they are: the ``--calib-dir`` images after the ones
-    the check uses, or the demo's own calibration split (disjoint from its held-out digits)."""
-    if options.calib_dir is not None:
-        from exporter.images import load_images
-
-        skip = options.parity_samples
-        images = load_images(options.calib_dir, spec.img_size, source.preprocessing, CALIBRATION_IMAGES, skip)
-        return images, f"{len(images)} images from {options.calib_dir} (after the {skip} used for the check)"
-    if source.name == DEMO_NAME and spec.img_size[0] == spec.img_size[1]:
-        from exporter.demo import digits_to_pixels, load_demo_digits
-
-        digits, _ = load_demo_digits("calib")
-        images = digits_to_pixels(digits[:CALIBRATION_IMAGES], spec.img_size[0])
-        return images, f"{len(images)} digits of the demo's calibration split"
-    raise UsageError(NO_CALIBRATION)
-
-
 def reduced_variant(
-    source: SourceModel,
     spec: VariantSpec,
     options: BuildOptions,
+    plan: InputPlan,
     tmp: Path,
     rel: Path,
     inputs: np.ndarray,
@@ -458,18 +384,15 @@ def reduced_variant(
         anchors = to_fp16(tmp / rel, tmp / out_rel)
     else:
         static = None if options.export.batch == "dynamic" else int(options.export.batch)
-        images, calibration = calibration_images(source, spec, options)
+        images, calibration = plan.calibration(spec)
         anchors = int8_float_nodes(tmp / rel, tokens)
         to_int8(tmp / rel, tmp / out_rel, images, static, exclude=anchors)
     import onnx
 
     onnx.checker.check_model(str(tmp / out_rel), full_check=True)
     tol = tolerance_for(options.precision, "onnxruntime")
-    inputs = reduced_check_inputs(options.precision, inputs, options.parity_samples)
-    expected = reduced_check_inputs(options.precision, expected, options.parity_samples)
+    inputs, expected = plan.reduced(options.precision, inputs), plan.reduced(options.precision, expected)
     cmp = compare_outputs(expected, run_batched(ort_runner(tmp / out_rel, options.threads), inputs, batch), tol)
-    parity = cmp.to_dict()
-    parity.pop("tolerance")
     return {
         "precision": options.precision,
         "shared_weights": options.shared_weights,
@@ -479,14 +402,14 @@ def reduced_variant(
         "fp32_nodes": anchors,
         **({"calibration": calibration} if calibration else {}),
         "tolerance": asdict(tol),
-        "parity": parity,
+        "parity": cmp.to_dict(),
         "status": "passed" if cmp else "failed",
         "seconds": round(time.perf_counter() - start, 3),
     }
 
 
 def share_bundle_weights(
-    source: SourceModel, specs: list[VariantSpec], options: BuildOptions, tmp: Path, records: list[VariantRecord]
+    specs: list[VariantSpec], options: BuildOptions, plan: InputPlan, tmp: Path, records: list[VariantRecord]
 ) -> tuple[list[VariantRecord], dict[str, Any]]:
     """Move the weights all variants share into one external file; each file must still give
     exactly the outputs it gave before (same graph, same bytes), or its variant fails."""
@@ -496,7 +419,7 @@ def share_bundle_weights(
 
     paths = [tmp / r.onnx["path"] for r in records]
     batch = check_batch(options.export.batch)
-    inputs = [parity_inputs(source, spec, options).arrays() for spec in specs]
+    inputs = [plan.parity(spec).arrays() for spec in specs]
     before = [run_batched(ort_runner(p, options.threads), x, batch) for p, x in zip(paths, inputs)]
     sizes = sum(p.stat().st_size for p in paths)
     info = share_weights(paths)
@@ -528,29 +451,32 @@ def share_bundle_weights(
 def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     """Build a bundle. Raises ``FlexiExportError`` subclasses for bad input; a variant that
     fails parity is recorded as ``failed`` (the caller decides the exit code)."""
-    from exporter.load import load_source, source_name, weights_path
+    from exporter.load import load_source, source_name
 
     reporter = reporter or SilentReporter()
     start = time.perf_counter()
     times: dict[str, float] = {}
     check_sizes_before_loading(options)
-    out = Path(os.path.normpath(options.out or default_out(source_name(options.source))))
+    name = source_name(options.source)
+    out = Path(os.path.normpath(options.out or default_out(name)))
     check_replaceable_bundle(out, options.force, options.resume, protected_inputs(options))
     profile = check_engine_request(options)
     options = with_profile_precision(options, profile)
-    check_calibration(options, demo=weights_path(options.source) == DEMO_WEIGHTS)
+    plan = InputPlan.for_build(options, name)
+    plan.check()
     if options.threads:
         import torch
 
         torch.set_num_threads(options.threads)
     with stage(reporter, "source", "load", times):
         source = load_source(options.source)
+    plan = plan.with_source(source)
     specs = plan_variants(source, options)
     check_build_memory(source, specs, options)
     labels = class_names(source, options.labels)
     old = _old_manifest(out) if options.resume else None
     source_sha = source.origin.sha256 or state_digest(source)
-    calib_sha = calib_key(options)
+    calib_sha = plan.key()
     reporter.begin(len(specs) * len(STAGES))
     with staging_folder(out) as tmp:
         records = []
@@ -558,14 +484,14 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
             key = input_key(source_sha, calib_sha, spec, options)
             reusable = old if not options.shared_weights else None  # the shared file is rebuilt whole
             record = _reuse(reusable, spec.label, key, tmp) or build_variant(
-                source, spec, options, tmp, key, reporter, times
+                source, spec, options, plan, tmp, key, reporter, times
             )
             reporter.variant(record)
             records.append(record)
         shared: dict[str, Any] = {}
         if options.shared_weights:
             with stage(reporter, "bundle", "shared weights", times):
-                records, shared = share_bundle_weights(source, specs, options, tmp, records)
+                records, shared = share_bundle_weights(specs, options, plan, tmp, records)
         manifest = replace(
             _manifest(source, source_sha, calib_sha, options, records), shared_weights=shared, labels=labels
         )
@@ -710,7 +636,6 @@ def _manifest(
         source={**source_record(source), "sha256": source_sha},
         preprocessing=pre,
         options=opts,
-        tolerance=asdict(options.tolerance),
         variants=tuple(records),
     )
 
@@ -762,7 +687,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     """Re-verify every file's sha256, rebuild every variant in PyTorch from the checkpoint and
     re-run parity on the build's inputs (the ones the bundle's reference stores: the recorded
     ``--calib-dir`` is never read again)."""
-    from exporter.validate import check_parity, ort_runner, torch_runner
+    from exporter.validate import check_parity, ort_runner, recorded_tolerance, torch_runner
     from exporter.variant import make_variant
 
     reporter = reporter or SilentReporter()
@@ -771,59 +696,36 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     check_bundle_memory(manifest, bundle, "validate")
     source = bundle_source(manifest, weights)
     opts = manifest.options
-    tol = Tolerance(**manifest.tolerance)
-    export = ExportOptions(**opts["export"])
-    options = BuildOptions(
-        patch_sizes=tuple(tuple(v.patch_size) for v in manifest.variants),  # type: ignore[misc]
-        export=export,
-        parity_samples=opts["parity_samples"],
-        seed=opts["seed"],
-        tolerance=tol,
-    )
+    batch = check_batch(opts["export"]["batch"])
+    plan = InputPlan.for_bundle(manifest).with_source(source)
     reporter.begin(len(manifest.variants) * 2)
     results = []
     times: dict[str, float] = {}
     for record in manifest.variants:
         with stage(reporter, record.label, "sha256", times):
-            precisions = [Precision.FP32] + ([Precision(record.reduced["precision"])] if record.reduced else [])
-            problems = [_file_problem(opened, record, x) for x in precisions]
-            problems += [opened.problems(e["path"], e["sha256"]) for e in (record.reference,) if e]
-            problem = "; ".join(p for p in problems if p)
+            problem = opened.variant_problems(record)
         if problem:
             results.append(Recheck(record.label, False, None, problem))
             continue
         vspec = record_spec(record)
         with stage(reporter, record.label, "parity", times):
             reference = torch_runner(make_variant(source, vspec).model)
-            planned = (
-                stored_reference(opened.root, manifest, record)[0]
-                if record.reference
-                else parity_inputs(source, vspec, options)
-            )
+            planned = stored_reference(opened.root, manifest, record)[0] if record.reference else plan.parity(vspec)
             inputs = planned.arrays()
-            batch = check_batch(export.batch)
-            cmp = check_parity(reference, ort_runner(opened.onnx(record)), inputs, batch, tol)
+            cmp = check_parity(
+                reference, ort_runner(opened.onnx(record)), inputs, batch, recorded_tolerance(record.onnx)
+            )
             reduced = None
             if record.reduced:
-                reduced_tol = Tolerance(**record.reduced["tolerance"])
-                reduced_inputs = reduced_check_inputs(record.reduced["precision"], inputs, options.parity_samples)
                 reduced = check_parity(
                     reference,
                     ort_runner(opened.onnx(record, record.reduced["precision"])),
-                    reduced_inputs,
+                    plan.reduced(record.reduced["precision"], inputs),
                     batch,
-                    reduced_tol,
+                    recorded_tolerance(record.reduced),
                 )
         results.append(Recheck(record.label, True, cmp, reduced=reduced))
     return results
-
-
-def _file_problem(opened: Bundle, record: VariantRecord, precision: Precision) -> str:
-    try:
-        opened.onnx(record, precision)
-    except BundleError as exc:
-        return str(exc)
-    return ""
 
 
 ENGINE_MODES = ("auto", "required", "skip")

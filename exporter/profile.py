@@ -16,6 +16,8 @@ from typing import Any
 
 from exporter.errors import UsageError
 from exporter.names import SAFE_NAME_TEXT, is_safe_name, printable
+from exporter.precision import PRECISIONS as ONNX_PRECISIONS
+from exporter.precision import Precision
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,7 +25,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
+# An engine's precision: one of the bundle's ONNX precisions, or an engine-only setting.
+ENGINE_ONLY_PRECISIONS = ("tf32", "bf16", "fp8")
+PRECISIONS = (*ONNX_PRECISIONS, *ENGINE_ONLY_PRECISIONS)
+DLA_PRECISIONS = (Precision.FP16.value, Precision.INT8.value)  # what a DLA core runs
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
 JETSON_CC = ("7.2", "8.7")  # Xavier, Orin: the GPUs with DLA cores
 # Lowest compute capability with native support, per precision.
@@ -142,7 +147,7 @@ class Profile:
             raise ProfileError(f"builder_optimization_level must be 0..5, got {self.builder_optimization_level}")
         if self.workspace_mib < 1:
             raise ProfileError(f"workspace_mib must be at least 1, got {self.workspace_mib}")
-        if self.precision == "int8" and not self.calibration:
+        if self.precision == Precision.INT8 and not self.calibration:
             raise ProfileError("precision = 'int8' needs calibration data: set calibration = 'DIR' (or 'demo')")
 
     def _check_hardware(self) -> None:
@@ -157,7 +162,7 @@ class Profile:
             raise ProfileError(f"dla_core must be -1 (none), 0 or 1, got {self.dla_core}")
         if self.dla_core >= 0 and self.compute_capability not in JETSON_CC:
             raise ProfileError(f"dla_core = {self.dla_core} needs a Jetson GPU (compute_capability 7.2 or 8.7)")
-        if self.dla_core >= 0 and self.precision not in ("fp16", "int8"):
+        if self.dla_core >= 0 and self.precision not in DLA_PRECISIONS:
             raise ProfileError(f"dla_core = {self.dla_core} needs precision fp16 or int8, got {self.precision!r}")
         if self.dla_core >= 0 and not self.batch.min == self.batch.opt == self.batch.max:
             raise ProfileError(

@@ -45,19 +45,13 @@ def pbtxt_string(text: Any, what: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _dims(shape: list[Any]) -> tuple[int | None, list[int]]:
-    """(static batch or None, the dims after the batch)."""
-    batch, rest = shape[0], [int(d) for d in shape[1:]]
-    return (batch if isinstance(batch, int) else None), rest
-
-
 def config_text(
     name: str, record: VariantRecord, platform: str, max_batch: int, cc_files: dict[str, str] | None = None
 ) -> str:
     """``config.pbtxt`` for one variant: names, dims and types from the manifest."""
     (inp,), (out,) = record.onnx["inputs"], record.onnx["outputs"]
-    static, in_dims = _dims(inp["shape"])
-    _, out_dims = _dims(out["shape"])
+    static = record.static_batch
+    in_dims, out_dims = [int(d) for d in inp["shape"][1:]], [int(d) for d in out["shape"][1:]]
     if static is not None:  # a static-batch model: Triton sees the batch as part of the dims
         max_batch, in_dims, out_dims = 0, [static, *in_dims], [static, *out_dims]
     lines = [

@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from exporter.errors import EngineLoadError, EnvironmentMissing, UsageError
-from exporter.manifest import sha256_file, write_atomic_bytes
+from exporter.manifest import INPUT_NAME, sha256_file, write_atomic_bytes
 from exporter.names import printable
+from exporter.precision import REDUCED_PRECISIONS, Precision
 from exporter.profile import HARDWARE_MIN_CC, Profile, parse_version, version_in_range
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 MIN_TENSORRT = (10, 0)
 STRONG_TYPING_FROM = (10, 12)  # weak typing deprecated from here, removed in 11
 STRONG_BY_DEFAULT_FROM = (11, 0)  # --stronglyTyped / STRONGLY_TYPED: deprecated no-ops
-WEAK_TYPING_UNTIL = STRONG_BY_DEFAULT_FROM
 # profile value -> (trtexec name, HardwareCompatibilityLevel member, first TensorRT with it)
 HARDWARE_LEVELS = {
     "ampere_plus": ("ampere+", "AMPERE_PLUS", (8, 6)),
@@ -58,11 +58,11 @@ HARDWARE_LEVELS = {
 }
 # The script branches on these (newest first): each one changes a flag (see the docstring).
 SCRIPT_ERAS = (STRONG_BY_DEFAULT_FROM, STRONG_TYPING_FROM, (10, 9), MIN_TENSORRT)
-INPUT_NAME = "pixel_values"
-REDUCED = ("fp16", "bf16", "int8", "fp8")
+# Below fp32/tf32: a strongly typed network needs an ONNX in that precision.
+REDUCED = (*REDUCED_PRECISIONS, "bf16", "fp8")
 # Need an explicitly quantised (Q/DQ) ONNX under either typing: the INT8 flag on a float ONNX has
 # no calibration (trtexec --int8 then uses placeholder ranges, for timing only).
-QUANTISED = ("int8", "fp8")
+QUANTISED = (Precision.INT8.value, "fp8")
 SIDECAR_KEYS = (
     "engine",
     "engine_sha256",

@@ -8,13 +8,15 @@ passes and prints its own statistics.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from exporter.errors import UsageError
+from exporter.precision import Precision
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -46,13 +48,19 @@ TOLERANCES = {
 }
 
 
+def recorded_tolerance(entry: Mapping[str, Any]) -> Tolerance:
+    """The tolerance a checked file was judged with. Every checked file's record carries its own,
+    once, under ``tolerance``: a variant's ``onnx`` and ``reduced`` entries, an engine's entry."""
+    return Tolerance(**entry["tolerance"])
+
+
 def tolerance_for(precision: str, runtime: str) -> Tolerance:
     """DESIGN.md's defaults: fp32 in onnxruntime, fp32/tf32 in TensorRT, fp16/bf16."""
-    if precision in ("fp16", "bf16"):
+    if precision in (Precision.FP16, "bf16"):
         return TOLERANCES["fp16"]
-    if precision in ("fp32", "tf32"):
+    if precision in (Precision.FP32, "tf32"):
         return TOLERANCES["trt-fp32" if runtime == "tensorrt" else "fp32"]
-    if precision == "int8":
+    if precision == Precision.INT8:
         return TOLERANCES["int8"]
     raise UsageError(f"no default tolerance for precision {precision!r}")
 
@@ -96,7 +104,10 @@ class Comparison:
         return text + ("" if self else "  (" + "; ".join(self.failures) + ")")
 
     def to_dict(self) -> dict[str, object]:
+        """The numbers and the verdict, as a manifest's ``parity`` records them; the tolerance is
+        recorded once, in the checked file's own record (``recorded_tolerance``)."""
         data = asdict(self)
+        del data["tolerance"]
         data["passed"] = self.passed
         data["failures"] = list(self.failures)
         return data

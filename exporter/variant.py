@@ -12,7 +12,8 @@ from typing import Union
 import torch
 
 from exporter.errors import FlexiExportError, ImageSizeError, UsageError
-from exporter.load import KERNEL_KEY, POS_KEY, SourceModel
+from exporter.limits import prefix_tokens
+from exporter.load import KERNEL_KEY, POS_KEY, SourceModel, create_vit
 from exporter.resize import ResizeMethod, interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
 from exporter.sizes import Size2, check_patch_fits, format_size, grid_for, nearest_multiple, nearest_multiples
 
@@ -126,8 +127,7 @@ def vit_gflops(source: SourceModel, spec: VariantSpec) -> float:
     grid = spec.grid
     n = grid[0] * grid[1]
     d = source.embed_dim
-    prefix = int(source.model_args.get("class_token", True)) + int(source.model_args.get("reg_tokens", 0))
-    t = n + prefix
+    t = n + prefix_tokens(source.model_args)
     ratio = float(source.model_args.get("mlp_ratio", 4.0))
     embed = 2 * n * source.in_chans * spec.patch_size[0] * spec.patch_size[1] * d
     block = 2 * t * d * (4 * d + 2 * int(ratio * d)) + 4 * t * t * d
@@ -137,13 +137,7 @@ def vit_gflops(source: SourceModel, spec: VariantSpec) -> float:
 
 def build_model(source: SourceModel, patch: Size2, img: Size2) -> torch.nn.Module:
     """An uninitialised-weights timm ViT of the source's architecture at ``patch``/``img``."""
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
-
-    args = {**source.model_args, "patch_size": patch, "img_size": img}
-    if source.model_name:
-        return timm.create_model(source.model_name, pretrained=False, **args)
-    return VisionTransformer(**args)
+    return create_vit(source.model_name, {**source.model_args, "patch_size": patch, "img_size": img})
 
 
 def resized_state_dict(source: SourceModel, spec: VariantSpec, naive: bool = False) -> dict[str, torch.Tensor]:

@@ -24,9 +24,10 @@ import onnx
 from exporter.bundle import read_manifest
 from exporter.demo import DEMO_NAME, digits_to_pixels, load_demo_digits
 from exporter.images import load_images
+from exporter.inputs import InputPlan
 from exporter.load import preprocessing_from
-from exporter.pipeline import CALIBRATION_IMAGES
-from exporter.precision import QUANTIZED_OPS, to_int8
+from exporter.pipeline import record_spec
+from exporter.precision import QUANTIZED_OPS, Precision, to_int8
 from exporter.validate import compare_outputs, ort_runner, tolerance_for
 
 GROUPS = {
@@ -60,12 +61,14 @@ def main() -> None:
     pre = preprocessing_from(manifest.preprocessing, "bundle")
     if args.calib_dir is not None:
         check = load_images(args.calib_dir, record.img_size, pre, args.check)
-        calib = load_images(args.calib_dir, record.img_size, pre, CALIBRATION_IMAGES, skip=args.check)
     elif manifest.name == DEMO_NAME:
         check = digits_to_pixels(load_demo_digits("test")[0][: args.check], record.img_size[0])
-        calib = digits_to_pixels(load_demo_digits("calib")[0][:CALIBRATION_IMAGES], record.img_size[0])
     else:
         parser.error("--calib-dir is needed for any bundle but the demo's")
+    # Calibrated as the build calibrates: the images after the checked ones, or the demo's split.
+    demo = manifest.name == DEMO_NAME
+    plan = InputPlan(args.check, precision=Precision.INT8, calib_dir=args.calib_dir, demo=demo, preprocessing=pre)
+    calib, _ = plan.calibration(record_spec(record))
     ref = run_batches(fp32, check, args.threads)
     top2 = np.sort(ref, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from exporter.inputs import InputPlan
 from exporter.load import SourceSpec, load_source
-from exporter.pipeline import BuildOptions, parity_inputs, plan_variants
+from exporter.pipeline import BuildOptions, plan_variants
 from exporter.validate import TOLERANCES, compare_outputs, torch_runner
 from exporter.variant import make_variant
 
@@ -18,9 +19,10 @@ def test_demo_variants_match_on_cuda_fp32_and_fp16():
     torch.backends.cudnn.allow_tf32 = False
     source = load_source(SourceSpec())
     options = BuildOptions(patch_sizes=((8, 8), (16, 16), (32, 32)))
+    inputs = InputPlan.for_build(options, source.name).with_source(source)
     for spec in plan_variants(source, options):
         model = make_variant(source, spec).model
-        x, _ = parity_inputs(source, spec, options)
+        x = inputs.parity(spec).arrays()
         reference = torch_runner(model)(x)
         model = model.cuda()
         with torch.inference_mode():

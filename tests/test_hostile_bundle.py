@@ -164,6 +164,9 @@ FIELD_EDITS = [
     (lambda m: m["variants"][0]["onnx"]["inputs"][0].__setitem__("name", 'x" }] evil'), "inputs[0].name"),
     (lambda m: m.__setitem__("schema_version", 99), "schema_version 99 is not supported"),
     (lambda m: m["variants"].append(dict(m["variants"][0])), "variant labels repeat"),
+    (lambda m: m["variants"][0]["onnx"]["tolerance"].update(evil=1), "variants[0].onnx.tolerance.evil"),
+    (lambda m: m["variants"][0]["onnx"].__delitem__("tolerance"), "variants[0].onnx.tolerance"),
+    (lambda m: m.update(tolerance=m["variants"][0]["onnx"]["tolerance"]), "recorded both at the top level"),
 ]
 
 
@@ -172,6 +175,23 @@ def test_a_wrong_type_or_range_names_the_field(bundle, change, where):
     edit_manifest(bundle, change)
     refused(run_cli("inspect", str(bundle)), where)
     refused(run_cli("validate", str(bundle)), where)
+
+
+def older_layout(m: dict, atol: float) -> None:
+    """The manifest as flexiexport wrote it before each checked file carried its own tolerance:
+    the fp32 one once at the top level."""
+    for v in m["variants"]:
+        m["tolerance"] = v["onnx"].pop("tolerance") | {"atol": atol, "rtol": 0.0}
+
+
+def test_a_bundle_written_before_per_file_tolerances_is_read_and_judged_with_its_tolerance(bundle):
+    edit_manifest(bundle, lambda m: older_layout(m, 1.0))
+    assert run_cli("inspect", str(bundle)).exit_code == 0
+    assert run_cli("validate", str(bundle), "-q").exit_code == 0
+    assert Bundle.open(bundle).manifest.variants[2].onnx["tolerance"]["atol"] == 1.0
+    edit_manifest(bundle, lambda m: m["tolerance"].update(atol=1e-12))
+    result = run_cli("validate", str(bundle))
+    assert result.exit_code == 3 and "exceeds atol 1e-12" in result.stdout
 
 
 def test_every_file_the_manifest_names_is_resolved_and_hashed(demo):

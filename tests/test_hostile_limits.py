@@ -535,7 +535,7 @@ def test_some_inf_rows_count_as_disagreements():
 
 
 def test_validate_prints_why_a_variant_failed(bundle):
-    edit_manifest(bundle, lambda m: m["tolerance"].update(atol=1e-12, rtol=0.0))
+    edit_manifest(bundle, lambda m: [v["onnx"]["tolerance"].update(atol=1e-12, rtol=0.0) for v in m["variants"]])
     result = run_cli("validate", str(bundle))
     assert result.exit_code == 3
     rows = [line for line in result.stdout.splitlines() if line.startswith("✗ p8")]

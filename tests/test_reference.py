@@ -15,8 +15,9 @@ import pytest
 
 from exporter.bundle import Bundle
 from exporter.check import check_bundle
+from exporter.inputs import InputPlan
 from exporter.load import SourceSpec, load_source
-from exporter.pipeline import BuildOptions, parity_inputs, recheck_bundle, record_spec
+from exporter.pipeline import BuildOptions, recheck_bundle, record_spec
 from exporter.reference import load_reference, normalize
 
 from conftest import build_demo, run_cli
@@ -50,11 +51,11 @@ def demo(tmp_path_factory) -> Path:
 def test_the_reference_rebuilds_the_build_inputs_bit_for_bit(demo):
     opened = Bundle.open(demo)
     source = load_source(SourceSpec())
-    options = BuildOptions(patch_sizes=((16, 16),))
+    plan = InputPlan.for_build(BuildOptions(patch_sizes=((16, 16),)), source.name).with_source(source)
     for record in opened.manifest.variants:
         path = opened.file(record.reference["path"], record.reference["sha256"])
         stored, logits = load_reference(path, record.reference, record.img_size, opened.manifest.preprocessing)
-        planned = parity_inputs(source, record_spec(record), options)
+        planned = plan.parity(record_spec(record))
         assert np.array_equal(stored.arrays(), planned.arrays())
         assert stored.random_count == 16 and len(stored.pixels) == 16 and logits.shape == (32, 10)
         assert record.reference["real"] == {"count": 16, "from": "held-out demo digits"}

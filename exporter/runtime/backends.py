@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from exporter.errors import EnvironmentMissing, UsageError
+from exporter.manifest import static_batch
 
 BACKENDS = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu", "openvino", "openvino-bf16")
 ORT_PROVIDERS = {
@@ -110,7 +111,7 @@ def ort_runner(
     session = ort.InferenceSession(str(path), options, providers=[ORT_PROVIDERS[backend]])
     inp = session.get_inputs()[0]
     name = inp.name
-    static = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    static = static_batch(inp.shape)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(None, {name: batch})[0])

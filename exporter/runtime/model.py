@@ -26,13 +26,13 @@ import numpy as np
 from exporter.bundle import Bundle as _Door
 from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.manifest import VariantRecord
+from exporter.precision import PRECISIONS
 from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner
 from exporter.runtime.budget import Latency, choose_variant, load_latencies, probe_latencies
 from exporter.runtime.preprocess import Preprocess
 from exporter.runtime.sharing import SharedTensors
 
 log = logging.getLogger("exporter.runtime")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
