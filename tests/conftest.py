@@ -100,7 +100,8 @@ def edit_manifest(bundle: Path, change) -> dict:
     """Apply ``change`` to the bundle's manifest.json (in place, or by returning a new dict)."""
     path = bundle / "manifest.json"
     data = json.loads(path.read_text())
-    data = change(data) or data
+    changed = change(data)
+    data = changed if isinstance(changed, dict) else data
     path.write_text(json.dumps(data))
     return data
 
