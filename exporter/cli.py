@@ -181,6 +181,7 @@ class FlexiGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt as exc:
+            ignore_further_interrupts()  # the clean-up ran; exit with the code and message below
             name = str(exc.args[0]) if exc.args and str(exc.args[0]).startswith("SIG") else "SIGINT"
             code = 128 + int(getattr(signal.Signals, name, signal.SIGINT))
             fail(ctx, f"interrupted ({name}); nothing was written (an existing bundle is as it was)", code)
@@ -1120,6 +1121,20 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     install_signal_handlers()
     cli.main(args=argv, prog_name="flexiexport")
+
+
+def ignore_further_interrupts() -> None:
+    """Once an interrupt has been handled, later signals would only cut the exit short (a
+    KeyboardInterrupt escaping at shutdown makes Python kill itself with SIGINT). Only where
+    ``main`` installed our handlers: an embedding program keeps its own."""
+    import threading
+
+    from exporter.progress import interrupt
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is interrupt:
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def install_signal_handlers() -> None:

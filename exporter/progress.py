@@ -24,8 +24,10 @@ def interrupt(signum: int, frame: object) -> None:
     import signal
 
     name = signal.Signals(signum).name
+    first = not PENDING
     PENDING.append(name)
-    raise KeyboardInterrupt(name)
+    if first:  # a second signal must not break into the clean-up the first one started
+        raise KeyboardInterrupt(name)
 
 
 def check_interrupted() -> None:
