@@ -519,12 +519,21 @@ def check_replaceable_repository(repo: Path, force: bool, protect: Iterable[Path
             "refusing to replace it, choose another --out"
         )
     present = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if not p.is_dir() or p.is_symlink()}
-    extra = sorted(present - listed - {REPOSITORY_MARKER})
+    extra = sorted(rel for rel in present - listed - {REPOSITORY_MARKER} if not _written_while_serving(rel))
     if extra:
         raise BundleError(
             f"--out {shown!r} holds files flexiexport did not write ({', '.join(printable(e) for e in extra[:5])}); "
             "refusing to replace it"
         )
+
+
+def _written_while_serving(rel: str) -> bool:
+    """Files Triton's Python backend leaves in a repository we wrote: the bytecode of ``model.py``
+    and a bundle copy's latency probe (``<model>/<version>/bundle/latency.json``)."""
+    parts = rel.split("/")
+    bytecode = len(parts) == 4 and parts[2] == "__pycache__" and parts[3].endswith(".pyc")
+    probe = len(parts) == 4 and parts[1].isdigit() and parts[2] == "bundle" and parts[3] in ARTEFACTS
+    return bytecode or probe
 
 
 def repository_files(repo: Path) -> set[str] | None:

@@ -833,10 +833,32 @@ def evaluate(
         raise ValidationFailed(f"{len(result['failures'])} accuracy check(s) failed: {'; '.join(result['failures'])}")
 
 
+RUNTIME_BACKEND_HELP = (
+    "tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-bf16, or auto (the first present)."
+)
+
+
+def repository_max_batch(manifest: Any, max_batch: int | None) -> int:
+    """--max-batch, else the bundle's engine profile batch.max, else 8."""
+    if max_batch is None:
+        profiles = [e["profile"]["batch"]["max"] for e in manifest.engines.values() if e.get("profile")]
+        max_batch = profiles[0] if profiles else 8
+    if max_batch < 1:
+        raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
+    return max_batch
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--out", "repo", type=click.Path(path_type=Path), required=True, help="Model repository folder to write.")
-@click.option("--backend", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["onnx", "tensorrt", "python"]),
+    default="onnx",
+    show_default=True,
+    help="Triton backend: onnx (ONNX Runtime), tensorrt (built engines), or python (exporter.runtime in "
+    "Triton's Python backend, plus the 'flexivit' entry model that picks the variant per request).",
+)
 @click.option(
     "--max-batch",
     type=int,
@@ -847,27 +869,34 @@ def evaluate(
     type=click.Choice(["fp32", "fp16", "int8"]),
     default="fp32",
     show_default=True,
-    help="Which of the bundle's ONNX files the onnx backend serves (fp16/int8: built with --precision).",
+    help="Which of the bundle's ONNX files the onnx and python backends serve (fp16/int8: built with --precision).",
+)
+@click.option(
+    "--runtime-backend",
+    default="auto",
+    show_default=True,
+    help="--backend python: the runtime's " + RUNTIME_BACKEND_HELP,
+)
+@click.option(
+    "--dynamic-batching/--no-dynamic-batching",
+    default=True,
+    show_default=True,
+    help="Let Triton batch concurrent requests together.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing repository.")
 @debug_option
-def triton(
-    bundle: Path, repo: Path, backend: str, max_batch: int | None, precision: str, force: bool, debug: bool
-) -> None:
+def triton(bundle: Path, repo: Path, **kw: Any) -> None:
     """Write a Triton Inference Server model repository, one model per variant."""
     from exporter.bundle import Bundle, check_replaceable_repository, staging_folder, swap_into_place
     from exporter.triton import triton_schema, write_repository
 
     opened = Bundle.open(bundle)
-    manifest = opened.manifest
-    if max_batch is None:
-        profiles = [e["profile"]["batch"]["max"] for e in manifest.engines.values() if e.get("profile")]
-        max_batch = profiles[0] if profiles else 8
-    if max_batch < 1:
-        raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
-    check_replaceable_repository(repo, force, protect=[bundle])
+    max_batch = repository_max_batch(opened.manifest, kw["max_batch"])
+    check_replaceable_repository(repo, kw["force"], protect=[bundle])
     with staging_folder(repo) as tmp:
-        names = write_repository(opened, tmp, backend, max_batch, precision)
+        names = write_repository(
+            opened, tmp, kw["backend"], max_batch, kw["precision"], kw["runtime_backend"], kw["dynamic_batching"]
+        )
         swap_into_place(tmp, repo, "model repository")
     out = console()
     out.print(safe(f"wrote {len(names)} models to {repo}: {', '.join(names)}"))
@@ -940,7 +969,7 @@ def engine(bundle: Path, profile: str, quiet: bool, debug: bool) -> None:
     "--backend",
     default="auto",
     show_default=True,
-    help="tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-bf16, or auto (the first present).",
+    help=RUNTIME_BACKEND_HELP,
 )
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--batch", type=int, default=1, show_default=True, help="The batch size the budget is for.")
