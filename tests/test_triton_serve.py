@@ -277,9 +277,11 @@ class Load:
         }
 
 
-def run_load(server: TritonServer, digits: np.ndarray, threads: int = 8, per_thread: int = 50) -> Load:
+def run_load(
+    server: TritonServer, digits: np.ndarray, threads: int = 8, per_thread: int = 50, largest: int = MAX_BATCH
+) -> Load:
     """``threads`` clients (HTTP and gRPC alternately) × ``per_thread`` requests to the entry model,
-    mixed budgets and batch sizes 1..MAX_BATCH, each with its own request id."""
+    mixed budgets and batch sizes 1..``largest``, each with its own request id."""
     answers: list[Answer] = []
     failures: list[str] = []
 
@@ -294,7 +296,7 @@ def run_load(server: TritonServer, digits: np.ndarray, threads: int = 8, per_thr
     def ask_many(t: int, client: Any) -> None:
         rng = np.random.default_rng(t)
         for i in range(per_thread):
-            picked = sorted(rng.choice(len(digits), int(rng.integers(1, MAX_BATCH + 1)), replace=False).tolist())
+            picked = sorted(rng.choice(len(digits), int(rng.integers(1, largest + 1)), replace=False).tolist())
             budget = list(BUDGETS)[int(rng.integers(len(BUDGETS)))]
             params = None if budget is None else {"budget_ms": budget}
             request_id = f"{t}-{i}"
@@ -357,14 +359,16 @@ def test_a_bounded_load_is_answered_in_full_and_counted(server, digits, runtime)
 
 @pytest.mark.slow
 def test_load_with_and_without_dynamic_batching(server, bundle, digits, runtime, tmp_path):
-    """The README's numbers: the same load on this server and on one without dynamic batching."""
+    """The README's numbers: the same loads (batches of 1..8 images, and single images) on this
+    server and on one without dynamic batching."""
     results = {}
     for name, target in (("dynamic batching", server), ("no dynamic batching", None)):
         started = target or start_server(bundle, tmp_path, dynamic_batching=False)
         try:
-            before = {m: stats(started, m) for m in [ENTRY_MODEL, *VARIANTS.values()]}
-            load = run_load(started, digits[0], per_thread=100)
-            results[name] = check_load(started, load, digits[0], runtime, before)
+            for largest in (MAX_BATCH, 1):
+                before = {m: stats(started, m) for m in [ENTRY_MODEL, *VARIANTS.values()]}
+                load = run_load(started, digits[0], per_thread=100, largest=largest)
+                results[f"{name}, 1..{largest} images"] = check_load(started, load, digits[0], runtime, before)
         finally:
             if target is None:
                 started.stop()
