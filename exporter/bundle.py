@@ -565,7 +565,7 @@ _TEMP = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-.+")
 _HANDLED = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -585,7 +585,7 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     for path in parent.glob(f".{out.name}.*-*"):
         match = _TEMP.fullmatch(path.name)
         ours = match and match["name"] == out.name and path.is_dir() and not path.is_symlink()
-        if ours and not _alive(int(match["pid"])):  # type: ignore[index]
+        if ours and not process_alive(int(match["pid"])):  # type: ignore[index]
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
             log.info("removed %s, left by an interrupted run", path)

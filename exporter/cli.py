@@ -937,7 +937,13 @@ def serve(bundle: Path, **kw: Any) -> None:
 
     from exporter.bundle import Bundle
     from exporter.runtime import Bundle as RuntimeBundle
-    from exporter.serve import TritonServer, check_port, find_tritonserver
+    from exporter.serve import (
+        TritonServer,
+        check_port,
+        find_tritonserver,
+        remove_stale_work_folders,
+        work_folder_prefix,
+    )
     from exporter.triton import write_repository
 
     opened = Bundle.open(bundle)
@@ -956,7 +962,8 @@ def serve(bundle: Path, **kw: Any) -> None:
     # machine (recorded in the bundle's latency.json, which the repository copies) rather than
     # inside the server while every model loads.
     runtime.latencies(backend, kw["precision"], 1)
-    with tempfile.TemporaryDirectory(prefix="flexiexport-serve-") as tmp:
+    remove_stale_work_folders(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=work_folder_prefix()) as tmp:
         work = Path(tmp)
         names = write_repository(
             opened, work / "models", "python", max_batch, kw["precision"], kw["backend"], kw["dynamic_batching"]

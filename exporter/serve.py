@@ -32,6 +32,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -131,6 +132,25 @@ def server_environment(install: ServerInstall) -> dict[str, str]:
     return env
 
 
+def work_folder_prefix() -> str:
+    return f"flexiexport-serve-{os.getpid()}-"
+
+
+def remove_stale_work_folders(parent: Path) -> list[Path]:
+    """``flexiexport-serve-PID-*`` folders in ``parent`` left by a ``serve`` that no longer runs
+    (killed outright: its server went with it, its temporary repository stayed)."""
+    from exporter.bundle import process_alive
+
+    removed = []
+    for path in parent.glob("flexiexport-serve-*-*"):
+        pid = path.name.split("-")[2]
+        if pid.isdigit() and path.is_dir() and not path.is_symlink() and not process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            log.info("removed %s, left by a serve that was killed", path)
+    return removed
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -153,14 +173,18 @@ def check_port(port: int, option: str) -> int:
     return port
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the server gets SIGTERM when the process that started it dies (even by SIGKILL)."""
+def die_with_parent() -> Callable[[], None] | None:
+    """Linux: a function for ``preexec_fn`` that has the server sent SIGTERM when the process that
+    started it dies (even by SIGKILL). libc is looked up here, before the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class TritonServer:
@@ -211,7 +235,7 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 env=server_environment(self.install),
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=die_with_parent(),
             )
         except OSError as exc:
             raise EnvironmentMissing(f"cannot start {self.install.binary}: {exc.strerror or exc}") from exc

@@ -487,3 +487,46 @@ def test_serve_refuses_bad_input_in_one_line(bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     result = run_cli("serve", str(bundle), "--port", "0")
     assert result.exit_code == 4 and "no tritonserver found" in one_line_error(result)
+
+
+@pytest.mark.slow
+def test_a_killed_serve_takes_its_server_with_it(bundle):
+    """SIGKILL leaves serve no chance to clean up: the server still goes (it is sent SIGTERM when
+    its parent dies), and the next serve removes the repository folder left behind."""
+    import tempfile
+
+    from exporter.serve import remove_stale_work_folders
+
+    try:
+        find_tritonserver()
+    except EnvironmentMissing as exc:
+        pytest.skip(f"no tritonserver here: {exc}")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter.cli", "serve", str(bundle), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = process.stdout.readline()  # type: ignore[union-attr]
+        if not ready:
+            error = process.stderr.read()  # type: ignore[union-attr]
+            if any(marker in error for marker in CANNOT_RUN):
+                pytest.skip(f"tritonserver cannot run here: {error.strip()}")
+            raise AssertionError(error)
+        lines = [process.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+        work = Path(lines[2].split("repository: ", 1)[1].split(" (removed", 1)[0]).parent
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 1
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not Path(f"/proc/{children[0]}").exists(), "tritonserver outlived serve"
+        assert work.is_dir() and work.parent == Path(tempfile.gettempdir())
+        assert work in remove_stale_work_folders(work.parent) and not work.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
