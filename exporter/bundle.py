@@ -592,12 +592,21 @@ def check_replaceable_repository(repo: Path, force: bool, protect: Iterable[Path
             "refusing to replace it, choose another --out"
         )
     present = {e.rel for e in walk(repo) if not e.is_dir}
-    extra = sorted(present - listed - {REPOSITORY_MARKER})
+    extra = sorted(rel for rel in present - listed - {REPOSITORY_MARKER} if not _written_while_serving(rel))
     if extra:
         raise BundleError(
             f"--out {shown!r} holds files flexiexport did not write ({', '.join(printable(e) for e in extra[:5])}); "
             "refusing to replace it"
         )
+
+
+def _written_while_serving(rel: str) -> bool:
+    """Files Triton's Python backend leaves in a repository we wrote: the bytecode of ``model.py``
+    and a bundle copy's latency probe (``<model>/<version>/bundle/latency.json``)."""
+    parts = rel.split("/")
+    bytecode = len(parts) == 4 and parts[2] == "__pycache__" and parts[3].endswith(".pyc")
+    probe = len(parts) == 4 and parts[1].isdigit() and parts[2] == "bundle" and parts[3] in ARTEFACTS
+    return bytecode or probe
 
 
 def repository_files(repo: Path) -> set[str] | None:
@@ -632,7 +641,7 @@ TEMP_MARKER = ".flexiexport-temporary"
 _HANDLED = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -651,20 +660,20 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
         return removed
     for path in parent.glob(f".{out.name}.*-*"):
         match = _TEMP.fullmatch(path.name)
-        if not match or match["name"] != out.name or not _is_marked(path):
+        if not match or match["name"] != out.name or not is_marked_temporary(path):
             continue
-        if not _alive(int(match["pid"] or match["old_pid"])):
+        if not process_alive(int(match["pid"] or match["old_pid"])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
             log.info("removed %s, left by an interrupted run", path)
     return removed
 
 
-def _mark(folder: Path) -> None:
+def mark_temporary(folder: Path) -> None:
     (folder / TEMP_MARKER).write_text(folder.name)
 
 
-def _is_marked(folder: Path) -> bool:
+def is_marked_temporary(folder: Path) -> bool:
     """A real folder (no link) holding our marker with its own name: one of our temporaries."""
     marker = folder / TEMP_MARKER
     try:
@@ -687,7 +696,7 @@ def staging_folder(out: Path) -> Iterator[Path]:
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.absolute().parent))
             tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
-            _mark(tmp)
+            mark_temporary(tmp)
         except OSError as exc:
             raise BundleError(f"cannot write to {printable(str(out.absolute().parent))!r}: {exc.strerror}") from exc
     try:
@@ -724,7 +733,7 @@ def swap_into_place(tmp: Path, out: Path, what: str = "bundle") -> None:
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time() * 1000)}")
             os.replace(out, old)
-            _mark(old)  # killed from here on, the next run knows the folder is ours
+            mark_temporary(old)  # killed from here on, the next run knows the folder is ours
         try:
             (tmp / TEMP_MARKER).unlink(missing_ok=True)
             os.replace(tmp, out)

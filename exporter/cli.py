@@ -951,10 +951,32 @@ def evaluate(
         raise ValidationFailed(f"{len(result['failures'])} accuracy check(s) failed: {'; '.join(result['failures'])}")
 
 
+RUNTIME_BACKEND_HELP = (
+    "tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-bf16, or auto (the first present)."
+)
+
+
+def repository_max_batch(manifest: Any, max_batch: int | None) -> int:
+    """--max-batch, else the bundle's engine profile batch.max, else 8."""
+    if max_batch is None:
+        profiles = [e["profile"]["batch"]["max"] for e in manifest.engines.values() if e.get("profile")]
+        max_batch = profiles[0] if profiles else 8
+    if max_batch < 1:
+        raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
+    return max_batch
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--out", "repo", type=click.Path(path_type=Path), required=True, help="Model repository folder to write.")
-@click.option("--backend", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["onnx", "tensorrt", "python"]),
+    default="onnx",
+    show_default=True,
+    help="Triton backend: onnx (ONNX Runtime), tensorrt (built engines), or python (exporter.runtime in "
+    "Triton's Python backend, plus the 'flexivit' entry model that picks the variant per request).",
+)
 @click.option(
     "--max-batch",
     type=int,
@@ -965,28 +987,41 @@ def evaluate(
     type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
-    help="Which of the bundle's ONNX files the onnx backend serves (fp16/int8: built with --precision).",
+    help="Which of the bundle's ONNX files the onnx and python backends serve (fp16/int8: built with --precision).",
+)
+@click.option(
+    "--runtime-backend",
+    default="auto",
+    show_default=True,
+    help="--backend python: the runtime's " + RUNTIME_BACKEND_HELP,
+)
+@click.option(
+    "--dynamic-batching/--no-dynamic-batching",
+    default=True,
+    show_default=True,
+    help="Let Triton batch concurrent requests together.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing repository.")
 @debug_option
-def triton(
-    bundle: Path, repo: Path, backend: str, max_batch: int | None, precision: str, force: bool, debug: bool
-) -> None:
+def triton(bundle: Path, repo: Path, **kw: Any) -> None:
     """Write a Triton Inference Server model repository, one model per variant."""
     from exporter.bundle import Bundle, check_replaceable_repository, staging_folder, swap_into_place
     from exporter.triton import triton_schema, write_repository
 
     opened = Bundle.open(bundle)
-    manifest = opened.manifest
-    if max_batch is None:
-        profiles = [e["profile"]["batch"]["max"] for e in manifest.engines.values() if e.get("profile")]
-        max_batch = profiles[0] if profiles else 8
-    if max_batch < 1:
-        raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
+    max_batch = repository_max_batch(opened.manifest, kw["max_batch"])
     repo = Path(os.path.normpath(repo))  # 'x/..' names the parent, which the checks must see
-    check_replaceable_repository(repo, force, protect=[bundle])
+    check_replaceable_repository(repo, kw["force"], protect=[bundle])
     with staging_folder(repo) as tmp:
-        names = write_repository(opened, tmp, backend, max_batch, Precision(precision))
+        names = write_repository(
+            opened,
+            tmp,
+            kw["backend"],
+            max_batch,
+            Precision(kw["precision"]),
+            kw["runtime_backend"],
+            kw["dynamic_batching"],
+        )
         swap_into_place(tmp, repo, "model repository")
     out = console()
     out.print(safe(f"wrote {len(names)} models to {repo}: {', '.join(names)}"))
@@ -994,6 +1029,111 @@ def triton(
         out.print("configs not checked against Triton's schema: pip install tritonclient")
     else:
         out.print("every config.pbtxt parsed with Triton's model_config schema")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--port", type=int, default=8000, show_default=True, help="HTTP port on 127.0.0.1 (0: any free port).")
+@click.option("--grpc-port", type=int, help="gRPC port on 127.0.0.1 [default: --port + 1; 0: any free port].")
+@click.option(
+    "--tritonserver",
+    "binary",
+    type=click.Path(path_type=Path),
+    help="The tritonserver to run [default: nvidia-pytriton's, else tritonserver on PATH].",
+)
+@click.option("--backend", default="auto", show_default=True, help="The runtime's " + RUNTIME_BACKEND_HELP)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--max-batch", type=int, help="max_batch_size [default: the engine profile's batch.max, else 8].")
+@click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True)
+@click.option("--ready-timeout", type=float, default=300, show_default=True, help="Seconds to wait for the models.")
+@click.option("--verbose", is_flag=True, help="Show the server's own log.")
+@debug_option
+def serve(bundle: Path, **kw: Any) -> None:
+    """Serve a bundle on a local Triton Inference Server until Ctrl-C (or SIGTERM).
+
+    \b
+    The 'flexivit' model takes uint8 images [N, H, W, 3] (or pixel_values) and the request
+    parameter budget_ms (or variant), and answers with logits and the variant that ran.
+    \b
+    flexiexport serve bundles/flexivit-demo --port 8000
+    """
+    import sys
+    import tempfile
+
+    from exporter.bundle import Bundle, mark_temporary
+    from exporter.runtime import Bundle as RuntimeBundle
+    from exporter.serve import (
+        TritonServer,
+        check_port,
+        find_tritonserver,
+        remove_stale_work_folders,
+        work_folder_prefix,
+    )
+    from exporter.triton import write_repository
+
+    opened = Bundle.open(bundle)
+    max_batch = repository_max_batch(opened.manifest, kw["max_batch"])
+    if not kw["ready_timeout"] > 0:
+        raise UsageError(f"--ready-timeout must be a positive number of seconds, got {kw['ready_timeout']}")
+    http_port = check_port(kw["port"], "--port")
+    grpc_default = kw["port"] + 1 if kw["port"] else 0
+    grpc_port = check_port(kw["grpc_port"] if kw["grpc_port"] is not None else grpc_default, "--grpc-port")
+    if grpc_port == http_port:
+        raise UsageError(f"--grpc-port must differ from --port ({http_port})")
+    install = find_tritonserver(kw["binary"])
+    runtime = RuntimeBundle(opened)
+    backend = runtime.resolve_backend(kw["backend"], kw["precision"])
+    # The budget's latencies: bench.json/latency.json rows of this CPU, else a probe now, on a quiet
+    # machine (recorded in the bundle's latency.json, which the repository copies) rather than
+    # inside the server while every model loads.
+    runtime.latencies(backend, kw["precision"], 1)
+    remove_stale_work_folders(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=work_folder_prefix()) as tmp:
+        work = Path(tmp)
+        mark_temporary(work)  # what lets a later serve remove it if this one is killed outright
+        names = write_repository(
+            opened,
+            work / "models",
+            "python",
+            max_batch,
+            Precision(kw["precision"]),
+            kw["backend"],
+            kw["dynamic_batching"],
+        )
+        log_to = sys.stderr if kw["verbose"] else None
+        server = TritonServer(install, work / "models", work, http_port, grpc_port, log_to=log_to)
+        console(stderr=True).print(safe(f"starting {install.binary} on {len(names)} models (runtime {backend}) ..."))
+        code = serve_until_stopped(server, names, kw["ready_timeout"])
+    console(stderr=True).print(safe(f"stopped (tritonserver exit code {code}); removed {work}"))
+
+
+def serve_until_stopped(server: Any, names: list[str], ready_timeout: float) -> int | None:
+    """Start, print the endpoints once ready, wait; Ctrl-C or SIGTERM stops the server (and is no error)."""
+    from exporter.bundle import signals_deferred
+    from exporter.triton import ENTRY_MODEL
+
+    try:
+        server.start()
+        server.wait_ready(ready_timeout)
+        print_endpoints(server, names, ENTRY_MODEL)
+        code = server.wait()
+        raise FlexiExportError(f"tritonserver stopped by itself (exit code {code}); its log: {server.log_path}")
+    except KeyboardInterrupt as exc:
+        name = str(exc.args[0]) if exc.args and str(exc.args[0]).startswith("SIG") else "SIGINT"
+        console(stderr=True).print(safe(f"{name}: stopping tritonserver ..."))
+    finally:
+        with signals_deferred():
+            code = server.stop()
+    return code
+
+
+def print_endpoints(server: Any, names: list[str], entry: str) -> None:
+    version = server.metadata().get("version", "?")
+    out = console()
+    out.print(safe(f"Triton {version} ready on {server.http_url} (HTTP) and {server.grpc_url} (gRPC), localhost only"))
+    out.print(safe(f"  {entry}: images uint8 [N, H, W, 3] or pixel_values; parameters budget_ms or variant"))
+    out.print(safe(f"  variants: {', '.join(n for n in names if n != entry)}"))
+    out.print(safe(f"  repository: {server.repository} (removed on exit); Ctrl-C stops"))
 
 
 @cli.command()
@@ -1059,7 +1199,7 @@ def engine(bundle: Path, profile: str, quiet: bool, debug: bool) -> None:
     "--backend",
     default="auto",
     show_default=True,
-    help="tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-bf16, or auto (the first present).",
+    help=RUNTIME_BACKEND_HELP,
 )
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--batch", type=int, default=1, show_default=True, help="The batch size the budget is for.")

@@ -23,10 +23,8 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))
 @pytest.mark.parametrize(
     "args",
     [["--help"], ["--version"]]
-    + [
-        [cmd, "--help"]
-        for cmd in ("build", "resize", "inspect", "validate", "bench", "evaluate", "engine", "profiles", "triton")
-    ],
+    + [[cmd, "--help"] for cmd in ("build", "resize", "inspect", "validate", "bench", "evaluate", "engine")]
+    + [[cmd, "--help"] for cmd in ("profiles", "triton", "serve")],
 )
 def test_help_imports_no_heavy_library(args):
     done = subprocess.run(

@@ -100,3 +100,106 @@ def test_schema_rejects_unknown_fields_and_wrong_types():
         check_config('name: "x"\nmax_batch: 3\n', SCHEMA)
     with pytest.raises(UsageError, match="parse"):
         check_config('name: "x"\nmax_batch_size: "many"\n', SCHEMA)
+
+
+def test_python_repository_holds_the_serving_files_and_an_entry_model(bundle, tmp_path):
+    repo = tmp_path / "repo"
+    (bundle / "bench.json").write_text('{"machine": {"cpu": "elsewhere"}, "timings": []}')
+    try:
+        result = run_cli(
+            "triton", str(bundle), "--out", str(repo), "--backend", "python", "--runtime-backend", "ort-cpu"
+        )
+    finally:
+        (bundle / "bench.json").unlink()
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "wrote 3 models" in result.stdout and "flexivit_demo_p8, flexivit_demo_p16, flexivit" in result.stdout
+    manifest = read_manifest(bundle)
+    inodes = set()
+    for name in ("flexivit_demo_p8", "flexivit_demo_p16", "flexivit"):
+        copy = repo / name / "1" / "bundle"
+        files = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file())
+        # no reference outputs, no report: only what serving reads
+        assert files == [
+            "bench.json",
+            "manifest.json",
+            "onnx/model_p16.onnx",
+            "onnx/model_p8.onnx",
+            "onnx/shared_weights.bin",
+        ]
+        inodes.add((copy / "onnx" / "model_p8.onnx").stat().st_ino)
+        assert "exporter.runtime.triton_models import" in (repo / name / "1" / "model.py").read_text()
+    assert len(inodes) == 1  # hard links: one copy on disk
+    variant = check_config((repo / "flexivit_demo_p16" / "config.pbtxt").read_text(), SCHEMA)
+    assert variant.backend == "python" and variant.max_batch_size == 32 and list(variant.input[0].dims) == [3, 64, 64]
+    assert variant.dynamic_batching.max_queue_delay_microseconds == 100
+    assert variant.parameters["variant"].string_value == "p16"
+    assert variant.parameters["runtime_backend"].string_value == "ort-cpu"
+    entry = check_config((repo / "flexivit" / "config.pbtxt").read_text(), SCHEMA)
+    assert [(i.name, list(i.dims), i.optional) for i in entry.input] == [
+        ("images", [-1, -1, 3], True),
+        ("pixel_values", [3, 64, 64], True),  # one image size for every variant: checked by Triton
+    ]
+    assert [o.name for o in entry.output] == ["logits", "variant"] and list(entry.output[0].dims) == [10]
+    assert json.loads(entry.parameters["variants"].string_value) == {
+        v.label: f"flexivit_demo_{v.label}" for v in manifest.variants
+    }
+
+    # What the Python backend leaves behind does not stop --force; anything else does.
+    (repo / "flexivit" / "1" / "__pycache__").mkdir()
+    (repo / "flexivit" / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"")
+    (repo / "flexivit" / "1" / "bundle" / "latency.json").write_text("{}")
+    assert run_cli("triton", str(bundle), "--out", str(repo), "--backend", "python", "--force").exit_code == 0
+    (repo / "flexivit" / "1" / "bundle" / "notes.txt").write_text("mine")
+    result = run_cli("triton", str(bundle), "--out", str(repo), "--backend", "python", "--force")
+    assert result.exit_code == 2 and "flexivit/1/bundle/notes.txt" in one_line_error(result)
+
+
+def test_python_repository_refuses_what_it_cannot_serve(bundle, tmp_path):
+    result = run_cli(
+        "triton", str(bundle), "--out", str(tmp_path / "a"), "--backend", "python", "--runtime-backend", "cuda"
+    )
+    assert result.exit_code == 2 and "auto or one of tensorrt, ort-tensorrt" in one_line_error(result)
+    result = run_cli(
+        "triton", str(bundle), "--out", str(tmp_path / "b"), "--backend", "python", "--runtime-backend", "tensorrt"
+    )
+    assert result.exit_code == 2 and "no built TensorRT engine for p8" in one_line_error(result)
+    result = run_cli("triton", str(bundle), "--out", str(tmp_path / "c"), "--backend", "python", "--precision", "int8")
+    assert result.exit_code == 2 and "no int8 ONNX for p8" in one_line_error(result)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_triton_models_import_without_torch_timm_or_onnx():
+    import subprocess
+    import sys
+
+    from test_reference import BLOCKED
+
+    probe = (
+        "import sys\n"
+        "class Blocker:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {BLOCKED!r}: raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+        "import exporter.runtime.triton_models, exporter.serve\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_probe_that_cannot_be_recorded_is_still_used(bundle, tmp_path, monkeypatch, caplog):
+    """A read-only model repository: the entry model measures the variants and goes on serving."""
+    import shutil
+
+    from exporter.runtime import Bundle as RuntimeBundle
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+
+    def read_only(path, text):
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr("exporter.manifest.write_atomic", read_only)
+    with caplog.at_level("WARNING", logger="exporter.runtime"):
+        found = RuntimeBundle.open(copy).latencies("ort-cpu", "fp32", 1)
+    assert set(found) == {"p8", "p16"} and not (copy / "latency.json").exists()
+    assert "latencies measured but not recorded" in caplog.text

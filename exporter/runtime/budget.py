@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporter.errors import UsageError
+from exporter.errors import BundleError, DiskFullError, UsageError
 
 if TYPE_CHECKING:
     from exporter.bundle import Bundle
@@ -118,5 +118,9 @@ def probe_latencies(
         {"backend": wanted, "variant": k, "batch": batch, "p50_ms": v.p50_ms, "p99_ms": v.p99_ms, "measured": measured}
         for k, v in found.items()
     ]
-    write_atomic(door.artefact("latency.json"), json.dumps({"machine": machine_key(), "rows": rows}, indent=2) + "\n")
+    text = json.dumps({"machine": machine_key(), "rows": rows}, indent=2) + "\n"
+    try:
+        write_atomic(door.artefact("latency.json"), text)
+    except (OSError, BundleError, DiskFullError) as exc:  # read-only (a mounted model repository): still used
+        log.warning("latencies measured but not recorded: %s", exc)
     return found
