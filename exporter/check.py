@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from exporter.bundle import Bundle
 from exporter.errors import BundleError, EnvironmentMissing
@@ -62,6 +63,26 @@ def check_variant(
         runner = load_runner(opened.onnx(record, precision), backend, threads)
         reduced = compare_outputs(y, run_batched(runner, x, batch), recorded_tolerance(record.reduced))
     return Recheck(label, True, cmp, reduced=reduced)
+
+
+def fastest_passing(opened: Bundle, timings: Sequence[Any], threads: int | None = None) -> dict[str, tuple[str, float]]:
+    """Per variant, the fastest runtime backend (by p50 at its smallest batch timed) whose run of
+    the fp32 ONNX meets that backend's tolerance against the stored reference: what a CPU user
+    should run. Only the runtime's backends are judged (PyTorch rows are the reference)."""
+    from exporter.runtime.backends import BACKENDS
+
+    found: dict[str, tuple[str, float]] = {}
+    for record in opened.manifest.variants:
+        rows = [t for t in timings if t.variant == record.label and t.backend in BACKENDS]
+        if not rows or not record.reference:
+            continue
+        smallest = min(t.batch for t in rows)
+        for t in sorted((t for t in rows if t.batch == smallest), key=lambda t: t.p50_ms):
+            result = check_variant(opened, record, threads, t.backend)
+            if result.sha256_ok and result.comparison:  # the fp32 file's verdict on this backend
+                found[record.label] = (t.backend, t.p50_ms)
+                break
+    return found
 
 
 def check_bundle(

@@ -804,6 +804,10 @@ def bench(bundle: Path, **kw: Any) -> None:
     write_atomic(targets[0], json.dumps(merged, indent=2) + "\n")
     plot = write_plot(opened)
     print_bench(report)
+    from exporter.check import fastest_passing
+
+    for label, (backend, p50) in fastest_passing(opened, report.timings, report.threads).items():
+        console().print(safe(f"{label}: fastest within its tolerance here: {backend} ({p50:.2f} ms p50)"))
     print_frontier(opened)
     if note:
         console().print(safe(note), soft_wrap=True)

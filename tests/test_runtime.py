@@ -249,3 +249,19 @@ def test_evaluate_runs_openvino_beside_onnxruntime(demo, tmp_path):
     rows = json.loads((copy / "eval.json").read_text())["results"]
     by = {(r["variant"], r["backend"]): r["top1"] for r in rows}
     assert all(by[(v, "openvino")] == by[(v, "onnxruntime")] for v in ("p8", "p16", "p32"))
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed")
+def test_bench_names_the_fastest_backend_that_keeps_its_tolerance(demo, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(demo, copy)
+    quick = ("--batch-sizes", "1", "--runs", "2", "--min-seconds", "0", "--warmup", "1", "-q")
+    result = run_cli("bench", str(copy), "--backends", "ort-cpu,openvino", *quick)
+    assert result.exit_code == 0, result.output + result.stderr
+    lines = [line for line in result.stdout.splitlines() if "fastest within its tolerance here" in line]
+    assert [line.split(":")[0] for line in lines] == ["p8", "p16", "p32"]
+    rows = json.loads((copy / "bench.json").read_text())["timings"]
+    for line in lines:  # the named backend is the faster of the two (both keep fp32 parity on the demo)
+        label, backend = line.split(":")[0], line.split("here: ")[1].split(" (")[0]
+        p50 = {r["backend"]: r["p50_ms"] for r in rows if r["variant"] == label and r["batch"] == 1}
+        assert backend == min(p50, key=p50.get)
