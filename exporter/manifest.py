@@ -326,6 +326,12 @@ def render_report(manifest: Manifest) -> str:
                 else ""
             ),
         ]
+    lines += [
+        "",
+        "On a CPU with AVX-512 BF16 or AMX, OpenVINO computes in bf16 unless told otherwise: the runtime's "
+        "`openvino` backend asks for f32 (judged with the fp32 tolerances), `openvino-bf16` is judged with the "
+        "fp16 ones (`flexiexport validate BUNDLE --backends openvino,openvino-bf16`).",
+    ]
     lines += ["", f"Overall: {'PASSED' if manifest.passed else 'FAILED'}", ""]
     return "\n".join(lines)
 
