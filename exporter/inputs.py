@@ -75,7 +75,7 @@ class InputPlan:
     @property
     def calibration_count(self) -> int:
         """Calibration images read per variant (int8 only)."""
-        return CALIBRATION_IMAGES if self.precision is Precision.INT8 else 0
+        return CALIBRATION_IMAGES if self.precision == Precision.INT8 else 0
 
     @property
     def images_per_variant(self) -> int:
@@ -86,7 +86,7 @@ class InputPlan:
         """Fail before any work when int8 has no calibration images, or none left over after the
         check: with ``--calib-dir`` the first ``--parity-samples`` images (sorted) check the int8
         model and only the rest calibrate it, so it is never judged on its own calibration data."""
-        if self.precision is not Precision.INT8:
+        if self.precision != Precision.INT8:
             return
         if self.calib_dir is None:
             if self.demo:

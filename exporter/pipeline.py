@@ -380,7 +380,7 @@ def reduced_variant(
     out_rel = rel.with_name(f"{rel.stem}.{options.precision}.onnx")
     anchors: list[str] = []
     calibration = ""
-    if options.precision is Precision.FP16:
+    if options.precision == Precision.FP16:
         anchors = to_fp16(tmp / rel, tmp / out_rel)
     else:
         static = None if options.export.batch == "dynamic" else int(options.export.batch)

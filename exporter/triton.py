@@ -140,7 +140,7 @@ def _engines_by_cc(opened: Bundle, label: str) -> dict[str, Path]:
 def onnx_for(record: VariantRecord, precision: Precision) -> dict[str, Any]:
     """The variant's ONNX entry of ``precision`` (fp32, or the bundle's fp16/int8 file), refusing
     one that is missing or failed its parity check: a repository serves only checked models."""
-    if precision is Precision.FP32:
+    if precision == Precision.FP32:
         entry, failures = record.onnx, record.parity.get("failures", [])
     elif record.reduced.get("precision") == precision:
         entry, failures = record.reduced, record.reduced["parity"].get("failures", [])
