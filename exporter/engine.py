@@ -191,8 +191,13 @@ def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = Non
     opened.verify_all()
     problem = tensorrt_problem()
     if problem:
-        script = shlex.quote(str(bundle / "engines" / f"build_{profile.name}.sh"))
-        raise EnvironmentMissing(f"{problem}; with trtexec only, run {script}")
+        path = bundle / "engines" / f"build_{profile.name}.sh"
+        if path.is_file():
+            raise EnvironmentMissing(f"{problem}; with trtexec only, run {shlex.quote(str(path))}")
+        raise EnvironmentMissing(
+            f"{problem}; with trtexec only, rebuild the bundle with --profile {profile.name} "
+            "(it writes engines/build_<profile>.sh for the device; this bundle was built without that profile)"
+        )
     times: dict[str, float] = {}
     cache_in = saved_timing_cache(opened, profile)
     staging = Path(tempfile.mkdtemp(prefix=f".engines-{profile.name}-", dir=bundle))

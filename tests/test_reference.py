@@ -119,3 +119,10 @@ def test_validate_and_engine_run_where_torch_timm_and_onnx_cannot_be_imported(de
     assert "TensorRT is not installed" in result.stderr and "Traceback" not in result.stderr
     result = run_without_torch("validate", str(demo), "--rebuild")
     assert result.returncode == 4 and "validate --rebuild needs PyTorch and timm" in result.stderr
+
+
+def test_engine_without_tensorrt_points_at_a_script_only_when_there_is_one(demo):
+    """The demo was built without --profile: there is no build_t4.sh to run."""
+    result = run_cli("engine", str(demo), "--profile", "t4")
+    assert result.exit_code == 4
+    assert "rebuild the bundle with --profile t4" in result.stderr and "build_t4.sh" not in result.stderr
