@@ -10,6 +10,7 @@ Skipped, with the reason, where the server cannot start here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -427,27 +428,10 @@ def test_flexiexport_serve_answers_and_stops_cleanly(bundle):
     digit for the budget over HTTP, then SIGTERM stops the server and removes the repository."""
     from test_reference import NO_TORCH
 
-    try:
-        find_tritonserver()
-    except EnvironmentMissing as exc:
-        pytest.skip(f"no tritonserver here: {exc}")
     port, grpc_port = two_ports()
-    process = subprocess.Popen(
-        [sys.executable, "-c", NO_TORCH, "serve", str(bundle), "--port", str(port), "--grpc-port", str(grpc_port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        ready = process.stdout.readline()  # type: ignore[union-attr]
-        if not ready:
-            error = process.stderr.read()  # type: ignore[union-attr]
-            if any(marker in error for marker in CANNOT_RUN):
-                pytest.skip(f"tritonserver cannot run here: {error.strip()}")
-            raise AssertionError(error)
+    command = [sys.executable, "-c", NO_TORCH, "serve", str(bundle), "--port", str(port), "--grpc-port", str(grpc_port)]
+    with serving(command) as (process, ready, repository):
         assert f"ready on http://127.0.0.1:{port} (HTTP) and 127.0.0.1:{grpc_port} (gRPC)" in ready
-        lines = [process.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
-        repository = Path(lines[2].split("repository: ", 1)[1].split(" (removed", 1)[0])
         assert (repository / ENTRY_MODEL / "config.pbtxt").is_file()
         images, labels = load_demo_digits("test")
         client = http.InferenceServerClient(f"127.0.0.1:{port}")
@@ -460,6 +444,26 @@ def test_flexiexport_serve_answers_and_stops_cleanly(bundle):
         assert process.wait(60) == 0
         assert "stopped (tritonserver exit code 0)" in process.stderr.read()  # type: ignore[union-attr]
         assert not repository.parent.exists()
+
+
+@contextlib.contextmanager
+def serving(command: list[str]) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+    """``flexiexport serve`` in its own process: (the process, its ready line, the repository it
+    wrote), once ready; skipped where no tritonserver can run; killed on the way out if still up."""
+    try:
+        find_tritonserver()
+    except EnvironmentMissing as exc:
+        pytest.skip(f"no tritonserver here: {exc}")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = process.stdout.readline()  # type: ignore[union-attr]
+        if not ready:
+            error = process.stderr.read()  # type: ignore[union-attr]
+            if any(marker in error for marker in CANNOT_RUN):
+                pytest.skip(f"tritonserver cannot run here: {error.strip()}")
+            raise AssertionError(error)
+        lines = [process.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+        yield process, ready, Path(lines[2].split("repository: ", 1)[1].split(" (removed", 1)[0])
     finally:
         if process.poll() is None:
             process.kill()
@@ -497,25 +501,8 @@ def test_a_killed_serve_takes_its_server_with_it(bundle):
 
     from exporter.serve import remove_stale_work_folders
 
-    try:
-        find_tritonserver()
-    except EnvironmentMissing as exc:
-        pytest.skip(f"no tritonserver here: {exc}")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter.cli", "serve", str(bundle), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        ready = process.stdout.readline()  # type: ignore[union-attr]
-        if not ready:
-            error = process.stderr.read()  # type: ignore[union-attr]
-            if any(marker in error for marker in CANNOT_RUN):
-                pytest.skip(f"tritonserver cannot run here: {error.strip()}")
-            raise AssertionError(error)
-        lines = [process.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
-        work = Path(lines[2].split("repository: ", 1)[1].split(" (removed", 1)[0]).parent
+    with serving([sys.executable, "-m", "exporter.cli", "serve", str(bundle), "--port", "0"]) as (process, _, repo):
+        work = repo.parent
         children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 1
         process.kill()
@@ -526,7 +513,3 @@ def test_a_killed_serve_takes_its_server_with_it(bundle):
         assert not Path(f"/proc/{children[0]}").exists(), "tritonserver outlived serve"
         assert work.is_dir() and work.parent == Path(tempfile.gettempdir())
         assert work in remove_stale_work_folders(work.parent) and not work.exists()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
