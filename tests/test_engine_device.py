@@ -315,6 +315,7 @@ DEVICE_MODULES |= {"typing_inspection", "tomli", "tensorrt", "cuda"}
 PROBE = textwrap.dedent(
     """
     import json, sys
+    AT_START = {m.split(".")[0] for m in sys.modules}  # what site's .pth files imported, not our code
     BLOCKED = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "safetensors", "matplotlib", "PIL")
     class Blocker:
         def find_spec(self, name, path=None, target=None):
@@ -330,7 +331,7 @@ PROBE = textwrap.dedent(
         main(sys.argv[1:])
     except SystemExit as exc:
         code = exc.code
-    found = {m.split(".")[0] for m in sys.modules} - set(sys.stdlib_module_names)
+    found = {m.split(".")[0] for m in sys.modules} - set(sys.stdlib_module_names) - AT_START
     print(json.dumps({"code": code, "modules": sorted(found)}))
     """
 )

@@ -171,6 +171,20 @@ def stats(server: TritonServer, model: str) -> dict[str, int]:
     }
 
 
+def settled_stats(server: TritonServer, model: str) -> dict[str, int]:
+    """``stats`` once two reads 0.2 s apart agree: the requests of an earlier test are counted just
+    after their responses are sent, and a snapshot taken before that miscounts this test's."""
+    now = stats(server, model)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        again = stats(server, model)
+        if again == now:
+            break
+        now = again
+    return now
+
+
 def stats_after(server: TritonServer, model: str, before: dict[str, int], requests: int) -> dict[str, int]:
     """``stats`` once ``requests`` more have been counted (Triton counts a request just after its
     response is sent), or after 10 s, whatever they then say."""
@@ -239,7 +253,7 @@ FAULTS = [
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_a_bad_request_gets_a_clear_error_and_the_server_keeps_serving(server, clients, digits, runtime, protocol):
     client = clients[protocol]
-    before = stats(server, ENTRY_MODEL)
+    before = settled_stats(server, ENTRY_MODEL)
     for model, inputs, params, words in FAULTS:
         with pytest.raises(InferenceServerException) as caught:
             ask(client, model, inputs, parameters=params)
@@ -362,7 +376,7 @@ def check_load(server: TritonServer, load: Load, digits: np.ndarray, runtime: di
 
 
 def test_a_bounded_load_is_answered_in_full_and_counted(server, digits, runtime):
-    before = {m: stats(server, m) for m in [ENTRY_MODEL, *VARIANTS.values()]}
+    before = {m: settled_stats(server, m) for m in [ENTRY_MODEL, *VARIANTS.values()]}
     load = run_load(server, digits[0])
     print("dynamic batching:", json.dumps(check_load(server, load, digits[0], runtime, before)))
 
@@ -376,7 +390,7 @@ def test_load_with_and_without_dynamic_batching(server, bundle, digits, runtime,
         started = target or start_server(bundle, tmp_path, dynamic_batching=False)
         try:
             for largest in (MAX_BATCH, 1):
-                before = {m: stats(started, m) for m in [ENTRY_MODEL, *VARIANTS.values()]}
+                before = {m: settled_stats(started, m) for m in [ENTRY_MODEL, *VARIANTS.values()]}
                 load = run_load(started, digits[0], per_thread=100, largest=largest)
                 results[f"{name}, 1..{largest} images"] = check_load(started, load, digits[0], runtime, before)
         finally:
