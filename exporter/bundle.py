@@ -86,9 +86,11 @@ class _Strict(BaseModel):
 
 
 def _dims_after_batch(shape: list[int | str]) -> list[int | str]:
-    """Only the batch may be symbolic (``"batch"``): every other dim is a number we use."""
-    if any(not isinstance(d, int) for d in shape[1:]):
-        raise ValueError(f"only the first (batch) dimension may be named, got {shape!r}")
+    """Only the batch may be symbolic (``"batch"``), and in a dynamic-resolution input the height
+    and width (``[batch, 3, height, width]``): every other dim is a number we use."""
+    named = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+    if any(i > 0 for i in named) and not (len(shape) == 4 and set(named) - {0} <= {2, 3}):
+        raise ValueError(f"only the batch, height and width dimensions may be named, got {shape!r}")
     return shape
 
 
@@ -177,6 +179,25 @@ class ReferenceEntry(_Strict):
     real: RealInputs
 
 
+class DynamicCheck(_Strict):
+    size: Literal["min", "max"]
+    img_size: tuple[Side, Side]
+    parity: VariantParity
+    reference: ReferenceEntry
+
+
+class DynamicEntry(_Strict):
+    """``--img-size dynamic:MIN-MAX``: the sizes the ONNX takes and its checks beyond opt."""
+
+    min: tuple[Side, Side]
+    opt: tuple[Side, Side]
+    max: tuple[Side, Side]
+    multiple_of: tuple[PatchSide, PatchSide]
+    pos_resample: str
+    checks: list[DynamicCheck] = Field(min_length=2, max_length=2)
+    status: Literal["passed", "failed"]
+
+
 class VariantSchema(_Strict):
     label: SafeName
     patch_size: tuple[PatchSide, PatchSide]
@@ -196,6 +217,7 @@ class VariantSchema(_Strict):
     trt_lint: TrtLint | Empty = Empty()
     reduced: ReducedEntry | Empty = Empty()
     reference: ReferenceEntry | Empty = Empty()
+    dynamic: DynamicEntry | Empty = Empty()
 
 
 class ExportRecord(_Strict):
@@ -448,6 +470,8 @@ class Bundle:
                 problems.append(str(exc))
         if record.reference:
             problems.append(self.problems(record.reference["path"], record.reference["sha256"]))
+        for check in record.dynamic.get("checks", []):
+            problems.append(self.problems(check["reference"]["path"], check["reference"]["sha256"]))
         return "; ".join(dict.fromkeys(p for p in problems if p))
 
     def artefact(self, name: str) -> Path:

@@ -20,6 +20,7 @@ from exporter.manifest import VariantRecord, check_batch
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import stored_reference
 from exporter.runtime.backends import backend_problem, load_runner
+from exporter.sizes import format_size
 from exporter.validate import (
     TOLERANCES,
     Comparison,
@@ -38,16 +39,19 @@ def backend_tolerance(recorded: Tolerance, backend: str) -> Tolerance:
 
 
 def check_variant(
-    opened: Bundle, record: VariantRecord, threads: int | None = None, backend: str = "ort-cpu"
+    opened: Bundle, record: VariantRecord, threads: int | None = None, backend: str = "ort-cpu", size: str = "opt"
 ) -> Recheck:
-    """Files first (inside, sha256), then each ONNX on ``backend`` against the stored PyTorch logits."""
+    """Files first (inside, sha256), then each ONNX on ``backend`` against the stored PyTorch logits
+    (``size``: a dynamic-resolution variant's ``min`` or ``max`` check)."""
     label = record.label if backend == "ort-cpu" else f"{record.label} {backend}"
+    if size != "opt":
+        label = f"{label} at {format_size(record.img_range[size == 'max'])}"  # type: ignore[index]
     problem = opened.variant_problems(record)
     if problem:
         return Recheck(label, False, None, problem)
     onnx_path = opened.onnx(record)
     try:
-        planned, expected = stored_reference(opened.root, opened.manifest, record)
+        planned, expected = stored_reference(opened.root, opened.manifest, record, size)
     except BundleError as exc:
         return Recheck(label, True, None, str(exc))
     export = opened.manifest.options["export"]
@@ -56,7 +60,7 @@ def check_variant(
     tol = backend_tolerance(recorded_tolerance(record.onnx), backend)
     cmp = compare_outputs(expected, run_batched(load_runner(onnx_path, backend, threads), inputs, batch), tol)
     reduced: Comparison | None = None
-    if record.reduced:
+    if record.reduced and size == "opt":
         precision = record.reduced["precision"]
         plan = InputPlan.for_bundle(opened.manifest)
         x, y = plan.reduced(precision, inputs), plan.reduced(precision, expected)
@@ -103,4 +107,8 @@ def check_bundle(
         for record in opened.manifest.variants:
             with stage(reporter, record.label, f"parity on {backend} (stored reference)", times):
                 results.append(check_variant(opened, record, threads, backend))
+                # a dynamic-resolution ONNX: its smallest and largest size too
+                results += [
+                    check_variant(opened, record, threads, backend, s) for s in ("min", "max") if record.dynamic
+                ]
     return results

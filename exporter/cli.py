@@ -30,7 +30,7 @@ from exporter.errors import (
 )
 from exporter.names import printable
 from exporter.precision import PRECISIONS, Precision
-from exporter.sizes import Size2, format_size, grid_for, to_size2
+from exporter.sizes import DYNAMIC_PREFIX, Size2, SizeRange, format_size, grid_for, parse_img_range, to_size2
 
 NUMBERISH = re.compile(r"^-?\d")
 
@@ -95,10 +95,18 @@ def parse_img_size(value: str) -> str | Size2:
         raise click.BadParameter(f"must be N, HxW, 'native' or 'auto', got {value!r}") from exc
 
 
-def parse_img_sizes(value: str) -> tuple[str | Size2, tuple[Size2, ...]]:
-    """``--img-size``: one policy (``native``, ``auto``, ``64``), or several sizes (``48 64 96``,
-    joined with commas by the greedy parser) for a grid of variants."""
+def parse_img_sizes(value: str) -> tuple[str | Size2 | SizeRange, tuple[Size2, ...]]:
+    """``--img-size``: one policy (``native``, ``auto``, ``64``), several sizes (``48 64 96``,
+    joined with commas by the greedy parser) for a grid of variants, or ``dynamic:MIN-MAX``
+    (returned as its (min, max) range)."""
     parts = [p.strip() for p in value.split(",") if p.strip()]
+    if any(p.startswith(DYNAMIC_PREFIX) for p in parts):
+        if len(parts) != 1:
+            raise click.BadParameter(f"dynamic:MIN-MAX stands alone, got {value!r}")
+        try:
+            return parse_img_range(parts[0]), ()
+        except FlexiExportError as exc:
+            raise click.BadParameter(str(exc).removeprefix("--img-size ")) from exc
     if len(parts) <= 1:
         return parse_img_size(value.strip(",")), ()
     sizes = [parse_img_size(p) for p in parts]
@@ -416,10 +424,11 @@ def failed_message(manifest: Any, bundle: Path) -> str:
     "--img-size",
     default="native",
     show_default=True,
-    metavar="N|HxW|native|auto",
+    metavar="N|HxW|native|auto|dynamic:MIN-MAX",
     help="Image size for every variant; auto: per variant, the multiple of the patch nearest the native size; "
     "several sizes (48 64 96): one variant per patch and size, named p16_64 (pairs that cannot exist are left out "
-    "and named).",
+    "and named); dynamic:MIN-MAX: one ONNX per patch taking any multiple of the patch in that range (position "
+    "grid resampled in the graph; checked at the smallest, native and largest size).",
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Bundle folder [default: bundles/<model name>].")
 @click.option(
@@ -502,6 +511,7 @@ def build(**kw: Any) -> None:
     flexiexport build --patch-sizes 8 16 32                      # the shipped demo FlexiViT
     flexiexport build --model flexivit_small --weights w.safetensors --patch-sizes 8 16 32 --img-size auto
     flexiexport build --patch-sizes 8 16 32 --img-size 48 64 96   # a grid: p8_48 ... p32_96
+    flexiexport build --patch-sizes 8 16 32 --img-size dynamic:32-128   # any multiple of the patch
     """
     from exporter.export import ExportOptions
     from exporter.load import SourceSpec
@@ -512,13 +522,17 @@ def build(**kw: Any) -> None:
 
     patch_resize = ResizeOverride(kw["interpolation"], kw["antialias"])  # the rest: the checkpoint family's
     img_policy, img_sizes = parse_img_sizes(kw["img_size"])
+    img_range = None
+    if isinstance(img_policy, tuple) and isinstance(img_policy[0], tuple):  # dynamic:MIN-MAX
+        img_range, img_policy = img_policy, "native"
     options = BuildOptions(
         patch_sizes=flatten_sizes(kw["patch_sizes"]),
         source=SourceSpec(
             kw["weights"], kw["model_name"], kw["pretrained"], kw["trust_checkpoint"], kw["use_ema"], kw["num_heads"]
         ),
-        img_size=img_policy,
+        img_size=img_policy,  # type: ignore[arg-type]
         img_sizes=img_sizes,
+        img_range=img_range,  # type: ignore[arg-type]
         out=kw["out"],
         export=ExportOptions(opset=kw["opset"], batch=parse_batch(kw["batch"]), exporter=kw["exporter"]),  # type: ignore[arg-type]
         force=kw["force"],
@@ -726,9 +740,10 @@ def validate(bundle: Path, rebuild: bool, weights: Path | None, backends: str, q
         if r.reduced is not None:
             out.print(safe(f"  {r.label} {r.reduced.tolerance.name}: {r.reduced}"))
     bad = [r.label for r in results if not r]
+    what = "variants" if all(" at " not in r.label for r in results) else "checks (a dynamic variant at 3 sizes)"
     if bad:
-        raise ValidationFailed(f"{len(bad)} of {len(results)} variants failed validation: {', '.join(bad)}")
-    out.print(f"all {len(results)} variants passed")
+        raise ValidationFailed(f"{len(bad)} of {len(results)} {what} failed validation: {', '.join(bad)}")
+    out.print(f"all {len(results)} {what} passed")
 
 
 BENCH_BACKENDS = (  # exporter.bench.BACKENDS, spelled here so that --help imports no numpy

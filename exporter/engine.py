@@ -58,7 +58,7 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
                     *([record.reduced["precision"]] if record.reduced.get("precision") else []),
                 ),
                 "engine": f"engines/{profile.name}/model_{record.label}.engine",
-                "shapes": engine_shapes(profile, record.img_size, record.static_batch),
+                "shapes": engine_shapes(profile, record.img_size, record.static_batch, record.img_range),
                 "layernorms": layernorm_node_names(bundle / onnx),
             }
         )

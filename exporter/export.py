@@ -70,16 +70,24 @@ class ExportInfo:
     size_bytes: int
 
 
-def export_onnx(model: torch.nn.Module, img_size: Size2, path: Path, options: ExportOptions) -> ExportInfo:
-    """Export ``model`` to ``path`` (float32 NCHW ``pixel_values`` → ``logits``) and check it."""
+def export_onnx(
+    model: torch.nn.Module, img_size: Size2, path: Path, options: ExportOptions, dynamic_hw: bool = False
+) -> ExportInfo:
+    """Export ``model`` to ``path`` (float32 NCHW ``pixel_values`` → ``logits``) and check it.
+    ``dynamic_hw``: the input's height and width are named (``height``, ``width``) axes too."""
     start = time.perf_counter()
     example = torch.zeros(options.trace_batch, 3, *img_size)
+    if dynamic_hw and options.exporter == "dynamo":
+        raise UsageError("--img-size dynamic:MIN-MAX exports with --exporter torchscript only")
     with full_disk_as_usage_error(path), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if options.exporter == "dynamo":
             _export_dynamo(model, example, path, options)
         else:
-            dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if options.batch == "dynamic" else None
+            axes: dict[int, str] = {0: "batch"} if options.batch == "dynamic" else {}
+            if dynamic_hw:
+                axes |= {2: "height", 3: "width"}
+            dynamic = ({INPUT_NAME: axes} | ({OUTPUT_NAME: {0: "batch"}} if 0 in axes else {})) if axes else None
             torch.onnx.export(
                 model,
                 (example,),

@@ -263,7 +263,8 @@ def bundle_workloads(manifest: Manifest, batch: int | None, images: int | None) 
     weight_bytes = params * DTYPE_BYTES.get(str(manifest.source.get("dtype")), FLOAT32)
     workloads = []
     for record in manifest.variants:
-        img = (int(record.img_size[0]), int(record.img_size[1]))
+        largest = record.img_range[1] if record.img_range else record.img_size  # a dynamic one runs up to its max
+        img = (int(largest[0]), int(largest[1]))
         patch = (int(record.patch_size[0]), int(record.patch_size[1]))
         if min(*img, *patch, dim, depth, run_batch) < 1 or classes < 0 or held < 0 or not 0 < mlp_ratio < 1e6:
             raise ValueError(f"variant {record.label}: sizes and counts must be positive")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import BundleError, DiskFullError, full_disk_cause
-from exporter.sizes import format_size
+from exporter.sizes import format_range, format_size
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -60,6 +60,15 @@ class VariantRecord:
     trt_lint: dict[str, Any] = field(default_factory=dict)
     reduced: dict[str, Any] = field(default_factory=dict)  # the fp16/int8 ONNX and its parity, if asked for
     reference: dict[str, Any] = field(default_factory=dict)  # PyTorch's logits on the parity inputs (npz)
+    dynamic: dict[str, Any] = field(default_factory=dict)  # --img-size dynamic: its range and extra checks
+
+    @property
+    def img_range(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """A dynamic-resolution variant's smallest and largest image size; None for a fixed one."""
+        if not self.dynamic:
+            return None
+        low, high = self.dynamic["min"], self.dynamic["max"]
+        return (int(low[0]), int(low[1])), (int(high[0]), int(high[1]))
 
     @property
     def static_batch(self) -> int | None:
@@ -70,6 +79,7 @@ class VariantRecord:
         """(relative path, sha256) of the variant's own files: ONNX, fp16/int8 ONNX, reference."""
         found = [(self.onnx["path"], self.onnx["sha256"])]
         found += [(e["path"], e["sha256"]) for e in (self.reduced, self.reference) if e]
+        found += [(c["reference"]["path"], c["reference"]["sha256"]) for c in self.dynamic.get("checks", [])]
         return found
 
 
@@ -207,7 +217,7 @@ def variant_rows(manifest: Manifest) -> list[list[str]]:
             [
                 "✓" if v.parity.get("passed", v.status == "passed") else "✗",
                 v.label,
-                format_size(v.img_size),
+                format_size(v.img_size) + (f" ({format_range(v.img_range)})" if v.img_range else ""),
                 f"{v.grid[0]}x{v.grid[1]}",
                 str(v.tokens),
                 f"{v.gflops:.3f}",

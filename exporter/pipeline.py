@@ -49,7 +49,7 @@ from exporter.profile import Profile
 from exporter.progress import Reporter, SilentReporter, stage
 from exporter.reference import REFERENCE_DIR, save_reference, stored_reference
 from exporter.resize import ResizeMethod, ResizeOverride
-from exporter.sizes import Size2, format_size
+from exporter.sizes import Size2, SizeRange, format_range, format_size
 from exporter.validate import TOLERANCES, Recheck, Tolerance
 from exporter.variant import ImagePolicy, VariantSpec
 
@@ -66,6 +66,7 @@ class BuildOptions:
     source: SourceSpec = field(default_factory=SourceSpec)
     img_size: ImagePolicy = "native"
     img_sizes: tuple[Size2, ...] = ()  # --img-size 48 64 96: a grid, one variant per (patch, size)
+    img_range: SizeRange | None = None  # --img-size dynamic:MIN-MAX: one dynamic-resolution ONNX per patch
     out: Path | None = None
     export: ExportOptions = field(default_factory=ExportOptions)
     force: bool = False
@@ -98,6 +99,16 @@ class BuildOptions:
         if len(sizes) == 1:  # one size is today's fixed size, with today's labels
             object.__setattr__(self, "img_size", sizes[0])
         object.__setattr__(self, "img_sizes", sizes if len(sizes) > 1 else ())
+        if self.img_range is not None:
+            what = f"--img-size dynamic:{format_range(self.img_range)}"
+            if self.img_sizes:
+                raise UsageError(f"{what} stands alone: give either a range or image sizes")
+            if self.precision == Precision.INT8:
+                raise UsageError(
+                    f"{what} builds fp32 and fp16 ONNX (int8 is calibrated at one size: use a fixed --img-size)"
+                )
+            if self.export.exporter != "torchscript":
+                raise UsageError(f"{what} exports with --exporter torchscript only")
         if self.parity_samples < 1:
             raise UsageError(f"--parity-samples must be at least 1, got {self.parity_samples}")
         if not 0 <= self.seed <= MAX_SEED:
@@ -192,6 +203,7 @@ def input_key(source_sha: str, calib_sha: str | None, spec: VariantSpec, options
         "source": source_sha,
         "patch": spec.patch_size,
         "img": spec.img_size,
+        "img_range": spec.img_range,
         "patch_resize": str(spec.patch_resize),
         "pos_resize": str(spec.pos_resize),
         "export": asdict(options.export),
@@ -214,6 +226,13 @@ def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpe
 
     patch_resize = options.patch_resize.resolve(default_patch_resize(source.family))
     pos_resize = options.pos_resize.resolve(default_pos_resize(source.family))
+    if options.img_range is not None:
+        from exporter.variant import plan_dynamic
+
+        planned, impossible = plan_dynamic(options.patch_sizes, options.img_range, source.img_size)
+        for line in impossible:
+            log.info("left out %s", line)
+        return [VariantSpec(p, opt, patch_resize, pos_resize, img_range=fits) for p, opt, fits in planned]
     if options.img_sizes:
         plan = plan_grid(options.patch_sizes, options.img_sizes)
         for line in plan.impossible:
@@ -237,6 +256,11 @@ def check_sizes_before_loading(options: BuildOptions) -> None:
     if options.img_sizes:
         plan_grid(options.patch_sizes, options.img_sizes)
         return
+    if options.img_range is not None:
+        from exporter.variant import plan_dynamic
+
+        plan_dynamic(options.patch_sizes, options.img_range, options.img_range[0])
+        return
     native = None if isinstance(options.img_size, tuple) else stated_img_size(options.source)
     for patch in options.patch_sizes:
         fitted_img_size(native, patch, options.img_size)
@@ -256,7 +280,7 @@ def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: B
             depth=source.depth,
             num_heads=source.num_heads,
             num_classes=source.num_classes,
-            img_size=spec.img_size,
+            img_size=spec.img_range[1] if spec.img_range else spec.img_size,  # a dynamic one: its largest
             patch_size=spec.patch_size,
             batch=check_batch(options.export.batch),
             images=images,
@@ -303,26 +327,30 @@ def build_variant(
     from exporter.export import export_onnx
     from exporter.lint import lint_onnx
     from exporter.validate import compare_outputs, ort_runner, run_batched, torch_runner
-    from exporter.variant import count_layernorms, make_variant
+    from exporter.variant import count_layernorms, fixed_at, make_variant
 
     label = spec.label
     with stage(reporter, label, "resize", times):
         variant = make_variant(source, spec)
     rel = Path("onnx") / f"model_{label}.onnx"
     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+    dynamic = spec.img_range is not None
     with stage(reporter, label, "export", times):
-        info = export_onnx(variant.model, spec.img_size, tmp / rel, options.export)
-        lint = lint_onnx(tmp / rel, layernorms=count_layernorms(variant.model))
+        info = export_onnx(variant.model, spec.img_size, tmp / rel, options.export, dynamic_hw=dynamic)
+        lint = lint_onnx(tmp / rel, layernorms=count_layernorms(variant.model), dynamic_hw=dynamic)
     with stage(reporter, label, "parity", times):
         start = time.perf_counter()
         planned = plan.parity(spec)
         inputs = planned.arrays()
         batch = check_batch(options.export.batch)
-        expected = run_batched(torch_runner(variant.model), inputs, batch)
+        # A dynamic ONNX is judged against a fixed-size model at each size, its opt size included.
+        reference_model = fixed_at(source, spec, spec.img_size) if dynamic else variant.model
+        expected = run_batched(torch_runner(reference_model), inputs, batch)
         actual = run_batched(ort_runner(tmp / rel, options.threads), inputs, batch)
         comparison = compare_outputs(expected, actual, options.tolerance)
         ref_rel = Path(REFERENCE_DIR) / f"model_{label}.npz"
         save_reference(tmp / ref_rel, planned, expected)
+        sizes = dynamic_checks(source, spec, options, plan, tmp, rel) if dynamic else {}
         parity_seconds = time.perf_counter() - start
     onnx_record = {
         **asdict(info),
@@ -350,14 +378,58 @@ def build_variant(
         pos_resize=str(spec.pos_resize),
         onnx=onnx_record,
         parity=parity,
-        status="passed" if comparison and reduced.get("status", "passed") == "passed" else "failed",
+        status="passed"
+        if comparison and reduced.get("status", "passed") == "passed" and sizes.get("status", "passed") == "passed"
+        else "failed",
         export_seconds=round(info.seconds, 3),
         parity_seconds=round(parity_seconds, 3),
         input_key=key,
         trt_lint=lint.to_dict(),
         reduced=reduced,
         reference=reference,
+        dynamic=sizes,
     )
+
+
+def dynamic_checks(
+    source: SourceModel, spec: VariantSpec, options: BuildOptions, plan: InputPlan, tmp: Path, rel: Path
+) -> dict[str, Any]:
+    """A dynamic-resolution ONNX at its smallest and largest size (the opt size is the variant's own
+    check), each against a fixed-size PyTorch model built for exactly that size
+    (``variant.fixed_at``: the position grid resampled offline as the graph does), with a stored
+    reference each so that ``validate`` judges all three without torch."""
+    from exporter.validate import compare_outputs, ort_runner, run_batched, torch_runner
+    from exporter.variant import GRAPH_POS_RESIZE, fixed_at
+
+    assert spec.img_range is not None
+    batch = check_batch(options.export.batch)
+    runner = ort_runner(tmp / rel, options.threads)
+    checks: list[dict[str, Any]] = []
+    for which, size in zip(("min", "max"), spec.img_range):
+        planned = plan.parity(spec.at(size))
+        inputs = planned.arrays()
+        expected = run_batched(torch_runner(fixed_at(source, spec, size)), inputs, batch)
+        comparison = compare_outputs(expected, run_batched(runner, inputs, batch), options.tolerance)
+        ref_rel = Path(REFERENCE_DIR) / f"model_{spec.label}_{which}.npz"
+        save_reference(tmp / ref_rel, planned, expected)
+        reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
+        checks.append(
+            {
+                "size": which,
+                "img_size": list(size),
+                "parity": comparison.to_dict() | {"inputs": planned.what},
+                "reference": reference,
+            }
+        )
+    return {
+        "min": list(spec.img_range[0]),
+        "opt": list(spec.img_size),
+        "max": list(spec.img_range[1]),
+        "multiple_of": list(spec.patch_size),
+        "pos_resample": f"{GRAPH_POS_RESIZE} in the graph (ONNX Resize cubic), from the {format_size(spec.grid)} grid",
+        "checks": checks,
+        "status": "passed" if all(c["parity"]["passed"] for c in checks) else "failed",
+    }
 
 
 def reduced_variant(
@@ -598,6 +670,8 @@ def img_size_policy(options: BuildOptions) -> str | list[int] | list[list[int]]:
     """What the manifest records: 'native', 'auto', one [h, w], or a grid's [[h, w], ...]."""
     if options.img_sizes:
         return [list(size) for size in options.img_sizes]
+    if options.img_range is not None:
+        return f"dynamic:{format_range(options.img_range)}"
     return options.img_size if isinstance(options.img_size, str) else list(options.img_size)
 
 
@@ -606,7 +680,13 @@ def _manifest(
 ) -> Manifest:
     from exporter.variant import plan_grid
 
-    impossible = plan_grid(options.patch_sizes, options.img_sizes).impossible if options.img_sizes else ()
+    impossible: tuple[str, ...] | list[str] = ()
+    if options.img_sizes:
+        impossible = plan_grid(options.patch_sizes, options.img_sizes).impossible
+    elif options.img_range is not None:
+        from exporter.variant import plan_dynamic
+
+        impossible = plan_dynamic(options.patch_sizes, options.img_range, source.img_size)[1]
     pre = asdict(source.preprocessing)
     pre["input"] = {
         "name": INPUT_NAME,
@@ -680,6 +760,7 @@ def record_spec(record: VariantRecord) -> VariantSpec:
         parse_resize_method(record.patch_resize),
         parse_resize_method(record.pos_resize),
         sized=record.label != variant_label(record.patch_size),
+        img_range=record.img_range,
     )
 
 
@@ -688,7 +769,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     re-run parity on the build's inputs (the ones the bundle's reference stores: the recorded
     ``--calib-dir`` is never read again)."""
     from exporter.validate import check_parity, ort_runner, recorded_tolerance, torch_runner
-    from exporter.variant import make_variant
+    from exporter.variant import fixed_at, make_variant
 
     reporter = reporter or SilentReporter()
     opened = Bundle.open(bundle)
@@ -709,7 +790,8 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
             continue
         vspec = record_spec(record)
         with stage(reporter, record.label, "parity", times):
-            reference = torch_runner(make_variant(source, vspec).model)
+            model = fixed_at(source, vspec, vspec.img_size) if vspec.img_range else make_variant(source, vspec).model
+            reference = torch_runner(model)
             planned = stored_reference(opened.root, manifest, record)[0] if record.reference else plan.parity(vspec)
             inputs = planned.arrays()
             cmp = check_parity(
@@ -725,6 +807,14 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
                     recorded_tolerance(record.reduced),
                 )
         results.append(Recheck(record.label, True, cmp, reduced=reduced))
+        for which, size in zip(("min", "max"), vspec.img_range or ()):
+            with stage(reporter, record.label, f"parity at {format_size(size)}", times):
+                planned = stored_reference(opened.root, manifest, record, which)[0]
+                runner = torch_runner(fixed_at(source, vspec, size))
+                cmp = check_parity(
+                    runner, ort_runner(opened.onnx(record)), planned.arrays(), batch, recorded_tolerance(record.onnx)
+                )
+            results.append(Recheck(f"{record.label} at {format_size(size)}", True, cmp))
     return results
 
 

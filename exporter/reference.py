@@ -146,20 +146,28 @@ def _npy_header(member: Any) -> tuple[str, tuple[int, ...]]:
     return dtype.str, tuple(int(d) for d in shape)
 
 
-def stored_reference(root: Path, manifest: Manifest, record: VariantRecord) -> tuple[ParityInputs, np.ndarray]:
+def stored_reference(
+    root: Path, manifest: Manifest, record: VariantRecord, size: str = "opt"
+) -> tuple[ParityInputs, np.ndarray]:
     """A variant's parity inputs and PyTorch logits from the bundle at ``root``, whose files the
-    caller has checked (``Bundle.file`` or ``Bundle.verify_all``)."""
-    if not record.reference:
+    caller has checked (``Bundle.file`` or ``Bundle.verify_all``). ``size``: a dynamic-resolution
+    variant's ``min`` or ``max`` check instead of its own (opt) size."""
+    if size != "opt":
+        check = next(c for c in record.dynamic["checks"] if c["size"] == size)
+        reference, img_size = check["reference"], tuple(check["img_size"])
+    else:
+        reference, img_size = record.reference, record.img_size
+    if not reference:
         raise BundleError(
             f"{record.label}: the bundle carries no PyTorch reference (built by flexiexport before 0.2); "
             "rebuild it, or run 'flexiexport validate --rebuild' where the checkpoint is"
         )
     samples = manifest.options["parity_samples"]
-    random, real = record.reference["random"]["count"], record.reference["real"]["count"]
+    random, real = reference["random"]["count"], reference["real"]["count"]
     if random != samples or real > samples:
         raise BundleError(
             f"{record.label}: the reference records {random} random and {real} real images, but the build "
             f"checked {samples} of each at most (options.parity_samples)"
         )
-    path = root / record.reference["path"]
-    return load_reference(path, record.reference, record.img_size, manifest.preprocessing)
+    path = root / reference["path"]
+    return load_reference(path, reference, img_size, manifest.preprocessing)  # type: ignore[arg-type]

@@ -111,3 +111,42 @@ def divisibility_message(img_size: Size2, patch_size: Size2, advice: str = BUILD
         f"{format_size(img_size)}; patch sizes that fit {img}: {valid}; "
         f"image sizes that fit {p}: {near} ({advice})"
     )
+
+
+DYNAMIC_PREFIX = "dynamic:"
+SizeRange = tuple[Size2, Size2]  # (smallest, largest) image size a dynamic-resolution ONNX takes
+
+
+def parse_img_range(text: str) -> SizeRange:
+    """``dynamic:32-128`` or ``dynamic:32x48-128x160`` → ``((32, 32), (128, 128))``."""
+    body = text[len(DYNAMIC_PREFIX) :] if text.startswith(DYNAMIC_PREFIX) else text
+    parts = body.split("-")
+    if len(parts) != 2:
+        raise ImageSizeError(
+            f"--img-size dynamic takes MIN-MAX (e.g. dynamic:160-320 or dynamic:32x48-128x160), got {text!r}"
+        )
+    try:
+        low, high = to_size2(parts[0], "image size"), to_size2(parts[1], "image size")
+    except PatchSizeError:
+        raise ImageSizeError(
+            f"--img-size dynamic takes MIN-MAX with positive sizes N or HxW (e.g. dynamic:160-320), got {text!r}"
+        ) from None
+    if low[0] > high[0] or low[1] > high[1]:
+        raise ImageSizeError(f"--img-size {text}: the smallest size must not exceed the largest")
+    return low, high
+
+
+def sizes_in_range(patch: Size2, span: SizeRange) -> SizeRange | None:
+    """The smallest and largest multiples of ``patch`` inside ``span`` (per side), or None when a
+    side has none."""
+    (lo_h, lo_w), (hi_h, hi_w) = span
+    low = (-(-lo_h // patch[0]) * patch[0], -(-lo_w // patch[1]) * patch[1])
+    high = ((hi_h // patch[0]) * patch[0], (hi_w // patch[1]) * patch[1])
+    if low[0] > high[0] or low[1] > high[1] or high[0] < patch[0] or high[1] < patch[1]:
+        return None
+    return (max(low[0], patch[0]), max(low[1], patch[1])), high
+
+
+def format_range(span: SizeRange) -> str:
+    """``32-128``, the form ``--img-size dynamic:`` takes."""
+    return f"{format_size(span[0])}-{format_size(span[1])}"

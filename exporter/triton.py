@@ -78,7 +78,9 @@ def config_text(
     """``config.pbtxt`` for one variant: names, dims and types from the manifest."""
     (inp,), (out,) = record.onnx["inputs"], record.onnx["outputs"]
     static = record.static_batch
-    in_dims, out_dims = [int(d) for d in inp["shape"][1:]], [int(d) for d in out["shape"][1:]]
+    # a named height/width (--img-size dynamic) is a variable dim, -1 in Triton's config
+    in_dims = [d if isinstance(d, int) else -1 for d in inp["shape"][1:]]
+    out_dims = [int(d) for d in out["shape"][1:]]
     if static is not None:  # a static-batch model: Triton sees the batch as part of the dims
         max_batch, in_dims, out_dims = 0, [static, *in_dims], [static, *out_dims]
     lines = [

@@ -207,7 +207,7 @@ def check_precision(
 
 @dataclass(frozen=True)
 class EngineShapes:
-    """The optimisation profile's input shapes; ``static``: the ONNX's batch is fixed, so the
+    """The optimisation profile's input shapes; ``static``: the ONNX's input is fixed, so the
     engine takes no profile (trtexec refuses shapes for a static model)."""
 
     min: tuple[int, ...]
@@ -216,11 +216,26 @@ class EngineShapes:
     static: bool = False
 
 
-def engine_shapes(profile: Profile, img_size: tuple[int, int], static_batch: int | None = None) -> EngineShapes:
-    """The optimisation profile's shapes; a static-batch ONNX pins all three to its batch."""
+def engine_shapes(
+    profile: Profile,
+    img_size: tuple[int, int],
+    static_batch: int | None = None,
+    img_range: tuple[tuple[int, int], tuple[int, int]] | None = None,
+) -> EngineShapes:
+    """The optimisation profile's shapes; a static-batch ONNX pins all three to its batch. A
+    dynamic-resolution ONNX (``img_range``) takes its smallest size at min, ``img_size`` at opt and
+    its largest at max, so its input is never static (DLA, which needs min = opt = max, is refused)."""
     b = profile.batch
     batches = (static_batch,) * 3 if static_batch else (b.min, b.opt, b.max)
-    return EngineShapes(*((n, 3, *img_size) for n in batches), static=bool(static_batch))
+    if img_range is None:
+        return EngineShapes(*((n, 3, *img_size) for n in batches), static=bool(static_batch))
+    if profile.dla_core >= 0:
+        raise UsageError(
+            f"profile {profile.name!r} runs on DLA core {profile.dla_core}, which needs fixed input shapes: "
+            "build the bundle with a fixed --img-size for it"
+        )
+    sizes = (img_range[0], img_size, img_range[1])
+    return EngineShapes(*((n, 3, *size) for n, size in zip(batches, sizes)))
 
 
 def precision_ready(profile: Profile, variant: dict[str, Any]) -> bool:
