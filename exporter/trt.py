@@ -234,8 +234,8 @@ def engine_shapes(
             f"profile {profile.name!r} runs on DLA core {profile.dla_core}, which needs fixed input shapes: "
             "build the bundle with a fixed --img-size for it"
         )
-    sizes = (img_range[0], img_size, img_range[1])
-    return EngineShapes(*((n, 3, *size) for n, size in zip(batches, sizes)))
+    (low, high), (n_min, n_opt, n_max) = img_range, batches
+    return EngineShapes((n_min, 3, *low), (n_opt, 3, *img_size), (n_max, 3, *high))
 
 
 def precision_ready(profile: Profile, variant: dict[str, Any]) -> bool:
