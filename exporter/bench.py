@@ -117,12 +117,33 @@ class Ceiling:
 
 
 @dataclass(frozen=True)
+class ResampleCost:
+    """A dynamic-resolution variant against a fixed-size ONNX of the same patch built for exactly
+    ``img_size`` (``variant.fixed_at``), on one backend at one batch, timed alternately in the same
+    run: ``extra_ms`` is what resampling the position grid in the graph (and shapes left
+    dynamic) costs at that size."""
+
+    backend: str
+    variant: str
+    img_size: tuple[int, int]
+    batch: int
+    dynamic_p50_ms: float
+    fixed_p50_ms: float
+    dynamic_p99_ms: float
+    fixed_p99_ms: float
+    extra_ms: float
+    extra_percent: float
+    measured_at: str = ""
+
+
+@dataclass(frozen=True)
 class BenchReport:
     machine: dict[str, object]
     threads: int
     ceiling: Ceiling
     timings: tuple[Timing, ...]
     skipped: tuple[Skipped, ...] = field(default=())
+    resample: tuple[ResampleCost, ...] = field(default=())
 
 
 def measure(run: Callable[[], object], options: BenchOptions) -> list[float]:
@@ -205,7 +226,7 @@ def torch_sgemm_gflops(size: int, options: BenchOptions) -> float:
 
 def openvino_bf16_gflops(size: int, threads: int, options: BenchOptions) -> float | None:
     """OpenVINO's MatMul on ``size``² with bf16 inference precision; None without OpenVINO or bf16."""
-    from exporter.runtime.backends import backend_problem
+    from exporter.runtime.backends import backend_problem, openvino_core
 
     if backend_problem("openvino-bf16"):
         return None
@@ -221,7 +242,7 @@ def openvino_bf16_gflops(size: int, threads: int, options: BenchOptions) -> floa
     b = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
     model = ov.Model([ops.matmul(a, b, False, False)], [a], "matmul")
     config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads}
-    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    request = openvino_core().compile_model(model, "CPU", config).create_infer_request()
     x = rng.standard_normal((size, size), dtype=np.float32)
     times = measure(lambda: request.infer({0: x}), options)
     return 2 * size**3 / statistics.median(times) / 1e9
@@ -393,11 +414,7 @@ def bench_variant(
     ceiling: Ceiling,
 ) -> Timing:
     """Time one backend on one variant at one batch size."""
-    x = np.random.default_rng(0).standard_normal((batch, 3, *img), dtype=np.float32)
-    start = time.perf_counter()
-    runner(x)  # first call: compilation, allocation, autotuning
-    setup = time.perf_counter() - start
-    times = measure(lambda: runner(x), options)
+    times, setup = timed(runner, img, batch, options)
     p50 = percentile(times, 50)
     gflops = float(record.gflops)
     achieved = gflops * batch / p50
@@ -421,6 +438,101 @@ def bench_variant(
         threads=options.thread_count,
         img_size=img,
     )
+
+
+def timed(runner: Runner, img: tuple[int, int], batch: int, options: BenchOptions) -> tuple[list[float], float]:
+    """Seconds per call of ``runner`` on a seeded random batch, and the first call's seconds
+    (compilation, allocation, autotuning), which are not among them."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, *img), dtype=np.float32)
+    start = time.perf_counter()
+    runner(x)
+    setup = time.perf_counter() - start
+    return measure(lambda: runner(x), options), setup
+
+
+def timed_pair(
+    first: Runner, second: Runner, img: tuple[int, int], batch: int, options: BenchOptions
+) -> tuple[list[float], list[float]]:
+    """Seconds per call of two runners on the same batch, called in turn (ABAB...) so that
+    whatever else loads the machine meanwhile slows both alike. Warm-up calls are not counted."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, *img), dtype=np.float32)
+    first(x), second(x)  # first calls: compilation, allocation
+    laps: tuple[list[float], list[float]] = ([], [])
+
+    def both() -> None:
+        for runner, times in zip((first, second), laps):
+            start = time.perf_counter()
+            runner(x)
+            times.append(time.perf_counter() - start)
+
+    measure(both, options)
+    return laps[0][options.warmup :], laps[1][options.warmup :]
+
+
+ONNX_BACKENDS = ("ort-cpu", "openvino", "openvino-bf16", "ort-cuda", "ort-tensorrt")  # the runtime's, on an ONNX
+
+
+def resample_costs(
+    opened: Bundle,
+    source: Callable[[], Any],
+    backends: list[str],
+    options: BenchOptions,
+    say: Callable[[str], None],
+) -> tuple[list[ResampleCost], list[Skipped]]:
+    """Each dynamic-resolution variant at its smallest, opt and largest size against a fixed-size
+    ONNX exported now for exactly that size, on every ONNX backend that ran, at the smallest
+    batch asked for (or the ONNX's static one). Needs the source checkpoint (the fixed-size
+    models are built from it); without it the comparison is skipped with the reason."""
+    import tempfile
+
+    from exporter.errors import BundleError
+    from exporter.export import ExportOptions, export_onnx
+    from exporter.pipeline import record_spec
+    from exporter.variant import fixed_at
+
+    records = [r for r in opened.manifest.variants if r.img_range]
+    if not records or not backends:
+        return [], []
+    try:
+        src = source()
+    except BundleError as exc:
+        return [], [Skipped("resample cost", f"{exc} (the fixed-size models are built from it)")]
+    costs: list[ResampleCost] = []
+    with tempfile.TemporaryDirectory(prefix="flexiexport-resample-") as tmp:
+        for record in records:
+            spec, (low, high) = record_spec(record), record.img_range or ((0, 0), (0, 0))
+            batch = record.static_batch or min(options.batch_sizes)
+            export = ExportOptions(
+                opset=int(record.onnx["opset"]), batch=record.static_batch or "dynamic", exporter="torchscript"
+            )
+            fixed: dict[tuple[int, int], Path] = {}
+            for size in dict.fromkeys((low, spec.img_size, high)):
+                say(f"resample cost: exporting {record.label} fixed at {size[0]}x{size[1]}")
+                fixed[size] = Path(tmp) / f"{record.label}_{size[0]}x{size[1]}.onnx"
+                export_onnx(fixed_at(src, spec, size), size, fixed[size], export)
+            for backend in backends:
+                dynamic = FACTORIES[backend](lambda: None, opened.onnx(record), options.thread_count)
+                for size, path in fixed.items():
+                    say(f"resample cost: {backend} {record.label} at {size[0]}x{size[1]}, batch {batch}")
+                    plain = FACTORIES[backend](lambda: None, path, options.thread_count)
+                    dyn_times, fixed_times = timed_pair(dynamic, plain, size, batch, options)
+                    d50, f50 = percentile(dyn_times, 50) * 1e3, percentile(fixed_times, 50) * 1e3
+                    costs.append(
+                        ResampleCost(
+                            backend=backend,
+                            variant=record.label,
+                            img_size=size,
+                            batch=batch,
+                            dynamic_p50_ms=d50,
+                            fixed_p50_ms=f50,
+                            dynamic_p99_ms=percentile(dyn_times, 99) * 1e3,
+                            fixed_p99_ms=percentile(fixed_times, 99) * 1e3,
+                            extra_ms=d50 - f50,
+                            extra_percent=100 * (d50 - f50) / f50,
+                            measured_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+                        )
+                    )
+    return costs, []
 
 
 def merge_reports(previous: Any, report: BenchReport) -> tuple[dict[str, Any], str]:
@@ -447,6 +559,13 @@ def merge_reports(previous: Any, report: BenchReport) -> tuple[dict[str, Any], s
     new["timings"] = kept + list(new["timings"])
     still_skipped = [s for s in old_skips if isinstance(s, dict) and s.get("backend") not in ran]
     new["skipped"] = list(new["skipped"]) + still_skipped
+    if isinstance(previous.get("resample"), list):  # same rule, keyed by size too
+        fresh_sizes = {key(r) + (tuple(r["img_size"]),) for r in new["resample"]}
+        new["resample"] = [
+            r
+            for r in previous["resample"]
+            if isinstance(r, dict) and key(r) + (tuple(r.get("img_size") or ()),) not in fresh_sizes
+        ] + list(new["resample"])
     if not kept:
         return new, f"replaced all {len(earlier)} rows of the previous bench.json" if earlier else ""
     backends = ", ".join(sorted({str(t.get("backend")) for t in kept}))
@@ -502,6 +621,7 @@ def bench_bundle(
             say(f"{name}: {record.label} batch {batch}")
             timings.append(bench_variant(name, runner, record, record_spec(record).img_size, batch, options, ceiling))
 
+    ran: list[str] = []  # the ONNX backends that ran: the resample cost is measured on them
     for backend in options.backends:
         try:
             for record in manifest.variants:
@@ -515,10 +635,14 @@ def bench_bundle(
                 spec = record_spec(record)
                 model = lambda spec=spec: make_variant(source(), spec).model  # noqa: E731 - built only if used
                 run_batches(backend, FACTORIES[backend](model, opened.onnx(record), threads), record)
+            if backend in ONNX_BACKENDS:
+                ran.append(backend)
         except Unavailable as exc:
             skipped.append(Skipped(backend, str(exc)))
+    resample, not_measured = resample_costs(opened, source, ran, options, say)
+    skipped += not_measured
     if "ort-cpu" in options.backends:  # the bundle's fp16/int8 ONNX, on the same provider
         for record in (r for r in manifest.variants if r.reduced):
             runner = FACTORIES["ort-cpu"](lambda: None, opened.onnx(record, record.reduced["precision"]), threads)
             run_batches(f"ort-cpu {record.reduced['precision']}", runner, record)
-    return BenchReport(machine_info(threads), threads, ceiling, tuple(timings), tuple(skipped))
+    return BenchReport(machine_info(threads), threads, ceiling, tuple(timings), tuple(skipped), tuple(resample))

@@ -895,8 +895,34 @@ def print_bench(report: Any) -> None:
         + (f", onnxruntime int8 MatMulInteger {c.int8_matmul_gops:.0f} GOP/s" if c.int8_matmul_gops else "")
         + "; each row's share is of its own precision's ceiling"
     )
+    if report.resample:
+        print_resample(report.resample, out)
     for s in report.skipped:
         out.print(safe(f"skipped {s.backend}: {s.reason}"))
+
+
+def print_resample(costs: Any, out: Any) -> None:
+    """What a dynamic-resolution variant's in-graph position resample costs, per size and backend."""
+    from rich.table import Table
+
+    table = Table(
+        title="in-graph position resample: dynamic ONNX against a fixed-size ONNX at the same size",
+        title_justify="left",
+    )
+    for header in ("variant", "image", "batch", "backend", "dynamic p50", "fixed p50", "extra ms", "extra"):
+        table.add_column(header, justify="left" if header in ("variant", "backend") else "right")
+    for c in costs:
+        table.add_row(
+            safe(c.variant),
+            format_size(tuple(c.img_size)),
+            str(c.batch),
+            safe(c.backend),
+            f"{c.dynamic_p50_ms:.3f}",
+            f"{c.fixed_p50_ms:.3f}",
+            f"{c.extra_ms:+.3f}",
+            f"{c.extra_percent:+.1f}%",
+        )
+    print_whole(table, out)
 
 
 @cli.command()

@@ -176,3 +176,40 @@ def test_triton_configs_take_any_height_and_width(dynamic_bundle, tmp_path):
     assert result.exit_code == 0, result.output + result.stderr
     config = (tmp_path / "repo" / "flexivit_demo_p16" / "config.pbtxt").read_text()
     assert "dims: [3, -1, -1]" in config
+
+
+def test_bench_times_the_in_graph_resample_against_fixed_size_onnx(dynamic_bundle, tmp_path):
+    """Each variant at its smallest, opt and largest size, dynamic ONNX against one exported for
+    exactly that size, on the same backend; a second backend's run keeps the first one's rows."""
+    bundle = tmp_path / "b"
+    shutil.copytree(dynamic_bundle, bundle)
+    quick = ("--batch-sizes", "2", "--runs", "3", "--min-seconds", "0", "--warmup", "1")
+    result = run_cli("bench", str(bundle), "--backends", "ort-cpu", *quick)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "in-graph position resample" in result.output
+    report = json.loads((bundle / "bench.json").read_text())
+    sizes = [[32, 32], [64, 64], [128, 128]]
+    rows = report["resample"]
+    assert [(r["variant"], r["img_size"]) for r in rows] == [(v, s) for v in ("p8", "p16", "p32") for s in sizes]
+    for r in rows:
+        assert r["backend"] == "ort-cpu" and r["batch"] == 2
+        assert r["dynamic_p50_ms"] > 0 and r["fixed_p50_ms"] > 0
+        assert r["extra_ms"] == pytest.approx(r["dynamic_p50_ms"] - r["fixed_p50_ms"])
+    fp32 = [t for t in report["timings"] if t["backend"] == "ort-cpu"]
+    assert [t["img_size"] for t in fp32] == [[64, 64]] * 3  # the budget's rows stay at opt
+
+    again = run_cli("bench", str(bundle), "--backends", "openvino", *quick)
+    assert again.exit_code == 0, again.output + again.stderr
+    backends = [r["backend"] for r in json.loads((bundle / "bench.json").read_text())["resample"]]
+    assert backends.count("ort-cpu") == 9 and backends.count("openvino") == 9
+
+
+def test_bench_without_the_checkpoint_says_why_the_resample_is_not_measured(dynamic_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(dynamic_bundle, bundle)
+    quick = ("--batch-sizes", "1", "--runs", "2", "--min-seconds", "0", "--warmup", "0")
+    result = run_cli("bench", str(bundle), "--backends", "ort-cpu", "--weights", str(tmp_path / "gone.pt"), *quick)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "skipped resample cost:" in result.output and "gone.pt" in result.output
+    report = json.loads((bundle / "bench.json").read_text())
+    assert report["resample"] == [] and len(report["timings"]) == 6  # the ONNX timings need no checkpoint

@@ -213,6 +213,36 @@ def test_openvino_gives_the_onnxruntime_answer(demo, digits):
     assert result.exit_code == 0 and result.stdout.startswith("p8 on openvino (fp32)")
 
 
+OPENVINO_THEN_CTRL_C = """
+import gc, os, signal, sys, time
+import numpy as np
+from exporter.runtime.backends import openvino_runner
+x = np.ones((2, 3, 64, 64), np.float32)
+first = openvino_runner(sys.argv[1])
+for _ in range(3):  # as bench's resample cost does: a second model alive beside the first, in turn
+    second = openvino_runner(sys.argv[1])
+    first(x), second(x), first(x), second(x)
+del first, second
+gc.collect()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1)
+except KeyboardInterrupt:
+    print("interrupt handled")
+"""
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed")
+def test_ctrl_c_after_openvino_models_are_gone_is_still_handled(demo):
+    """With one openvino.Core per model this process died of SIGSEGV (exit 139) on the signal:
+    OpenVINO's CPU plugin left an alternate signal stack registered in memory it had freed."""
+    onnx = demo / "onnx" / "model_p16.onnx"
+    result = subprocess.run(
+        [sys.executable, "-c", OPENVINO_THEN_CTRL_C, str(onnx)], capture_output=True, text=True, timeout=300
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "interrupt handled"), result.stderr[-2000:]
+
+
 def test_the_runtime_imports_no_torch_timm_or_onnx(demo, digits):
     from test_reference import NO_TORCH
 

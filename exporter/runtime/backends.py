@@ -16,6 +16,7 @@ Each import is lazy: a device needs only the backend it runs.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,10 +121,21 @@ def ort_runner(
     return Runner(backend, path, run, static, details=details, borrowed=dict(initializers or {}))
 
 
-def openvino_runner(path: Path, backend: str = "openvino", threads: int | None = None) -> Runner:
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, kept until exit. With a Core per model (two alive at
+    once, each dropped with its model, as bench's resample cost does) the next signal to the
+    process (Ctrl-C, SIGTERM) killed it with SIGSEGV instead of being handled: OpenVINO 2026.4's
+    CPU plugin registers an alternate signal stack for the thread (gdb: sigaltstack from
+    create_plugin_engine and ~CompiledModel) and left it pointing at memory it had freed. With one
+    Core that never happens (tests/test_runtime.py reproduces both)."""
     import openvino as ov
 
-    core = ov.Core()
+    return ov.Core()
+
+
+def openvino_runner(path: Path, backend: str = "openvino", threads: int | None = None) -> Runner:
+    core = openvino_core()
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if backend == "openvino-bf16" else "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
