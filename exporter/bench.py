@@ -396,10 +396,13 @@ def tensorrt_runner(opened: Bundle, record: VariantRecord) -> Runner:
     raise Unavailable(f"{record.label}: no engine in the bundle runs here ({'; '.join(passed_over)})")
 
 
+ONNX_BACKENDS = ("ort-cpu", "openvino", "openvino-bf16", "ort-cuda", "ort-tensorrt")  # the runtime's, on an ONNX
+
+
 FACTORIES: dict[str, Callable[[ModelFactory, Path, int], Runner]] = {
     "torch": torch_backend,
     "torch-compile": torch_compile_backend,
-    **{name: runtime_backend(name) for name in ("ort-cpu", "openvino", "openvino-bf16", "ort-cuda", "ort-tensorrt")},
+    **{name: runtime_backend(name) for name in ONNX_BACKENDS},
     "torch-cuda": torch_cuda_backend,
 }  # "tensorrt" runs the bundle's engines, not its ONNX: tensorrt_runner
 
@@ -440,10 +443,15 @@ def bench_variant(
     )
 
 
+def bench_input(img: tuple[int, int], batch: int) -> np.ndarray:
+    """The seeded random batch every timing runs on."""
+    return np.random.default_rng(0).standard_normal((batch, 3, *img), dtype=np.float32)
+
+
 def timed(runner: Runner, img: tuple[int, int], batch: int, options: BenchOptions) -> tuple[list[float], float]:
     """Seconds per call of ``runner`` on a seeded random batch, and the first call's seconds
     (compilation, allocation, autotuning), which are not among them."""
-    x = np.random.default_rng(0).standard_normal((batch, 3, *img), dtype=np.float32)
+    x = bench_input(img, batch)
     start = time.perf_counter()
     runner(x)
     setup = time.perf_counter() - start
@@ -455,7 +463,7 @@ def timed_pair(
 ) -> tuple[list[float], list[float]]:
     """Seconds per call of two runners on the same batch, called in turn (ABAB...) so that
     whatever else loads the machine meanwhile slows both alike. Warm-up calls are not counted."""
-    x = np.random.default_rng(0).standard_normal((batch, 3, *img), dtype=np.float32)
+    x = bench_input(img, batch)
     first(x), second(x)  # first calls: compilation, allocation
     laps: tuple[list[float], list[float]] = ([], [])
 
@@ -467,9 +475,6 @@ def timed_pair(
 
     measure(both, options)
     return laps[0][options.warmup :], laps[1][options.warmup :]
-
-
-ONNX_BACKENDS = ("ort-cpu", "openvino", "openvino-bf16", "ort-cuda", "ort-tensorrt")  # the runtime's, on an ONNX
 
 
 def resample_costs(
@@ -560,12 +565,13 @@ def merge_reports(previous: Any, report: BenchReport) -> tuple[dict[str, Any], s
     still_skipped = [s for s in old_skips if isinstance(s, dict) and s.get("backend") not in ran]
     new["skipped"] = list(new["skipped"]) + still_skipped
     if isinstance(previous.get("resample"), list):  # same rule, keyed by size too
-        fresh_sizes = {key(r) + (tuple(r["img_size"]),) for r in new["resample"]}
-        new["resample"] = [
-            r
-            for r in previous["resample"]
-            if isinstance(r, dict) and key(r) + (tuple(r.get("img_size") or ()),) not in fresh_sizes
-        ] + list(new["resample"])
+
+        def sized(r: dict[str, Any]) -> tuple[Any, ...]:
+            return key(r) + (tuple(r.get("img_size") or ()),)
+
+        fresh = {sized(r) for r in new["resample"]}
+        kept_costs = [r for r in previous["resample"] if isinstance(r, dict) and sized(r) not in fresh]
+        new["resample"] = kept_costs + list(new["resample"])
     if not kept:
         return new, f"replaced all {len(earlier)} rows of the previous bench.json" if earlier else ""
     backends = ", ".join(sorted({str(t.get("backend")) for t in kept}))
