@@ -787,7 +787,7 @@ def _native_img_size(
         if not free_grid and size != from_weights:
             raise CheckpointError(
                 f"{config_where(config)}: {key} {format_size(size)} does not match the weights: position grid "
-                f"{format_size(grid)} x kernel {format_size(patch)} is {format_size(from_weights)}; correct {key}"
+                f"{grid[0]}x{grid[1]} times kernel {patch[0]}x{patch[1]} is {format_size(from_weights)}; correct {key}"
             )
         return size, ""
     if free_grid and named_cfg.get("input_size"):
