@@ -755,12 +755,13 @@ def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceMode
     """Reload the checkpoint a bundle was built from: ``weights``, or the file the manifest names.
     That file is hashed before it is read and refused unless its sha256 is the manifest's; a
     bundle never makes a command download weights (hub-built bundles need ``--weights``)."""
+    from exporter.config import resolve_weights
     from exporter.load import SourceSpec, load_source
 
     src = manifest.source
     if weights is None and not src.get("path"):
         raise BundleError("the bundle names no checkpoint file (it was built from hub weights): pass --weights FILE")
-    path = weights or Path(src["path"])
+    path = resolve_weights(weights) if weights else Path(src["path"])  # a folder: its weights file
     if not path.is_file():
         raise BundleError(f"the bundle's source checkpoint {printable(str(path))!r} is gone; pass --weights FILE")
     if weights is None and not src.get("sha256"):

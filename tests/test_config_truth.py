@@ -288,8 +288,9 @@ def test_pos_interpolation_flags_are_used_recorded_and_revalidated(hf_folder, tm
     # what was built is told apart by which reference it is much nearer to.
     np.testing.assert_allclose(got, bilinear, atol=1e-4, rtol=1e-3)
     assert np.abs(got - bicubic).max() > 20 * np.abs(got - bilinear).max()
-    rebuilt = run_cli("validate", str(out), "--rebuild")
-    assert rebuilt.exit_code == 0, rebuilt.output + rebuilt.stderr
+    for weights in ((), ("--weights", str(hf_folder))):  # the recorded file, or the folder given again
+        rebuilt = run_cli("validate", str(out), "--rebuild", *weights)
+        assert rebuilt.exit_code == 0, rebuilt.output + rebuilt.stderr
 
 
 def test_dinov2_grid_resamples_bicubic_without_antialias_by_default(tmp_path):
