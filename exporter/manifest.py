@@ -98,6 +98,16 @@ class Manifest:
     labels: tuple[str, ...] = ()  # class names by output index (empty: indices)
 
     @property
+    def assumptions(self) -> tuple[str, ...]:
+        """What the build assumed, each with what settles it (manifests before the structured
+        ``assumptions`` list kept only the ``assumed`` strings)."""
+        arch = self.source.get("architecture") or {}
+        records = arch.get("assumptions") or []
+        if records:
+            return tuple(f"{r['what']} {r['value']} ({r['settle']})" for r in records)
+        return tuple(map(str, arch.get("assumed") or ()))
+
+    @property
     def passed(self) -> bool:
         """Every variant passed parity, and no engine set failed (pending ones are not failures)."""
         engines_ok = all(e.get("status") != "failed" for e in self.engines.values())
@@ -280,6 +290,11 @@ def render_report(manifest: Manifest) -> str:
         f"Source: {src.get('path') or src.get('kind')} (sha256 {str(src.get('sha256'))[:16]}…), "
         f"{src.get('architecture', {}).get('summary', '')}.",
         "",
+        *(
+            [f"Assumed (not stated by the checkpoint or its config): {'; '.join(manifest.assumptions)}.", ""]
+            if manifest.assumptions
+            else []
+        ),
         f"Parity: PyTorch fp32 (CPU) vs onnxruntime CPU on {manifest.options.get('parity_inputs')}; "
         f"pass when |Δ| ≤ {tol.atol} + {tol.rtol}·|ref|, cosine ≥ {tol.min_cosine}, "
         f"top-1 agreement ≥ {tol.min_top1:.0%}.",
