@@ -91,6 +91,7 @@ class SourceModel:
     preprocessing: Preprocessing
     origin: Origin
     inferred: tuple[str, ...] = field(default=())
+    labels: tuple[str, ...] = ()  # class names by output index, when the config names them
 
     @property
     def dtype(self) -> torch.dtype:
@@ -416,6 +417,12 @@ def create_vit(model_name: str | None, args: Mapping[str, Any]) -> torch.nn.Modu
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
+    if "norm_eps" in args:  # a JSON-able stand-in for timm's norm_layer (transformers ViT: eps 1e-12)
+        from functools import partial
+
+        eps = float(args["norm_eps"])
+        args = {k: v for k, v in args.items() if k != "norm_eps"}
+        args["norm_layer"] = partial(torch.nn.LayerNorm, eps=eps)
     if model_name:
         return timm.create_model(model_name, pretrained=False, **args)
     return VisionTransformer(**args)
@@ -647,9 +654,18 @@ class SourceSpec:
 
 
 def weights_path(spec: SourceSpec) -> Path | None:
-    """The file to read: ``--weights``, the shipped demo, or none (a hub download)."""
+    """The file to read: ``--weights`` (a folder: its ``model.safetensors`` or ``pytorch_model.bin``),
+    the shipped demo, or none (a hub download)."""
     from exporter.demo import DEMO_WEIGHTS
+    from exporter.hf import WEIGHT_FILES, weights_in
 
+    if spec.weights is not None and spec.weights.is_dir():
+        found = weights_in(spec.weights)
+        if found is None:
+            raise CheckpointError(
+                f"--weights folder {printable(str(spec.weights))!r} holds none of {', '.join(WEIGHT_FILES)}"
+            )
+        return found
     return spec.weights if spec.weights is not None or spec.model_name else DEMO_WEIGHTS
 
 
@@ -667,6 +683,8 @@ def source_name(spec: SourceSpec, announce: bool = True) -> str:
         name, origin = str(config["name"]), f"the config {config.get('_path')}"
     elif spec.model_name:
         name, origin = spec.model_name, "--model"
+    elif weights is not None and config and weights.name in ("model.safetensors", "pytorch_model.bin"):
+        name, origin = weights.resolve().parent.name, f"the folder of {weights.name}"
     elif weights is not None:
         name, origin = weights.stem, f"the weights file {weights.name}"
     else:
@@ -682,6 +700,11 @@ def stated_img_size(spec: SourceSpec) -> Size2 | None:
     demo's does), read without touching the weights; None when only the weights can tell."""
     weights = weights_path(spec)
     config = read_config(weights) if weights is not None and weights.is_file() else {}
+    from exporter import hf
+
+    if hf.is_transformers_config(config):
+        hf.layout(config)  # an unsupported transformers model is named before anything is read
+        return hf.image_size(config)
     return to_size2(config["img_size"], "image size") if config.get("img_size") else None
 
 
@@ -699,12 +722,34 @@ def load_source(spec: SourceSpec) -> SourceModel:
             weights, model_name, config.get("model_args") or {}, spec.trust_checkpoint, spec.use_ema
         )
         origin = Origin("file", weights.resolve(), sha256_file(weights), file_format, container)
+        sd, config, model_name, origin = _from_transformers(sd, config, model_name, spec, origin)
     elif spec.pretrained:
         sd = _download_pretrained(str(model_name))
         origin = Origin("pretrained", file_format="timm hub", container=f"timm {model_name} pretrained=True")
     else:
         raise UsageError(f"--model {model_name} needs --weights FILE or --pretrained")
     return _describe(sd, source_name(spec, announce=False), model_name, config, origin, spec.num_heads)
+
+
+def _from_transformers(
+    sd: dict[str, torch.Tensor], config: dict[str, Any], model_name: str | None, spec: SourceSpec, origin: Origin
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], str | None, Origin]:
+    """A transformers checkpoint mapped into timm's layout (``exporter.hf``); anything else as is."""
+    from dataclasses import replace
+
+    from exporter import hf
+
+    if not hf.is_transformers_config(config):
+        return sd, config, model_name, origin
+    lay = hf.layout(config)
+    sd, config, notes = hf.to_timm(sd, config)
+    if spec.model_name and spec.model_name != config["architecture"]:
+        raise UsageError(
+            f"--model {spec.model_name}: {lay.path} is a transformers {lay.architecture}, whose config "
+            "decides the architecture; drop --model"
+        )
+    container = f"{origin.container}, transformers {lay.architecture} mapped to timm"
+    return sd, config, config["architecture"], replace(origin, container=container, notes=notes)
 
 
 def _describe(
@@ -740,7 +785,8 @@ def _describe(
     check_state_dict(sd, meta, f"timm {model_name}" if model_name else "the inferred ViT")
     family = str(config.get("family") or ("flexivit" if (model_name or "").startswith("flexivit") else "vit"))
     pre_cfg = config.get("pretrained_cfg") or named_cfg
-    pre_src = "checkpoint config" if config.get("pretrained_cfg") else (f"timm {model_name}" if named_cfg else "")
+    pre_src = (config.get("preprocessing_source") or "checkpoint config") if config.get("pretrained_cfg") else ""
+    pre_src = pre_src or (f"timm {model_name}" if named_cfg else "")
     attn = meta.blocks[0].attn  # type: ignore[index,union-attr]
     return SourceModel(
         name=name,
@@ -760,6 +806,7 @@ def _describe(
         preprocessing=preprocessing_from(pre_cfg, pre_src) if pre_src else Preprocessing(),
         origin=origin,
         inferred=tuple(assumed),
+        labels=tuple(str(n) for n in config.get("label_names") or ()),
     )
 
 

@@ -162,6 +162,7 @@ def source_record(source: SourceModel) -> dict[str, Any]:
         "num_pos_prefix_tokens": source.num_pos_prefix,
         "model_args": dict(source.model_args),
         "assumed": list(source.inferred),
+        **({"notes": list(source.origin.notes)} if source.origin.notes else {}),
         "summary": (
             f"{source.model_name or 'ViT (inferred)'}: {source.depth} blocks, width {source.embed_dim}, "
             f"{source.num_heads} heads, kernel {format_size(source.patch_size)}, "
@@ -564,8 +565,13 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         if options.shared_weights:
             with stage(reporter, "bundle", "shared weights", times):
                 records, shared = share_bundle_weights(specs, options, plan, tmp, records)
+        with stage(reporter, "source", "source parity", times):
+            source_parity = check_source_parity(source, records, specs, options, plan, tmp)
         manifest = replace(
-            _manifest(source, source_sha, calib_sha, options, records), shared_weights=shared, labels=labels
+            _manifest(source, source_sha, calib_sha, options, records),
+            shared_weights=shared,
+            labels=labels,
+            source_parity=source_parity,
         )
         if profile is not None:
             manifest = replace(
@@ -576,6 +582,21 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         write_atomic(tmp / REPORT, render_report(manifest))
         swap_into_place(tmp, out)
     return BuildResult(out, manifest, time.perf_counter() - start, times)
+
+
+def check_source_parity(
+    source: SourceModel,
+    records: list[VariantRecord],
+    specs: list[VariantSpec],
+    options: BuildOptions,
+    plan: InputPlan,
+    tmp: Path,
+) -> dict[str, Any]:
+    """The native variant against the source framework's own model (``exporter.source_parity``)."""
+    from exporter.source_parity import check_source
+
+    batch = check_batch(options.export.batch)
+    return check_source(source, records, specs, plan, tmp, options.tolerance, batch, options.threads)
 
 
 def with_profile_precision(options: BuildOptions, profile: Profile | None) -> BuildOptions:
@@ -657,6 +678,8 @@ def class_names(source: SourceModel, labels: Path | None) -> tuple[str, ...]:
                 f"the model has {source.num_classes} classes: give one name per line"
             )
         return names
+    if source.labels and len(source.labels) == source.num_classes:  # the config's (transformers' id2label)
+        return source.labels
     if source.name == DEMO_NAME:
         return tuple(str(d) for d in range(10))
     if source.model_name and source.num_classes == 1000:
