@@ -314,6 +314,20 @@ class BuiltEngines(_Strict):
 EngineSet = Annotated[PendingEngines | BuiltEngines, Field(discriminator="status")]
 
 
+class SourceParity(_Strict):
+    """The native variant against the source framework's own model (``exporter.source_parity``)."""
+
+    status: Literal["passed", "failed", "inferred", "skipped"]
+    reference: str
+    patch_size: tuple[PatchSide, PatchSide]
+    img_size: tuple[Side, Side]
+    tolerance: ToleranceRecord
+    reason: str = ""
+    variant: SafeName | None = None
+    candidate: str = ""
+    parity: VariantParity | Empty = Empty()
+
+
 class ManifestSchema(_Strict):
     schema_version: Literal[1]
     name: SafeName
@@ -326,6 +340,7 @@ class ManifestSchema(_Strict):
     engines: dict[SafeName, EngineSet] = {}
     shared_weights: SharedWeights | Empty = Empty()
     labels: list[Annotated[str, Field(max_length=512)]] = Field(default=[], max_length=1_000_000)
+    source_parity: SourceParity | Empty = Empty()  # absent in bundles built before the check
 
 
 def _where(loc: Sequence[int | str]) -> str:

@@ -380,6 +380,10 @@ def print_engines(name: str, entry: dict[str, Any]) -> None:
 
 def failed_message(manifest: Any, bundle: Path) -> str:
     bad = [v for v in manifest.variants if v.status != "passed"]
+    if not bad and manifest.source_parity.get("status") == "failed":
+        from exporter.source_parity import describe
+
+        return f"{describe(manifest.source_parity)}; see {bundle / 'report.md'}"
     bad_reduced = [v for v in bad if v.reduced and v.reduced["status"] != "passed" and v.parity.get("passed")]
     if bad_reduced and len(bad_reduced) == len(bad):
         detail = "; ".join(
@@ -601,8 +605,18 @@ def assumptions_tail(manifest: Any) -> str:
     return f"; {summary(manifest.assumptions)}" if manifest.assumptions else ""
 
 
+def print_source_parity(manifest: Any, out: Any = None) -> None:
+    """The line under the table that says what the ``source`` column compared."""
+    from exporter.source_parity import describe
+
+    line = describe(manifest.source_parity)
+    if line:
+        (out or console()).print(safe(line), soft_wrap=True)
+
+
 def print_build(result: Any, wide: bool) -> None:
     print_table(result.manifest, f"{result.manifest.name} → {result.bundle}", wide)
+    print_source_parity(result.manifest)
     stages = "  ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())
     if result.manifest.shared_weights:
         sw = result.manifest.shared_weights
@@ -717,6 +731,7 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     )
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
     print_table(manifest, "variants", wide)
+    print_source_parity(manifest, out)
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             issues = "; ".join(map(str, v.trt_lint["issues"]))

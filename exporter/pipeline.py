@@ -165,6 +165,7 @@ def source_record(source: SourceModel) -> dict[str, Any]:
         "model_args": dict(source.model_args),
         "assumed": list(source.inferred),
         "assumptions": [asdict(a) for a in source.assumptions],
+        **({"notes": list(source.origin.notes)} if source.origin.notes else {}),
         "summary": (
             f"{source.model_name or 'ViT (inferred)'}: {source.depth} blocks, width {source.embed_dim}, "
             f"{source.num_heads} heads, kernel {format_size(source.patch_size)}, "
@@ -569,8 +570,13 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         if options.shared_weights:
             with stage(reporter, "bundle", "shared weights", times):
                 records, shared = share_bundle_weights(specs, options, plan, tmp, records)
+        with stage(reporter, "source", "source parity", times):
+            source_parity = check_source_parity(source, records, specs, options, plan, tmp)
         manifest = replace(
-            _manifest(source, source_sha, calib_sha, options, records), shared_weights=shared, labels=labels
+            _manifest(source, source_sha, calib_sha, options, records),
+            shared_weights=shared,
+            labels=labels,
+            source_parity=source_parity,
         )
         if profile is not None:
             manifest = replace(
@@ -581,6 +587,21 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         write_atomic(tmp / REPORT, render_report(manifest))
         swap_into_place(tmp, out)
     return BuildResult(out, manifest, time.perf_counter() - start, times)
+
+
+def check_source_parity(
+    source: SourceModel,
+    records: list[VariantRecord],
+    specs: list[VariantSpec],
+    options: BuildOptions,
+    plan: InputPlan,
+    tmp: Path,
+) -> dict[str, Any]:
+    """The native variant against the source framework's own model (``exporter.source_parity``)."""
+    from exporter.source_parity import check_source
+
+    batch = check_batch(options.export.batch)
+    return check_source(source, records, specs, plan, tmp, options.tolerance, batch, options.threads)
 
 
 def with_profile_precision(options: BuildOptions, profile: Profile | None) -> BuildOptions:
