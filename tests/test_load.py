@@ -107,8 +107,8 @@ def test_not_a_checkpoint(tmp_path):
 def test_missing_file_and_folder(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_source(SourceSpec(weights=tmp_path / "nope.pt"))
-    with pytest.raises(CheckpointError, match="not a file"):
-        load_source(SourceSpec(weights=tmp_path))
+    with pytest.raises(CheckpointError, match="holds none of model.safetensors, pytorch_model.bin"):
+        load_source(SourceSpec(weights=tmp_path))  # a folder: its weights file, if it has one
 
 
 def test_no_patch_embedding(tmp_path):
