@@ -224,8 +224,8 @@ def to_timm(
     if lay.model_type == "dinov2_with_registers":
         mapped = _fold_class_position(mapped)
     notes = tuple(f"{key} dropped: {why}" for key, why in dropped.items() if why)
-    for note in notes:
-        log.warning("transformers %s: %s", lay.architecture, note)
+    for note in notes:  # the pooler changes what the model outputs: said; the mask token does not
+        (log.warning if note.startswith("pooler") else log.info)("transformers %s: %s", lay.architecture, note)
     return mapped, timm_config, notes
 
 

@@ -228,9 +228,10 @@ def check_source(
 
 
 def mark(entry: dict[str, Any]) -> str:
-    """One short cell for the variant table: ✓, ✗, ``inferred``, ``skipped`` or empty (none recorded)."""
+    """One short cell for the variant table (it must fit 80 columns): ✓, ✗, ``n/c`` (not checked:
+    inferred or skipped; the line under the table says which) or empty (none recorded)."""
     status = entry.get("status", "")
-    return {"passed": "✓", "failed": "✗"}.get(status, status)
+    return {"passed": "✓", "failed": "✗", "": ""}.get(status, "n/c")
 
 
 def describe(entry: dict[str, Any]) -> str:
