@@ -28,6 +28,7 @@ from exporter.errors import (
     ValidationFailed,
     full_disk_cause,
 )
+from exporter.manifest import top1_text
 from exporter.names import printable
 from exporter.precision import PRECISIONS, Precision
 from exporter.sizes import DYNAMIC_PREFIX, Size2, SizeRange, format_size, grid_for, parse_img_range, to_size2
@@ -324,8 +325,7 @@ class RichReporter:
             issues = "; ".join(map(str, record.trt_lint["issues"]))
             self.err.print(f"[yellow]warning[/yellow] {safe(record.label)}: TensorRT lint: {safe(issues)}")
         self.err.print(
-            f"{mark} {safe(record.label)}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}  "
-            f"top-1 {p['top1_agreement']:.0%}{note}"
+            f"{mark} {safe(record.label)}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}{top1_text(p, 0)}{note}"
         )
         if record.reduced:
             r = record.reduced
@@ -334,7 +334,7 @@ class RichReporter:
             why = "" if r["status"] == "passed" else f"  ({'; '.join(q['failures'])})"
             self.err.print(
                 f"{mark} {safe(record.label)} {safe(r['precision'])}  max|Δ| {q['max_abs']:.1e}  "
-                f"p99 {q['p99_abs']:.1e}  cos {q['min_cosine']:.5f}  top-1 {q['top1_agreement']:.1%}  "
+                f"p99 {q['p99_abs']:.1e}  cos {q['min_cosine']:.5f}{top1_text(q)}  "
                 f"{r['bytes'] / 1e6:.1f} MB{safe(why)}"
             )
 
@@ -343,14 +343,15 @@ def print_table(manifest: Any, title: str, wide: bool = False, out: Any = None) 
     """The variant table: the columns that fit 80 columns, or with ``wide`` every column."""
     from rich.table import Table
 
-    from exporter.manifest import NARROW_HEADER, TABLE_HEADER, variant_rows
+    from exporter.manifest import TABLE_HEADER, shown_columns, variant_rows
 
-    shown = [i for i, h in enumerate(TABLE_HEADER) if wide or h in NARROW_HEADER]
+    rows = variant_rows(manifest)
+    shown = shown_columns(manifest, rows, wide)
     table = Table(title=safe(title), title_justify="left")
     for i in shown:
         header = TABLE_HEADER[i]
         table.add_column(header, justify="right" if header not in ("", "variant", "onnx") else "left", no_wrap=True)
-    for row in variant_rows(manifest):
+    for row in rows:
         mark = "[green]✓[/green]" if row[0] == "✓" else "[red]✗[/red]"
         table.add_row(*[mark if i == 0 else safe(row[i]) for i in shown])
     print_whole(table, out)
@@ -373,8 +374,8 @@ def print_engines(name: str, entry: dict[str, Any]) -> None:
         mark = "[green]✓[/green]" if v["status"] == "passed" else "[red]✗[/red]"
         p = v["parity"]
         out.print(
-            f"  {mark} {safe(label)}  {safe(v['engine'])}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.6f}  "
-            f"top-1 {p['top1_agreement']:.1%}  built in {v['build_seconds']:.0f} s"
+            f"  {mark} {safe(label)}  {safe(v['engine'])}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.6f}"
+            f"{top1_text(p)}  built in {v['build_seconds']:.0f} s"
         )
 
 
