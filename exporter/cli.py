@@ -682,6 +682,10 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     )
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
     print_table(manifest, "variants", wide)
+    from exporter.manifest import native_summary
+
+    if native_summary(manifest):
+        out.print(safe(native_summary(manifest)))
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             issues = "; ".join(map(str, v.trt_lint["issues"]))
@@ -1254,7 +1258,8 @@ def engine(bundle: Path, profile: str, quiet: bool, debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @debug_option
 def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
-    """Classify images with a bundle: by --variant, or by --budget-ms on this device.
+    """Classify images with a bundle: by --variant, or by --budget-ms on this device (a feature
+    model: each image's embedding, summarised, or whole with --json).
 
     \b
     flexiexport predict bundles/flexivit-demo digit.png --budget-ms 1
@@ -1280,18 +1285,25 @@ def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
     results = predict_files(opened, images, model, kw["top_k"])
     bad = [(path, why) for path, why in results if isinstance(why, str)]
     if kw["as_json"]:
+        key = "top" if opened.classifier else "embedding"
         rows = [
             {"image": str(path), "error": found}
             if isinstance(found, str)
-            else {"image": str(path), "top": [vars(p) for p in found]}
+            else {"image": str(path), key: [vars(p) for p in found] if isinstance(found, list) else found.tolist()}
             for path, found in results
         ]
-        click.echo(json.dumps({"variant": model.variant, "backend": model.backend, "results": rows}, indent=2))
+        head = {"variant": model.variant, "backend": model.backend, "output": opened.output_name}
+        click.echo(json.dumps({**head, "results": rows}, indent=2))
     else:
+        from exporter.runtime.model import embedding_summary
+
         out = console()
         out.print(safe(f"{model.variant} on {model.backend} ({model.precision})"))
         for path, found in results:
             if isinstance(found, str):
+                continue
+            if not isinstance(found, list):  # a feature model: its embedding, summarised
+                out.print(safe(f"{path}: {embedding_summary(found)}"))
                 continue
             best = found[0]
             rest = ", ".join(f"{p.label} {p.probability:.1%}" for p in found[1:])
