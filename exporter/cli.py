@@ -770,14 +770,15 @@ class BenchCommand(GreedyCommand):
 
 def write_plot(opened: Any) -> Path | None:
     """Redraw ``tradeoff.png`` from whatever of bench.json / eval.json the bundle holds."""
-    from exporter.plot import plot_tradeoff
+    from exporter.plot import native_series, plot_tradeoff
 
     bench, evaluation = opened.read_artefact("bench.json"), opened.read_artefact("eval.json")
     if bench is None and evaluation is None:
         return None
     title = f"{opened.manifest.name}: speed / accuracy"
+    native = native_series(opened.manifest)
     try:
-        return plot_tradeoff(bench, evaluation, opened.artefact("tradeoff.png"), title)
+        return plot_tradeoff(bench, evaluation, opened.artefact("tradeoff.png"), title, native)
     except (KeyError, TypeError, ValueError, IndexError) as exc:  # a bench/eval.json we did not write
         logging.getLogger("exporter.plot").warning("no plot: bench.json or eval.json is not as written (%s)", exc)
         return None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import edit_manifest, one_line_error, refused, run_cli, tiny_model
+from conftest import QUICK_BENCH, edit_manifest, one_line_error, refused, run_cli, tiny_model
 
 WIDTH = 32
 
@@ -190,3 +190,14 @@ def test_a_feature_bundle_written_before_still_opens_and_runs(features, photos, 
     assert json.loads(result.stdout)["output"] == "logits"
     assert len(json.loads(result.stdout)["results"][0]["embedding"]) == WIDTH
     assert "needs a classifier" in one_line_error(run_cli("evaluate", str(old), "--data", str(photos)))
+
+
+def test_a_feature_models_plot_gets_a_native_panel(features, tmp_path):
+    from PIL import Image
+
+    copy = tmp_path / "b"
+    shutil.copytree(features, copy)
+    result = run_cli("bench", str(copy), "--backends", "ort-cpu", "--batch-sizes", "1", *QUICK_BENCH)
+    assert result.exit_code == 0, result.output + result.stderr
+    with Image.open(copy / "tradeoff.png") as image:
+        assert image.width == 2 * 6 * 110  # latency and agreement with the native patch, 6 inches each at 110 dpi
