@@ -769,7 +769,7 @@ def write_plot(opened: Any) -> Path | None:
     from exporter.runtime.measurements import checked_bench
 
     variants = {v.label for v in opened.manifest.variants}
-    bench = checked_bench(opened.read_artefact("bench.json"), "bench.json", variants)
+    bench = checked_bench(opened.read_artefact("bench.json"), str(opened.root / "bench.json"), variants)
     evaluation = opened.read_artefact("eval.json")
     if bench is None and evaluation is None:
         return None
@@ -844,7 +844,7 @@ def print_frontier(opened: Any) -> None:
     from exporter.runtime.measurements import checked_bench
 
     variants = {v.label for v in opened.manifest.variants}
-    bench = checked_bench(opened.read_artefact("bench.json"), "bench.json", variants)
+    bench = checked_bench(opened.read_artefact("bench.json"), str(opened.root / "bench.json"), variants)
     frontiers = bundle_frontiers(bench, opened.read_artefact("eval.json"))
     for where, rows in frontiers.items():
         table = Table(title=safe(f"frontier on {where} (★ non-dominated)"), title_justify="left")

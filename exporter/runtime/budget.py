@@ -56,8 +56,8 @@ def load_latencies(door: Bundle, backend: str, precision: str, batch: int) -> di
     wanted = backend if precision == "fp32" else f"{backend} {precision}"
     variants = {v.label for v in door.manifest.variants}
     here = machine_key()
-    rows = bench_rows_here(door.read_artefact(BENCH), BENCH, variants, here)
-    rows += latency_rows_here(door.read_artefact(LATENCY), LATENCY, variants, here)
+    rows = bench_rows_here(door.read_artefact(BENCH), str(door.root / BENCH), variants, here)
+    rows += latency_rows_here(door.read_artefact(LATENCY), str(door.root / LATENCY), variants, here)
     return {
         r["variant"]: Latency(float(r["p50_ms"]), float(r["p99_ms"]))
         for r in rows

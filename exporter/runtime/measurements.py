@@ -6,7 +6,9 @@ the Triton entry model, the frontier, the plot, ``bench``'s merge):
 - a row is used only when it is a record of the expected types with finite, positive
   latencies, a batch >= 1, and a variant the bundle has; a file that is not as we write it, or
   rows that are not, are ignored with one warning naming the first problem; never an exception;
-- ``latency.json`` keeps one section per machine (``machine_key``: CPU model and machine type).
+- ``latency.json`` keeps one section per machine (``machine_key``: CPU model and machine type):
+  the machine that wrote last at the top level (what earlier versions read), the others under
+  ``other_machines``.
   A write locks the bundle folder (``flock``), reads the file again, replaces only this
   machine's rows of the same (backend, variant, batch), keeps every other machine's section as
   it was, and renames a complete file into place. A file that is not valid JSON is left alone
@@ -101,16 +103,18 @@ def same_machine(machine: Any, here: dict[str, str]) -> bool:
 
 
 def latency_sections(data: Any, where: str) -> list[dict[str, Any]]:
-    """``latency.json``'s sections, one per machine (``{"machine": {...}, "rows": [...]}``); a
-    file from before sections (one machine at the top level) is one section."""
+    """``latency.json``'s sections, one per machine (``{"machine": {...}, "rows": [...]}``): the
+    top level is the machine that wrote last, ``other_machines`` the others (as in bench.json)."""
     if data is None:
         return []
-    if isinstance(data, dict) and isinstance(data.get("machines"), list):
-        return [s for s in data["machines"] if isinstance(s, dict)]
-    if isinstance(data, dict) and "rows" in data:
-        return [{"machine": data.get("machine"), "rows": data.get("rows")}]
-    warn_once(f"ignoring {where}: not a latency file flexiexport wrote")
-    return []
+    if not (isinstance(data, dict) and "rows" in data):
+        warn_once(f"ignoring {where}: not a latency file flexiexport wrote")
+        return []
+    others = data.get("other_machines")
+    if others is not None and not isinstance(others, list):
+        warn_once(f"ignoring {where} other_machines: a {type(others).__name__}, not a list")
+    extra = [s for s in others if isinstance(s, dict)] if isinstance(others, list) else []
+    return [{"machine": data.get("machine"), "rows": data.get("rows")}, *extra]
 
 
 def latency_rows_here(data: Any, where: str, variants: Collection[str], here: dict[str, str]) -> list[dict[str, Any]]:
@@ -118,7 +122,9 @@ def latency_rows_here(data: Any, where: str, variants: Collection[str], here: di
     rows: list[dict[str, Any]] = []
     for i, section in enumerate(latency_sections(data, where)):
         if same_machine(section.get("machine"), here):
-            rows += valid_rows(section.get("rows"), f"{where} machines[{i}].rows", variants)
+            rows += valid_rows(
+                section.get("rows"), f"{where} " + (f"other_machines[{i - 1}].rows" if i else "rows"), variants
+            )
     return rows
 
 
@@ -171,8 +177,8 @@ def merge_latency(previous: Any, here: dict[str, str], rows: list[dict[str, Any]
     found = mine.get("rows") if mine is not None else None
     earlier: list[Any] = found if isinstance(found, list) else []
     section = {"machine": here, "rows": [r for r in earlier if key(r) not in fresh] + rows}
-    others = [s for s in sections if s is not mine]
-    return {"machines": [*others, section]}
+    others = [s for s in sections if s is not mine and s.get("rows") != []]  # an empty section holds nothing
+    return {**section, "other_machines": others} if others else section
 
 
 def record_latencies(door: Any, rows: list[dict[str, Any]], here: dict[str, str]) -> None:
