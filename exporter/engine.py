@@ -180,7 +180,9 @@ def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = Non
     the manifest is rewritten atomically."""
     from exporter.locks import destination_lock
 
-    with destination_lock(bundle, "bundle"):  # not while a build replaces it, nor beside another engine run
+    with destination_lock(
+        bundle, "bundle", required=False
+    ):  # not while a build replaces it, nor beside another engine run
         return _add_engines(bundle, profile_name, reporter or SilentReporter())
 
 

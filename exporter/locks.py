@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -28,6 +29,7 @@ try:
 except ImportError:  # not POSIX: no lock, the swap's re-check still guards the destination
     fcntl = None  # type: ignore[assignment]
 
+log = logging.getLogger(__name__)
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -60,13 +62,19 @@ def _pid_in(fd: int) -> int | None:
 
 
 @contextmanager
-def destination_lock(out: Path, what: str = "--out") -> Iterator[None]:
+def destination_lock(out: Path, what: str = "--out", required: bool = True) -> Iterator[None]:
     """Hold ``out``'s lock while the block runs; ``BundleError`` naming the holder's PID when
-    another process holds it. The parent folder is created if needed (the lock lives there)."""
+    another process holds it. The parent folder is created if needed (the lock lives there).
+    ``required=False``: where the parent cannot be written (a bundle mounted on its own into a
+    container), run unlocked rather than refuse."""
     if fcntl is None:
         yield
         return
     path = lock_path(out)
+    if not required and not os.access(path.parent, os.W_OK | os.X_OK):
+        log.info("not locking %s: its folder %s is not writable", out, path.parent)
+        yield
+        return
     shown = printable(str(out))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

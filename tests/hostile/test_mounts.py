@@ -8,6 +8,7 @@ full disk. Each test skips with the reason where this process may not mount.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -28,8 +29,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextmanager
-def mounted(*args: str) -> Iterator[None]:
-    """``mount ARGS`` for the block (skips the test where mounting is not permitted)."""
+def mounted(root: Path, *args: str) -> Iterator[None]:
+    """``mount ARGS`` for the block (skips the test where mounting is not permitted); after it,
+    every mount point under ``root`` is unmounted, wherever a command under test moved it."""
     if shutil.which("mount") is None:
         pytest.skip("no mount command here")
     done = subprocess.run(["mount", *args], capture_output=True, text=True)
@@ -38,7 +40,14 @@ def mounted(*args: str) -> Iterator[None]:
     try:
         yield
     finally:
-        subprocess.run(["umount", args[-1]], check=True)
+        for point in sorted(mounts_under(root), key=len, reverse=True):
+            subprocess.run(["umount", point], check=True)
+
+
+def mounts_under(root: Path) -> list[str]:
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split(" ")[4]) for line in lines]
+    return [p for p in points if Path(p).is_relative_to(os.path.realpath(root))]
 
 
 def test_a_bind_mount_is_refused_as_out_before_any_work(tmp_path: Path) -> None:
@@ -46,7 +55,7 @@ def test_a_bind_mount_is_refused_as_out_before_any_work(tmp_path: Path) -> None:
     source, out = tmp_path / "volume", tmp_path / "my out"
     source.mkdir()
     out.mkdir()
-    with mounted("--bind", str(source), str(out)):
+    with mounted(tmp_path, "--bind", str(source), str(out)):
         assert not os.path.ismount(out)
         result = run_cli("build", "--patch-sizes", "32", "--out", str(out), "--quiet")
         refused(result, "is a mount point", "give a folder inside it")
@@ -63,7 +72,7 @@ def test_a_bundle_holding_a_mount_point_is_not_replaced(tmp_path: Path, demo: Pa
     shutil.copytree(demo, out)
     volume.mkdir()
     (out / "onnx" / "cache").mkdir()
-    with mounted("--bind", str(volume), str(out / "onnx" / "cache")):
+    with mounted(tmp_path, "--bind", str(volume), str(out / "onnx" / "cache")):
         result = run_cli("build", "--patch-sizes", "32", "--out", str(out), "--force", "--quiet")
         refused(result, "holds a mount point", "cache")
 
@@ -72,7 +81,7 @@ def test_a_full_disk_while_writing_the_plot_is_one_error_line(tmp_path: Path, de
     """eval.json fits, tradeoff.png does not: exit 2 'no space left on device', never exit 0."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    with mounted("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)):
+    with mounted(tmp_path, "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)):
         bundle = disk / "b"
         shutil.copytree(demo, bundle)
         stat = os.statvfs(disk)

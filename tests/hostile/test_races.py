@@ -142,24 +142,6 @@ def test_a_reader_whose_bundle_is_replaced_says_retry_not_mismatch(tmp_path: Pat
     assert run_cli("validate", str(out), "--quiet").exit_code == 0  # the new bundle, read whole
 
 
-def test_validate_during_build_force_never_reports_a_mismatch(tmp_path: Path, two_variants: Path) -> None:
-    """Real processes: validate in a loop while a build --force swaps in a bundle with other
-    variants; each verdict is on the old bundle or the new one (exit 0), or 'retry' (exit 2)."""
-    out = tmp_path / "demo"
-    shutil.copytree(two_variants, out)
-    proc = start_build(out, "--force")
-    wait_for_staging(out, proc)
-    codes = []
-    while proc.poll() is None or not codes:
-        result = run_cli("validate", str(out), "--quiet")
-        codes.append(result.exit_code)
-        if result.exit_code == 2:
-            assert "being replaced" in refused(result), result.stderr
-        else:
-            assert result.exit_code == 0, result.output + result.stderr
-    assert finish(proc)[0] == 0
-
-
 def test_triton_out_shares_the_lock(tmp_path: Path, two_variants: Path) -> None:
     """``triton --out`` takes the same lock: a repository being written is not written twice."""
     from exporter.locks import destination_lock
