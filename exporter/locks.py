@@ -17,6 +17,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -83,8 +84,9 @@ def destination_lock(out: Path, what: str = "--out", required: bool = True) -> I
         raise BundleError(f"cannot create the folder {where!r} for {what}: {exc.strerror}") from exc
     fd = _acquire(path, shown, what)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with suppress(OSError):  # naming the holder is a courtesy: a full disk must not stop the lock
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         with suppress(OSError):
@@ -98,12 +100,15 @@ def _acquire(path: Path, shown: str, what: str) -> int:
     assert fcntl is not None
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
         except OSError as exc:
-            where = printable(str(path.parent))
             raise BundleError(
-                f"cannot write to {where!r} (the lock for {what} {shown!r}): {exc.strerror} (choose another folder)"
+                f"cannot open {printable(str(path))!r}, the lock for {what} {shown!r}: {exc.strerror} "
+                "(remove it if it is not ours, or choose another folder)"
             ) from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device someone put there
+            os.close(fd)
+            raise BundleError(f"{printable(str(path))!r} is not a regular file: remove it (it is {what}'s lock)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

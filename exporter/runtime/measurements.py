@@ -24,10 +24,13 @@ import os
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter.errors import BundleError, DiskFullError
 from exporter.names import printable
+
+if TYPE_CHECKING:
+    from exporter.bundle import Bundle
 
 try:
     import fcntl
@@ -142,7 +145,8 @@ def checked_bench(data: Any, where: str, variants: Collection[str]) -> dict[str,
         return None
     machine = data.get("machine") if isinstance(data, dict) else None
     threads = data.get("threads") if isinstance(data, dict) else None
-    if not (isinstance(machine, dict) and isinstance(machine.get("cpu"), str) and isinstance(threads, int)):
+    counted = isinstance(threads, int) and not isinstance(threads, bool)
+    if not (isinstance(machine, dict) and isinstance(machine.get("cpu"), str) and counted):
         warn_once(f"ignoring {where}: its machine or threads is not as flexiexport writes them")
         return None
     timings = valid_rows(data.get("timings"), f"{where} timings", variants, bench=True)
@@ -181,7 +185,7 @@ def merge_latency(previous: Any, here: dict[str, str], rows: list[dict[str, Any]
     return {**section, "other_machines": others} if others else section
 
 
-def record_latencies(door: Any, rows: list[dict[str, Any]], here: dict[str, str]) -> None:
+def record_latencies(door: Bundle, rows: list[dict[str, Any]], here: dict[str, str]) -> None:
     """Merge ``rows`` (this machine's) into the bundle's ``latency.json``: locked, re-read,
     merged, renamed into place. Nothing is recorded (one warning) where the folder cannot be
     written (a read-only model repository) or the present file is not one we can merge into."""
@@ -190,6 +194,7 @@ def record_latencies(door: Any, rows: list[dict[str, Any]], here: dict[str, str]
     try:
         path = door.artefact(LATENCY)
         with folder_locked(door.root):
+            door.check_unchanged()  # a build swapped a new bundle in: these rows are not of its files
             previous = _read_for_merge(path)
             text = json.dumps(merge_latency(previous, here, rows), indent=2) + "\n"
             write_atomic(path, text)

@@ -152,3 +152,21 @@ def test_triton_out_shares_the_lock(tmp_path: Path, two_variants: Path) -> None:
     refused(result, "being written by another flexiexport", f"PID {os.getpid()}")
     assert not repo.exists()
     assert run_cli("triton", str(two_variants), "--out", str(repo)).exit_code == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "folder"])
+def test_a_lock_path_that_is_not_a_file_is_one_error_line(tmp_path: Path, kind: str) -> None:
+    """Whatever sits at ``.NAME.lock`` (a FIFO: never opened for a blocking read; a link: never
+    followed) is refused in one line, and nothing is built."""
+    lock, target = tmp_path / ".demo.lock", tmp_path / "elsewhere"
+    if kind == "fifo":
+        os.mkfifo(lock)
+    elif kind == "symlink":
+        target.write_text("keep")
+        lock.symlink_to(target)
+    else:
+        lock.mkdir()
+    result = run_cli("build", "--patch-sizes", "32", "--out", str(tmp_path / "demo"), "--quiet")
+    refused(result, ".demo.lock")
+    assert not (tmp_path / "demo").exists()
+    assert kind != "symlink" or target.read_text() == "keep"
