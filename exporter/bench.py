@@ -544,14 +544,34 @@ def merge_reports(previous: Any, report: BenchReport) -> tuple[dict[str, Any], s
     """``bench.json`` after this run, and a line saying what was merged. Rows are keyed by
     (backend, variant, batch): this run's rows replace earlier ones with the same key, the
     others are kept (each says when it was measured), so a run with other options adds to the
-    plot instead of erasing it. A file from another machine (CPU or GPU) is replaced whole."""
-    new = asdict(report)
-    if not isinstance(previous, dict) or not isinstance(previous.get("timings"), list):
-        return new, ""
-    machine: dict[str, Any] = previous["machine"] if isinstance(previous.get("machine"), dict) else {}
+    plot instead of erasing it. Another machine's (CPU or GPU) file is never dropped: it is kept
+    whole under ``other_machines``, and comes back to the top when that machine benches again."""
+    if not isinstance(previous, dict):
+        return asdict(report), ""
     here = (report.machine.get("cpu"), report.machine.get("gpu"))
-    if (machine.get("cpu"), machine.get("gpu")) != here:
-        return new, f"replaced bench.json from another machine ({machine.get('cpu')}, GPU {machine.get('gpu')})"
+    earlier = previous.get("other_machines")
+    sections = [{k: v for k, v in previous.items() if k != "other_machines"}]
+    sections += [s for s in earlier if isinstance(s, dict)] if isinstance(earlier, list) else []
+
+    def machine_of(section: dict[str, Any]) -> tuple[Any, Any]:
+        machine = section.get("machine")
+        return (machine.get("cpu"), machine.get("gpu")) if isinstance(machine, dict) else (None, None)
+
+    mine = next((s for s in sections if machine_of(s) == here), None)
+    others = [s for s in sections if s is not mine and isinstance(s.get("timings"), list) and s.get("timings")]
+    merged, note = _merge_same_machine(mine, report)
+    if others:
+        merged["other_machines"] = others
+        kept = ", ".join(f"{m[0]}, GPU {m[1]}" for m in map(machine_of, others))
+        note = "; ".join(filter(None, [note, f"kept the rows of {len(others)} other machine(s) ({kept})"]))
+    return merged, note
+
+
+def _merge_same_machine(previous: dict[str, Any] | None, report: BenchReport) -> tuple[dict[str, Any], str]:
+    """``merge_reports`` for an earlier file of this same machine (None: there is none)."""
+    new = asdict(report)
+    if previous is None or not isinstance(previous.get("timings"), list):
+        return new, ""
 
     def key(t: dict[str, Any]) -> tuple[Any, ...]:
         return (t.get("backend"), t.get("variant"), t.get("batch"))

@@ -22,6 +22,7 @@ to (x86-64, aarch64 for Jetson). Speed does not matter here: a manifest is a few
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -31,15 +32,15 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from exporter.errors import BundleError, Interrupted
+from exporter.errors import BundleError, BundleReplaced, Interrupted
 from exporter.manifest import (
     MANIFEST,
     REPORT,
@@ -51,6 +52,7 @@ from exporter.manifest import (
     upgrade_manifest,
     walk,
 )
+from exporter.mounts import is_mount_point, mounts_inside
 from exporter.names import SAFE_NAME, printable
 from exporter.precision import Precision
 
@@ -428,14 +430,26 @@ class Bundle:
     manifest: Manifest
     _verified: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    identity: tuple[int, int] | None = field(default=None, repr=False, compare=False)  # the folder's (dev, inode)
 
     @classmethod
     def open(cls, path: Path) -> Bundle:
+        """The bundle at ``path``, read from one folder: a build that swaps a new bundle in
+        meanwhile makes the read start again (at most twice), then ``BundleReplaced``."""
+        for _ in range(3):
+            before = _identity(path)
+            bundle = cls._open(path)
+            if before is not None and _identity(path) == before:
+                return replace(bundle, identity=before)
+        raise BundleReplaced(replaced_text(path))
+
+    @classmethod
+    def _open(cls, path: Path) -> Bundle:
         if not path.is_dir():
-            raise BundleError(f"bundle {printable(str(path))!r} does not exist or is not a folder")
+            raise BundleError(f"bundle {printable(str(path))!r} does not exist or is not a folder" + _replacing(path))
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
-            raise BundleError(f"{printable(str(path))!r} is not a flexiexport bundle: no {MANIFEST}")
+            raise BundleError(f"{printable(str(path))!r} is not a flexiexport bundle: no {MANIFEST}" + _replacing(path))
         _inside(path, MANIFEST)
         if manifest_path.stat().st_size > 64 << 20:
             raise BundleError(f"{manifest_path} is larger than 64 MB: not a manifest we wrote")
@@ -470,12 +484,21 @@ class Bundle:
                 return self._verified[key]
         path = _inside(self.root, rel)
         if not path.is_file():
+            self.check_unchanged()  # not missing: a new bundle was swapped in
             raise BundleError(f"{self.root / rel} is missing (named in the bundle's manifest)")
         if sha256_file(path) != sha256:
+            self.check_unchanged()  # a new bundle swapped in is not a changed file
             raise BundleError(f"{self.root / rel} has changed since the build (sha256 differs from the manifest)")
+        self.check_unchanged()  # the file hashed was this bundle's
         with self._lock:
             self._verified[key] = path
         return path
+
+    def check_unchanged(self) -> None:
+        """``BundleReplaced`` when the folder at ``root`` is no longer the one opened (a build
+        swapped a new bundle in): what was read so far is not all from one bundle."""
+        if self.identity is not None and _identity(self.root) != self.identity:
+            raise BundleReplaced(replaced_text(self.root))
 
     def verify_all(self) -> None:
         """Check every file the manifest names; the first problem raises ``BundleError``."""
@@ -486,6 +509,8 @@ class Bundle:
         """Why ``file`` would refuse ``rel`` ('' when it would not)."""
         try:
             self.file(rel, sha256)
+        except BundleReplaced:
+            raise
         except BundleError as exc:
             return str(exc)
         return ""
@@ -509,6 +534,8 @@ class Bundle:
         for precision in (Precision.FP32, *([record.reduced["precision"]] if record.reduced else [])):
             try:
                 self.onnx(record, precision)
+            except BundleReplaced:
+                raise
             except BundleError as exc:
                 problems.append(str(exc))
         if record.reference:
@@ -567,6 +594,29 @@ class Bundle:
         return found
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def replaced_text(path: Path) -> str:
+    return (
+        f"bundle {printable(str(path))!r} is being replaced (a build put a new one in place while this "
+        "command read it); nothing was judged: retry"
+    )
+
+
+def _replacing(path: Path) -> str:
+    """What to add when a folder is missing because a build is replacing it right now."""
+    from exporter.locks import holder
+
+    pid = holder(path)
+    return "" if pid is None else f" (a flexiexport build, PID {pid}, is replacing it: retry when it is done)"
+
+
 def _our_temporary(rel: str) -> bool:
     """Files and folders our own writers leave while they work (``write_atomic``, engine staging)."""
     name = rel.rsplit("/", 1)[-1]
@@ -590,10 +640,16 @@ def check_destination(out: Path, what: str, protect: Iterable[Path] = (), enclos
     shown = printable(str(out))
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise BundleError(f"{what} {shown!r} is a file or a link; give a folder path")
-    if out.is_dir() and os.path.ismount(out):
+    if out.is_dir() and is_mount_point(out):
         raise BundleError(
             f"{what} {shown!r} is a mount point, which cannot be replaced by a rename; "
             f"give a folder inside it, e.g. {printable(str(out / 'bundle'))!r}"
+        )
+    inner = mounts_inside(out) if out.is_dir() else []
+    if inner:
+        raise BundleError(
+            f"{what} {shown!r} holds a mount point ({printable(inner[0])}): replacing it would remove "
+            "what that file system holds; choose another folder"
         )
     for path in [Path.cwd(), *protect]:
         if _contains(out, path):
@@ -811,30 +867,82 @@ def signals_deferred() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
-def swap_into_place(tmp: Path, out: Path, what: str = "bundle") -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after.
-    Signals are held meanwhile: once the swap starts it finishes, and an interrupt that came
-    during it is reported afterwards as what it is (the new folder is complete)."""
+def swap_into_place(
+    tmp: Path, out: Path, what: str = "bundle", replaceable: Callable[[Path], object] | None = None
+) -> None:
+    """Put ``tmp`` in place at ``out``; an existing ``out`` is swapped out and removed after.
+    ``replaceable`` (a check that raises ``BundleError``) judges again, at the swap, whatever is at
+    ``out`` now, and what was swapped out before it is removed: a folder that appeared or changed
+    during the build is never replaced unless the same judgement allows it. Where the system
+    has ``renameat2``, the swap is one exchange (readers find the old folder or the new one,
+    never none). Signals are held meanwhile: once the swap starts it finishes, and an interrupt
+    that came during it is reported afterwards as what it is (the new folder is complete)."""
     with signals_deferred() as received:
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time() * 1000)}")
-            os.replace(out, old)
-            mark_temporary(old)  # killed from here on, the next run knows the folder is ours
-        try:
-            (tmp / TEMP_MARKER).unlink(missing_ok=True)
-            os.replace(tmp, out)
-        except BaseException:
-            if old is not None:
-                os.replace(old, out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap(tmp, out, what, replaceable)
     if received:
         raise Interrupted(
             f"interrupted ({signal.Signals(received[0]).name}) after the new {what} was complete; "
             f"it is in place at {printable(str(out))}"
         )
+
+
+def _judge_at_swap(out: Path, what: str, replaceable: Callable[[Path], object] | None) -> None:
+    if replaceable is None:
+        return
+    try:
+        replaceable(out)
+    except BundleError as exc:
+        raise BundleError(
+            f"{exc} (found when the new {what} was ready: it changed during the run; nothing was replaced)"
+        ) from exc
+
+
+def _swap(tmp: Path, out: Path, what: str, replaceable: Callable[[Path], object] | None) -> None:
+    from exporter.locks import exchange
+
+    _judge_at_swap(out, what, replaceable)
+    (tmp / TEMP_MARKER).unlink(missing_ok=True)
+    try:
+        if out.exists() and exchange(tmp, out):
+            old = tmp  # the exchange left the old folder at the staging path
+            try:
+                _judge_at_swap(old, what, replaceable)  # nothing arrived between the check and the exchange
+            except BundleError:
+                exchange(tmp, out)
+                raise
+            mark_temporary(old)  # killed from here on, the next run knows the folder is ours
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        _replace_by_renames(tmp, out)
+    except BaseException:
+        if tmp.is_dir():
+            mark_temporary(tmp)  # whichever folder is left there is ours to remove
+        raise
+
+
+def _replace_by_renames(tmp: Path, out: Path) -> None:
+    """The swap in two renames, where no exchange is possible (or nothing is at ``out``)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time() * 1000)}")
+        os.replace(out, old)
+        mark_temporary(old)
+    try:
+        os.replace(tmp, out)
+    except OSError as exc:
+        if old is not None:
+            os.replace(old, out)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # a folder appeared after the check
+            raise BundleError(
+                f"{printable(str(out))!r} appeared while this run wrote its output; nothing was replaced"
+            ) from exc
+        raise
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -114,4 +114,5 @@ def check_bundle(
                 results += [
                     check_variant(opened, record, threads, backend, s) for s in ("min", "max") if record.dynamic
                 ]
+    opened.check_unchanged()  # a build swapped a new bundle in meanwhile: no verdict on a mix of two
     return results

@@ -822,14 +822,19 @@ class BenchCommand(GreedyCommand):
 def write_plot(opened: Any) -> Path | None:
     """Redraw ``tradeoff.png`` from whatever of bench.json / eval.json the bundle holds."""
     from exporter.plot import native_series, plot_tradeoff
+    from exporter.runtime.measurements import checked_bench
 
-    bench, evaluation = opened.read_artefact("bench.json"), opened.read_artefact("eval.json")
+    variants = {v.label for v in opened.manifest.variants}
+    bench = checked_bench(opened.read_artefact("bench.json"), str(opened.root / "bench.json"), variants)
+    evaluation = opened.read_artefact("eval.json")
     if bench is None and evaluation is None:
         return None
     title = f"{opened.manifest.name}: speed / accuracy"
     native = native_series(opened.manifest)
     try:
         return plot_tradeoff(bench, evaluation, opened.artefact("tradeoff.png"), title, native)
+    except FlexiExportError:  # a full disk is a ValueError too: the user's to hear, not a bad file
+        raise
     except (KeyError, TypeError, ValueError, IndexError) as exc:  # a bench/eval.json we did not write
         logging.getLogger("exporter.plot").warning("no plot: bench.json or eval.json is not as written (%s)", exc)
         return None
@@ -858,6 +863,7 @@ def bench(bundle: Path, **kw: Any) -> None:
     from exporter.bench import BenchOptions, bench_bundle, merge_reports
     from exporter.bundle import Bundle
     from exporter.manifest import write_atomic
+    from exporter.runtime.measurements import folder_locked
 
     opened = Bundle.open(bundle)
     targets = opened.artefact("bench.json"), opened.artefact("tradeoff.png")  # refused before any work
@@ -872,8 +878,9 @@ def bench(bundle: Path, **kw: Any) -> None:
     )
     err = console(stderr=True)
     report = bench_bundle(opened, options, None if kw["quiet"] else lambda t: err.print(safe(f"  {t}")), kw["weights"])
-    merged, note = merge_reports(opened.read_artefact("bench.json"), report)
-    write_atomic(targets[0], json.dumps(merged, indent=2) + "\n")
+    with folder_locked(opened.root):  # a concurrent bench's rows are merged, not overwritten
+        merged, note = merge_reports(opened.read_artefact("bench.json"), report)
+        write_atomic(targets[0], json.dumps(merged, indent=2) + "\n")
     plot = write_plot(opened)
     print_bench(report)
     from exporter.check import fastest_passing
@@ -891,8 +898,11 @@ def print_frontier(opened: Any) -> None:
     from rich.table import Table
 
     from exporter.frontier import bundle_frontiers
+    from exporter.runtime.measurements import checked_bench
 
-    frontiers = bundle_frontiers(opened.read_artefact("bench.json"), opened.read_artefact("eval.json"))
+    variants = {v.label for v in opened.manifest.variants}
+    bench = checked_bench(opened.read_artefact("bench.json"), str(opened.root / "bench.json"), variants)
+    frontiers = bundle_frontiers(bench, opened.read_artefact("eval.json"))
     for where, rows in frontiers.items():
         table = Table(title=safe(f"frontier on {where} (★ non-dominated)"), title_justify="left")
         for header in ("", "variant", "top-1", "p99 ms", "against its neighbours"):
@@ -1108,23 +1118,29 @@ def repository_max_batch(manifest: Any, max_batch: int | None) -> int:
 def triton(bundle: Path, repo: Path, **kw: Any) -> None:
     """Write a Triton Inference Server model repository, one model per variant."""
     from exporter.bundle import Bundle, check_replaceable_repository, staging_folder, swap_into_place
+    from exporter.locks import destination_lock
     from exporter.triton import triton_schema, write_repository
 
     opened = Bundle.open(bundle)
     max_batch = repository_max_batch(opened.manifest, kw["max_batch"])
     repo = Path(os.path.normpath(repo))  # 'x/..' names the parent, which the checks must see
-    check_replaceable_repository(repo, kw["force"], protect=[bundle])
-    with staging_folder(repo) as tmp:
-        names = write_repository(
-            opened,
-            tmp,
-            kw["backend"],
-            max_batch,
-            Precision(kw["precision"]),
-            kw["runtime_backend"],
-            kw["dynamic_batching"],
-        )
-        swap_into_place(tmp, repo, "model repository")
+
+    def replaceable(path: Path) -> None:
+        check_replaceable_repository(path, kw["force"], protect=[bundle])
+
+    with destination_lock(repo):  # one writer per --out, from the check to the swap (which checks again)
+        replaceable(repo)
+        with staging_folder(repo) as tmp:
+            names = write_repository(
+                opened,
+                tmp,
+                kw["backend"],
+                max_batch,
+                Precision(kw["precision"]),
+                kw["runtime_backend"],
+                kw["dynamic_batching"],
+            )
+            swap_into_place(tmp, repo, "model repository", replaceable)
     out = console()
     out.print(safe(f"wrote {len(names)} models to {repo}: {', '.join(names)}"))
     if triton_schema() is None:

@@ -178,10 +178,18 @@ def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = Non
     """``flexiexport engine``: on the target, build and validate engines and add them to the
     bundle. Engines are built in a staging folder inside the bundle and renamed into place;
     the manifest is rewritten atomically."""
+    from exporter.locks import destination_lock
+
+    with destination_lock(
+        bundle, "bundle", required=False
+    ):  # not while a build replaces it, nor beside another engine run
+        return _add_engines(bundle, profile_name, reporter or SilentReporter())
+
+
+def _add_engines(bundle: Path, profile_name: str, reporter: Reporter) -> dict[str, Any]:
     from exporter.profile import load_profile
     from exporter.trt import tensorrt_problem
 
-    reporter = reporter or SilentReporter()
     opened = Bundle.open(bundle)
     manifest = opened.manifest
     profile = load_profile(profile_name)

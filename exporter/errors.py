@@ -39,6 +39,11 @@ class BundleError(UsageError):
     """A bundle folder that is missing, malformed, or would be clobbered."""
 
 
+class BundleReplaced(BundleError):
+    """The bundle's folder was swapped for a new one (a build finished) while a command read it:
+    what was read is not one bundle, so nothing is judged; the command may simply be run again."""
+
+
 class DiskFullError(UsageError):
     """The disk (or the user's quota) filled up while writing ``path``; the CLI adds what to do."""
 

@@ -535,15 +535,28 @@ def share_bundle_weights(
 def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     """Build a bundle. Raises ``FlexiExportError`` subclasses for bad input; a variant that
     fails parity is recorded as ``failed`` (the caller decides the exit code)."""
-    from exporter.load import load_source, source_name
+    from exporter.load import source_name
+    from exporter.locks import destination_lock
 
     reporter = reporter or SilentReporter()
     start = time.perf_counter()
-    times: dict[str, float] = {}
     check_sizes_before_loading(options)
     name = source_name(options.source)
     out = Path(os.path.normpath(options.out or default_out(name)))
-    check_replaceable_bundle(out, options.force, options.resume, protected_inputs(options))
+    with destination_lock(out):  # one build per --out, from this check to the end of the swap
+        return _build_locked(options, reporter, out, name, start)
+
+
+def _build_locked(options: BuildOptions, reporter: Reporter, out: Path, name: str, start: float) -> BuildResult:
+    """``build`` with ``out``'s lock held."""
+    from exporter.load import load_source
+
+    times: dict[str, float] = {}
+
+    def replaceable(path: Path) -> None:
+        check_replaceable_bundle(path, options.force, options.resume, protected_inputs(options))
+
+    replaceable(out)
     profile = check_engine_request(options)
     options = with_profile_precision(options, profile)
     plan = InputPlan.for_build(options, name)
@@ -595,7 +608,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
             )
         write_atomic(tmp / MANIFEST, manifest.to_json())
         write_atomic(tmp / REPORT, render_report(manifest))
-        swap_into_place(tmp, out)
+        swap_into_place(tmp, out, replaceable=replaceable)
     return BuildResult(out, manifest, time.perf_counter() - start, times)
 
 
@@ -889,6 +902,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
                 tol = recorded_tolerance(record.onnx)
                 cmp = check_parity(runner, onnx_runner, planned.arrays(), batch, tol, manifest.classifier)
             results.append(Recheck(f"{record.label} at {format_size(size)}", True, cmp))
+    opened.check_unchanged()  # a build swapped a new bundle in meanwhile: no verdict on a mix of two
     return results
 
 

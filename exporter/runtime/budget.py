@@ -9,16 +9,15 @@ most tokens; the first that fits is on the accuracy/latency frontier (``exporter
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from exporter.errors import BundleError, DiskFullError, UsageError
+from exporter.errors import UsageError
 
 if TYPE_CHECKING:
     from exporter.bundle import Bundle
@@ -48,33 +47,22 @@ def choose_variant(ordered: list[str], latencies: dict[str, Latency], budget_ms:
     )
 
 
-def _rows(data: Any) -> list[dict[str, Any]]:
-    rows = data.get("timings") or data.get("rows") if isinstance(data, dict) else None
-    return [r for r in rows or [] if isinstance(r, dict)]
-
-
-def _same_machine(data: Any) -> bool:
+def load_latencies(door: Bundle, backend: str, precision: str, batch: int) -> dict[str, Latency]:
+    """Rows of bench.json, then latency.json, measured here for this backend, precision, batch:
+    only rows that are data we can use, of variants the bundle has (``measurements``)."""
+    from exporter.runtime.measurements import BENCH, LATENCY, bench_rows_here, latency_rows_here
     from exporter.runtime.model import machine_key
 
-    machine = data.get("machine") if isinstance(data, dict) else None
-    return isinstance(machine, dict) and machine.get("cpu") == machine_key()["cpu"]
-
-
-def load_latencies(door: Bundle, backend: str, precision: str, batch: int) -> dict[str, Latency]:
-    """Rows of bench.json, then latency.json, measured here for this backend, precision, batch."""
     wanted = backend if precision == "fp32" else f"{backend} {precision}"
-    found: dict[str, Latency] = {}
-    for name in ("bench.json", "latency.json"):
-        data = door.read_artefact(name)
-        if not _same_machine(data):
-            continue
-        for row in _rows(data):
-            try:
-                if row.get("backend") == wanted and int(row["batch"]) == batch:
-                    found[str(row["variant"])] = Latency(float(row["p50_ms"]), float(row["p99_ms"]))
-            except (KeyError, TypeError, ValueError):
-                continue
-    return found
+    variants = {v.label for v in door.manifest.variants}
+    here = machine_key()
+    rows = bench_rows_here(door.read_artefact(BENCH), str(door.root / BENCH), variants, here)
+    rows += latency_rows_here(door.read_artefact(LATENCY), str(door.root / LATENCY), variants, here)
+    return {
+        r["variant"]: Latency(float(r["p50_ms"]), float(r["p99_ms"]))
+        for r in rows
+        if r["backend"] == wanted and r["batch"] == batch
+    }
 
 
 def time_runner(runner: Runner, batch: np.ndarray) -> Latency:
@@ -95,7 +83,7 @@ def probe_latencies(
     door: Bundle, runners: dict[str, Runner], backend: str, precision: str, batch: int, preprocess: Preprocess
 ) -> dict[str, Latency]:
     """Time every variant here (a few seconds, logged per variant) and record it in latency.json."""
-    from exporter.manifest import write_atomic
+    from exporter.runtime.measurements import record_latencies
     from exporter.runtime.model import machine_key
 
     found = {}
@@ -107,20 +95,10 @@ def probe_latencies(
         found[label] = time_runner(runner, x)
         log.warning("  %s: p50 %.3f ms, p99 %.3f ms", label, found[label].p50_ms, found[label].p99_ms)
     wanted = backend if precision == "fp32" else f"{backend} {precision}"
-    previous = door.read_artefact("latency.json")
-    rows = [
-        r
-        for r in (_rows(previous) if _same_machine(previous) else [])
-        if not (r.get("backend") == wanted and r.get("batch") == batch)
-    ]
     measured = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-    rows += [
+    rows = [
         {"backend": wanted, "variant": k, "batch": batch, "p50_ms": v.p50_ms, "p99_ms": v.p99_ms, "measured": measured}
         for k, v in found.items()
     ]
-    text = json.dumps({"machine": machine_key(), "rows": rows}, indent=2) + "\n"
-    try:
-        write_atomic(door.artefact("latency.json"), text)
-    except (OSError, BundleError, DiskFullError) as exc:  # read-only (a mounted model repository): still used
-        log.warning("latencies measured but not recorded: %s", exc)
+    record_latencies(door, rows, machine_key())
     return found

@@ -163,7 +163,9 @@ class Bundle:
                 raise BundleError(f"{label}'s {precision} ONNX is missing or failed its parity check")
             path = self.door.onnx(record, precision)
         initializers = self.shared_tensors().initializers(path) if self.shares(backend) else None
-        return load_runner(path, backend, threads, initializers)
+        runner = load_runner(path, backend, threads, initializers)
+        self.door.check_unchanged()  # what was loaded is the checked file, not a newer bundle's
+        return runner
 
     def load_all(self, backend: str = "auto", precision: str = "fp32", threads: int | None = None) -> dict[str, Runner]:
         """Every variant loaded on ``backend``, most accurate first (sharing as ``runner`` does)."""
