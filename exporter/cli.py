@@ -253,10 +253,11 @@ def cli(debug: bool) -> None:
 
 
 class PrintableFormatter(logging.Formatter):
-    """Log lines can quote names from a checkpoint or a bundle: no control characters reach the terminal."""
+    """Log lines can quote names from a checkpoint or a bundle: no control characters reach the
+    terminal, and a record is one line (a ``--debug`` traceback after it keeps its own lines)."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record))
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 def _setup_logging(debug: bool) -> None:
