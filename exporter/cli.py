@@ -200,7 +200,9 @@ class FlexiGroup(click.Group):
         except FlexiExportError as exc:
             if debug:
                 raise
-            fail(ctx, str(exc), exc.exit_code)
+            for line in getattr(exc, "lines", [])[:-1]:  # several files, one error line each
+                click.echo(f"error: {printable(line)}", err=True)
+            fail(ctx, exc.lines[-1] if getattr(exc, "lines", None) else str(exc), exc.exit_code)
         except Exception as exc:
             if debug:
                 raise
@@ -993,6 +995,12 @@ def evaluate(
     print_whole(table)
     print_frontier(opened)
     console().print(safe(f"wrote {bundle / 'eval.json'} and {plot}"))
+    if result["skipped"]:  # bad input: each unreadable image is one error line, after the others' results
+        from exporter.errors import ImageErrors
+
+        skipped = len(result["skipped"])
+        err.print(safe(f"left out {skipped} unreadable images; the {result['samples']} others were evaluated"))
+        raise ImageErrors(result["skipped"])
     if result["failures"]:
         raise ValidationFailed(f"{len(result['failures'])} accuracy check(s) failed: {'; '.join(result['failures'])}")
 
