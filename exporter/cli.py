@@ -200,9 +200,10 @@ class FlexiGroup(click.Group):
         except FlexiExportError as exc:
             if debug:
                 raise
-            for line in getattr(exc, "lines", [])[:-1]:  # several files, one error line each
+            lines: list[str] = getattr(exc, "lines", None) or [str(exc)]  # ImageErrors: a line per file
+            for line in lines[:-1]:
                 click.echo(f"error: {printable(line)}", err=True)
-            fail(ctx, exc.lines[-1] if getattr(exc, "lines", None) else str(exc), exc.exit_code)
+            fail(ctx, lines[-1], exc.exit_code)
         except Exception as exc:
             if debug:
                 raise
@@ -667,8 +668,12 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     from exporter.bundle import read_manifest
 
     manifest = read_manifest(bundle)
-    if as_json:
-        click.echo(manifest.to_json(), nl=False)
+    if as_json:  # strict JSON: a failed check's NaN is written as null
+        from dataclasses import asdict
+
+        from exporter.manifest_values import strict_json
+
+        click.echo(strict_json(asdict(manifest)), nl=False)
         return
     out = console()
     src = manifest.source
