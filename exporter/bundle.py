@@ -52,6 +52,7 @@ from exporter.manifest import (
     upgrade_manifest,
     walk,
 )
+from exporter.manifest_values import check_values
 from exporter.mounts import is_mount_point, mounts_inside
 from exporter.names import SAFE_NAME, printable
 from exporter.precision import Precision
@@ -133,9 +134,10 @@ class TrtLint(_Strict):
 
 
 class ToleranceRecord(_Strict):
-    """Exactly ``validate.Tolerance``'s fields: the record is passed to it as keywords."""
+    """Exactly ``validate.Tolerance``'s fields: the record is passed to it as keywords (finite:
+    an infinite atol would pass any output)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
     name: str
     atol: Annotated[float, Field(ge=0)] | None
     rtol: Annotated[float, Field(ge=0)]
@@ -282,7 +284,7 @@ class PreprocessingRecord(_Strict):
     mean: tuple[float, float, float]
     std: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
     interpolation: str
-    crop_pct: Annotated[float, Field(gt=0, le=1)]
+    crop_pct: Annotated[float, Field(ge=0.01, le=1)]  # runtime.preprocess.MIN_CROP_PCT
 
 
 class SharedWeights(_Strict):
@@ -409,6 +411,7 @@ def parse_manifest(text: str | bytes, where: str = MANIFEST) -> Manifest:
     labels = [v["label"] for v in data["variants"]]
     if len(set(labels)) != len(labels):
         raise BundleError(f"{where} is malformed: variant labels repeat ({', '.join(labels)})")
+    check_values(data, where)  # what the fields say together: finite numbers, sizes that agree
     return Manifest.from_dict(data)
 
 

@@ -201,7 +201,10 @@ class FlexiGroup(click.Group):
         except FlexiExportError as exc:
             if debug:
                 raise
-            fail(ctx, str(exc), exc.exit_code)
+            lines: list[str] = getattr(exc, "lines", None) or [str(exc)]  # ImageErrors: a line per file
+            for line in lines[:-1]:
+                click.echo(f"error: {printable(line)}", err=True)
+            fail(ctx, lines[-1], exc.exit_code)
         except Exception as exc:
             if debug:
                 raise
@@ -254,10 +257,11 @@ def cli(debug: bool) -> None:
 
 
 class PrintableFormatter(logging.Formatter):
-    """Log lines can quote names from a checkpoint or a bundle: no control characters reach the terminal."""
+    """Log lines can quote names from a checkpoint or a bundle: no control characters reach the
+    terminal, and a record is one line (a ``--debug`` traceback after it keeps its own lines)."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record))
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 def _setup_logging(debug: bool) -> None:
@@ -713,8 +717,12 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     from exporter.bundle import read_manifest
 
     manifest = read_manifest(bundle)
-    if as_json:
-        click.echo(manifest.to_json(), nl=False)
+    if as_json:  # strict JSON: a failed check's NaN is written as null
+        from dataclasses import asdict
+
+        from exporter.manifest_values import strict_json
+
+        click.echo(strict_json(asdict(manifest)), nl=False)
         return
     out = console()
     src = manifest.source
@@ -1059,6 +1067,12 @@ def evaluate(
     print_whole(table)
     print_frontier(opened)
     console().print(safe(f"wrote {bundle / 'eval.json'} and {plot}"))
+    if result["skipped"]:  # bad input: each unreadable image is one error line, after the others' results
+        from exporter.errors import ImageErrors
+
+        skipped = len(result["skipped"])
+        err.print(safe(f"left out {skipped} unreadable images; the {result['samples']} others were evaluated"))
+        raise ImageErrors(result["skipped"])
     if result["failures"]:
         raise ValidationFailed(f"{len(result['failures'])} accuracy check(s) failed: {'; '.join(result['failures'])}")
 

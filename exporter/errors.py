@@ -23,6 +23,15 @@ class UsageError(FlexiExportError, ValueError):
     exit_code = 2
 
 
+class ImageErrors(UsageError):
+    """Several files that cannot be used, each one ``error:`` line of its own naming its file
+    (the CLI prints ``lines``); ``str()`` is all of them on one line, for library callers."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = list(lines)
+        super().__init__("; ".join(self.lines))
+
+
 class PatchSizeError(UsageError):
     """A patch size that is not a positive integer, or that does not fit the image."""
 

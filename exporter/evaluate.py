@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from exporter.bundle import Bundle
-from exporter.errors import EnvironmentMissing, UsageError
-from exporter.images import IMAGE_SUFFIXES, image_files, preprocess
+from exporter.errors import EnvironmentMissing, ImageErrors, UsageError
+from exporter.images import IMAGE_SUFFIXES, image_files, preprocess, readable_images
 from exporter.limits import check_bundle_memory
 from exporter.load import Preprocessing, SourceModel
 from exporter.sizes import Size2
@@ -28,6 +28,7 @@ class Dataset:
     name: str
     labels: np.ndarray
     pixels: Callable[[Size2], np.ndarray]  # image size → float32 NCHW, cached by the caller
+    skipped: tuple[str, ...] = ()  # why each unreadable image was left out (the rest are evaluated)
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,17 @@ def image_folder(root: Path, pre: Preprocessing, limit: int | None) -> Dataset:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
     if limit:
         files = files[:: max(1, len(files) // limit)][:limit]
+    readable, skipped = readable_images([f for f, _ in files])
+    if not readable:
+        raise ImageErrors(skipped)
+    kept = set(readable)
+    files = [(f, i) for f, i in files if f in kept]
     labels = np.asarray([i for _, i in files])
     return Dataset(
-        f"{root} ({len(classes)} classes)", labels, lambda size: np.stack([preprocess(f, size, pre) for f, _ in files])
+        f"{root} ({len(classes)} classes)",
+        labels,
+        lambda size: np.stack([preprocess(f, size, pre) for f, _ in files]),
+        tuple(skipped),
     )
 
 
@@ -192,4 +201,5 @@ def evaluate_bundle(
         "samples": len(dataset.labels),
         "results": [asdict(r) | {"passed": r.passed} for r in rows],
         "failures": [r.failure() for r in rows if not r.passed],
+        "skipped": list(dataset.skipped),
     }

@@ -7,16 +7,18 @@ interpolation, centre-crop to ``img``, scale to [0, 1], normalise with mean/std.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from exporter.errors import UsageError
+from exporter.errors import FlexiExportError, ImageErrors, UsageError
 from exporter.manifest import walk
 from exporter.runtime.preprocess import Preprocess, read_image
 from exporter.sizes import Size2
@@ -59,20 +61,56 @@ def folder_digest(folder: Path, limit: int) -> str:
 
 @contextmanager
 def opened_image(path: Path) -> Iterator[Any]:
-    """``PIL.Image.open`` (lazy: header only) that refuses unreadable files and decompression
-    bombs. PIL only warns between ``MAX_IMAGE_PIXELS`` and twice that, and would then decode
-    gigabytes; here both are a ``UsageError`` naming the file."""
-    from PIL import Image, UnidentifiedImageError
+    """``PIL.Image.open`` (lazy: header only) of a regular file, refusing anything else and
+    decompression bombs. A FIFO, a device or a folder is refused before it is opened for reading
+    (a FIFO would block the read forever); PIL only warns between ``MAX_IMAGE_PIXELS`` and twice
+    that, and would then decode gigabytes. Every failure of the decoders, while the header is read
+    or while the block decodes the pixels (Pillow raises ``OSError``, ``ValueError``,
+    ``SyntaxError``, ``EOFError``, ``struct.error`` ...), is a ``UsageError`` naming the file."""
+    from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with regular_file(path) as handle, Image.open(handle) as image:
                 yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UsageError(bomb_message(path, exc)) from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UsageError(f"cannot read image {str(path)!r}: {exc}") from exc
+    except FlexiExportError:
+        raise
+    except Exception as exc:  # a decoder's failure on this file's bytes, whatever its type
+        raise UsageError(f"cannot read image {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def regular_file(path: Path) -> Iterator[BinaryIO]:
+    """``path`` opened for reading when it is a regular file (after links); ``UsageError`` for a
+    FIFO, socket, device or folder. Checked before the open and again on the open descriptor, and
+    opened non-blocking, so a file swapped for a FIFO in between cannot hang the read either."""
+    kind = _file_kind(os.stat(path).st_mode)
+    if kind is None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        kind = _file_kind(os.fstat(fd).st_mode)
+        if kind is None:
+            with os.fdopen(fd, "rb") as handle:
+                yield handle
+            return
+        os.close(fd)
+    raise UsageError(f"{str(path)!r} is {kind}, not an image file: refused (give a regular file)")
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    kinds = [
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    if stat.S_ISREG(mode):
+        return None
+    return next((word for test, word in kinds if test(mode)), "not a regular file")
 
 
 def bomb_message(path: Path, exc: Exception) -> str:
@@ -86,12 +124,31 @@ def bomb_message(path: Path, exc: Exception) -> str:
     )
 
 
-def check_headers(folder: Path, limit: int) -> None:
-    """Open (headers only) the first ``limit`` images of ``folder``: a bomb or a broken file is
-    refused before a build spends minutes on export."""
+def check_images(folder: Path, limit: int) -> None:
+    """Decode the first ``limit`` images of ``folder`` whole: a bomb, a FIFO or a file any decoder
+    refuses stops a build before it spends minutes on export, with one ``error:`` line per such
+    file (all of them, not only the first)."""
+    problems = []
     for path in list_images(folder)[:limit]:
-        with opened_image(path):
-            pass
+        try:
+            read_image(path)
+        except UsageError as exc:
+            problems.append(f"--calib-dir: {exc}")
+    if problems:
+        raise ImageErrors(problems)
+
+
+def readable_images(files: list[Path]) -> tuple[list[Path], list[str]]:
+    """``files`` split into those that decode and why each of the others does not (``--data: ...``)."""
+    good, problems = [], []
+    for path in files:
+        try:
+            read_image(path)
+        except UsageError as exc:
+            problems.append(f"--data: {exc}")
+            continue
+        good.append(path)
+    return good, problems
 
 
 def transform(img_size: Size2, pre: Preprocessing) -> Preprocess:

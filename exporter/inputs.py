@@ -104,14 +104,14 @@ class InputPlan:
 
     def key(self) -> str | None:
         """The ``--calib-dir`` images a build reads, by content: parity's, and int8's calibration set.
-        Their headers are checked first, so a broken file or a decompression bomb stops the build
+        They are decoded first, so a broken file, a FIFO or a decompression bomb stops the build
         before any export."""
         if self.calib_dir is None:
             return None
-        from exporter.images import check_headers, folder_digest
+        from exporter.images import check_images, folder_digest
 
         used = self.samples + self.calibration_count
-        check_headers(self.calib_dir, used)
+        check_images(self.calib_dir, used)
         return folder_digest(self.calib_dir, used)
 
     def _preprocessing(self) -> Preprocessing:

@@ -15,7 +15,13 @@ from exporter.errors import UsageError
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SAFE_NAME_TEXT = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters"
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Everything ``str.splitlines`` ends a line at (\n \r \v \f \x1c-\x1e \x85 \u2028 \u2029): shown as
+# an escape, so that one record stays one printed line (a name holding "\noverall: passed" cannot
+# forge a verdict line). Other control characters (ANSI escapes, NUL) and the bidirectional
+# overrides that reorder what a terminal shows are removed.
+_LINE_BREAKS = {c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_BREAK = re.compile("[" + "".join(_LINE_BREAKS) + "]")
 
 
 def is_safe_name(name: object) -> bool:
@@ -36,5 +42,7 @@ def slug(name: str, fallback: str = "model") -> str:
 
 
 def printable(text: str) -> str:
-    """``text`` without control characters (ANSI escapes, NUL, carriage returns): safe for a terminal."""
-    return _CONTROL.sub("", text)
+    """``text`` as one line, safe for a terminal: line breaks shown as escapes (``\\n``,
+    ``\\u2028``), other control characters (ANSI escapes, NUL) removed. Every line the CLI prints
+    from data (file names, labels, manifest strings, log records) goes through here."""
+    return _CONTROL.sub("", _BREAK.sub(lambda m: _LINE_BREAKS[m.group()], text))

@@ -125,19 +125,20 @@ def test_huge_parity_samples_are_refused_by_the_estimate(tmp_path):
     assert "needs about" in line and "2,000,000,000 input images of 64x64" in line and "--parity-samples" in line
 
 
+def sized(m: dict, side: int) -> None:
+    """Variant p8 at ``side``, its grid and ONNX input agreeing (the door checks that they do)."""
+    v = m["variants"][0]
+    v.update(img_size=[side, side], grid=[side // 8, side // 8])
+    v["onnx"]["inputs"][0]["shape"][2:] = [side, side]
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda m: m["variants"][0].update(img_size=[4096, 4096]), "attention over 262,145 tokens"),
-        (lambda m: m["variants"][0].update(img_size=[16384, 16384]), "attention over 4,194,305 tokens"),
-        (
-            lambda m: (m["options"].update(parity_samples=100_000), m["variants"][0].update(img_size=[2048, 2048])),
-            "200,000 input images",
-        ),
-        (
-            lambda m: (m["options"]["export"].update(batch=4096), m["variants"][0].update(img_size=[2048, 2048])),
-            "batch 4096",
-        ),
+        (lambda m: sized(m, 4096), "attention over 262,145 tokens"),
+        (lambda m: sized(m, 16384), "attention over 4,194,305 tokens"),
+        (lambda m: (m["options"].update(parity_samples=100_000), sized(m, 2048)), "200,000 input images"),
+        (lambda m: (m["options"]["export"].update(batch=4096), sized(m, 2048)), "batch 4096"),
     ],
 )
 def test_huge_numbers_in_a_manifest_are_refused_at_validate(bundle, edit, expected):

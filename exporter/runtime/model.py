@@ -334,17 +334,17 @@ def predict_files(
     bundle: Bundle, files: Sequence[Path], model: Model, top_k: int
 ) -> list[tuple[Path, list[Prediction] | np.ndarray | str]]:
     """Per file: its predictions (a feature model's embedding, float32 ``[dims]``), or why it could
-    not be read (the others are still run)."""
+    not be read or preprocessed (the others are still run)."""
     from exporter.runtime.preprocess import read_image
 
     results: list[tuple[Path, list[Prediction] | np.ndarray | str]] = []
     for path in files:
         try:
-            image = read_image(path)
+            pixels = model.bundle.preprocess(model.variant)([read_image(path)])  # too small for the crop...
         except UsageError as exc:
             results.append((path, str(exc)))
             continue
-        results.append((path, model.predict([image], top_k)[0] if bundle.classifier else model([image])[0]))
+        results.append((path, model.predict(pixels, top_k)[0] if bundle.classifier else model(pixels)[0]))
     return results
 
 

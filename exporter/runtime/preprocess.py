@@ -5,6 +5,12 @@ crop_mode="center")`` on PIL images (a test compares them on real images within 
 the short side to ``floor(size / crop_pct)`` (torchvision's rounding: the long side truncated),
 centre-crop (torchvision's rounding), scale to [0, 1], normalise. Non-square targets follow
 timm's ``ResizeKeepRatio``.
+
+The work is bounded by the output, not by the resized image: when the resized image would be
+larger than both the source and ``EXACT_RESIZE_FACTOR`` crops, the crop box is computed first, in
+source coordinates, and only that region is resampled (Pillow's ``resize(size, box=...)``). A
+663-byte 200000x1 PNG, whose resized image would hold 39 GB, costs what a 224x224 crop costs. A
+batch's pixel values are checked against the memory available before they are allocated.
 """
 
 from __future__ import annotations
@@ -21,6 +27,16 @@ from exporter.errors import UsageError
 
 Image = Any  # a PIL image; Pillow is imported only when images are read
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+MIN_CROP_PCT = 0.01  # timm's are 0.875-1.0; far smaller only magnifies one pixel (the schema says the same)
+# A resized image up to this many crops (or the source's size) is made whole, as timm does; beyond
+# that (aspect ratios past about 12:1, a tiny crop_pct) only the crop's region is resampled: every
+# output pixel maps to the same source position (Pillow's box), and agrees within two levels of
+# 255 (Pillow's fixed-point weights round differently, once per pass): the cost stays the crop's.
+EXACT_RESIZE_FACTOR = 16
+# Bytes per output value held at once: the uint8 crop, its float32 copy and the normalised result.
+BYTES_PER_VALUE = 1 + 4 + 4
+# 16-bit and 32-bit modes, scaled to 8 bits by their range (convert("RGB") would clip them to 0/255).
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 @dataclass(frozen=True)
@@ -36,8 +52,8 @@ class Preprocess:
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
             raise UsageError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
-        if not 0 < self.crop_pct <= 1:
-            raise UsageError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if not MIN_CROP_PCT <= self.crop_pct <= 1:
+            raise UsageError(f"crop_pct must be in [{MIN_CROP_PCT}, 1], got {self.crop_pct}")
 
     @classmethod
     def from_manifest(cls, pre: dict[str, Any], img_size: Sequence[int]) -> Preprocess:
@@ -60,19 +76,27 @@ class Preprocess:
         return round(width / ratio), round(height / ratio)
 
     def pixels(self, image: Image) -> np.ndarray:
-        """A PIL image → uint8 RGB ``[H, W, 3]``, resized and centre-cropped (not yet normalised)."""
+        """A PIL image → uint8 RGB ``[H, W, 3]``, resized and centre-cropped (not yet normalised).
+        The work is bounded by the larger of the source and the crop: a resized image larger than
+        both (a 200000x1 strip, a tiny ``crop_pct``) is never made, only the crop's region of the
+        source is resampled."""
         from PIL import Image as PILImage
 
-        image = image.convert("RGB")
-        size = self.resized_size(*image.size)
-        if size != image.size:
-            image = image.resize(size, getattr(PILImage.Resampling, self.interpolation.upper()))
+        image = to_rgb(image)
         width, height = image.size
+        new_w, new_h = self.resized_size(width, height)
         crop_h, crop_w = self.img_size
-        if crop_w > width or crop_h > height:
+        if crop_w > new_w or crop_h > new_h:
             raise UsageError(f"image of {width}x{height} is smaller than the {crop_w}x{crop_h} crop after resizing")
-        top, left = round((height - crop_h) / 2.0), round((width - crop_w) / 2.0)
-        return np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), dtype=np.uint8)
+        top, left = round((new_h - crop_h) / 2.0), round((new_w - crop_w) / 2.0)
+        resample = getattr(PILImage.Resampling, self.interpolation.upper())
+        if new_w * new_h <= max(width * height, EXACT_RESIZE_FACTOR * crop_w * crop_h):
+            if (new_w, new_h) != (width, height):  # timm's own order: the whole image, then the crop
+                image = image.resize((new_w, new_h), resample)
+            return np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), dtype=np.uint8)
+        sx, sy = width / new_w, height / new_h  # source pixels per resized pixel
+        box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
+        return np.asarray(image.resize((crop_w, crop_h), resample, box=box), dtype=np.uint8)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` → float32 ``[N, 3, H, W]``."""
@@ -87,7 +111,22 @@ class Preprocess:
             return self._array(images)
         if isinstance(images, (str, Path)) or hasattr(images, "convert"):
             images = [images]
-        return self.normalize(np.stack([self.pixels(read_image(item)) for item in images]))
+        items = list(images)
+        self.check_memory(len(items))
+        return self.normalize(np.stack([self.pixels(read_image(item)) for item in items]))
+
+    def check_memory(self, count: int) -> None:
+        """``UsageError`` when ``count`` images' pixel values would not fit in the memory available."""
+        from exporter.limits import available_memory, gigabytes
+
+        h, w = self.img_size
+        needed = count * 3 * h * w * BYTES_PER_VALUE
+        free = available_memory()
+        if free is not None and needed > free:
+            raise UsageError(
+                f"{count:,} images of {w}x{h} need about {gigabytes(needed)} for their pixel values, this "
+                f"machine has {gigabytes(free)} available; send fewer images at once"
+            )
 
     def _array(self, array: np.ndarray) -> np.ndarray:
         from PIL import Image as PILImage
@@ -95,6 +134,7 @@ class Preprocess:
         h, w = self.img_size
         if array.dtype == np.uint8 and array.ndim in (3, 4) and array.shape[-1] == 3:
             batch = array[None] if array.ndim == 3 else array
+            self.check_memory(len(batch))
             return self.normalize(np.stack([self.pixels(PILImage.fromarray(a)) for a in batch]))
         if array.dtype == np.float32 and array.ndim == 4 and array.shape[1:] == (3, h, w):
             return np.ascontiguousarray(array)
@@ -104,12 +144,33 @@ class Preprocess:
         )
 
 
+def to_rgb(image: Image) -> Image:
+    """8-bit RGB as timm's ``convert("RGB")`` gives it; a 16-bit or 32-bit image (``I;16``, ``I``,
+    ``F``) is first scaled to 8 bits by its bit depth (16-bit: ``/257``, so an 8-bit image saved as
+    16 bits comes back exactly; floats in [0, 1] ``x255``, in [0, 255] as they are), where
+    ``convert`` would clip it."""
+    from PIL import Image as PILImage
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in WIDE_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0
+        if image.mode == "F":  # no bit depth: floats in [0, 1] or [0, 255] are taken as such
+            largest = float(np.nanmax(values, initial=0.0))
+            top = 1.0 if largest <= 1.0 else 255.0 if largest <= 255.0 else top
+        scaled = np.clip(np.nan_to_num(values, nan=0.0) * (255.0 / top), 0, 255)
+        image = PILImage.fromarray(np.round(scaled).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
 def read_image(item: Any) -> Image:
-    """A path (opened, bombs refused) or a PIL image as it is."""
+    """A path (a regular file, decoded whole: every decoder failure and bomb is a ``UsageError``
+    naming it) as 8-bit RGB, or a PIL image as it is."""
     if hasattr(item, "convert"):
         return item
     from exporter.images import opened_image
 
     with opened_image(Path(item)) as image:
         image.load()
-        return image.copy()
+        return to_rgb(image).copy()
