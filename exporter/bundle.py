@@ -571,7 +571,7 @@ def _replacing(path: Path) -> str:
     from exporter.locks import holder
 
     pid = holder(path)
-    return "" if pid is None else f" (a flexiexport build, PID {pid}, is replacing it: retry when it is done)"
+    return "" if pid is None else f" (flexiexport PID {pid} is writing it: retry when it is done)"
 
 
 def _our_temporary(rel: str) -> bool:
@@ -845,7 +845,8 @@ def _swap(tmp: Path, out: Path, what: str, replaceable: Callable[[Path], object]
             try:
                 _judge_at_swap(old, what, replaceable)  # nothing arrived between the check and the exchange
             except BundleError:
-                exchange(tmp, out)
+                exchange(tmp, out)  # put it back as it was, and say so naming --out
+                _judge_at_swap(out, what, replaceable)
                 raise
             mark_temporary(old)  # killed from here on, the next run knows the folder is ours
             shutil.rmtree(old, ignore_errors=True)
