@@ -11,8 +11,12 @@ A bundle is a trust boundary. Everything read from ``manifest.json`` is data:
 Writing: a new bundle (or model repository) is built in a staging folder beside its destination
 and renamed into place. ``--force``/``--resume`` replace only a folder that is one of ours and
 holds nothing we did not write, never one that holds or lies above a command's own inputs or the
-current directory, never a mount point. The rename is shielded from SIGINT/SIGTERM/SIGHUP so an
-interrupt leaves either the old bundle or the new one, and the message says which.
+current directory, never a mount point (nor a folder holding one). One writer per destination
+(``exporter.locks``, held by the caller from its check to the end of the swap); the swap judges
+the destination again and exchanges the folders in one step where the system can, and a reader
+whose bundle was swapped out under it raises ``BundleReplaced`` rather than judge a mix. The
+rename is shielded from SIGINT/SIGTERM/SIGHUP so an interrupt leaves either the old bundle or
+the new one, and the message says which.
 
 Why pydantic rather than msgspec: both validate JSON into typed records with located errors;
 pydantic's constrained types (patterns, bounds, our own path validator) say the rules next to the
@@ -617,7 +621,7 @@ def _replacing(path: Path) -> str:
     from exporter.locks import holder
 
     pid = holder(path)
-    return "" if pid is None else f" (a flexiexport build, PID {pid}, is replacing it: retry when it is done)"
+    return "" if pid is None else f" (flexiexport PID {pid} is writing it: retry when it is done)"
 
 
 def _our_temporary(rel: str) -> bool:
@@ -911,7 +915,8 @@ def _swap(tmp: Path, out: Path, what: str, replaceable: Callable[[Path], object]
             try:
                 _judge_at_swap(old, what, replaceable)  # nothing arrived between the check and the exchange
             except BundleError:
-                exchange(tmp, out)
+                exchange(tmp, out)  # put it back as it was, and say so naming --out
+                _judge_at_swap(out, what, replaceable)
                 raise
             mark_temporary(old)  # killed from here on, the next run knows the folder is ours
             shutil.rmtree(old, ignore_errors=True)

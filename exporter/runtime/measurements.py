@@ -94,7 +94,8 @@ def valid_rows(rows: Any, where: str, variants: Collection[str], bench: bool = F
         else:
             kept.append(row)
     if bad:
-        warn_once(f"ignoring {len(bad)} of {len(rows)} rows of {where}: {where}{bad[0]}")
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        warn_once(f"ignoring {len(bad)} of {len(rows)} rows in {where}: {bad[0]}{more}")
     return kept
 
 
@@ -135,7 +136,7 @@ def bench_rows_here(data: Any, where: str, variants: Collection[str], here: dict
     """The usable ``timings`` rows of ``bench.json`` when it was measured on this machine."""
     if not isinstance(data, dict) or not same_machine(data.get("machine"), here):
         return []
-    return valid_rows(data.get("timings"), f"{where} timings", variants, bench=True)
+    return valid_rows(data.get("timings"), f"{where} timings", variants)  # the budget needs no patch sizes
 
 
 def checked_bench(data: Any, where: str, variants: Collection[str]) -> dict[str, Any] | None:
@@ -168,9 +169,12 @@ def folder_locked(folder: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def merge_latency(previous: Any, here: dict[str, str], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_latency(
+    previous: Any, here: dict[str, str], rows: list[dict[str, Any]], variants: Collection[str]
+) -> dict[str, Any]:
     """``latency.json`` after recording ``rows`` measured on this machine: this machine's rows of
-    the same (backend, variant, batch) replaced, every other row and machine kept as it was."""
+    the same (backend, variant, batch) replaced, and those it cannot use dropped (a variant this
+    bundle lacks, a latency that is not one); every other machine's section kept as it was."""
 
     def key(r: Any) -> tuple[Any, ...]:
         return (r.get("backend"), r.get("variant"), r.get("batch")) if isinstance(r, dict) else (id(r),)
@@ -180,7 +184,8 @@ def merge_latency(previous: Any, here: dict[str, str], rows: list[dict[str, Any]
     mine = next((s for s in sections if same_machine(s.get("machine"), here)), None)
     found = mine.get("rows") if mine is not None else None
     earlier: list[Any] = found if isinstance(found, list) else []
-    section = {"machine": here, "rows": [r for r in earlier if key(r) not in fresh] + rows}
+    kept = [r for r in earlier if key(r) not in fresh and not row_problem(r, variants)]
+    section = {"machine": here, "rows": kept + rows}
     others = [s for s in sections if s is not mine and s.get("rows") != []]  # an empty section holds nothing
     return {**section, "other_machines": others} if others else section
 
@@ -196,7 +201,8 @@ def record_latencies(door: Bundle, rows: list[dict[str, Any]], here: dict[str, s
         with folder_locked(door.root):
             door.check_unchanged()  # a build swapped a new bundle in: these rows are not of its files
             previous = _read_for_merge(path)
-            text = json.dumps(merge_latency(previous, here, rows), indent=2) + "\n"
+            variants = {v.label for v in door.manifest.variants}
+            text = json.dumps(merge_latency(previous, here, rows, variants), indent=2) + "\n"
             write_atomic(path, text)
     except _Unmergeable as exc:
         log.warning("latencies measured but not recorded: %s", exc)

@@ -193,3 +193,21 @@ def test_plot_and_frontier_ignore_hostile_bench_rows(bundle: Path) -> None:
     assert [r.point.variant for r in frontier] == ["p16"]
     assert checked_bench({"machine": {"cpu": "c"}, "threads": 2, "timings": {"a": 1}}, "b", {"p16"}) is None
     assert checked_bench({"machine": "c", "threads": 2, "timings": []}, "b2", {"p16"}) is None
+
+
+def test_bench_keeps_another_machines_bench_json() -> None:
+    """``bench`` here, on a bundle benched on a Jetson: the Jetson's rows stay (under
+    ``other_machines``), and come back to the top when the Jetson benches again."""
+    from exporter.bench import BenchReport, Ceiling, Timing, merge_reports
+
+    def report(cpu: str, p99: float) -> BenchReport:
+        timing = Timing("ort-cpu", "p16", (16, 16), 1, 2, p99 / 2, p99, p99, 1.0, 1.0, 1.0, None, 1.0, 0.1)
+        return BenchReport({"cpu": cpu, "gpu": None}, 2, Ceiling(64, 1.0, 1.0), (timing,))
+
+    jetson = json.loads(json.dumps(merge_reports(None, report(JETSON["cpu"], 9.0))[0]))  # as read from the file
+    here, note = merge_reports(jetson, report("x86 CPU", 1.0))
+    assert here["machine"]["cpu"] == "x86 CPU" and here["other_machines"] == [jetson]
+    assert "kept the rows of 1 other machine" in note
+    back, _ = merge_reports(json.loads(json.dumps(here)), report(JETSON["cpu"], 8.0))
+    assert back["machine"]["cpu"] == JETSON["cpu"] and back["timings"][0]["p99_ms"] == 8.0
+    assert [s["machine"]["cpu"] for s in back["other_machines"]] == ["x86 CPU"]

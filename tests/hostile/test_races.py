@@ -94,6 +94,8 @@ def test_a_second_build_into_the_same_out_is_refused_naming_the_first(tmp_path: 
     wait_for_staging(out, first)
     second = run_cli("build", "--patch-sizes", "16", "--out", str(out), "--quiet")
     refused(second, "being written by another flexiexport", f"PID {first.pid}")
+    if not out.exists():  # a reader meanwhile hears who is writing it
+        refused(run_cli("inspect", str(out)), "does not exist", f"PID {first.pid} is writing it", "retry")
     code, err = finish(first)
     assert code == 0, err
     assert [v["label"] for v in json.loads((out / "manifest.json").read_text())["variants"]] == ["p32"]
