@@ -51,6 +51,7 @@ def test_a_feature_model_exports_embeddings_with_a_static_dim(features):
     import onnx
 
     manifest = json.loads((features / "manifest.json").read_text())
+    assert manifest["source"]["architecture"]["summary"].endswith("no classifier (outputs embeddings)")
     for v in manifest["variants"]:
         assert v["onnx"]["outputs"] == [{"name": "embeddings", "dtype": "float32", "shape": ["batch", WIDTH]}]
         declared = onnx.load(str(features / v["onnx"]["path"])).graph.output[0]
