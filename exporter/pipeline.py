@@ -171,7 +171,7 @@ def source_record(source: SourceModel) -> dict[str, Any]:
             f"{source.model_name or 'ViT (inferred)'}: {source.depth} blocks, width {source.embed_dim}, "
             f"{source.num_heads} heads, kernel {format_size(source.patch_size)}, "
             f"pos grid {format_size(source.pos_grid)}, native {format_size(source.img_size)}, "
-            f"{source.num_classes} classes"
+            + (f"{source.num_classes} classes" if source.num_classes else "no classifier (outputs embeddings)")
         ),
     }
     o = source.origin

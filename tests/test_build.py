@@ -18,7 +18,7 @@ import pytest
 from exporter.demo import DEMO_WEIGHTS
 from exporter.load import sha256_file
 
-from conftest import markdown_tables, one_line_error, run_cli
+from conftest import edit_manifest, markdown_tables, one_line_error, run_cli
 
 HEADLINE = ("build", "--patch-sizes", "8", "16", "32")
 
@@ -403,3 +403,17 @@ def test_the_accuracy_plot_shows_the_native_agreement_beside_accuracy(demo_bundl
     plt.close(fig)
     assert list(lines[native.what].get_xdata()) == [8, 16, 32] and list(lines[native.what].get_ydata())[-1] == 1.0
     assert "pytorch" in lines
+
+
+def test_a_bundle_built_before_native_agreement_still_opens(demo_bundle, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(demo_bundle, old)
+    edit_manifest(old, lambda data: [v.pop("native_agreement") for v in data["variants"]])
+    result = run_cli("inspect", str(old))
+    assert result.exit_code == 0, result.output + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│ ✓ │ p")]
+    assert len(rows) == 3 and all(row.endswith(" — │") for row in rows), rows  # native: not measured
+    assert "against p32" not in result.stdout
+    assert run_cli("validate", str(old)).exit_code == 0

@@ -51,6 +51,7 @@ def test_a_feature_model_exports_embeddings_with_a_static_dim(features):
     import onnx
 
     manifest = json.loads((features / "manifest.json").read_text())
+    assert manifest["source"]["architecture"]["summary"].endswith("no classifier (outputs embeddings)")
     for v in manifest["variants"]:
         assert v["onnx"]["outputs"] == [{"name": "embeddings", "dtype": "float32", "shape": ["batch", WIDTH]}]
         declared = onnx.load(str(features / v["onnx"]["path"])).graph.output[0]
@@ -201,3 +202,33 @@ def test_a_feature_models_plot_gets_a_native_panel(features, tmp_path):
     assert result.exit_code == 0, result.output + result.stderr
     with Image.open(copy / "tradeoff.png") as image:
         assert image.width == 2 * 6 * 110  # latency and agreement with the native patch, 6 inches each at 110 dpi
+
+
+def test_a_feature_model_serves_its_embeddings_on_triton(features, photos, tmp_path):
+    """The python-backend repository on a real tritonserver: the entry model and a variant answer
+    with ``embeddings``, as the runtime does."""
+    from PIL import Image
+    from test_triton_serve import NO_CLIENT, ask, start_server
+
+    from exporter.runtime import Bundle
+
+    if NO_CLIENT:
+        pytest.skip(NO_CLIENT)
+    import tritonclient.http as http
+
+    image = np.asarray(Image.open(photos / "chelsea.png").convert("RGB"))[None]
+    expected = Bundle.open(features).model(variant="p16", backend="ort-cpu")(image)
+    server = start_server(features, tmp_path)
+    try:
+        client = http.InferenceServerClient(server.http_url[7:])
+        try:
+            answer = ask(client, "flexivit", {"images": image}, parameters={"variant": "p16"})
+            np.testing.assert_allclose(answer.as_numpy("embeddings"), expected, rtol=1e-5, atol=1e-5)
+            assert answer.as_numpy("variant")[0, 0] == b"p16"
+            pixels = Bundle.open(features).preprocess("p16")(image)
+            direct = ask(client, "headless_p16", {"pixel_values": pixels})
+            np.testing.assert_allclose(direct.as_numpy("embeddings"), expected, rtol=1e-5, atol=1e-5)
+        finally:
+            client.close()
+    finally:
+        assert server.stop() == 0
