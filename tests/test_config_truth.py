@@ -315,3 +315,23 @@ def test_bad_pos_interpolation_is_one_error_line(hf_folder):
     result = run_cli("build", "--weights", str(hf_folder), "-p", "16", "--pos-interpolation", "nearest")
     assert result.exit_code == 2 and "--pos-interpolation" in result.stderr
     assert "Traceback" not in result.output + result.stderr
+
+
+def test_class_names_and_malformed_fields_come_from_the_config(hf_folder, tmp_path):
+    from exporter.errors import CheckpointError
+    from exporter.load import SourceSpec, load_source
+    from exporter.pipeline import class_names
+
+    names = ["cat", "dog", "owl", "eel", "yak"]
+    folder = edit_config(hf_folder, tmp_path / "a", lambda c: c["pretrained_cfg"].update(label_names=names))
+    source = load_source(SourceSpec(weights=folder))
+    assert class_names(source, None) == tuple(names) and not source.assumptions
+    folder = edit_config(hf_folder, tmp_path / "b", lambda c: c["pretrained_cfg"].update(label_names=names[:3]))
+    with pytest.raises(CheckpointError, match="pretrained_cfg.label_names has 3 names but the weights have 5"):
+        load_source(SourceSpec(weights=folder))
+    folder = edit_config(hf_folder, tmp_path / "c", lambda c: c["pretrained_cfg"].update(input_size=[96, 96]))
+    with pytest.raises(CheckpointError, match=r"pretrained_cfg.input_size must be \[channels, height, width\]"):
+        load_source(SourceSpec(weights=folder))
+    folder = edit_config(hf_folder, tmp_path / "d", lambda c: c["model_args"].update(class_token=False))
+    with pytest.raises(CheckpointError, match="model_args.class_token False does not match the class token"):
+        load_source(SourceSpec(weights=folder))
