@@ -116,8 +116,8 @@ class ParityStats(_Strict):
     max_abs: float
     p99_abs: float
     min_cosine: float
-    top1_agreement: float
-    top5_agreement: float
+    top1_agreement: float | None = None  # None (or absent): a feature model, judged by cosine and |Δ| only
+    top5_agreement: float | None = None
     failures: list[str] = []
 
 
@@ -198,6 +198,23 @@ class DynamicEntry(_Strict):
     status: Literal["passed", "failed"]
 
 
+class NativeAgreement(_Strict):
+    """The variant against the source at its own patch and image size, on the build's real images."""
+
+    against: str
+    patch_size: tuple[PatchSide, PatchSide]
+    img_size: tuple[Side, Side]
+    images: Annotated[int, Field(ge=1, le=100_000)]
+    native: bool
+    min_cosine: Annotated[float, Field(ge=-1, le=1)]
+    mean_cosine: Annotated[float, Field(ge=-1, le=1)]
+    top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = None  # None: a feature model
+
+
+class NativeSkipped(_Strict):
+    skipped: str
+
+
 class VariantSchema(_Strict):
     label: SafeName
     patch_size: tuple[PatchSide, PatchSide]
@@ -218,6 +235,7 @@ class VariantSchema(_Strict):
     reduced: ReducedEntry | Empty = Empty()
     reference: ReferenceEntry | Empty = Empty()
     dynamic: DynamicEntry | Empty = Empty()
+    native_agreement: NativeAgreement | NativeSkipped | Empty = Empty()  # absent before it was measured
 
 
 class ExportRecord(_Strict):
@@ -314,6 +332,20 @@ class BuiltEngines(_Strict):
 EngineSet = Annotated[PendingEngines | BuiltEngines, Field(discriminator="status")]
 
 
+class SourceParity(_Strict):
+    """The native variant against the source framework's own model (``exporter.source_parity``)."""
+
+    status: Literal["passed", "failed", "inferred", "skipped"]
+    reference: str
+    patch_size: tuple[PatchSide, PatchSide]
+    img_size: tuple[Side, Side]
+    tolerance: ToleranceRecord
+    reason: str = ""
+    variant: SafeName | None = None
+    candidate: str = ""
+    parity: VariantParity | Empty = Empty()
+
+
 class ManifestSchema(_Strict):
     schema_version: Literal[1]
     name: SafeName
@@ -326,6 +358,7 @@ class ManifestSchema(_Strict):
     engines: dict[SafeName, EngineSet] = {}
     shared_weights: SharedWeights | Empty = Empty()
     labels: list[Annotated[str, Field(max_length=512)]] = Field(default=[], max_length=1_000_000)
+    source_parity: SourceParity | Empty = Empty()  # absent in bundles built before the check
 
 
 def _where(loc: Sequence[int | str]) -> str:

@@ -105,7 +105,7 @@ class SourceModel:
     assumptions: tuple[Assumption, ...] = field(default=())
     # How its own framework resamples the position grid; None: the family's default.
     pos_resize: ResizeMethod | None = None
-    class_names: tuple[str, ...] = ()  # from the config (label_names), by output index
+    class_names: tuple[str, ...] = ()  # from the config (label_names, transformers' id2label), by output index
 
     @property
     def dtype(self) -> torch.dtype:
@@ -345,6 +345,12 @@ def create_vit(model_name: str | None, args: Mapping[str, Any]) -> torch.nn.Modu
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
+    if "norm_eps" in args:  # a JSON-able stand-in for timm's norm_layer (transformers ViT: eps 1e-12)
+        from functools import partial
+
+        eps = float(args["norm_eps"])
+        args = {k: v for k, v in args.items() if k != "norm_eps"}
+        args["norm_layer"] = partial(torch.nn.LayerNorm, eps=eps)
     if model_name:
         return timm.create_model(model_name, pretrained=False, **args)
     return VisionTransformer(**args)
@@ -623,6 +629,11 @@ def stated_img_size(spec: SourceSpec) -> Size2 | None:
     touching the weights; None when only the weights can tell."""
     weights = weights_path(spec)
     config = read_config(weights) if weights is not None and weights.is_file() else {}
+    from exporter import hf
+
+    if hf.is_transformers_config(config):
+        hf.layout(config)  # an unsupported transformers model is named before anything is read
+        return hf.image_size(config)
     stated = config_img_size(config)
     return stated[0] if stated else None
 
@@ -634,12 +645,9 @@ def load_source(spec: SourceSpec) -> SourceModel:
         _check_model_name(spec.model_name)
     config = read_config(weights) if weights is not None else {}
     if transformers_type(config):
-        # The transformers layout is mapped to timm's by its own reader (exporter/hf.py, to come).
-        raise CheckpointError(
-            f"{config_where(config)} has model_type {transformers_type(config)!r}: a Hugging Face transformers "
-            "checkpoint, which flexiexport cannot read yet; save it with timm (timm.models.save_for_hf) and pass "
-            "that folder to --weights"
-        )
+        from exporter import hf
+
+        hf.layout(config)  # an unsupported transformers model is named before any weights are read
     model_name = spec.model_name or config.get("architecture") or None
     if not spec.model_name and model_name:
         _check_model_name(model_name, f"config {config['_path']}: unknown timm architecture", CheckpointError)
@@ -648,12 +656,34 @@ def load_source(spec: SourceSpec) -> SourceModel:
             weights, model_name, config.get("model_args") or {}, spec.trust_checkpoint, spec.use_ema
         )
         origin = Origin("file", weights.resolve(), sha256_file(weights), file_format, container)
+        sd, config, model_name, origin = _from_transformers(sd, config, model_name, spec, origin)
     elif spec.pretrained:
         sd = _download_pretrained(str(model_name))
         origin = Origin("pretrained", file_format="timm hub", container=f"timm {model_name} pretrained=True")
     else:
         raise UsageError(f"--model {model_name} needs --weights FILE or --pretrained")
     return _describe(sd, source_name(spec, announce=False), model_name, config, origin, spec.num_heads)
+
+
+def _from_transformers(
+    sd: dict[str, torch.Tensor], config: dict[str, Any], model_name: str | None, spec: SourceSpec, origin: Origin
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], str | None, Origin]:
+    """A transformers checkpoint mapped into timm's layout (``exporter.hf``); anything else as is."""
+    from dataclasses import replace
+
+    from exporter import hf
+
+    if not hf.is_transformers_config(config):
+        return sd, config, model_name, origin
+    lay = hf.layout(config)
+    sd, config, notes = hf.to_timm(sd, config)
+    if spec.model_name and spec.model_name != config["architecture"]:
+        raise UsageError(
+            f"--model {spec.model_name}: {lay.path} is a transformers {lay.architecture}, whose config "
+            "decides the architecture; drop --model"
+        )
+    container = f"{origin.container}, transformers {lay.architecture} mapped to timm"
+    return sd, config, config["architecture"], replace(origin, container=container, notes=notes)
 
 
 def _describe(
@@ -715,7 +745,7 @@ def _describe(
         preprocessing=preprocessing,
         origin=origin,
         assumptions=tuple(assumed + pre_assumed),
-        pos_resize=DINOV2_POS_RESIZE if "dinov2" in (model_name or "") else None,
+        pos_resize=DINOV2_POS_RESIZE if "dinov2" in (model_name or "") or family == "transformers" else None,
         class_names=_class_names(config, int(getattr(meta, "num_classes", 0))),
     )
 
@@ -743,7 +773,9 @@ def _preprocessing(
     own = dict(config.get("pretrained_cfg") or {})
     stated = {**named_cfg, **own} if pretrained else own
     merged = {**named_cfg, **own}
-    source = "checkpoint config" if own else (named or "assumed (timm ViT default)")
+    source = (
+        (config.get("preprocessing_source") or "checkpoint config") if own else (named or "assumed (timm ViT default)")
+    )
     pre = preprocessing_from(merged, source) if merged else Preprocessing()
     missing = [k for k in PREPROCESSING_KEYS if k not in stated]
     if not missing:
