@@ -218,8 +218,15 @@ def test_six_heads_strict_refuses_and_num_heads_settles_it(six_heads, tmp_path, 
     assert not list(tmp_path.iterdir())
     out = tmp_path / "six"
     with caplog.at_level("WARNING", logger="exporter.pipeline"):
-        result = run_cli("build", "--weights", str(path), "-p", "16", "--num-heads", "6", "--out", str(out), "-q")
+        result = run_cli("build", "--weights", str(path), "-p", "16", "--num-heads", "6", "--out", str(out))
     assert result.exit_code == 0, result.output + result.stderr
+    final = " ".join(result.stdout.split())  # the table's last line, as Rich may wrap it
+    assert final.endswith(
+        "2 assumptions: layers LayerNorm eps 1e-6, GELU (timm ViT's; pass --model NAME or a "
+        "config.json); preprocessing mean [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5], interpolation "
+        "bicubic, crop_pct 0.9 (timm ViT default; a config.json "
+        "pretrained_cfg.mean/std/interpolation/crop_pct settles it)"
+    )
     data = manifest(out)
     assert "heads" not in [a["what"] for a in data["source"]["architecture"]["assumptions"]]
     assert "assumed heads" not in caplog.text and "assumed layers" in caplog.text
