@@ -182,7 +182,7 @@ def resolve_weights(path: Path) -> Path:
 def is_generic_name(weights: Path) -> bool:
     """A weights file named for its format, not its model (``model.safetensors``): the bundle is
     named after the config's architecture or the folder instead."""
-    return weights.name in WEIGHT_FILES or weights.stem in ("model", "pytorch_model", "weights", "checkpoint")
+    return weights.name in WEIGHT_FILES or weights.stem in ("model", "pytorch_model")
 
 
 def where(config: Mapping[str, Any]) -> str:

@@ -218,8 +218,15 @@ def test_six_heads_strict_refuses_and_num_heads_settles_it(six_heads, tmp_path, 
     assert not list(tmp_path.iterdir())
     out = tmp_path / "six"
     with caplog.at_level("WARNING", logger="exporter.pipeline"):
-        result = run_cli("build", "--weights", str(path), "-p", "16", "--num-heads", "6", "--out", str(out), "-q")
+        result = run_cli("build", "--weights", str(path), "-p", "16", "--num-heads", "6", "--out", str(out))
     assert result.exit_code == 0, result.output + result.stderr
+    final = " ".join(result.stdout.split())  # the table's last line, as Rich may wrap it
+    assert final.endswith(
+        "2 assumptions: layers LayerNorm eps 1e-6, GELU (timm ViT's; pass --model NAME or a "
+        "config.json); preprocessing mean [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5], interpolation "
+        "bicubic, crop_pct 0.9 (timm ViT default; a config.json "
+        "pretrained_cfg.mean/std/interpolation/crop_pct settles it)"
+    )
     data = manifest(out)
     assert "heads" not in [a["what"] for a in data["source"]["architecture"]["assumptions"]]
     assert "assumed heads" not in caplog.text and "assumed layers" in caplog.text
@@ -315,3 +322,23 @@ def test_bad_pos_interpolation_is_one_error_line(hf_folder):
     result = run_cli("build", "--weights", str(hf_folder), "-p", "16", "--pos-interpolation", "nearest")
     assert result.exit_code == 2 and "--pos-interpolation" in result.stderr
     assert "Traceback" not in result.output + result.stderr
+
+
+def test_class_names_and_malformed_fields_come_from_the_config(hf_folder, tmp_path):
+    from exporter.errors import CheckpointError
+    from exporter.load import SourceSpec, load_source
+    from exporter.pipeline import class_names
+
+    names = ["cat", "dog", "owl", "eel", "yak"]
+    folder = edit_config(hf_folder, tmp_path / "a", lambda c: c["pretrained_cfg"].update(label_names=names))
+    source = load_source(SourceSpec(weights=folder))
+    assert class_names(source, None) == tuple(names) and not source.assumptions
+    folder = edit_config(hf_folder, tmp_path / "b", lambda c: c["pretrained_cfg"].update(label_names=names[:3]))
+    with pytest.raises(CheckpointError, match="pretrained_cfg.label_names has 3 names but the weights have 5"):
+        load_source(SourceSpec(weights=folder))
+    folder = edit_config(hf_folder, tmp_path / "c", lambda c: c["pretrained_cfg"].update(input_size=[96, 96]))
+    with pytest.raises(CheckpointError, match=r"pretrained_cfg.input_size must be \[channels, height, width\]"):
+        load_source(SourceSpec(weights=folder))
+    folder = edit_config(hf_folder, tmp_path / "d", lambda c: c["model_args"].update(class_token=False))
+    with pytest.raises(CheckpointError, match="model_args.class_token False does not match the class token"):
+        load_source(SourceSpec(weights=folder))
