@@ -73,21 +73,27 @@ def destination_lock(out: Path, what: str = "--out", required: bool = True) -> I
         yield
         return
     shown = printable(str(out))
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # removed again when still empty
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        where = printable(str(path.parent))
-        raise BundleError(f"cannot create the folder {where!r} for {what}: {exc.strerror}") from exc
-    fd = _acquire(path, shown, what)
-    try:
-        with suppress(OSError):  # naming the holder is a courtesy: a full disk must not stop the lock
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            where = printable(str(path.parent))
+            raise BundleError(f"cannot create the folder {where!r} for {what}: {exc.strerror}") from exc
+        fd = _acquire(path, shown, what)
+        try:
+            with suppress(OSError):  # naming the holder is a courtesy: a full disk must not stop the lock
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            with suppress(OSError):
+                os.unlink(path)  # still ours: whoever opens it next re-checks that it is the file on disk
+            os.close(fd)
     finally:
-        with suppress(OSError):
-            os.unlink(path)  # still ours: whoever opens it next re-checks that it is the file on disk
-        os.close(fd)
+        for folder in made:  # deepest first; a refused or failed command leaves no empty folder behind
+            with suppress(OSError):
+                folder.rmdir()
 
 
 def _acquire(path: Path, shown: str, what: str) -> int:
