@@ -80,6 +80,10 @@ def transformers_reference(folder: Path, config: dict[str, Any]) -> Reference:
         return Reference(
             what, patch, img, None, reason="transformers is not installed (pip install transformers)", status="skipped"
         )
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on stderr would break --quiet's one line
     try:
         model = getattr(transformers, lay.architecture).from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # transformers raises many kinds; the reason is recorded, never swallowed
@@ -87,6 +91,9 @@ def transformers_reference(folder: Path, config: dict[str, Any]) -> Reference:
         return Reference(
             what, patch, img, None, reason=f"transformers could not load the folder: {line}", status="failed"
         )
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     model = model.float().eval()
 
     def run(batch: np.ndarray) -> np.ndarray:

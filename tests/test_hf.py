@@ -284,3 +284,48 @@ def test_config_and_weights_disagreeing_is_exit_2(vit_classifier, tmp_path):
 def test_empty_folder_is_named(tmp_path):
     result = run_cli("build", "--weights", str(tmp_path), "--patch-sizes", "8", "--out", str(tmp_path / "b"))
     refused(result, "holds none of model.safetensors, pytorch_model.bin")
+
+
+def test_quiet_build_prints_one_line(vit_classifier, tmp_path):
+    """transformers' own 'Loading weights' progress bar (source parity) stays off the terminal."""
+    result = run_cli(
+        "build", "--weights", str(vit_classifier), "--patch-sizes", "8", "--out", str(tmp_path / "b"), "-q"
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    assert result.stderr == "" and len(result.stdout.strip().splitlines()) == 1, result.stdout + result.stderr
+
+
+def test_a_distilled_deit_refuses_dynamic_resolution(tmp_path_factory, tmp_path):
+    folder = hf_folder(
+        tmp_path_factory,
+        "deit-dyn",
+        "DeiTForImageClassificationWithTeacher",
+        "DeiTConfig",
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=2,
+    )
+    args = ("--patch-sizes", "8", "--img-size", "dynamic:16-64", "--out", str(tmp_path / "b"))
+    refused(run_cli("build", "--weights", str(folder), *args), "--img-size dynamic:16-64", "distilled DeiT")
+    assert not (tmp_path / "b").exists()
+
+
+def test_dinov2_image_processor_becomes_a_centre_crop(tmp_path):
+    """BitImageProcessor (DINOv2's): short side 256, centre crop 224, bicubic, ImageNet mean/std."""
+    from exporter import hf
+
+    transformers.BitImageProcessor(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        do_center_crop=True,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(str(tmp_path))
+    config = {"model_type": "dinov2", "architectures": ["Dinov2Model"], "_path": str(tmp_path / "config.json")}
+    pre = hf.preprocessing(config, hf.layout(config))
+    assert (pre["interpolation"], pre["crop_pct"], pre["crop_mode"]) == ("bicubic", 0.875, "center")
+    assert pre["mean"] == [0.485, 0.456, 0.406] and pre["source"].startswith("transformers image processor")
+    (tmp_path / "preprocessor_config.json").unlink()
+    assumed = hf.preprocessing(config, hf.layout(config))
+    assert assumed["source"].startswith("assumed") and assumed["crop_pct"] == 0.875
