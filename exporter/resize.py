@@ -46,6 +46,8 @@ FLEXIVIT_PATCH_RESIZE = ResizeMethod("bilinear", antialias=False)
 FLEXIVIT_POS_RESIZE = ResizeMethod("bilinear", antialias=True)
 TIMM_PATCH_RESIZE = ResizeMethod("bicubic", antialias=True)
 TIMM_POS_RESIZE = ResizeMethod("bicubic", antialias=True)
+# DINOv2's own code and transformers resample the position grid bicubic without antialias.
+DINOV2_POS_RESIZE = ResizeMethod("bicubic", antialias=False)
 
 
 def default_patch_resize(family: str) -> ResizeMethod:

@@ -283,7 +283,7 @@ def test_config_and_weights_disagreeing_is_exit_2(vit_classifier, tmp_path):
 
 def test_empty_folder_is_named(tmp_path):
     result = run_cli("build", "--weights", str(tmp_path), "--patch-sizes", "8", "--out", str(tmp_path / "b"))
-    refused(result, "holds none of model.safetensors, pytorch_model.bin")
+    refused(result, "is a folder without model.safetensors or pytorch_model.bin")
 
 
 def test_quiet_build_prints_one_line(vit_classifier, tmp_path):
