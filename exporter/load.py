@@ -283,7 +283,7 @@ def infer_vit_args(
         args["qk_norm"] = True
     if "blocks.0.ls1.gamma" in sd:
         args["init_values"] = 1e-5
-    if "patch_embed.proj.bias" not in sd:
+    if "patch_embed.proj.bias" not in sd and "norm_pre.weight" not in sd:  # timm's pre_norm has no patch bias
         args["patch_bias"] = False
     return args, assumed
 

@@ -99,7 +99,10 @@ def transformers_reference(folder: Path, config: dict[str, Any]) -> Reference:
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             out = model(pixel_values=torch.from_numpy(np.ascontiguousarray(batch)))
-            value = out.logits if lay.classifier else out.last_hidden_state[:, 0]
+            if lay.model_type == "clip_vision_model":  # its last_hidden_state is before post_layernorm
+                value = out.pooler_output
+            else:
+                value = out.logits if lay.classifier else out.last_hidden_state[:, 0]
             return value.float().numpy()  # type: ignore[no-any-return]
 
     return Reference(what, patch, img, run, features=not lay.classifier)

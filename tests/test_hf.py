@@ -336,3 +336,23 @@ def test_dinov2_image_processor_becomes_a_centre_crop(tmp_path):
     (tmp_path / "preprocessor_config.json").unlink()
     assumed = hf.preprocessing(config, hf.layout(config))
     assert assumed["source"].startswith("assumed") and assumed["crop_pct"] == 0.875
+
+
+def test_clip_vision_tower(tmp_path_factory, tmp_path):
+    """CLIPVisionModel: class embedding and nn.Embedding positions reshaped, pre_layrnorm as timm's
+    pre_norm (no patch bias), quick_gelu, eps 1e-5; its output is pooler_output (post_layernorm)."""
+    folder = hf_folder(
+        tmp_path_factory,
+        "clip-vision",
+        "CLIPVisionModel",
+        "CLIPVisionConfig",
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    manifest = build(folder, tmp_path / "b", "8", "16")
+    assert_source_parity(manifest, "p8")
+    assert manifest["source_parity"]["reference"].endswith("pooler_output (the CLS token after post_layernorm)")
+    args = manifest["source"]["architecture"]["model_args"]
+    assert args["pre_norm"] and args["act_layer"] == "quick_gelu" and args["norm_eps"] == 1e-5
+    assert manifest["source"]["architecture"]["num_classes"] == 0
