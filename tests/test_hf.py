@@ -356,3 +356,19 @@ def test_clip_vision_tower(tmp_path_factory, tmp_path):
     args = manifest["source"]["architecture"]["model_args"]
     assert args["pre_norm"] and args["act_layer"] == "quick_gelu" and args["norm_eps"] == 1e-5
     assert manifest["source"]["architecture"]["num_classes"] == 0
+
+
+def test_without_transformers_source_parity_is_skipped_not_failed(vit_classifier, tmp_path, monkeypatch):
+    """The mapping needs no transformers; only the check does, and says so when it is missing."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    manifest = build(vit_classifier, tmp_path / "b", "8")
+    sp = manifest["source_parity"]
+    assert sp["status"] == "skipped" and "transformers is not installed" in sp["reason"]
+    assert manifest["variants"][0]["status"] == "passed"
+
+
+def test_model_flag_with_a_transformers_folder_is_refused(vit_classifier, tmp_path):
+    args = ("--model", "vit_tiny_patch16_224", "--patch-sizes", "8", "--out", str(tmp_path / "b"))
+    refused(run_cli("build", "--weights", str(vit_classifier), *args), "ViTForImageClassification", "drop --model")
