@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from exporter.assumptions import Assumption
 from exporter.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ def to_timm(
     mapped, dropped = map_weights(sd, lay)
     args = model_args(config, lay, mapped)
     pre = preprocessing(config, lay)
+    assumed = _assumed_preprocessing(pre, lay)
     timm_config = {
         "architecture": DISTILLED_TIMM if lay.distilled else None,
         "family": "transformers",
@@ -246,6 +248,7 @@ def to_timm(
         "model_args": args,
         "pretrained_cfg": pre,
         "preprocessing_source": pre.pop("source"),
+        "assumptions": assumed,
         "label_names": label_names(config, int(args["num_classes"])),
         "transformers": {"model_type": lay.model_type, "architecture": lay.architecture, "output": lay.output},
         "_path": lay.path,
@@ -422,6 +425,18 @@ def label_names(config: Mapping[str, Any], classes: int) -> list[str]:
     except KeyError:
         return []
     return [] if names == [f"LABEL_{i}" for i in range(classes)] else names
+
+
+def _assumed_preprocessing(pre: Mapping[str, Any], lay: Layout) -> list[Assumption]:
+    """The image processor's defaults stand in for a missing ``preprocessor_config.json``: said."""
+    if not str(pre.get("source", "")).startswith("assumed"):
+        return []
+    mean, std = ("[" + ", ".join(f"{v:g}" for v in pre[k]) + "]" for k in ("mean", "std"))
+    value = f"mean {mean}, std {std}, {pre['interpolation']}, crop_pct {pre['crop_pct']:g}"
+    settle = (
+        f"transformers {lay.model_type} image processor defaults; a preprocessor_config.json in the folder settles it"
+    )
+    return [Assumption("preprocessing", value, settle)]
 
 
 def read_processor(config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:

@@ -744,7 +744,7 @@ def _describe(
         in_chans=int(kernel.shape[1]),
         preprocessing=preprocessing,
         origin=origin,
-        assumptions=tuple(assumed + pre_assumed),
+        assumptions=tuple(assumed + pre_assumed + list(config.get("assumptions") or ())),  # + exporter.hf's
         pos_resize=DINOV2_POS_RESIZE if "dinov2" in (model_name or "") or family == "transformers" else None,
         class_names=_class_names(config, int(getattr(meta, "num_classes", 0))),
     )

@@ -372,3 +372,20 @@ def test_without_transformers_source_parity_is_skipped_not_failed(vit_classifier
 def test_model_flag_with_a_transformers_folder_is_refused(vit_classifier, tmp_path):
     args = ("--model", "vit_tiny_patch16_224", "--patch-sizes", "8", "--out", str(tmp_path / "b"))
     refused(run_cli("build", "--weights", str(vit_classifier), *args), "ViTForImageClassification", "drop --model")
+
+
+def test_image_processor_defaults_are_an_assumption(vit_classifier, tmp_path):
+    """Without preprocessor_config.json the model type's processor defaults are used and said:
+    a warning, the manifest's assumptions, and exit 2 under --strict."""
+    import shutil
+
+    folder = tmp_path / "no-processor"
+    shutil.copytree(vit_classifier, folder)
+    (folder / "preprocessor_config.json").unlink()
+    args = ("--patch-sizes", "8", "--strict")
+    refused(run_cli("build", "--weights", str(folder), *args, "--out", str(tmp_path / "a")), "preprocessor_config.json")
+    result = run_cli("build", "--weights", str(vit_classifier), *args, "--out", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output + result.stderr
+    manifest = build(folder, tmp_path / "c", "8")
+    assert manifest["preprocessing"]["source"] == "assumed (transformers vit image processor defaults)"
+    assert "preprocessor_config.json" in json.dumps(manifest["source"]["architecture"]["assumed"])
