@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from exporter.assumptions import Assumption
 from exporter.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,18 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "deit": ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
     "dinov2": ("Dinov2Model",),
     "dinov2_with_registers": ("Dinov2WithRegistersModel",),
+    "clip_vision_model": ("CLIPVisionModel",),
 }
-SUPPORTED = ", ".join(ARCHITECTURES)
+SUPPORTED = ", ".join(ARCHITECTURES)  # the vision tower of CLIP alone: a full CLIPModel is refused
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # The base model's attribute inside a *For* class: its weights carry this prefix.
-BASE_PREFIX = {"vit": "vit.", "deit": "deit.", "dinov2": "dinov2.", "dinov2_with_registers": "dinov2_with_registers."}
+BASE_PREFIX = {
+    "vit": "vit.",
+    "deit": "deit.",
+    "dinov2": "dinov2.",
+    "dinov2_with_registers": "dinov2_with_registers.",
+    "clip_vision_model": "vision_model.",  # transformers 4 saved CLIPVisionModel's weights under it
+}
 DISTILLED = "DeiTForImageClassificationWithTeacher"
 # timm's registered distilled DeiT: VisionTransformerDistilled, every size argument overridden.
 DISTILLED_TIMM = "deit_tiny_distilled_patch16_224"
@@ -80,6 +88,14 @@ PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 PROCESSOR_DEFAULTS["dinov2_with_registers"] = PROCESSOR_DEFAULTS["dinov2"]
+PROCESSOR_DEFAULTS["clip_vision_model"] = {  # CLIPImageProcessor
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": {"shortest_edge": 224},
+    "do_center_crop": True,
+    "crop_size": {"height": 224, "width": 224},
+}
 
 # Per-layer weights, after ``<layer>.N.``: transformers 4 saved names and transformers 5 module names.
 LAYER_KEYS = {
@@ -91,6 +107,12 @@ LAYER_KEYS = {
     "attention.v_proj": "attn.v",
     "attention.output.dense": "attn.proj",
     "attention.o_proj": "attn.proj",
+    "self_attn.q_proj": "attn.q",  # CLIP
+    "self_attn.k_proj": "attn.k",
+    "self_attn.v_proj": "attn.v",
+    "self_attn.out_proj": "attn.proj",
+    "layer_norm1": "norm1",
+    "layer_norm2": "norm2",
     "layernorm_before": "norm1",
     "norm1": "norm1",
     "layernorm_after": "norm2",
@@ -109,6 +131,11 @@ TOP_KEYS = {
     "embeddings.register_tokens": "reg_token",
     "layernorm.weight": "norm.weight",
     "layernorm.bias": "norm.bias",
+    "embeddings.patch_embedding.weight": "patch_embed.proj.weight",  # CLIP: no bias (timm's pre_norm)
+    "pre_layrnorm.weight": "norm_pre.weight",  # sic: CLIP's name
+    "pre_layrnorm.bias": "norm_pre.bias",
+    "post_layernorm.weight": "norm.weight",
+    "post_layernorm.bias": "norm.bias",
     "classifier.weight": "head.weight",
     "classifier.bias": "head.bias",
     "cls_classifier.weight": "head.weight",
@@ -122,6 +149,7 @@ DROPPED = {
     "pooler.dense.weight": "the pooler (dense + tanh on the CLS token): the output is the CLS token after "
     "the final layernorm, last_hidden_state[:, 0]",
     "pooler.dense.bias": "",
+    "embeddings.position_ids": "",  # a buffer of 0..N, not a weight
 }
 
 
@@ -144,6 +172,8 @@ class Layout:
     @property
     def output(self) -> str:
         """What transformers' model returns that our ONNX must equal."""
+        if self.model_type == "clip_vision_model":
+            return "pooler_output (the CLS token after post_layernorm)"
         return "logits" if self.classifier else "CLS token of last_hidden_state (after the final layernorm)"
 
 
@@ -210,6 +240,7 @@ def to_timm(
     mapped, dropped = map_weights(sd, lay)
     args = model_args(config, lay, mapped)
     pre = preprocessing(config, lay)
+    assumed = _assumed_preprocessing(pre, lay)
     timm_config = {
         "architecture": DISTILLED_TIMM if lay.distilled else None,
         "family": "transformers",
@@ -217,6 +248,7 @@ def to_timm(
         "model_args": args,
         "pretrained_cfg": pre,
         "preprocessing_source": pre.pop("source"),
+        "assumptions": assumed,
         "label_names": label_names(config, int(args["num_classes"])),
         "transformers": {"model_type": lay.model_type, "architecture": lay.architecture, "output": lay.output},
         "_path": lay.path,
@@ -243,6 +275,12 @@ def map_weights(sd: Mapping[str, torch.Tensor], lay: Layout) -> tuple[dict[str, 
     for key, value in _strip_base(sd, lay).items():
         if key in DROPPED:
             dropped[key] = DROPPED[key]
+            continue
+        if key == "embeddings.class_embedding":  # CLIP: a [width] vector
+            out["cls_token"] = value.reshape(1, 1, -1)
+            continue
+        if key == "embeddings.position_embedding.weight":  # CLIP: an nn.Embedding [slots, width]
+            out["pos_embed"] = value.unsqueeze(0)
             continue
         if key == "embeddings.distillation_token":
             out["dist_token" if lay.distilled else "reg_token"] = value
@@ -343,7 +381,8 @@ def model_args(config: Mapping[str, Any], lay: Layout, sd: Mapping[str, torch.Te
     qkv_bias = "blocks.0.attn.qkv.bias" in sd
     if bool(config.get("qkv_bias", qkv_bias)) != qkv_bias:
         raise CheckpointError(f"{where}: qkv_bias {config.get('qkv_bias')} does not match the weights ({qkv_bias})")
-    eps = _get(config, "layer_norm_eps", 1e-6 if lay.model_type.startswith("dinov2") else 1e-12, (int, float))
+    default_eps = 1e-6 if lay.model_type.startswith("dinov2") else 1e-5 if lay.model_type.startswith("clip") else 1e-12
+    eps = _get(config, "layer_norm_eps", default_eps, (int, float))
     classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
     if lay.classifier and not classes:
         raise CheckpointError(f"{where}: a {lay.architecture} without classifier weights")
@@ -364,6 +403,10 @@ def model_args(config: Mapping[str, Any], lay: Layout, sd: Mapping[str, torch.Te
     }
     if "blocks.0.ls1.gamma" in sd:
         args["init_values"] = float(_get(config, "layerscale_value", 1.0, (int, float)))
+    if lay.model_type == "clip_vision_model":
+        if "norm_pre.weight" not in sd or "patch_embed.proj.bias" in sd:
+            raise CheckpointError(f"{where}: a CLIPVisionModel without pre_layrnorm, or with a patch bias")
+        args["pre_norm"] = True  # pre_layrnorm after the embeddings; timm then has no patch bias, as CLIP
     if lay.model_type == "deit" and not lay.distilled:
         args["reg_tokens"] = 1  # the distillation token: a second prefix token with its own position slot
     if registers:
@@ -382,6 +425,18 @@ def label_names(config: Mapping[str, Any], classes: int) -> list[str]:
     except KeyError:
         return []
     return [] if names == [f"LABEL_{i}" for i in range(classes)] else names
+
+
+def _assumed_preprocessing(pre: Mapping[str, Any], lay: Layout) -> list[Assumption]:
+    """The image processor's defaults stand in for a missing ``preprocessor_config.json``: said."""
+    if not str(pre.get("source", "")).startswith("assumed"):
+        return []
+    mean, std = ("[" + ", ".join(f"{v:g}" for v in pre[k]) + "]" for k in ("mean", "std"))
+    value = f"mean {mean}, std {std}, {pre['interpolation']}, crop_pct {pre['crop_pct']:g}"
+    settle = (
+        f"transformers {lay.model_type} image processor defaults; a preprocessor_config.json in the folder settles it"
+    )
+    return [Assumption("preprocessing", value, settle)]
 
 
 def read_processor(config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:

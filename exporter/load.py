@@ -283,7 +283,7 @@ def infer_vit_args(
         args["qk_norm"] = True
     if "blocks.0.ls1.gamma" in sd:
         args["init_values"] = 1e-5
-    if "patch_embed.proj.bias" not in sd:
+    if "patch_embed.proj.bias" not in sd and "norm_pre.weight" not in sd:  # timm's pre_norm has no patch bias
         args["patch_bias"] = False
     return args, assumed
 
@@ -744,7 +744,7 @@ def _describe(
         in_chans=int(kernel.shape[1]),
         preprocessing=preprocessing,
         origin=origin,
-        assumptions=tuple(assumed + pre_assumed),
+        assumptions=tuple(assumed + pre_assumed + list(config.get("assumptions") or ())),  # + exporter.hf's
         pos_resize=DINOV2_POS_RESIZE if "dinov2" in (model_name or "") or family == "transformers" else None,
         class_names=_class_names(config, int(getattr(meta, "num_classes", 0))),
     )

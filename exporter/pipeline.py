@@ -234,6 +234,11 @@ def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpe
     if options.img_range is not None:
         from exporter.variant import plan_dynamic
 
+        if "distilled" in (source.model_name or ""):  # the in-graph resample knows class and register tokens only
+            raise UsageError(
+                f"--img-size dynamic:{format_range(options.img_range)} does not support a distilled DeiT "
+                f"({source.model_name}: its distillation token); give fixed image sizes"
+            )
         planned, impossible = plan_dynamic(options.patch_sizes, options.img_range, source.img_size)
         for line in impossible:
             log.info("left out %s", line)

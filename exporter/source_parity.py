@@ -80,6 +80,10 @@ def transformers_reference(folder: Path, config: dict[str, Any]) -> Reference:
         return Reference(
             what, patch, img, None, reason="transformers is not installed (pip install transformers)", status="skipped"
         )
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on stderr would break --quiet's one line
     try:
         model = getattr(transformers, lay.architecture).from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # transformers raises many kinds; the reason is recorded, never swallowed
@@ -87,12 +91,18 @@ def transformers_reference(folder: Path, config: dict[str, Any]) -> Reference:
         return Reference(
             what, patch, img, None, reason=f"transformers could not load the folder: {line}", status="failed"
         )
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     model = model.float().eval()
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             out = model(pixel_values=torch.from_numpy(np.ascontiguousarray(batch)))
-            value = out.logits if lay.classifier else out.last_hidden_state[:, 0]
+            if lay.model_type == "clip_vision_model":  # its last_hidden_state is before post_layernorm
+                value = out.pooler_output
+            else:
+                value = out.logits if lay.classifier else out.last_hidden_state[:, 0]
             return value.float().numpy()  # type: ignore[no-any-return]
 
     return Reference(what, patch, img, run, features=not lay.classifier)

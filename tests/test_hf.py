@@ -157,10 +157,13 @@ def test_vit_feature_model(tmp_path_factory, tmp_path):
     assert "pooler" in " ".join(manifest["source"]["architecture"]["notes"])
 
 
-@pytest.mark.parametrize("model_cls", ["DeiTForImageClassificationWithTeacher", "DeiTForImageClassification"])
+@pytest.mark.parametrize(
+    "model_cls", ["DeiTForImageClassificationWithTeacher", "DeiTForImageClassification", "DeiTModel"]
+)
 def test_deit(tmp_path_factory, tmp_path, model_cls):
     """The distilled DeiT (distillation token, two heads averaged) maps to timm's
-    VisionTransformerDistilled; the single-head one keeps the distillation token as a prefix token."""
+    VisionTransformerDistilled; the single-head one and the headless DeiTModel (its pooler dropped)
+    keep the distillation token as a prefix token."""
     folder = hf_folder(
         tmp_path_factory,
         "deit",
@@ -177,10 +180,14 @@ def test_deit(tmp_path_factory, tmp_path, model_cls):
     distilled = model_cls.endswith("Teacher")
     assert arch["model_name"] == ("deit_tiny_distilled_patch16_224" if distilled else None)
     assert arch["num_pos_prefix_tokens"] == 2 and manifest["variants"][0]["tokens"] == 16 + 2
+    assert arch["num_classes"] == (0 if model_cls == "DeiTModel" else 4)
     x = np.random.default_rng(2).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    from exporter.validate import compare_outputs
+    from dataclasses import replace
 
-    assert compare_outputs(transformers_output(folder, x), onnx_output(tmp_path / "b", "p8", x))
+    from exporter.validate import TOLERANCES, compare_outputs
+
+    tol = replace(TOLERANCES["fp32"], min_top1=0.0) if model_cls == "DeiTModel" else TOLERANCES["fp32"]
+    assert compare_outputs(transformers_output(folder, x), onnx_output(tmp_path / "b", "p8", x), tol)
 
 
 @pytest.mark.parametrize("registers", [0, 2])
@@ -284,3 +291,101 @@ def test_config_and_weights_disagreeing_is_exit_2(vit_classifier, tmp_path):
 def test_empty_folder_is_named(tmp_path):
     result = run_cli("build", "--weights", str(tmp_path), "--patch-sizes", "8", "--out", str(tmp_path / "b"))
     refused(result, "is a folder without model.safetensors or pytorch_model.bin")
+
+
+def test_quiet_build_prints_one_line(vit_classifier, tmp_path):
+    """transformers' own 'Loading weights' progress bar (source parity) stays off the terminal."""
+    result = run_cli(
+        "build", "--weights", str(vit_classifier), "--patch-sizes", "8", "--out", str(tmp_path / "b"), "-q"
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    assert result.stderr == "" and len(result.stdout.strip().splitlines()) == 1, result.stdout + result.stderr
+
+
+def test_a_distilled_deit_refuses_dynamic_resolution(tmp_path_factory, tmp_path):
+    folder = hf_folder(
+        tmp_path_factory,
+        "deit-dyn",
+        "DeiTForImageClassificationWithTeacher",
+        "DeiTConfig",
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=2,
+    )
+    args = ("--patch-sizes", "8", "--img-size", "dynamic:16-64", "--out", str(tmp_path / "b"))
+    refused(run_cli("build", "--weights", str(folder), *args), "--img-size dynamic:16-64", "distilled DeiT")
+    assert not (tmp_path / "b").exists()
+
+
+def test_dinov2_image_processor_becomes_a_centre_crop(tmp_path):
+    """BitImageProcessor (DINOv2's): short side 256, centre crop 224, bicubic, ImageNet mean/std."""
+    from exporter import hf
+
+    transformers.BitImageProcessor(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        do_center_crop=True,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(str(tmp_path))
+    config = {"model_type": "dinov2", "architectures": ["Dinov2Model"], "_path": str(tmp_path / "config.json")}
+    pre = hf.preprocessing(config, hf.layout(config))
+    assert (pre["interpolation"], pre["crop_pct"], pre["crop_mode"]) == ("bicubic", 0.875, "center")
+    assert pre["mean"] == [0.485, 0.456, 0.406] and pre["source"].startswith("transformers image processor")
+    (tmp_path / "preprocessor_config.json").unlink()
+    assumed = hf.preprocessing(config, hf.layout(config))
+    assert assumed["source"].startswith("assumed") and assumed["crop_pct"] == 0.875
+
+
+def test_clip_vision_tower(tmp_path_factory, tmp_path):
+    """CLIPVisionModel: class embedding and nn.Embedding positions reshaped, pre_layrnorm as timm's
+    pre_norm (no patch bias), quick_gelu, eps 1e-5; its output is pooler_output (post_layernorm)."""
+    folder = hf_folder(
+        tmp_path_factory,
+        "clip-vision",
+        "CLIPVisionModel",
+        "CLIPVisionConfig",
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    manifest = build(folder, tmp_path / "b", "8", "16")
+    assert_source_parity(manifest, "p8")
+    assert manifest["source_parity"]["reference"].endswith("pooler_output (the CLS token after post_layernorm)")
+    args = manifest["source"]["architecture"]["model_args"]
+    assert args["pre_norm"] and args["act_layer"] == "quick_gelu" and args["norm_eps"] == 1e-5
+    assert manifest["source"]["architecture"]["num_classes"] == 0
+
+
+def test_without_transformers_source_parity_is_skipped_not_failed(vit_classifier, tmp_path, monkeypatch):
+    """The mapping needs no transformers; only the check does, and says so when it is missing."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    manifest = build(vit_classifier, tmp_path / "b", "8")
+    sp = manifest["source_parity"]
+    assert sp["status"] == "skipped" and "transformers is not installed" in sp["reason"]
+    assert manifest["variants"][0]["status"] == "passed"
+
+
+def test_model_flag_with_a_transformers_folder_is_refused(vit_classifier, tmp_path):
+    args = ("--model", "vit_tiny_patch16_224", "--patch-sizes", "8", "--out", str(tmp_path / "b"))
+    refused(run_cli("build", "--weights", str(vit_classifier), *args), "ViTForImageClassification", "drop --model")
+
+
+def test_image_processor_defaults_are_an_assumption(vit_classifier, tmp_path):
+    """Without preprocessor_config.json the model type's processor defaults are used and said:
+    a warning, the manifest's assumptions, and exit 2 under --strict."""
+    import shutil
+
+    folder = tmp_path / "no-processor"
+    shutil.copytree(vit_classifier, folder)
+    (folder / "preprocessor_config.json").unlink()
+    args = ("--patch-sizes", "8", "--strict")
+    refused(run_cli("build", "--weights", str(folder), *args, "--out", str(tmp_path / "a")), "preprocessor_config.json")
+    result = run_cli("build", "--weights", str(vit_classifier), *args, "--out", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output + result.stderr
+    manifest = build(folder, tmp_path / "c", "8")
+    assert manifest["preprocessing"]["source"] == "assumed (transformers vit image processor defaults)"
+    assert "preprocessor_config.json" in json.dumps(manifest["source"]["architecture"]["assumed"])

@@ -91,3 +91,14 @@ def test_a_malformed_source_parity_is_refused(demo, tmp_path):
     edit_manifest(bad, lambda data: data["source_parity"].update(status="fine"))
     result = run_cli("inspect", str(bad))
     assert result.exit_code == 2 and "source_parity" in one_line_error(result)
+
+
+def test_a_timm_clip_layout_without_config_loads(tmp_path):
+    """timm's pre_norm ViTs (CLIP) have no patch bias by construction; reading one off its weights
+    used to add patch_bias=False, an argument timm's VisionTransformer does not take."""
+    from exporter.load import SourceSpec, load_source
+
+    path = tmp_path / "clip.pt"
+    torch.save(tiny_model("vit_base_patch16_clip_224", num_classes=0).state_dict(), path)
+    source = load_source(SourceSpec(weights=path, num_heads=2))
+    assert source.model_args["pre_norm"] and "patch_bias" not in source.model_args
