@@ -63,6 +63,18 @@ def test_bench_bounds_its_counts_and_seconds(demo, option, value, words):
     refused(run_cli("bench", str(demo), "--backends", "ort-cpu", option, value, "--quiet"), *words)
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "1e9"])
+def test_serve_waits_a_bounded_time_for_its_models(demo, value):
+    refused(run_cli("serve", str(demo), "--port", "0", "--ready-timeout", value), "--ready-timeout", "86400")
+
+
+@pytest.mark.parametrize("command", ["triton", "serve"])
+def test_the_repository_batch_is_bounded(demo, tmp_path, command):
+    out = ("--out", str(tmp_path / "repo")) if command == "triton" else ("--port", "0")
+    refused(run_cli(command, str(demo), *out, "--max-batch", "1000000000"), "--max-batch", "4096")
+    assert not (tmp_path / "repo").exists()
+
+
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_tolerances_are_finite(tmp_path, value):
     refused(run_cli("build", "-p", "32", "--atol", value, "--out", str(tmp_path / "o")), "--atol", value)
