@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -117,8 +117,8 @@ class ParityStats(_Strict):
     max_abs: float
     p99_abs: float
     min_cosine: float
-    top1_agreement: float
-    top5_agreement: float
+    top1_agreement: float | None = None  # None (or absent): a feature model, judged by cosine and |Δ| only
+    top5_agreement: float | None = None
     failures: list[str] = []
 
 
@@ -200,6 +200,23 @@ class DynamicEntry(_Strict):
     status: Literal["passed", "failed"]
 
 
+class NativeAgreement(_Strict):
+    """The variant against the source at its own patch and image size, on the build's real images."""
+
+    against: str
+    patch_size: tuple[PatchSide, PatchSide]
+    img_size: tuple[Side, Side]
+    images: Annotated[int, Field(ge=1, le=100_000)]
+    native: bool
+    min_cosine: Annotated[float, Field(ge=-1, le=1)]
+    mean_cosine: Annotated[float, Field(ge=-1, le=1)]
+    top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = None  # None: a feature model
+
+
+class NativeSkipped(_Strict):
+    skipped: str
+
+
 class VariantSchema(_Strict):
     label: SafeName
     patch_size: tuple[PatchSide, PatchSide]
@@ -220,6 +237,7 @@ class VariantSchema(_Strict):
     reduced: ReducedEntry | Empty = Empty()
     reference: ReferenceEntry | Empty = Empty()
     dynamic: DynamicEntry | Empty = Empty()
+    native_agreement: NativeAgreement | NativeSkipped | Empty = Empty()  # absent before it was measured
 
 
 class ExportRecord(_Strict):
@@ -236,10 +254,20 @@ class OptionsRecord(_Strict):
     calib_dir: str | None = None
 
 
+class AssumptionRecord(_Strict):
+    """``exporter.assumptions.Assumption``: a value the build took without the checkpoint saying it."""
+
+    what: Annotated[str, Field(max_length=200)]
+    value: Annotated[str, Field(max_length=2000)]
+    settle: Annotated[str, Field(max_length=2000)]
+
+
 class Architecture(_Strict):
     model_name: str | None
     num_heads: Annotated[int, Field(ge=1, le=4096)]
     summary: str
+    assumed: list[Annotated[str, Field(max_length=4000)]] = Field(default=[], max_length=256)  # as text, always written
+    assumptions: list[AssumptionRecord] = Field(default=[], max_length=256)  # the same, structured (newer builds)
 
 
 class SourceRecord(_Strict):
@@ -306,6 +334,20 @@ class BuiltEngines(_Strict):
 EngineSet = Annotated[PendingEngines | BuiltEngines, Field(discriminator="status")]
 
 
+class SourceParity(_Strict):
+    """The native variant against the source framework's own model (``exporter.source_parity``)."""
+
+    status: Literal["passed", "failed", "inferred", "skipped"]
+    reference: str
+    patch_size: tuple[PatchSide, PatchSide]
+    img_size: tuple[Side, Side]
+    tolerance: ToleranceRecord
+    reason: str = ""
+    variant: SafeName | None = None
+    candidate: str = ""
+    parity: VariantParity | Empty = Empty()
+
+
 class ManifestSchema(_Strict):
     schema_version: Literal[1]
     name: SafeName
@@ -318,6 +360,7 @@ class ManifestSchema(_Strict):
     engines: dict[SafeName, EngineSet] = {}
     shared_weights: SharedWeights | Empty = Empty()
     labels: list[Annotated[str, Field(max_length=512)]] = Field(default=[], max_length=1_000_000)
+    source_parity: SourceParity | Empty = Empty()  # absent in bundles built before the check
 
 
 def _where(loc: Sequence[int | str]) -> str:
@@ -566,12 +609,28 @@ def check_destination(out: Path, what: str, protect: Iterable[Path] = (), enclos
                 "choose a folder outside it"
             )
     parent = out.absolute().parent
+    made = absent_folders(parent)
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        remove_empty(made)
         raise BundleError(f"cannot create the folder {printable(str(parent))!r} for {what}: {exc.strerror}") from exc
-    if not os.access(parent, os.W_OK | os.X_OK):
+    writable = os.access(parent, os.W_OK | os.X_OK)
+    remove_empty(made)  # made again when the output is written: a refused or failed command leaves none behind
+    if not writable:
         raise BundleError(f"cannot write to {printable(str(parent))!r}: permission denied (choose another folder)")
+
+
+def absent_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist, deepest first."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the ``folders`` (deepest first) that are still empty."""
+    for folder in folders:
+        with suppress(OSError):
+            folder.rmdir()
 
 
 def check_replaceable_bundle(out: Path, force: bool, resume: bool, protect: Iterable[Path] = ()) -> None:
@@ -719,9 +778,12 @@ def staging_folder(out: Path) -> Iterator[Path]:
     """A temporary folder beside ``out``, named after this process; removed on any failure,
     interrupt or termination signal."""
     remove_stale_temporaries(out)
+    parent = out.absolute().parent
+    made = absent_folders(parent)  # removed again on failure, when still empty
     with signals_deferred() as received:  # an interrupt here must not leave an unmarked folder behind
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.absolute().parent))
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
             tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
             mark_temporary(tmp)
         except OSError as exc:
@@ -732,6 +794,7 @@ def staging_folder(out: Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(made)  # one that now holds the output is not empty
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from exporter.errors import (
     ValidationFailed,
     full_disk_cause,
 )
+from exporter.manifest import top1_text
 from exporter.names import printable
 from exporter.precision import PRECISIONS, Precision
 from exporter.sizes import DYNAMIC_PREFIX, Size2, SizeRange, format_size, grid_for, parse_img_range, to_size2
@@ -328,8 +329,7 @@ class RichReporter:
             issues = "; ".join(map(str, record.trt_lint["issues"]))
             self.err.print(f"[yellow]warning[/yellow] {safe(record.label)}: TensorRT lint: {safe(issues)}")
         self.err.print(
-            f"{mark} {safe(record.label)}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}  "
-            f"top-1 {p['top1_agreement']:.0%}{note}"
+            f"{mark} {safe(record.label)}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}{top1_text(p, 0)}{note}"
         )
         if record.reduced:
             r = record.reduced
@@ -338,7 +338,7 @@ class RichReporter:
             why = "" if r["status"] == "passed" else f"  ({'; '.join(q['failures'])})"
             self.err.print(
                 f"{mark} {safe(record.label)} {safe(r['precision'])}  max|Δ| {q['max_abs']:.1e}  "
-                f"p99 {q['p99_abs']:.1e}  cos {q['min_cosine']:.5f}  top-1 {q['top1_agreement']:.1%}  "
+                f"p99 {q['p99_abs']:.1e}  cos {q['min_cosine']:.5f}{top1_text(q)}  "
                 f"{r['bytes'] / 1e6:.1f} MB{safe(why)}"
             )
 
@@ -347,14 +347,15 @@ def print_table(manifest: Any, title: str, wide: bool = False, out: Any = None) 
     """The variant table: the columns that fit 80 columns, or with ``wide`` every column."""
     from rich.table import Table
 
-    from exporter.manifest import NARROW_HEADER, TABLE_HEADER, variant_rows
+    from exporter.manifest import TABLE_HEADER, shown_columns, variant_rows
 
-    shown = [i for i, h in enumerate(TABLE_HEADER) if wide or h in NARROW_HEADER]
+    rows = variant_rows(manifest)
+    shown = shown_columns(manifest, rows, wide)
     table = Table(title=safe(title), title_justify="left")
     for i in shown:
         header = TABLE_HEADER[i]
         table.add_column(header, justify="right" if header not in ("", "variant", "onnx") else "left", no_wrap=True)
-    for row in variant_rows(manifest):
+    for row in rows:
         mark = "[green]✓[/green]" if row[0] == "✓" else "[red]✗[/red]"
         table.add_row(*[mark if i == 0 else safe(row[i]) for i in shown])
     print_whole(table, out)
@@ -377,13 +378,17 @@ def print_engines(name: str, entry: dict[str, Any]) -> None:
         mark = "[green]✓[/green]" if v["status"] == "passed" else "[red]✗[/red]"
         p = v["parity"]
         out.print(
-            f"  {mark} {safe(label)}  {safe(v['engine'])}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.6f}  "
-            f"top-1 {p['top1_agreement']:.1%}  built in {v['build_seconds']:.0f} s"
+            f"  {mark} {safe(label)}  {safe(v['engine'])}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.6f}"
+            f"{top1_text(p)}  built in {v['build_seconds']:.0f} s"
         )
 
 
 def failed_message(manifest: Any, bundle: Path) -> str:
     bad = [v for v in manifest.variants if v.status != "passed"]
+    if not bad and manifest.source_parity.get("status") == "failed":
+        from exporter.source_parity import describe
+
+        return f"{describe(manifest.source_parity)}; see {bundle / 'report.md'}"
     bad_reduced = [v for v in bad if v.reduced and v.reduced["status"] != "passed" and v.parity.get("passed")]
     if bad_reduced and len(bad_reduced) == len(bad):
         detail = "; ".join(
@@ -412,7 +417,8 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 @click.option(
     "--weights",
     type=click.Path(path_type=Path),
-    help="Checkpoint: .pt/.pth/.bin/.ckpt, .safetensors or big_vision .npz.",
+    help="Checkpoint: .pt/.pth/.bin/.ckpt, .safetensors or big_vision .npz, or a folder holding config.json "
+    "and model.safetensors or pytorch_model.bin (what timm's save_for_hf writes).",
 )
 @click.option("--pretrained", is_flag=True, help="Download --model's weights from the hub (needs network or a cache).")
 @click.option(
@@ -486,7 +492,25 @@ def failed_message(manifest: Any, bundle: Path) -> str:
     help="Antialias in the kernel resize [default: off for FlexiViT, on otherwise]; either option alone "
     "keeps the family's default for the other.",
 )
+@click.option(
+    "--pos-interpolation",
+    type=click.Choice(["bilinear", "bicubic"]),
+    help="Position-grid resample interpolation [default: the source framework's: bicubic for timm ViTs and "
+    "DINOv2, bilinear for FlexiViT].",
+)
+@click.option(
+    "--pos-antialias/--no-pos-antialias",
+    default=None,
+    help="Antialias in the position-grid resample [default: on for timm ViTs and FlexiViT, off for DINOv2, "
+    "as their own code does].",
+)
 @click.option("--num-heads", type=int, help="Attention heads, when the weights alone cannot tell (default: width/64).")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse (exit 2) to build on any value the checkpoint and its config do not state (heads, image size, "
+    "preprocessing, ...); each is otherwise a warning naming the flag or config key that settles it.",
+)
 @click.option(
     "--trust-checkpoint", is_flag=True, help="Allow checkpoints that need pickled code (only for trusted files)."
 )
@@ -545,6 +569,8 @@ def build(**kw: Any) -> None:
         parity_samples=kw["parity_samples"],
         seed=kw["seed"],
         patch_resize=patch_resize,
+        pos_resize=ResizeOverride(kw["pos_interpolation"], kw["pos_antialias"]),
+        strict=kw["strict"],
         threads=kw["threads"],
         tolerance=replace(TOLERANCES["fp32"], atol=kw["atol"], rtol=kw["rtol"]),
         profile=kw["profile"],
@@ -573,12 +599,29 @@ def summary_line(result: Any) -> str:
     mark = "✓" if result.manifest.passed else "✗"
     return (
         f"{mark} {result.manifest.name}: {passed} of {len(variants)} variants passed; "
-        f"bundle written to {result.bundle} in {result.seconds:.1f} s"
+        f"bundle written to {result.bundle} in {result.seconds:.1f} s" + assumptions_tail(result.manifest)
     )
+
+
+def assumptions_tail(manifest: Any) -> str:
+    """``; 1 assumption: heads 3 (pass --num-heads or a config.json)`` for a summary line; empty when none."""
+    from exporter.assumptions import summary
+
+    return f"; {summary(manifest.assumptions)}" if manifest.assumptions else ""
+
+
+def print_source_parity(manifest: Any, out: Any = None) -> None:
+    """The line under the table that says what the ``source`` column compared."""
+    from exporter.source_parity import describe
+
+    line = describe(manifest.source_parity)
+    if line:
+        (out or console()).print(safe(line), soft_wrap=True)
 
 
 def print_build(result: Any, wide: bool) -> None:
     print_table(result.manifest, f"{result.manifest.name} → {result.bundle}", wide)
+    print_source_parity(result.manifest)
     stages = "  ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())
     if result.manifest.shared_weights:
         sw = result.manifest.shared_weights
@@ -588,7 +631,13 @@ def print_build(result: Any, wide: bool) -> None:
                 f"{sw['bundle_onnx_bytes_before'] / 1e6:.1f} MB -> {sw['bundle_onnx_bytes_after'] / 1e6:.1f} MB"
             )
         )
-    console().print(safe(f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})"), soft_wrap=True)
+    console().print(
+        safe(
+            f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})"
+            + assumptions_tail(result.manifest)
+        ),
+        soft_wrap=True,
+    )
     for name, entry in result.manifest.engines.items():
         print_engines(name, entry)
 
@@ -683,12 +732,19 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     )
     out.print(safe(f"source: {src.get('path') or src.get('kind')}  sha256 {str(src.get('sha256'))[:16]}…"))
     out.print(safe(f"        {src['architecture']['summary']}"))
+    for said in manifest.assumptions:
+        out.print(f"[yellow]assumed[/yellow] {safe(said)}")
     pre = manifest.preprocessing
     out.print(
         safe(f"preprocessing: mean {pre['mean']} std {pre['std']} {pre['interpolation']} crop_pct {pre['crop_pct']}")
     )
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
     print_table(manifest, "variants", wide)
+    print_source_parity(manifest, out)
+    from exporter.manifest import native_summary
+
+    if native_summary(manifest):
+        out.print(safe(native_summary(manifest)))
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             issues = "; ".join(map(str, v.trt_lint["issues"]))
@@ -773,14 +829,15 @@ class BenchCommand(GreedyCommand):
 
 def write_plot(opened: Any) -> Path | None:
     """Redraw ``tradeoff.png`` from whatever of bench.json / eval.json the bundle holds."""
-    from exporter.plot import plot_tradeoff
+    from exporter.plot import native_series, plot_tradeoff
 
     bench, evaluation = opened.read_artefact("bench.json"), opened.read_artefact("eval.json")
     if bench is None and evaluation is None:
         return None
     title = f"{opened.manifest.name}: speed / accuracy"
+    native = native_series(opened.manifest)
     try:
-        return plot_tradeoff(bench, evaluation, opened.artefact("tradeoff.png"), title)
+        return plot_tradeoff(bench, evaluation, opened.artefact("tradeoff.png"), title, native)
     except (KeyError, TypeError, ValueError, IndexError) as exc:  # a bench/eval.json we did not write
         logging.getLogger("exporter.plot").warning("no plot: bench.json or eval.json is not as written (%s)", exc)
         return None
@@ -1267,7 +1324,8 @@ def engine(bundle: Path, profile: str, quiet: bool, debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @debug_option
 def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
-    """Classify images with a bundle: by --variant, or by --budget-ms on this device.
+    """Classify images with a bundle: by --variant, or by --budget-ms on this device (a feature
+    model: each image's embedding, summarised, or whole with --json).
 
     \b
     flexiexport predict bundles/flexivit-demo digit.png --budget-ms 1
@@ -1293,18 +1351,25 @@ def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
     results = predict_files(opened, images, model, kw["top_k"])
     bad = [(path, why) for path, why in results if isinstance(why, str)]
     if kw["as_json"]:
+        key = "top" if opened.classifier else "embedding"
         rows = [
             {"image": str(path), "error": found}
             if isinstance(found, str)
-            else {"image": str(path), "top": [vars(p) for p in found]}
+            else {"image": str(path), key: [vars(p) for p in found] if isinstance(found, list) else found.tolist()}
             for path, found in results
         ]
-        click.echo(json.dumps({"variant": model.variant, "backend": model.backend, "results": rows}, indent=2))
+        head = {"variant": model.variant, "backend": model.backend, "output": opened.output_name}
+        click.echo(json.dumps({**head, "results": rows}, indent=2))
     else:
+        from exporter.runtime.model import embedding_summary
+
         out = console()
         out.print(safe(f"{model.variant} on {model.backend} ({model.precision})"))
         for path, found in results:
             if isinstance(found, str):
+                continue
+            if not isinstance(found, list):  # a feature model: its embedding, summarised
+                out.print(safe(f"{path}: {embedding_summary(found)}"))
                 continue
             best = found[0]
             rest = ", ".join(f"{p.label} {p.probability:.1%}" for p in found[1:])

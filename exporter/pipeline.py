@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from exporter.assumptions import Assumption
 from exporter.bundle import Bundle, check_replaceable_bundle, staging_folder, swap_into_place
 from exporter.demo import DEMO_NAME
 from exporter.engine import build_engines, pending_engines, write_engine_script
@@ -39,6 +40,7 @@ from exporter.manifest import (
     Manifest,
     VariantRecord,
     check_batch,
+    output_name,
     render_report,
     sha256_file,
     write_atomic,
@@ -84,6 +86,7 @@ class BuildOptions:
     shared_weights: bool = False
     labels: Path | None = None  # --labels FILE: class names, one per line
     precision_given: bool = False  # --precision on the command line wins over the profile's
+    strict: bool = False  # --strict: any assumed value (exporter.assumptions) is an error
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", Precision.parse(self.precision))
@@ -162,6 +165,8 @@ def source_record(source: SourceModel) -> dict[str, Any]:
         "num_pos_prefix_tokens": source.num_pos_prefix,
         "model_args": dict(source.model_args),
         "assumed": list(source.inferred),
+        "assumptions": [asdict(a) for a in source.assumptions],
+        **({"notes": list(source.origin.notes)} if source.origin.notes else {}),
         "summary": (
             f"{source.model_name or 'ViT (inferred)'}: {source.depth} blocks, width {source.embed_dim}, "
             f"{source.num_heads} heads, kernel {format_size(source.patch_size)}, "
@@ -221,11 +226,11 @@ def input_key(source_sha: str, calib_sha: str | None, spec: VariantSpec, options
 def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpec]:
     """One spec per patch size, or per (patch, image size) of a grid; every size problem is
     reported before any work starts (a grid's impossible pairs are logged and left out)."""
-    from exporter.resize import default_patch_resize, default_pos_resize
+    from exporter.resize import default_patch_resize
     from exporter.variant import fitted_img_size, plan_grid
 
     patch_resize = options.patch_resize.resolve(default_patch_resize(source.family))
-    pos_resize = options.pos_resize.resolve(default_pos_resize(source.family))
+    pos_resize = options.pos_resize.resolve(source.pos_resize_method())  # the source framework's own by default
     if options.img_range is not None:
         from exporter.variant import plan_dynamic
 
@@ -336,7 +341,8 @@ def build_variant(
     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
     dynamic = spec.img_range is not None
     with stage(reporter, label, "export", times):
-        info = export_onnx(variant.model, spec.img_size, tmp / rel, options.export, dynamic_hw=dynamic)
+        output = output_name(source.num_classes)  # a feature model's output is `embeddings`
+        info = export_onnx(variant.model, spec.img_size, tmp / rel, options.export, dynamic, output)
         lint = lint_onnx(tmp / rel, layernorms=count_layernorms(variant.model), dynamic_hw=dynamic)
     with stage(reporter, label, "parity", times):
         start = time.perf_counter()
@@ -347,7 +353,7 @@ def build_variant(
         reference_model = fixed_at(source, spec, spec.img_size) if dynamic else variant.model
         expected = run_batched(torch_runner(reference_model), inputs, batch)
         actual = run_batched(ort_runner(tmp / rel, options.threads), inputs, batch)
-        comparison = compare_outputs(expected, actual, options.tolerance)
+        comparison = compare_outputs(expected, actual, options.tolerance, source.num_classes != 0)
         ref_rel = Path(REFERENCE_DIR) / f"model_{label}.npz"
         save_reference(tmp / ref_rel, planned, expected)
         sizes = dynamic_checks(source, spec, options, plan, tmp, rel) if dynamic else {}
@@ -365,7 +371,9 @@ def build_variant(
     reduced: dict[str, Any] = {}
     if options.precision.reduced:
         with stage(reporter, label, options.precision, times):
-            reduced = reduced_variant(spec, options, plan, tmp, rel, inputs, expected, batch, variant.tokens)
+            reduced = reduced_variant(
+                spec, options, plan, tmp, rel, inputs, expected, batch, variant.tokens, source.num_classes != 0
+            )
     reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
     return VariantRecord(
         label=label,
@@ -409,7 +417,9 @@ def dynamic_checks(
         planned = plan.parity(spec.at(size))
         inputs = planned.arrays()
         expected = run_batched(torch_runner(fixed_at(source, spec, size)), inputs, batch)
-        comparison = compare_outputs(expected, run_batched(runner, inputs, batch), options.tolerance)
+        comparison = compare_outputs(
+            expected, run_batched(runner, inputs, batch), options.tolerance, source.num_classes != 0
+        )
         ref_rel = Path(REFERENCE_DIR) / f"model_{spec.label}_{which}.npz"
         save_reference(tmp / ref_rel, planned, expected)
         reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
@@ -442,6 +452,7 @@ def reduced_variant(
     expected: np.ndarray,
     batch: int,
     tokens: int,
+    classifier: bool = True,
 ) -> dict[str, Any]:
     """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32
     (``expected``: PyTorch's logits on ``inputs``)."""
@@ -464,7 +475,8 @@ def reduced_variant(
     onnx.checker.check_model(str(tmp / out_rel), full_check=True)
     tol = tolerance_for(options.precision, "onnxruntime")
     inputs, expected = plan.reduced(options.precision, inputs), plan.reduced(options.precision, expected)
-    cmp = compare_outputs(expected, run_batched(ort_runner(tmp / out_rel, options.threads), inputs, batch), tol)
+    actual = run_batched(ort_runner(tmp / out_rel, options.threads), inputs, batch)
+    cmp = compare_outputs(expected, actual, tol, classifier)
     return {
         "precision": options.precision,
         "shared_weights": options.shared_weights,
@@ -546,6 +558,8 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     specs = plan_variants(source, options)
     check_build_memory(source, specs, options)
     labels = class_names(source, options.labels)
+    source = replace(source, assumptions=source.assumptions + label_assumptions(source, options.labels, labels))
+    announce_assumptions(source, options.strict)
     old = _old_manifest(out) if options.resume else None
     source_sha = source.origin.sha256 or state_digest(source)
     calib_sha = plan.key()
@@ -560,12 +574,19 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
             )
             reporter.variant(record)
             records.append(record)
+        with stage(reporter, "bundle", "native agreement", times):
+            records = with_native_agreement(source, specs, options, plan, tmp, records)
         shared: dict[str, Any] = {}
         if options.shared_weights:
             with stage(reporter, "bundle", "shared weights", times):
                 records, shared = share_bundle_weights(specs, options, plan, tmp, records)
+        with stage(reporter, "source", "source parity", times):
+            source_parity = check_source_parity(source, records, specs, options, plan, tmp)
         manifest = replace(
-            _manifest(source, source_sha, calib_sha, options, records), shared_weights=shared, labels=labels
+            _manifest(source, source_sha, calib_sha, options, records),
+            shared_weights=shared,
+            labels=labels,
+            source_parity=source_parity,
         )
         if profile is not None:
             manifest = replace(
@@ -576,6 +597,38 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         write_atomic(tmp / REPORT, render_report(manifest))
         swap_into_place(tmp, out)
     return BuildResult(out, manifest, time.perf_counter() - start, times)
+
+
+def check_source_parity(
+    source: SourceModel,
+    records: list[VariantRecord],
+    specs: list[VariantSpec],
+    options: BuildOptions,
+    plan: InputPlan,
+    tmp: Path,
+) -> dict[str, Any]:
+    """The native variant against the source framework's own model (``exporter.source_parity``)."""
+    from exporter.source_parity import check_source
+
+    batch = check_batch(options.export.batch)
+    return check_source(source, records, specs, plan, tmp, options.tolerance, batch, options.threads)
+
+
+def with_native_agreement(
+    source: SourceModel,
+    specs: list[VariantSpec],
+    options: BuildOptions,
+    plan: InputPlan,
+    tmp: Path,
+    records: list[VariantRecord],
+) -> list[VariantRecord]:
+    """Every record with its agreement with the source's own patch and size (``exporter.agreement``),
+    resumed ones included: it is recomputed from the stored outputs, which costs no model run."""
+    from exporter.agreement import native_agreement, native_outputs, native_spec
+
+    spec = native_spec(source, specs[0])
+    native = native_outputs(source, spec, plan, records, tmp, check_batch(options.export.batch))
+    return [replace(r, native_agreement=native_agreement(r, spec, native, tmp, source)) for r in records]
 
 
 def with_profile_precision(options: BuildOptions, profile: Profile | None) -> BuildOptions:
@@ -657,6 +710,8 @@ def class_names(source: SourceModel, labels: Path | None) -> tuple[str, ...]:
                 f"the model has {source.num_classes} classes: give one name per line"
             )
         return names
+    if source.class_names:
+        return source.class_names
     if source.name == DEMO_NAME:
         return tuple(str(d) for d in range(10))
     if source.model_name and source.num_classes == 1000:
@@ -664,6 +719,24 @@ def class_names(source: SourceModel, labels: Path | None) -> tuple[str, ...]:
 
         return tuple(ImageNetInfo().label_descriptions())
     return ()
+
+
+def label_assumptions(source: SourceModel, labels: Path | None, names: tuple[str, ...]) -> tuple[Assumption, ...]:
+    """timm's ImageNet-1k names given to a 1000-class checkpoint file that named none itself."""
+    imagenet = labels is None and bool(names) and not source.class_names and source.name != DEMO_NAME
+    if not imagenet or source.origin.kind == "pretrained":
+        return ()
+    return (Assumption("class names", "ImageNet-1k (timm's)", "pass --labels FILE or a config.json label_names"),)
+
+
+def announce_assumptions(source: SourceModel, strict: bool) -> None:
+    """A warning per assumption, naming what settles it; ``--strict`` refuses any (before any variant is built)."""
+    from exporter.assumptions import summary
+
+    if strict and source.assumptions:
+        raise UsageError(f"--strict: {summary(source.assumptions)}")
+    for assumption in source.assumptions:
+        log.warning("assumed %s", assumption)
 
 
 def img_size_policy(options: BuildOptions) -> str | list[int] | list[list[int]]:
@@ -730,12 +803,13 @@ def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceMode
     """Reload the checkpoint a bundle was built from: ``weights``, or the file the manifest names.
     That file is hashed before it is read and refused unless its sha256 is the manifest's; a
     bundle never makes a command download weights (hub-built bundles need ``--weights``)."""
+    from exporter.config import resolve_weights
     from exporter.load import SourceSpec, load_source
 
     src = manifest.source
     if weights is None and not src.get("path"):
         raise BundleError("the bundle names no checkpoint file (it was built from hub weights): pass --weights FILE")
-    path = weights or Path(src["path"])
+    path = resolve_weights(weights) if weights else Path(src["path"])  # a folder: its weights file
     if not path.is_file():
         raise BundleError(f"the bundle's source checkpoint {printable(str(path))!r} is gone; pass --weights FILE")
     if weights is None and not src.get("sha256"):
@@ -794,9 +868,8 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
             reference = torch_runner(model)
             planned = stored_reference(opened.root, manifest, record)[0] if record.reference else plan.parity(vspec)
             inputs = planned.arrays()
-            cmp = check_parity(
-                reference, ort_runner(opened.onnx(record)), inputs, batch, recorded_tolerance(record.onnx)
-            )
+            tol = recorded_tolerance(record.onnx)
+            cmp = check_parity(reference, ort_runner(opened.onnx(record)), inputs, batch, tol, manifest.classifier)
             reduced = None
             if record.reduced:
                 reduced = check_parity(
@@ -805,15 +878,16 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
                     plan.reduced(record.reduced["precision"], inputs),
                     batch,
                     recorded_tolerance(record.reduced),
+                    manifest.classifier,
                 )
         results.append(Recheck(record.label, True, cmp, reduced=reduced))
         for which, size in zip(("min", "max"), vspec.img_range or ()):
             with stage(reporter, record.label, f"parity at {format_size(size)}", times):
                 planned = stored_reference(opened.root, manifest, record, which)[0]
                 runner = torch_runner(fixed_at(source, vspec, size))
-                cmp = check_parity(
-                    runner, ort_runner(opened.onnx(record)), planned.arrays(), batch, recorded_tolerance(record.onnx)
-                )
+                onnx_runner = ort_runner(opened.onnx(record))
+                tol = recorded_tolerance(record.onnx)
+                cmp = check_parity(runner, onnx_runner, planned.arrays(), batch, tol, manifest.classifier)
             results.append(Recheck(f"{record.label} at {format_size(size)}", True, cmp))
     return results
 
