@@ -43,6 +43,9 @@ class Unavailable(Exception):
     """A backend that cannot run in this environment; the message says why."""
 
 
+MAX_RUNS, MAX_WARMUP, MAX_SECONDS = 100_000, 10_000, 3600.0  # per case: a limit, not a measurement
+
+
 @dataclass(frozen=True)
 class BenchOptions:
     batch_sizes: tuple[int, ...] = (1, 8)
@@ -60,8 +63,14 @@ class BenchOptions:
         if unknown:
             raise UsageError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
         object.__setattr__(self, "threads", cap_threads(self.threads))
-        if self.min_runs < 1 or self.warmup < 0 or self.min_seconds < 0:
-            raise UsageError("--runs must be >= 1, --warmup >= 0 and --min-seconds >= 0")
+        if not 1 <= self.min_runs <= MAX_RUNS:
+            raise UsageError(f"--runs must be 1 to {MAX_RUNS:,}, got {self.min_runs}")
+        if not 0 <= self.warmup <= MAX_WARMUP:
+            raise UsageError(f"--warmup must be 0 to {MAX_WARMUP:,}, got {self.warmup}")
+        if not 0 <= self.min_seconds <= MAX_SECONDS:  # false for NaN too; inf would time one case forever
+            raise UsageError(
+                f"--min-seconds must be a number of seconds from 0 to {MAX_SECONDS:g}, got {self.min_seconds}"
+            )
 
     @property
     def thread_count(self) -> int:

@@ -1087,8 +1087,8 @@ def repository_max_batch(manifest: Any, max_batch: int | None) -> int:
     if max_batch is None:
         profiles = [e["profile"]["batch"]["max"] for e in manifest.engines.values() if e.get("profile")]
         max_batch = profiles[0] if profiles else 8
-    if max_batch < 1:
-        raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
+    if not 1 <= max_batch <= 4096:  # the largest batch a bundle's profile may record
+        raise UsageError(f"--max-batch must be 1 to 4096, got {max_batch}")
     return max_batch
 
 
@@ -1205,8 +1205,8 @@ def serve(bundle: Path, **kw: Any) -> None:
 
     opened = Bundle.open(bundle)
     max_batch = repository_max_batch(opened.manifest, kw["max_batch"])
-    if not kw["ready_timeout"] > 0:
-        raise UsageError(f"--ready-timeout must be a positive number of seconds, got {kw['ready_timeout']}")
+    if not 0 < kw["ready_timeout"] <= 86400:  # inf would wait forever for a model that never loads
+        raise UsageError(f"--ready-timeout must be a number of seconds from 0 to 86400, got {kw['ready_timeout']}")
     http_port = check_port(kw["port"], "--port")
     grpc_default = kw["port"] + 1 if kw["port"] else 0
     grpc_port = check_port(kw["grpc_port"] if kw["grpc_port"] is not None else grpc_default, "--grpc-port")

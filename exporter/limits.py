@@ -49,6 +49,7 @@ RERUN_ADVICE = {
     "validate": {},
     "bench": {part: "use smaller --batch-sizes" for part in ("attention", "activations", "input images")},
     "evaluate": {"input images": "use --limit N to evaluate fewer images"},
+    "predict": {part: "use a smaller --batch" for part in ("attention", "activations", "input images")},
 }
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 

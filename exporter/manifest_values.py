@@ -5,7 +5,8 @@ that a command never runs on numbers that contradict each other:
 
 - mean and std are finite (std > 0 is the schema's); a verdict of "passed" has finite statistics
   (NaN compares false with every tolerance, so it would pass any check);
-- a variant's ``img_size`` is its ONNX input's height and width, and ``grid x patch_size``;
+- a variant's ``img_size`` is its ONNX input's height and width, and ``grid x patch_size``; its
+  ``tokens`` are the grid's plus at most 64 class/register tokens;
 - a dynamic-resolution variant has ``min <= opt <= max``, each a multiple of its patch, ``opt``
   is the variant's ``img_size`` (the size it runs at), and one check at ``min`` and one at ``max``.
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from exporter.errors import BundleError
 
+MAX_PREFIX_TOKENS = 64  # class and register tokens before the patch grid (the schema's allowance)
 STATS: tuple[str, ...] = ("max_abs", "mean_abs", "p99_abs", "max_rel", "mean_rel", "p99_rel", "min_cosine")
 STATS += ("top1_agreement", "top5_agreement")
 
@@ -51,6 +53,10 @@ def _variant_problems(v: dict[str, Any], at: str) -> Iterator[str]:
     img, patch, grid = v["img_size"], v["patch_size"], v["grid"]
     if [g * p for g, p in zip(grid, patch)] != list(img):
         yield f"{at}.grid: {list(grid)} x patch {list(patch)} is not the image size {list(img)}"
+    prefix = v["tokens"] - grid[0] * grid[1]
+    if not 0 <= prefix <= MAX_PREFIX_TOKENS:  # the order of variants (most tokens first) follows it
+        cells = grid[0] * grid[1]
+        yield f"{at}.tokens: {v['tokens']} is not the grid's {cells} plus 0-{MAX_PREFIX_TOKENS} class/register tokens"
     shape = v["onnx"]["inputs"][0]["shape"]
     dynamic = v.get("dynamic") or {}
     if len(shape) != 4:

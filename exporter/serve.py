@@ -110,7 +110,8 @@ def prepare_backends(install: ServerInstall, folder: Path) -> Path | None:
     python = folder / "python"
     python.mkdir(parents=True)
     for item in (install.backends / "python").iterdir():
-        if item.name != "__pycache__":
+        # Triton's own set-up puts a stub here too: this Python's stub (linked below) replaces it.
+        if item.name not in ("__pycache__", "triton_python_backend_stub"):
             (python / item.name).symlink_to(item.resolve())
     (python / "triton_python_backend_stub").symlink_to(install.stub.resolve())
     return folder

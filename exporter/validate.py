@@ -34,6 +34,11 @@ class Tolerance:
     max_accuracy_drop: float | None = None  # int8: top-1 accuracy may fall this much (judged by ``evaluate``)
 
     def __post_init__(self) -> None:
+        numbers = [self.atol, self.rtol, self.min_cosine, self.min_top1, self.p99_of_range, self.max_accuracy_drop]
+        if not all(math.isfinite(x) for x in numbers if x is not None):  # NaN or inf would judge nothing
+            raise UsageError(
+                f"tolerances (--atol, --rtol) must be finite numbers, got atol {self.atol}, rtol {self.rtol}"
+            )
         if (self.atol is not None and self.atol < 0) or self.rtol < 0:
             raise UsageError(f"tolerances must be >= 0, got atol={self.atol}, rtol={self.rtol}")
         if not (0.0 <= self.min_cosine <= 1.0 and 0.0 <= self.min_top1 <= 1.0):

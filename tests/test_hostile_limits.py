@@ -128,7 +128,7 @@ def test_huge_parity_samples_are_refused_by_the_estimate(tmp_path):
 def sized(m: dict, side: int) -> None:
     """Variant p8 at ``side``, its grid and ONNX input agreeing (the door checks that they do)."""
     v = m["variants"][0]
-    v.update(img_size=[side, side], grid=[side // 8, side // 8])
+    v.update(img_size=[side, side], grid=[side // 8, side // 8], tokens=(side // 8) ** 2 + 1)
     v["onnx"]["inputs"][0]["shape"][2:] = [side, side]
 
 

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exporter.errors import EnvironmentMissing, UsageError
+from exporter.errors import BundleError, EnvironmentMissing, FlexiExportError, UsageError
+from exporter.limits import available_cores, cap_threads
 from exporter.manifest import static_batch
 
 BACKENDS = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu", "openvino", "openvino-bf16")
@@ -109,7 +112,8 @@ def ort_runner(
         options.add_initializer(name, value)
     if initializers:
         options.add_session_config_entry("session.disable_prepacking", "1")
-    session = ort.InferenceSession(str(path), options, providers=[ORT_PROVIDERS[backend]])
+    with refused_file(path, "onnxruntime"):
+        session = ort.InferenceSession(str(path), options, providers=[ORT_PROVIDERS[backend]])
     inp = session.get_inputs()[0]
     name = inp.name
     static = static_batch(inp.shape)
@@ -119,6 +123,25 @@ def ort_runner(
 
     details = {"providers": session.get_providers(), "shared_initializers": len(initializers or {})}
     return Runner(backend, path, run, static, details=details, borrowed=dict(initializers or {}))
+
+
+@contextmanager
+def refused_file(path: Path, runtime: str) -> Iterator[None]:
+    """A file the runtime will not load (external data that points outside the model's folder, a
+    graph it cannot parse) is bad input: one ``BundleError`` line naming the file and the
+    runtime's first line of why (OpenVINO's own message runs to several lines)."""
+    try:
+        yield
+    except FlexiExportError:
+        raise
+    except Exception as exc:  # each runtime has its own exception types (pybind11's, RuntimeError)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        said = [line for line in lines if not _WHERE_IN_SOURCE.match(line)] or lines  # OpenVINO's source lines
+        why = "; ".join(said)[:400]
+        raise BundleError(f"{runtime} refuses {str(path)!r}: {type(exc).__name__}: {why}") from exc
+
+
+_WHERE_IN_SOURCE = re.compile(r"(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$")
 
 
 @functools.cache
@@ -139,9 +162,10 @@ def openvino_runner(path: Path, backend: str = "openvino", threads: int | None =
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if backend == "openvino-bf16" else "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    model = core.read_model(str(path))
-    static_dim = model.inputs[0].get_partial_shape()[0]
-    compiled = core.compile_model(model, "CPU", config)
+    with refused_file(path, "OpenVINO"):
+        model = core.read_model(str(path))
+        static_dim = model.inputs[0].get_partial_shape()[0]
+        compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -180,6 +204,7 @@ def load_runner(
     problem = backend_problem(backend)
     if problem:
         raise EnvironmentMissing(f"backend {backend}: {problem}")
+    threads = cap_threads(threads)  # more than the cores only oversubscribes (or crashes the runtime)
     if initializers:
         if backend != "ort-cpu":
             raise UsageError(f"shared initializers are for ort-cpu, not {backend}")
@@ -188,6 +213,4 @@ def load_runner(
 
 
 def default_threads() -> int:
-    from exporter.limits import available_cores
-
     return available_cores()

@@ -25,6 +25,7 @@ import numpy as np
 
 from exporter.bundle import Bundle as _Door
 from exporter.errors import BundleError, EnvironmentMissing, UsageError
+from exporter.limits import check_bundle_memory
 from exporter.manifest import VariantRecord
 from exporter.precision import PRECISIONS
 from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner
@@ -193,6 +194,8 @@ class Bundle:
             raise UsageError(f"batch must be at least 1, got {batch}")
         if budget_ms is not None and (not math.isfinite(budget_ms) or budget_ms <= 0):
             raise UsageError(f"budget_ms must be a positive number, got {budget_ms}")
+        if budget_ms is not None:  # the budget's probe runs ``batch`` images at once: they must fit
+            check_bundle_memory(self.manifest, self.door.root, "predict", batch, batch)
         name = self.resolve_backend(backend, precision)
         runners = self.load_all(name, precision, threads) if adaptive else {}  # switch without a load stall
         latencies: dict[str, Latency] = {}

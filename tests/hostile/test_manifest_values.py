@@ -54,6 +54,7 @@ STATIC_CASES = [
     (("variants", 1, "parity", "min_cosine"), NAN, "variants[1].parity"),
     (("variants", 0, "onnx", "tolerance", "atol"), INF, "variants[0].onnx.tolerance.atol"),
     (("variants", 0, "img_size"), [128, 128], "variants[0].grid"),
+    (("variants", 2, "tokens"), 100000, "variants[2].tokens"),
 ]
 
 
@@ -66,7 +67,7 @@ def test_values_that_contradict_are_refused_at_the_door(demo, tmp_path, path, va
 
 def test_img_size_must_be_the_onnx_input_size(demo, tmp_path):
     def change(m: dict) -> None:
-        m["variants"][0]["img_size"], m["variants"][0]["grid"] = [128, 128], [16, 16]
+        m["variants"][0].update(img_size=[128, 128], grid=[16, 16], tokens=16 * 16 + 1)
 
     bundle = changed(demo, tmp_path / "b", change)
     refused(run_cli("predict", str(bundle), str(tmp_path), "--variant", "p8"), "variants[0].img_size", "64, 64")
@@ -99,7 +100,8 @@ def dyn(key: str, value):
 def test_predict_does_not_run_a_size_outside_the_range(dynamic, tmp_path):
     def change(m: dict) -> None:
         v = m["variants"][0]
-        v["img_size"], v["grid"], v["dynamic"]["opt"] = [512, 512], [32, 32], [512, 512]
+        v.update(img_size=[512, 512], grid=[32, 32], tokens=32 * 32 + 1)
+        v["dynamic"]["opt"] = [512, 512]
 
     bundle = changed(dynamic, tmp_path / "b", change)
     refused(run_cli("predict", str(bundle), str(tmp_path), "--variant", "p16"), "min <= opt <= max", "512")
