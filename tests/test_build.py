@@ -414,6 +414,6 @@ def test_a_bundle_built_before_native_agreement_still_opens(demo_bundle, tmp_pat
     result = run_cli("inspect", str(old))
     assert result.exit_code == 0, result.output + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("│ ✓ │ p")]
-    assert len(rows) == 3 and all(row.endswith(" — │") for row in rows), rows  # native: not measured
+    assert len(rows) == 3 and all(" — │" in row for row in rows), rows  # native: not measured
     assert "against p32" not in result.stdout
     assert run_cli("validate", str(old)).exit_code == 0
