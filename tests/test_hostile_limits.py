@@ -177,9 +177,8 @@ def test_the_demo_and_a_tiny_model_fit_at_normal_sizes(tiny_flexivit):
 
 
 def test_bench_with_a_huge_batch_is_refused_before_timing(bundle):
-    start = time.perf_counter()
     result = run_cli("bench", str(bundle), "--batch-sizes", "100000000", "--backends", "ort-cpu")
-    assert result.exit_code == 2 and time.perf_counter() - start < 5
+    assert result.exit_code == 2 and not result.stdout  # refused before any timing was printed
     line = one_line_error(result)
     assert "batch 100000000" in line and "needs about" in line and "--batch-sizes" in line
 
@@ -387,9 +386,9 @@ def test_decompression_bomb_is_refused(tmp_path, side, what):
 def test_bomb_in_calib_dir_is_refused_before_the_build_works(tmp_path):
     (tmp_path / "calib").mkdir()
     png_claiming(tmp_path / "calib" / "a.png", 30000, 30000)
-    start = time.perf_counter()
     result = run_cli("build", "-p", "16", "--calib-dir", str(tmp_path / "calib"), "--out", str(tmp_path / "o"))
-    assert result.exit_code == 2 and time.perf_counter() - start < 5
+    assert result.exit_code == 2
+    assert "export" not in result.output + result.stderr  # refused before any variant was exported
     assert "a.png' has 900,000,000 pixels" in one_line_error(result)
     assert not (tmp_path / "o").exists()
 
