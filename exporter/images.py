@@ -153,7 +153,7 @@ def readable_images(files: list[Path]) -> tuple[list[Path], list[str]]:
 
 def transform(img_size: Size2, pre: Preprocessing) -> Preprocess:
     """The runtime's preprocessing (timm's eval transform) for these recorded settings."""
-    return Preprocess(tuple(img_size), pre.mean, pre.std, pre.interpolation, pre.crop_pct)  # type: ignore[arg-type]
+    return Preprocess(tuple(img_size), pre.mean, pre.std, pre.interpolation, pre.crop_pct, pre.crop_mode)  # type: ignore[arg-type]
 
 
 def read_pixels(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:

@@ -55,22 +55,25 @@ def photo_crops() -> list[Image.Image]:
 
 
 TRANSFORMS = [
-    ((224, 224), "bicubic", 0.875, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    ((240, 240), "bilinear", 1.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    ((64, 64), "bilinear", 1.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    ((192, 256), "bicubic", 0.9, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    ((97, 97), "bicubic", 0.95, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ((224, 224), "bicubic", 0.875, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "center"),
+    ((240, 240), "bilinear", 1.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "center"),
+    ((64, 64), "bilinear", 1.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "center"),
+    ((192, 256), "bicubic", 0.9, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "center"),
+    ((97, 97), "bicubic", 0.95, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "center"),
+    # transformers' ViT image processor: straight to the model's size (timm's squash at crop_pct 1)
+    ((224, 224), "bilinear", 1.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "squash"),
+    ((192, 256), "bicubic", 0.9, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "squash"),
 ]
 
 
-@pytest.mark.parametrize("size,interpolation,crop_pct,mean,std", TRANSFORMS)
-def test_preprocessing_equals_timms_eval_transform(digits, size, interpolation, crop_pct, mean, std):
+@pytest.mark.parametrize("size,interpolation,crop_pct,mean,std,crop_mode", TRANSFORMS)
+def test_preprocessing_equals_timms_eval_transform(digits, size, interpolation, crop_pct, mean, std, crop_mode):
     from timm.data import create_transform
 
     timm_transform = create_transform(
-        input_size=(3, *size), interpolation=interpolation, mean=mean, std=std, crop_pct=crop_pct, crop_mode="center"
+        input_size=(3, *size), interpolation=interpolation, mean=mean, std=std, crop_pct=crop_pct, crop_mode=crop_mode
     )
-    ours = Preprocess(size, mean, std, interpolation, crop_pct)
+    ours = Preprocess(size, mean, std, interpolation, crop_pct, crop_mode)
     images = photo_crops() + [Image.open(p).convert("RGB") for p, _ in digits]
     for image in images:
         expected = timm_transform(image).numpy()

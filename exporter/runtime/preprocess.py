@@ -1,10 +1,11 @@
 """The manifest's preprocessing, applied with Pillow and numpy: timm's eval transform, no torch.
 
 Equal to ``timm.data.create_transform(input_size, interpolation, mean, std, crop_pct,
-crop_mode="center")`` on PIL images (a test compares them on real images within 1e-6): resize
+crop_mode)`` on PIL images (a test compares them on real images within 1e-6). ``center``: resize
 the short side to ``floor(size / crop_pct)`` (torchvision's rounding: the long side truncated),
-centre-crop (torchvision's rounding), scale to [0, 1], normalise. Non-square targets follow
-timm's ``ResizeKeepRatio``.
+centre-crop (torchvision's rounding), scale to [0, 1], normalise; non-square targets follow
+timm's ``ResizeKeepRatio``. ``squash``: each edge to ``floor(size / crop_pct)``, the aspect ratio
+not kept, then the centre crop (transformers' ViT image processor is ``squash`` at crop_pct 1).
 
 The work is bounded by the output, not by the resized image: when the resized image would be
 larger than both the source and ``EXACT_RESIZE_FACTOR`` crops, the crop box is computed first, in
@@ -27,6 +28,7 @@ from exporter.errors import UsageError
 
 Image = Any  # a PIL image; Pillow is imported only when images are read
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+CROP_MODES = ("center", "squash")  # timm's eval crop modes that this transform reproduces
 MIN_CROP_PCT = 0.01  # timm's are 0.875-1.0; far smaller only magnifies one pixel (the schema says the same)
 # A resized image up to this many crops (or the source's size) is made whole, as timm does; beyond
 # that (aspect ratios past about 12:1, a tiny crop_pct) only the crop's region is resampled: every
@@ -48,10 +50,13 @@ class Preprocess:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    crop_mode: str = "center"
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
             raise UsageError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if self.crop_mode not in CROP_MODES:
+            raise UsageError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {self.crop_mode!r}")
         if not MIN_CROP_PCT <= self.crop_pct <= 1:
             raise UsageError(f"crop_pct must be in [{MIN_CROP_PCT}, 1], got {self.crop_pct}")
 
@@ -63,11 +68,14 @@ class Preprocess:
             tuple(pre["std"]),  # type: ignore[arg-type]
             str(pre.get("interpolation", "bicubic")),
             float(pre.get("crop_pct", 0.875)),
+            str(pre.get("crop_mode", "center")),
         )
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize step, with torchvision's and timm's rounding."""
         scale_h, scale_w = (math.floor(x / self.crop_pct) for x in self.img_size)
+        if self.crop_mode == "squash":  # timm's Resize((h, w)): both edges, the aspect ratio not kept
+            return scale_w, scale_h
         if scale_h == scale_w:  # torchvision Resize(int): short side to scale, long side truncated
             short, long = min(width, height), max(width, height)
             new_short, new_long = scale_h, int(scale_h * long / short)
