@@ -611,12 +611,14 @@ def assumptions_tail(manifest: Any) -> str:
 
 
 def print_source_parity(manifest: Any, out: Any = None) -> None:
-    """The line under the table that says what the ``source`` column compared."""
+    """The lines under the table that say what the ``src`` and ``native`` columns compared (or
+    why the native agreement was skipped, with the flag that enables it)."""
+    from exporter.manifest import native_summary
     from exporter.source_parity import describe
 
-    line = describe(manifest.source_parity)
-    if line:
-        (out or console()).print(safe(line), soft_wrap=True)
+    for line in (describe(manifest.source_parity), native_summary(manifest)):
+        if line:
+            (out or console()).print(safe(line), soft_wrap=True)
 
 
 def print_build(result: Any, wide: bool) -> None:
@@ -741,10 +743,6 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
     print_table(manifest, "variants", wide)
     print_source_parity(manifest, out)
-    from exporter.manifest import native_summary
-
-    if native_summary(manifest):
-        out.print(safe(native_summary(manifest)))
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             issues = "; ".join(map(str, v.trt_lint["issues"]))

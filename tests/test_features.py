@@ -150,6 +150,7 @@ def test_a_feature_model_without_real_images_skips_native_agreement_naming_calib
     (record,) = json.loads((out / "manifest.json").read_text())["variants"]
     assert "--calib-dir DIR" in record["native_agreement"]["skipped"]
     assert "skipped" in result.stdout and "--calib-dir DIR" in (out / "report.md").read_text()
+    assert "--calib-dir DIR" in result.stdout  # the build itself says why, under its table
 
 
 def old_feature_bundle(features: Path, tmp_path: Path) -> Path:
