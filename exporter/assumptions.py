@@ -6,6 +6,7 @@ the final summary line, and an error under ``--strict``. Each names what settles
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -22,8 +23,9 @@ class Assumption:
         return f"{self.what} {self.value} ({self.settle})"
 
 
-def summary(assumptions: tuple[Assumption, ...] | list[Assumption]) -> str:
-    """``1 assumption: heads 3 (pass --num-heads or a config.json)``; empty when none."""
+def summary(assumptions: Sequence[Assumption | str]) -> str:
+    """``1 assumption: heads 3 (pass --num-heads or a config.json)``; empty when none (a manifest
+    gives them back as text: ``Manifest.assumptions``)."""
     if not assumptions:
         return ""
     noun = "assumption" if len(assumptions) == 1 else "assumptions"

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -234,10 +234,20 @@ class OptionsRecord(_Strict):
     calib_dir: str | None = None
 
 
+class AssumptionRecord(_Strict):
+    """``exporter.assumptions.Assumption``: a value the build took without the checkpoint saying it."""
+
+    what: Annotated[str, Field(max_length=200)]
+    value: Annotated[str, Field(max_length=2000)]
+    settle: Annotated[str, Field(max_length=2000)]
+
+
 class Architecture(_Strict):
     model_name: str | None
     num_heads: Annotated[int, Field(ge=1, le=4096)]
     summary: str
+    assumed: list[Annotated[str, Field(max_length=4000)]] = Field(default=[], max_length=256)  # as text, always written
+    assumptions: list[AssumptionRecord] = Field(default=[], max_length=256)  # the same, structured (newer builds)
 
 
 class SourceRecord(_Strict):
@@ -304,6 +314,20 @@ class BuiltEngines(_Strict):
 EngineSet = Annotated[PendingEngines | BuiltEngines, Field(discriminator="status")]
 
 
+class SourceParity(_Strict):
+    """The native variant against the source framework's own model (``exporter.source_parity``)."""
+
+    status: Literal["passed", "failed", "inferred", "skipped"]
+    reference: str
+    patch_size: tuple[PatchSide, PatchSide]
+    img_size: tuple[Side, Side]
+    tolerance: ToleranceRecord
+    reason: str = ""
+    variant: SafeName | None = None
+    candidate: str = ""
+    parity: VariantParity | Empty = Empty()
+
+
 class ManifestSchema(_Strict):
     schema_version: Literal[1]
     name: SafeName
@@ -316,6 +340,7 @@ class ManifestSchema(_Strict):
     engines: dict[SafeName, EngineSet] = {}
     shared_weights: SharedWeights | Empty = Empty()
     labels: list[Annotated[str, Field(max_length=512)]] = Field(default=[], max_length=1_000_000)
+    source_parity: SourceParity | Empty = Empty()  # absent in bundles built before the check
 
 
 def _where(loc: Sequence[int | str]) -> str:
@@ -562,13 +587,16 @@ def check_destination(out: Path, what: str, protect: Iterable[Path] = (), enclos
                 f"{what} {shown!r} lies inside {printable(str(path))!r}, an input of this command; "
                 "choose a folder outside it"
             )
+    # The parent is made only when the output is written (staging_folder): a refused or failed
+    # command leaves no empty folder behind. Here: the nearest folder that exists must be writable.
     parent = out.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BundleError(f"cannot create the folder {printable(str(parent))!r} for {what}: {exc.strerror}") from exc
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BundleError(f"cannot write to {printable(str(parent))!r}: permission denied (choose another folder)")
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise BundleError(
+            f"cannot create the folder {printable(str(parent))!r} for {what}: {printable(str(existing))} is a file"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BundleError(f"cannot write to {printable(str(existing))!r}: permission denied (choose another folder)")
 
 
 def check_replaceable_bundle(out: Path, force: bool, resume: bool, protect: Iterable[Path] = ()) -> None:
@@ -716,9 +744,12 @@ def staging_folder(out: Path) -> Iterator[Path]:
     """A temporary folder beside ``out``, named after this process; removed on any failure,
     interrupt or termination signal."""
     remove_stale_temporaries(out)
+    parent = out.absolute().parent
+    made = [p for p in (parent, *parent.parents) if not p.exists()]  # removed again on failure when still empty
     with signals_deferred() as received:  # an interrupt here must not leave an unmarked folder behind
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.absolute().parent))
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
             tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
             mark_temporary(tmp)
         except OSError as exc:
@@ -729,6 +760,9 @@ def staging_folder(out: Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # deepest first; one that now holds the output is not empty
+            with suppress(OSError):
+                folder.rmdir()
 
 
 @contextmanager

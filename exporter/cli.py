@@ -380,6 +380,10 @@ def print_engines(name: str, entry: dict[str, Any]) -> None:
 
 def failed_message(manifest: Any, bundle: Path) -> str:
     bad = [v for v in manifest.variants if v.status != "passed"]
+    if not bad and manifest.source_parity.get("status") == "failed":
+        from exporter.source_parity import describe
+
+        return f"{describe(manifest.source_parity)}; see {bundle / 'report.md'}"
     bad_reduced = [v for v in bad if v.reduced and v.reduced["status"] != "passed" and v.parity.get("passed")]
     if bad_reduced and len(bad_reduced) == len(bad):
         detail = "; ".join(
@@ -408,7 +412,8 @@ def failed_message(manifest: Any, bundle: Path) -> str:
 @click.option(
     "--weights",
     type=click.Path(path_type=Path),
-    help="Checkpoint: .pt/.pth/.bin/.ckpt, .safetensors or big_vision .npz.",
+    help="Checkpoint: .pt/.pth/.bin/.ckpt, .safetensors or big_vision .npz, or a folder holding config.json "
+    "and model.safetensors or pytorch_model.bin (what timm's save_for_hf writes).",
 )
 @click.option("--pretrained", is_flag=True, help="Download --model's weights from the hub (needs network or a cache).")
 @click.option(
@@ -482,7 +487,25 @@ def failed_message(manifest: Any, bundle: Path) -> str:
     help="Antialias in the kernel resize [default: off for FlexiViT, on otherwise]; either option alone "
     "keeps the family's default for the other.",
 )
+@click.option(
+    "--pos-interpolation",
+    type=click.Choice(["bilinear", "bicubic"]),
+    help="Position-grid resample interpolation [default: the source framework's: bicubic for timm ViTs and "
+    "DINOv2, bilinear for FlexiViT].",
+)
+@click.option(
+    "--pos-antialias/--no-pos-antialias",
+    default=None,
+    help="Antialias in the position-grid resample [default: on for timm ViTs and FlexiViT, off for DINOv2, "
+    "as their own code does].",
+)
 @click.option("--num-heads", type=int, help="Attention heads, when the weights alone cannot tell (default: width/64).")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse (exit 2) to build on any value the checkpoint and its config do not state (heads, image size, "
+    "preprocessing, ...); each is otherwise a warning naming the flag or config key that settles it.",
+)
 @click.option(
     "--trust-checkpoint", is_flag=True, help="Allow checkpoints that need pickled code (only for trusted files)."
 )
@@ -541,6 +564,8 @@ def build(**kw: Any) -> None:
         parity_samples=kw["parity_samples"],
         seed=kw["seed"],
         patch_resize=patch_resize,
+        pos_resize=ResizeOverride(kw["pos_interpolation"], kw["pos_antialias"]),
+        strict=kw["strict"],
         threads=kw["threads"],
         tolerance=replace(TOLERANCES["fp32"], atol=kw["atol"], rtol=kw["rtol"]),
         profile=kw["profile"],
@@ -569,12 +594,29 @@ def summary_line(result: Any) -> str:
     mark = "✓" if result.manifest.passed else "✗"
     return (
         f"{mark} {result.manifest.name}: {passed} of {len(variants)} variants passed; "
-        f"bundle written to {result.bundle} in {result.seconds:.1f} s"
+        f"bundle written to {result.bundle} in {result.seconds:.1f} s" + assumptions_tail(result.manifest)
     )
+
+
+def assumptions_tail(manifest: Any) -> str:
+    """``; 1 assumption: heads 3 (pass --num-heads or a config.json)`` for a summary line; empty when none."""
+    from exporter.assumptions import summary
+
+    return f"; {summary(manifest.assumptions)}" if manifest.assumptions else ""
+
+
+def print_source_parity(manifest: Any, out: Any = None) -> None:
+    """The line under the table that says what the ``source`` column compared."""
+    from exporter.source_parity import describe
+
+    line = describe(manifest.source_parity)
+    if line:
+        (out or console()).print(safe(line), soft_wrap=True)
 
 
 def print_build(result: Any, wide: bool) -> None:
     print_table(result.manifest, f"{result.manifest.name} → {result.bundle}", wide)
+    print_source_parity(result.manifest)
     stages = "  ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())
     if result.manifest.shared_weights:
         sw = result.manifest.shared_weights
@@ -584,7 +626,13 @@ def print_build(result: Any, wide: bool) -> None:
                 f"{sw['bundle_onnx_bytes_before'] / 1e6:.1f} MB -> {sw['bundle_onnx_bytes_after'] / 1e6:.1f} MB"
             )
         )
-    console().print(safe(f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})"), soft_wrap=True)
+    console().print(
+        safe(
+            f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})"
+            + assumptions_tail(result.manifest)
+        ),
+        soft_wrap=True,
+    )
     for name, entry in result.manifest.engines.items():
         print_engines(name, entry)
 
@@ -675,12 +723,15 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     )
     out.print(safe(f"source: {src.get('path') or src.get('kind')}  sha256 {str(src.get('sha256'))[:16]}…"))
     out.print(safe(f"        {src['architecture']['summary']}"))
+    for said in manifest.assumptions:
+        out.print(f"[yellow]assumed[/yellow] {safe(said)}")
     pre = manifest.preprocessing
     out.print(
         safe(f"preprocessing: mean {pre['mean']} std {pre['std']} {pre['interpolation']} crop_pct {pre['crop_pct']}")
     )
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
     print_table(manifest, "variants", wide)
+    print_source_parity(manifest, out)
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             issues = "; ".join(map(str, v.trt_lint["issues"]))

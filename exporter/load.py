@@ -10,7 +10,6 @@ and preprocessing when present.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import pickle
@@ -22,12 +21,24 @@ from typing import Any
 
 import torch
 
+from exporter.assumptions import Assumption
+from exporter.config import first_line as _first_line
+from exporter.config import (
+    is_generic_name,
+    label_names,
+    read_config,
+    resolve_weights,
+    timm_model_args,
+    transformers_type,
+)
+from exporter.config import stated_img_size as config_img_size
+from exporter.config import where as config_where
 from exporter.errors import CheckpointError, EnvironmentMissing, UsageError
 from exporter.limits import prefix_tokens
 from exporter.manifest import sha256_file
 from exporter.names import printable, slug
-from exporter.resize import pos_grid_size
-from exporter.sizes import Size2, to_size2
+from exporter.resize import DINOV2_POS_RESIZE, ResizeMethod, default_pos_resize, pos_grid_size
+from exporter.sizes import Size2, format_size, to_size2
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +101,24 @@ class SourceModel:
     in_chans: int
     preprocessing: Preprocessing
     origin: Origin
-    inferred: tuple[str, ...] = field(default=())
+    # Every value neither the weights nor their config stated (exporter.assumptions).
+    assumptions: tuple[Assumption, ...] = field(default=())
+    # How its own framework resamples the position grid; None: the family's default.
+    pos_resize: ResizeMethod | None = None
+    class_names: tuple[str, ...] = ()  # from the config (label_names, transformers' id2label), by output index
 
     @property
     def dtype(self) -> torch.dtype:
         return self.state_dict[KERNEL_KEY].dtype
 
+    @property
+    def inferred(self) -> tuple[str, ...]:
+        """The assumptions as text (the manifest's ``assumed`` list)."""
+        return tuple(map(str, self.assumptions))
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    def pos_resize_method(self) -> ResizeMethod:
+        """The position-grid resample a build uses unless ``--pos-interpolation/--[no-]pos-antialias`` say otherwise."""
+        return self.pos_resize or default_pos_resize(self.family)
 
 
 def read_torch_file(path: Path, trust: bool = False) -> Any:
@@ -205,17 +224,21 @@ def _strip_prefixes(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
     return tensors, stripped
 
 
-def infer_vit_args(sd: Mapping[str, torch.Tensor], num_heads: int | None = None) -> tuple[dict[str, Any], list[str]]:
+def infer_vit_args(
+    sd: Mapping[str, torch.Tensor], num_heads: int | None = None
+) -> tuple[dict[str, Any], list[Assumption]]:
     """timm ``VisionTransformer`` keyword arguments read off a state dict.
 
-    Returns the arguments and a list of what had to be assumed (the head count is not stored
-    in the weights: head dim 64 unless given).
+    Returns the arguments and what had to be assumed (the head count is not stored in the
+    weights: head dim 64, or near it, unless given).
     """
     if KERNEL_KEY not in sd:
         sample = ", ".join(sorted(sd)[:6])
         raise CheckpointError(
             f"checkpoint has no patch embedding: expected key {KERNEL_KEY!r} "
-            f"(found {len(sd)} keys such as {sample}); pass -n/--name for another key"
+            f"(found {len(sd)} keys such as {sample}); build reads timm ViT state dicts: pass --weights the "
+            "folder that holds the checkpoint with its config.json, or PI-resize a kernel stored under another "
+            "key with 'flexiexport resize -n KEY'"
         )
     kernel = sd[KERNEL_KEY]
     if kernel.dim() != 4:
@@ -232,7 +255,7 @@ def infer_vit_args(sd: Mapping[str, torch.Tensor], num_heads: int | None = None)
     assumed = []
     if num_heads is None:
         num_heads = min(divisors(dim), key=lambda h: (abs(h - dim / 64), h))
-        assumed.append(f"num_heads={num_heads} (head dim 64, or near it; the weights do not store it)")
+        assumed.append(Assumption("heads", str(num_heads), "pass --num-heads or a config.json"))
     class_token = "cls_token" in sd
     reg_tokens = int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
     prefix = int(class_token) + reg_tokens
@@ -290,100 +313,6 @@ def _num_pos_prefix(args: Mapping[str, Any]) -> int:
     return 0 if args.get("no_embed_class") else prefix_tokens(args)
 
 
-def read_config(weights: Path) -> dict[str, Any]:
-    """The timm-style JSON config beside ``weights`` (``<stem>.json`` or ``config.json``), or {}.
-
-    The fields this tool uses are checked here (``CheckpointError`` naming the file and the
-    field), so nothing downstream meets a string where it needs a width."""
-    for candidate in (weights.with_suffix(".json"), weights.parent / "config.json"):
-        if candidate.is_file():
-            try:
-                config = json.loads(candidate.read_text())
-            except (OSError, ValueError) as exc:
-                raise CheckpointError(f"cannot read config {candidate}: {_first_line(exc)}") from exc
-            try:
-                check_config(config)
-            except UsageError as exc:
-                raise CheckpointError(f"config {candidate}: {exc}") from None
-            config.setdefault("_path", str(candidate))
-            return config  # type: ignore[no-any-return]
-    return {}
-
-
-CONFIG_INTS = {"embed_dim": 1, "depth": 1, "num_heads": 1, "in_chans": 1, "num_classes": 0, "reg_tokens": 0}
-CONFIG_BOOLS = ("class_token", "no_embed_class", "qkv_bias", "qk_norm", "pre_norm", "dynamic_img_size", "patch_bias")
-CONFIG_SIZES = ("img_size", "patch_size")
-
-
-def _json_kind(value: object) -> str:
-    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return kinds.get(type(value), "a number")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_size(value: object, field: str) -> None:
-    try:
-        to_size2(value if isinstance(value, (int, list)) else str(value), "image size")  # type: ignore[arg-type]
-    except UsageError:
-        raise UsageError(f"{field} must be N or [H, W] with positive integers, got {value!r}") from None
-
-
-def check_config(config: object) -> None:
-    """Raise ``UsageError`` naming the first field of a timm-style config that is the wrong type."""
-    if not isinstance(config, dict):
-        raise UsageError(f"must be a JSON object ({{...}}), got {_json_kind(config)}")
-    for key in ("architecture", "name", "family"):
-        if config.get(key) is not None and not (isinstance(config[key], str) and config[key]):
-            what = "a timm model name (a string)" if key == "architecture" else "a string"
-            raise UsageError(f"{key!r} must be {what}, got {config[key]!r}")
-    if config.get("img_size") is not None:
-        _check_size(config["img_size"], "'img_size'")
-    for key in ("model_args", "pretrained_cfg"):
-        if config.get(key) is not None and not isinstance(config[key], dict):
-            raise UsageError(f"{key!r} must be a JSON object, got {_json_kind(config[key])}")
-    check_model_args(config.get("model_args") or {})
-    check_pretrained_cfg(config.get("pretrained_cfg") or {})
-
-
-def check_model_args(args: Mapping[str, Any]) -> None:
-    """Types and ranges of the model arguments the tool reads; timm checks the names."""
-    for key, least in CONFIG_INTS.items():
-        value = args.get(key)
-        if key in args and (not isinstance(value, int) or isinstance(value, bool)):
-            raise UsageError(f"model_args.{key} must be an integer, got {value!r}")
-        if key in args and value < least:  # type: ignore[operator]
-            raise UsageError(f"model_args.{key} must be at least {least}, got {value!r}")
-    if "mlp_ratio" in args and not _is_number(args["mlp_ratio"]):
-        raise UsageError(f"model_args.mlp_ratio must be a number, got {args['mlp_ratio']!r}")
-    if "mlp_ratio" in args and not 0 < args["mlp_ratio"] <= 64:
-        raise UsageError(f"model_args.mlp_ratio must be in (0, 64], got {args['mlp_ratio']!r}")
-    for key in CONFIG_BOOLS:
-        if key in args and not isinstance(args[key], bool):
-            raise UsageError(f"model_args.{key} must be true or false, got {args[key]!r}")
-    for key in CONFIG_SIZES:
-        if args.get(key) is not None:
-            _check_size(args[key], f"model_args.{key}")
-
-
-def check_pretrained_cfg(cfg: Mapping[str, Any]) -> None:
-    """The preprocessing fields: what every deployment will do to its images."""
-    for key in ("mean", "std"):
-        value = cfg.get(key)
-        if key in cfg and not (isinstance(value, list) and len(value) == 3 and all(map(_is_number, value))):
-            raise UsageError(f"pretrained_cfg.{key} must be 3 numbers, got {value!r}")
-    if "std" in cfg and min(cfg["std"]) <= 0:
-        raise UsageError(f"pretrained_cfg.std must be positive, got {cfg['std']!r}")
-    # crop_pct sets the resize before the crop: a tiny one would blow every image up to gigapixels.
-    if "crop_pct" in cfg and not (_is_number(cfg["crop_pct"]) and 0.05 <= cfg["crop_pct"] <= 1):
-        raise UsageError(f"pretrained_cfg.crop_pct must be a number in [0.05, 1], got {cfg['crop_pct']!r}")
-    for key in ("interpolation", "crop_mode"):
-        if key in cfg and not isinstance(cfg[key], str):
-            raise UsageError(f"pretrained_cfg.{key} must be a string, got {cfg[key]!r}")
-
-
 def preprocessing_from(cfg: Mapping[str, Any] | None, source: str) -> Preprocessing:
     """``Preprocessing`` from a timm pretrained config or a manifest's ``preprocessing`` (unknown keys ignored)."""
     if not cfg:
@@ -416,6 +345,12 @@ def create_vit(model_name: str | None, args: Mapping[str, Any]) -> torch.nn.Modu
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
+    if "norm_eps" in args:  # a JSON-able stand-in for timm's norm_layer (transformers ViT: eps 1e-12)
+        from functools import partial
+
+        eps = float(args["norm_eps"])
+        args = {k: v for k, v in args.items() if k != "norm_eps"}
+        args["norm_layer"] = partial(torch.nn.LayerNorm, eps=eps)
     if model_name:
         return timm.create_model(model_name, pretrained=False, **args)
     return VisionTransformer(**args)
@@ -453,15 +388,19 @@ def check_config_fits(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any],
     width, in_chans = int(kernel.shape[0]), int(kernel.shape[1])
     if num_heads is not None:
         check_heads(num_heads, width, "--num-heads")
-    args = config.get("model_args") or {}
-    where = f"config {config.get('_path')}"
+    args = timm_model_args(config)
+    where = config_where(config)
     try:
         if num_heads is None and "num_heads" in args:
             check_heads(args["num_heads"], width, "model_args.num_heads")
     except UsageError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
+    read, _ = infer_vit_args(sd, 1)
     found = {"embed_dim": (width, "the width"), "in_chans": (in_chans, "the input channels")}
     found["depth"] = (weights_depth(sd), "the blocks")
+    found["num_classes"] = (read["num_classes"], "the classifier (head.weight rows)")
+    found["class_token"] = (read["class_token"], "the class token (cls_token)")
+    found["reg_tokens"] = (read["reg_tokens"], "the register tokens (reg_token)")
     for key, (value, what) in found.items():
         if key in args and args[key] != value:
             raise CheckpointError(
@@ -647,10 +586,13 @@ class SourceSpec:
 
 
 def weights_path(spec: SourceSpec) -> Path | None:
-    """The file to read: ``--weights``, the shipped demo, or none (a hub download)."""
+    """The file to read: ``--weights`` (a folder's ``model.safetensors`` or ``pytorch_model.bin``),
+    the shipped demo, or none (a hub download)."""
     from exporter.demo import DEMO_WEIGHTS
 
-    return spec.weights if spec.weights is not None or spec.model_name else DEMO_WEIGHTS
+    if spec.weights is not None:
+        return resolve_weights(spec.weights)
+    return None if spec.model_name else DEMO_WEIGHTS
 
 
 def source_name(spec: SourceSpec, announce: bool = True) -> str:
@@ -667,6 +609,10 @@ def source_name(spec: SourceSpec, announce: bool = True) -> str:
         name, origin = str(config["name"]), f"the config {config.get('_path')}"
     elif spec.model_name:
         name, origin = spec.model_name, "--model"
+    elif weights is not None and is_generic_name(weights) and config.get("architecture"):
+        name, origin = str(config["architecture"]), f"the config {config.get('_path')}"
+    elif weights is not None and is_generic_name(weights):
+        name, origin = weights.absolute().parent.name, f"the folder of {weights.name}"
     elif weights is not None:
         name, origin = weights.stem, f"the weights file {weights.name}"
     else:
@@ -678,11 +624,18 @@ def source_name(spec: SourceSpec, announce: bool = True) -> str:
 
 
 def stated_img_size(spec: SourceSpec) -> Size2 | None:
-    """The native image size when the config beside the weights states it (``img_size``, as the
-    demo's does), read without touching the weights; None when only the weights can tell."""
+    """The native image size when the config beside the weights states it (``img_size`` as the
+    demo's does, timm's ``model_args.img_size`` / ``pretrained_cfg.input_size``), read without
+    touching the weights; None when only the weights can tell."""
     weights = weights_path(spec)
     config = read_config(weights) if weights is not None and weights.is_file() else {}
-    return to_size2(config["img_size"], "image size") if config.get("img_size") else None
+    from exporter import hf
+
+    if hf.is_transformers_config(config):
+        hf.layout(config)  # an unsupported transformers model is named before anything is read
+        return hf.image_size(config)
+    stated = config_img_size(config)
+    return stated[0] if stated else None
 
 
 def load_source(spec: SourceSpec) -> SourceModel:
@@ -691,6 +644,10 @@ def load_source(spec: SourceSpec) -> SourceModel:
     if spec.model_name:
         _check_model_name(spec.model_name)
     config = read_config(weights) if weights is not None else {}
+    if transformers_type(config):
+        from exporter import hf
+
+        hf.layout(config)  # an unsupported transformers model is named before any weights are read
     model_name = spec.model_name or config.get("architecture") or None
     if not spec.model_name and model_name:
         _check_model_name(model_name, f"config {config['_path']}: unknown timm architecture", CheckpointError)
@@ -699,12 +656,34 @@ def load_source(spec: SourceSpec) -> SourceModel:
             weights, model_name, config.get("model_args") or {}, spec.trust_checkpoint, spec.use_ema
         )
         origin = Origin("file", weights.resolve(), sha256_file(weights), file_format, container)
+        sd, config, model_name, origin = _from_transformers(sd, config, model_name, spec, origin)
     elif spec.pretrained:
         sd = _download_pretrained(str(model_name))
         origin = Origin("pretrained", file_format="timm hub", container=f"timm {model_name} pretrained=True")
     else:
         raise UsageError(f"--model {model_name} needs --weights FILE or --pretrained")
     return _describe(sd, source_name(spec, announce=False), model_name, config, origin, spec.num_heads)
+
+
+def _from_transformers(
+    sd: dict[str, torch.Tensor], config: dict[str, Any], model_name: str | None, spec: SourceSpec, origin: Origin
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], str | None, Origin]:
+    """A transformers checkpoint mapped into timm's layout (``exporter.hf``); anything else as is."""
+    from dataclasses import replace
+
+    from exporter import hf
+
+    if not hf.is_transformers_config(config):
+        return sd, config, model_name, origin
+    lay = hf.layout(config)
+    sd, config, notes = hf.to_timm(sd, config)
+    if spec.model_name and spec.model_name != config["architecture"]:
+        raise UsageError(
+            f"--model {spec.model_name}: {lay.path} is a transformers {lay.architecture}, whose config "
+            "decides the architecture; drop --model"
+        )
+    container = f"{origin.container}, transformers {lay.architecture} mapped to timm"
+    return sd, config, config["architecture"], replace(origin, container=container, notes=notes)
 
 
 def _describe(
@@ -715,32 +694,38 @@ def _describe(
     origin: Origin,
     num_heads: int | None,
 ) -> SourceModel:
-    config_heads = (config.get("model_args") or {}).get("num_heads")
-    args, assumed = infer_vit_args(sd, num_heads or config_heads)  # assumed only when nothing says
+    config_args = timm_model_args(config)
+    args, assumed = infer_vit_args(sd, num_heads or config_args.get("num_heads"))  # assumed only when nothing says
     check_config_fits(sd, config, num_heads)
     named_cfg: dict[str, Any] = {}
     if model_name:
-        args, assumed = {"num_classes": args["num_classes"], **(config.get("model_args") or {})}, []
+        args, assumed = {"num_classes": args["num_classes"], **config_args}, []
         if num_heads is not None:
             args["num_heads"] = num_heads
         named_cfg, heads = _named_defaults(model_name, args, config)
         num_heads = num_heads or heads
     else:
-        args.update(config.get("model_args") or {})
+        args.update(config_args)
     if num_heads is not None:
         args["num_heads"] = num_heads
     kernel = sd[KERNEL_KEY]
     patch = (int(kernel.shape[2]), int(kernel.shape[3]))
     prefix = _num_pos_prefix(args) if not model_name else _named_pos_prefix(model_name, args, config)
     grid = pos_grid_size(sd[POS_KEY], prefix)
-    img = _native_img_size(config, named_cfg, grid, patch)
+    family = str(config.get("family") or ("flexivit" if (model_name or "").startswith("flexivit") else "vit"))
+    img, img_assumed = _native_img_size(config, named_cfg, grid, patch, free_grid=_free_grid(family, origin))
     meta = _meta_model(
         model_name, {**args, "patch_size": patch, "img_size": (grid[0] * patch[0], grid[1] * patch[1])}, config
     )
     check_state_dict(sd, meta, f"timm {model_name}" if model_name else "the inferred ViT")
-    family = str(config.get("family") or ("flexivit" if (model_name or "").startswith("flexivit") else "vit"))
-    pre_cfg = config.get("pretrained_cfg") or named_cfg
-    pre_src = "checkpoint config" if config.get("pretrained_cfg") else (f"timm {model_name}" if named_cfg else "")
+    named = f"timm {model_name}" if model_name else ""
+    preprocessing, pre_assumed = _preprocessing(config, named_cfg, named, origin.kind == "pretrained")
+    if img_assumed and origin.kind != "pretrained":
+        assumed.append(Assumption("image size", format_size(img), f"{img_assumed}; a config.json img_size settles it"))
+    if not model_name and not config.get("model_args"):
+        assumed.append(
+            Assumption("layers", "LayerNorm eps 1e-6, GELU", "timm ViT's; pass --model NAME or a config.json")
+        )
     attn = meta.blocks[0].attn  # type: ignore[index,union-attr]
     return SourceModel(
         name=name,
@@ -757,10 +742,63 @@ def _describe(
         num_heads=int(attn.num_heads),  # type: ignore[arg-type]
         num_classes=int(getattr(meta, "num_classes", 0)),
         in_chans=int(kernel.shape[1]),
-        preprocessing=preprocessing_from(pre_cfg, pre_src) if pre_src else Preprocessing(),
+        preprocessing=preprocessing,
         origin=origin,
-        inferred=tuple(assumed),
+        assumptions=tuple(assumed + pre_assumed),
+        pos_resize=DINOV2_POS_RESIZE if "dinov2" in (model_name or "") or family == "transformers" else None,
+        class_names=_class_names(config, int(getattr(meta, "num_classes", 0))),
     )
+
+
+def _class_names(config: Mapping[str, Any], num_classes: int) -> tuple[str, ...]:
+    """The config's class names, one per output."""
+    names = label_names(config)
+    if names and len(names) != num_classes:
+        key = "label_names" if config.get("label_names") else "pretrained_cfg.label_names"
+        raise CheckpointError(
+            f"{config_where(config)}: {key} has {len(names)} names but the weights have {num_classes} classes; "
+            f"give one name per class (or drop {key} and pass --labels FILE)"
+        )
+    return names
+
+
+PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct")
+
+
+def _preprocessing(
+    config: Mapping[str, Any], named_cfg: Mapping[str, Any], named: str, pretrained: bool
+) -> tuple[Preprocessing, list[Assumption]]:
+    """What the config's ``pretrained_cfg`` says, then the named timm model's defaults, then timm's
+    ViT defaults; what the checkpoint's own config (or, for hub weights, timm's) did not say is assumed."""
+    stated = dict(config.get("pretrained_cfg") or {})
+    if pretrained:
+        stated = {**named_cfg, **stated}
+    merged = {**named_cfg, **stated}
+    source = (
+        (config.get("preprocessing_source") or "checkpoint config")
+        if stated
+        else (named or "assumed (timm ViT default)")
+    )
+    pre = preprocessing_from(merged, source) if merged else Preprocessing()
+    missing = [k for k in PREPROCESSING_KEYS if k not in stated]
+    if not missing:
+        return pre, []
+    values = {"mean": _numbers(pre.mean), "std": _numbers(pre.std), "interpolation": pre.interpolation}
+    values["crop_pct"] = f"{pre.crop_pct:g}"
+    whose = f"{named}'s default" if named_cfg else "timm ViT default"
+    keys = "/".join(missing)
+    value = ", ".join(f"{k} {values[k]}" for k in missing)
+    return pre, [Assumption("preprocessing", value, f"{whose}; a config.json pretrained_cfg.{keys} settles it")]
+
+
+def _numbers(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def _free_grid(family: str, origin: Origin) -> bool:
+    """Whether the stored position grid is independent of the kernel, so grid x kernel need not be
+    the native size: FlexiViT (its grid is resampled for every patch size) and big_vision .npz."""
+    return family == "flexivit" or origin.file_format == "npz"
 
 
 def _named_pos_prefix(model_name: str, args: Mapping[str, Any], config: Mapping[str, Any]) -> int:
@@ -769,9 +807,26 @@ def _named_pos_prefix(model_name: str, args: Mapping[str, Any], config: Mapping[
     return num_pos_prefix_tokens(_meta_model(model_name, args, config))
 
 
-def _native_img_size(config: Mapping[str, Any], named_cfg: Mapping[str, Any], grid: Size2, patch: Size2) -> Size2:
-    if config.get("img_size"):
-        return to_size2(config["img_size"], "image size")
-    if named_cfg.get("input_size"):
-        return to_size2(tuple(named_cfg["input_size"])[1:], "image size")
-    return (grid[0] * patch[0], grid[1] * patch[1])
+def _native_img_size(
+    config: Mapping[str, Any], named_cfg: Mapping[str, Any], grid: Size2, patch: Size2, free_grid: bool
+) -> tuple[Size2, str]:
+    """The native image size and, when nothing stated it, what it was taken from (else "").
+
+    The config's stated size is the truth; for a timm ViT it must be the position grid times the
+    kernel (the size its grid was trained for), else config and weights disagree."""
+    from_weights = (grid[0] * patch[0], grid[1] * patch[1])
+    stated = config_img_size(config)
+    if stated is not None:
+        size, key = stated
+        if not free_grid and size != from_weights:
+            raise CheckpointError(
+                f"{config_where(config)}: {key} {format_size(size)} does not match the weights: position grid "
+                f"{grid[0]}x{grid[1]} times kernel {patch[0]}x{patch[1]} is {format_size(from_weights)}; correct {key}"
+            )
+        return size, ""
+    if free_grid and named_cfg.get("input_size"):
+        size = to_size2(tuple(named_cfg["input_size"])[1:], "image size")
+        return size, "" if size == from_weights else "timm's default for the model"
+    if free_grid:
+        return from_weights, f"position grid {format_size(grid)} x kernel {format_size(patch)}"
+    return from_weights, ""

@@ -96,12 +96,25 @@ class Manifest:
     engines: dict[str, Any] = field(default_factory=dict)
     shared_weights: dict[str, Any] = field(default_factory=dict)  # --shared-weights: the external-data file
     labels: tuple[str, ...] = ()  # class names by output index (empty: indices)
+    source_parity: dict[str, Any] = field(default_factory=dict)  # vs the source framework's model
+
+    @property
+    def assumptions(self) -> tuple[str, ...]:
+        """What the build assumed, each with what settles it (manifests before the structured
+        ``assumptions`` list kept only the ``assumed`` strings)."""
+        arch = self.source.get("architecture") or {}
+        records = arch.get("assumptions") or []
+        if records:
+            return tuple(f"{r['what']} {r['value']} ({r['settle']})" for r in records)
+        return tuple(map(str, arch.get("assumed") or ()))
 
     @property
     def passed(self) -> bool:
-        """Every variant passed parity, and no engine set failed (pending ones are not failures)."""
+        """Every variant passed parity, no engine set failed (pending ones are not failures) and
+        source parity did not fail (inferred or skipped is not a failure)."""
         engines_ok = all(e.get("status") != "failed" for e in self.engines.values())
-        return engines_ok and all(v.status == "passed" for v in self.variants)
+        source_ok = self.source_parity.get("status") != "failed"
+        return engines_ok and source_ok and all(v.status == "passed" for v in self.variants)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -228,9 +241,21 @@ def variant_rows(manifest: Manifest) -> list[list[str]]:
                 f"{p.get('top5_agreement', float('nan')):.1%}",
                 f"{v.export_seconds:.2f}",
                 Path(v.onnx.get("path", "")).name,
+                _source_cell(manifest, v),
             ]
         )
     return rows
+
+
+def _source_cell(manifest: Manifest, v: VariantRecord) -> str:
+    """Source parity on the row of the variant it judged (✓/✗); ``inferred``/``skipped`` on every
+    row; ``-`` on the others; empty when the manifest predates the check."""
+    from exporter.source_parity import mark
+
+    entry = manifest.source_parity
+    if not entry or (entry.get("status") in ("passed", "failed") and entry.get("variant") not in (None, v.label)):
+        return "-" if entry else ""
+    return mark(entry)
 
 
 TABLE_HEADER = [
@@ -247,6 +272,7 @@ TABLE_HEADER = [
     "top-5",
     "export s",
     "onnx",
+    "src",  # source parity (exporter.source_parity)
 ]
 
 
@@ -261,7 +287,7 @@ def md_row(cells: list[str]) -> str:
 
 
 # The columns a terminal shows by default (``--wide``: all of TABLE_HEADER): fits 80 columns.
-NARROW_HEADER = ["", "variant", "image", "tokens", "GFLOPs", "max|Δ|", "cosine", "top-1"]
+NARROW_HEADER = ["", "variant", "image", "tokens", "GFLOPs", "max|Δ|", "cosine", "top-1", "src"]
 
 
 def render_report(manifest: Manifest) -> str:
@@ -280,6 +306,11 @@ def render_report(manifest: Manifest) -> str:
         f"Source: {src.get('path') or src.get('kind')} (sha256 {str(src.get('sha256'))[:16]}…), "
         f"{src.get('architecture', {}).get('summary', '')}.",
         "",
+        *(
+            [f"Assumed (not stated by the checkpoint or its config): {'; '.join(manifest.assumptions)}.", ""]
+            if manifest.assumptions
+            else []
+        ),
         f"Parity: PyTorch fp32 (CPU) vs onnxruntime CPU on {manifest.options.get('parity_inputs')}; "
         f"pass when |Δ| ≤ {tol.atol} + {tol.rtol}·|ref|, cosine ≥ {tol.min_cosine}, "
         f"top-1 agreement ≥ {tol.min_top1:.0%}.",
@@ -288,6 +319,10 @@ def render_report(manifest: Manifest) -> str:
         "|" + "---|" * len(TABLE_HEADER),
     ]
     lines += [md_row(row) for row in variant_rows(manifest)]
+    if manifest.source_parity:
+        from exporter.source_parity import describe
+
+        lines += ["", describe(manifest.source_parity).replace("source parity", "Source parity", 1) + "."]
     failed = [v for v in manifest.variants if v.status != "passed"]
     for v in failed:
         reasons = list(v.parity.get("failures", [])) or ([v.parity["error"]] if v.parity.get("error") else [])

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from exporter.assumptions import Assumption
 from exporter.bundle import Bundle, check_replaceable_bundle, staging_folder, swap_into_place
 from exporter.demo import DEMO_NAME
 from exporter.engine import build_engines, pending_engines, write_engine_script
@@ -84,6 +85,7 @@ class BuildOptions:
     shared_weights: bool = False
     labels: Path | None = None  # --labels FILE: class names, one per line
     precision_given: bool = False  # --precision on the command line wins over the profile's
+    strict: bool = False  # --strict: any assumed value (exporter.assumptions) is an error
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", Precision.parse(self.precision))
@@ -162,6 +164,8 @@ def source_record(source: SourceModel) -> dict[str, Any]:
         "num_pos_prefix_tokens": source.num_pos_prefix,
         "model_args": dict(source.model_args),
         "assumed": list(source.inferred),
+        "assumptions": [asdict(a) for a in source.assumptions],
+        **({"notes": list(source.origin.notes)} if source.origin.notes else {}),
         "summary": (
             f"{source.model_name or 'ViT (inferred)'}: {source.depth} blocks, width {source.embed_dim}, "
             f"{source.num_heads} heads, kernel {format_size(source.patch_size)}, "
@@ -221,11 +225,11 @@ def input_key(source_sha: str, calib_sha: str | None, spec: VariantSpec, options
 def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpec]:
     """One spec per patch size, or per (patch, image size) of a grid; every size problem is
     reported before any work starts (a grid's impossible pairs are logged and left out)."""
-    from exporter.resize import default_patch_resize, default_pos_resize
+    from exporter.resize import default_patch_resize
     from exporter.variant import fitted_img_size, plan_grid
 
     patch_resize = options.patch_resize.resolve(default_patch_resize(source.family))
-    pos_resize = options.pos_resize.resolve(default_pos_resize(source.family))
+    pos_resize = options.pos_resize.resolve(source.pos_resize_method())  # the source framework's own by default
     if options.img_range is not None:
         from exporter.variant import plan_dynamic
 
@@ -546,6 +550,8 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     specs = plan_variants(source, options)
     check_build_memory(source, specs, options)
     labels = class_names(source, options.labels)
+    source = replace(source, assumptions=source.assumptions + label_assumptions(source, options.labels, labels))
+    announce_assumptions(source, options.strict)
     old = _old_manifest(out) if options.resume else None
     source_sha = source.origin.sha256 or state_digest(source)
     calib_sha = plan.key()
@@ -564,8 +570,13 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         if options.shared_weights:
             with stage(reporter, "bundle", "shared weights", times):
                 records, shared = share_bundle_weights(specs, options, plan, tmp, records)
+        with stage(reporter, "source", "source parity", times):
+            source_parity = check_source_parity(source, records, specs, options, plan, tmp)
         manifest = replace(
-            _manifest(source, source_sha, calib_sha, options, records), shared_weights=shared, labels=labels
+            _manifest(source, source_sha, calib_sha, options, records),
+            shared_weights=shared,
+            labels=labels,
+            source_parity=source_parity,
         )
         if profile is not None:
             manifest = replace(
@@ -576,6 +587,21 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         write_atomic(tmp / REPORT, render_report(manifest))
         swap_into_place(tmp, out)
     return BuildResult(out, manifest, time.perf_counter() - start, times)
+
+
+def check_source_parity(
+    source: SourceModel,
+    records: list[VariantRecord],
+    specs: list[VariantSpec],
+    options: BuildOptions,
+    plan: InputPlan,
+    tmp: Path,
+) -> dict[str, Any]:
+    """The native variant against the source framework's own model (``exporter.source_parity``)."""
+    from exporter.source_parity import check_source
+
+    batch = check_batch(options.export.batch)
+    return check_source(source, records, specs, plan, tmp, options.tolerance, batch, options.threads)
 
 
 def with_profile_precision(options: BuildOptions, profile: Profile | None) -> BuildOptions:
@@ -657,6 +683,8 @@ def class_names(source: SourceModel, labels: Path | None) -> tuple[str, ...]:
                 f"the model has {source.num_classes} classes: give one name per line"
             )
         return names
+    if source.class_names:
+        return source.class_names
     if source.name == DEMO_NAME:
         return tuple(str(d) for d in range(10))
     if source.model_name and source.num_classes == 1000:
@@ -664,6 +692,24 @@ def class_names(source: SourceModel, labels: Path | None) -> tuple[str, ...]:
 
         return tuple(ImageNetInfo().label_descriptions())
     return ()
+
+
+def label_assumptions(source: SourceModel, labels: Path | None, names: tuple[str, ...]) -> tuple[Assumption, ...]:
+    """timm's ImageNet-1k names given to a 1000-class checkpoint file that named none itself."""
+    imagenet = labels is None and bool(names) and not source.class_names and source.name != DEMO_NAME
+    if not imagenet or source.origin.kind == "pretrained":
+        return ()
+    return (Assumption("class names", "ImageNet-1k (timm's)", "pass --labels FILE or a config.json label_names"),)
+
+
+def announce_assumptions(source: SourceModel, strict: bool) -> None:
+    """A warning per assumption, naming what settles it; ``--strict`` refuses any (before any variant is built)."""
+    from exporter.assumptions import summary
+
+    if strict and source.assumptions:
+        raise UsageError(f"--strict: {summary(source.assumptions)}")
+    for assumption in source.assumptions:
+        log.warning("assumed %s", assumption)
 
 
 def img_size_policy(options: BuildOptions) -> str | list[int] | list[list[int]]:
@@ -730,12 +776,13 @@ def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceMode
     """Reload the checkpoint a bundle was built from: ``weights``, or the file the manifest names.
     That file is hashed before it is read and refused unless its sha256 is the manifest's; a
     bundle never makes a command download weights (hub-built bundles need ``--weights``)."""
+    from exporter.config import resolve_weights
     from exporter.load import SourceSpec, load_source
 
     src = manifest.source
     if weights is None and not src.get("path"):
         raise BundleError("the bundle names no checkpoint file (it was built from hub weights): pass --weights FILE")
-    path = weights or Path(src["path"])
+    path = resolve_weights(weights) if weights else Path(src["path"])  # a folder: its weights file
     if not path.is_file():
         raise BundleError(f"the bundle's source checkpoint {printable(str(path))!r} is gone; pass --weights FILE")
     if weights is None and not src.get("sha256"):

@@ -46,6 +46,8 @@ FLEXIVIT_PATCH_RESIZE = ResizeMethod("bilinear", antialias=False)
 FLEXIVIT_POS_RESIZE = ResizeMethod("bilinear", antialias=True)
 TIMM_PATCH_RESIZE = ResizeMethod("bicubic", antialias=True)
 TIMM_POS_RESIZE = ResizeMethod("bicubic", antialias=True)
+# DINOv2's own code and transformers resample the position grid bicubic without antialias.
+DINOV2_POS_RESIZE = ResizeMethod("bicubic", antialias=False)
 
 
 def default_patch_resize(family: str) -> ResizeMethod:
@@ -53,8 +55,16 @@ def default_patch_resize(family: str) -> ResizeMethod:
     return FLEXIVIT_PATCH_RESIZE if family == "flexivit" else TIMM_PATCH_RESIZE
 
 
+# transformers' ViT and DINOv2 (and DINOv2's own code) resample the grid bicubic without antialias.
+TRANSFORMERS_POS_RESIZE = ResizeMethod("bicubic", antialias=False)
+
+
 def default_pos_resize(family: str) -> ResizeMethod:
     """The position-embedding resize default for a checkpoint family."""
+    # HOOK (issue 21, helper hf): until the per-source default pos_resize lands on SourceModel,
+    # the transformers family picks its default here.
+    if family == "transformers":
+        return TRANSFORMERS_POS_RESIZE
     return FLEXIVIT_POS_RESIZE if family == "flexivit" else TIMM_POS_RESIZE
 
 

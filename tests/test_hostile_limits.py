@@ -322,7 +322,7 @@ def test_inferred_head_count_always_divides_the_width(tmp_path):
 
     path = save_with_config(tiny_model(embed_dim=200, num_heads=5, num_classes=3), tmp_path / "w200.pt")
     source = load_source(SourceSpec(weights=path))
-    assert 200 % source.num_heads == 0 and "num_heads=" in source.inferred[0]
+    assert 200 % source.num_heads == 0 and source.assumptions[0].what == "heads"
 
 
 # 6. --seed ------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ def test_named_checkpoint_with_config(tiny_flexivit):
     assert (src.patch_size, src.pos_grid, src.img_size) == ((16, 16), (15, 15), (240, 240))
     assert (src.embed_dim, src.depth, src.num_heads, src.num_classes, src.num_pos_prefix) == (32, 2, 2, 10, 0)
     assert src.preprocessing.crop_pct == 0.95 and src.preprocessing.source == "timm flexivit_small"
-    assert src.origin.sha256 and len(src.origin.sha256) == 64 and not src.inferred
+    assert src.origin.sha256 and len(src.origin.sha256) == 64
+    assert [a.what for a in src.assumptions] == ["preprocessing"]  # the config has no pretrained_cfg
 
 
 def test_architecture_inferred_from_weights_alone(tiny_vit):
@@ -31,7 +32,7 @@ def test_architecture_inferred_from_weights_alone(tiny_vit):
     assert src.model_name is None and src.family == "vit"
     assert (src.patch_size, src.pos_grid, src.img_size) == ((16, 16), (14, 14), (224, 224))
     assert (src.embed_dim, src.depth, src.num_classes, src.num_pos_prefix) == (64, 2, 7, 1)
-    assert src.num_heads == 1 and "head dim 64" in src.inferred[0]
+    assert src.num_heads == 1 and str(src.assumptions[0]) == "heads 1 (pass --num-heads or a config.json)"
     assert load_source(SourceSpec(weights=tiny_vit, num_heads=4)).num_heads == 4
 
 
@@ -107,7 +108,7 @@ def test_not_a_checkpoint(tmp_path):
 def test_missing_file_and_folder(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_source(SourceSpec(weights=tmp_path / "nope.pt"))
-    with pytest.raises(CheckpointError, match="not a file"):
+    with pytest.raises(CheckpointError, match="is a folder without model.safetensors or pytorch_model.bin"):
         load_source(SourceSpec(weights=tmp_path))
 
 
