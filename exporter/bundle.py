@@ -116,8 +116,8 @@ class ParityStats(_Strict):
     max_abs: float
     p99_abs: float
     min_cosine: float
-    top1_agreement: float
-    top5_agreement: float
+    top1_agreement: float | None = None  # None (or absent): a feature model, judged by cosine and |Δ| only
+    top5_agreement: float | None = None
     failures: list[str] = []
 
 
@@ -198,6 +198,23 @@ class DynamicEntry(_Strict):
     status: Literal["passed", "failed"]
 
 
+class NativeAgreement(_Strict):
+    """The variant against the source at its own patch and image size, on the build's real images."""
+
+    against: str
+    patch_size: tuple[PatchSide, PatchSide]
+    img_size: tuple[Side, Side]
+    images: Annotated[int, Field(ge=1, le=100_000)]
+    native: bool
+    min_cosine: Annotated[float, Field(ge=-1, le=1)]
+    mean_cosine: Annotated[float, Field(ge=-1, le=1)]
+    top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = None  # None: a feature model
+
+
+class NativeSkipped(_Strict):
+    skipped: str
+
+
 class VariantSchema(_Strict):
     label: SafeName
     patch_size: tuple[PatchSide, PatchSide]
@@ -218,6 +235,7 @@ class VariantSchema(_Strict):
     reduced: ReducedEntry | Empty = Empty()
     reference: ReferenceEntry | Empty = Empty()
     dynamic: DynamicEntry | Empty = Empty()
+    native_agreement: NativeAgreement | NativeSkipped | Empty = Empty()  # absent before it was measured
 
 
 class ExportRecord(_Strict):
@@ -587,16 +605,29 @@ def check_destination(out: Path, what: str, protect: Iterable[Path] = (), enclos
                 f"{what} {shown!r} lies inside {printable(str(path))!r}, an input of this command; "
                 "choose a folder outside it"
             )
-    # The parent is made only when the output is written (staging_folder): a refused or failed
-    # command leaves no empty folder behind. Here: the nearest folder that exists must be writable.
     parent = out.absolute().parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists())
-    if not existing.is_dir():
-        raise BundleError(
-            f"cannot create the folder {printable(str(parent))!r} for {what}: {printable(str(existing))} is a file"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BundleError(f"cannot write to {printable(str(existing))!r}: permission denied (choose another folder)")
+    made = absent_folders(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        remove_empty(made)
+        raise BundleError(f"cannot create the folder {printable(str(parent))!r} for {what}: {exc.strerror}") from exc
+    writable = os.access(parent, os.W_OK | os.X_OK)
+    remove_empty(made)  # made again when the output is written: a refused or failed command leaves none behind
+    if not writable:
+        raise BundleError(f"cannot write to {printable(str(parent))!r}: permission denied (choose another folder)")
+
+
+def absent_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist, deepest first."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the ``folders`` (deepest first) that are still empty."""
+    for folder in folders:
+        with suppress(OSError):
+            folder.rmdir()
 
 
 def check_replaceable_bundle(out: Path, force: bool, resume: bool, protect: Iterable[Path] = ()) -> None:
@@ -745,7 +776,7 @@ def staging_folder(out: Path) -> Iterator[Path]:
     interrupt or termination signal."""
     remove_stale_temporaries(out)
     parent = out.absolute().parent
-    made = [p for p in (parent, *parent.parents) if not p.exists()]  # removed again on failure when still empty
+    made = absent_folders(parent)  # removed again on failure, when still empty
     with signals_deferred() as received:  # an interrupt here must not leave an unmarked folder behind
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -760,9 +791,7 @@ def staging_folder(out: Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        for folder in made:  # deepest first; one that now holds the output is not empty
-            with suppress(OSError):
-                folder.rmdir()
+        remove_empty(made)  # one that now holds the output is not empty
 
 
 @contextmanager

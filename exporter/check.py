@@ -58,14 +58,17 @@ def check_variant(
     batch = check_batch(export["batch"])
     inputs = planned.arrays()
     tol = backend_tolerance(recorded_tolerance(record.onnx), backend)
-    cmp = compare_outputs(expected, run_batched(load_runner(onnx_path, backend, threads), inputs, batch), tol)
+    classifier = opened.manifest.classifier
+    cmp = compare_outputs(
+        expected, run_batched(load_runner(onnx_path, backend, threads), inputs, batch), tol, classifier
+    )
     reduced: Comparison | None = None
     if record.reduced and size == "opt":
         precision = record.reduced["precision"]
         plan = InputPlan.for_bundle(opened.manifest)
         x, y = plan.reduced(precision, inputs), plan.reduced(precision, expected)
         runner = load_runner(opened.onnx(record, precision), backend, threads)
-        reduced = compare_outputs(y, run_batched(runner, x, batch), recorded_tolerance(record.reduced))
+        reduced = compare_outputs(y, run_batched(runner, x, batch), recorded_tolerance(record.reduced), classifier)
     return Recheck(label, True, cmp, reduced=reduced)
 
 

@@ -28,6 +28,7 @@ from exporter.errors import (
     ValidationFailed,
     full_disk_cause,
 )
+from exporter.manifest import top1_text
 from exporter.names import printable
 from exporter.precision import PRECISIONS, Precision
 from exporter.sizes import DYNAMIC_PREFIX, Size2, SizeRange, format_size, grid_for, parse_img_range, to_size2
@@ -324,8 +325,7 @@ class RichReporter:
             issues = "; ".join(map(str, record.trt_lint["issues"]))
             self.err.print(f"[yellow]warning[/yellow] {safe(record.label)}: TensorRT lint: {safe(issues)}")
         self.err.print(
-            f"{mark} {safe(record.label)}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}  "
-            f"top-1 {p['top1_agreement']:.0%}{note}"
+            f"{mark} {safe(record.label)}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}{top1_text(p, 0)}{note}"
         )
         if record.reduced:
             r = record.reduced
@@ -334,7 +334,7 @@ class RichReporter:
             why = "" if r["status"] == "passed" else f"  ({'; '.join(q['failures'])})"
             self.err.print(
                 f"{mark} {safe(record.label)} {safe(r['precision'])}  max|Δ| {q['max_abs']:.1e}  "
-                f"p99 {q['p99_abs']:.1e}  cos {q['min_cosine']:.5f}  top-1 {q['top1_agreement']:.1%}  "
+                f"p99 {q['p99_abs']:.1e}  cos {q['min_cosine']:.5f}{top1_text(q)}  "
                 f"{r['bytes'] / 1e6:.1f} MB{safe(why)}"
             )
 
@@ -343,14 +343,15 @@ def print_table(manifest: Any, title: str, wide: bool = False, out: Any = None) 
     """The variant table: the columns that fit 80 columns, or with ``wide`` every column."""
     from rich.table import Table
 
-    from exporter.manifest import NARROW_HEADER, TABLE_HEADER, variant_rows
+    from exporter.manifest import TABLE_HEADER, shown_columns, variant_rows
 
-    shown = [i for i, h in enumerate(TABLE_HEADER) if wide or h in NARROW_HEADER]
+    rows = variant_rows(manifest)
+    shown = shown_columns(manifest, rows, wide)
     table = Table(title=safe(title), title_justify="left")
     for i in shown:
         header = TABLE_HEADER[i]
         table.add_column(header, justify="right" if header not in ("", "variant", "onnx") else "left", no_wrap=True)
-    for row in variant_rows(manifest):
+    for row in rows:
         mark = "[green]✓[/green]" if row[0] == "✓" else "[red]✗[/red]"
         table.add_row(*[mark if i == 0 else safe(row[i]) for i in shown])
     print_whole(table, out)
@@ -373,8 +374,8 @@ def print_engines(name: str, entry: dict[str, Any]) -> None:
         mark = "[green]✓[/green]" if v["status"] == "passed" else "[red]✗[/red]"
         p = v["parity"]
         out.print(
-            f"  {mark} {safe(label)}  {safe(v['engine'])}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.6f}  "
-            f"top-1 {p['top1_agreement']:.1%}  built in {v['build_seconds']:.0f} s"
+            f"  {mark} {safe(label)}  {safe(v['engine'])}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.6f}"
+            f"{top1_text(p)}  built in {v['build_seconds']:.0f} s"
         )
 
 
@@ -732,6 +733,10 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
     print_table(manifest, "variants", wide)
     print_source_parity(manifest, out)
+    from exporter.manifest import native_summary
+
+    if native_summary(manifest):
+        out.print(safe(native_summary(manifest)))
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             issues = "; ".join(map(str, v.trt_lint["issues"]))
@@ -816,14 +821,15 @@ class BenchCommand(GreedyCommand):
 
 def write_plot(opened: Any) -> Path | None:
     """Redraw ``tradeoff.png`` from whatever of bench.json / eval.json the bundle holds."""
-    from exporter.plot import plot_tradeoff
+    from exporter.plot import native_series, plot_tradeoff
 
     bench, evaluation = opened.read_artefact("bench.json"), opened.read_artefact("eval.json")
     if bench is None and evaluation is None:
         return None
     title = f"{opened.manifest.name}: speed / accuracy"
+    native = native_series(opened.manifest)
     try:
-        return plot_tradeoff(bench, evaluation, opened.artefact("tradeoff.png"), title)
+        return plot_tradeoff(bench, evaluation, opened.artefact("tradeoff.png"), title, native)
     except (KeyError, TypeError, ValueError, IndexError) as exc:  # a bench/eval.json we did not write
         logging.getLogger("exporter.plot").warning("no plot: bench.json or eval.json is not as written (%s)", exc)
         return None
@@ -1304,7 +1310,8 @@ def engine(bundle: Path, profile: str, quiet: bool, debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @debug_option
 def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
-    """Classify images with a bundle: by --variant, or by --budget-ms on this device.
+    """Classify images with a bundle: by --variant, or by --budget-ms on this device (a feature
+    model: each image's embedding, summarised, or whole with --json).
 
     \b
     flexiexport predict bundles/flexivit-demo digit.png --budget-ms 1
@@ -1330,18 +1337,25 @@ def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
     results = predict_files(opened, images, model, kw["top_k"])
     bad = [(path, why) for path, why in results if isinstance(why, str)]
     if kw["as_json"]:
+        key = "top" if opened.classifier else "embedding"
         rows = [
             {"image": str(path), "error": found}
             if isinstance(found, str)
-            else {"image": str(path), "top": [vars(p) for p in found]}
+            else {"image": str(path), key: [vars(p) for p in found] if isinstance(found, list) else found.tolist()}
             for path, found in results
         ]
-        click.echo(json.dumps({"variant": model.variant, "backend": model.backend, "results": rows}, indent=2))
+        head = {"variant": model.variant, "backend": model.backend, "output": opened.output_name}
+        click.echo(json.dumps({**head, "results": rows}, indent=2))
     else:
+        from exporter.runtime.model import embedding_summary
+
         out = console()
         out.print(safe(f"{model.variant} on {model.backend} ({model.precision})"))
         for path, found in results:
             if isinstance(found, str):
+                continue
+            if not isinstance(found, list):  # a feature model: its embedding, summarised
+                out.print(safe(f"{path}: {embedding_summary(found)}"))
                 continue
             best = found[0]
             rest = ", ".join(f"{p.label} {p.probability:.1%}" for p in found[1:])

@@ -137,7 +137,7 @@ def build_engines(
             inputs = input_plan.reduced(profile.precision, planned.arrays())
             expected = input_plan.reduced(profile.precision, expected)
             actual = run_batched(engine_runner(out_root / item["engine"]), inputs, item["shapes"].opt[0])
-            cmp = compare_outputs(expected, actual, tol)
+            cmp = compare_outputs(expected, actual, tol, manifest.classifier)
         variants[item["label"]] = {
             **asdict(info),
             "engine": item["engine"],  # the sidecar names files beside it; the manifest, paths in the bundle

@@ -105,6 +105,17 @@ def allowed_drop(reduced: dict[str, Any]) -> float | None:
     return tolerance_for(reduced["precision"], "onnxruntime").max_accuracy_drop
 
 
+def check_classifier(opened: Bundle) -> None:
+    """A feature model has no classes to score against labels: refused, saying what measures it."""
+    if not opened.manifest.classifier:
+        output = opened.manifest.variants[0].onnx["outputs"][0]["name"]
+        raise UsageError(
+            f"evaluate needs a classifier: {opened.manifest.name} is a feature model (output {output!r}, "
+            "num_classes 0); its variants' agreement with the native patch size needs no labels: "
+            f"flexiexport inspect {opened.root}"
+        )
+
+
 def evaluate_bundle(
     opened: Bundle,
     data: Path | None = None,
@@ -116,6 +127,7 @@ def evaluate_bundle(
 ) -> dict[str, Any]:
     """Accuracy of every variant in PyTorch and onnxruntime (and with naive resize if asked), and
     on each of ``backends`` (the runtime's: ``openvino``, ``openvino-bf16``, ...) too."""
+    check_classifier(opened)
     from exporter.runtime.backends import backend_problem, load_runner
 
     for name in backends:

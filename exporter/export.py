@@ -71,9 +71,15 @@ class ExportInfo:
 
 
 def export_onnx(
-    model: torch.nn.Module, img_size: Size2, path: Path, options: ExportOptions, dynamic_hw: bool = False
+    model: torch.nn.Module,
+    img_size: Size2,
+    path: Path,
+    options: ExportOptions,
+    dynamic_hw: bool = False,
+    output: str = OUTPUT_NAME,
 ) -> ExportInfo:
-    """Export ``model`` to ``path`` (float32 NCHW ``pixel_values`` → ``logits``) and check it.
+    """Export ``model`` to ``path`` (float32 NCHW ``pixel_values`` → ``output``: ``logits``, or
+    ``embeddings`` for a feature model) and check it.
     ``dynamic_hw``: the input's height and width are named (``height``, ``width``) axes too."""
     start = time.perf_counter()
     example = torch.zeros(options.trace_batch, 3, *img_size)
@@ -82,12 +88,12 @@ def export_onnx(
     with full_disk_as_usage_error(path), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if options.exporter == "dynamo":
-            _export_dynamo(model, example, path, options)
+            _export_dynamo(model, example, path, options, output)
         else:
             axes: dict[int, str] = {0: "batch"} if options.batch == "dynamic" else {}
             if dynamic_hw:
                 axes |= {2: "height", 3: "width"}
-            dynamic = ({INPUT_NAME: axes} | ({OUTPUT_NAME: {0: "batch"}} if 0 in axes else {})) if axes else None
+            dynamic = ({INPUT_NAME: axes} | ({output: {0: "batch"}} if 0 in axes else {})) if axes else None
             torch.onnx.export(
                 model,
                 (example,),
@@ -95,15 +101,18 @@ def export_onnx(
                 dynamo=False,
                 opset_version=options.opset,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=[output],
                 dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
+        declare_proven_dims(path)  # both exporters: the dynamo one's outputs checked the same way
     seconds = time.perf_counter() - start
     return check_onnx(path, options.exporter, seconds)
 
 
-def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path, options: ExportOptions) -> None:
+def _export_dynamo(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, options: ExportOptions, output: str
+) -> None:
     try:
         import onnxscript  # noqa: F401
     except ImportError as exc:
@@ -116,11 +125,35 @@ def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path, op
             dynamo=True,
             opset_version=options.opset,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[output],
             dynamic_shapes=shapes,
             optimize=True,
         )
     program.save(str(path))  # type: ignore[union-attr]
+
+
+def declare_proven_dims(path: Path) -> bool:
+    """Declare the graph outputs' dims that ONNX shape inference proves static; True if any changed.
+
+    With a dynamic batch, TorchScript's exporter loses every dim after timm's ``PatchEmbed``
+    flattens the patch grid (``flatten(2)`` becomes Shape → Slice → Concat → Reshape, which its
+    own shape inference does not follow) and names what it lost (``Gatherembeddings_dim_1``). A
+    classifier's head (a MatMul with a weight) makes the class count static again; a feature
+    model's embedding dim reaches the output still named, so TensorRT's lint saw a dynamic dim
+    that is not. ONNX's inference with data propagation follows the Reshape and proves it."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    proven = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True).graph.output
+    changed = False
+    for declared, inferred in zip(model.graph.output, proven):
+        for dim, known in zip(declared.type.tensor_type.shape.dim, inferred.type.tensor_type.shape.dim):
+            if not dim.dim_value and known.dim_value:
+                dim.dim_value = known.dim_value  # a oneof: setting the value clears the name
+                changed = True
+    if changed:
+        onnx.save(model, str(path))
+    return changed
 
 
 def _dims(value_info) -> tuple[Dim, ...]:  # type: ignore[no-untyped-def]

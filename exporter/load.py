@@ -770,14 +770,11 @@ def _preprocessing(
 ) -> tuple[Preprocessing, list[Assumption]]:
     """What the config's ``pretrained_cfg`` says, then the named timm model's defaults, then timm's
     ViT defaults; what the checkpoint's own config (or, for hub weights, timm's) did not say is assumed."""
-    stated = dict(config.get("pretrained_cfg") or {})
-    if pretrained:
-        stated = {**named_cfg, **stated}
-    merged = {**named_cfg, **stated}
+    own = dict(config.get("pretrained_cfg") or {})
+    stated = {**named_cfg, **own} if pretrained else own
+    merged = {**named_cfg, **own}
     source = (
-        (config.get("preprocessing_source") or "checkpoint config")
-        if stated
-        else (named or "assumed (timm ViT default)")
+        (config.get("preprocessing_source") or "checkpoint config") if own else (named or "assumed (timm ViT default)")
     )
     pre = preprocessing_from(merged, source) if merged else Preprocessing()
     missing = [k for k in PREPROCESSING_KEYS if k not in stated]

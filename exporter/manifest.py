@@ -23,9 +23,16 @@ from exporter.sizes import format_range, format_size
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REPORT = "report.md"
-INPUT_NAME = "pixel_values"  # every ONNX file and engine: float32 NCHW in, logits out
+INPUT_NAME = "pixel_values"  # every ONNX file and engine: float32 NCHW in, logits (or embeddings) out
 OUTPUT_NAME = "logits"
+EMBEDDINGS_NAME = "embeddings"  # a feature model's output (no classifier: num_classes 0)
 CHECK_BATCH = 8  # parity runs a dynamic-batch model 8 images at a time
+
+
+def output_name(num_classes: int) -> str:
+    """The ONNX output of a model with ``num_classes`` classes: ``logits``, or ``embeddings`` for a
+    feature model (no classifier), whose outputs are not class scores."""
+    return OUTPUT_NAME if num_classes else EMBEDDINGS_NAME
 
 
 def static_batch(shape: Sequence[int | str]) -> int | None:
@@ -61,6 +68,7 @@ class VariantRecord:
     reduced: dict[str, Any] = field(default_factory=dict)  # the fp16/int8 ONNX and its parity, if asked for
     reference: dict[str, Any] = field(default_factory=dict)  # PyTorch's logits on the parity inputs (npz)
     dynamic: dict[str, Any] = field(default_factory=dict)  # --img-size dynamic: its range and extra checks
+    native_agreement: dict[str, Any] = field(default_factory=dict)  # vs the source's own patch and size
 
     @property
     def img_range(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -107,6 +115,15 @@ class Manifest:
         if records:
             return tuple(f"{r['what']} {r['value']} ({r['settle']})" for r in records)
         return tuple(map(str, arch.get("assumed") or ()))
+
+    @property
+    def classifier(self) -> bool:
+        """Whether the model has a classifier (its outputs are class scores): False for a feature
+        model (``num_classes`` 0, or an ``embeddings`` output). Bundles built before feature models
+        were named say ``logits`` but still record ``num_classes`` 0."""
+        arch = self.source.get("architecture") or {}
+        names = {o.get("name") for v in self.variants for o in v.onnx.get("outputs", [])}
+        return arch.get("num_classes") != 0 and EMBEDDINGS_NAME not in names
 
     @property
     def passed(self) -> bool:
@@ -221,6 +238,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def top1_text(parity: dict[str, Any], digits: int = 1) -> str:
+    """``"  top-1 93.8%"`` of a recorded comparison, or '' for a feature model's (no top-1)."""
+    value = parity.get("top1_agreement")
+    return "" if value is None else f"  top-1 {value:.{digits}%}"
+
+
+def percent(value: float | None) -> str:
+    """A share as ``93.8%``; '—' where there is none (a feature model's top-1)."""
+    return "—" if value is None else f"{value:.1%}"
+
+
 def variant_rows(manifest: Manifest) -> list[list[str]]:
     """One row of strings per variant: the table shared by the CLI and ``report.md``."""
     rows = []
@@ -237,8 +265,9 @@ def variant_rows(manifest: Manifest) -> list[list[str]]:
                 f"{p.get('max_abs', float('nan')):.1e}",
                 f"{p.get('p99_abs', float('nan')):.1e}",
                 f"{p.get('min_cosine', float('nan')):.7f}",
-                f"{p.get('top1_agreement', float('nan')):.1%}",
-                f"{p.get('top5_agreement', float('nan')):.1%}",
+                percent(p.get("top1_agreement", float("nan"))),
+                percent(p.get("top5_agreement", float("nan"))),
+                *native_cells(v.native_agreement),
                 f"{v.export_seconds:.2f}",
                 Path(v.onnx.get("path", "")).name,
                 _source_cell(manifest, v),
@@ -258,6 +287,19 @@ def _source_cell(manifest: Manifest, v: VariantRecord) -> str:
     return mark(entry)
 
 
+def native_cells(found: dict[str, Any]) -> list[str]:
+    """The ``native`` cell (top-1 agreement with the native variant, a feature model's mean cosine)
+    and the ``native cos`` one (min/mean cosine); 'skipped' without real images, '—' in bundles
+    built before it was measured."""
+    if not found:
+        return ["—", "—"]
+    if "skipped" in found:
+        return ["skipped", "skipped"]
+    top1 = found.get("top1_agreement")
+    main = f"{found['mean_cosine']:.4f}" if top1 is None else percent(top1)
+    return [main, f"{found['min_cosine']:.3f}/{found['mean_cosine']:.3f}"]
+
+
 TABLE_HEADER = [
     "",
     "variant",
@@ -270,10 +312,13 @@ TABLE_HEADER = [
     "cosine",
     "top-1",
     "top-5",
+    "native",
+    "native cos",
     "export s",
     "onnx",
     "src",  # source parity (exporter.source_parity)
 ]
+CLASS_COLUMNS = ("top-1", "top-5")  # a feature model has no classes: its table leaves these out
 
 
 def md_cell(text: object) -> str:
@@ -286,8 +331,51 @@ def md_row(cells: list[str]) -> str:
     return "| " + " | ".join(md_cell(c) for c in cells) + " |"
 
 
-# The columns a terminal shows by default (``--wide``: all of TABLE_HEADER): fits 80 columns.
-NARROW_HEADER = ["", "variant", "image", "tokens", "GFLOPs", "max|Δ|", "cosine", "top-1", "src"]
+# The columns a terminal shows by default (``--wide``: all of TABLE_HEADER), within TABLE_WIDTH:
+# where they would not fit, DROP_FIRST's go, in that order (the rest always show).
+NARROW_HEADER = ["", "variant", "image", "tokens", "GFLOPs", "max|Δ|", "cosine", "top-1", "native", "src"]
+TABLE_WIDTH = 80
+DROP_FIRST = ("tokens", "image", "GFLOPs")
+
+
+def table_width(columns: list[int], rows: list[list[str]]) -> int:
+    """The width of Rich's boxed table of these columns: each its widest cell plus 2 of padding,
+    and a rule between and around them."""
+    return 1 + sum(3 + max(len(TABLE_HEADER[i]), *(len(r[i]) for r in rows)) for i in columns)
+
+
+def shown_columns(manifest: Manifest, rows: list[list[str]], wide: bool = False) -> list[int]:
+    """Indexes into TABLE_HEADER of what to show: every column (``wide``) or the narrow ones that
+    fit TABLE_WIDTH; never a feature model's top-1/top-5."""
+    keep = [
+        i
+        for i, h in enumerate(TABLE_HEADER)
+        if (wide or h in NARROW_HEADER) and (manifest.classifier or h not in CLASS_COLUMNS)
+    ]
+    for name in DROP_FIRST:
+        if wide or table_width(keep, rows) <= TABLE_WIDTH:
+            break
+        keep = [i for i in keep if TABLE_HEADER[i] != name]
+    return keep
+
+
+def native_summary(manifest: Manifest) -> str:
+    """What the ``native`` columns compare, or why they were skipped; '' in older bundles."""
+    found = [v.native_agreement for v in manifest.variants if v.native_agreement]
+    measured = next((n for n in found if "skipped" not in n), None)
+    if measured is None:
+        return f"Agreement with the native patch size: skipped ({found[0]['skipped']})." if found else ""
+    what = (
+        "top-1 agreement (native cos: min/mean cosine)" if manifest.classifier else "mean cosine (native cos: min/mean)"
+    )
+    skipped = [
+        f"{v.label}: {v.native_agreement['skipped']}" for v in manifest.variants if "skipped" in v.native_agreement
+    ]
+    return (
+        f"native: each variant's PyTorch outputs against {measured['against']} (the source's own patch and "
+        f"image size) on {measured['images']} {measured['from']}, each image at the variant's own size: {what}. "
+        "Not judged: it is the quality/compute trade-off." + (f" Skipped for {'; '.join(skipped)}." if skipped else "")
+    )
 
 
 def render_report(manifest: Manifest) -> str:
@@ -312,13 +400,20 @@ def render_report(manifest: Manifest) -> str:
             else []
         ),
         f"Parity: PyTorch fp32 (CPU) vs onnxruntime CPU on {manifest.options.get('parity_inputs')}; "
-        f"pass when |Δ| ≤ {tol.atol} + {tol.rtol}·|ref|, cosine ≥ {tol.min_cosine}, "
-        f"top-1 agreement ≥ {tol.min_top1:.0%}.",
+        f"pass when |Δ| ≤ {tol.atol} + {tol.rtol}·|ref|, cosine ≥ {tol.min_cosine}"
+        + (
+            f", top-1 agreement ≥ {tol.min_top1:.0%}."
+            if manifest.classifier
+            else " (a feature model, no classifier: cosine and |Δ| only)."
+        ),
         "",
-        md_row([h or "ok" for h in TABLE_HEADER]),
-        "|" + "---|" * len(TABLE_HEADER),
     ]
-    lines += [md_row(row) for row in variant_rows(manifest)]
+    rows = variant_rows(manifest)
+    columns = shown_columns(manifest, rows, wide=True)
+    lines += [md_row([TABLE_HEADER[i] or "ok" for i in columns]), "|" + "---|" * len(columns)]
+    lines += [md_row([row[i] for i in columns]) for row in rows]
+    summary = native_summary(manifest)
+    lines += ["", summary] if summary else []
     if manifest.source_parity:
         from exporter.source_parity import describe
 
@@ -336,7 +431,7 @@ def render_report(manifest: Manifest) -> str:
             "",
             md_row(["ok", "variant", "precision", "onnx", "MB", "max|Δ|", "p99|Δ|", "cosine", "top-1"]),
             "|---|---|---|---|---|---|---|---|---|",
-        ]
+        ]  # a feature model's top-1 cell is '—': it has none
         for v in reduced:
             r, q = v.reduced, v.reduced["parity"]
             lines.append(
@@ -350,7 +445,7 @@ def render_report(manifest: Manifest) -> str:
                         f"{q['max_abs']:.1e}",
                         f"{q['p99_abs']:.1e}",
                         f"{q['min_cosine']:.5f}",
-                        f"{q['top1_agreement']:.1%}",
+                        percent(q.get("top1_agreement")),
                     ]
                 )
             )

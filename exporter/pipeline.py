@@ -40,6 +40,7 @@ from exporter.manifest import (
     Manifest,
     VariantRecord,
     check_batch,
+    output_name,
     render_report,
     sha256_file,
     write_atomic,
@@ -340,7 +341,8 @@ def build_variant(
     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
     dynamic = spec.img_range is not None
     with stage(reporter, label, "export", times):
-        info = export_onnx(variant.model, spec.img_size, tmp / rel, options.export, dynamic_hw=dynamic)
+        output = output_name(source.num_classes)  # a feature model's output is `embeddings`
+        info = export_onnx(variant.model, spec.img_size, tmp / rel, options.export, dynamic, output)
         lint = lint_onnx(tmp / rel, layernorms=count_layernorms(variant.model), dynamic_hw=dynamic)
     with stage(reporter, label, "parity", times):
         start = time.perf_counter()
@@ -351,7 +353,7 @@ def build_variant(
         reference_model = fixed_at(source, spec, spec.img_size) if dynamic else variant.model
         expected = run_batched(torch_runner(reference_model), inputs, batch)
         actual = run_batched(ort_runner(tmp / rel, options.threads), inputs, batch)
-        comparison = compare_outputs(expected, actual, options.tolerance)
+        comparison = compare_outputs(expected, actual, options.tolerance, source.num_classes != 0)
         ref_rel = Path(REFERENCE_DIR) / f"model_{label}.npz"
         save_reference(tmp / ref_rel, planned, expected)
         sizes = dynamic_checks(source, spec, options, plan, tmp, rel) if dynamic else {}
@@ -369,7 +371,9 @@ def build_variant(
     reduced: dict[str, Any] = {}
     if options.precision.reduced:
         with stage(reporter, label, options.precision, times):
-            reduced = reduced_variant(spec, options, plan, tmp, rel, inputs, expected, batch, variant.tokens)
+            reduced = reduced_variant(
+                spec, options, plan, tmp, rel, inputs, expected, batch, variant.tokens, source.num_classes != 0
+            )
     reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
     return VariantRecord(
         label=label,
@@ -413,7 +417,9 @@ def dynamic_checks(
         planned = plan.parity(spec.at(size))
         inputs = planned.arrays()
         expected = run_batched(torch_runner(fixed_at(source, spec, size)), inputs, batch)
-        comparison = compare_outputs(expected, run_batched(runner, inputs, batch), options.tolerance)
+        comparison = compare_outputs(
+            expected, run_batched(runner, inputs, batch), options.tolerance, source.num_classes != 0
+        )
         ref_rel = Path(REFERENCE_DIR) / f"model_{spec.label}_{which}.npz"
         save_reference(tmp / ref_rel, planned, expected)
         reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
@@ -446,6 +452,7 @@ def reduced_variant(
     expected: np.ndarray,
     batch: int,
     tokens: int,
+    classifier: bool = True,
 ) -> dict[str, Any]:
     """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32
     (``expected``: PyTorch's logits on ``inputs``)."""
@@ -468,7 +475,8 @@ def reduced_variant(
     onnx.checker.check_model(str(tmp / out_rel), full_check=True)
     tol = tolerance_for(options.precision, "onnxruntime")
     inputs, expected = plan.reduced(options.precision, inputs), plan.reduced(options.precision, expected)
-    cmp = compare_outputs(expected, run_batched(ort_runner(tmp / out_rel, options.threads), inputs, batch), tol)
+    actual = run_batched(ort_runner(tmp / out_rel, options.threads), inputs, batch)
+    cmp = compare_outputs(expected, actual, tol, classifier)
     return {
         "precision": options.precision,
         "shared_weights": options.shared_weights,
@@ -566,6 +574,8 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
             )
             reporter.variant(record)
             records.append(record)
+        with stage(reporter, "bundle", "native agreement", times):
+            records = with_native_agreement(source, specs, options, plan, tmp, records)
         shared: dict[str, Any] = {}
         if options.shared_weights:
             with stage(reporter, "bundle", "shared weights", times):
@@ -602,6 +612,23 @@ def check_source_parity(
 
     batch = check_batch(options.export.batch)
     return check_source(source, records, specs, plan, tmp, options.tolerance, batch, options.threads)
+
+
+def with_native_agreement(
+    source: SourceModel,
+    specs: list[VariantSpec],
+    options: BuildOptions,
+    plan: InputPlan,
+    tmp: Path,
+    records: list[VariantRecord],
+) -> list[VariantRecord]:
+    """Every record with its agreement with the source's own patch and size (``exporter.agreement``),
+    resumed ones included: it is recomputed from the stored outputs, which costs no model run."""
+    from exporter.agreement import native_agreement, native_outputs, native_spec
+
+    spec = native_spec(source, specs[0])
+    native = native_outputs(source, spec, plan, records, tmp, check_batch(options.export.batch))
+    return [replace(r, native_agreement=native_agreement(r, spec, native, tmp, source)) for r in records]
 
 
 def with_profile_precision(options: BuildOptions, profile: Profile | None) -> BuildOptions:
@@ -841,9 +868,8 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
             reference = torch_runner(model)
             planned = stored_reference(opened.root, manifest, record)[0] if record.reference else plan.parity(vspec)
             inputs = planned.arrays()
-            cmp = check_parity(
-                reference, ort_runner(opened.onnx(record)), inputs, batch, recorded_tolerance(record.onnx)
-            )
+            tol = recorded_tolerance(record.onnx)
+            cmp = check_parity(reference, ort_runner(opened.onnx(record)), inputs, batch, tol, manifest.classifier)
             reduced = None
             if record.reduced:
                 reduced = check_parity(
@@ -852,15 +878,16 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
                     plan.reduced(record.reduced["precision"], inputs),
                     batch,
                     recorded_tolerance(record.reduced),
+                    manifest.classifier,
                 )
         results.append(Recheck(record.label, True, cmp, reduced=reduced))
         for which, size in zip(("min", "max"), vspec.img_range or ()):
             with stage(reporter, record.label, f"parity at {format_size(size)}", times):
                 planned = stored_reference(opened.root, manifest, record, which)[0]
                 runner = torch_runner(fixed_at(source, vspec, size))
-                cmp = check_parity(
-                    runner, ort_runner(opened.onnx(record)), planned.arrays(), batch, recorded_tolerance(record.onnx)
-                )
+                onnx_runner = ort_runner(opened.onnx(record))
+                tol = recorded_tolerance(record.onnx)
+                cmp = check_parity(runner, onnx_runner, planned.arrays(), batch, tol, manifest.classifier)
             results.append(Recheck(f"{record.label} at {format_size(size)}", True, cmp))
     return results
 

@@ -4,14 +4,44 @@ line per backend, and per image size in a grid); with both, the accuracy/latency
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.manifest import write_atomic_bytes
+from exporter.manifest import Manifest, write_atomic_bytes
 
 
-def plot_tradeoff(bench: dict[str, Any] | None, evaluation: dict[str, Any] | None, path: Path, title: str) -> Path:
-    """Write a PNG with one line per backend; returns ``path``."""
+@dataclass(frozen=True)
+class NativeSeries:
+    """The build's agreement with the native patch size, per variant: ``points`` are
+    (patch, image side, value); ``what`` names the value (top-1 agreement or mean cosine)."""
+
+    what: str
+    points: tuple[tuple[int, int, float], ...]
+
+
+def native_series(manifest: Manifest) -> NativeSeries | None:
+    """The manifest's measured ``native_agreement`` values; None when none was measured."""
+    points, against = [], ""
+    for v in manifest.variants:
+        found = v.native_agreement
+        if found and "skipped" not in found:
+            top1 = found.get("top1_agreement")
+            points.append((v.patch_size[0], v.img_size[0], float(found["mean_cosine"] if top1 is None else top1)))
+            against = str(found["against"])
+    what = "top-1 agreement" if manifest.classifier else "mean cosine"
+    return NativeSeries(f"{what} with {against} (no labels)", tuple(points)) if points else None
+
+
+def plot_tradeoff(
+    bench: dict[str, Any] | None,
+    evaluation: dict[str, Any] | None,
+    path: Path,
+    title: str,
+    native: NativeSeries | None = None,
+) -> Path:
+    """Write a PNG with one line per backend; returns ``path``. ``native``: drawn dashed on the
+    accuracy panel, or (no evaluation: a feature model's bundle) as a panel of its own."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,9 +50,15 @@ def plot_tradeoff(bench: dict[str, Any] | None, evaluation: dict[str, Any] | Non
     from exporter.frontier import bundle_frontiers
 
     frontiers = bundle_frontiers(bench, evaluation) if bench and evaluation else {}
+    alone = native if native and not evaluation else None
     panels = [
         p
-        for p in ("latency" if bench else None, "accuracy" if evaluation else None, "frontier" if frontiers else None)
+        for p in (
+            "latency" if bench else None,
+            "accuracy" if evaluation else None,
+            "native" if alone else None,
+            "frontier" if frontiers else None,
+        )
         if p
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
@@ -30,7 +66,11 @@ def plot_tradeoff(bench: dict[str, Any] | None, evaluation: dict[str, Any] | Non
         if panel == "latency":
             _latency(ax, bench)  # type: ignore[arg-type]
         elif panel == "accuracy":
-            _accuracy(ax, evaluation)  # type: ignore[arg-type]
+            _accuracy(ax, evaluation, native)  # type: ignore[arg-type]
+        elif panel == "native":
+            _native(ax, alone)  # type: ignore[arg-type]
+            ax.set_ylabel(literal(alone.what))  # type: ignore[union-attr]
+            ax.legend(fontsize=8)
         else:
             _frontier(ax, frontiers)
     fig.suptitle(literal(title), fontsize=10)
@@ -72,7 +112,23 @@ def _latency(ax: Any, bench: dict[str, Any]) -> None:
     ax.legend(fontsize=8)
 
 
-def _accuracy(ax: Any, evaluation: dict[str, Any]) -> None:
+def _native(ax: Any, native: NativeSeries) -> dict[str, list[tuple[int, float]]]:
+    """The agreement with the native patch size, dashed, one line per image size."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    sizes = {side for _, side, _ in native.points}
+    for patch, side, value in native.points:
+        series.setdefault(native.what + (f" @ {side}" if len(sizes) > 1 else ""), []).append((patch, value))
+    for name, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p for p, _ in points], [v for _, v in points], marker="x", linestyle="--", label=literal(name))
+    _patch_axis(ax, series)
+    ax.grid(True, alpha=0.3)
+    return series
+
+
+def _accuracy(ax: Any, evaluation: dict[str, Any], native: NativeSeries | None = None) -> None:
+    if native is not None:
+        _native(ax, native)  # beside accuracy: what a user without labels would have seen
     series: dict[str, list[tuple[int, float]]] = {}
     sizes = {tuple(row.get("img_size") or ()) for row in evaluation["results"]}
     for row in evaluation["results"]:

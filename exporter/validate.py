@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,8 @@ class Comparison:
     mean_rel: float
     p99_rel: float
     min_cosine: float
-    top1_agreement: float
-    top5_agreement: float
+    top1_agreement: float | None  # None for a feature model: an argmax over embedding dims means nothing
+    top5_agreement: float | None
     allclose: bool
     tolerance: Tolerance
     failures: tuple[str, ...]
@@ -99,8 +99,10 @@ class Comparison:
         mark = "✓" if self else "✗"
         text = (
             f"{mark} max|Δ| {self.max_abs:.2e}  p99 {self.p99_abs:.2e}  mean {self.mean_abs:.2e}  "
-            f"cos {self.min_cosine:.7f}  top-1 {self.top1_agreement:.1%}  top-5 {self.top5_agreement:.1%}"
+            f"cos {self.min_cosine:.7f}"
         )
+        if self.top1_agreement is not None and self.top5_agreement is not None:
+            text += f"  top-1 {self.top1_agreement:.1%}  top-5 {self.top5_agreement:.1%}"
         return text + ("" if self else "  (" + "; ".join(self.failures) + ")")
 
     def to_dict(self) -> dict[str, object]:
@@ -117,8 +119,12 @@ def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-logits, axis=1, kind="stable")[:, :k]
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance = TOLERANCES["fp32"]) -> Comparison:
-    """Compare ``[N, classes]`` logits. Relative error is ``|Δ| / (|ref| + atol)``."""
+def compare_outputs(
+    reference: np.ndarray, candidate: np.ndarray, tol: Tolerance = TOLERANCES["fp32"], classifier: bool = True
+) -> Comparison:
+    """Compare ``[N, classes]`` logits, or with ``classifier=False`` a feature model's
+    ``[N, dims]`` embeddings by cosine and |Δ| only (no top-1/top-5, no top-1 check).
+    Relative error is ``|Δ| / (|ref| + atol)``."""
     if reference.shape != candidate.shape:
         raise UsageError(f"output shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     ref = reference.astype(np.float64)
@@ -131,12 +137,6 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
         norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
         cosine = np.where(norms > 0, np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-300), 1.0)
     cosine = np.where(bad, 0.0, cosine)
-    k = min(5, ref.shape[1])
-    flipped = (_top_k(ref, 1)[:, 0] != _top_k(cand, 1)[:, 0]) | bad
-    top1 = float(1.0 - np.mean(flipped))
-    top5_ref, top5_cand = _top_k(ref, k), _top_k(cand, k)
-    overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(top5_ref, top5_cand)])
-    top5 = float(np.mean(np.where(bad, 0.0, overlap)))
     finite = not bool(bad.any())
     allclose = finite and (tol.atol is None or bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref))))
     failures = []
@@ -155,6 +155,14 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
         failures.append(f"max|Δ| {diff.max():.2e} exceeds atol {tol.atol:g} + rtol {tol.rtol:g}·|ref|")
     if float(cosine.min()) < tol.min_cosine or not math.isfinite(float(cosine.min())):
         failures.append(f"cosine {cosine.min():.7f} < {tol.min_cosine}")
+    if not classifier:
+        return _stats(ref, diff, rel, cosine, allclose, tol, failures)
+    k = min(5, ref.shape[1])
+    flipped = (_top_k(ref, 1)[:, 0] != _top_k(cand, 1)[:, 0]) | bad
+    top1 = float(1.0 - np.mean(flipped))
+    top5_ref, top5_cand = _top_k(ref, k), _top_k(cand, k)
+    overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(top5_ref, top5_cand)])
+    top5 = float(np.mean(np.where(bad, 0.0, overlap)))
     top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((len(ref), 2))
     gaps = (top2[:, 1] - top2[:, 0]) / np.maximum(ref.max(axis=1) - ref.min(axis=1), 1e-12)
     top2_gap = float(np.median(gaps))
@@ -169,6 +177,25 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
                 else ""
             )
         )
+    return replace(
+        _stats(ref, diff, rel, cosine, allclose, tol, failures),
+        top1_agreement=top1,
+        top5_agreement=top5,
+        top2_gap=top2_gap,
+        flipped_top2_gap=flipped_gap,
+    )
+
+
+def _stats(
+    ref: np.ndarray,
+    diff: np.ndarray,
+    rel: np.ndarray,
+    cosine: np.ndarray,
+    allclose: bool,
+    tol: Tolerance,
+    failures: list[str],
+) -> Comparison:
+    """The numbers every comparison has (a classifier's top-k agreements are added by the caller)."""
     return Comparison(
         samples=int(ref.shape[0]),
         max_abs=float(diff.max()),
@@ -178,13 +205,11 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance
         mean_rel=float(rel.mean()),
         p99_rel=float(np.percentile(rel, 99)),
         min_cosine=float(cosine.min()),
-        top1_agreement=top1,
-        top5_agreement=top5,
+        top1_agreement=None,
+        top5_agreement=None,
         allclose=allclose,
         tolerance=tol,
         failures=tuple(failures),
-        top2_gap=top2_gap,
-        flipped_top2_gap=flipped_gap,
     )
 
 
@@ -216,9 +241,13 @@ def run_batched(runner: Runner, inputs: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(outputs)
 
 
-def check_parity(reference: Runner, candidate: Runner, inputs: np.ndarray, batch: int, tol: Tolerance) -> Comparison:
-    """Run both runners on the same inputs and compare their logits."""
-    return compare_outputs(run_batched(reference, inputs, batch), run_batched(candidate, inputs, batch), tol)
+def check_parity(
+    reference: Runner, candidate: Runner, inputs: np.ndarray, batch: int, tol: Tolerance, classifier: bool = True
+) -> Comparison:
+    """Run both runners on the same inputs and compare their outputs (``compare_outputs``)."""
+    return compare_outputs(
+        run_batched(reference, inputs, batch), run_batched(candidate, inputs, batch), tol, classifier
+    )
 
 
 def torch_runner(model: object) -> Runner:

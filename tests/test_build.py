@@ -83,7 +83,7 @@ def test_the_variant_table_is_readable_at_80_columns(demo_bundle):
     from rich.console import Console
 
     from exporter.cli import print_table
-    from exporter.manifest import NARROW_HEADER, TABLE_HEADER, Manifest, variant_rows
+    from exporter.manifest import TABLE_HEADER, Manifest, shown_columns, variant_rows
 
     manifest = Manifest.from_dict(json.loads((demo_bundle / "manifest.json").read_text()))
     out = Console(width=80, record=True)
@@ -91,9 +91,12 @@ def test_the_variant_table_is_readable_at_80_columns(demo_bundle):
     text = out.export_text()
     assert "…" not in text, text
     assert max(len(line) for line in text.splitlines()) <= 80
-    for row in variant_rows(manifest):
+    rows = variant_rows(manifest)
+    shown = [TABLE_HEADER[i] for i in shown_columns(manifest, rows)]
+    assert {"variant", "cosine", "top-1", "native"} <= set(shown), shown  # what a column of its own must not push out
+    for row in rows:
         for header, cell in zip(TABLE_HEADER, row):
-            assert cell in text or header not in NARROW_HEADER, (header, cell)
+            assert cell in text or header not in shown, (header, cell)
     assert "p99|Δ|" not in text and "model_p8.onnx" not in text
     wide = Console(width=200, record=True)
     print_table(manifest, "variants", wide=True, out=wide)
@@ -358,3 +361,45 @@ def test_an_interrupt_leaves_the_old_bundle_intact(demo_bundle, tmp_path, sig):
     assert f"interrupted ({sig.name}); nothing was written" in err and "Traceback" not in err
     assert tree_digest(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_every_demo_variant_agrees_with_the_native_patch_on_the_held_out_digits(demo_bundle):
+    """The demo's kernel is 32 at 64 pixels: p32 is native; p8 and p16 agree with it on most digits."""
+    manifest = json.loads((demo_bundle / "manifest.json").read_text())
+    assert manifest["source"]["architecture"]["kernel_size"] == [32, 32]
+    found = {v["label"]: v["native_agreement"] for v in manifest["variants"]}
+    assert found["p32"]["native"] and found["p32"]["top1_agreement"] == found["p32"]["min_cosine"] == 1.0
+    for label in ("p8", "p16"):
+        n = found[label]
+        assert n["against"] == "p32 at 64" and n["images"] == 16 and n["from"] == "held-out demo digits"
+        assert not n["native"] and 0.75 <= n["top1_agreement"] < 1.0, n  # 16 digits: 1/16 steps
+        assert 0.0 < n["min_cosine"] <= n["mean_cosine"] < 1.0, n
+    report = (demo_bundle / "report.md").read_text()
+    assert "| native | native cos |" in report and "against p32 at 64" in report
+    assert f"| {found['p8']['top1_agreement']:.1%} | {found['p8']['min_cosine']:.3f}/" in report
+    result = run_cli("inspect", str(demo_bundle))
+    assert "native" in result.stdout and f"{found['p16']['top1_agreement']:.1%}" in result.stdout
+
+
+def test_the_accuracy_plot_shows_the_native_agreement_beside_accuracy(demo_bundle):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from exporter.bundle import read_manifest
+    from exporter.plot import _accuracy, native_series
+
+    native = native_series(read_manifest(demo_bundle))
+    assert native is not None and native.what == "top-1 agreement with p32 at 64 (no labels)"
+    evaluation = {
+        "data": "digits",
+        "samples": 3,
+        "results": [{"backend": "pytorch", "patch_size": [p, p], "img_size": [64, 64], "top1": 0.9} for p in (8, 16)],
+    }
+    fig, ax = plt.subplots()
+    _accuracy(ax, evaluation, native)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    plt.close(fig)
+    assert list(lines[native.what].get_xdata()) == [8, 16, 32] and list(lines[native.what].get_ydata())[-1] == 1.0
+    assert "pytorch" in lines

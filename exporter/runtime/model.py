@@ -90,7 +90,19 @@ class Bundle:
         return sorted(by_label, key=lambda k: (-top1.get(k, -1.0), p99[k], -by_label[k].tokens))
 
     @property
+    def classifier(self) -> bool:
+        """False for a feature model: ``model(images)`` returns embeddings, and there are no classes."""
+        return self.manifest.classifier
+
+    @property
+    def output_name(self) -> str:
+        """The ONNX output's name, as the manifest records it (``logits``, or ``embeddings``)."""
+        return str(self.manifest.variants[0].onnx["outputs"][0]["name"])
+
+    @property
     def labels(self) -> list[str]:
+        if not self.classifier:
+            return []  # an embedding's dims are not classes
         names = self.manifest.labels
         classes = int(self.manifest.variants[0].onnx["outputs"][0]["shape"][-1])
         return list(names) if len(names) == classes else [str(i) for i in range(classes)]
@@ -213,7 +225,8 @@ class Bundle:
 
 @dataclass
 class Model:
-    """``model(images)`` → float32 logits ``[N, classes]``; ``.variant``/``.backend`` say what ran."""
+    """``model(images)`` → float32 logits ``[N, classes]`` (a feature model's embeddings ``[N, dims]``);
+    ``.variant``/``.backend`` say what ran."""
 
     bundle: Bundle
     variant: str
@@ -248,6 +261,12 @@ class Model:
         return logits
 
     def predict(self, images: Any, top_k: int = 5) -> list[list[Prediction]]:
+        """The ``top_k`` classes per image; a feature model has none (``UsageError``: call ``model(images)``)."""
+        if not self.bundle.classifier:
+            raise UsageError(
+                f"{self.bundle.manifest.name} is a feature model (output {self.bundle.output_name!r}, no classifier): "
+                "it has no classes to predict; model(images) returns the embeddings"
+            )
         logits = self(images)
         names = self.bundle.labels
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -311,16 +330,23 @@ def open_bundle(path: str | Path) -> Bundle:
 
 def predict_files(
     bundle: Bundle, files: Sequence[Path], model: Model, top_k: int
-) -> list[tuple[Path, list[Prediction] | str]]:
-    """Per file: its predictions, or why it could not be read (the others are still run)."""
+) -> list[tuple[Path, list[Prediction] | np.ndarray | str]]:
+    """Per file: its predictions (a feature model's embedding, float32 ``[dims]``), or why it could
+    not be read (the others are still run)."""
     from exporter.runtime.preprocess import read_image
 
-    results: list[tuple[Path, list[Prediction] | str]] = []
+    results: list[tuple[Path, list[Prediction] | np.ndarray | str]] = []
     for path in files:
         try:
             image = read_image(path)
         except UsageError as exc:
             results.append((path, str(exc)))
             continue
-        results.append((path, model.predict([image], top_k)[0]))
+        results.append((path, model.predict([image], top_k)[0] if bundle.classifier else model([image])[0]))
     return results
+
+
+def embedding_summary(embedding: np.ndarray, shown: int = 4) -> str:
+    """``embedding 384-d, norm 12.31, [0.1234, -0.0561, ...]``: what ``predict`` prints of one."""
+    head = ", ".join(f"{x:.4f}" for x in embedding[:shown]) + (", ..." if len(embedding) > shown else "")
+    return f"embedding {len(embedding)}-d, norm {float(np.linalg.norm(embedding)):.4g}, [{head}]"
