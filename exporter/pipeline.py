@@ -468,7 +468,7 @@ def reduced_variant(
     else:
         static = None if options.export.batch == "dynamic" else int(options.export.batch)
         images, calibration = plan.calibration(spec)
-        anchors = int8_float_nodes(tmp / rel, tokens)
+        anchors = int8_float_nodes(tmp / rel)
         to_int8(tmp / rel, tmp / out_rel, images, static, exclude=anchors)
     import onnx
 
