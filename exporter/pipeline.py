@@ -371,9 +371,7 @@ def build_variant(
     reduced: dict[str, Any] = {}
     if options.precision.reduced:
         with stage(reporter, label, options.precision, times):
-            reduced = reduced_variant(
-                spec, options, plan, tmp, rel, inputs, expected, batch, variant.tokens, source.num_classes != 0
-            )
+            reduced = reduced_variant(spec, options, plan, tmp, rel, inputs, expected, batch, source.num_classes != 0)
     reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
     return VariantRecord(
         label=label,
@@ -451,7 +449,6 @@ def reduced_variant(
     inputs: np.ndarray,
     expected: np.ndarray,
     batch: int,
-    tokens: int,
     classifier: bool = True,
 ) -> dict[str, Any]:
     """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32
