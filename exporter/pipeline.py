@@ -376,9 +376,7 @@ def build_variant(
     reduced: dict[str, Any] = {}
     if options.precision.reduced:
         with stage(reporter, label, options.precision, times):
-            reduced = reduced_variant(
-                spec, options, plan, tmp, rel, inputs, expected, batch, variant.tokens, source.num_classes != 0
-            )
+            reduced = reduced_variant(spec, options, plan, tmp, rel, inputs, expected, batch, source.num_classes != 0)
     reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
     return VariantRecord(
         label=label,
@@ -456,7 +454,6 @@ def reduced_variant(
     inputs: np.ndarray,
     expected: np.ndarray,
     batch: int,
-    tokens: int,
     classifier: bool = True,
 ) -> dict[str, Any]:
     """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32
@@ -473,7 +470,7 @@ def reduced_variant(
     else:
         static = None if options.export.batch == "dynamic" else int(options.export.batch)
         images, calibration = plan.calibration(spec)
-        anchors = int8_float_nodes(tmp / rel, tokens)
+        anchors = int8_float_nodes(tmp / rel)
         to_int8(tmp / rel, tmp / out_rel, images, static, exclude=anchors)
     import onnx
 

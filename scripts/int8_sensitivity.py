@@ -6,7 +6,8 @@
 Uses the build's own quantiser (exporter.precision.to_int8) and the build's split of DIR: the
 first --check images (sorted by name) are judged, the next 64 calibrate. Groups follow timm's
 node names: the patch-embedding Conv, qkv, the two activation-by-activation attention matmuls,
-proj, fc1, fc2, the head; "all" is what `build --precision int8` writes. Per group: p99 |Δ| of
+proj, fc1, fc2, the head; "all" quantises every one, "build" is what `build --precision int8`
+writes (exporter.precision.int8_float_nodes float). Per group: p99 |Δ| of
 the logits against the bundle's fp32 ONNX, lowest cosine, top-1 agreement, and the fp32
 top-1/top-2 logit margins of the images whose top-1 changed, next to the median margin: with
 nearly tied logits (a random-weight model) any quantised layer flips some images.
@@ -27,7 +28,7 @@ from exporter.images import load_images
 from exporter.inputs import InputPlan
 from exporter.load import preprocessing_from
 from exporter.pipeline import record_spec
-from exporter.precision import QUANTIZED_OPS, Precision, to_int8
+from exporter.precision import QUANTIZED_OPS, Precision, int8_float_nodes, to_int8
 from exporter.validate import compare_outputs, ort_runner, tolerance_for
 
 GROUPS = {
@@ -80,8 +81,9 @@ def main() -> None:
     nodes = [n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node if n.op_type in QUANTIZED_OPS]
     tol = tolerance_for("int8", "onnxruntime")
     with tempfile.TemporaryDirectory() as tmp:
-        for group, key in {"all": "", **GROUPS}.items():
-            chosen = [n for n in nodes if key in n]
+        kept_float = set(int8_float_nodes(fp32))
+        for group, key in {"all": "", "build": "", **GROUPS}.items():
+            chosen = [n for n in nodes if key in n and (group != "build" or n not in kept_float)]
             if not chosen:
                 print(f"{group:>18}: no node names contain {key!r}")
                 continue

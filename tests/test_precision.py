@@ -173,7 +173,7 @@ def tiny_int8(tiny_flexivit, photos, tmp_path_factory) -> Path:
 def test_int8_is_checked_on_images_it_was_not_calibrated_on(tiny_int8, tiny_flexivit, photos, tmp_path):
     from exporter.images import load_images
     from exporter.load import SourceSpec, load_source
-    from exporter.precision import to_int8
+    from exporter.precision import int8_float_nodes, to_int8
 
     r = json.loads((tiny_int8 / "manifest.json").read_text())["variants"][1]["reduced"]
     assert r["parity"]["samples"] == 2  # the first two (sorted) images only
@@ -182,7 +182,8 @@ def test_int8_is_checked_on_images_it_was_not_calibrated_on(tiny_int8, tiny_flex
     source = load_source(SourceSpec(weights=tiny_flexivit))
     again = tmp_path / "again.onnx"
     images = load_images(photos, (240, 240), source.preprocessing, skip=2)
-    to_int8(tiny_int8 / "onnx" / "model_p16.onnx", again, images)
+    fp32 = tiny_int8 / "onnx" / "model_p16.onnx"
+    to_int8(fp32, again, images, exclude=int8_float_nodes(fp32))
     scales = [
         {i.name: numpy_helper.to_array(i).tobytes() for i in onnx.load(str(f)).graph.initializer if "scale" in i.name}
         for f in (tiny_int8 / r["path"], again)
@@ -212,23 +213,22 @@ def test_int8_needs_more_images_than_the_check_uses(tiny_flexivit, photos, tmp_p
     assert not (tmp_path / "c").exists()
 
 
-def test_int8_attention_matmuls_are_quantised_only_up_to_512_tokens(tiny_int8):
+def test_int8_keeps_attention_matmuls_and_fc2_float_at_every_token_count(tiny_int8):
     from exporter.precision import attention_matmuls
 
-    for v in json.loads((tiny_int8 / "manifest.json").read_text())["variants"]:
+    for v in json.loads((tiny_int8 / "manifest.json").read_text())["variants"]:  # p8: 901 tokens, p16: 226
         fp32 = onnx.load(str(tiny_int8 / v["onnx"]["path"]))
         attention = attention_matmuls(fp32)
         assert len(attention) == 2 * 2  # Q·Kᵀ and P·V in each of the 2 blocks
+        fc2 = [n.name for n in fp32.graph.node if n.op_type == "MatMul" and "/mlp/fc2/" in n.name]
+        assert len(fc2) == 2
+        assert sorted(v["reduced"]["fp32_nodes"]) == sorted(attention + fc2)
         model = onnx.load(str(tiny_int8 / v["reduced"]["path"]))
         producers = {o: n.op_type for n in model.graph.node for o in n.output}
         quantised = {n.name for n in model.graph.node if any(producers.get(i) == "DequantizeLinear" for i in n.input)}
-        if v["tokens"] > 512:  # p8: 901 tokens
-            assert sorted(v["reduced"]["fp32_nodes"]) == sorted(attention)
-            assert not quantised & set(attention)
-        else:  # p16: 226 tokens
-            assert v["reduced"]["fp32_nodes"] == []
-            assert set(attention) <= quantised
-        assert any("fc1" in n for n in quantised)  # the weight matmuls are quantised either way
+        assert not quantised & set(attention + fc2)
+        for layer in ("attn/qkv", "attn/proj", "mlp/fc1"):  # the other weight matmuls are quantised
+            assert sum(f"/{layer}/" in n for n in quantised) == 2, (layer, quantised)
 
 
 def test_resume_keeps_the_reduced_file(fp16_bundle, tmp_path):
@@ -276,3 +276,34 @@ def test_precision_is_one_enum_used_by_the_cli_and_the_pipeline():
     assert options.precision is Precision.INT8 and f"model.{options.precision}.onnx" == "model.int8.onnx"
     with pytest.raises(UsageError, match="one of fp32, fp16, int8, got 'fp8'"):
         BuildOptions(patch_sizes=((16, 16),), precision="fp8")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("gelu", ["Gelu", "Erf"])
+def test_fc2_is_the_weight_matmul_reading_gelus_output(gelu):
+    """Found by the graph (Gelu at opset 20, or the Erf of its opset-17 decomposition), not by timm's names."""
+    from onnx import TensorProto, helper
+
+    from exporter.precision import mlp_output_matmuls
+
+    w = [numpy_helper.from_array(np.ones((4, 4), np.float32), f"w{i}") for i in (1, 2)]
+    half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    if gelu == "Gelu":
+        act = [helper.make_node("Gelu", ["h"], ["g"], name="act")]
+    else:  # x·0.5·(1 + erf(x/√2)), as torch writes nn.GELU at opset 17
+        act = [
+            helper.make_node("Mul", ["h", "half"], ["s"], name="scale"),
+            helper.make_node("Erf", ["s"], ["e"], name="erf"),
+            helper.make_node("Add", ["e", "half"], ["e1"], name="add"),
+            helper.make_node("Mul", ["h", "e1"], ["g0"], name="mul"),
+            helper.make_node("Mul", ["g0", "half"], ["g"], name="mul1"),
+        ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        *act,
+        helper.make_node("MatMul", ["g", "w2"], ["y"], name="fc2"),
+        helper.make_node("MatMul", ["y", "w1"], ["z"], name="after"),
+    ]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("x", "z")]
+    graph = helper.make_graph(nodes, "mlp", io[:1], io[1:], initializer=[*w, half])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    assert mlp_output_matmuls(model) == ["fc2"]
