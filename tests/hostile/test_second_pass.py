@@ -1,0 +1,84 @@
+"""Issue 22, the second hostile pass: what the first round of fixes left.
+
+- ``serve`` beside an install whose ``backends/python`` holds a dangling link, a loop of links,
+  a FIFO or a folder where a file belongs: those entries are left out (never opened), and an
+  install without the Python backend is exit 4 naming it and ``pip install nvidia-pytriton``;
+- a number in a file (bench.json, latency.json, eval.json, config.json) that is an integer too
+  large for a float is no number, never an ``OverflowError``;
+- a full disk under ``triton --out`` names the file being written there, not the bundle's;
+- the runtime API refuses a bool (or a string) for budget_ms, batch, threads and top_k;
+- .ppm/.pgm files in an image folder are images.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from exporter.errors import EnvironmentMissing
+
+from conftest import run_cli
+
+HUGE = 10**400
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("second") / "demo"
+    result = run_cli("build", "--patch-sizes", "16", "32", "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output + result.stderr
+    return out
+
+
+# --- serve: an install we did not make is data -------------------------------------------------
+
+
+def test_serve_leaves_out_what_in_the_install_is_not_a_file(tmp_path: Path) -> None:
+    from test_limits_everywhere import pytriton_tree
+
+    from exporter.serve import prepare_backends, wheel_install
+
+    home = pytriton_tree(tmp_path)
+    python = home / "backends" / "python"
+    (python / "triton_python_backend_stub").unlink()
+    (python / "triton_python_backend_stub").symlink_to(tmp_path / "nowhere")  # dangling
+    (python / "loop").symlink_to(python / "loop")  # before: RuntimeError (Path.resolve)
+    os.mkfifo(python / "pipe")  # opening it would block
+    (python / "gone.py").symlink_to(tmp_path / "gone.py")
+    install = wheel_install(home / "bin" / "tritonserver")
+    folder = prepare_backends(install, tmp_path / "work" / "backends")
+    assert folder is not None and install.stub is not None
+    linked = sorted(p.name for p in (folder / "python").iterdir())
+    assert linked == ["libtriton_python.so", "triton_python_backend_stub", "triton_python_backend_utils.py"]
+    assert (folder / "python" / "triton_python_backend_stub").resolve() == install.stub.resolve()
+
+
+def test_serve_refuses_an_install_whose_backend_library_is_a_fifo(tmp_path: Path) -> None:
+    from test_limits_everywhere import pytriton_tree
+
+    from exporter.serve import wheel_install
+
+    home = pytriton_tree(tmp_path)
+    library = home / "backends" / "python" / "libtriton_python.so"
+    library.unlink()
+    os.mkfifo(library)
+    with pytest.raises(EnvironmentMissing, match="lacks libtriton_python.so.*pip install"):
+        wheel_install(home / "bin" / "tritonserver")
+
+
+def test_serve_without_the_python_backend_is_an_environment_error(tmp_path: Path) -> None:
+    """Before: found, then 'cannot use .../backends/python: No such file' (exit 2) at the start."""
+    from test_limits_everywhere import pytriton_tree
+
+    from exporter.serve import find_tritonserver
+
+    home = pytriton_tree(tmp_path)
+    shutil.rmtree(home / "backends" / "python")
+    with pytest.raises(EnvironmentMissing, match=r"no usable Python backend.*pip install .*nvidia-pytriton") as caught:
+        find_tritonserver(home / "bin" / "tritonserver")
+    assert caught.value.exit_code == 4 and "\n" not in str(caught.value)
+
+
