@@ -12,13 +12,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from exporter.errors import EnvironmentMissing
+from exporter.errors import EnvironmentMissing, UsageError
 
 from conftest import run_cli
 
@@ -80,5 +82,51 @@ def test_serve_without_the_python_backend_is_an_environment_error(tmp_path: Path
     with pytest.raises(EnvironmentMissing, match=r"no usable Python backend.*pip install .*nvidia-pytriton") as caught:
         find_tritonserver(home / "bin" / "tritonserver")
     assert caught.value.exit_code == 4 and "\n" not in str(caught.value)
+
+
+# --- numbers in files: a 400-digit integer ---------------------------------------------------------
+
+
+def test_a_huge_integer_latency_is_ignored_not_an_overflow(demo: Path, tmp_path: Path) -> None:
+    from exporter.runtime.measurements import row_problem
+    from exporter.runtime.model import machine_key
+
+    row = {"backend": "ort-cpu", "variant": "p16", "batch": 1, "p50_ms": 1, "p99_ms": HUGE}
+    assert "not a finite number" in row_problem(row, {"p16"})  # before: OverflowError
+    bundle = tmp_path / "b"
+    shutil.copytree(demo, bundle)
+    timings = [{**row, "variant": v, "p99_ms": HUGE if v == "p16" else 1} for v in ("p16", "p32")]
+    (bundle / "bench.json").write_text(json.dumps({"machine": machine_key(), "timings": timings}))
+    image = tmp_path / "a.png"
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(image)
+    result = run_cli("predict", str(bundle), str(image), "--budget-ms", "50")
+    assert result.exit_code == 0, result.output + result.stderr  # before: exit 1, OverflowError
+    assert result.stdout.startswith(("p16 on", "p32 on")), result.stdout
+
+
+def test_huge_integers_in_eval_and_bench_rows_are_no_accuracy_or_latency() -> None:
+    from exporter.frontier import accuracies, latencies
+
+    evaluation = {"results": [{"backend": "pytorch", "variant": "p16", "top1": HUGE}]}
+    evaluation["results"] += [{"backend": "pytorch", "variant": "p32", "top1": 0.5}]
+    evaluation["results"] += [{"backend": "pytorch", "variant": "p8", "top1": 7.0}]
+    assert accuracies(evaluation, "ort-cpu") == {"p32": 0.5}  # before: OverflowError
+    bench = {"timings": [{"backend": "ort-cpu", "batch": 1, "variant": "p16", "p99_ms": HUGE}]}
+    assert latencies(bench, "ort-cpu", 1) == {}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"model_args": {"mlp_ratio": HUGE}},
+        {"pretrained_cfg": {"crop_pct": HUGE}},
+        {"pretrained_cfg": {"mean": [HUGE, 0, 0]}},
+    ],
+)
+def test_a_huge_integer_in_a_timm_config_is_a_usage_error(config: dict) -> None:
+    from exporter.config import check_config
+
+    with pytest.raises(UsageError):  # before: OverflowError
+        check_config(config)
 
 
