@@ -22,7 +22,7 @@ from PIL import Image
 
 from exporter.errors import EnvironmentMissing, UsageError
 
-from conftest import run_cli
+from conftest import refused, run_cli
 
 HUGE = 10**400
 
@@ -128,5 +128,19 @@ def test_a_huge_integer_in_a_timm_config_is_a_usage_error(config: dict) -> None:
 
     with pytest.raises(UsageError):  # before: OverflowError
         check_config(config)
+
+
+# --- a full disk under triton --out ----------------------------------------------------------------
+
+
+def test_a_full_disk_under_triton_out_names_the_file_written_there(tmp_path: Path, demo: Path) -> None:
+    from test_mounts import mounted
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with mounted(tmp_path, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)):
+        result = run_cli("triton", str(demo), "--out", str(disk / "repo"))
+        line = refused(result, "no space left on device", str(disk))
+        assert str(demo / "onnx") not in line, line  # before: the source model_p16.onnx was named
 
 
