@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -142,5 +143,36 @@ def test_a_full_disk_under_triton_out_names_the_file_written_there(tmp_path: Pat
         result = run_cli("triton", str(demo), "--out", str(disk / "repo"))
         line = refused(result, "no space left on device", str(disk))
         assert str(demo / "onnx") not in line, line  # before: the source model_p16.onnx was named
+
+
+# --- the runtime API's numbers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "name"),
+    [
+        ({"budget_ms": True}, "budget_ms"),  # before: ran as a 1 ms budget
+        ({"budget_ms": HUGE}, "budget_ms"),
+        ({"budget_ms": "50"}, "budget_ms"),
+        ({"variant": "p32", "batch": True}, "batch"),
+        ({"variant": "p32", "batch": 2.5}, "batch"),
+        ({"variant": "p32", "threads": True}, "threads"),
+    ],
+)
+def test_the_runtime_api_refuses_a_bool_or_a_string_for_a_number(demo: Path, arguments: dict, name: str) -> None:
+    from exporter.runtime import Bundle
+
+    with pytest.raises(UsageError, match=f"^{name} must be"):
+        Bundle.open(demo).model(**arguments)
+
+
+def test_the_runtime_api_takes_numpy_numbers_and_refuses_a_bool_top_k(demo: Path) -> None:
+    from exporter.runtime import Bundle
+
+    model = Bundle.open(demo).model(variant="p32", batch=np.int64(1), threads=np.int32(1))
+    image = np.zeros((1, 32, 32, 3), np.uint8)
+    assert len(model.predict(image, top_k=np.int64(2))[0]) == 2
+    with pytest.raises(UsageError, match="^top_k must be"):
+        model.predict(image, top_k=True)
 
 
