@@ -176,3 +176,13 @@ def test_the_runtime_api_takes_numpy_numbers_and_refuses_a_bool_top_k(demo: Path
         model.predict(image, top_k=True)
 
 
+# --- .ppm / .pgm in an image folder ----------------------------------------------------------------
+
+
+def test_netpbm_files_in_an_image_folder_are_images(tmp_path: Path) -> None:
+    from exporter.images import list_images
+
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.ppm")
+    Image.new("L", (8, 8), 9).save(tmp_path / "b.pgm")
+    assert [p.name for p in list_images(tmp_path)] == ["a.ppm", "b.pgm"]  # before: 'no images'
+    assert Image.open(tmp_path / "b.pgm").size == (8, 8)
