@@ -131,6 +131,13 @@ def test_a_huge_integer_in_a_timm_config_is_a_usage_error(config: dict) -> None:
         check_config(config)
 
 
+def test_a_huge_integer_budget_in_a_request_is_refused_not_an_overflow() -> None:
+    from exporter.runtime.triton_models import budget_value
+
+    with pytest.raises(UsageError, match="budget_ms"):  # before: OverflowError
+        budget_value(HUGE)
+
+
 # --- a full disk under triton --out ----------------------------------------------------------------
 
 
