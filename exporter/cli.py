@@ -210,7 +210,8 @@ class FlexiGroup(click.Group):
                 raise
             full = full_disk_cause(exc)  # a write site we do not wrap (onnx.save, a library's own file)
             if full is not None:
-                fail(ctx, disk_full_text(ctx, DiskFullError(full.filename or "the output")), 2)
+                # a copy's (shutil's sendfile) or a rename's second path is the one being written
+                fail(ctx, disk_full_text(ctx, DiskFullError(full.filename2 or full.filename or "the output")), 2)
             if isinstance(exc, OSError) and exc.filename and exc.errno in PATH_ERRNOS:
                 fail(ctx, f"cannot use {str(exc.filename)!r}: {exc.strerror}", 2)  # a path the user gave
             fail(ctx, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)

@@ -12,12 +12,12 @@ No torch here: only JSON.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from exporter.errors import CheckpointError, UsageError
+from exporter.numbers import is_finite_number
 from exporter.sizes import Size2, format_size, to_size2
 
 # What timm's save_for_hf and transformers' save_pretrained write, in the order they are tried:
@@ -62,7 +62,7 @@ def _json_kind(value: object) -> str:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return is_finite_number(value)  # not a 400-digit integer either (float() of it overflows)
 
 
 def _check_size(value: object, field: str) -> None:

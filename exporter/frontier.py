@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from exporter.numbers import finite_number
+
 # bench.json's backend names → eval.json's, where they differ (the same fp32 ONNX file)
 EVAL_NAMES = {name: "onnxruntime" for name in ("ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt")}
 
@@ -85,11 +87,10 @@ def accuracies(evaluation: Any, backend: str) -> dict[str, float]:
     found: dict[str, float] = {}
     for choice in reversed(wanted):  # the better source overwrites
         for row in rows:
-            try:
-                if isinstance(row, dict) and row.get("backend") == choice:
-                    found[str(row["variant"])] = float(row["top1"])
-            except (KeyError, TypeError, ValueError):
-                continue
+            top1 = finite_number(row.get("top1")) if isinstance(row, dict) else None
+            # a 400-digit integer, NaN or 7.0 is no accuracy (eval.json is data)
+            if top1 is not None and 0 <= top1 <= 1 and row.get("backend") == choice and "variant" in row:
+                found[str(row["variant"])] = top1
     return found
 
 
@@ -98,11 +99,11 @@ def latencies(bench: Any, backend: str, batch: int) -> dict[str, float]:
     rows = bench.get("timings") if isinstance(bench, dict) else None
     found: dict[str, float] = {}
     for row in rows if isinstance(rows, list) else []:
-        try:
-            if isinstance(row, dict) and row.get("backend") == backend and int(row["batch"]) == batch:
-                found[str(row["variant"])] = float(row["p99_ms"])
-        except (KeyError, TypeError, ValueError):
+        if not (isinstance(row, dict) and row.get("backend") == backend and row.get("batch") == batch):
             continue
+        p99 = finite_number(row.get("p99_ms"))
+        if p99 is not None and p99 > 0 and "variant" in row:
+            found[str(row["variant"])] = p99
     return found
 
 

@@ -29,6 +29,8 @@ import torch
 
 from exporter.assumptions import Assumption
 from exporter.errors import CheckpointError
+from exporter.names import printable
+from exporter.numbers import finite_number, is_finite_number
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +372,10 @@ def model_args(config: Mapping[str, Any], lay: Layout, sd: Mapping[str, torch.Te
             raise CheckpointError(f"{where}: use_swiglu_ffn true (DINOv2 giant's SwiGLU MLP) is not supported")
         if config.get("apply_layernorm") is False:
             raise CheckpointError(f"{where}: apply_layernorm false (no final layernorm) is not supported")
-        said_hidden = int(width * float(_get(config, "mlp_ratio", 4, (int, float))))
+        said_ratio = finite_number(_get(config, "mlp_ratio", 4, (int, float)))
+        if said_ratio is None:  # NaN, inf or a 400-digit integer would raise in int() or float()
+            raise CheckpointError(f"config {config.get('_path')}: mlp_ratio must be a finite number")
+        said_hidden = int(width * said_ratio)
     else:
         said_hidden = _get(config, "intermediate_size", 3072, int)
     if said_hidden != hidden:
@@ -463,8 +468,8 @@ def preprocessing(config: Mapping[str, Any], lay: Layout) -> dict[str, Any]:
     if proc.get("do_normalize") is False:
         mean, std = [0.0] * 3, [1.0] * 3
     for name, value in (("image_mean", mean), ("image_std", std)):
-        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)):
-            raise CheckpointError(f"{where}: {name} must be 3 numbers, got {value!r}")
+        if not (isinstance(value, list) and len(value) == 3 and all(map(is_finite_number, value))):
+            raise CheckpointError(f"{where}: {name} must be 3 finite numbers, got {printable(repr(value))[:80]}")
     resample = proc.get("resample", 3)
     interpolation = PIL_RESAMPLE.get(resample, str(resample)) if isinstance(resample, int) else str(resample)
     size, crop = proc.get("size") or {}, proc.get("crop_size") or {}

@@ -26,7 +26,7 @@ from exporter.sizes import Size2
 if TYPE_CHECKING:
     from exporter.load import Preprocessing
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm")
 
 
 def list_images(folder: Path) -> list[Path]:

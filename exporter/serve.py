@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -55,6 +56,7 @@ class ServerInstall:
     backends: Path | None = None
     stub: Path | None = None
     libs: Path | None = None
+    backend_files: tuple[tuple[str, Path], ...] = ()  # (name, target) to link: python_backend_files
 
     @property
     def python_backend(self) -> bool:
@@ -81,7 +83,46 @@ def wheel_install(binary: Path) -> ServerInstall:
         have = ", ".join(sorted(p.name for p in stubs.iterdir() if p.is_dir()))
         raise EnvironmentMissing(f"{binary} has no Python backend stub for Python {version} (it has {have})")
     libs = home.parent.parent / "nvidia_pytriton.libs"
-    return ServerInstall(binary, home / "backends", stub, libs if libs.is_dir() else None)
+    files = python_backend_files(binary, home / "backends" / "python")
+    return ServerInstall(binary, home / "backends", stub, libs if libs.is_dir() else None, files)
+
+
+PYTHON_BACKEND = ("libtriton_python.so", "triton_python_backend_utils.py")  # what the backend cannot run without
+REINSTALL = "pip install --force-reinstall nvidia-pytriton (it ships one), or pass --tritonserver PATH"
+
+
+def python_backend_files(binary: Path, folder: Path) -> tuple[tuple[str, Path], ...]:
+    """The entries of the install's ``backends/python`` to link beside the repository (name, target):
+    each regular file or folder but the install's own stub (this Python's replaces it) and
+    ``__pycache__``. The install is data, not ours: a dangling link, a loop of links, a FIFO or a
+    device there is left out (never opened: a FIFO would block); ``EnvironmentMissing`` when the
+    folder or the backend's own files are not there."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise EnvironmentMissing(
+            f"{binary} has no usable Python backend ({folder}: {exc.strerror or exc}): {REINSTALL}"
+        ) from None
+    kept: dict[str, Path] = {}
+    regular, skipped = set(), []
+    for entry in entries:
+        if entry.name in ("__pycache__", "triton_python_backend_stub"):
+            continue
+        try:
+            mode = os.stat(entry.path).st_mode  # follows links: what Triton would open
+        except OSError:
+            mode = 0  # dangling, a loop of links, unreadable
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            kept[entry.name] = Path(os.path.realpath(entry.path))
+            regular.update([entry.name] if stat.S_ISREG(mode) else [])
+        else:
+            skipped.append(printable(entry.name))
+    missing = [name for name in PYTHON_BACKEND if name not in regular]
+    if missing:
+        raise EnvironmentMissing(f"{binary}'s Python backend ({folder}) lacks {', '.join(missing)}: {REINSTALL}")
+    if skipped:
+        log.warning("left out of %s's Python backend (not a file or folder): %s", folder, ", ".join(skipped))
+    return tuple(kept.items())
 
 
 def find_tritonserver(explicit: Path | None = None) -> ServerInstall:
@@ -109,10 +150,9 @@ def prepare_backends(install: ServerInstall, folder: Path) -> Path | None:
         return None
     python = folder / "python"
     python.mkdir(parents=True)
-    for item in (install.backends / "python").iterdir():
-        # Triton's own set-up puts a stub here too: this Python's stub (linked below) replaces it.
-        if item.name not in ("__pycache__", "triton_python_backend_stub"):
-            (python / item.name).symlink_to(item.resolve())
+    for name, target in install.backend_files:  # checked when the install was found (``python_backend_files``)
+        (python / name).symlink_to(target)
+    # Triton's own set-up puts a stub in the install's folder too: this Python's replaces it.
     (python / "triton_python_backend_stub").symlink_to(install.stub.resolve())
     return folder
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import BundleError, DiskFullError
 from exporter.names import printable
+from exporter.numbers import finite_number
 
 if TYPE_CHECKING:
     from exporter.bundle import Bundle
@@ -51,8 +51,8 @@ def warn_once(text: str) -> None:
 
 
 def _positive(value: Any, strict: bool = True) -> bool:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return number and math.isfinite(value) and (value > 0 if strict else value >= 0)
+    number = finite_number(value)  # a 400-digit integer is no latency (and no OverflowError)
+    return number is not None and (number > 0 if strict else number >= 0)
 
 
 def _pair(value: Any) -> bool:

@@ -28,6 +28,7 @@ from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.limits import check_bundle_memory
 from exporter.manifest import VariantRecord
 from exporter.precision import PRECISIONS
+from exporter.runtime.arguments import check_arguments
 from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner
 from exporter.runtime.budget import Latency, choose_variant, load_latencies, probe_latencies
 from exporter.runtime.preprocess import Preprocess
@@ -149,6 +150,7 @@ class Bundle:
 
     def runner(self, label: str, backend: str, precision: str = "fp32", threads: int | None = None) -> Runner:
         """The checked file of ``label`` loaded on ``backend``."""
+        check_arguments(threads=threads)
         record = self.record(label)
         if backend == "tensorrt":  # the engine that fits this GPU and TensorRT best (by its sidecar)
             from exporter.bench import Unavailable, tensorrt_runner
@@ -190,10 +192,7 @@ class Bundle:
             raise UsageError("give either variant='pN' or budget_ms=MS")
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if batch < 1:
-            raise UsageError(f"batch must be at least 1, got {batch}")
-        if budget_ms is not None and (not math.isfinite(budget_ms) or budget_ms <= 0):
-            raise UsageError(f"budget_ms must be a positive number, got {budget_ms}")
+        check_arguments(budget_ms=budget_ms, batch=batch, threads=threads)
         if budget_ms is not None:  # the budget's probe runs ``batch`` images at once: they must fit
             check_bundle_memory(self.manifest, self.door.root, "predict", batch, batch)
         name = self.resolve_backend(backend, precision)
@@ -217,6 +216,7 @@ class Bundle:
         this backend and batch, else a short probe of ``runners`` (default: ``load_all``),
         recorded in ``latency.json``. Shared-weight runs are slower, so they have rows of their
         own (backend ``ort-cpu shared``)."""
+        check_arguments(batch=batch, threads=threads)
         key = f"{backend} shared" if self.shares(backend) else backend
         found = load_latencies(self.door, key, precision, batch)
         if set(found) >= set(self.variants):
@@ -272,6 +272,7 @@ class Model:
                 f"{self.bundle.manifest.name} is a feature model (output {self.bundle.output_name!r}, no classifier): "
                 "it has no classes to predict; model(images) returns the embeddings"
             )
+        check_arguments(top_k=top_k)
         logits = self(images)
         names = self.bundle.labels
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))

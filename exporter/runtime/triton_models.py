@@ -194,7 +194,7 @@ def budget_value(value: Any) -> float:
     """A request's ``budget_ms``: a positive number (or a string of one)."""
     try:
         budget = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too large for a float
         budget = math.nan
     if not math.isfinite(budget) or budget <= 0:
         raise UsageError(f"the 'budget_ms' parameter must be a positive number of milliseconds, got {value!r}")
