@@ -459,6 +459,15 @@ def read_processor(config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     return dict(PROCESSOR_DEFAULTS[model_type]), f"assumed (transformers {model_type} image processor defaults)"
 
 
+def _edge(sizes: Mapping[str, Any], key: str, where: str) -> float:
+    """An image processor's edge length (``size.shortest_edge``, ``crop_size.height``...): a
+    positive number a float holds, else one error naming the key and the value."""
+    value = finite_number(sizes.get(key))
+    if value is None or value <= 0:
+        raise CheckpointError(f"{where}.{key} must be a positive number, got {printable(repr(sizes.get(key)))[:80]}")
+    return value
+
+
 def preprocessing(config: Mapping[str, Any], lay: Layout) -> dict[str, Any]:
     """A timm ``pretrained_cfg`` (mean, std, interpolation, crop) from the image processor."""
     proc, source = read_processor(config)
@@ -477,9 +486,11 @@ def preprocessing(config: Mapping[str, Any], lay: Layout) -> dict[str, Any]:
     if isinstance(size, dict) and "shortest_edge" in size:
         crop_mode = "center"
         if proc.get("do_center_crop") and isinstance(crop, dict) and crop.get("height"):
-            crop_pct = float(crop["height"]) / float(size["shortest_edge"])
+            crop_pct = _edge(crop, "height", f"{where}: crop_size") / _edge(size, "shortest_edge", f"{where}: size")
     elif isinstance(size, dict) and proc.get("do_center_crop") and isinstance(crop, dict) and size.get("height"):
-        crop_mode, crop_pct = "center", float(crop.get("height") or size["height"]) / float(size["height"])
+        resized = _edge(size, "height", f"{where}: size")
+        cropped = _edge(crop, "height", f"{where}: crop_size") if crop.get("height") else resized
+        crop_mode, crop_pct = "center", cropped / resized
     if not 0.05 <= crop_pct <= 1:
         raise CheckpointError(f"{where}: the crop ({crop}) is larger than the resize ({size})")
     return {

@@ -389,3 +389,24 @@ def test_image_processor_defaults_are_an_assumption(vit_classifier, tmp_path):
     manifest = build(folder, tmp_path / "c", "8")
     assert manifest["preprocessing"]["source"] == "assumed (transformers vit image processor defaults)"
     assert "preprocessor_config.json" in json.dumps(manifest["source"]["architecture"]["assumed"])
+
+
+@pytest.mark.parametrize("height", [10**400, "224", -224, None])
+def test_a_processor_edge_that_is_no_number_is_one_error_naming_it(tmp_path, height):
+    """crop_size.height / size.shortest_edge are data: a 400-digit integer, a string or a negative
+    length is a CheckpointError naming the key (it was an OverflowError or a TypeError: exit 1)."""
+    from exporter import hf
+    from exporter.errors import CheckpointError
+
+    processor = {"size": {"shortest_edge": 256}, "crop_size": {"height": height}, "do_center_crop": True}
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps(processor)
+        if height != 10**400
+        else '{"size": {"shortest_edge": 256}, "crop_size": {"height": 1' + "0" * 400 + '}, "do_center_crop": true}'
+    )
+    config = {"model_type": "dinov2", "architectures": ["Dinov2Model"], "_path": str(tmp_path / "config.json")}
+    if height is None:  # no crop height: the resize alone, nothing to refuse
+        assert hf.preprocessing(config, hf.layout(config))["crop_pct"] == 1.0
+        return
+    with pytest.raises(CheckpointError, match="crop_size.height must be a positive number"):
+        hf.preprocessing(config, hf.layout(config))
