@@ -20,7 +20,7 @@ from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.profile import load_profile, profile_from_dict
 from exporter.trt import EngineShapes, trt_logger
 
-from conftest import run_cli
+from conftest import ORIN_FP32, built, run_cli
 
 SHAPES = EngineShapes((1, 3, 64, 64), (2, 3, 64, 64), (4, 3, 64, 64))
 TESTS = Path(__file__).resolve().parent
@@ -189,12 +189,7 @@ def test_an_engine_of_another_tensorrt_is_a_load_error(device, tmp_path):
 
 @pytest.fixture(scope="module")
 def orin_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("device") / "demo"
-    result = run_cli(
-        "build", "-p", "8", "16", "--profile", "jetson-orin-nano", "--precision", "fp32", "--out", str(out), "-q"
-    )
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return built(tmp_path_factory, *ORIN_FP32).path
 
 
 def test_layernorm_names_are_read_without_onnx(orin_bundle, int8_and_fp16_files, tmp_path):
