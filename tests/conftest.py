@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,9 @@ def markdown_tables(text: str) -> list[list[int]]:
 HEADLINE = ("build", "--patch-sizes", "8", "16", "32")
 # The Jetson Orin Nano demo bundle, fp32 only, with its engine plan pending (tests of engines).
 ORIN_FP32 = ("build", "-p", "8", "16", "--profile", "jetson-orin-nano", "--precision", "fp32", "--quiet")
+# The demo with fp16 files (for the L4's engines) and with int8 files.
+FP16_L4 = ("build", "-p", "8", "16", "32", "--quiet", "--precision", "fp16", "--profile", "l4")
+INT8 = ("build", "-p", "8", "16", "32", "--quiet", "--precision", "int8")
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,11 @@ def built(
         assert result.exit_code in codes, f"exit {result.exit_code}: " + result.output + result.stderr
         _BUILT[key] = Built(out, result, tree_digest(out))
     return _BUILT[key]
+
+
+def copy_into(bundle: Path, folder: Path) -> Path:
+    """A copy of ``bundle`` at ``folder/<its name>``, free to change."""
+    return Path(shutil.copytree(bundle, folder / bundle.name))
 
 
 @pytest.fixture(scope="module", autouse=True)
