@@ -109,6 +109,8 @@ class Built:
 # Each kind of bundle is built once per session (a build is most of the suite's time), keyed on
 # its build arguments and folder name; the module-scoped fixtures hand out these originals.
 _BUILT: dict[tuple[str, ...], Built] = {}
+# The keys the running module asked for: the ones its end checks.
+_TOUCHED: set[tuple[str, ...]] = set()
 
 
 def tree_digest(root: Path) -> str:
@@ -129,13 +131,14 @@ def built(
 ) -> Built:
     """``flexiexport ARGS --out <tmp>/NAME``, built the first time a session asks for it and shared
     after that. Never change the returned bundle: copy it into ``tmp_path`` first (shutil.copytree).
-    Each module's end checks that no cached bundle changed."""
+    The end of each module checks that the bundles it asked for are unchanged."""
     key = (name, *args)
     if key not in _BUILT:
         out = tmp_path_factory.mktemp("built") / name
         result = run_cli(*args, "--out", str(out))
         assert result.exit_code in codes, f"exit {result.exit_code}: " + result.output + result.stderr
         _BUILT[key] = Built(out, result, tree_digest(out))
+    _TOUCHED.add(key)
     return _BUILT[key]
 
 
@@ -148,8 +151,9 @@ def copy_into(bundle: Path, folder: Path) -> Path:
 def _cached_bundles_unchanged() -> Iterator[None]:
     """Fails the module that changed a shared bundle (tests must change a copy), then drops it from
     the cache so that later modules get a fresh build."""
+    _TOUCHED.clear()
     yield
-    changed = [key for key, b in _BUILT.items() if tree_digest(b.path) != b.digest]
+    changed = [key for key in sorted(_TOUCHED) if tree_digest(_BUILT[key].path) != _BUILT[key].digest]
     for key in changed:
         del _BUILT[key]
     assert not changed, f"this module changed the shared bundle(s) built by {changed}: copy before changing"
