@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -86,14 +90,79 @@ def markdown_tables(text: str) -> list[list[int]]:
 
 
 HEADLINE = ("build", "--patch-sizes", "8", "16", "32")
+# The Jetson Orin Nano demo bundle, fp32 only, with its engine plan pending (tests of engines).
+ORIN_FP32 = ("build", "-p", "8", "16", "--profile", "jetson-orin-nano", "--precision", "fp32", "--quiet")
+# The demo with fp16 files (for the L4's engines) and with int8 files.
+FP16_L4 = ("build", "-p", "8", "16", "32", "--quiet", "--precision", "fp16", "--profile", "l4")
+INT8 = ("build", "-p", "8", "16", "32", "--quiet", "--precision", "int8")
+
+
+@dataclass(frozen=True)
+class Built:
+    """A bundle built once per test session, the build's CLI result, and the digest of its files."""
+
+    path: Path
+    result: Result
+    digest: str
+
+
+# Each kind of bundle is built once per session (a build is most of the suite's time), keyed on
+# its build arguments and folder name; the module-scoped fixtures hand out these originals.
+_BUILT: dict[tuple[str, ...], Built] = {}
+# The keys the running module asked for: the ones its end checks.
+_TOUCHED: set[tuple[str, ...]] = set()
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over every entry's relative path, kind and content under ``root`` (links not followed)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+        digest.update(f"{path.relative_to(root)}\0{kind}\0".encode())
+        if kind == "file":
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        elif kind == "link":
+            digest.update(str(path.readlink()).encode())
+    return digest.hexdigest()
+
+
+def built(
+    tmp_path_factory: pytest.TempPathFactory, *args: str, name: str = "demo", codes: tuple[int, ...] = (0,)
+) -> Built:
+    """``flexiexport ARGS --out <tmp>/NAME``, built the first time a session asks for it and shared
+    after that. Never change the returned bundle: copy it into ``tmp_path`` first (shutil.copytree).
+    The end of each module checks that the bundles it asked for are unchanged."""
+    key = (name, *args)
+    if key not in _BUILT:
+        out = tmp_path_factory.mktemp("built") / name
+        result = run_cli(*args, "--out", str(out))
+        assert result.exit_code in codes, f"exit {result.exit_code}: " + result.output + result.stderr
+        _BUILT[key] = Built(out, result, tree_digest(out))
+    _TOUCHED.add(key)
+    return _BUILT[key]
+
+
+def copy_into(bundle: Path, folder: Path) -> Path:
+    """A copy of ``bundle`` at ``folder/<its name>``, free to change."""
+    return Path(shutil.copytree(bundle, folder / bundle.name))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cached_bundles_unchanged() -> Iterator[None]:
+    """Fails the module that changed a shared bundle (tests must change a copy), then drops it from
+    the cache so that later modules get a fresh build."""
+    _TOUCHED.clear()
+    yield
+    changed = [key for key in sorted(_TOUCHED) if tree_digest(_BUILT[key].path) != _BUILT[key].digest]
+    for key in changed:
+        del _BUILT[key]
+    assert not changed, f"this module changed the shared bundle(s) built by {changed}: copy before changing"
 
 
 def build_demo(tmp_path_factory: pytest.TempPathFactory, folder: str = "bundles") -> Path:
-    """The demo bundle, built fresh (for a module-scoped fixture: tests copy it before they change it)."""
-    out = tmp_path_factory.mktemp(folder) / "demo"
-    result = run_cli(*HEADLINE, "--out", str(out), "--quiet")
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    """The demo bundle (the headline build), shared by the whole session: copy it before changing it.
+    ``folder`` is kept for callers; the one cached bundle serves them all."""
+    return built(tmp_path_factory, *HEADLINE, "--quiet").path
 
 
 def edit_manifest(bundle: Path, change) -> dict:

@@ -19,7 +19,7 @@ import pytest
 
 from exporter.load import sha256_file
 
-from conftest import HEADLINE, build_demo, edit_manifest, refused, run_cli
+from conftest import HEADLINE, build_demo, copy_into, edit_manifest, refused, run_cli
 
 QUICK_BENCH = ("--backends", "ort-cpu", "--batch-sizes", "1", "--runs", "1", "--min-seconds", "0", "--warmup", "0")
 
@@ -294,9 +294,10 @@ def test_evaluate_never_hangs_on_a_fifo_named_like_an_image(demo, tmp_path):
     Image.new("RGB", (64, 64)).save(data / "c1" / "ok.png")
     os.mkfifo(data / "c0" / "a.png")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    bundle = copy_into(demo, tmp_path)  # evaluate writes eval.json into the bundle
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "exporter.cli", "evaluate", str(demo), "--data", str(data), "-q"],
+            [sys.executable, "-m", "exporter.cli", "evaluate", str(bundle), "--data", str(data), "-q"],
             capture_output=True,
             text=True,
             timeout=90,

@@ -14,14 +14,13 @@ from exporter.load import SourceSpec, load_source
 from exporter.resize import default_patch_resize, default_pos_resize
 from exporter.variant import VariantSpec, make_variant
 
-from conftest import QUICK_BENCH, one_line_error, run_cli, tiny_model
+from conftest import QUICK_BENCH, build_demo, copy_into, one_line_error, run_cli, tiny_model
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("b") / "demo"
-    assert run_cli("build", "-p", "8", "16", "32", "--out", str(out), "--quiet").exit_code == 0
-    return out
+    """This module's own copy of the demo bundle: bench and evaluate write their results into it."""
+    return copy_into(build_demo(tmp_path_factory), tmp_path_factory.mktemp("b"))
 
 
 def test_a_later_bench_run_merges_into_bench_json(bundle, tmp_path):

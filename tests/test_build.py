@@ -18,9 +18,7 @@ import pytest
 from exporter.demo import DEMO_WEIGHTS
 from exporter.load import sha256_file
 
-from conftest import edit_manifest, markdown_tables, one_line_error, run_cli
-
-HEADLINE = ("build", "--patch-sizes", "8", "16", "32")
+from conftest import HEADLINE, built, edit_manifest, markdown_tables, one_line_error, run_cli
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -29,11 +27,9 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def demo_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "demo"
-    result = run_cli(*HEADLINE, "--out", str(out), "--quiet")
-    assert result.exit_code == 0, result.output + result.stderr
-    assert result.stdout.startswith("✓ flexivit-demo: 3 of 3 variants passed; bundle written to")
-    return out
+    demo = built(tmp_path_factory, *HEADLINE, "--quiet")
+    assert demo.result.stdout.startswith("✓ flexivit-demo: 3 of 3 variants passed; bundle written to")
+    return demo.path
 
 
 def test_headline_bundle_layout_and_manifest(demo_bundle):

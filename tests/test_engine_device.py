@@ -20,7 +20,7 @@ from exporter.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.profile import load_profile, profile_from_dict
 from exporter.trt import EngineShapes, trt_logger
 
-from conftest import run_cli
+from conftest import FP16_L4, INT8, ORIN_FP32, built, run_cli
 
 SHAPES = EngineShapes((1, 3, 64, 64), (2, 3, 64, 64), (4, 3, 64, 64))
 TESTS = Path(__file__).resolve().parent
@@ -189,12 +189,7 @@ def test_an_engine_of_another_tensorrt_is_a_load_error(device, tmp_path):
 
 @pytest.fixture(scope="module")
 def orin_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("device") / "demo"
-    result = run_cli(
-        "build", "-p", "8", "16", "--profile", "jetson-orin-nano", "--precision", "fp32", "--out", str(out), "-q"
-    )
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return built(tmp_path_factory, *ORIN_FP32).path
 
 
 def test_layernorm_names_are_read_without_onnx(orin_bundle, int8_and_fp16_files, tmp_path):
@@ -214,12 +209,12 @@ def test_layernorm_names_are_read_without_onnx(orin_bundle, int8_and_fp16_files,
 
 @pytest.fixture(scope="module")
 def int8_and_fp16_files(tmp_path_factory) -> list[Path]:
-    out = tmp_path_factory.mktemp("reduced")
+    """The p16 fp16 and int8 files of the session's reduced demo bundles."""
     files = []
-    for precision in ("fp16", "int8"):
-        result = run_cli("build", "-p", "16", "--precision", precision, "--out", str(out / precision), "-q")
-        assert result.exit_code == 0, result.output + result.stderr
-        files.append(out / precision / "onnx" / f"model_p16.{precision}.onnx")
+    for args, precision in ((FP16_L4, "fp16"), (INT8, "int8")):
+        path = built(tmp_path_factory, *args).path / "onnx" / f"model_p16.{precision}.onnx"
+        assert path.is_file(), path
+        files.append(path)
     return files
 
 

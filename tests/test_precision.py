@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import QUICK_BENCH, one_line_error, run_cli
+from conftest import FP16_L4, INT8, QUICK_BENCH, built, copy_into, one_line_error, run_cli
 
 
 def build(out: Path, *args: str) -> dict:
@@ -23,16 +23,14 @@ def build(out: Path, *args: str) -> dict:
 
 @pytest.fixture(scope="module")
 def fp16_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fp16") / "b"
-    build(out, "--precision", "fp16", "--profile", "l4")
-    return out
+    """This module's own copy of the session's fp16 demo: the engine script and bench write into it."""
+    return copy_into(built(tmp_path_factory, *FP16_L4).path, tmp_path_factory.mktemp("fp16"))
 
 
 @pytest.fixture(scope="module")
 def int8_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("int8") / "b"
-    build(out, "--precision", "int8")
-    return out
+    """This module's own copy of the session's int8 demo: evaluate and bench write into it."""
+    return copy_into(built(tmp_path_factory, *INT8).path, tmp_path_factory.mktemp("int8"))
 
 
 def test_fp16_keeps_the_overflow_prone_ops_in_fp32(fp16_bundle):

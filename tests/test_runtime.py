@@ -20,14 +20,16 @@ from exporter.runtime import Bundle, Preprocess
 from exporter.runtime.budget import Latency, choose_variant
 from exporter.runtime.model import machine_key
 
-from conftest import build_demo, run_cli
+from conftest import build_demo, copy_into, run_cli
 
 HAS_OPENVINO = __import__("importlib").util.find_spec("openvino") is not None
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    return build_demo(tmp_path_factory, "runtime")
+    """This module's own copy of the demo bundle: predict with a budget records its latency probe
+    in the bundle."""
+    return copy_into(build_demo(tmp_path_factory), tmp_path_factory.mktemp("runtime"))
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from exporter.trt import (
     version_tests,
 )
 
-from conftest import one_line_error, run_cli
+from conftest import ORIN_FP32, built, one_line_error, run_cli
 
 HAVE_TRT = tensorrt_problem() is None
 SHAPES = EngineShapes((1, 3, 64, 64), (4, 3, 64, 64), (16, 3, 64, 64))
@@ -224,13 +224,8 @@ def test_without_tensorrt_import_is_an_environment_error():
 
 @pytest.fixture(scope="module")
 def demo_with_profile(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trt") / "demo"
     # --precision fp32: an fp32-only bundle, so the strongly typed branch must refuse fp16.
-    result = run_cli(
-        "build", "-p", "8", "16", "--profile", "jetson-orin-nano", "--precision", "fp32", "--out", str(out), "--quiet"
-    )
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return built(tmp_path_factory, *ORIN_FP32).path
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: engines get built instead")

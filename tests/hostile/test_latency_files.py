@@ -19,17 +19,14 @@ from PIL import Image
 from exporter.runtime import Bundle
 from exporter.runtime.model import machine_key
 
-from conftest import run_cli
+from conftest import built, run_cli
 
 JETSON = {"cpu": "ARMv8 Processor rev 1 (v8l)", "machine": "aarch64"}
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("latency") / "demo"
-    result = run_cli("build", "--patch-sizes", "16", "32", "--out", str(out), "--quiet")
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return built(tmp_path_factory, "build", "--patch-sizes", "16", "32", "--quiet").path
 
 
 @pytest.fixture

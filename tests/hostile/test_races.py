@@ -23,17 +23,14 @@ from click.testing import Result
 
 import exporter
 
-from conftest import refused, run_cli
+from conftest import built, refused, run_cli
 
 REPO = Path(exporter.__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def two_variants(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("races") / "demo"
-    result = run_cli("build", "--patch-sizes", "16", "32", "--out", str(out), "--quiet")
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return built(tmp_path_factory, "build", "--patch-sizes", "16", "32", "--quiet").path
 
 
 def start_build(out: Path, *extra: str) -> subprocess.Popen[str]:
