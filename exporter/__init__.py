@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "pi_resize_patch_embed": "exporter.resize",
-    "resample_pos_embed": "exporter.resize",
-    "interpolate_patch_embed": "exporter.resize",
-    "ResizeMethod": "exporter.resize",
-    "load_source": "exporter.load",
-    "SourceSpec": "exporter.load",
-    "build": "exporter.pipeline",
-    "BuildOptions": "exporter.pipeline",
-    "compare_outputs": "exporter.validate",
+    "pi_resize_patch_embed": "exporter.build.resize",
+    "resample_pos_embed": "exporter.build.resize",
+    "interpolate_patch_embed": "exporter.build.resize",
+    "ResizeMethod": "exporter.build.resize",
+    "load_source": "exporter.source.load",
+    "SourceSpec": "exporter.source.load",
+    "build": "exporter.build.pipeline",
+    "BuildOptions": "exporter.build.pipeline",
+    "compare_outputs": "exporter.parity.compare",
 }
 
 __all__ = [
@@ -37,10 +37,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from exporter.load import SourceSpec, load_source
-    from exporter.pipeline import BuildOptions, build
-    from exporter.resize import ResizeMethod, interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
-    from exporter.validate import compare_outputs
+    from exporter.build.pipeline import BuildOptions, build
+    from exporter.build.resize import ResizeMethod, interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
+    from exporter.parity.compare import compare_outputs
+    from exporter.source.load import SourceSpec, load_source
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ import time
 import torch
 from timm.layers import resample_patch_embed
 
-from exporter.resize import ResizeMethod, _pinv_1d, pi_resize_patch_embed, resize_matrix, resize_matrix_1d
+from exporter.build.resize import ResizeMethod, _pinv_1d, pi_resize_patch_embed, resize_matrix, resize_matrix_1d
 
 
 def timed(fn, repeat: int) -> tuple[float, float]:

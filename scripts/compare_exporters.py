@@ -19,8 +19,8 @@ import onnxruntime as ort
 import timm
 import torch
 
-from exporter.export import ExportOptions, export_onnx
-from exporter.validate import compare_outputs, torch_runner
+from exporter.build.export import ExportOptions, export_onnx
+from exporter.parity.compare import compare_outputs, torch_runner
 
 
 def ort_latency_ms(path: Path, x: np.ndarray, threads: int, runs: int) -> float:

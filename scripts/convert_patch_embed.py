@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from exporter.cli import main
+from exporter.cli.app import main
 
 if __name__ == "__main__":
     main(["resize", *sys.argv[1:]])

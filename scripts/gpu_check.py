@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporter.bundle import read_manifest
-from exporter.pipeline import bundle_source, record_spec
-from exporter.reference import random_inputs
-from exporter.trt import tensorrt_problem
-from exporter.validate import TOLERANCES, compare_outputs, torch_runner
-from exporter.variant import make_variant
+from exporter.build.pipeline import bundle_source, record_spec
+from exporter.build.variant import make_variant
+from exporter.bundle.door import read_manifest
+from exporter.bundle.reference import random_inputs
+from exporter.parity.compare import TOLERANCES, compare_outputs, torch_runner
+from exporter.tensorrt.trt import tensorrt_problem
 
 
 def cuda_logits(model: torch.nn.Module, x: np.ndarray, fp16: bool) -> np.ndarray:

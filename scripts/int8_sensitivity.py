@@ -3,11 +3,11 @@
     python scripts/int8_sensitivity.py BUNDLE --variant p32 --calib-dir DIR [--check 64]
     python scripts/int8_sensitivity.py bundles/flexivit-demo --variant p16   # the demo's own digits
 
-Uses the build's own quantiser (exporter.precision.to_int8) and the build's split of DIR: the
+Uses the build's own quantiser (exporter.build.precision.to_int8) and the build's split of DIR: the
 first --check images (sorted by name) are judged, the next 64 calibrate. Groups follow timm's
 node names: the patch-embedding Conv, qkv, the two activation-by-activation attention matmuls,
 proj, fc1, fc2, the head; "all" quantises every one, "build" is what `build --precision int8`
-writes (exporter.precision.int8_float_nodes float). Per group: p99 |Δ| of
+writes (exporter.build.precision.int8_float_nodes float). Per group: p99 |Δ| of
 the logits against the bundle's fp32 ONNX, lowest cosine, top-1 agreement, and the fp32
 top-1/top-2 logit margins of the images whose top-1 changed, next to the median margin: with
 nearly tied logits (a random-weight model) any quantised layer flips some images.
@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from exporter.bundle import read_manifest
-from exporter.demo import DEMO_NAME, digits_to_pixels, load_demo_digits
-from exporter.images import load_images
-from exporter.inputs import InputPlan
-from exporter.load import preprocessing_from
-from exporter.pipeline import record_spec
-from exporter.precision import QUANTIZED_OPS, Precision, int8_float_nodes, to_int8
-from exporter.validate import compare_outputs, ort_runner, tolerance_for
+from exporter.build.inputs import InputPlan
+from exporter.build.pipeline import record_spec
+from exporter.build.precision import QUANTIZED_OPS, Precision, int8_float_nodes, to_int8
+from exporter.bundle.door import read_manifest
+from exporter.parity.compare import compare_outputs, ort_runner, tolerance_for
+from exporter.runtime.images import load_images
+from exporter.source.demo import DEMO_NAME, digits_to_pixels, load_demo_digits
+from exporter.source.load import preprocessing_from
 
 GROUPS = {
     "patch conv": "/patch_embed/",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.load import sha256_file
+from exporter.source.load import sha256_file
 
 from conftest import HEADLINE, build_demo, copy_into, edit_manifest, refused, run_cli
 
@@ -91,7 +91,7 @@ def test_a_source_without_sha256_is_never_read(bundle, tmp_path, cmd):
 def test_a_bundle_never_makes_a_command_download_weights(bundle, cmd, monkeypatch):
     """``source.path: null`` with a model name makes bench/evaluate/validate --rebuild call
     ``timm.create_model(name, pretrained=True)``: a hub download chosen by the bundle."""
-    import exporter.load as load
+    import exporter.source.load as load
 
     def no_download(name):
         raise AssertionError(f"a bundle made flexiexport download {name!r}")
@@ -110,7 +110,7 @@ def test_a_bundle_never_makes_a_command_download_weights(bundle, cmd, monkeypatc
 def test_rebuild_never_walks_a_calib_dir_it_was_not_given(bundle, monkeypatch):
     """``options.calib_dir`` is a path from the manifest: ``validate --rebuild`` rglob-walks it and
     reads the first images to hash them (``/`` walks the whole file system, 37 s, then exit 1)."""
-    import exporter.images as images
+    import exporter.runtime.images as images
 
     walked = []
     real = images.list_images

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from exporter.bench import BenchOptions
-from exporter.errors import UsageError
-from exporter.load import SourceSpec, load_source
-from exporter.resize import default_patch_resize, default_pos_resize
-from exporter.variant import VariantSpec, make_variant
+from exporter.build.resize import default_patch_resize, default_pos_resize
+from exporter.build.variant import VariantSpec, make_variant
+from exporter.core.errors import UsageError
+from exporter.measure.bench import BenchOptions
+from exporter.source.load import SourceSpec, load_source
 
 from conftest import QUICK_BENCH, build_demo, copy_into, one_line_error, run_cli, tiny_model
 
@@ -97,7 +97,7 @@ def test_evaluate_demo_with_compare_resize(bundle):
 def test_evaluate_image_folder_and_refusals(bundle, tmp_path):
     from PIL import Image
 
-    from exporter.demo import load_demo_digits
+    from exporter.source.demo import load_demo_digits
 
     digits, labels = load_demo_digits("test")
     for i in range(20):
@@ -148,7 +148,7 @@ def test_gflops_formula_matches_a_flop_counter(tmp_path, name, patch, img):
 
 
 def test_each_row_is_measured_against_the_ceiling_of_its_precision():
-    from exporter.bench import Ceiling
+    from exporter.measure.bench import Ceiling
 
     c = Ceiling(2048, 100.0, 90.0, bf16_matmul_gflops=300.0, int8_matmul_gops=400.0)
     assert [c.for_backend(b) for b in ("ort-cpu", "openvino", "torch")] == [100.0] * 3

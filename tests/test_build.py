@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import pytest
 
-from exporter.demo import DEMO_WEIGHTS
-from exporter.load import sha256_file
+from exporter.source.demo import DEMO_WEIGHTS
+from exporter.source.load import sha256_file
 
 from conftest import HEADLINE, built, edit_manifest, markdown_tables, one_line_error, run_cli
 
@@ -78,8 +78,8 @@ def test_the_variant_table_is_readable_at_80_columns(demo_bundle):
     """At 80 (or 100) columns Rich cut every number of the 13-column table to '…'."""
     from rich.console import Console
 
-    from exporter.cli import print_table
-    from exporter.manifest import TABLE_HEADER, Manifest, shown_columns, variant_rows
+    from exporter.bundle.manifest import TABLE_HEADER, Manifest, shown_columns, variant_rows
+    from exporter.cli.app import print_table
 
     manifest = Manifest.from_dict(json.loads((demo_bundle / "manifest.json").read_text()))
     out = Console(width=80, record=True)
@@ -113,7 +113,7 @@ def test_report_tables_render_as_tables(demo_bundle):
     """``max|Δ|`` in a header used to split the cell: GitHub showed the report's table as text."""
     from dataclasses import replace
 
-    from exporter.manifest import TABLE_HEADER, Manifest, render_report
+    from exporter.bundle.manifest import TABLE_HEADER, Manifest, render_report
 
     report = (demo_bundle / "report.md").read_text()
     assert markdown_tables(report) == [[len(TABLE_HEADER)] * 4]
@@ -126,8 +126,8 @@ def test_report_tables_render_as_tables(demo_bundle):
 
 def test_exported_graphs_are_checked_and_reproduce_demo_accuracy(demo_bundle):
     """The ONNX variants classify the held-out digits as well as the model card says."""
-    from exporter.demo import digits_to_pixels, load_demo_digits
-    from exporter.validate import ort_runner, run_batched
+    from exporter.parity.compare import ort_runner, run_batched
+    from exporter.source.demo import digits_to_pixels, load_demo_digits
 
     card = json.loads(DEMO_WEIGHTS.with_suffix(".json").read_text())["training"]["heldout_top1"]
     digits, labels = load_demo_digits("test")
@@ -308,7 +308,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, broken_files, args, 
 )
 def test_a_patch_size_that_cannot_fit_is_refused_before_loading(tmp_path, tiny_flexivit, monkeypatch, args, message):
     """``build -p 7`` used to load the checkpoint before refusing the patch size."""
-    import exporter.load
+    import exporter.source.load
 
     tiny_240 = tmp_path / "tiny_240.pt"
     shutil.copy(tiny_flexivit, tiny_240)
@@ -318,7 +318,7 @@ def test_a_patch_size_that_cannot_fit_is_refused_before_loading(tmp_path, tiny_f
     def no_loading(spec):
         raise AssertionError("the checkpoint was loaded")
 
-    monkeypatch.setattr(exporter.load, "load_source", no_loading)
+    monkeypatch.setattr(exporter.source.load, "load_source", no_loading)
     args = [a.format(tiny=tiny_flexivit, tiny_240=tiny_240) for a in args]
     result = run_cli("build", *args, "--out", str(tmp_path / "b"))
     assert result.exit_code == 2, result.output + result.stderr
@@ -327,7 +327,7 @@ def test_a_patch_size_that_cannot_fit_is_refused_before_loading(tmp_path, tiny_f
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from exporter.errors import CheckpointError
+    from exporter.core.errors import CheckpointError
 
     with pytest.raises(CheckpointError):
         run_cli("build", "-p", "16", "--weights", str(tmp_path / "nope.pt"), "--debug")
@@ -383,8 +383,8 @@ def test_the_accuracy_plot_shows_the_native_agreement_beside_accuracy(demo_bundl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from exporter.bundle import read_manifest
-    from exporter.plot import _accuracy, native_series
+    from exporter.bundle.door import read_manifest
+    from exporter.measure.plot import _accuracy, native_series
 
     native = native_series(read_manifest(demo_bundle))
     assert native is not None and native.what == "top-1 agreement with p32 at 64 (no labels)"

@@ -11,7 +11,7 @@ import pytest
 HEAVY = ("torch", "timm", "onnx", "onnxruntime", "tensorrt", "numpy")
 PROBE = """
 import json, sys
-from exporter.cli import main
+from exporter.cli.app import main
 try:
     main({args!r})
 except SystemExit:
@@ -43,7 +43,7 @@ def test_package_import_is_lazy_but_names_resolve():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "exporter.resize"
+    assert done.stdout.strip() == "exporter.build.resize"
 
 
 def test_profiles_command_imports_no_heavy_library():

@@ -93,7 +93,7 @@ def test_save_for_hf_folder_builds_at_its_own_size(hf_folder, tmp_path):
 
 def test_folder_and_generic_file_names(hf_folder, tmp_path):
     """A folder's bundle takes the config's architecture, else the folder's name, never 'model'."""
-    from exporter.load import SourceSpec, source_name
+    from exporter.source.load import SourceSpec, source_name
 
     assert source_name(SourceSpec(weights=hf_folder)) == ARCH
     assert source_name(SourceSpec(weights=hf_folder / "model.safetensors")) == ARCH
@@ -105,8 +105,8 @@ def test_folder_and_generic_file_names(hf_folder, tmp_path):
 
 def test_dinov2_with_registers_saved_at_126_is_native_126(tmp_path):
     """It was read as DINOv2's native 518; its position grid resamples as DINOv2's own code does."""
-    from exporter.load import SourceSpec, load_source
-    from exporter.resize import ResizeMethod
+    from exporter.build.resize import ResizeMethod
+    from exporter.source.load import SourceSpec, load_source
 
     folder = save_for_hf(tmp_path / "dino", "vit_small_patch14_reg4_dinov2", safe=False, img_size=126, num_classes=0)
     source = load_source(SourceSpec(weights=folder))
@@ -190,7 +190,7 @@ def six_heads(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.
 def test_six_heads_without_config_warns_and_names_num_heads(six_heads, tmp_path, caplog):
     path, real = six_heads
     out = tmp_path / "guessed"
-    with caplog.at_level("WARNING", logger="exporter.pipeline"):
+    with caplog.at_level("WARNING", logger="exporter.build.pipeline"):
         result = run_cli("build", "--weights", str(path), "-p", "16", "--out", str(out), "--quiet")
     assert result.exit_code == 0, result.output + result.stderr
     assert "assumed heads 3 (pass --num-heads or a config.json)" in caplog.text
@@ -217,7 +217,7 @@ def test_six_heads_strict_refuses_and_num_heads_settles_it(six_heads, tmp_path, 
     assert "--num-heads" in line and "preprocessing" in line
     assert not list(tmp_path.iterdir())
     out = tmp_path / "six"
-    with caplog.at_level("WARNING", logger="exporter.pipeline"):
+    with caplog.at_level("WARNING", logger="exporter.build.pipeline"):
         result = run_cli("build", "--weights", str(path), "-p", "16", "--num-heads", "6", "--out", str(out))
     assert result.exit_code == 0, result.output + result.stderr
     final = " ".join(result.stdout.split())  # the table's last line, as Rich may wrap it
@@ -325,9 +325,9 @@ def test_bad_pos_interpolation_is_one_error_line(hf_folder):
 
 
 def test_class_names_and_malformed_fields_come_from_the_config(hf_folder, tmp_path):
-    from exporter.errors import CheckpointError
-    from exporter.load import SourceSpec, load_source
-    from exporter.pipeline import class_names
+    from exporter.build.pipeline import class_names
+    from exporter.core.errors import CheckpointError
+    from exporter.source.load import SourceSpec, load_source
 
     names = ["cat", "dog", "owl", "eel", "yak"]
     folder = edit_config(hf_folder, tmp_path / "a", lambda c: c["pretrained_cfg"].update(label_names=names))

@@ -17,16 +17,16 @@ import torch
 from onnx import TensorProto, helper
 from test_trt import VERSIONS, calls, run_script
 
-from exporter.engine import engine_plan
-from exporter.errors import UsageError
-from exporter.lint import lint_onnx
-from exporter.load import SourceSpec, load_source
-from exporter.manifest import Manifest
-from exporter.pipeline import record_spec
-from exporter.profile import load_profile
-from exporter.trt import engine_shapes
-from exporter.validate import ort_runner
-from exporter.variant import fixed_at, make_variant
+from exporter.build.lint import lint_onnx
+from exporter.build.pipeline import record_spec
+from exporter.build.variant import fixed_at, make_variant
+from exporter.bundle.manifest import Manifest
+from exporter.core.errors import UsageError
+from exporter.parity.compare import ort_runner
+from exporter.source.load import SourceSpec, load_source
+from exporter.tensorrt.profile import load_profile
+from exporter.tensorrt.stage import engine_plan
+from exporter.tensorrt.trt import engine_shapes
 
 from conftest import refused, run_cli
 

@@ -16,9 +16,9 @@ import fake_device
 import numpy as np
 import pytest
 
-from exporter.errors import BundleError, EnvironmentMissing, UsageError
-from exporter.profile import load_profile, profile_from_dict
-from exporter.trt import EngineShapes, trt_logger
+from exporter.core.errors import BundleError, EnvironmentMissing, UsageError
+from exporter.tensorrt.profile import load_profile, profile_from_dict
+from exporter.tensorrt.trt import EngineShapes, trt_logger
 
 from conftest import FP16_L4, INT8, ORIN_FP32, built, run_cli
 
@@ -43,7 +43,7 @@ def device(monkeypatch):
 
 
 def test_gpu_identity_problem_and_errors_come_from_cudart(device):
-    from exporter.gpu import gpu_identity, gpu_problem
+    from exporter.tensorrt.gpu import gpu_identity, gpu_problem
 
     assert gpu_problem() is None
     assert gpu_identity() == gpu_identity(0) and gpu_identity().name == "Fake Orin"
@@ -57,7 +57,7 @@ def test_gpu_identity_problem_and_errors_come_from_cudart(device):
 
 
 def test_tensorrt_problem_needs_no_torch_and_refuses_tensorrt_8(device):
-    from exporter.trt import tensorrt_problem
+    from exporter.tensorrt.trt import tensorrt_problem
 
     assert tensorrt_problem() is None
     device(version="8.6.1")
@@ -68,14 +68,14 @@ def test_tensorrt_problem_needs_no_torch_and_refuses_tensorrt_8(device):
 
 def test_the_real_cuda_bindings_without_a_gpu_say_why():
     """Where cuda-python is installed (it comes with torch here) but no GPU or driver is."""
-    from exporter.gpu import gpu_problem
+    from exporter.tensorrt.gpu import gpu_problem
 
     problem = gpu_problem()
     assert problem is None or problem.startswith(("no CUDA GPU is usable", "no CUDA GPU is visible"))
 
 
 def test_stream_copies_and_buffers_are_checked(device):
-    from exporter.gpu import DeviceBuffer, Stream
+    from exporter.tensorrt.gpu import DeviceBuffer, Stream
 
     stream, buffer = Stream(), DeviceBuffer(16)
     assert stream.handle == 0x5EED  # cudaStreamCreate's stream, never the default stream (0)
@@ -94,7 +94,7 @@ def test_stream_copies_and_buffers_are_checked(device):
 
 
 def build(tmp_path: Path, profile, shapes=SHAPES, **cache):
-    from exporter.trt import build_engine
+    from exporter.tensorrt.trt import build_engine
 
     onnx = tmp_path / "model_p8.onnx"
     onnx.write_bytes(b"not parsed by the stand-in")
@@ -135,7 +135,7 @@ def test_same_compute_capability_on_tensorrt_10_3_is_refused_not_an_attribute_er
 
 
 def test_a_static_engine_has_no_optimisation_profile(device, tmp_path):
-    from exporter.trt import engine_runner
+    from exporter.tensorrt.trt import engine_runner
 
     static = EngineShapes((2, 3, 64, 64), (2, 3, 64, 64), (2, 3, 64, 64), static=True)
     build(tmp_path, load_profile("jetson-orin-nano"), static)
@@ -159,7 +159,7 @@ def test_the_timing_cache_is_read_from_one_place_and_written_to_another(device, 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_the_runner_checks_shapes_and_reads_the_engines_output_dtype(device, tmp_path, dtype):
-    from exporter.trt import engine_runner
+    from exporter.tensorrt.trt import engine_runner
 
     device(dtype=dtype)
     build(tmp_path, load_profile("jetson-orin-nano"))
@@ -178,8 +178,8 @@ def test_the_runner_checks_shapes_and_reads_the_engines_output_dtype(device, tmp
 
 
 def test_an_engine_of_another_tensorrt_is_a_load_error(device, tmp_path):
-    from exporter.errors import EngineLoadError
-    from exporter.trt import engine_runner
+    from exporter.core.errors import EngineLoadError
+    from exporter.tensorrt.trt import engine_runner
 
     build(tmp_path, load_profile("jetson-orin-nano"))
     device(version="10.13.3.9")
@@ -195,7 +195,7 @@ def orin_bundle(tmp_path_factory) -> Path:
 def test_layernorm_names_are_read_without_onnx(orin_bundle, int8_and_fp16_files, tmp_path):
     import onnx
 
-    from exporter.engine import layernorm_node_names
+    from exporter.tensorrt.stage import layernorm_node_names
 
     for path in [orin_bundle / "onnx" / "model_p8.onnx", *int8_and_fp16_files]:
         model = onnx.load(str(path), load_external_data=False)
@@ -221,7 +221,7 @@ def int8_and_fp16_files(tmp_path_factory) -> list[Path]:
 def place_engine(bundle: Path, label: str, plan_version: str, sidecar_version: str) -> Path:
     """An engine the stand-in TensorRT ``plan_version`` can load, as build_<profile>.sh leaves it:
     engine and sidecar, no manifest record."""
-    from exporter.manifest import sha256_file
+    from exporter.bundle.manifest import sha256_file
 
     engine = bundle / "engines" / "jetson-orin-nano" / f"model_{label}.engine"
     engine.parent.mkdir(parents=True, exist_ok=True)
@@ -248,8 +248,8 @@ def place_engine(bundle: Path, label: str, plan_version: str, sidecar_version: s
 
 
 def test_bench_picks_the_engine_whose_sidecar_fits_and_passes_over_the_rest(device, orin_bundle, tmp_path):
-    from exporter.bench import Unavailable, tensorrt_runner
-    from exporter.bundle import Bundle
+    from exporter.bundle.door import Bundle
+    from exporter.measure.bench import Unavailable, tensorrt_runner
 
     bundle = tmp_path / "b"
     shutil.copytree(orin_bundle, bundle)
@@ -270,8 +270,8 @@ def test_bench_picks_the_engine_whose_sidecar_fits_and_passes_over_the_rest(devi
 
 
 def test_bench_skips_batches_outside_the_engines_profile(device, orin_bundle, tmp_path):
-    from exporter.bench import BenchOptions, bench_bundle
-    from exporter.bundle import Bundle
+    from exporter.bundle.door import Bundle
+    from exporter.measure.bench import BenchOptions, bench_bundle
 
     bundle = tmp_path / "b"
     shutil.copytree(orin_bundle, bundle)
@@ -285,9 +285,9 @@ def test_bench_skips_batches_outside_the_engines_profile(device, orin_bundle, tm
 
 
 def test_a_saved_timing_cache_is_used_only_when_its_hash_matches(orin_bundle, tmp_path, caplog):
-    from exporter.bundle import Bundle
-    from exporter.engine import saved_timing_cache
-    from exporter.manifest import sha256_file
+    from exporter.bundle.door import Bundle
+    from exporter.bundle.manifest import sha256_file
+    from exporter.tensorrt.stage import saved_timing_cache
 
     bundle = tmp_path / "b"
     shutil.copytree(orin_bundle, bundle)
@@ -321,7 +321,7 @@ PROBE = textwrap.dedent(
     sys.path.insert(0, sys.argv.pop(1))
     import fake_device
     fake_device.install()
-    from exporter.cli import main
+    from exporter.cli.app import main
     try:
         main(sys.argv[1:])
     except SystemExit as exc:
@@ -361,7 +361,7 @@ def test_flexiexport_engine_runs_with_tensorrt_cuda_python_numpy_only(orin_bundl
 def test_the_runtime_runs_the_engine_that_fits_with_its_batch_limits(device, orin_bundle, tmp_path):
     """``exporter.runtime``'s TensorRT backend: bench's sidecar choice, the profile's batch range
     as the runner's limit, and backend auto preferring TensorRT where it runs (stand-in device)."""
-    from exporter.errors import EnvironmentMissing, UsageError
+    from exporter.core.errors import EnvironmentMissing, UsageError
     from exporter.runtime import Bundle
 
     bundle = tmp_path / "b"

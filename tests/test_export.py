@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporter.errors import UsageError
-from exporter.export import ExportOptions, export_onnx
-from exporter.validate import compare_outputs, ort_runner, torch_runner
+from exporter.build.export import ExportOptions, export_onnx
+from exporter.core.errors import UsageError
+from exporter.parity.compare import compare_outputs, ort_runner, torch_runner
 
 from conftest import tiny_model
 

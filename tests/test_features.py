@@ -103,7 +103,7 @@ def test_predict_prints_the_embedding_and_json_returns_it(features, photos):
 
 
 def test_the_runtime_returns_embeddings_and_has_no_classes(features, photos):
-    from exporter.errors import UsageError
+    from exporter.core.errors import UsageError
     from exporter.runtime import Bundle
 
     bundle = Bundle.open(features)
@@ -128,7 +128,7 @@ def test_validate_judges_a_feature_model_without_top_k(features):
 
 @pytest.mark.parametrize("backend", ["onnx", "python"])
 def test_triton_configs_name_the_embeddings(features, tmp_path, backend):
-    from exporter.triton import check_config, triton_schema
+    from exporter.deploy.repository import check_config, triton_schema
 
     schema = triton_schema()
     if schema is None:
@@ -158,7 +158,7 @@ def old_feature_bundle(features: Path, tmp_path: Path) -> Path:
     manifest say ``logits``, its parity records top-1/top-5 and it has no ``native_agreement``."""
     import onnx
 
-    from exporter.manifest import sha256_file
+    from exporter.bundle.manifest import sha256_file
 
     old = tmp_path / "old"
     shutil.copytree(features, old)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exporter.inputs import InputPlan
-from exporter.load import SourceSpec, load_source
-from exporter.pipeline import BuildOptions, plan_variants
-from exporter.validate import TOLERANCES, compare_outputs, torch_runner
-from exporter.variant import make_variant
+from exporter.build.inputs import InputPlan
+from exporter.build.pipeline import BuildOptions, plan_variants
+from exporter.build.variant import make_variant
+from exporter.parity.compare import TOLERANCES, compare_outputs, torch_runner
+from exporter.source.load import SourceSpec, load_source
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -94,7 +94,7 @@ def test_vit_folder_builds_and_its_onnx_equals_transformers_logits(vit_classifie
     assert pre["source"].startswith("transformers image processor")
     assert manifest["variants"][1]["pos_resize"] == "bicubic"  # transformers' grid resample: no antialias
     # The done-when, checked here directly: the ONNX against transformers' logits, fp32 tolerance.
-    from exporter.validate import compare_outputs
+    from exporter.parity.compare import compare_outputs
 
     x = np.random.default_rng(1).standard_normal((5, 3, 32, 32)).astype(np.float32)
     assert compare_outputs(transformers_output(vit_classifier, x), onnx_output(tmp_path / "b", "p8", x))
@@ -112,8 +112,8 @@ def test_a_file_in_the_folder_and_validate_rebuild(vit_classifier, tmp_path):
 
 
 def test_eps_and_activation_reach_the_timm_model(tmp_path_factory):
-    from exporter.load import SourceSpec, load_source
-    from exporter.variant import make_variant
+    from exporter.build.variant import make_variant
+    from exporter.source.load import SourceSpec, load_source
 
     folder = hf_folder(
         tmp_path_factory,
@@ -126,7 +126,7 @@ def test_eps_and_activation_reach_the_timm_model(tmp_path_factory):
         hidden_act="gelu_new",
         layer_norm_eps=1e-5,
     )
-    from exporter.pipeline import plan_variants
+    from exporter.build.pipeline import plan_variants
 
     source = load_source(SourceSpec(weights=folder))
     model = make_variant(source, plan_variants(source, _options(8))[0]).model
@@ -141,7 +141,7 @@ def test_eps_and_activation_reach_the_timm_model(tmp_path_factory):
 
 
 def _options(*patches: int):
-    from exporter.pipeline import BuildOptions
+    from exporter.build.pipeline import BuildOptions
 
     return BuildOptions(patch_sizes=tuple((p, p) for p in patches))
 
@@ -184,7 +184,7 @@ def test_deit(tmp_path_factory, tmp_path, model_cls):
     x = np.random.default_rng(2).standard_normal((4, 3, 32, 32)).astype(np.float32)
     from dataclasses import replace
 
-    from exporter.validate import TOLERANCES, compare_outputs
+    from exporter.parity.compare import TOLERANCES, compare_outputs
 
     tol = replace(TOLERANCES["fp32"], min_top1=0.0) if model_cls == "DeiTModel" else TOLERANCES["fp32"]
     assert compare_outputs(transformers_output(folder, x), onnx_output(tmp_path / "b", "p8", x), tol)
@@ -214,7 +214,7 @@ def test_dinov2(tmp_path_factory, tmp_path, registers):
     assert manifest["variants"][1]["pos_resize"] == "bicubic"
     from dataclasses import replace
 
-    from exporter.validate import TOLERANCES, compare_outputs
+    from exporter.parity.compare import TOLERANCES, compare_outputs
 
     x = np.random.default_rng(3).standard_normal((4, 3, 56, 56)).astype(np.float32)
     features = replace(TOLERANCES["fp32"], min_top1=0.0)
@@ -224,8 +224,8 @@ def test_dinov2(tmp_path_factory, tmp_path, registers):
 def test_key_map_reads_transformers_4_and_5_names(tmp_path_factory):
     """The saved file holds transformers 4's names (attention.attention.query); a state dict taken
     from a transformers 5 model in memory holds the new ones (q_proj): both map to the same timm keys."""
-    from exporter import hf
-    from exporter.load import read_safetensors
+    from exporter.source import hf
+    from exporter.source.load import read_safetensors
 
     folder = hf_folder(
         tmp_path_factory,
@@ -252,8 +252,8 @@ def test_key_map_reads_transformers_4_and_5_names(tmp_path_factory):
 
 
 def test_unknown_weight_is_named(tmp_path):
-    from exporter import hf
-    from exporter.errors import CheckpointError
+    from exporter.core.errors import CheckpointError
+    from exporter.source import hf
 
     lay = hf.layout({"model_type": "vit", "architectures": ["ViTModel"]})
     with pytest.raises(CheckpointError, match="'encoder.layer.0.adapter.weight'"):
@@ -320,7 +320,7 @@ def test_a_distilled_deit_refuses_dynamic_resolution(tmp_path_factory, tmp_path)
 
 def test_dinov2_image_processor_becomes_a_centre_crop(tmp_path):
     """BitImageProcessor (DINOv2's): short side 256, centre crop 224, bicubic, ImageNet mean/std."""
-    from exporter import hf
+    from exporter.source import hf
 
     transformers.BitImageProcessor(
         size={"shortest_edge": 256},
@@ -395,8 +395,8 @@ def test_image_processor_defaults_are_an_assumption(vit_classifier, tmp_path):
 def test_a_processor_edge_that_is_no_number_is_one_error_naming_it(tmp_path, height):
     """crop_size.height / size.shortest_edge are data: a 400-digit integer, a string or a negative
     length is a CheckpointError naming the key (it was an OverflowError or a TypeError: exit 1)."""
-    from exporter import hf
-    from exporter.errors import CheckpointError
+    from exporter.core.errors import CheckpointError
+    from exporter.source import hf
 
     processor = {"size": {"shortest_edge": 256}, "crop_size": {"height": height}, "do_center_crop": True}
     (tmp_path / "preprocessor_config.json").write_text(

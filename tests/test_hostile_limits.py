@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.errors import UsageError
-from exporter.limits import Workload, available_cores, check_memory, estimate_peak
-from exporter.validate import Tolerance, compare_outputs
+from exporter.bundle.limits import Workload, available_cores, check_memory, estimate_peak
+from exporter.core.errors import UsageError
+from exporter.parity.compare import Tolerance, compare_outputs
 
 from conftest import TINY, edit_manifest, one_line_error, run_cli, save_with_config, tiny_model
 
@@ -165,9 +165,9 @@ def test_numbers_beyond_the_manifest_bounds_are_named(bundle, edit, field, bound
 
 
 def test_the_demo_and_a_tiny_model_fit_at_normal_sizes(tiny_flexivit):
-    from exporter.limits import available_memory
-    from exporter.load import SourceSpec, load_source
-    from exporter.pipeline import BuildOptions, check_build_memory, plan_variants
+    from exporter.build.pipeline import BuildOptions, check_build_memory, plan_variants
+    from exporter.bundle.limits import available_memory
+    from exporter.source.load import SourceSpec, load_source
 
     options = BuildOptions(patch_sizes=((8, 8), (16, 16), (48, 48)), source=SourceSpec(weights=tiny_flexivit))
     source = load_source(options.source)
@@ -187,17 +187,17 @@ def test_bench_with_a_huge_batch_is_refused_before_timing(bundle):
 
 
 def test_threads_above_the_cores_are_clamped_with_a_warning(demo_build, caplog):
-    from exporter.pipeline import BuildOptions
+    from exporter.build.pipeline import BuildOptions
 
     cores = available_cores()
     assert json.loads((demo_build[0] / "manifest.json").read_text())["options"]["threads"] == cores
-    with caplog.at_level("WARNING", logger="exporter.limits"):
+    with caplog.at_level("WARNING", logger="exporter.bundle.limits"):
         assert BuildOptions(patch_sizes=((16, 16),), threads=100000).threads == cores
     assert f"--threads 100000 is more than the {cores} cores available; using {cores}" in caplog.text
 
 
 def test_bench_threads_are_clamped_and_below_one_refused():
-    from exporter.bench import BenchOptions
+    from exporter.measure.bench import BenchOptions
 
     assert BenchOptions(threads=100000).thread_count == available_cores()
     with pytest.raises(UsageError, match="--threads must be at least 1, got 0"):
@@ -318,7 +318,7 @@ def test_config_num_heads_that_do_not_divide_the_width(tmp_path, tiny_state):
 
 
 def test_inferred_head_count_always_divides_the_width(tmp_path):
-    from exporter.load import SourceSpec, load_source
+    from exporter.source.load import SourceSpec, load_source
 
     path = save_with_config(tiny_model(embed_dim=200, num_heads=5, num_classes=3), tmp_path / "w200.pt")
     source = load_source(SourceSpec(weights=path))
@@ -371,8 +371,8 @@ def png_claiming(path: Path, width: int, height: int) -> Path:
 
 @pytest.mark.parametrize(("side", "what"), [(30000, "bomb"), (10000, "warning")])
 def test_decompression_bomb_is_refused(tmp_path, side, what):
-    from exporter.images import preprocess
-    from exporter.load import Preprocessing
+    from exporter.runtime.images import preprocess
+    from exporter.source.load import Preprocessing
 
     bomb = png_claiming(tmp_path / f"{what}.png", side, side)
     with pytest.raises(UsageError) as info:
@@ -460,8 +460,8 @@ def test_disk_full_while_writing_the_bundle(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
 def test_disk_full_on_a_real_full_device():
-    from exporter.errors import DiskFullError
-    from exporter.manifest import full_disk_as_usage_error
+    from exporter.bundle.manifest import full_disk_as_usage_error
+    from exporter.core.errors import DiskFullError
 
     # Every write to /dev/full fails with ENOSPC (seen when the buffered file is closed).
     with (
@@ -491,7 +491,7 @@ def test_disk_full_from_any_write_site_is_exit_2():
     import click
     from click.testing import CliRunner
 
-    from exporter.cli import FlexiGroup
+    from exporter.cli.app import FlexiGroup
 
     @click.group(cls=FlexiGroup)
     def group() -> None: ...

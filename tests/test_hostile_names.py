@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from exporter.bundle import read_manifest
-from exporter.engine import engine_plan
-from exporter.errors import BundleError
-from exporter.names import is_safe_name, slug
-from exporter.profile import load_profile, profile_from_dict
-from exporter.triton import config_text, model_name
-from exporter.trt import build_script
+from exporter.bundle.door import read_manifest
+from exporter.core.errors import BundleError
+from exporter.core.names import is_safe_name, slug
+from exporter.deploy.repository import config_text, model_name
+from exporter.tensorrt.profile import load_profile, profile_from_dict
+from exporter.tensorrt.stage import engine_plan
+from exporter.tensorrt.trt import build_script
 
 from conftest import TINY, build_demo, one_line_error, run_cli, save_with_config, tiny_model
 
@@ -70,7 +70,7 @@ def test_bundle_name_is_slugged_and_stays_inside_bundles(tmp_path, monkeypatch, 
         config["name"] = str(tmp_path / "outside" / "evil") if config_name == "OUTSIDE" else config_name
         weights.with_suffix(".json").write_text(json.dumps(config))
     expected = expected or slug(str(tmp_path / "outside" / "evil"))
-    with caplog.at_level(logging.WARNING, logger="exporter.load"):
+    with caplog.at_level(logging.WARNING, logger="exporter.source.load"):
         result = run_cli("build", "--weights", str(weights), "-p", "16", "--parity-samples", "2", "-q")
     assert result.exit_code == 0, result.output + result.stderr
     assert sorted(p.name for p in (work / "bundles").iterdir()) == [expected]
@@ -143,7 +143,7 @@ def test_triton_model_names_are_safe():
 
 
 def test_triton_config_escapes_quotes_and_refuses_control_characters(demo):
-    from exporter.triton import check_config, triton_schema
+    from exporter.deploy.repository import check_config, triton_schema
 
     record = read_manifest(demo).variants[0]
     odd = 'in"put\\x'
@@ -228,7 +228,7 @@ def test_a_bundle_folder_with_markup_in_its_name_builds_and_prints_literally(tmp
 
 
 def test_the_plot_draws_dollar_signs_as_written(tmp_path):
-    from exporter.plot import plot_tradeoff
+    from exporter.measure.plot import plot_tradeoff
 
     evaluation = {
         "results": [{"backend": "ort$", "patch_size": [8], "top1": 0.5}],
@@ -239,11 +239,11 @@ def test_the_plot_draws_dollar_signs_as_written(tmp_path):
 
 
 def test_log_lines_carry_no_escape_codes():
-    from exporter.cli import PrintableFormatter
+    from exporter.cli.app import PrintableFormatter
 
-    record = logging.LogRecord("exporter.load", logging.WARNING, __file__, 1, "name %r", ("\x1b[2Jx",), None)
+    record = logging.LogRecord("exporter.source.load", logging.WARNING, __file__, 1, "name %r", ("\x1b[2Jx",), None)
     assert PrintableFormatter("%(message)s").format(record) == "name '\\x1b[2Jx'"
-    record = logging.LogRecord("exporter.load", logging.WARNING, __file__, 1, "name %s", ("\x1b[2Jx",), None)
+    record = logging.LogRecord("exporter.source.load", logging.WARNING, __file__, 1, "name %s", ("\x1b[2Jx",), None)
     assert PrintableFormatter("%(message)s").format(record) == "name [2Jx"
 
 
@@ -251,14 +251,14 @@ def test_log_lines_carry_no_escape_codes():
 
 
 def test_the_pending_engine_command_quotes_the_bundle_path(demo, tmp_path):
-    from exporter.engine import pending_engines
+    from exporter.tensorrt.stage import pending_engines
 
     entry = pending_engines(str(tmp_path / "my bundle$(id)"), load_profile("t4"), "no TensorRT")
     assert entry["command"] == f"flexiexport engine '{tmp_path}/my bundle$(id)' --profile t4"
 
 
 def test_an_engine_plan_refuses_a_variant_label_that_is_a_path(demo):
-    from exporter.errors import UsageError
+    from exporter.core.errors import UsageError
 
     manifest = read_manifest(demo)
     manifest = replace(manifest, variants=(replace(manifest.variants[0], label="../../p8"),))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from exporter.export import ExportOptions, export_onnx
-from exporter.lint import OPS_FILE, lint_onnx, supported_ops
-from exporter.variant import count_layernorms
+from exporter.build.export import ExportOptions, export_onnx
+from exporter.build.lint import OPS_FILE, lint_onnx, supported_ops
+from exporter.build.variant import count_layernorms
 
 from conftest import tiny_model
 

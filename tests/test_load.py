@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from exporter.errors import CheckpointError, EnvironmentMissing, UsageError
-from exporter.load import SourceSpec, load_source, unwrap_state_dict
+from exporter.core.errors import CheckpointError, EnvironmentMissing, UsageError
+from exporter.source.load import SourceSpec, load_source, unwrap_state_dict
 
 from conftest import TINY, tiny_model
 
@@ -218,7 +218,7 @@ def test_state_digest_identifies_weights_without_a_file(tiny_flexivit):
     """Hub downloads have no file to hash: the manifest's source sha256 comes from the tensors."""
     from dataclasses import replace
 
-    from exporter.pipeline import state_digest
+    from exporter.build.pipeline import state_digest
 
     src = load_source(SourceSpec(weights=tiny_flexivit))
     digest = state_digest(src)
@@ -232,8 +232,8 @@ def test_state_digest_identifies_weights_without_a_file(tiny_flexivit):
 
 def test_a_head_count_from_the_config_is_not_listed_as_assumed():
     """The demo's config says 4 heads; the manifest used to add 'assumed: num_heads=1 (head dim 64...)'."""
-    from exporter.demo import DEMO_WEIGHTS
-    from exporter.load import SourceSpec, load_source
+    from exporter.source.demo import DEMO_WEIGHTS
+    from exporter.source.load import SourceSpec, load_source
 
     source = load_source(SourceSpec(DEMO_WEIGHTS))
     assert source.num_heads == 4

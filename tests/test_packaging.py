@@ -9,8 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
-from exporter.demo import DEMO_WEIGHTS
-from exporter.profile import available_profiles, load_profile
+from exporter.source.demo import DEMO_WEIGHTS
+from exporter.tensorrt.profile import available_profiles, load_profile
 assert DEMO_WEIGHTS.is_file(), DEMO_WEIGHTS
 print(DEMO_WEIGHTS.parent.parent.parent == __import__("pathlib").Path.cwd() / "site")
 print(sorted(p.stem for p in available_profiles()), load_profile("l4").precision)

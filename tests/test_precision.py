@@ -98,7 +98,7 @@ def test_int8_is_symmetric_per_channel_qdq_around_matmuls_only(int8_bundle):
 
 
 def test_validate_judges_the_int8_file_on_the_images_the_build_did(int8_bundle):
-    from exporter.pipeline import recheck_bundle
+    from exporter.build.pipeline import recheck_bundle
 
     manifest = json.loads((int8_bundle / "manifest.json").read_text())
     for result, v in zip(recheck_bundle(int8_bundle), manifest["variants"]):
@@ -169,9 +169,9 @@ def tiny_int8(tiny_flexivit, photos, tmp_path_factory) -> Path:
 
 
 def test_int8_is_checked_on_images_it_was_not_calibrated_on(tiny_int8, tiny_flexivit, photos, tmp_path):
-    from exporter.images import load_images
-    from exporter.load import SourceSpec, load_source
-    from exporter.precision import int8_float_nodes, to_int8
+    from exporter.build.precision import int8_float_nodes, to_int8
+    from exporter.runtime.images import load_images
+    from exporter.source.load import SourceSpec, load_source
 
     r = json.loads((tiny_int8 / "manifest.json").read_text())["variants"][1]["reduced"]
     assert r["parity"]["samples"] == 2  # the first two (sorted) images only
@@ -192,7 +192,7 @@ def test_int8_is_checked_on_images_it_was_not_calibrated_on(tiny_int8, tiny_flex
 def test_report_says_why_a_reduced_file_failed(tiny_int8):
     from dataclasses import replace
 
-    from exporter.manifest import Manifest, render_report
+    from exporter.bundle.manifest import Manifest, render_report
 
     manifest = Manifest.from_dict(json.loads((tiny_int8 / "manifest.json").read_text()))
     first = manifest.variants[0]
@@ -212,7 +212,7 @@ def test_int8_needs_more_images_than_the_check_uses(tiny_flexivit, photos, tmp_p
 
 
 def test_int8_keeps_attention_matmuls_and_fc2_float_at_every_token_count(tiny_int8):
-    from exporter.precision import attention_matmuls
+    from exporter.build.precision import attention_matmuls
 
     for v in json.loads((tiny_int8 / "manifest.json").read_text())["variants"]:  # p8: 901 tokens, p16: 226
         fp32 = onnx.load(str(tiny_int8 / v["onnx"]["path"]))
@@ -261,10 +261,10 @@ def test_bench_times_the_reduced_onnx_too(int8_bundle):
 
 def test_precision_is_one_enum_used_by_the_cli_and_the_pipeline():
     """The allowed values were written out in the CLI (twice), precision.py and the pipeline."""
-    from exporter.cli import build, triton
-    from exporter.errors import UsageError
-    from exporter.pipeline import BuildOptions
-    from exporter.precision import PRECISIONS, Precision
+    from exporter.build.pipeline import BuildOptions
+    from exporter.build.precision import PRECISIONS, Precision
+    from exporter.cli.app import build, triton
+    from exporter.core.errors import UsageError
 
     assert PRECISIONS == ("fp32", "fp16", "int8")
     for command in (build, triton):
@@ -281,7 +281,7 @@ def test_fc2_is_the_weight_matmul_reading_gelus_output(gelu):
     """Found by the graph (Gelu at opset 20, or the Erf of its opset-17 decomposition), not by timm's names."""
     from onnx import TensorProto, helper
 
-    from exporter.precision import mlp_output_matmuls
+    from exporter.build.precision import mlp_output_matmuls
 
     w = [numpy_helper.from_array(np.ones((4, 4), np.float32), f"w{i}") for i in (1, 2)]
     half = numpy_helper.from_array(np.array(0.5, np.float32), "half")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.profile import ProfileError, available_profiles, load_profile, profile_from_dict, version_in_range
+from exporter.tensorrt.profile import (
+    ProfileError,
+    available_profiles,
+    load_profile,
+    profile_from_dict,
+    version_in_range,
+)
 
 from conftest import one_line_error, run_cli
 

@@ -116,7 +116,7 @@ def test_fp16_keeps_cosine_on_trained_weights(measured):
 
 
 # Quantising every matmul cost these weights cosine 0.87-0.94; attention's activation matmuls and
-# the MLP's fc2 now stay float (exporter/precision.py ``int8_float_nodes``): 0.997-0.998.
+# the MLP's fc2 now stay float (exporter/build/precision.py ``int8_float_nodes``): 0.997-0.998.
 def test_int8_holds_the_design_cosine_on_trained_weights(measured):
     """DESIGN.md: int8 cosine ≥ 0.99 against fp32, on the checked photos (not loosened)."""
     int8 = {k: v for k, v in measured.reduced.items() if k[1] == "int8"}

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.bundle import Bundle
-from exporter.check import check_bundle
-from exporter.inputs import InputPlan
-from exporter.load import SourceSpec, load_source
-from exporter.pipeline import BuildOptions, recheck_bundle, record_spec
-from exporter.reference import load_reference, normalize
+from exporter.build.inputs import InputPlan
+from exporter.build.pipeline import BuildOptions, recheck_bundle, record_spec
+from exporter.bundle.door import Bundle
+from exporter.bundle.reference import load_reference, normalize
+from exporter.measure.validate import check_bundle
+from exporter.source.load import SourceSpec, load_source
 
 from conftest import build_demo, run_cli
 
@@ -33,7 +33,7 @@ NO_TORCH = textwrap.dedent(
                 raise ImportError(f"{{name}} is blocked in this test")
             return None
     sys.meta_path.insert(0, Blocker())
-    from exporter.cli import main
+    from exporter.cli.app import main
     main(sys.argv[1:])
     """
 )
@@ -82,7 +82,7 @@ def test_validate_judges_against_the_stored_logits(demo, tmp_path):
     with np.load(path) as data:
         logits, pixels = data["logits"], data["pixels"]
     np.savez(path, logits=logits + 0.01, pixels=pixels)
-    from exporter.manifest import sha256_file
+    from exporter.bundle.manifest import sha256_file
 
     record["reference"]["sha256"] = sha256_file(path)
     (copy / "manifest.json").write_text(json.dumps(manifest))

@@ -8,14 +8,14 @@ import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 from exporter import pi_resize_patch_embed, resample_pos_embed
-from exporter.errors import PatchSizeError, UsageError
-from exporter.resize import (
+from exporter.build.resize import (
     ResizeMethod,
     default_patch_resize,
     num_pos_prefix_tokens,
     pi_resize_patch_embed_full,
     resize_matrix,
 )
+from exporter.core.errors import PatchSizeError, UsageError
 
 from conftest import tiny_model
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exporter.demo import load_demo_digits
-from exporter.errors import UsageError
+from exporter.core.errors import UsageError
 from exporter.runtime import Bundle, Preprocess
 from exporter.runtime.budget import Latency, choose_variant
 from exporter.runtime.model import machine_key
+from exporter.source.demo import load_demo_digits
 
 from conftest import build_demo, copy_into, run_cli
 
@@ -35,7 +35,7 @@ def demo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> list[tuple[Path, int]]:
     """Held-out demo digits saved as 64x64 PNG files (rendered as the demo was trained), with labels."""
-    from exporter.demo import digits_to_uint8
+    from exporter.source.demo import digits_to_uint8
 
     folder = tmp_path_factory.mktemp("digits")
     images, labels = load_demo_digits("test")
@@ -97,7 +97,7 @@ def test_preprocessing_takes_paths_pil_images_and_arrays(digits):
 
 
 def test_the_python_api_runs_a_variant_like_validate_does(demo, digits):
-    from exporter.validate import ort_runner
+    from exporter.parity.compare import ort_runner
 
     bundle = Bundle.open(demo)
     assert bundle.variants == ["p8", "p16", "p32"] and bundle.labels == [str(d) for d in range(10)]
@@ -262,8 +262,8 @@ def test_the_runtime_imports_no_torch_timm_or_onnx(demo, digits):
 
 
 def test_bench_and_the_cli_list_the_same_backends():
-    from exporter.bench import BACKENDS
-    from exporter.cli import BENCH_BACKENDS
+    from exporter.cli.app import BENCH_BACKENDS
+    from exporter.measure.bench import BACKENDS
 
     assert BENCH_BACKENDS == BACKENDS
 

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from exporter.validate import ort_runner
+from exporter.parity.compare import ort_runner
 
 from conftest import run_cli
 
@@ -68,7 +68,7 @@ def test_a_changed_shared_file_fails_validation(shared_bundle, tmp_path):
 
 
 def test_the_wire_reader_finds_what_onnx_finds(shared_bundle):
-    from exporter.onnxwire import external_tensors
+    from exporter.bundle.onnxwire import external_tensors
 
     for path in sorted((shared_bundle / "onnx").glob("*.onnx")):
         model = onnx.load(str(path), load_external_data=False)
@@ -109,7 +109,7 @@ def test_the_runtime_loads_the_shared_tensors_once(shared_bundle):
 
 
 def test_shared_tensors_outside_the_shared_file_are_refused(shared_bundle, tmp_path):
-    from exporter.errors import BundleError
+    from exporter.core.errors import BundleError
     from exporter.runtime.sharing import SharedTensors
 
     sw = json.loads((shared_bundle / "manifest.json").read_text())["shared_weights"]

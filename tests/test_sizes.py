@@ -1,7 +1,7 @@
 import pytest
 
-from exporter.errors import ImageSizeError, PatchSizeError
-from exporter.sizes import format_size, grid_for, nearest_multiple, to_size2, valid_patch_sizes
+from exporter.core.errors import ImageSizeError, PatchSizeError
+from exporter.core.sizes import format_size, grid_for, nearest_multiple, to_size2, valid_patch_sizes
 
 
 @pytest.mark.parametrize(

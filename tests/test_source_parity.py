@@ -72,7 +72,7 @@ def test_a_build_that_timm_would_not_make_fails_with_exit_3(tmp_path):
 def test_a_manifest_from_before_the_check_still_opens(demo, tmp_path):
     import shutil
 
-    from exporter.bundle import Bundle
+    from exporter.bundle.door import Bundle
 
     old = tmp_path / "old"
     shutil.copytree(demo, old)
@@ -96,7 +96,7 @@ def test_a_malformed_source_parity_is_refused(demo, tmp_path):
 def test_a_timm_clip_layout_without_config_loads(tmp_path):
     """timm's pre_norm ViTs (CLIP) have no patch bias by construction; reading one off its weights
     used to add patch_bias=False, an argument timm's VisionTransformer does not take."""
-    from exporter.load import SourceSpec, load_source
+    from exporter.source.load import SourceSpec, load_source
 
     path = tmp_path / "clip.pt"
     torch.save(tiny_model("vit_base_patch16_clip_224", num_classes=0).state_dict(), path)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.bundle import read_manifest
-from exporter.errors import UsageError
-from exporter.triton import check_config, config_text, triton_schema
+from exporter.bundle.door import read_manifest
+from exporter.core.errors import UsageError
+from exporter.deploy.repository import check_config, config_text, triton_schema
 
 from conftest import one_line_error, run_cli
 
@@ -44,9 +44,9 @@ def test_onnx_repository(bundle, tmp_path):
 def test_onnx_repository_can_serve_the_fp16_file_and_only_checked_files(bundle, tmp_path):
     import shutil
 
-    from exporter.load import sha256_file
-    from exporter.reference import random_inputs
-    from exporter.validate import ort_runner
+    from exporter.bundle.reference import random_inputs
+    from exporter.parity.compare import ort_runner
+    from exporter.source.load import sha256_file
 
     repo = tmp_path / "repo"
     result = run_cli("triton", str(bundle), "--out", str(repo), "--precision", "fp16")
@@ -127,7 +127,7 @@ def test_python_repository_holds_the_serving_files_and_an_entry_model(bundle, tm
             "onnx/shared_weights.bin",
         ]
         inodes.add((copy / "onnx" / "model_p8.onnx").stat().st_ino)
-        assert "exporter.runtime.triton_models import" in (repo / name / "1" / "model.py").read_text()
+        assert "exporter.deploy.triton_models import" in (repo / name / "1" / "model.py").read_text()
     assert len(inodes) == 1  # hard links: one copy on disk
     variant = check_config((repo / "flexivit_demo_p16" / "config.pbtxt").read_text(), SCHEMA)
     assert variant.backend == "python" and variant.max_batch_size == 32 and list(variant.input[0].dims) == [3, 64, 64]
@@ -180,7 +180,7 @@ def test_the_triton_models_import_without_torch_timm_or_onnx():
         "    def find_spec(self, name, path=None, target=None):\n"
         f"        if name.split('.')[0] in {BLOCKED!r}: raise ImportError(name)\n"
         "sys.meta_path.insert(0, Blocker())\n"
-        "import exporter.runtime.triton_models, exporter.serve\n"
+        "import exporter.deploy.triton_models, exporter.deploy.server\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -198,7 +198,7 @@ def test_a_probe_that_cannot_be_recorded_is_still_used(bundle, tmp_path, monkeyp
     def read_only(path, text):
         raise PermissionError(13, "Read-only file system", str(path))
 
-    monkeypatch.setattr("exporter.manifest.write_atomic", read_only)
+    monkeypatch.setattr("exporter.bundle.manifest.write_atomic", read_only)
     with caplog.at_level("WARNING", logger="exporter.runtime"):
         found = RuntimeBundle.open(copy).latencies("ort-cpu", "fp32", 1)
     assert set(found) == {"p8", "p16"} and not (copy / "latency.json").exists()

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from exporter.bundle import Bundle as Door
-from exporter.demo import digits_to_uint8, load_demo_digits
-from exporter.errors import EnvironmentMissing, FlexiExportError
+from exporter.bundle.door import Bundle as Door
+from exporter.core.errors import EnvironmentMissing, FlexiExportError
+from exporter.deploy.repository import ENTRY_MODEL, config_text, write_repository
+from exporter.deploy.server import TritonServer, find_tritonserver, free_port
 from exporter.runtime import Bundle
 from exporter.runtime.model import machine_key
-from exporter.serve import TritonServer, find_tritonserver, free_port
-from exporter.triton import ENTRY_MODEL, config_text, write_repository
+from exporter.source.demo import digits_to_uint8, load_demo_digits
 
 from conftest import run_cli
 
@@ -501,7 +501,7 @@ def test_serve_refuses_bad_input_in_one_line(bundle, tmp_path, monkeypatch):
         assert result.exit_code == 2 and f"--port {port}: 127.0.0.1:{port} is in use" in one_line_error(result)
     result = run_cli("serve", str(bundle), "--port", "0", "--tritonserver", str(tmp_path / "nothing"))
     assert result.exit_code == 2 and "is not an executable file" in one_line_error(result)
-    monkeypatch.setattr("exporter.serve.pytriton_root", lambda: None)
+    monkeypatch.setattr("exporter.deploy.server.pytriton_root", lambda: None)
     monkeypatch.setenv("PATH", str(tmp_path))
     result = run_cli("serve", str(bundle), "--port", "0")
     assert result.exit_code == 4 and "no tritonserver found" in one_line_error(result)
@@ -513,7 +513,7 @@ def test_a_killed_serve_takes_its_server_with_it(bundle):
     its parent dies), and the next serve removes the repository folder left behind."""
     import tempfile
 
-    from exporter.serve import remove_stale_work_folders
+    from exporter.deploy.server import remove_stale_work_folders
 
     with serving([sys.executable, "-m", "exporter.cli", "serve", str(bundle), "--port", "0"]) as (process, _, repo):
         work = repo.parent

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.errors import EnvironmentMissing, UsageError
-from exporter.profile import load_profile, profile_from_dict, version_in_range
-from exporter.trt import (
+from exporter.core.errors import EnvironmentMissing, UsageError
+from exporter.tensorrt.profile import load_profile, profile_from_dict, version_in_range
+from exporter.tensorrt.trt import (
     SIDECAR_KEYS,
     EngineShapes,
     check_precision,
@@ -324,7 +324,7 @@ def test_the_script_writes_a_sidecar_the_runner_can_read(demo_with_profile, tmp_
     assert isinstance(sidecar, dict), sidecar
     assert set(sidecar) == set(SIDECAR_KEYS)
     assert sidecar["tensorrt"] == "10.3.0" and sidecar["gpu"] == "Orin" and sidecar["compute_capability"] == "8.7"
-    from exporter.manifest import sha256_file
+    from exporter.bundle.manifest import sha256_file
 
     assert sidecar["engine_sha256"] == sha256_file(engine)
     assert sidecar["onnx_sha256"] == sha256_file(bundle / "onnx" / "model_p8.onnx")
@@ -361,9 +361,9 @@ SAME_CC_PROFILE = 'precision = "fp32"\nhardware_compatibility = "same_compute_ca
 
 @pytest.mark.parametrize(("version", "code"), [("10.3", 4), ("10.9", 0), ("10.13", 0), ("11.1", 0)])
 def test_same_compute_capability_needs_tensorrt_10_9(demo_with_profile, tmp_path, version, code):
-    from exporter.bundle import read_manifest
-    from exporter.engine import engine_plan
-    from exporter.trt import build_script
+    from exporter.bundle.door import read_manifest
+    from exporter.tensorrt.stage import engine_plan
+    from exporter.tensorrt.trt import build_script
 
     (tmp_path / "same.toml").write_text(SAME_CC_PROFILE)
     profile = load_profile(tmp_path / "same.toml")
@@ -412,16 +412,16 @@ def test_int8_engines_are_built_from_the_qdq_onnx_under_either_typing(int8_bundl
     assert call.startswith("--onnx=onnx/model_p16.int8.onnx")
     assert [w for w in call.split() if w in ("--int8", "--fp16", "--stronglyTyped")] == flags
     # the LayerNorm names pinned to FP32 are those of the int8 ONNX the engine is built from
-    from exporter.engine import layernorm_node_names
+    from exporter.tensorrt.stage import layernorm_node_names
 
     names = layernorm_node_names(int8_bundle / "onnx" / "model_p16.int8.onnx")
     assert names and (f"{names[-1]}:fp32" in call) is (version == "10.3")
 
 
 def test_an_fp16_script_names_the_int8_onnx_the_bundle_has(int8_bundle, tmp_path):
-    from exporter.bundle import read_manifest
-    from exporter.engine import engine_plan
-    from exporter.trt import build_script
+    from exporter.bundle.door import read_manifest
+    from exporter.tensorrt.stage import engine_plan
+    from exporter.tensorrt.trt import build_script
 
     profile = load_profile("t4")  # fp16: strongly typed TensorRT needs an fp16 ONNX
     script = tmp_path / "build.sh"
@@ -431,9 +431,9 @@ def test_an_fp16_script_names_the_int8_onnx_the_bundle_has(int8_bundle, tmp_path
 
 
 def test_int8_script_refuses_a_float_only_bundle_under_either_typing(demo_with_profile, tmp_path):
-    from exporter.bundle import read_manifest
-    from exporter.engine import engine_plan
-    from exporter.trt import build_script
+    from exporter.bundle.door import read_manifest
+    from exporter.tensorrt.stage import engine_plan
+    from exporter.tensorrt.trt import build_script
 
     (tmp_path / "t4-int8.toml").write_text(INT8_PROFILE)
     profile = load_profile(tmp_path / "t4-int8.toml")

@@ -13,7 +13,7 @@ import numbers
 import operator
 from typing import Any
 
-from exporter.errors import UsageError
+from exporter.core.errors import UsageError
 
 # whole-number arguments and their smallest value
 _COUNTS = {"batch": 1, "threads": 1, "top_k": 1}

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from exporter.errors import BundleError, EnvironmentMissing, FlexiExportError, UsageError
-from exporter.limits import available_cores, cap_threads
-from exporter.manifest import static_batch
+from exporter.bundle.limits import available_cores, cap_threads
+from exporter.bundle.manifest import static_batch
+from exporter.core.errors import BundleError, EnvironmentMissing, FlexiExportError, UsageError
 
 BACKENDS = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu", "openvino", "openvino-bf16")
 ORT_PROVIDERS = {
@@ -80,7 +80,7 @@ def backend_problem(backend: str) -> str | None:
         if backend == "openvino-bf16" and not cpu_has_bf16():
             return "this CPU has no bf16 instructions (AVX-512 BF16 or AMX)"
         return None
-    from exporter.trt import tensorrt_problem
+    from exporter.tensorrt.trt import tensorrt_problem
 
     return tensorrt_problem()
 
@@ -177,7 +177,7 @@ def openvino_runner(path: Path, backend: str = "openvino", threads: int | None =
 
 
 def tensorrt_runner(path: Path, backend: str = "tensorrt", threads: int | None = None) -> Runner:
-    from exporter.trt import engine_runner
+    from exporter.tensorrt.trt import engine_runner
 
     return wrap_engine(engine_runner(path), path)
 

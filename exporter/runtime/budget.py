@@ -4,7 +4,7 @@ Latencies come from the bundle's ``bench.json`` (``flexiexport bench``) or ``lat
 runtime's own short probe), and only from rows measured on this machine (same CPU model) with the
 same backend, precision and batch. The choice: the most accurate variant whose p99 fits the
 budget, accuracy measured (``eval.json``, ``flexiexport evaluate``) where the bundle has it, else
-most tokens; the first that fits is on the accuracy/latency frontier (``exporter.frontier``).
+most tokens; the first that fits is on the accuracy/latency frontier (``exporter.measure.frontier``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from exporter.errors import UsageError
+from exporter.core.errors import UsageError
 
 if TYPE_CHECKING:
-    from exporter.bundle import Bundle
+    from exporter.bundle.door import Bundle
     from exporter.runtime.backends import Runner
     from exporter.runtime.preprocess import Preprocess
 

@@ -25,12 +25,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.errors import BundleError, DiskFullError
-from exporter.names import printable
-from exporter.numbers import finite_number
+from exporter.core.errors import BundleError, DiskFullError
+from exporter.core.names import printable
+from exporter.core.numbers import finite_number
 
 if TYPE_CHECKING:
-    from exporter.bundle import Bundle
+    from exporter.bundle.door import Bundle
 
 try:
     import fcntl
@@ -194,7 +194,7 @@ def record_latencies(door: Bundle, rows: list[dict[str, Any]], here: dict[str, s
     """Merge ``rows`` (this machine's) into the bundle's ``latency.json``: locked, re-read,
     merged, renamed into place. Nothing is recorded (one warning) where the folder cannot be
     written (a read-only model repository) or the present file is not one we can merge into."""
-    from exporter.manifest import write_atomic
+    from exporter.bundle.manifest import write_atomic
 
     try:
         path = door.artefact(LATENCY)

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from exporter.bundle import Bundle as _Door
-from exporter.errors import BundleError, EnvironmentMissing, UsageError
-from exporter.limits import check_bundle_memory
-from exporter.manifest import VariantRecord
-from exporter.precision import PRECISIONS
+from exporter.build.precision import PRECISIONS
+from exporter.bundle.door import Bundle as _Door
+from exporter.bundle.limits import check_bundle_memory
+from exporter.bundle.manifest import VariantRecord
+from exporter.core.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.runtime.arguments import check_arguments
 from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner
 from exporter.runtime.budget import Latency, choose_variant, load_latencies, probe_latencies
@@ -80,7 +80,7 @@ class Bundle:
         """Labels, most accurate first: top-1 from ``eval.json`` on this backend where the bundle
         has one (variants it lacks go last), else most tokens; ties go to the faster (measured
         p99), then to more tokens. The first that fits a budget is thus on the frontier."""
-        from exporter.frontier import accuracies
+        from exporter.measure.frontier import accuracies
 
         name = backend if precision == "fp32" else f"{backend} {precision}"
         top1 = accuracies(self.door.read_artefact("eval.json"), name)
@@ -144,7 +144,7 @@ class Bundle:
 
     def _engines(self) -> bool:
         """Whether the bundle holds any engine (built, or written by ``build_<profile>.sh``)."""
-        from exporter.bench import bundle_engines
+        from exporter.measure.bench import bundle_engines
 
         return any(bundle_engines(self.door, record) for record in self.manifest.variants)
 
@@ -153,7 +153,7 @@ class Bundle:
         check_arguments(threads=threads)
         record = self.record(label)
         if backend == "tensorrt":  # the engine that fits this GPU and TensorRT best (by its sidecar)
-            from exporter.bench import Unavailable, tensorrt_runner
+            from exporter.measure.bench import Unavailable, tensorrt_runner
             from exporter.runtime.backends import wrap_engine
 
             try:
@@ -325,7 +325,7 @@ def run_in_batches(runner: Runner, pixels: np.ndarray) -> np.ndarray:
 
 def machine_key() -> dict[str, str]:
     """What makes latencies comparable: the CPU model (and the machine type)."""
-    from exporter.limits import cpu_model
+    from exporter.bundle.limits import cpu_model
 
     return {"cpu": cpu_model(), "machine": platform.machine()}
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.errors import UsageError
+from exporter.core.errors import UsageError
 
 Image = Any  # a PIL image; Pillow is imported only when images are read
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -108,7 +108,7 @@ class Preprocess:
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` → float32 ``[N, 3, H, W]``."""
-        from exporter.reference import normalize
+        from exporter.bundle.reference import normalize
 
         return normalize(pixels, self.mean, self.std)
 
@@ -125,7 +125,7 @@ class Preprocess:
 
     def check_memory(self, count: int) -> None:
         """``UsageError`` when ``count`` images' pixel values would not fit in the memory available."""
-        from exporter.limits import available_memory, gigabytes
+        from exporter.bundle.limits import available_memory, gigabytes
 
         h, w = self.img_size
         needed = count * 3 * h * w * BYTES_PER_VALUE
@@ -177,7 +177,7 @@ def read_image(item: Any) -> Image:
     naming it) as 8-bit RGB, or a PIL image as it is."""
     if hasattr(item, "convert"):
         return item
-    from exporter.images import opened_image
+    from exporter.runtime.images import opened_image
 
     with opened_image(Path(item)) as image:
         image.load()

@@ -4,7 +4,7 @@ session (``SessionOptions.add_initializer``), so all variants loaded together ho
 onnxruntime uses an added initializer instead of the model's own and does not copy it; the
 caller owns the memory, which must outlive the sessions (a freed one crashes the process), so a
 ``Runner`` keeps the values it was given. Which tensors, and where, is read from each ONNX's
-external-data entries (``exporter.onnxwire``: no ``onnx`` import); every one must point into the
+external-data entries (``exporter.bundle.onnxwire``: no ``onnx`` import); every one must point into the
 manifest's shared file, within its bytes, or the variant is refused.
 
 The catch, measured (README, "Run a bundle"): onnxruntime's CPU MatMul prepacks its weights into
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from exporter.errors import BundleError
-from exporter.onnxwire import ExternalTensor, external_tensors
+from exporter.bundle.onnxwire import ExternalTensor, external_tensors
+from exporter.core.errors import BundleError
 
 # onnx.proto TensorProto.DataType → numpy (bfloat16 and the 4-bit/8-bit floats have no numpy type)
 DTYPES: dict[int, type[np.generic]] = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16}

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exporter.errors import UsageError
+from exporter.core.errors import UsageError
 from exporter.runtime import Preprocess
 
 from conftest import build_demo, run_cli
@@ -64,7 +64,7 @@ def broken_files() -> dict[str, bytes]:
 
 
 def digit_png(path: Path) -> Path:
-    from exporter.demo import digits_to_uint8, load_demo_digits
+    from exporter.source.demo import digits_to_uint8, load_demo_digits
 
     images, _ = load_demo_digits("test")
     Image.fromarray(digits_to_uint8(images[:1], 64)[0]).save(path)
@@ -146,7 +146,7 @@ def test_a_fifo_or_a_device_is_refused_not_opened(demo, tmp_path):
 
 
 def test_a_fifo_among_calibration_images_is_left_alone(tmp_path):
-    from exporter.images import list_images
+    from exporter.runtime.images import list_images
 
     folder = tmp_path / "calib"
     folder.mkdir()

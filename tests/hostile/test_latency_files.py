@@ -81,7 +81,7 @@ def test_predict_budget_keeps_another_machines_rows(bundle: Path, image: Path, l
 
 def test_concurrent_writers_lose_no_rows(bundle: Path) -> None:
     """Eight writers at once (each its own rows, two machines): every row is in the file after."""
-    from exporter.bundle import Bundle as Door
+    from exporter.bundle.door import Bundle as Door
     from exporter.runtime.measurements import record_latencies
 
     door = Door.open(bundle)
@@ -174,7 +174,7 @@ def test_the_adaptive_model_never_switches_to_a_variant_the_bundle_lacks(bundle:
 
 def test_plot_and_frontier_ignore_hostile_bench_rows(bundle: Path) -> None:
     """bench.json rows of a ghost variant or with a NaN latency neither crash nor draw."""
-    from exporter.frontier import bundle_frontiers
+    from exporter.measure.frontier import bundle_frontiers
     from exporter.runtime.measurements import checked_bench
 
     timings = [
@@ -195,7 +195,7 @@ def test_plot_and_frontier_ignore_hostile_bench_rows(bundle: Path) -> None:
 def test_bench_keeps_another_machines_bench_json() -> None:
     """``bench`` here, on a bundle benched on a Jetson: the Jetson's rows stay (under
     ``other_machines``), and come back to the top when the Jetson benches again."""
-    from exporter.bench import BenchReport, Ceiling, Timing, merge_reports
+    from exporter.measure.bench import BenchReport, Ceiling, Timing, merge_reports
 
     def report(cpu: str, p99: float) -> BenchReport:
         timing = Timing("ort-cpu", "p16", (16, 16), 1, 2, p99 / 2, p99, p99, 1.0, 1.0, 1.0, None, 1.0, 0.1)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from exporter.limits import available_cores
+from exporter.bundle.limits import available_cores
 
 from conftest import build_demo, refused, run_cli
 
@@ -37,7 +37,7 @@ def image(tmp_path) -> Path:
 
 def test_predict_caps_threads_at_the_cores(demo, image, caplog):
     more = available_cores() + 1
-    with caplog.at_level(logging.WARNING, "exporter.limits"):
+    with caplog.at_level(logging.WARNING, "exporter.bundle.limits"):
         result = run_cli("predict", str(demo), str(image), "--variant", "p32", "--threads", str(more))
     assert result.exit_code == 0, result.output + result.stderr
     assert f"--threads {more} is more than the {available_cores()} cores available" in caplog.text
@@ -126,7 +126,7 @@ def pytriton_tree(tmp_path: Path) -> Path:
     leaves it."""
     import sys
 
-    from exporter.serve import pytriton_root
+    from exporter.deploy.server import pytriton_root
 
     root = pytriton_root()
     if root is None or not (root / "tritonserver" / "backends" / "python").is_dir():
@@ -144,7 +144,7 @@ def pytriton_tree(tmp_path: Path) -> Path:
 
 
 def test_serve_prepares_its_backends_beside_an_install_that_holds_a_stub(tmp_path):
-    from exporter.serve import prepare_backends, wheel_install
+    from exporter.deploy.server import prepare_backends, wheel_install
 
     home = pytriton_tree(tmp_path)
     install = wheel_install(home / "bin" / "tritonserver")

@@ -126,9 +126,9 @@ def test_force_replaces_only_what_it_judged_replaceable(tmp_path: Path, two_vari
 def test_a_reader_whose_bundle_is_replaced_says_retry_not_mismatch(tmp_path: Path, two_variants: Path) -> None:
     """validate's check of a bundle opened before a ``build --force`` swapped a new one in: no
     false "sha256 MISMATCH" (exit 3) on a sound bundle, but "being replaced ... retry"."""
-    from exporter.bundle import Bundle
-    from exporter.check import check_variant
-    from exporter.errors import BundleReplaced
+    from exporter.bundle.door import Bundle
+    from exporter.core.errors import BundleReplaced
+    from exporter.measure.validate import check_variant
 
     out = tmp_path / "demo"
     shutil.copytree(two_variants, out)
@@ -143,7 +143,7 @@ def test_a_reader_whose_bundle_is_replaced_says_retry_not_mismatch(tmp_path: Pat
 
 def test_triton_out_shares_the_lock(tmp_path: Path, two_variants: Path) -> None:
     """``triton --out`` takes the same lock: a repository being written is not written twice."""
-    from exporter.locks import destination_lock
+    from exporter.core.locks import destination_lock
 
     repo = tmp_path / "repo"
     with destination_lock(repo):

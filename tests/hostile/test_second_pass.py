@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exporter.errors import EnvironmentMissing, UsageError
+from exporter.core.errors import EnvironmentMissing, UsageError
 
 from conftest import refused, run_cli
 
@@ -42,7 +42,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_serve_leaves_out_what_in_the_install_is_not_a_file(tmp_path: Path) -> None:
     from test_limits_everywhere import pytriton_tree
 
-    from exporter.serve import prepare_backends, wheel_install
+    from exporter.deploy.server import prepare_backends, wheel_install
 
     home = pytriton_tree(tmp_path)
     python = home / "backends" / "python"
@@ -62,7 +62,7 @@ def test_serve_leaves_out_what_in_the_install_is_not_a_file(tmp_path: Path) -> N
 def test_serve_refuses_an_install_whose_backend_library_is_a_fifo(tmp_path: Path) -> None:
     from test_limits_everywhere import pytriton_tree
 
-    from exporter.serve import wheel_install
+    from exporter.deploy.server import wheel_install
 
     home = pytriton_tree(tmp_path)
     library = home / "backends" / "python" / "libtriton_python.so"
@@ -76,7 +76,7 @@ def test_serve_without_the_python_backend_is_an_environment_error(tmp_path: Path
     """Before: found, then 'cannot use .../backends/python: No such file' (exit 2) at the start."""
     from test_limits_everywhere import pytriton_tree
 
-    from exporter.serve import find_tritonserver
+    from exporter.deploy.server import find_tritonserver
 
     home = pytriton_tree(tmp_path)
     shutil.rmtree(home / "backends" / "python")
@@ -106,7 +106,7 @@ def test_a_huge_integer_latency_is_ignored_not_an_overflow(demo: Path, tmp_path:
 
 
 def test_huge_integers_in_eval_and_bench_rows_are_no_accuracy_or_latency() -> None:
-    from exporter.frontier import accuracies, latencies
+    from exporter.measure.frontier import accuracies, latencies
 
     evaluation = {"results": [{"backend": "pytorch", "variant": "p16", "top1": HUGE}]}
     evaluation["results"] += [{"backend": "pytorch", "variant": "p32", "top1": 0.5}]
@@ -125,14 +125,14 @@ def test_huge_integers_in_eval_and_bench_rows_are_no_accuracy_or_latency() -> No
     ],
 )
 def test_a_huge_integer_in_a_timm_config_is_a_usage_error(config: dict) -> None:
-    from exporter.config import check_config
+    from exporter.source.config import check_config
 
     with pytest.raises(UsageError):  # before: OverflowError
         check_config(config)
 
 
 def test_a_huge_integer_budget_in_a_request_is_refused_not_an_overflow() -> None:
-    from exporter.runtime.triton_models import budget_value
+    from exporter.deploy.triton_models import budget_value
 
     with pytest.raises(UsageError, match="budget_ms"):  # before: OverflowError
         budget_value(HUGE)
@@ -187,7 +187,7 @@ def test_the_runtime_api_takes_numpy_numbers_and_refuses_a_bool_top_k(demo: Path
 
 
 def test_netpbm_files_in_an_image_folder_are_images(tmp_path: Path) -> None:
-    from exporter.images import list_images
+    from exporter.runtime.images import list_images
 
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.ppm")
     Image.new("L", (8, 8), 9).save(tmp_path / "b.pgm")

@@ -1,0 +1,240 @@
+"""Reduced-precision ONNX variants, made with onnxruntime's own tools.
+
+FP16: ``onnxruntime.transformers``' float16 converter (it handles the Cast and Identity nodes of
+torch-exported graphs, where onnxconverter-common's copy produced graphs onnxruntime refused),
+keeping LayerNormalization, Softmax, the position-embedding add and the logits in FP32 (the
+known ViT FP16 overflow) and float32 inputs/outputs. INT8: ``onnxruntime.quantization``
+static post-training quantisation in QDQ format, the explicit quantisation TensorRT's strongly
+typed builder expects: symmetric int8 activations and weights (zero point 0), per-channel weight
+scales, Q/DQ around MatMul, Gemm and Conv only, MinMax calibration on real images. Two kinds of
+matmul stay float (``int8_float_nodes``): attention's activation-by-activation matmuls and the
+MLP's second linear (fc2, reading GELU's output). Measured on the trained DINOv2-S/14
+(scripts/real_weights.py, README "Real weights"): quantising everything gives cosine 0.87 against
+fp32; attention float 0.98; attention and fc2 float ≥ 0.997 at p14/p16/p28. Percentile
+calibration (99.99) is worse than MinMax (0.81): DINOv2's massive activations carry the signal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exporter.bundle.manifest import INPUT_NAME
+from exporter.core.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class Precision(str, Enum):
+    """The precision of an ONNX file in a bundle: every variant has its fp32 file, and with
+    ``--precision fp16|int8`` one reduced-precision file beside it. (A TensorRT profile's
+    precision is wider: tf32, bf16 and fp8 are engine settings, not ONNX files.)"""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+    def __str__(self) -> str:  # "fp16" in file names, messages and JSON, on every Python
+        return self.value
+
+    @classmethod
+    def parse(cls, value: object, what: str = "--precision") -> Precision:
+        try:
+            return cls(str(value))
+        except ValueError:
+            raise UsageError(f"{what} must be one of {', '.join(PRECISIONS)}, got {value!r}") from None
+
+    @property
+    def reduced(self) -> bool:
+        """A file converted from the fp32 one (and judged with its own tolerance)."""
+        return self is not Precision.FP32
+
+
+PRECISIONS = tuple(p.value for p in Precision)
+REDUCED_PRECISIONS = tuple(p.value for p in Precision if p.reduced)
+FP32_OPS = ["LayerNormalization", "Softmax"]
+QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
+# How far back from a matmul's activation input GELU's Erf/Tanh is looked for (x·0.5·(1+erf)).
+GELU_DEPTH = 4
+GELU_OPS = {"Gelu", "FastGelu", "Erf", "Tanh"}
+
+
+def fp32_anchor_nodes(model: object) -> list[str]:
+    """Nodes kept in FP32 besides ``FP32_OPS``: the position-embedding add and the logits producer."""
+    graph = model.graph  # type: ignore[attr-defined]
+    initializers = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    anchors = [n.name for n in graph.node if n.op_type == "Add" and any("pos_embed" in i for i in n.input)]
+    anchors += [n.name for n in graph.node if outputs & set(n.output)]
+    # The torch exporter may fold pos_embed into an anonymous initializer; fall back to the first
+    # Add fed by an initializer whose shape is [1, tokens, dim].
+    if not any("pos_embed" in i for i in initializers):
+        shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+        anchors += [
+            n.name
+            for n in graph.node
+            if n.op_type == "Add" and any(len(shapes.get(i, ())) == 3 and shapes[i][0] == 1 for i in n.input)
+        ][:1]
+    return anchors
+
+
+def to_fp16(src: Path, dst: Path) -> list[str]:
+    """Write an FP16 copy of ``src``; returns the nodes kept in FP32 by name."""
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = onnx.load(str(src))
+    anchors = fp32_anchor_nodes(model)
+    wrapped = OnnxModel(model)
+    wrapped.convert_float_to_float16(keep_io_types=True, op_block_list=FP32_OPS, node_block_list=anchors)
+    wrapped.save_model_to_file(str(dst))
+    return anchors
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over a float32 NCHW array."""
+
+    def __init__(self, name: str, images: np.ndarray, batch: int) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = (
+            {name: images[i : i + batch]} for i in range(0, len(images), batch)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def attention_matmuls(model: object) -> list[str]:
+    """MatMuls of two activations, attention's Q·Kᵀ and P·V: neither input is a weight."""
+    graph = model.graph  # type: ignore[attr-defined]
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
+
+
+def mlp_output_matmuls(model: object) -> list[str]:
+    """Weight MatMuls/Gemms reading GELU's output (the MLP's fc2): the last few nodes before them
+    (at most ``GELU_DEPTH``, never through another matmul or a LayerNorm) include Gelu or the
+    Erf/Tanh of its decomposed form."""
+    graph = model.graph  # type: ignore[attr-defined]
+    weights = {i.name for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    stops = {"MatMul", "Gemm", "Conv", "LayerNormalization", "Softmax"}
+
+    def after_gelu(tensor: str) -> bool:
+        frontier = [tensor]
+        for _ in range(GELU_DEPTH):
+            nodes = [producers[t] for t in frontier if t in producers]
+            if any(n.op_type in GELU_OPS for n in nodes):
+                return True
+            frontier = [i for n in nodes if n.op_type not in stops for i in n.input if i not in weights]
+        return False
+
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type in ("MatMul", "Gemm")
+        and weights & set(n.input)
+        and any(after_gelu(i) for i in n.input if i not in weights)
+    ]
+
+
+def int8_float_nodes(src: Path) -> list[str]:
+    """Matmuls kept float in INT8: attention's two activation matmuls (TensorRT fuses attention
+    in fp16 anyway, and NVIDIA ModelOpt leaves them out for many models) and the MLP's fc2, whose
+    input after GELU is heavy-tailed (DINOv2's massive activations: per-tensor int8 cannot hold
+    both the outliers and the rest). Their weights stay float too."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    return attention_matmuls(model) + mlp_output_matmuls(model)
+
+
+def to_int8(
+    src: Path, dst: Path, calibration: np.ndarray, static_batch: int | None = None, exclude: Sequence[str] = ()
+) -> None:
+    """Write a QDQ INT8 copy of ``src`` calibrated on ``calibration`` images; the nodes named in
+    ``exclude`` stay float."""
+    if len(calibration) == 0:
+        raise UsageError("int8 needs calibration images: pass --calib-dir DIR")
+    batch = static_batch or 8
+    if static_batch:
+        usable = (len(calibration) // static_batch) * static_batch
+        if usable == 0:
+            raise UsageError(
+                f"int8 calibration needs at least {static_batch} images for a static batch of {static_batch}"
+            )
+        calibration = calibration[:usable]
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # onnxruntime's quantizer logs advice on the root logger
+    try:
+        _quantize(src, dst, calibration, batch, exclude)
+    finally:
+        root.setLevel(level)
+    import onnx
+
+    model = onnx.load(str(dst))
+    qdq_inputs_only(model)
+    onnx.save(model, str(dst))
+
+
+def qdq_inputs_only(model: object) -> int:
+    """Keep Q/DQ on the inputs of MatMul/Gemm/Conv only, as TensorRT's explicit quantisation wants:
+    other readers of a quantised activation (Shape, Reshape) get the float tensor back, and Q/DQ
+    pairs left with no quantised reader are removed. Returns how many readers were rewired."""
+    graph = model.graph  # type: ignore[attr-defined]
+    producers = {o: n for n in graph.node for o in n.output}
+    rewired = 0
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue  # a weight: its DQ reads an int8 initializer
+        for node in graph.node:
+            if node.op_type not in QUANTIZED_OPS:
+                for i, name in enumerate(node.input):
+                    if name == dq.output[0]:
+                        node.input[i] = q.input[0]
+                        rewired += 1
+    removed = []
+    for op in ("DequantizeLinear", "QuantizeLinear"):
+        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type == op and n.output[0] not in used]
+        for n in dead:
+            graph.node.remove(n)
+        removed += dead
+    # Their scales and zero points, unless another node still reads them.
+    used = {name for n in graph.node for name in n.input}
+    orphans = {name for n in removed for name in n.input[1:]} - used
+    for init in [i for i in graph.initializer if i.name in orphans]:
+        graph.initializer.remove(init)
+    return rewired
+
+
+def _quantize(src: Path, dst: Path, calibration: np.ndarray, batch: int, exclude: Sequence[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(src),
+        str(dst),
+        _Calibration(INPUT_NAME, calibration, batch),  # type: ignore[arg-type]
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=QUANTIZED_OPS,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=list(exclude),
+        # Biases stay float: TensorRT fuses them itself and expects no int32 bias Q/DQ.
+        # DedicatedQDQPair: only the quantised op reads the dequantised tensor; Shape/Reshape keep the float one.
+        extra_options={
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "DedicatedQDQPair": True,
+        },
+    )

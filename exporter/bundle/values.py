@@ -1,0 +1,113 @@
+"""What the schema's types cannot say about a manifest's values, checked at the bundle door.
+
+The schema (``exporter.bundle.door``) checks each field alone; these rules tie fields together, so
+that a command never runs on numbers that contradict each other:
+
+- mean and std are finite (std > 0 is the schema's); a verdict of "passed" has finite statistics
+  (NaN compares false with every tolerance, so it would pass any check);
+- a variant's ``img_size`` is its ONNX input's height and width, and ``grid x patch_size``; its
+  ``tokens`` are the grid's plus at most 64 class/register tokens;
+- a dynamic-resolution variant has ``min <= opt <= max``, each a multiple of its patch, ``opt``
+  is the variant's ``img_size`` (the size it runs at), and one check at ``min`` and one at ``max``.
+
+Each broken rule is one ``BundleError`` naming the field. Pure Python: no numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from exporter.core.errors import BundleError
+
+MAX_PREFIX_TOKENS = 64  # class and register tokens before the patch grid (the schema's allowance)
+STATS: tuple[str, ...] = ("max_abs", "mean_abs", "p99_abs", "max_rel", "mean_rel", "p99_rel", "min_cosine")
+STATS += ("top1_agreement", "top5_agreement")
+
+
+def check_values(data: dict[str, Any], where: str) -> None:
+    """``BundleError`` for the first rule ``data`` (a manifest the schema accepted) breaks."""
+    problem = next(_problems(data), None)
+    if problem is not None:
+        raise BundleError(f"{where} is malformed: {problem}")
+
+
+def _problems(data: dict[str, Any]) -> Iterator[str]:
+    pre = data["preprocessing"]
+    for key in ("mean", "std"):
+        if not all(math.isfinite(x) for x in pre[key]):
+            yield f"preprocessing.{key}: every value must be a finite number, got {pre[key]}"
+    for i, variant in enumerate(data["variants"]):
+        yield from _variant_problems(variant, f"variants[{i}]")
+    for name, entry in data.get("engines", {}).items():
+        for label, built in entry.get("variants", {}).items():
+            yield from _stats_problems(built["parity"], built["status"] == "passed", f"engines.{name}.variants.{label}")
+
+
+def _variant_problems(v: dict[str, Any], at: str) -> Iterator[str]:
+    yield from _stats_problems(v["parity"], v["parity"]["passed"] or v["status"] == "passed", f"{at}.parity")
+    if v.get("reduced"):
+        yield from _stats_problems(v["reduced"]["parity"], v["reduced"]["status"] == "passed", f"{at}.reduced.parity")
+    img, patch, grid = v["img_size"], v["patch_size"], v["grid"]
+    if [g * p for g, p in zip(grid, patch)] != list(img):
+        yield f"{at}.grid: {list(grid)} x patch {list(patch)} is not the image size {list(img)}"
+    prefix = v["tokens"] - grid[0] * grid[1]
+    if not 0 <= prefix <= MAX_PREFIX_TOKENS:  # the order of variants (most tokens first) follows it
+        cells = grid[0] * grid[1]
+        yield f"{at}.tokens: {v['tokens']} is not the grid's {cells} plus 0-{MAX_PREFIX_TOKENS} class/register tokens"
+    shape = v["onnx"]["inputs"][0]["shape"]
+    dynamic = v.get("dynamic") or {}
+    if len(shape) != 4:
+        yield f"{at}.onnx.inputs[0].shape: an image input is [batch, channels, height, width], got {shape}"
+    elif not dynamic and shape[2:] != list(img):
+        yield f"{at}.img_size: {list(img)} is not its ONNX input's height and width {shape[2:]}"
+    elif dynamic and any(isinstance(d, int) for d in shape[2:]):
+        yield f"{at}.onnx.inputs[0].shape: a dynamic-resolution input names its height and width, got {shape}"
+    if dynamic:
+        yield from _dynamic_problems(dynamic, img, patch, f"{at}.dynamic")
+
+
+def _dynamic_problems(d: dict[str, Any], img: list[int], patch: list[int], at: str) -> Iterator[str]:
+    low, opt, high = d["min"], d["opt"], d["max"]
+    if not all(lo <= o <= hi for lo, o, hi in zip(low, opt, high)):
+        yield f"{at}: needs min <= opt <= max, got min {list(low)}, opt {list(opt)}, max {list(high)}"
+    if list(d["multiple_of"]) != list(patch):
+        yield f"{at}.multiple_of: {list(d['multiple_of'])} is not the variant's patch size {list(patch)}"
+    for key in ("min", "opt", "max"):
+        if any(s % p for s, p in zip(d[key], patch)):
+            yield f"{at}.{key}: {list(d[key])} is not a multiple of the patch size {list(patch)}"
+    if list(opt) != list(img):
+        yield f"{at}.opt: {list(opt)} is not the size the variant runs at (img_size {list(img)})"
+    sizes = [c["size"] for c in d["checks"]]
+    if sorted(sizes) != ["max", "min"]:
+        yield f"{at}.checks: one check at min and one at max, got {sizes}"
+    for j, check in enumerate(d["checks"]):
+        end = list(d[check["size"]])
+        if list(check["img_size"]) != end:
+            yield f"{at}.checks[{j}].img_size: {list(check['img_size'])} is not its {check['size']} {end}"
+        yield from _stats_problems(check["parity"], check["parity"]["passed"], f"{at}.checks[{j}].parity")
+
+
+def _stats_problems(stats: dict[str, Any], passed: bool, at: str) -> Iterator[str]:
+    """A passed verdict's numbers must be finite (a failed one may record the NaN it found)."""
+    bad = [k for k in STATS if isinstance(stats.get(k), float) and not math.isfinite(stats[k])]
+    if passed and bad:
+        yield f"{at}: a passed check with non-finite {', '.join(bad)} ({stats[bad[0]]})"
+
+
+def strict_json(data: Any) -> str:
+    """``data`` as strict JSON (RFC 8259: no ``NaN``/``Infinity`` tokens, which ``jq``, browsers
+    and most parsers refuse): a non-finite number is written as ``null``."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(data), indent=2, allow_nan=False) + "\n"

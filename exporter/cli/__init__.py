@@ -1,0 +1,5 @@
+"""The ``flexiexport`` command line (``exporter.cli:main``)."""
+
+from exporter.cli.app import main
+
+__all__ = ["main"]

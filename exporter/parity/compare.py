@@ -1,0 +1,278 @@
+"""Compare any runner's outputs with a reference: numbers first, verdict second.
+
+A runner is anything that maps a float32 NCHW batch to logits (PyTorch, onnxruntime, later
+TensorRT), so all backends are checked by one function. A ``Comparison`` is truthy when it
+passes and prints its own statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.build.precision import Precision
+from exporter.core.errors import UsageError
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass criteria; ``allclose``-style: ``|a - b| <= atol + rtol * |ref|`` everywhere."""
+
+    name: str = "fp32"
+    atol: float | None = 1e-4  # None: no elementwise check (reduced precision uses p99_of_range)
+    rtol: float = 1e-3
+    min_cosine: float = 0.99999
+    min_top1: float = 1.0
+    p99_of_range: float | None = None  # reduced precision: p99 |Δ| <= this x (max - min of the reference)
+    max_accuracy_drop: float | None = None  # int8: top-1 accuracy may fall this much (judged by ``evaluate``)
+
+    def __post_init__(self) -> None:
+        numbers = [self.atol, self.rtol, self.min_cosine, self.min_top1, self.p99_of_range, self.max_accuracy_drop]
+        if not all(math.isfinite(x) for x in numbers if x is not None):  # NaN or inf would judge nothing
+            raise UsageError(
+                f"tolerances (--atol, --rtol) must be finite numbers, got atol {self.atol}, rtol {self.rtol}"
+            )
+        if (self.atol is not None and self.atol < 0) or self.rtol < 0:
+            raise UsageError(f"tolerances must be >= 0, got atol={self.atol}, rtol={self.rtol}")
+        if not (0.0 <= self.min_cosine <= 1.0 and 0.0 <= self.min_top1 <= 1.0):
+            raise UsageError(f"min cosine and min top-1 must be in [0, 1], got {self.min_cosine}, {self.min_top1}")
+
+
+TOLERANCES = {
+    "fp32": Tolerance("fp32"),
+    "trt-fp32": Tolerance("trt-fp32", atol=1e-3, rtol=1e-3, min_cosine=0.9999, min_top1=0.999),
+    "fp16": Tolerance("fp16", atol=None, rtol=0.0, min_cosine=0.999, min_top1=0.99, p99_of_range=5e-3),
+    "int8": Tolerance("int8", atol=None, rtol=0.0, min_cosine=0.99, min_top1=0.97, max_accuracy_drop=0.01),
+}
+
+
+def recorded_tolerance(entry: Mapping[str, Any]) -> Tolerance:
+    """The tolerance a checked file was judged with. Every checked file's record carries its own,
+    once, under ``tolerance``: a variant's ``onnx`` and ``reduced`` entries, an engine's entry."""
+    return Tolerance(**entry["tolerance"])
+
+
+def tolerance_for(precision: str, runtime: str) -> Tolerance:
+    """DESIGN.md's defaults: fp32 in onnxruntime, fp32/tf32 in TensorRT, fp16/bf16."""
+    if precision in (Precision.FP16, "bf16"):
+        return TOLERANCES["fp16"]
+    if precision in (Precision.FP32, "tf32"):
+        return TOLERANCES["trt-fp32" if runtime == "tensorrt" else "fp32"]
+    if precision == Precision.INT8:
+        return TOLERANCES["int8"]
+    raise UsageError(f"no default tolerance for precision {precision!r}")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Statistics of candidate vs reference logits, and the verdict against a tolerance."""
+
+    samples: int
+    max_abs: float
+    mean_abs: float
+    p99_abs: float
+    max_rel: float
+    mean_rel: float
+    p99_rel: float
+    min_cosine: float
+    top1_agreement: float | None  # None for a feature model: an argmax over embedding dims means nothing
+    top5_agreement: float | None
+    allclose: bool
+    tolerance: Tolerance
+    failures: tuple[str, ...]
+    # The reference's gap between its top two logits, as a share of its logit range (max - min):
+    # median over all samples, and over the samples whose top-1 changed. Small gaps mean nearly
+    # tied logits (an untrained model), where any perturbation flips the top-1.
+    top2_gap: float | None = None
+    flipped_top2_gap: float | None = None
+
+    def __bool__(self) -> bool:
+        return not self.failures
+
+    @property
+    def passed(self) -> bool:
+        return bool(self)
+
+    def __str__(self) -> str:
+        mark = "✓" if self else "✗"
+        text = (
+            f"{mark} max|Δ| {self.max_abs:.2e}  p99 {self.p99_abs:.2e}  mean {self.mean_abs:.2e}  "
+            f"cos {self.min_cosine:.7f}"
+        )
+        if self.top1_agreement is not None and self.top5_agreement is not None:
+            text += f"  top-1 {self.top1_agreement:.1%}  top-5 {self.top5_agreement:.1%}"
+        return text + ("" if self else "  (" + "; ".join(self.failures) + ")")
+
+    def to_dict(self) -> dict[str, object]:
+        """The numbers and the verdict, as a manifest's ``parity`` records them; the tolerance is
+        recorded once, in the checked file's own record (``recorded_tolerance``)."""
+        data = asdict(self)
+        del data["tolerance"]
+        data["passed"] = self.passed
+        data["failures"] = list(self.failures)
+        return data
+
+
+def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-logits, axis=1, kind="stable")[:, :k]
+
+
+def compare_outputs(
+    reference: np.ndarray, candidate: np.ndarray, tol: Tolerance = TOLERANCES["fp32"], classifier: bool = True
+) -> Comparison:
+    """Compare ``[N, classes]`` logits, or with ``classifier=False`` a feature model's
+    ``[N, dims]`` embeddings by cosine and |Δ| only (no top-1/top-5, no top-1 check).
+    Relative error is ``|Δ| / (|ref| + atol)``."""
+    if reference.shape != candidate.shape:
+        raise UsageError(f"output shapes differ: reference {reference.shape}, candidate {candidate.shape}")
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    ref_bad, cand_bad = ~np.isfinite(ref).all(axis=1), ~np.isfinite(cand).all(axis=1)
+    bad = ref_bad | cand_bad  # a NaN row agrees with nothing: argsort would rank its NaNs like numbers
+    diff = np.abs(ref - cand)
+    rel = diff / (np.abs(ref) + (tol.atol if tol.atol else 1e-6))
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+        cosine = np.where(norms > 0, np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-300), 1.0)
+    cosine = np.where(bad, 0.0, cosine)
+    finite = not bool(bad.any())
+    allclose = finite and (tol.atol is None or bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref))))
+    failures = []
+    if tol.p99_of_range is not None:
+        spread = float(ref.max() - ref.min())
+        p99 = float(np.percentile(diff, 99))
+        if p99 > tol.p99_of_range * spread:
+            failures.append(f"p99|Δ| {p99:.2e} exceeds {tol.p99_of_range:g} x logit range {spread:.3g}")
+    if cand_bad.any():
+        failures.append(f"non-finite outputs (NaN or Inf) in {int(cand_bad.sum())} of {len(cand)} samples")
+    if ref_bad.any():
+        failures.append(
+            f"the reference has non-finite outputs (NaN or Inf) in {int(ref_bad.sum())} of {len(ref)} samples"
+        )
+    if finite and not allclose:
+        failures.append(f"max|Δ| {diff.max():.2e} exceeds atol {tol.atol:g} + rtol {tol.rtol:g}·|ref|")
+    if float(cosine.min()) < tol.min_cosine or not math.isfinite(float(cosine.min())):
+        failures.append(f"cosine {cosine.min():.7f} < {tol.min_cosine}")
+    if not classifier:
+        return _stats(ref, diff, rel, cosine, allclose, tol, failures)
+    k = min(5, ref.shape[1])
+    flipped = (_top_k(ref, 1)[:, 0] != _top_k(cand, 1)[:, 0]) | bad
+    top1 = float(1.0 - np.mean(flipped))
+    top5_ref, top5_cand = _top_k(ref, k), _top_k(cand, k)
+    overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(top5_ref, top5_cand)])
+    top5 = float(np.mean(np.where(bad, 0.0, overlap)))
+    top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((len(ref), 2))
+    gaps = (top2[:, 1] - top2[:, 0]) / np.maximum(ref.max(axis=1) - ref.min(axis=1), 1e-12)
+    top2_gap = float(np.median(gaps))
+    flipped_gap = float(np.median(gaps[flipped])) if flipped.any() else None
+    if top1 < tol.min_top1:
+        failures.append(
+            f"top-1 agreement {top1:.1%} < {tol.min_top1:.1%}"
+            + (
+                f" (flipped samples' top-2 gap: median {flipped_gap:.1%} of the logit range, all samples "
+                f"{top2_gap:.1%})"
+                if flipped_gap is not None
+                else ""
+            )
+        )
+    return replace(
+        _stats(ref, diff, rel, cosine, allclose, tol, failures),
+        top1_agreement=top1,
+        top5_agreement=top5,
+        top2_gap=top2_gap,
+        flipped_top2_gap=flipped_gap,
+    )
+
+
+def _stats(
+    ref: np.ndarray,
+    diff: np.ndarray,
+    rel: np.ndarray,
+    cosine: np.ndarray,
+    allclose: bool,
+    tol: Tolerance,
+    failures: list[str],
+) -> Comparison:
+    """The numbers every comparison has (a classifier's top-k agreements are added by the caller)."""
+    return Comparison(
+        samples=int(ref.shape[0]),
+        max_abs=float(diff.max()),
+        mean_abs=float(diff.mean()),
+        p99_abs=float(np.percentile(diff, 99)),
+        max_rel=float(rel.max()),
+        mean_rel=float(rel.mean()),
+        p99_rel=float(np.percentile(rel, 99)),
+        min_cosine=float(cosine.min()),
+        top1_agreement=None,
+        top5_agreement=None,
+        allclose=allclose,
+        tolerance=tol,
+        failures=tuple(failures),
+    )
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """``validate``'s verdict on one variant: file integrity and fresh parity."""
+
+    label: str
+    sha256_ok: bool
+    comparison: Comparison | None
+    problem: str = ""
+    reduced: Comparison | None = None  # the fp16/int8 ONNX, when the bundle has one
+
+    def __bool__(self) -> bool:
+        reduced_ok = self.reduced is None or bool(self.reduced)
+        return self.sha256_ok and bool(self.comparison) and reduced_ok and not self.problem
+
+
+def run_batched(runner: Runner, inputs: np.ndarray, batch: int) -> np.ndarray:
+    """Run ``runner`` over ``inputs`` in chunks of ``batch`` (a static-batch ONNX needs exact chunks)."""
+    outputs = []
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start : start + batch]
+        if len(chunk) < batch:  # pad the tail for static shapes, then drop the padding
+            pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
+            outputs.append(runner(np.concatenate([chunk, pad]))[: len(chunk)])
+        else:
+            outputs.append(runner(chunk))
+    return np.concatenate(outputs)
+
+
+def check_parity(
+    reference: Runner, candidate: Runner, inputs: np.ndarray, batch: int, tol: Tolerance, classifier: bool = True
+) -> Comparison:
+    """Run both runners on the same inputs and compare their outputs (``compare_outputs``)."""
+    return compare_outputs(
+        run_batched(reference, inputs, batch), run_batched(candidate, inputs, batch), tol, classifier
+    )
+
+
+def torch_runner(model: object) -> Runner:
+    """PyTorch eager on the CPU in float32 (the reference)."""
+    import torch
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()  # type: ignore[operator]
+
+    return run
+
+
+def ort_runner(path: Path, threads: int | None = None, provider: str = "CPUExecutionProvider") -> Runner:
+    """onnxruntime on an ONNX file (CPU provider unless told), all graph optimisations on: the
+    runtime's runner (``exporter.runtime.backends``), so a build checks what a device runs."""
+    from exporter.runtime.backends import ORT_PROVIDERS
+    from exporter.runtime.backends import ort_runner as runtime_ort_runner
+
+    backend = next((name for name, p in ORT_PROVIDERS.items() if p == provider), None)
+    if backend is None:
+        raise UsageError(f"no onnxruntime backend for provider {provider!r}")
+    return runtime_ort_runner(path, backend, threads)

@@ -1,0 +1,188 @@
+"""Turn image files into ``pixel_values`` with a bundle's recorded preprocessing.
+
+timm's eval transform: resize the short side to ``img / crop_pct`` with the recorded
+interpolation, centre-crop to ``img``, scale to [0, 1], normalise with mean/std.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+from exporter.bundle.manifest import walk
+from exporter.core.errors import FlexiExportError, ImageErrors, UsageError
+from exporter.core.sizes import Size2
+from exporter.runtime.preprocess import Preprocess, read_image
+
+if TYPE_CHECKING:
+    from exporter.source.load import Preprocessing
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, sorted, recursively."""
+    if not folder.is_dir():
+        raise UsageError(f"image folder {str(folder)!r} does not exist or is not a folder")
+    files = image_files(folder)
+    if not files:
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}")
+    return files
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Regular image files under ``folder`` (sorted; links to regular files too, never a FIFO or
+    device that would block a read)."""
+    return [
+        e.path
+        for e in walk(folder)
+        if e.path.suffix.lower() in IMAGE_SUFFIXES and (e.is_file or (e.is_link and e.path.is_file()))
+    ]
+
+
+def folder_digest(folder: Path, limit: int) -> str:
+    """sha256 over the names and bytes of the first ``limit`` images (sorted) of ``folder``:
+    the ones a build reads, so ``--resume`` notices an image replaced under the same name."""
+    digest = hashlib.sha256()
+    for path in list_images(folder)[:limit]:
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@contextmanager
+def opened_image(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open`` (lazy: header only) of a regular file, refusing anything else and
+    decompression bombs. A FIFO, a device or a folder is refused before it is opened for reading
+    (a FIFO would block the read forever); PIL only warns between ``MAX_IMAGE_PIXELS`` and twice
+    that, and would then decode gigabytes. Every failure of the decoders, while the header is read
+    or while the block decodes the pixels (Pillow raises ``OSError``, ``ValueError``,
+    ``SyntaxError``, ``EOFError``, ``struct.error`` ...), is a ``UsageError`` naming the file."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with regular_file(path) as handle, Image.open(handle) as image:
+                yield image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UsageError(bomb_message(path, exc)) from None
+    except FlexiExportError:
+        raise
+    except Exception as exc:  # a decoder's failure on this file's bytes, whatever its type
+        raise UsageError(f"cannot read image {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def regular_file(path: Path) -> Iterator[BinaryIO]:
+    """``path`` opened for reading when it is a regular file (after links); ``UsageError`` for a
+    FIFO, socket, device or folder. Checked before the open and again on the open descriptor, and
+    opened non-blocking, so a file swapped for a FIFO in between cannot hang the read either."""
+    kind = _file_kind(os.stat(path).st_mode)
+    if kind is None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        kind = _file_kind(os.fstat(fd).st_mode)
+        if kind is None:
+            with os.fdopen(fd, "rb") as handle:
+                yield handle
+            return
+        os.close(fd)
+    raise UsageError(f"{str(path)!r} is {kind}, not an image file: refused (give a regular file)")
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    kinds = [
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    if stat.S_ISREG(mode):
+        return None
+    return next((word for test, word in kinds if test(mode)), "not a regular file")
+
+
+def bomb_message(path: Path, exc: Exception) -> str:
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return (
+        f"image {str(path)!r} has {size}, more than the {Image.MAX_IMAGE_PIXELS or 0:,} this tool decodes "
+        "(a decompression bomb?); shrink or remove it"
+    )
+
+
+def check_images(folder: Path, limit: int) -> None:
+    """Decode the first ``limit`` images of ``folder`` whole: a bomb, a FIFO or a file any decoder
+    refuses stops a build before it spends minutes on export, with one ``error:`` line per such
+    file (all of them, not only the first)."""
+    problems = []
+    for path in list_images(folder)[:limit]:
+        try:
+            read_image(path)
+        except UsageError as exc:
+            problems.append(f"--calib-dir: {exc}")
+    if problems:
+        raise ImageErrors(problems)
+
+
+def readable_images(files: list[Path]) -> tuple[list[Path], list[str]]:
+    """``files`` split into those that decode and why each of the others does not (``--data: ...``)."""
+    good, problems = [], []
+    for path in files:
+        try:
+            read_image(path)
+        except UsageError as exc:
+            problems.append(f"--data: {exc}")
+            continue
+        good.append(path)
+    return good, problems
+
+
+def transform(img_size: Size2, pre: Preprocessing) -> Preprocess:
+    """The runtime's preprocessing (timm's eval transform) for these recorded settings."""
+    return Preprocess(tuple(img_size), pre.mean, pre.std, pre.interpolation, pre.crop_pct, pre.crop_mode)  # type: ignore[arg-type]
+
+
+def read_pixels(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:
+    """One image file → uint8 RGB ``[H, W, 3]``, resized and centre-cropped, not yet normalised
+    (what a bundle's reference stores)."""
+    return transform(img_size, pre).pixels(read_image(path))
+
+
+def preprocess(path: Path, img_size: Size2, pre: Preprocessing) -> np.ndarray:
+    """One image file → float32 ``[3, H, W]``: ``read_pixels``, then normalised."""
+    return transform(img_size, pre).normalize(read_pixels(path, img_size, pre)[None])[0]
+
+
+def load_images(
+    folder: Path, img_size: Size2, pre: Preprocessing, limit: int | None = None, skip: int = 0
+) -> np.ndarray:
+    """Up to ``limit`` images from ``folder`` (in sorted order, after the first ``skip``) as one
+    float32 NCHW array; an empty ``[0, 3, H, W]`` array when none are left."""
+    files = list_images(folder)[skip:][:limit]
+    if not files:
+        return np.zeros((0, 3, *img_size), dtype=np.float32)
+    return np.stack([preprocess(p, img_size, pre) for p in files])
+
+
+def load_pixels(
+    folder: Path, img_size: Size2, pre: Preprocessing, limit: int | None = None, skip: int = 0
+) -> np.ndarray:
+    """``load_images`` as uint8 RGB ``[N, H, W, 3]`` (an empty ``[0, H, W, 3]`` array when none are left)."""
+    files = list_images(folder)[skip:][:limit]
+    if not files:
+        return np.zeros((0, *img_size, 3), dtype=np.uint8)
+    return np.stack([read_pixels(p, img_size, pre) for p in files])

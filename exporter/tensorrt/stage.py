@@ -1,0 +1,223 @@
+"""The TensorRT engine stage: plan, trtexec script, build and validation, on the build machine
+or later on the target device (``flexiexport engine``).
+
+Needs TensorRT (imported lazily, in ``exporter.tensorrt.trt``), cuda-python (``exporter.tensorrt.gpu``) and numpy:
+engines are judged against the PyTorch logits the bundle carries (``exporter.bundle.reference``), and
+the LayerNorm names the trtexec script pins to FP32 are read from the ONNX's protobuf directly,
+so no torch, timm, onnx or checkpoint is needed on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from exporter.build.inputs import InputPlan
+from exporter.build.precision import Precision
+from exporter.bundle.door import Bundle, swap_into_place
+from exporter.bundle.manifest import MANIFEST, REPORT, Manifest, render_report, sha256_file, write_atomic
+from exporter.bundle.onnxwire import onnx_node_names
+from exporter.bundle.reference import stored_reference
+from exporter.core.errors import BundleError, EnvironmentMissing
+from exporter.core.names import check_name, printable
+from exporter.core.progress import Reporter, SilentReporter, stage
+from exporter.tensorrt.profile import Profile
+
+log = logging.getLogger(__name__)
+
+
+def layernorm_node_names(onnx_path: Path) -> tuple[str, ...]:
+    """Names of the LayerNormalization nodes (TensorRT names its layers after them)."""
+    return onnx_node_names(onnx_path, "LayerNormalization")
+
+
+def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict[str, Any]]:
+    """Per variant: the ONNX the engine is built from (the profile's precision when the bundle
+    has it), the ONNX precisions the bundle has, the engine path, the optimisation-profile shapes
+    and the LayerNorm names of that ONNX."""
+    from exporter.tensorrt.trt import engine_shapes
+
+    plan = []
+    for record in manifest.variants:
+        check_name(record.label, "the manifest's variant label")  # it names the engine file
+        matching = record.reduced if record.reduced.get("precision") == profile.precision else None
+        onnx = matching["path"] if matching else record.onnx["path"]
+        plan.append(
+            {
+                "label": record.label,
+                "onnx": onnx,
+                "onnx_precision": profile.precision if matching else Precision.FP32.value,
+                "available": (
+                    Precision.FP32.value,
+                    *([record.reduced["precision"]] if record.reduced.get("precision") else []),
+                ),
+                "engine": f"engines/{profile.name}/model_{record.label}.engine",
+                "shapes": engine_shapes(profile, record.img_size, record.static_batch, record.img_range),
+                "layernorms": layernorm_node_names(bundle / onnx),
+            }
+        )
+    return plan
+
+
+def write_engine_script(bundle: Path, manifest: Manifest, profile: Profile, onnx_root: Path | None = None) -> Path:
+    """``engines/build_<profile>.sh`` under ``bundle``, executable, for devices that have only
+    trtexec; the ONNX files are read from ``onnx_root`` (default: ``bundle``)."""
+    from exporter.tensorrt.trt import build_script
+
+    path = bundle / "engines" / f"build_{profile.name}.sh"
+    write_atomic(path, build_script(profile, engine_plan(onnx_root or bundle, manifest, profile)))
+    path.chmod(0o755)
+    return path
+
+
+def pending_engines(bundle: str, profile: Profile, reason: str) -> dict[str, Any]:
+    return {
+        "status": "pending (build on target)",
+        "reason": reason,
+        "profile": asdict(profile) | {"path": None},
+        "command": shlex.join(["flexiexport", "engine", bundle, "--profile", profile.name]),
+        "script": f"engines/build_{profile.name}.sh",
+    }
+
+
+def build_engines(
+    bundle: Path,
+    manifest: Manifest,
+    profile: Profile,
+    reporter: Reporter,
+    times: dict[str, float],
+    out_root: Path | None = None,
+    cache_in: Path | None = None,
+) -> dict[str, Any]:
+    """Build one engine per variant, then judge it against the PyTorch logits the bundle carries
+    (needs TensorRT and a GPU; no torch, no checkpoint). A TensorRT version or GPU the profile is
+    not for is ``EnvironmentMissing`` (exit 4) naming both, before anything is built.
+
+    ONNX files are read from ``bundle``; engines, sidecars and the timing cache are written
+    under ``out_root`` (default: ``bundle``). ``cache_in`` is a saved timing cache to start from."""
+    from exporter.parity.compare import compare_outputs, run_batched, tolerance_for
+    from exporter.tensorrt.gpu import gpu_identity
+    from exporter.tensorrt.trt import (
+        build_engine,
+        check_precision,
+        engine_runner,
+        import_tensorrt,
+        profile_mismatch,
+        timing_cache_name,
+    )
+
+    out_root = out_root or bundle
+    trt = import_tensorrt()
+    gpu = gpu_identity()
+    mismatch = profile_mismatch(profile, trt.__version__, gpu.compute_capability, gpu.name)
+    if mismatch:
+        raise EnvironmentMissing(mismatch)
+    cache = f"engines/{profile.name}/{timing_cache_name(gpu.compute_capability, trt.__version__)}"
+    tol = tolerance_for(profile.precision, "tensorrt")
+    plan = engine_plan(bundle, manifest, profile)
+    input_plan = InputPlan.for_bundle(manifest)
+    for item in plan:  # every refusal before the first build
+        check_precision(trt.__version__, profile.precision, item["onnx_precision"], item["available"])
+    variants: dict[str, Any] = {}
+    for item in plan:
+        record = next(v for v in manifest.variants if v.label == item["label"])
+        with stage(reporter, item["label"], "engine", times):
+            info = build_engine(
+                bundle / item["onnx"], out_root / item["engine"], profile, item["shapes"], cache_in, out_root / cache
+            )
+        cache_in = out_root / cache  # the next variant starts from what this one measured
+        with stage(reporter, item["label"], "engine parity", times):
+            planned, expected = stored_reference(bundle, manifest, record)
+            inputs = input_plan.reduced(profile.precision, planned.arrays())
+            expected = input_plan.reduced(profile.precision, expected)
+            actual = run_batched(engine_runner(out_root / item["engine"]), inputs, item["shapes"].opt[0])
+            cmp = compare_outputs(expected, actual, tol, manifest.classifier)
+        variants[item["label"]] = {
+            **asdict(info),
+            "engine": item["engine"],  # the sidecar names files beside it; the manifest, paths in the bundle
+            "onnx": item["onnx"],
+            "tolerance": asdict(tol),
+            "parity": cmp.to_dict(),
+            "status": "passed" if cmp else "failed",
+        }
+    ok = all(v["status"] == "passed" for v in variants.values())
+    cache_file = out_root / cache
+    return {
+        "status": "built" if ok else "failed",
+        "profile": asdict(profile) | {"path": None},
+        "gpu": gpu.name,
+        "compute_capability": gpu.compute_capability,
+        "tensorrt": trt.__version__,
+        "variants": variants,
+        "script": f"engines/build_{profile.name}.sh",
+        **({"timing_cache": {"path": cache, "sha256": sha256_file(cache_file)}} if cache_file.is_file() else {}),
+    }
+
+
+def saved_timing_cache(opened: Bundle, profile: Profile) -> Path | None:
+    """The timing cache a previous ``flexiexport engine`` recorded for ``profile``, checked like
+    every bundle file (inside the bundle, sha256 as recorded); None when there is none or it has
+    changed (a cache only saves build time: a warning, never a failure)."""
+    record = opened.manifest.engines.get(profile.name, {}).get("timing_cache")
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+        return None
+    try:
+        return opened.file(record["path"], str(record.get("sha256")))
+    except BundleError as exc:
+        log.warning("not reusing the timing cache: %s", exc)
+        return None
+
+
+def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = None) -> dict[str, Any]:
+    """``flexiexport engine``: on the target, build and validate engines and add them to the
+    bundle. Engines are built in a staging folder inside the bundle and renamed into place;
+    the manifest is rewritten atomically."""
+    from exporter.core.locks import destination_lock
+
+    with destination_lock(
+        bundle, "bundle", required=False
+    ):  # not while a build replaces it, nor beside another engine run
+        return _add_engines(bundle, profile_name, reporter or SilentReporter())
+
+
+def _add_engines(bundle: Path, profile_name: str, reporter: Reporter) -> dict[str, Any]:
+    from exporter.tensorrt.profile import load_profile
+    from exporter.tensorrt.trt import tensorrt_problem
+
+    opened = Bundle.open(bundle)
+    manifest = opened.manifest
+    profile = load_profile(profile_name)
+    for rel in ("engines", f"engines/{profile.name}", f"engines/build_{profile.name}.sh"):
+        if (bundle / rel).is_symlink():
+            raise BundleError(f"{printable(str(bundle / rel))} is a symbolic link: refusing to write through it")
+    opened.verify_all()
+    problem = tensorrt_problem()
+    if problem:
+        path = bundle / "engines" / f"build_{profile.name}.sh"
+        if path.is_file():
+            raise EnvironmentMissing(f"{problem}; with trtexec only, run {shlex.quote(str(path))}")
+        raise EnvironmentMissing(
+            f"{problem}; with trtexec only, rebuild the bundle with --profile {profile.name} "
+            "(it writes engines/build_<profile>.sh for the device; this bundle was built without that profile)"
+        )
+    times: dict[str, float] = {}
+    cache_in = saved_timing_cache(opened, profile)
+    staging = Path(tempfile.mkdtemp(prefix=f".engines-{profile.name}-", dir=bundle))
+    try:
+        entry = build_engines(bundle, manifest, profile, reporter, times, out_root=staging, cache_in=cache_in)
+        write_engine_script(staging, manifest, profile, onnx_root=bundle)
+        (bundle / "engines").mkdir(exist_ok=True)
+        swap_into_place(staging / "engines" / profile.name, bundle / "engines" / profile.name)
+        os.replace(staging / "engines" / f"build_{profile.name}.sh", bundle / "engines" / f"build_{profile.name}.sh")
+        manifest = replace(manifest, engines={**manifest.engines, profile.name: entry})
+        write_atomic(bundle / MANIFEST, manifest.to_json())
+        write_atomic(bundle / REPORT, render_report(manifest))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return entry
