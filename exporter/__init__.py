@@ -15,11 +15,11 @@ _LAZY = {
     "pi_resize_patch_embed": "exporter.build.resize",
     "resample_pos_embed": "exporter.build.resize",
     "interpolate_patch_embed": "exporter.build.resize",
-    "ResizeMethod": "exporter.build.resize",
+    "ResizeMethod": "exporter.source.resampling",
     "load_source": "exporter.source.load",
     "SourceSpec": "exporter.source.load",
     "build": "exporter.build.pipeline",
-    "BuildOptions": "exporter.build.pipeline",
+    "BuildOptions": "exporter.build.options",
     "compare_outputs": "exporter.parity.compare",
 }
 
@@ -37,10 +37,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from exporter.build.pipeline import BuildOptions, build
-    from exporter.build.resize import ResizeMethod, interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
+    from exporter.build.options import BuildOptions
+    from exporter.build.pipeline import build
+    from exporter.build.resize import interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
     from exporter.parity.compare import compare_outputs
     from exporter.source.load import SourceSpec, load_source
+    from exporter.source.resampling import ResizeMethod
 
 
 def __getattr__(name: str) -> Any:

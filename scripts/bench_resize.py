@@ -17,7 +17,8 @@ import time
 import torch
 from timm.layers import resample_patch_embed
 
-from exporter.build.resize import ResizeMethod, _pinv_1d, pi_resize_patch_embed, resize_matrix, resize_matrix_1d
+from exporter.build.resize import _pinv_1d, pi_resize_patch_embed, resize_matrix, resize_matrix_1d
+from exporter.source.resampling import ResizeMethod
 
 
 def timed(fn, repeat: int) -> tuple[float, float]:

@@ -20,7 +20,8 @@ import timm
 import torch
 
 from exporter.build.export import ExportOptions, export_onnx
-from exporter.parity.compare import compare_outputs, torch_runner
+from exporter.build.runners import torch_runner
+from exporter.parity.compare import compare_outputs
 
 
 def ort_latency_ms(path: Path, x: np.ndarray, threads: int, runs: int) -> float:

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from exporter.build.pipeline import bundle_source, record_spec
+from exporter.build.runners import torch_runner
 from exporter.build.variant import make_variant
 from exporter.bundle.door import read_manifest
 from exporter.bundle.reference import random_inputs
-from exporter.parity.compare import TOLERANCES, compare_outputs, torch_runner
+from exporter.parity.compare import TOLERANCES, compare_outputs
 from exporter.tensorrt.trt import tensorrt_problem
 
 

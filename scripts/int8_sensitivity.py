@@ -24,9 +24,11 @@ import onnx
 
 from exporter.build.inputs import InputPlan
 from exporter.build.pipeline import record_spec
-from exporter.build.precision import QUANTIZED_OPS, Precision, int8_float_nodes, to_int8
+from exporter.build.precision import QUANTIZED_OPS, int8_float_nodes, to_int8
+from exporter.build.runners import ort_runner
 from exporter.bundle.door import read_manifest
-from exporter.parity.compare import compare_outputs, ort_runner, tolerance_for
+from exporter.core.precision import Precision
+from exporter.parity.compare import compare_outputs, tolerance_for
 from exporter.runtime.images import load_images
 from exporter.source.demo import DEMO_NAME, digits_to_pixels, load_demo_digits
 from exporter.source.load import preprocessing_from

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.bundle.limits import available_cores
+from exporter.core.machine import available_cores
 from exporter.runtime import Bundle
 
 

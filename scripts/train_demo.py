@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from exporter.build.resize import FLEXIVIT_PATCH_RESIZE, FLEXIVIT_POS_RESIZE, pi_resize_patch_embed, resample_pos_embed
+from exporter.build.resize import pi_resize_patch_embed, resample_pos_embed
 from exporter.source.demo import ASSETS, DEMO_IMG_SIZE, DIGIT_MEAN, DIGIT_STD, digits_to_pixels
+from exporter.source.resampling import FLEXIVIT_PATCH_RESIZE, FLEXIVIT_POS_RESIZE
 
 PATCH_SIZES = (8, 16, 32)
 # p16 is drawn twice as often: with uniform draws it lagged (held-out 0.886 after 150 epochs,

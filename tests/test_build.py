@@ -78,7 +78,8 @@ def test_the_variant_table_is_readable_at_80_columns(demo_bundle):
     """At 80 (or 100) columns Rich cut every number of the 13-column table to '…'."""
     from rich.console import Console
 
-    from exporter.bundle.manifest import TABLE_HEADER, Manifest, shown_columns, variant_rows
+    from exporter.bundle.manifest import Manifest
+    from exporter.bundle.report import TABLE_HEADER, shown_columns, variant_rows
     from exporter.cli.app import print_table
 
     manifest = Manifest.from_dict(json.loads((demo_bundle / "manifest.json").read_text()))
@@ -113,7 +114,8 @@ def test_report_tables_render_as_tables(demo_bundle):
     """``max|Δ|`` in a header used to split the cell: GitHub showed the report's table as text."""
     from dataclasses import replace
 
-    from exporter.bundle.manifest import TABLE_HEADER, Manifest, render_report
+    from exporter.bundle.manifest import Manifest
+    from exporter.bundle.report import TABLE_HEADER, render_report
 
     report = (demo_bundle / "report.md").read_text()
     assert markdown_tables(report) == [[len(TABLE_HEADER)] * 4]
@@ -126,7 +128,8 @@ def test_report_tables_render_as_tables(demo_bundle):
 
 def test_exported_graphs_are_checked_and_reproduce_demo_accuracy(demo_bundle):
     """The ONNX variants classify the held-out digits as well as the model card says."""
-    from exporter.parity.compare import ort_runner, run_batched
+    from exporter.build.runners import ort_runner
+    from exporter.parity.compare import run_batched
     from exporter.source.demo import digits_to_pixels, load_demo_digits
 
     card = json.loads(DEMO_WEIGHTS.with_suffix(".json").read_text())["training"]["heldout_top1"]

@@ -105,8 +105,8 @@ def test_folder_and_generic_file_names(hf_folder, tmp_path):
 
 def test_dinov2_with_registers_saved_at_126_is_native_126(tmp_path):
     """It was read as DINOv2's native 518; its position grid resamples as DINOv2's own code does."""
-    from exporter.build.resize import ResizeMethod
     from exporter.source.load import SourceSpec, load_source
+    from exporter.source.resampling import ResizeMethod
 
     folder = save_for_hf(tmp_path / "dino", "vit_small_patch14_reg4_dinov2", safe=False, img_size=126, num_classes=0)
     source = load_source(SourceSpec(weights=folder))

@@ -19,10 +19,10 @@ from test_trt import VERSIONS, calls, run_script
 
 from exporter.build.lint import lint_onnx
 from exporter.build.pipeline import record_spec
+from exporter.build.runners import ort_runner
 from exporter.build.variant import fixed_at, make_variant
 from exporter.bundle.manifest import Manifest
 from exporter.core.errors import UsageError
-from exporter.parity.compare import ort_runner
 from exporter.source.load import SourceSpec, load_source
 from exporter.tensorrt.profile import load_profile
 from exporter.tensorrt.stage import engine_plan

@@ -221,7 +221,7 @@ def int8_and_fp16_files(tmp_path_factory) -> list[Path]:
 def place_engine(bundle: Path, label: str, plan_version: str, sidecar_version: str) -> Path:
     """An engine the stand-in TensorRT ``plan_version`` can load, as build_<profile>.sh leaves it:
     engine and sidecar, no manifest record."""
-    from exporter.bundle.manifest import sha256_file
+    from exporter.core.files import sha256_file
 
     engine = bundle / "engines" / "jetson-orin-nano" / f"model_{label}.engine"
     engine.parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +249,8 @@ def place_engine(bundle: Path, label: str, plan_version: str, sidecar_version: s
 
 def test_bench_picks_the_engine_whose_sidecar_fits_and_passes_over_the_rest(device, orin_bundle, tmp_path):
     from exporter.bundle.door import Bundle
-    from exporter.measure.bench import Unavailable, tensorrt_runner
+    from exporter.core.errors import Unavailable
+    from exporter.tensorrt.select import tensorrt_runner
 
     bundle = tmp_path / "b"
     shutil.copytree(orin_bundle, bundle)
@@ -286,7 +287,7 @@ def test_bench_skips_batches_outside_the_engines_profile(device, orin_bundle, tm
 
 def test_a_saved_timing_cache_is_used_only_when_its_hash_matches(orin_bundle, tmp_path, caplog):
     from exporter.bundle.door import Bundle
-    from exporter.bundle.manifest import sha256_file
+    from exporter.core.files import sha256_file
     from exporter.tensorrt.stage import saved_timing_cache
 
     bundle = tmp_path / "b"

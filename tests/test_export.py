@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from exporter.build.export import ExportOptions, export_onnx
+from exporter.build.runners import ort_runner, torch_runner
 from exporter.core.errors import UsageError
-from exporter.parity.compare import compare_outputs, ort_runner, torch_runner
+from exporter.parity.compare import compare_outputs
 
 from conftest import tiny_model
 

@@ -158,7 +158,7 @@ def old_feature_bundle(features: Path, tmp_path: Path) -> Path:
     manifest say ``logits``, its parity records top-1/top-5 and it has no ``native_agreement``."""
     import onnx
 
-    from exporter.bundle.manifest import sha256_file
+    from exporter.core.files import sha256_file
 
     old = tmp_path / "old"
     shutil.copytree(features, old)

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from exporter.build.inputs import InputPlan
-from exporter.build.pipeline import BuildOptions, plan_variants
+from exporter.build.options import BuildOptions
+from exporter.build.pipeline import plan_variants
+from exporter.build.runners import torch_runner
 from exporter.build.variant import make_variant
-from exporter.parity.compare import TOLERANCES, compare_outputs, torch_runner
+from exporter.parity.compare import TOLERANCES, compare_outputs
 from exporter.source.load import SourceSpec, load_source
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

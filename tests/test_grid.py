@@ -10,8 +10,9 @@ import pytest
 
 from exporter.build.variant import plan_grid
 from exporter.core.errors import ImageSizeError
-from exporter.measure.frontier import Point, accuracies, frontier
-from exporter.runtime.model import machine_key
+from exporter.core.machine import machine_key
+from exporter.measure.frontier import Point, frontier
+from exporter.runtime.measurements import accuracies
 
 from conftest import QUICK_BENCH, one_line_error, run_cli
 
@@ -74,7 +75,7 @@ def test_the_demo_builds_the_grid_that_can_exist(grid):
 
 
 def test_one_image_size_keeps_todays_labels(tmp_path):
-    from exporter.build.pipeline import BuildOptions
+    from exporter.build.options import BuildOptions
 
     options = BuildOptions(patch_sizes=((16, 16),), img_sizes=((64, 64),))
     assert options.img_size == (64, 64) and options.img_sizes == ()

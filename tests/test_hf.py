@@ -141,7 +141,7 @@ def test_eps_and_activation_reach_the_timm_model(tmp_path_factory):
 
 
 def _options(*patches: int):
-    from exporter.build.pipeline import BuildOptions
+    from exporter.build.options import BuildOptions
 
     return BuildOptions(patch_sizes=tuple((p, p) for p in patches))
 

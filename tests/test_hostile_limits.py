@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.bundle.limits import Workload, available_cores, check_memory, estimate_peak
+from exporter.bundle.limits import Workload, check_memory, estimate_peak
 from exporter.core.errors import UsageError
+from exporter.core.machine import available_cores
 from exporter.parity.compare import Tolerance, compare_outputs
 
 from conftest import TINY, edit_manifest, one_line_error, run_cli, save_with_config, tiny_model
@@ -165,8 +166,9 @@ def test_numbers_beyond_the_manifest_bounds_are_named(bundle, edit, field, bound
 
 
 def test_the_demo_and_a_tiny_model_fit_at_normal_sizes(tiny_flexivit):
-    from exporter.build.pipeline import BuildOptions, check_build_memory, plan_variants
-    from exporter.bundle.limits import available_memory
+    from exporter.build.options import BuildOptions
+    from exporter.build.pipeline import check_build_memory, plan_variants
+    from exporter.core.machine import available_memory
     from exporter.source.load import SourceSpec, load_source
 
     options = BuildOptions(patch_sizes=((8, 8), (16, 16), (48, 48)), source=SourceSpec(weights=tiny_flexivit))
@@ -187,7 +189,7 @@ def test_bench_with_a_huge_batch_is_refused_before_timing(bundle):
 
 
 def test_threads_above_the_cores_are_clamped_with_a_warning(demo_build, caplog):
-    from exporter.build.pipeline import BuildOptions
+    from exporter.build.options import BuildOptions
 
     cores = available_cores()
     assert json.loads((demo_build[0] / "manifest.json").read_text())["options"]["threads"] == cores
@@ -371,8 +373,8 @@ def png_claiming(path: Path, width: int, height: int) -> Path:
 
 @pytest.mark.parametrize(("side", "what"), [(30000, "bomb"), (10000, "warning")])
 def test_decompression_bomb_is_refused(tmp_path, side, what):
+    from exporter.bundle.manifest import Preprocessing
     from exporter.runtime.images import preprocess
-    from exporter.source.load import Preprocessing
 
     bomb = png_claiming(tmp_path / f"{what}.png", side, side)
     with pytest.raises(UsageError) as info:
@@ -460,8 +462,8 @@ def test_disk_full_while_writing_the_bundle(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
 def test_disk_full_on_a_real_full_device():
-    from exporter.bundle.manifest import full_disk_as_usage_error
     from exporter.core.errors import DiskFullError
+    from exporter.core.files import full_disk_as_usage_error
 
     # Every write to /dev/full fails with ENOSPC (seen when the buffered file is closed).
     with (

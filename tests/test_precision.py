@@ -192,7 +192,8 @@ def test_int8_is_checked_on_images_it_was_not_calibrated_on(tiny_int8, tiny_flex
 def test_report_says_why_a_reduced_file_failed(tiny_int8):
     from dataclasses import replace
 
-    from exporter.bundle.manifest import Manifest, render_report
+    from exporter.bundle.manifest import Manifest
+    from exporter.bundle.report import render_report
 
     manifest = Manifest.from_dict(json.loads((tiny_int8 / "manifest.json").read_text()))
     first = manifest.variants[0]
@@ -261,10 +262,10 @@ def test_bench_times_the_reduced_onnx_too(int8_bundle):
 
 def test_precision_is_one_enum_used_by_the_cli_and_the_pipeline():
     """The allowed values were written out in the CLI (twice), precision.py and the pipeline."""
-    from exporter.build.pipeline import BuildOptions
-    from exporter.build.precision import PRECISIONS, Precision
+    from exporter.build.options import BuildOptions
     from exporter.cli.app import build, triton
     from exporter.core.errors import UsageError
+    from exporter.core.precision import PRECISIONS, Precision
 
     assert PRECISIONS == ("fp32", "fp16", "int8")
     for command in (build, triton):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from exporter.build.inputs import InputPlan
-from exporter.build.pipeline import BuildOptions, recheck_bundle, record_spec
+from exporter.build.options import BuildOptions
+from exporter.build.pipeline import recheck_bundle, record_spec
 from exporter.bundle.door import Bundle
 from exporter.bundle.reference import load_reference, normalize
 from exporter.measure.validate import check_bundle
@@ -82,7 +83,7 @@ def test_validate_judges_against_the_stored_logits(demo, tmp_path):
     with np.load(path) as data:
         logits, pixels = data["logits"], data["pixels"]
     np.savez(path, logits=logits + 0.01, pixels=pixels)
-    from exporter.bundle.manifest import sha256_file
+    from exporter.core.files import sha256_file
 
     record["reference"]["sha256"] = sha256_file(path)
     (copy / "manifest.json").write_text(json.dumps(manifest))

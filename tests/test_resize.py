@@ -8,14 +8,9 @@ import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 from exporter import pi_resize_patch_embed, resample_pos_embed
-from exporter.build.resize import (
-    ResizeMethod,
-    default_patch_resize,
-    num_pos_prefix_tokens,
-    pi_resize_patch_embed_full,
-    resize_matrix,
-)
+from exporter.build.resize import pi_resize_patch_embed_full, resize_matrix
 from exporter.core.errors import PatchSizeError, UsageError
+from exporter.source.resampling import ResizeMethod, default_patch_resize, num_pos_prefix_tokens
 
 from conftest import tiny_model
 

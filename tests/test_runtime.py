@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from exporter.core.errors import UsageError
+from exporter.core.machine import machine_key
 from exporter.runtime import Bundle, Preprocess
 from exporter.runtime.budget import Latency, choose_variant
-from exporter.runtime.model import machine_key
 from exporter.source.demo import load_demo_digits
 
 from conftest import build_demo, copy_into, run_cli
@@ -97,7 +97,7 @@ def test_preprocessing_takes_paths_pil_images_and_arrays(digits):
 
 
 def test_the_python_api_runs_a_variant_like_validate_does(demo, digits):
-    from exporter.parity.compare import ort_runner
+    from exporter.build.runners import ort_runner
 
     bundle = Bundle.open(demo)
     assert bundle.variants == ["p8", "p16", "p32"] and bundle.labels == [str(d) for d in range(10)]

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from exporter.parity.compare import ort_runner
+from exporter.build.runners import ort_runner
 
 from conftest import run_cli
 

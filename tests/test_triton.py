@@ -44,8 +44,8 @@ def test_onnx_repository(bundle, tmp_path):
 def test_onnx_repository_can_serve_the_fp16_file_and_only_checked_files(bundle, tmp_path):
     import shutil
 
+    from exporter.build.runners import ort_runner
     from exporter.bundle.reference import random_inputs
-    from exporter.parity.compare import ort_runner
     from exporter.source.load import sha256_file
 
     repo = tmp_path / "repo"
@@ -198,7 +198,7 @@ def test_a_probe_that_cannot_be_recorded_is_still_used(bundle, tmp_path, monkeyp
     def read_only(path, text):
         raise PermissionError(13, "Read-only file system", str(path))
 
-    monkeypatch.setattr("exporter.bundle.manifest.write_atomic", read_only)
+    monkeypatch.setattr("exporter.core.files.write_atomic", read_only)
     with caplog.at_level("WARNING", logger="exporter.runtime"):
         found = RuntimeBundle.open(copy).latencies("ort-cpu", "fp32", 1)
     assert set(found) == {"p8", "p16"} and not (copy / "latency.json").exists()

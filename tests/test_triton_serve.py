@@ -27,10 +27,10 @@ import pytest
 
 from exporter.bundle.door import Bundle as Door
 from exporter.core.errors import EnvironmentMissing, FlexiExportError
+from exporter.core.machine import machine_key
 from exporter.deploy.repository import ENTRY_MODEL, config_text, write_repository
 from exporter.deploy.server import TritonServer, find_tritonserver, free_port
 from exporter.runtime import Bundle
-from exporter.runtime.model import machine_key
 from exporter.source.demo import digits_to_uint8, load_demo_digits
 
 from conftest import run_cli

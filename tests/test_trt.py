@@ -324,7 +324,7 @@ def test_the_script_writes_a_sidecar_the_runner_can_read(demo_with_profile, tmp_
     assert isinstance(sidecar, dict), sidecar
     assert set(sidecar) == set(SIDECAR_KEYS)
     assert sidecar["tensorrt"] == "10.3.0" and sidecar["gpu"] == "Orin" and sidecar["compute_capability"] == "8.7"
-    from exporter.bundle.manifest import sha256_file
+    from exporter.core.files import sha256_file
 
     assert sidecar["engine_sha256"] == sha256_file(engine)
     assert sidecar["onnx_sha256"] == sha256_file(bundle / "onnx" / "model_p8.onnx")

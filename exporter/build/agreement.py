@@ -68,8 +68,9 @@ def native_outputs(
 ) -> NativeOutputs:
     """The native model on the real images: a built native variant's stored outputs, else one
     PyTorch run of the native model; skipped (with the flag that enables it) without real images."""
+    from exporter.build.runners import torch_runner
     from exporter.build.variant import make_variant
-    from exporter.parity.compare import run_batched, torch_runner
+    from exporter.parity.compare import run_batched
 
     pre = asdict(source.preprocessing)
     built = next((r for r in records if is_native(r, spec) and r.reference), None)

@@ -19,8 +19,9 @@ from typing import Literal, Union
 
 import torch
 
-from exporter.bundle.manifest import INPUT_NAME, OUTPUT_NAME, full_disk_as_usage_error, sha256_file
+from exporter.bundle.manifest import INPUT_NAME, OUTPUT_NAME
 from exporter.core.errors import EnvironmentMissing, UsageError
+from exporter.core.files import full_disk_as_usage_error, sha256_file
 from exporter.core.sizes import Size2
 
 log = logging.getLogger(__name__)

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from exporter.build.precision import Precision
-from exporter.bundle.reference import ParityInputs
+from exporter.bundle.reference import ParityInputs, judged_rows
 from exporter.core.errors import UsageError
+from exporter.core.precision import Precision
 from exporter.source.demo import DEMO_NAME
 
 if TYPE_CHECKING:
-    from exporter.build.pipeline import BuildOptions
+    from exporter.build.options import BuildOptions
     from exporter.build.variant import VariantSpec
-    from exporter.bundle.manifest import Manifest
-    from exporter.source.load import Preprocessing, SourceModel
+    from exporter.bundle.manifest import Manifest, Preprocessing
+    from exporter.source.load import SourceModel
 
 CALIBRATION_IMAGES = 64  # int8: calibration images read after the ones the check uses
 NO_CALIBRATION = "--precision int8 needs calibration images: pass --calib-dir DIR"
@@ -160,8 +160,5 @@ class InputPlan:
         raise UsageError(NO_CALIBRATION)
 
     def reduced(self, precision: str, arrays: np.ndarray) -> np.ndarray:
-        """What a file or engine of ``precision`` is judged on, at build, ``validate`` and
-        ``engine``: the parity inputs (or their reference logits), except that int8 sees only the
-        real images after the random ones (static quantisation is calibrated to a data
-        distribution; random images lie far outside its ranges)."""
-        return arrays[self.samples :] if precision == Precision.INT8 else arrays
+        """What a file or engine of ``precision`` is judged on (``judged_rows``)."""
+        return judged_rows(self.samples, precision, arrays)

@@ -16,20 +16,18 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exporter.build.export import ExportOptions
 from exporter.build.inputs import InputPlan
-from exporter.build.precision import REDUCED_PRECISIONS, Precision
-from exporter.build.resize import ResizeMethod, ResizeOverride
-from exporter.build.variant import ImagePolicy, VariantSpec
+from exporter.build.options import STAGES, BuildOptions, BuildResult
+from exporter.build.variant import VariantSpec
 from exporter.bundle.door import Bundle, check_replaceable_bundle, staging_folder, swap_into_place
-from exporter.bundle.limits import Workload, cap_threads, check_bundle_memory, check_memory, prefix_tokens
+from exporter.bundle.limits import Workload, check_bundle_memory, check_memory, prefix_tokens
 from exporter.bundle.manifest import (
     INPUT_NAME,
     MANIFEST,
@@ -39,92 +37,24 @@ from exporter.bundle.manifest import (
     VariantRecord,
     check_batch,
     output_name,
-    render_report,
-    sha256_file,
-    write_atomic,
 )
 from exporter.bundle.reference import REFERENCE_DIR, save_reference, stored_reference
+from exporter.bundle.report import render_report
 from exporter.core.assumptions import Assumption
 from exporter.core.errors import BundleError, EnvironmentMissing, UsageError
+from exporter.core.files import sha256_file, write_atomic
 from exporter.core.names import printable
+from exporter.core.precision import REDUCED_PRECISIONS, Precision
 from exporter.core.progress import Reporter, SilentReporter, stage
-from exporter.core.sizes import Size2, SizeRange, format_range, format_size
-from exporter.parity.compare import TOLERANCES, Recheck, Tolerance
+from exporter.core.sizes import format_range, format_size
+from exporter.parity.compare import Recheck
 from exporter.source.demo import DEMO_NAME
 from exporter.source.load import SourceModel, SourceSpec
+from exporter.source.resampling import ResizeMethod
 from exporter.tensorrt.profile import Profile
 from exporter.tensorrt.stage import build_engines, pending_engines, write_engine_script
 
 log = logging.getLogger(__name__)
-STAGES = ("resize", "export", "parity")
-MAX_SEED = 2**32 - 1  # numpy takes any non-negative seed; this range is portable (torch, legacy numpy)
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Everything ``flexiexport build`` was asked to do."""
-
-    patch_sizes: tuple[Size2, ...]
-    source: SourceSpec = field(default_factory=SourceSpec)
-    img_size: ImagePolicy = "native"
-    img_sizes: tuple[Size2, ...] = ()  # --img-size 48 64 96: a grid, one variant per (patch, size)
-    img_range: SizeRange | None = None  # --img-size dynamic:MIN-MAX: one dynamic-resolution ONNX per patch
-    out: Path | None = None
-    export: ExportOptions = field(default_factory=ExportOptions)
-    force: bool = False
-    resume: bool = False
-    calib_dir: Path | None = None
-    parity_samples: int = 16
-    seed: int = 0
-    patch_resize: ResizeOverride = field(default_factory=ResizeOverride)  # parts left None: the family's
-    pos_resize: ResizeOverride = field(default_factory=ResizeOverride)
-    tolerance: Tolerance = TOLERANCES["fp32"]
-    threads: int | None = None
-    profile: str | None = None
-    engines: str = "auto"
-    precision: Precision = Precision.FP32
-    shared_weights: bool = False
-    labels: Path | None = None  # --labels FILE: class names, one per line
-    precision_given: bool = False  # --precision on the command line wins over the profile's
-    strict: bool = False  # --strict: any assumed value (exporter.core.assumptions) is an error
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "precision", Precision.parse(self.precision))
-        if self.engines not in ENGINE_MODES:
-            raise UsageError(f"--engines must be one of {', '.join(ENGINE_MODES)}, got {self.engines!r}")
-        if self.engines == "required" and not self.profile:
-            raise UsageError("--engines required needs --profile NAME (see 'flexiexport profiles')")
-        if not self.patch_sizes:
-            raise UsageError("give at least one patch size, e.g. --patch-sizes 8 16 32")
-        unique = tuple(dict.fromkeys(self.patch_sizes))
-        object.__setattr__(self, "patch_sizes", unique)
-        sizes = tuple(dict.fromkeys(self.img_sizes))
-        if len(sizes) == 1:  # one size is today's fixed size, with today's labels
-            object.__setattr__(self, "img_size", sizes[0])
-        object.__setattr__(self, "img_sizes", sizes if len(sizes) > 1 else ())
-        if self.img_range is not None:
-            what = f"--img-size dynamic:{format_range(self.img_range)}"
-            if self.img_sizes:
-                raise UsageError(f"{what} stands alone: give either a range or image sizes")
-            if self.precision == Precision.INT8:
-                raise UsageError(
-                    f"{what} builds fp32 and fp16 ONNX (int8 is calibrated at one size: use a fixed --img-size)"
-                )
-            if self.export.exporter != "torchscript":
-                raise UsageError(f"{what} exports with --exporter torchscript only")
-        if self.parity_samples < 1:
-            raise UsageError(f"--parity-samples must be at least 1, got {self.parity_samples}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        object.__setattr__(self, "threads", cap_threads(self.threads))
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    bundle: Path
-    manifest: Manifest
-    seconds: float
-    stage_seconds: dict[str, float]
 
 
 def default_out(source_name: str) -> Path:
@@ -226,8 +156,8 @@ def input_key(source_sha: str, calib_sha: str | None, spec: VariantSpec, options
 def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpec]:
     """One spec per patch size, or per (patch, image size) of a grid; every size problem is
     reported before any work starts (a grid's impossible pairs are logged and left out)."""
-    from exporter.build.resize import default_patch_resize
     from exporter.build.variant import fitted_img_size, plan_grid
+    from exporter.source.resampling import default_patch_resize
 
     patch_resize = options.patch_resize.resolve(default_patch_resize(source.family))
     pos_resize = options.pos_resize.resolve(source.pos_resize_method())  # the source framework's own by default
@@ -336,8 +266,9 @@ def build_variant(
     """Resize, export and check one variant; returns its manifest record."""
     from exporter.build.export import export_onnx
     from exporter.build.lint import lint_onnx
+    from exporter.build.runners import ort_runner, torch_runner
     from exporter.build.variant import count_layernorms, fixed_at, make_variant
-    from exporter.parity.compare import compare_outputs, ort_runner, run_batched, torch_runner
+    from exporter.parity.compare import compare_outputs, run_batched
 
     label = spec.label
     with stage(reporter, label, "resize", times):
@@ -409,8 +340,9 @@ def dynamic_checks(
     check), each against a fixed-size PyTorch model built for exactly that size
     (``variant.fixed_at``: the position grid resampled offline as the graph does), with a stored
     reference each so that ``validate`` judges all three without torch."""
+    from exporter.build.runners import ort_runner, torch_runner
     from exporter.build.variant import GRAPH_POS_RESIZE, fixed_at
-    from exporter.parity.compare import compare_outputs, ort_runner, run_batched, torch_runner
+    from exporter.parity.compare import compare_outputs, run_batched
 
     assert spec.img_range is not None
     batch = check_batch(options.export.batch)
@@ -459,7 +391,8 @@ def reduced_variant(
     """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32
     (``expected``: PyTorch's logits on ``inputs``)."""
     from exporter.build.precision import int8_float_nodes, to_fp16, to_int8
-    from exporter.parity.compare import compare_outputs, ort_runner, run_batched, tolerance_for
+    from exporter.build.runners import ort_runner
+    from exporter.parity.compare import compare_outputs, run_batched, tolerance_for
 
     start = time.perf_counter()
     out_rel = rel.with_name(f"{rel.stem}.{options.precision}.onnx")
@@ -500,8 +433,9 @@ def share_bundle_weights(
     """Move the weights all variants share into one external file; each file must still give
     exactly the outputs it gave before (same graph, same bytes), or its variant fails."""
     from exporter.build.export import check_onnx
+    from exporter.build.runners import ort_runner
     from exporter.build.shared import share_weights
-    from exporter.parity.compare import ort_runner, run_batched
+    from exporter.parity.compare import run_batched
 
     paths = [tmp / r.onnx["path"] for r in records]
     batch = check_batch(options.export.batch)
@@ -819,7 +753,7 @@ def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceMode
     That file is hashed before it is read and refused unless its sha256 is the manifest's; a
     bundle never makes a command download weights (hub-built bundles need ``--weights``)."""
     from exporter.source.config import resolve_weights
-    from exporter.source.load import SourceSpec, load_source
+    from exporter.source.load import load_source
 
     src = manifest.source
     if weights is None and not src.get("path"):
@@ -857,8 +791,9 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     """Re-verify every file's sha256, rebuild every variant in PyTorch from the checkpoint and
     re-run parity on the build's inputs (the ones the bundle's reference stores: the recorded
     ``--calib-dir`` is never read again)."""
+    from exporter.build.runners import ort_runner, torch_runner
     from exporter.build.variant import fixed_at, make_variant
-    from exporter.parity.compare import check_parity, ort_runner, recorded_tolerance, torch_runner
+    from exporter.parity.compare import check_parity, recorded_tolerance
 
     reporter = reporter or SilentReporter()
     opened = Bundle.open(bundle)
@@ -906,6 +841,3 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
             results.append(Recheck(f"{record.label} at {format_size(size)}", True, cmp))
     opened.check_unchanged()  # a build swapped a new bundle in meanwhile: no verdict on a mix of two
     return results
-
-
-ENGINE_MODES = ("auto", "required", "skip")

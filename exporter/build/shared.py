@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.bundle.manifest import sha256_file
+from exporter.core.files import sha256_file
 
 SHARED_FILE = "shared_weights.bin"
 ALIGN = 4096  # page-aligned tensors, so runtimes may memory-map them

@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from exporter.bundle.report import INFERRED
 from exporter.core.errors import FlexiExportError
 from exporter.parity.compare import Runner, Tolerance
-
-INFERRED = "inferred, not independently checked"
 
 
 @dataclass(frozen=True)
@@ -180,8 +179,9 @@ def check_source(
 ) -> dict[str, Any]:
     """The manifest's ``source_parity``: the reference against the native variant's ONNX (when
     the bundle has it) or our PyTorch rebuild at that geometry."""
+    from exporter.build.runners import ort_runner, torch_runner
     from exporter.build.variant import VariantSpec, make_variant
-    from exporter.parity.compare import compare_outputs, ort_runner, run_batched, torch_runner
+    from exporter.parity.compare import compare_outputs, run_batched
 
     ref = independent_reference(source)
     entry: dict[str, Any] = {
@@ -235,27 +235,3 @@ def check_source(
         "parity": cmp.to_dict(),
         **entry,
     }
-
-
-def mark(entry: dict[str, Any]) -> str:
-    """One short cell for the variant table (it must fit 80 columns): ✓, ✗, ``n/c`` (not checked:
-    inferred or skipped; the line under the table says which) or empty (none recorded)."""
-    status = entry.get("status", "")
-    return {"passed": "✓", "failed": "✗", "": ""}.get(status, "n/c")
-
-
-def describe(entry: dict[str, Any]) -> str:
-    """One line for the build, ``inspect`` and report.md."""
-    if not entry:
-        return ""
-    status = entry["status"]
-    (ph, pw), (ih, iw) = entry["patch_size"], entry["img_size"]
-    where = f"at patch {ph}x{pw}, image {ih}x{iw}"
-    if status == "inferred":
-        return f"source parity: {INFERRED} (weights only, architecture inferred from tensor shapes)"
-    if "parity" not in entry:
-        return f"source parity {mark(entry)} {status}: {entry['reference']} {where}: {entry['reason']}"
-    p = entry["parity"]
-    numbers = f"max|Δ| {p['max_abs']:.1e}, cosine {p['min_cosine']:.7f}"
-    why = "" if status == "passed" else " (" + "; ".join(p.get("failures", [])) + ")"
-    return f"source parity {mark(entry)}: {entry['candidate']} vs {entry['reference']} {where}: {numbers}{why}"

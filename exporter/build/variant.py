@@ -13,7 +13,7 @@ from typing import Any, Union
 import torch
 import torch.nn.functional as F
 
-from exporter.build.resize import ResizeMethod, interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
+from exporter.build.resize import interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
 from exporter.bundle.limits import prefix_tokens
 from exporter.core.errors import FlexiExportError, ImageSizeError, UsageError
 from exporter.core.sizes import (
@@ -28,6 +28,7 @@ from exporter.core.sizes import (
     sizes_in_range,
 )
 from exporter.source.load import KERNEL_KEY, POS_KEY, SourceModel, create_vit
+from exporter.source.resampling import ResizeMethod
 
 ImagePolicy = Union[str, Size2]  # "native", "auto" or a fixed (h, w)
 

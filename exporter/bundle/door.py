@@ -44,22 +44,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from exporter.build.precision import Precision
-from exporter.bundle.manifest import (
-    MANIFEST,
-    REPORT,
-    SCHEMA_VERSION,
-    Manifest,
-    VariantRecord,
-    current_umask,
-    sha256_file,
-    upgrade_manifest,
-    walk,
-)
+from exporter.bundle.manifest import MANIFEST, REPORT, SCHEMA_VERSION, Manifest, VariantRecord, upgrade_manifest, walk
 from exporter.bundle.values import check_values
 from exporter.core.errors import BundleError, BundleReplaced, Interrupted
+from exporter.core.files import current_umask, sha256_file
+from exporter.core.locks import process_alive
 from exporter.core.mounts import is_mount_point, mounts_inside
 from exporter.core.names import SAFE_NAME, printable
+from exporter.core.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -771,7 +763,7 @@ def repository_files(repo: Path) -> set[str] | None:
 
 
 def write_repository_marker(repo: Path, bundle: Path) -> None:
-    from exporter.bundle.manifest import write_atomic
+    from exporter.core.files import write_atomic
 
     files = sorted(e.rel for e in walk(repo) if e.is_file)
     text = json.dumps({"tool": "flexiexport", "bundle": str(bundle.absolute()), "files": files}, indent=2)
@@ -785,16 +777,6 @@ def write_repository_marker(repo: Path, bundle: Path) -> None:
 _TEMP = re.compile(r"\.(?P<name>.+)\.(?:tmp-(?P<pid>\d{1,7})-[A-Za-z0-9_]{8}|old-(?P<old_pid>\d{1,7})-\d{13})")
 TEMP_MARKER = ".flexiexport-temporary"
 _HANDLED = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:

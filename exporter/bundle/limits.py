@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.core.errors import BundleError, UsageError
+from exporter.core.machine import available_memory, gigabytes
 from exporter.core.sizes import Size2, format_size
 
 if TYPE_CHECKING:
@@ -139,40 +139,6 @@ def vit_params(embed_dim: int, depth: int, num_classes: int, mlp_ratio: float, t
     return depth * block + kernel + tokens * d + (d + 1) * num_classes + 4 * d
 
 
-def _meminfo_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _cgroup_available() -> int | None:
-    """A container's own limit (cgroup v2), which /proc/meminfo does not show."""
-    root = Path("/sys/fs/cgroup")
-    try:
-        limit = (root / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return int(limit) - int((root / "memory.current").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def available_memory() -> int | None:
-    """Bytes this process could still allocate without swapping, or None when unknown."""
-    found = [m for m in (_meminfo_available(), _cgroup_available()) if m is not None]
-    if not found:
-        try:
-            found = [os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
-        except (ValueError, OSError, AttributeError):
-            return None
-    return max(0, min(found))
-
-
 def describe_part(name: str, w: Workload) -> str:
     """What makes ``name`` big, in the user's terms."""
     t = w.tokens
@@ -183,13 +149,6 @@ def describe_part(name: str, w: Workload) -> str:
         "activations": f"activations of {t:,} tokens x {w.embed_dim}, batch {w.batch}",
         "input images": f"{w.images:,} input images of {w.img_size[0]}x{w.img_size[1]}",
     }[name]
-
-
-def gigabytes(n: int) -> str:
-    """``1.5 GB``, ``240 GB``, ``97,656,250,000 GB``; integer arithmetic, so no size overflows."""
-    if n >= 10**21:
-        return "more than 1,000,000,000,000 GB"
-    return f"{n // 10**9:,} GB" if n >= 10 * 10**9 else f"{n / 1e9:.1f} GB"
 
 
 def check_memory(
@@ -208,42 +167,6 @@ def check_memory(
         f"{what} needs about {gigabytes(estimate.total)} ({describe_part(part, w)}), this machine has "
         f"{gigabytes(free)} available; {advice.get(part, 'use a smaller size')}"
     )
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; the platform's word for it elsewhere): what makes
-    latencies from two runs comparable."""
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return cpu
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def cap_threads(threads: int | None, option: str = "--threads") -> int | None:
-    """``threads`` limited to the available cores (more only oversubscribes, and asking
-    onnxruntime or OpenMP for 100000 threads crashes the process); below 1 is a usage error."""
-    if threads is None:
-        return None
-    if threads < 1:
-        raise UsageError(f"{option} must be at least 1, got {threads}")
-    cores = available_cores()
-    if threads > cores:
-        log.warning("%s %d is more than the %d cores available; using %d", option, threads, cores, cores)
-        return cores
-    return threads
 
 
 def bundle_workloads(manifest: Manifest, batch: int | None, images: int | None) -> list[tuple[str, Workload]]:

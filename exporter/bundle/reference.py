@@ -88,7 +88,7 @@ class ParityInputs:
 
 def save_reference(path: Path, inputs: ParityInputs, logits: np.ndarray) -> None:
     """Write the npz atomically (uncompressed)."""
-    from exporter.bundle.manifest import write_atomic_bytes
+    from exporter.core.files import write_atomic_bytes
 
     buffer = io.BytesIO()
     np.savez(buffer, logits=np.asarray(logits, dtype=np.float32), pixels=inputs.pixels)
@@ -171,3 +171,11 @@ def stored_reference(
         )
     path = root / reference["path"]
     return load_reference(path, reference, img_size, manifest.preprocessing)  # type: ignore[arg-type]
+
+
+def judged_rows(samples: int, precision: str, arrays: np.ndarray) -> np.ndarray:
+    """What a file or engine of ``precision`` is judged on, at build, ``validate`` and ``engine``:
+    the parity inputs (or their reference outputs), except that int8 sees only the real images
+    after the ``samples`` random ones (static quantisation is calibrated to a data distribution;
+    random images lie far outside its ranges)."""
+    return arrays[samples:] if precision == "int8" else arrays

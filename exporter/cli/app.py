@@ -20,8 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from exporter import __version__
-from exporter.build.precision import PRECISIONS, Precision
-from exporter.bundle.manifest import top1_text
+from exporter.bundle.report import top1_text
 from exporter.core.errors import (
     DiskFullError,
     EnvironmentMissing,
@@ -31,6 +30,7 @@ from exporter.core.errors import (
     full_disk_cause,
 )
 from exporter.core.names import printable
+from exporter.core.precision import PRECISIONS, Precision
 from exporter.core.sizes import DYNAMIC_PREFIX, Size2, SizeRange, format_size, grid_for, parse_img_range, to_size2
 
 NUMBERISH = re.compile(r"^-?\d")
@@ -348,7 +348,7 @@ def print_table(manifest: Any, title: str, wide: bool = False, out: Any = None) 
     """The variant table: the columns that fit 80 columns, or with ``wide`` every column."""
     from rich.table import Table
 
-    from exporter.bundle.manifest import TABLE_HEADER, shown_columns, variant_rows
+    from exporter.bundle.report import TABLE_HEADER, shown_columns, variant_rows
 
     rows = variant_rows(manifest)
     shown = shown_columns(manifest, rows, wide)
@@ -387,7 +387,7 @@ def print_engines(name: str, entry: dict[str, Any]) -> None:
 def failed_message(manifest: Any, bundle: Path) -> str:
     bad = [v for v in manifest.variants if v.status != "passed"]
     if not bad and manifest.source_parity.get("status") == "failed":
-        from exporter.build.source_parity import describe
+        from exporter.bundle.report import describe
 
         return f"{describe(manifest.source_parity)}; see {bundle / 'report.md'}"
     bad_reduced = [v for v in bad if v.reduced and v.reduced["status"] != "passed" and v.parity.get("passed")]
@@ -543,7 +543,7 @@ def build(**kw: Any) -> None:
     flexiexport build --patch-sizes 8 16 32 --img-size dynamic:32-128   # any multiple of the patch
     """
     from exporter.build.export import ExportOptions
-    from exporter.build.pipeline import BuildOptions
+    from exporter.build.options import BuildOptions
     from exporter.build.pipeline import build as run_build
     from exporter.build.resize import ResizeOverride
     from exporter.parity.compare import TOLERANCES
@@ -614,8 +614,7 @@ def assumptions_tail(manifest: Any) -> str:
 def print_source_parity(manifest: Any, out: Any = None) -> None:
     """The lines under the table that say what the ``src`` and ``native`` columns compared (or
     why the native agreement was skipped, with the flag that enables it)."""
-    from exporter.build.source_parity import describe
-    from exporter.bundle.manifest import native_summary
+    from exporter.bundle.report import describe, native_summary
 
     for line in (describe(manifest.source_parity), native_summary(manifest)):
         if line:
@@ -680,7 +679,7 @@ def resize(**kw: Any) -> None:
     flexiexport resize -i vit-16.pt -o vit-10-15.pt -ps 10 15 --img-size 240
     """
     from exporter.build.convert import RESIZE_ADVICE, check_paths, convert_checkpoint, describe
-    from exporter.build.resize import ResizeMethod
+    from exporter.source.resampling import ResizeMethod
 
     sizes = kw["patch"]
     if len(sizes) == 2 and sizes[0][0] == sizes[0][1] and sizes[1][0] == sizes[1][1]:
@@ -870,7 +869,7 @@ def bench(bundle: Path, **kw: Any) -> None:
     import json
 
     from exporter.bundle.door import Bundle
-    from exporter.bundle.manifest import write_atomic
+    from exporter.core.files import write_atomic
     from exporter.measure.bench import BenchOptions, bench_bundle, merge_reports
     from exporter.runtime.measurements import folder_locked
 
@@ -1036,7 +1035,7 @@ def evaluate(
     from rich.table import Table
 
     from exporter.bundle.door import Bundle
-    from exporter.bundle.manifest import write_atomic
+    from exporter.core.files import write_atomic
     from exporter.measure.evaluate import evaluate_bundle
 
     if limit is not None and limit < 1:

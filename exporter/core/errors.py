@@ -93,3 +93,7 @@ class Interrupted(FlexiExportError):
     finished first, so the new bundle is complete; the message says where."""
 
     exit_code = 130
+
+
+class Unavailable(Exception):
+    """A backend that cannot run in this environment; the message says why."""

@@ -42,7 +42,6 @@ def lock_path(out: Path) -> Path:
 def holder(out: Path) -> int | None:
     """The PID named in ``out``'s lock file when that process is alive (a hint for messages:
     asking ``flock`` itself would take the lock for a moment, and could refuse a build)."""
-    from exporter.bundle.door import process_alive
 
     path = lock_path(out)
     try:
@@ -152,3 +151,13 @@ def exchange(a: Path, b: Path) -> bool:
     if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False
     raise OSError(code, os.strerror(code), str(b))
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -25,11 +25,12 @@ from types import ModuleType
 from typing import Any
 
 from exporter import __version__
-from exporter.build.precision import Precision
 from exporter.bundle.door import Bundle, write_repository_marker
-from exporter.bundle.manifest import MANIFEST, VariantRecord, write_atomic
+from exporter.bundle.manifest import MANIFEST, VariantRecord
 from exporter.core.errors import BundleError, UsageError
+from exporter.core.files import write_atomic
 from exporter.core.names import check_name
+from exporter.core.precision import Precision
 
 BACKENDS = ("onnx", "tensorrt", "python")
 ENTRY_MODEL = "flexivit"

@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from exporter.bundle.door import Bundle
-from exporter.bundle.limits import available_cores, cap_threads, check_bundle_memory, cpu_model
+from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import VariantRecord
-from exporter.core.errors import EnvironmentMissing, UsageError
+from exporter.core.errors import EnvironmentMissing, Unavailable, UsageError
+from exporter.core.machine import available_cores, cap_threads, cpu_model
 from exporter.parity.compare import Runner
+from exporter.tensorrt.select import tensorrt_here, tensorrt_runner
 
 BACKENDS = (
     "torch",
@@ -37,10 +39,6 @@ BACKENDS = (
     "torch-cuda",
     "tensorrt",
 )
-
-
-class Unavailable(Exception):
-    """A backend that cannot run in this environment; the message says why."""
 
 
 MAX_RUNS, MAX_WARMUP, MAX_SECONDS = 100_000, 10_000, 3600.0  # per case: a limit, not a measurement
@@ -298,7 +296,7 @@ ModelFactory = Callable[[], object]  # builds the PyTorch variant only for backe
 
 
 def torch_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
-    from exporter.parity.compare import torch_runner
+    from exporter.build.runners import torch_runner
 
     return torch_runner(model())
 
@@ -306,7 +304,7 @@ def torch_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
 def torch_compile_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
     import torch
 
-    from exporter.parity.compare import torch_runner
+    from exporter.build.runners import torch_runner
 
     try:
         compiled = torch.compile(model(), dynamic=False)  # type: ignore[call-overload]
@@ -346,63 +344,6 @@ def torch_cuda_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Ru
             return out.float().cpu().numpy()
 
     return run
-
-
-def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str, dict[str, object]]]:
-    """The variant's engines the bundle holds, as ``(path, sha256, info)``: every engine set the
-    manifest records as built, and the engines ``build_<profile>.sh`` wrote for a profile the
-    manifest names (read through their sidecar ``model_pN.engine.json``; the manifest has no
-    record of those). Nothing is trusted yet: ``tensorrt_runner`` checks each file through
-    ``Bundle.file`` before TensorRT reads it."""
-    from exporter.tensorrt.trt import read_sidecar
-
-    found: list[tuple[str, str, dict[str, object]]] = []
-    for name, entry in opened.manifest.engines.items():
-        rel = f"engines/{name}/model_{record.label}.engine"
-        variant = entry.get("variants", {}).get(record.label)
-        if entry.get("status") == "built" and variant:
-            found.append((variant["engine"], variant["engine_sha256"], variant))
-        sidecar = read_sidecar(opened.root / (rel + ".json"))
-        if isinstance(sidecar, dict) and sidecar["engine_sha256"] not in {sha for _, sha, _ in found}:
-            found.append((rel, str(sidecar["engine_sha256"]), sidecar))
-    return found
-
-
-def tensorrt_here() -> None:
-    """``Unavailable`` when engines cannot run here (no TensorRT >= 10, no usable GPU)."""
-    from exporter.tensorrt.trt import tensorrt_problem
-
-    problem = tensorrt_problem()
-    if problem:
-        raise Unavailable(problem)
-
-
-def tensorrt_runner(opened: Bundle, record: VariantRecord) -> Runner:
-    """A runner over the bundle's engine for this GPU and TensorRT: engines are ranked by their
-    sidecar (same GPU model, then same compute capability, then hardware-compatible) and tried in
-    that order, so one that TensorRT cannot load is passed over, not fatal. ``Unavailable`` says
-    why each one was passed over."""
-    from exporter.core.errors import BundleError, EnvironmentMissing
-    from exporter.tensorrt.gpu import gpu_identity
-    from exporter.tensorrt.trt import engine_fit, engine_runner, import_tensorrt
-
-    tensorrt_here()
-    version, gpu = import_tensorrt().__version__, gpu_identity()
-    ranked, passed_over = [], []
-    for rel, sha, info in bundle_engines(opened, record):
-        rank, why = engine_fit(info, version, gpu.compute_capability, gpu.name)
-        if rank < 0:
-            passed_over.append(f"{rel}: {why}")
-        else:
-            ranked.append((rank, rel, sha))
-    for _, rel, sha in sorted(ranked):
-        try:
-            return engine_runner(opened.file(rel, sha))
-        except (BundleError, EnvironmentMissing) as exc:
-            passed_over.append(f"{rel}: {exc}")
-    if not passed_over:
-        raise Unavailable(f"{record.label}: the bundle has no TensorRT engines (build them with a GPU and TensorRT)")
-    raise Unavailable(f"{record.label}: no engine in the bundle runs here ({'; '.join(passed_over)})")
 
 
 ONNX_BACKENDS = ("ort-cpu", "openvino", "openvino-bf16", "ort-cuda", "ort-tensorrt")  # the runtime's, on an ONNX

@@ -17,10 +17,11 @@ import numpy as np
 
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
+from exporter.bundle.manifest import Preprocessing
 from exporter.core.errors import EnvironmentMissing, ImageErrors, UsageError
 from exporter.core.sizes import Size2
 from exporter.runtime.images import IMAGE_SUFFIXES, image_files, preprocess, readable_images
-from exporter.source.load import Preprocessing, SourceModel
+from exporter.source.load import SourceModel
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,9 @@ def evaluate_bundle(
         if problem:
             raise EnvironmentMissing(f"--backends {name}: {problem}")
     from exporter.build.pipeline import bundle_source, record_spec
+    from exporter.build.runners import ort_runner, torch_runner
     from exporter.build.variant import make_variant
-    from exporter.parity.compare import ort_runner, run_batched, torch_runner
+    from exporter.parity.compare import run_batched
     from exporter.source.demo import DEMO_NAME
 
     say = progress or (lambda text: None)

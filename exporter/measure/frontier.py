@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.core.numbers import finite_number
-
-# bench.json's backend names → eval.json's, where they differ (the same fp32 ONNX file)
-EVAL_NAMES = {name: "onnxruntime" for name in ("ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt")}
+from exporter.runtime.measurements import accuracies
 
 
 @dataclass(frozen=True)
@@ -73,25 +71,6 @@ def frontier(points: list[Point]) -> list[FrontierRow]:
         else FrontierRow(p, True, faster=neighbours[p.variant][0], more_accurate=neighbours[p.variant][1])
         for p in ordered
     ]
-
-
-def accuracies(evaluation: Any, backend: str) -> dict[str, float]:
-    """Top-1 by variant from ``eval.json`` for ``backend`` (a bench or runtime name): its own
-    rows when evaluated on it, else onnxruntime's of the same precision (the file whose parity
-    the build proved), else PyTorch's. Empty when there is no usable eval.json."""
-    rows = evaluation.get("results") if isinstance(evaluation, dict) else None
-    if not isinstance(rows, list):
-        return {}
-    name, _, precision = backend.partition(" ")
-    wanted = [backend, " ".join(filter(None, (EVAL_NAMES.get(name, name), precision))), "pytorch"]
-    found: dict[str, float] = {}
-    for choice in reversed(wanted):  # the better source overwrites
-        for row in rows:
-            top1 = finite_number(row.get("top1")) if isinstance(row, dict) else None
-            # a 400-digit integer, NaN or 7.0 is no accuracy (eval.json is data)
-            if top1 is not None and 0 <= top1 <= 1 and row.get("backend") == choice and "variant" in row:
-                found[str(row["variant"])] = top1
-    return found
 
 
 def latencies(bench: Any, backend: str, batch: int) -> dict[str, float]:

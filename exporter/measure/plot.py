@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.bundle.manifest import Manifest, write_atomic_bytes
+from exporter.bundle.manifest import Manifest
+from exporter.core.files import write_atomic_bytes
 
 
 @dataclass(frozen=True)

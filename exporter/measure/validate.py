@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from exporter.build.inputs import InputPlan
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import VariantRecord, check_batch
-from exporter.bundle.reference import stored_reference
+from exporter.bundle.reference import judged_rows, stored_reference
 from exporter.core.errors import BundleError, EnvironmentMissing
 from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.core.sizes import format_size
@@ -65,8 +64,8 @@ def check_variant(
     reduced: Comparison | None = None
     if record.reduced and size == "opt":
         precision = record.reduced["precision"]
-        plan = InputPlan.for_bundle(opened.manifest)
-        x, y = plan.reduced(precision, inputs), plan.reduced(precision, expected)
+        samples = opened.manifest.options["parity_samples"]
+        x, y = judged_rows(samples, precision, inputs), judged_rows(samples, precision, expected)
         runner = load_runner(opened.onnx(record, precision), backend, threads)
         reduced = compare_outputs(y, run_batched(runner, x, batch), recorded_tolerance(record.reduced), classifier)
     return Recheck(label, True, cmp, reduced=reduced)

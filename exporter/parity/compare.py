@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exporter.build.precision import Precision
 from exporter.core.errors import UsageError
+from exporter.core.precision import Precision
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -253,26 +252,3 @@ def check_parity(
     return compare_outputs(
         run_batched(reference, inputs, batch), run_batched(candidate, inputs, batch), tol, classifier
     )
-
-
-def torch_runner(model: object) -> Runner:
-    """PyTorch eager on the CPU in float32 (the reference)."""
-    import torch
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()  # type: ignore[operator]
-
-    return run
-
-
-def ort_runner(path: Path, threads: int | None = None, provider: str = "CPUExecutionProvider") -> Runner:
-    """onnxruntime on an ONNX file (CPU provider unless told), all graph optimisations on: the
-    runtime's runner (``exporter.runtime.backends``), so a build checks what a device runs."""
-    from exporter.runtime.backends import ORT_PROVIDERS
-    from exporter.runtime.backends import ort_runner as runtime_ort_runner
-
-    backend = next((name for name, p in ORT_PROVIDERS.items() if p == provider), None)
-    if backend is None:
-        raise UsageError(f"no onnxruntime backend for provider {provider!r}")
-    return runtime_ort_runner(path, backend, threads)

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from exporter.bundle.limits import available_cores, cap_threads
 from exporter.bundle.manifest import static_batch
 from exporter.core.errors import BundleError, EnvironmentMissing, FlexiExportError, UsageError
+from exporter.core.machine import available_cores, cap_threads
 
 BACKENDS = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu", "openvino", "openvino-bf16")
 ORT_PROVIDERS = {

@@ -50,8 +50,8 @@ def choose_variant(ordered: list[str], latencies: dict[str, Latency], budget_ms:
 def load_latencies(door: Bundle, backend: str, precision: str, batch: int) -> dict[str, Latency]:
     """Rows of bench.json, then latency.json, measured here for this backend, precision, batch:
     only rows that are data we can use, of variants the bundle has (``measurements``)."""
+    from exporter.core.machine import machine_key
     from exporter.runtime.measurements import BENCH, LATENCY, bench_rows_here, latency_rows_here
-    from exporter.runtime.model import machine_key
 
     wanted = backend if precision == "fp32" else f"{backend} {precision}"
     variants = {v.label for v in door.manifest.variants}
@@ -83,8 +83,8 @@ def probe_latencies(
     door: Bundle, runners: dict[str, Runner], backend: str, precision: str, batch: int, preprocess: Preprocess
 ) -> dict[str, Latency]:
     """Time every variant here (a few seconds, logged per variant) and record it in latency.json."""
+    from exporter.core.machine import machine_key
     from exporter.runtime.measurements import record_latencies
-    from exporter.runtime.model import machine_key
 
     found = {}
     for label, runner in runners.items():

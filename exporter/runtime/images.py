@@ -7,24 +7,19 @@ interpolation, centre-crop to ``img``, scale to [0, 1], normalise with mean/std.
 from __future__ import annotations
 
 import hashlib
-import os
-import re
-import stat
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from exporter.bundle.manifest import walk
-from exporter.core.errors import FlexiExportError, ImageErrors, UsageError
+from exporter.core.errors import ImageErrors, UsageError
 from exporter.core.sizes import Size2
-from exporter.runtime.preprocess import Preprocess, read_image
+from exporter.runtime.decode import read_image
+from exporter.runtime.preprocess import Preprocess
 
 if TYPE_CHECKING:
-    from exporter.source.load import Preprocessing
+    from exporter.bundle.manifest import Preprocessing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm")
 
@@ -57,71 +52,6 @@ def folder_digest(folder: Path, limit: int) -> str:
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
-
-
-@contextmanager
-def opened_image(path: Path) -> Iterator[Any]:
-    """``PIL.Image.open`` (lazy: header only) of a regular file, refusing anything else and
-    decompression bombs. A FIFO, a device or a folder is refused before it is opened for reading
-    (a FIFO would block the read forever); PIL only warns between ``MAX_IMAGE_PIXELS`` and twice
-    that, and would then decode gigabytes. Every failure of the decoders, while the header is read
-    or while the block decodes the pixels (Pillow raises ``OSError``, ``ValueError``,
-    ``SyntaxError``, ``EOFError``, ``struct.error`` ...), is a ``UsageError`` naming the file."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with regular_file(path) as handle, Image.open(handle) as image:
-                yield image
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UsageError(bomb_message(path, exc)) from None
-    except FlexiExportError:
-        raise
-    except Exception as exc:  # a decoder's failure on this file's bytes, whatever its type
-        raise UsageError(f"cannot read image {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-
-
-@contextmanager
-def regular_file(path: Path) -> Iterator[BinaryIO]:
-    """``path`` opened for reading when it is a regular file (after links); ``UsageError`` for a
-    FIFO, socket, device or folder. Checked before the open and again on the open descriptor, and
-    opened non-blocking, so a file swapped for a FIFO in between cannot hang the read either."""
-    kind = _file_kind(os.stat(path).st_mode)
-    if kind is None:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        kind = _file_kind(os.fstat(fd).st_mode)
-        if kind is None:
-            with os.fdopen(fd, "rb") as handle:
-                yield handle
-            return
-        os.close(fd)
-    raise UsageError(f"{str(path)!r} is {kind}, not an image file: refused (give a regular file)")
-
-
-def _file_kind(mode: int) -> str | None:
-    """What a non-regular file is, in words; None for a regular file."""
-    kinds = [
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ]
-    if stat.S_ISREG(mode):
-        return None
-    return next((word for test, word in kinds if test(mode)), "not a regular file")
-
-
-def bomb_message(path: Path, exc: Exception) -> str:
-    from PIL import Image
-
-    found = re.search(r"\((\d+) pixels\)", str(exc))
-    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-    return (
-        f"image {str(path)!r} has {size}, more than the {Image.MAX_IMAGE_PIXELS or 0:,} this tool decodes "
-        "(a decompression bomb?); shrink or remove it"
-    )
 
 
 def check_images(folder: Path, limit: int) -> None:

@@ -194,7 +194,7 @@ def record_latencies(door: Bundle, rows: list[dict[str, Any]], here: dict[str, s
     """Merge ``rows`` (this machine's) into the bundle's ``latency.json``: locked, re-read,
     merged, renamed into place. Nothing is recorded (one warning) where the folder cannot be
     written (a read-only model repository) or the present file is not one we can merge into."""
-    from exporter.bundle.manifest import write_atomic
+    from exporter.core.files import write_atomic
 
     try:
         path = door.artefact(LATENCY)
@@ -228,3 +228,26 @@ def _read_for_merge(path: Path) -> Any:
     if latency_sections(data, str(path)) == [] and data not in ({}, []):
         raise _Unmergeable(f"{path} is not a latency file flexiexport wrote (left as it is)")
     return data
+
+
+# bench.json's backend names → eval.json's, where they differ (the same fp32 ONNX file)
+EVAL_NAMES = {name: "onnxruntime" for name in ("ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt")}
+
+
+def accuracies(evaluation: Any, backend: str) -> dict[str, float]:
+    """Top-1 by variant from ``eval.json`` for ``backend`` (a bench or runtime name): its own
+    rows when evaluated on it, else onnxruntime's of the same precision (the file whose parity
+    the build proved), else PyTorch's. Empty when there is no usable eval.json."""
+    rows = evaluation.get("results") if isinstance(evaluation, dict) else None
+    if not isinstance(rows, list):
+        return {}
+    name, _, precision = backend.partition(" ")
+    wanted = [backend, " ".join(filter(None, (EVAL_NAMES.get(name, name), precision))), "pytorch"]
+    found: dict[str, float] = {}
+    for choice in reversed(wanted):  # the better source overwrites
+        for row in rows:
+            top1 = finite_number(row.get("top1")) if isinstance(row, dict) else None
+            # a 400-digit integer, NaN or 7.0 is no accuracy (eval.json is data)
+            if top1 is not None and 0 <= top1 <= 1 and row.get("backend") == choice and "variant" in row:
+                found[str(row["variant"])] = top1
+    return found

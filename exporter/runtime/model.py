@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -23,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from exporter.build.precision import PRECISIONS
 from exporter.bundle.door import Bundle as _Door
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing, UsageError
+from exporter.core.precision import PRECISIONS
 from exporter.runtime.arguments import check_arguments
 from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner
 from exporter.runtime.budget import Latency, choose_variant, load_latencies, probe_latencies
@@ -80,7 +79,7 @@ class Bundle:
         """Labels, most accurate first: top-1 from ``eval.json`` on this backend where the bundle
         has one (variants it lacks go last), else most tokens; ties go to the faster (measured
         p99), then to more tokens. The first that fits a budget is thus on the frontier."""
-        from exporter.measure.frontier import accuracies
+        from exporter.runtime.measurements import accuracies
 
         name = backend if precision == "fp32" else f"{backend} {precision}"
         top1 = accuracies(self.door.read_artefact("eval.json"), name)
@@ -144,7 +143,7 @@ class Bundle:
 
     def _engines(self) -> bool:
         """Whether the bundle holds any engine (built, or written by ``build_<profile>.sh``)."""
-        from exporter.measure.bench import bundle_engines
+        from exporter.tensorrt.select import bundle_engines
 
         return any(bundle_engines(self.door, record) for record in self.manifest.variants)
 
@@ -153,8 +152,9 @@ class Bundle:
         check_arguments(threads=threads)
         record = self.record(label)
         if backend == "tensorrt":  # the engine that fits this GPU and TensorRT best (by its sidecar)
-            from exporter.measure.bench import Unavailable, tensorrt_runner
+            from exporter.core.errors import Unavailable
             from exporter.runtime.backends import wrap_engine
+            from exporter.tensorrt.select import tensorrt_runner
 
             try:
                 engine = tensorrt_runner(self.door, record)
@@ -323,13 +323,6 @@ def run_in_batches(runner: Runner, pixels: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def machine_key() -> dict[str, str]:
-    """What makes latencies comparable: the CPU model (and the machine type)."""
-    from exporter.bundle.limits import cpu_model
-
-    return {"cpu": cpu_model(), "machine": platform.machine()}
-
-
 def open_bundle(path: str | Path) -> Bundle:
     return Bundle.open(path)
 
@@ -339,7 +332,7 @@ def predict_files(
 ) -> list[tuple[Path, list[Prediction] | np.ndarray | str]]:
     """Per file: its predictions (a feature model's embedding, float32 ``[dims]``), or why it could
     not be read or preprocessed (the others are still run)."""
-    from exporter.runtime.preprocess import read_image
+    from exporter.runtime.decode import read_image
 
     results: list[tuple[Path, list[Prediction] | np.ndarray | str]] = []
     for path in files:

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from exporter.core.errors import UsageError
+from exporter.runtime.decode import Image, read_image, to_rgb
 
-Image = Any  # a PIL image; Pillow is imported only when images are read
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 CROP_MODES = ("center", "squash")  # timm's eval crop modes that this transform reproduces
 MIN_CROP_PCT = 0.01  # timm's are 0.875-1.0; far smaller only magnifies one pixel (the schema says the same)
@@ -37,8 +37,6 @@ MIN_CROP_PCT = 0.01  # timm's are 0.875-1.0; far smaller only magnifies one pixe
 EXACT_RESIZE_FACTOR = 16
 # Bytes per output value held at once: the uint8 crop, its float32 copy and the normalised result.
 BYTES_PER_VALUE = 1 + 4 + 4
-# 16-bit and 32-bit modes, scaled to 8 bits by their range (convert("RGB") would clip them to 0/255).
-WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ class Preprocess:
 
     def check_memory(self, count: int) -> None:
         """``UsageError`` when ``count`` images' pixel values would not fit in the memory available."""
-        from exporter.bundle.limits import available_memory, gigabytes
+        from exporter.core.machine import available_memory, gigabytes
 
         h, w = self.img_size
         needed = count * 3 * h * w * BYTES_PER_VALUE
@@ -150,35 +148,3 @@ class Preprocess:
             f"an array must be uint8 RGB [H, W, 3] / [N, H, W, 3] or float32 pixel_values [N, 3, {h}, {w}], "
             f"got {array.dtype} {list(array.shape)}"
         )
-
-
-def to_rgb(image: Image) -> Image:
-    """8-bit RGB as timm's ``convert("RGB")`` gives it; a 16-bit or 32-bit image (``I;16``, ``I``,
-    ``F``) is first scaled to 8 bits by its bit depth (16-bit: ``/257``, so an 8-bit image saved as
-    16 bits comes back exactly; floats in [0, 1] ``x255``, in [0, 255] as they are), where
-    ``convert`` would clip it."""
-    from PIL import Image as PILImage
-
-    if image.mode == "RGB":
-        return image
-    if image.mode in WIDE_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0
-        if image.mode == "F":  # no bit depth: floats in [0, 1] or [0, 255] are taken as such
-            largest = float(np.nanmax(values, initial=0.0))
-            top = 1.0 if largest <= 1.0 else 255.0 if largest <= 255.0 else top
-        scaled = np.clip(np.nan_to_num(values, nan=0.0) * (255.0 / top), 0, 255)
-        image = PILImage.fromarray(np.round(scaled).astype(np.uint8), "L")
-    return image.convert("RGB")
-
-
-def read_image(item: Any) -> Image:
-    """A path (a regular file, decoded whole: every decoder failure and bomb is a ``UsageError``
-    naming it) as 8-bit RGB, or a PIL image as it is."""
-    if hasattr(item, "convert"):
-        return item
-    from exporter.runtime.images import opened_image
-
-    with opened_image(Path(item)) as image:
-        image.load()
-        return to_rgb(image).copy()

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from exporter.build.resize import DINOV2_POS_RESIZE, ResizeMethod, default_pos_resize, pos_grid_size
 from exporter.bundle.limits import prefix_tokens
-from exporter.bundle.manifest import sha256_file
+from exporter.bundle.manifest import Preprocessing
 from exporter.core.assumptions import Assumption
 from exporter.core.errors import CheckpointError, EnvironmentMissing, UsageError
+from exporter.core.files import sha256_file
 from exporter.core.names import printable, slug
 from exporter.core.sizes import Size2, format_size, to_size2
 from exporter.source.config import first_line as _first_line
@@ -39,6 +39,7 @@ from exporter.source.config import (
 )
 from exporter.source.config import stated_img_size as config_img_size
 from exporter.source.config import where as config_where
+from exporter.source.resampling import DINOV2_POS_RESIZE, ResizeMethod, default_pos_resize, pos_grid_size
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +52,6 @@ EMA_CONTAINERS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
 PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.", "encoder.")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FLOAT_NAMES = "float16, bfloat16, float32 or float64"
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What a deployment must do to an image before ``pixel_values``."""
-
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.9
-    crop_mode: str = "center"
-    source: str = "assumed (timm ViT default)"
 
 
 @dataclass(frozen=True)
@@ -162,7 +151,7 @@ def check_tensor_storage(tensors: Mapping[str, Any]) -> None:
     """Refuse tensors that claim more bytes than their storage holds (``expand``-ed, stride-0 or
     overlapping views): copying one would allocate what the file never contained, so this runs
     before anything clones, casts or hashes them."""
-    from exporter.bundle.limits import gigabytes
+    from exporter.core.machine import gigabytes
 
     for key, t in tensors.items():
         if not isinstance(t, torch.Tensor):
@@ -461,7 +450,7 @@ def _read_weights(
 
 def check_fits_in_memory(path: Path) -> None:
     """Every reader holds the whole file in memory: refuse one larger than what is available."""
-    from exporter.bundle.limits import available_memory, gigabytes
+    from exporter.core.machine import available_memory, gigabytes
 
     size, free = path.stat().st_size, available_memory()
     if free is not None and size > free:
@@ -799,7 +788,7 @@ def _free_grid(family: str, origin: Origin) -> bool:
 
 
 def _named_pos_prefix(model_name: str, args: Mapping[str, Any], config: Mapping[str, Any]) -> int:
-    from exporter.build.resize import num_pos_prefix_tokens
+    from exporter.source.resampling import num_pos_prefix_tokens
 
     return num_pos_prefix_tokens(_meta_model(model_name, args, config))
 

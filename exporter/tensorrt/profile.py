@@ -14,10 +14,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from exporter.build.precision import PRECISIONS as ONNX_PRECISIONS
-from exporter.build.precision import Precision
 from exporter.core.errors import UsageError
 from exporter.core.names import SAFE_NAME_TEXT, is_safe_name, printable
+from exporter.core.precision import PRECISIONS as ONNX_PRECISIONS
+from exporter.core.precision import Precision
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -18,14 +18,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from exporter.build.inputs import InputPlan
-from exporter.build.precision import Precision
 from exporter.bundle.door import Bundle, swap_into_place
-from exporter.bundle.manifest import MANIFEST, REPORT, Manifest, render_report, sha256_file, write_atomic
+from exporter.bundle.manifest import MANIFEST, REPORT, Manifest
 from exporter.bundle.onnxwire import onnx_node_names
-from exporter.bundle.reference import stored_reference
+from exporter.bundle.reference import judged_rows, stored_reference
+from exporter.bundle.report import render_report
 from exporter.core.errors import BundleError, EnvironmentMissing
+from exporter.core.files import sha256_file, write_atomic
 from exporter.core.names import check_name, printable
+from exporter.core.precision import Precision
 from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.tensorrt.profile import Profile
 
@@ -121,7 +122,7 @@ def build_engines(
     cache = f"engines/{profile.name}/{timing_cache_name(gpu.compute_capability, trt.__version__)}"
     tol = tolerance_for(profile.precision, "tensorrt")
     plan = engine_plan(bundle, manifest, profile)
-    input_plan = InputPlan.for_bundle(manifest)
+    samples = manifest.options["parity_samples"]
     for item in plan:  # every refusal before the first build
         check_precision(trt.__version__, profile.precision, item["onnx_precision"], item["available"])
     variants: dict[str, Any] = {}
@@ -134,8 +135,8 @@ def build_engines(
         cache_in = out_root / cache  # the next variant starts from what this one measured
         with stage(reporter, item["label"], "engine parity", times):
             planned, expected = stored_reference(bundle, manifest, record)
-            inputs = input_plan.reduced(profile.precision, planned.arrays())
-            expected = input_plan.reduced(profile.precision, expected)
+            inputs = judged_rows(samples, profile.precision, planned.arrays())
+            expected = judged_rows(samples, profile.precision, expected)
             actual = run_batched(engine_runner(out_root / item["engine"]), inputs, item["shapes"].opt[0])
             cmp = compare_outputs(expected, actual, tol, manifest.classifier)
         variants[item["label"]] = {

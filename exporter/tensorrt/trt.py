@@ -40,10 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporter.build.precision import REDUCED_PRECISIONS, Precision
-from exporter.bundle.manifest import INPUT_NAME, sha256_file, write_atomic_bytes
+from exporter.bundle.manifest import INPUT_NAME
 from exporter.core.errors import EngineLoadError, EnvironmentMissing, UsageError
+from exporter.core.files import sha256_file, write_atomic_bytes
 from exporter.core.names import printable
+from exporter.core.precision import REDUCED_PRECISIONS, Precision
 from exporter.tensorrt.profile import HARDWARE_MIN_CC, Profile, parse_version, version_in_range
 
 log = logging.getLogger(__name__)

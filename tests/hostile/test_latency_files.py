@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from exporter.core.machine import machine_key
 from exporter.runtime import Bundle
-from exporter.runtime.model import machine_key
 
 from conftest import built, run_cli
 

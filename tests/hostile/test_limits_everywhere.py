@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from exporter.bundle.limits import available_cores
+from exporter.core.machine import available_cores
 
 from conftest import build_demo, refused, run_cli
 

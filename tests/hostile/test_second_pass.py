@@ -89,8 +89,8 @@ def test_serve_without_the_python_backend_is_an_environment_error(tmp_path: Path
 
 
 def test_a_huge_integer_latency_is_ignored_not_an_overflow(demo: Path, tmp_path: Path) -> None:
+    from exporter.core.machine import machine_key
     from exporter.runtime.measurements import row_problem
-    from exporter.runtime.model import machine_key
 
     row = {"backend": "ort-cpu", "variant": "p16", "batch": 1, "p50_ms": 1, "p99_ms": HUGE}
     assert "not a finite number" in row_problem(row, {"p16"})  # before: OverflowError
@@ -106,7 +106,8 @@ def test_a_huge_integer_latency_is_ignored_not_an_overflow(demo: Path, tmp_path:
 
 
 def test_huge_integers_in_eval_and_bench_rows_are_no_accuracy_or_latency() -> None:
-    from exporter.measure.frontier import accuracies, latencies
+    from exporter.measure.frontier import latencies
+    from exporter.runtime.measurements import accuracies
 
     evaluation = {"results": [{"backend": "pytorch", "variant": "p16", "top1": HUGE}]}
     evaluation["results"] += [{"backend": "pytorch", "variant": "p32", "top1": 0.5}]

@@ -1,0 +1,66 @@
+"""Which of a bundle's engines runs here: a variant's engines ranked by their sidecar against this
+GPU and TensorRT, tried in that order."""
+
+from __future__ import annotations
+
+from exporter.bundle.door import Bundle
+from exporter.bundle.manifest import VariantRecord
+from exporter.core.errors import EnvironmentMissing, Unavailable
+from exporter.parity.compare import Runner
+
+
+def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str, dict[str, object]]]:
+    """The variant's engines the bundle holds, as ``(path, sha256, info)``: every engine set the
+    manifest records as built, and the engines ``build_<profile>.sh`` wrote for a profile the
+    manifest names (read through their sidecar ``model_pN.engine.json``; the manifest has no
+    record of those). Nothing is trusted yet: ``tensorrt_runner`` checks each file through
+    ``Bundle.file`` before TensorRT reads it."""
+    from exporter.tensorrt.trt import read_sidecar
+
+    found: list[tuple[str, str, dict[str, object]]] = []
+    for name, entry in opened.manifest.engines.items():
+        rel = f"engines/{name}/model_{record.label}.engine"
+        variant = entry.get("variants", {}).get(record.label)
+        if entry.get("status") == "built" and variant:
+            found.append((variant["engine"], variant["engine_sha256"], variant))
+        sidecar = read_sidecar(opened.root / (rel + ".json"))
+        if isinstance(sidecar, dict) and sidecar["engine_sha256"] not in {sha for _, sha, _ in found}:
+            found.append((rel, str(sidecar["engine_sha256"]), sidecar))
+    return found
+
+
+def tensorrt_here() -> None:
+    """``Unavailable`` when engines cannot run here (no TensorRT >= 10, no usable GPU)."""
+    from exporter.tensorrt.trt import tensorrt_problem
+
+    problem = tensorrt_problem()
+    if problem:
+        raise Unavailable(problem)
+
+
+def tensorrt_runner(opened: Bundle, record: VariantRecord) -> Runner:
+    """A runner over the bundle's engine for this GPU and TensorRT: engines are ranked by their
+    sidecar (same GPU model, then same compute capability, then hardware-compatible) and tried in
+    that order, so one that TensorRT cannot load is passed over, not fatal. ``Unavailable`` says
+    why each one was passed over."""
+    from exporter.core.errors import BundleError
+    from exporter.tensorrt.gpu import gpu_identity
+    from exporter.tensorrt.trt import engine_fit, engine_runner, import_tensorrt
+
+    tensorrt_here()
+    version, gpu = import_tensorrt().__version__, gpu_identity()
+    ranked, passed_over = [], []
+    for rel, sha, info in bundle_engines(opened, record):
+        rank, why = engine_fit(info, version, gpu.compute_capability, gpu.name)
+        if rank < 0:
+            passed_over.append(f"{rel}: {why}")
+        else:
+            ranked.append((rank, rel, sha))
+    for _, rel, sha in sorted(ranked):
+        try:
+            return engine_runner(opened.file(rel, sha))
+        except (BundleError, EnvironmentMissing) as exc:
+            passed_over.append(f"{rel}: {exc}")
+    if not passed_over:
+        raise Unavailable(f"{record.label}: the bundle has no TensorRT engines (build them with a GPU and TensorRT)")
+    raise Unavailable(f"{record.label}: no engine in the bundle runs here ({'; '.join(passed_over)})")
