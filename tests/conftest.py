@@ -50,7 +50,7 @@ def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_cli(*args: str) -> Result:
     """Invoke the CLI in-process, with stdout and stderr kept apart."""
-    from exporter.cli.app import cli
+    from exporter.cli.group import cli
 
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 

@@ -80,7 +80,7 @@ def test_the_variant_table_is_readable_at_80_columns(demo_bundle):
 
     from exporter.bundle.manifest import Manifest
     from exporter.bundle.report import TABLE_HEADER, shown_columns, variant_rows
-    from exporter.cli.app import print_table
+    from exporter.cli.render import print_table
 
     manifest = Manifest.from_dict(json.loads((demo_bundle / "manifest.json").read_text()))
     out = Console(width=80, record=True)

@@ -493,7 +493,7 @@ def test_disk_full_from_any_write_site_is_exit_2():
     import click
     from click.testing import CliRunner
 
-    from exporter.cli.app import FlexiGroup
+    from exporter.cli.group import FlexiGroup
 
     @click.group(cls=FlexiGroup)
     def group() -> None: ...

@@ -239,7 +239,7 @@ def test_the_plot_draws_dollar_signs_as_written(tmp_path):
 
 
 def test_log_lines_carry_no_escape_codes():
-    from exporter.cli.app import PrintableFormatter
+    from exporter.cli.group import PrintableFormatter
 
     record = logging.LogRecord("exporter.source.load", logging.WARNING, __file__, 1, "name %r", ("\x1b[2Jx",), None)
     assert PrintableFormatter("%(message)s").format(record) == "name '\\x1b[2Jx'"

@@ -263,7 +263,8 @@ def test_bench_times_the_reduced_onnx_too(int8_bundle):
 def test_precision_is_one_enum_used_by_the_cli_and_the_pipeline():
     """The allowed values were written out in the CLI (twice), precision.py and the pipeline."""
     from exporter.build.options import BuildOptions
-    from exporter.cli.app import build, triton
+    from exporter.cli.build import build
+    from exporter.cli.triton import triton
     from exporter.core.errors import UsageError
     from exporter.core.precision import PRECISIONS, Precision
 

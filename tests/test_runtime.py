@@ -262,7 +262,7 @@ def test_the_runtime_imports_no_torch_timm_or_onnx(demo, digits):
 
 
 def test_bench_and_the_cli_list_the_same_backends():
-    from exporter.cli.app import BENCH_BACKENDS
+    from exporter.cli.params import BENCH_BACKENDS
     from exporter.measure.bench import BACKENDS
 
     assert BENCH_BACKENDS == BACKENDS

@@ -47,7 +47,7 @@ def same(before: Any, now: Any, where: str = "manifest") -> None:
 
 @pytest.mark.parametrize("copy", sorted(BEFORE.glob("help_*.txt")), ids=lambda p: p.stem)
 def test_help_text_is_unchanged(copy: Path):
-    from exporter.cli.app import cli
+    from exporter.cli.group import cli
 
     name = copy.stem.removeprefix("help_")
     args = ["--help"] if name == "flexiexport" else [name, "--help"]

@@ -86,7 +86,7 @@ def test_manifest_strings_cannot_forge_the_verdict_of_inspect(demo, tmp_path):
 
 
 def test_a_log_record_is_one_line():
-    from exporter.cli.app import PrintableFormatter
+    from exporter.cli.group import PrintableFormatter
 
     record = logging.LogRecord("exporter", logging.WARNING, __file__, 1, "ignoring %s", (f"a\n{FORGED}\u2028",), None)
     assert PrintableFormatter("%(message)s").format(record) == f"ignoring a\\n{FORGED}\\u2028"

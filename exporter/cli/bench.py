@@ -1,0 +1,75 @@
+"""``flexiexport bench``: latency and throughput per variant, backend and batch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from exporter.cli.group import cli, debug_option
+from exporter.cli.params import (
+    BENCH_BACKENDS,
+    BenchCommand,
+    parse_batch_sizes,
+)
+from exporter.cli.render import (
+    console,
+    print_bench,
+    print_frontier,
+    safe,
+    write_plot,
+)
+
+
+@cli.command(cls=BenchCommand)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes, e.g. 1 8 or 1,8.")
+@click.option(
+    "--backends",
+    default=",".join(BENCH_BACKENDS),
+    show_default=True,
+    help="Backends to try; unavailable ones are listed as skipped with the reason.",
+)
+@click.option("--threads", type=int, help="CPU threads for every backend [default: all available cores].")
+@click.option("--runs", type=int, default=10, show_default=True, help="Timed runs at least (after warm-up).")
+@click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Timed seconds at least, per case.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs first.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Source checkpoint, if it moved since the build.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the table.")
+@debug_option
+def bench(bundle: Path, **kw: Any) -> None:
+    """Latency and throughput per variant, backend and batch size; writes bench.json and a plot."""
+    import json
+
+    from exporter.bundle.door import Bundle
+    from exporter.core.files import write_atomic
+    from exporter.measure.bench import BenchOptions, bench_bundle, merge_reports
+    from exporter.runtime.measurements import folder_locked
+
+    opened = Bundle.open(bundle)
+    targets = opened.artefact("bench.json"), opened.artefact("tradeoff.png")  # refused before any work
+    batch_sizes = parse_batch_sizes(kw["batch_sizes"])
+    options = BenchOptions(
+        batch_sizes=batch_sizes,
+        backends=tuple(b for b in kw["backends"].replace(" ", ",").split(",") if b.strip()),
+        threads=kw["threads"],
+        warmup=kw["warmup"],
+        min_runs=kw["runs"],
+        min_seconds=kw["min_seconds"],
+    )
+    err = console(stderr=True)
+    report = bench_bundle(opened, options, None if kw["quiet"] else lambda t: err.print(safe(f"  {t}")), kw["weights"])
+    with folder_locked(opened.root):  # a concurrent bench's rows are merged, not overwritten
+        merged, note = merge_reports(opened.read_artefact("bench.json"), report)
+        write_atomic(targets[0], json.dumps(merged, indent=2) + "\n")
+    plot = write_plot(opened)
+    print_bench(report)
+    from exporter.measure.validate import fastest_passing
+
+    for label, (backend, p50) in fastest_passing(opened, report.timings, report.threads).items():
+        console().print(safe(f"{label}: fastest within its tolerance here: {backend} ({p50:.2f} ms p50)"))
+    print_frontier(opened)
+    if note:
+        console().print(safe(note), soft_wrap=True)
+    console().print(safe(f"wrote {bundle / 'bench.json'} and {plot}"), soft_wrap=True)

@@ -1,0 +1,59 @@
+"""``flexiexport inspect``: a bundle's manifest as a table, or as strict JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from exporter.cli.group import cli, debug_option
+from exporter.cli.render import (
+    console,
+    print_engines,
+    print_source_parity,
+    print_table,
+    safe,
+)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+@click.option("--wide", is_flag=True, help="Every column of the variant table (it needs about 130 columns).")
+@debug_option
+def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
+    """Print a bundle's manifest as a table."""
+    from exporter.bundle.door import read_manifest
+
+    manifest = read_manifest(bundle)
+    if as_json:  # strict JSON: a failed check's NaN is written as null
+        from dataclasses import asdict
+
+        from exporter.bundle.values import strict_json
+
+        click.echo(strict_json(asdict(manifest)), nl=False)
+        return
+    out = console()
+    src = manifest.source
+    out.print(
+        f"[bold]{safe(manifest.name)}[/bold]  "
+        + safe(f"built {manifest.created} by flexiexport {manifest.versions['flexiexport']}")
+    )
+    out.print(safe(f"source: {src.get('path') or src.get('kind')}  sha256 {str(src.get('sha256'))[:16]}…"))
+    out.print(safe(f"        {src['architecture']['summary']}"))
+    for said in manifest.assumptions:
+        out.print(f"[yellow]assumed[/yellow] {safe(said)}")
+    pre = manifest.preprocessing
+    out.print(
+        safe(f"preprocessing: mean {pre['mean']} std {pre['std']} {pre['interpolation']} crop_pct {pre['crop_pct']}")
+    )
+    out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
+    print_table(manifest, "variants", wide)
+    print_source_parity(manifest, out)
+    for v in manifest.variants:
+        if v.trt_lint and not v.trt_lint.get("passed", True):
+            issues = "; ".join(map(str, v.trt_lint["issues"]))
+            out.print(f"[yellow]TensorRT lint[/yellow] {safe(v.label)}: {safe(issues)}")
+    for name, entry in manifest.engines.items():
+        print_engines(name, entry)
+    out.print("overall: " + ("[green]passed[/green]" if manifest.passed else "[red]FAILED[/red]"))
