@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporter.build.pipeline import bundle_source, record_spec
+from exporter.build.recheck import bundle_source, record_spec
 from exporter.build.runners import torch_runner
 from exporter.build.variant import make_variant
 from exporter.bundle.door import read_manifest

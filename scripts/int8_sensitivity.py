@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 
 from exporter.build.inputs import InputPlan
-from exporter.build.pipeline import record_spec
 from exporter.build.precision import QUANTIZED_OPS, int8_float_nodes, to_int8
+from exporter.build.recheck import record_spec
 from exporter.build.runners import ort_runner
 from exporter.bundle.door import read_manifest
 from exporter.core.precision import Precision

@@ -325,7 +325,7 @@ def test_bad_pos_interpolation_is_one_error_line(hf_folder):
 
 
 def test_class_names_and_malformed_fields_come_from_the_config(hf_folder, tmp_path):
-    from exporter.build.pipeline import class_names
+    from exporter.build.record import class_names
     from exporter.core.errors import CheckpointError
     from exporter.source.load import SourceSpec, load_source
 

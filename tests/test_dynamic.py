@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from test_trt import VERSIONS, calls, run_script
 
 from exporter.build.lint import lint_onnx
-from exporter.build.pipeline import record_spec
+from exporter.build.recheck import record_spec
 from exporter.build.runners import ort_runner
 from exporter.build.variant import fixed_at, make_variant
 from exporter.bundle.manifest import Manifest

@@ -7,7 +7,7 @@ import torch
 
 from exporter.build.inputs import InputPlan
 from exporter.build.options import BuildOptions
-from exporter.build.pipeline import plan_variants
+from exporter.build.plan import plan_variants
 from exporter.build.runners import torch_runner
 from exporter.build.variant import make_variant
 from exporter.parity.compare import TOLERANCES, compare_outputs

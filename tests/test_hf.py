@@ -126,7 +126,7 @@ def test_eps_and_activation_reach_the_timm_model(tmp_path_factory):
         hidden_act="gelu_new",
         layer_norm_eps=1e-5,
     )
-    from exporter.build.pipeline import plan_variants
+    from exporter.build.plan import plan_variants
 
     source = load_source(SourceSpec(weights=folder))
     model = make_variant(source, plan_variants(source, _options(8))[0]).model

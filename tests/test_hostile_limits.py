@@ -167,7 +167,7 @@ def test_numbers_beyond_the_manifest_bounds_are_named(bundle, edit, field, bound
 
 def test_the_demo_and_a_tiny_model_fit_at_normal_sizes(tiny_flexivit):
     from exporter.build.options import BuildOptions
-    from exporter.build.pipeline import check_build_memory, plan_variants
+    from exporter.build.plan import check_build_memory, plan_variants
     from exporter.core.machine import available_memory
     from exporter.source.load import SourceSpec, load_source
 

@@ -218,7 +218,7 @@ def test_state_digest_identifies_weights_without_a_file(tiny_flexivit):
     """Hub downloads have no file to hash: the manifest's source sha256 comes from the tensors."""
     from dataclasses import replace
 
-    from exporter.build.pipeline import state_digest
+    from exporter.build.stages import state_digest
 
     src = load_source(SourceSpec(weights=tiny_flexivit))
     digest = state_digest(src)

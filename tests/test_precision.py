@@ -98,7 +98,7 @@ def test_int8_is_symmetric_per_channel_qdq_around_matmuls_only(int8_bundle):
 
 
 def test_validate_judges_the_int8_file_on_the_images_the_build_did(int8_bundle):
-    from exporter.build.pipeline import recheck_bundle
+    from exporter.build.recheck import recheck_bundle
 
     manifest = json.loads((int8_bundle / "manifest.json").read_text())
     for result, v in zip(recheck_bundle(int8_bundle), manifest["variants"]):

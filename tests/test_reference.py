@@ -15,7 +15,7 @@ import pytest
 
 from exporter.build.inputs import InputPlan
 from exporter.build.options import BuildOptions
-from exporter.build.pipeline import recheck_bundle, record_spec
+from exporter.build.recheck import recheck_bundle, record_spec
 from exporter.bundle.door import Bundle
 from exporter.bundle.reference import load_reference, normalize
 from exporter.measure.validate import check_bundle

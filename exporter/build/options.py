@@ -8,9 +8,7 @@ from pathlib import Path
 from exporter.build.export import ExportOptions
 from exporter.build.resize import ResizeOverride
 from exporter.build.variant import ImagePolicy
-from exporter.bundle.manifest import (
-    Manifest,
-)
+from exporter.bundle.manifest import Manifest
 from exporter.core.errors import UsageError
 from exporter.core.machine import cap_threads
 from exporter.core.precision import Precision

@@ -24,9 +24,7 @@ from exporter.cli.render import (
     safe,
     summary_line,
 )
-from exporter.core.errors import (
-    ValidationFailed,
-)
+from exporter.core.errors import ValidationFailed
 from exporter.core.precision import PRECISIONS, Precision
 
 

@@ -11,9 +11,7 @@ from exporter.cli.render import (
     RichReporter,
     print_engines,
 )
-from exporter.core.errors import (
-    ValidationFailed,
-)
+from exporter.core.errors import ValidationFailed
 
 
 @cli.command()

@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.bundle.report import top1_text
-from exporter.core.errors import (
-    FlexiExportError,
-)
+from exporter.core.errors import FlexiExportError
 from exporter.core.names import printable
 from exporter.core.sizes import format_size
 

@@ -16,9 +16,7 @@ from exporter.cli.render import (
     console,
     safe,
 )
-from exporter.core.errors import (
-    UsageError,
-)
+from exporter.core.errors import UsageError
 from exporter.core.sizes import format_size, grid_for, to_size2
 
 

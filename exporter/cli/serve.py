@@ -8,9 +8,7 @@ from typing import Any
 import click
 
 from exporter.cli.group import cli, debug_option
-from exporter.cli.params import (
-    RUNTIME_BACKEND_HELP,
-)
+from exporter.cli.params import RUNTIME_BACKEND_HELP
 from exporter.cli.render import (
     console,
     print_endpoints,

@@ -9,16 +9,12 @@ from typing import Any
 import click
 
 from exporter.cli.group import cli, debug_option
-from exporter.cli.params import (
-    RUNTIME_BACKEND_HELP,
-)
+from exporter.cli.params import RUNTIME_BACKEND_HELP
 from exporter.cli.render import (
     console,
     safe,
 )
-from exporter.core.errors import (
-    UsageError,
-)
+from exporter.core.errors import UsageError
 from exporter.core.precision import PRECISIONS, Precision
 
 

@@ -46,7 +46,7 @@ def validate(bundle: Path, rebuild: bool, weights: Path | None, backends: str, q
     with RichReporter(quiet) as reporter:
         if rebuild:
             try:
-                from exporter.build.pipeline import recheck_bundle
+                from exporter.build.recheck import recheck_bundle
             except ImportError as exc:
                 raise EnvironmentMissing(
                     f"validate --rebuild needs PyTorch and timm ({exc}); without them, validate judges the "

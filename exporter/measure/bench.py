@@ -441,7 +441,7 @@ def resample_costs(
     import tempfile
 
     from exporter.build.export import ExportOptions, export_onnx
-    from exporter.build.pipeline import record_spec
+    from exporter.build.recheck import record_spec
     from exporter.build.variant import fixed_at
     from exporter.core.errors import BundleError
 
@@ -557,7 +557,7 @@ def bench_bundle(
     """Benchmark every variant of the bundle on every requested backend and batch size."""
     import torch
 
-    from exporter.build.pipeline import bundle_source, record_spec
+    from exporter.build.recheck import bundle_source, record_spec
     from exporter.build.variant import make_variant
     from exporter.source.load import SourceModel
 

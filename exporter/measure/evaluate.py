@@ -144,7 +144,7 @@ def evaluate_bundle(
         problem = backend_problem(name)
         if problem:
             raise EnvironmentMissing(f"--backends {name}: {problem}")
-    from exporter.build.pipeline import bundle_source, record_spec
+    from exporter.build.recheck import bundle_source, record_spec
     from exporter.build.runners import ort_runner, torch_runner
     from exporter.build.variant import make_variant
     from exporter.parity.compare import run_batched

@@ -1,0 +1,296 @@
+"""The stages of one variant: resize, export, parity (fixed, dynamic and reduced precision),
+shared weights; and the digest that lets ``--resume`` reuse an unchanged variant."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.build.inputs import InputPlan
+from exporter.build.options import BuildOptions
+from exporter.build.variant import VariantSpec
+from exporter.bundle.door import Bundle
+from exporter.bundle.manifest import (
+    VariantRecord,
+    check_batch,
+    output_name,
+)
+from exporter.bundle.reference import REFERENCE_DIR, save_reference
+from exporter.core.files import sha256_file
+from exporter.core.precision import Precision
+from exporter.core.progress import Reporter, stage
+from exporter.core.sizes import format_size
+from exporter.source.load import SourceModel
+
+
+def state_digest(source: SourceModel) -> str:
+    """sha256 over the tensors (for sources with no file, e.g. hub downloads)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(source.state_dict):
+        raw = source.state_dict[key].detach().cpu().contiguous().view(-1).view(torch.uint8)  # any dtype, as bytes
+        digest.update(key.encode())
+        digest.update(raw.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def input_key(source_sha: str, calib_sha: str | None, spec: VariantSpec, options: BuildOptions) -> str:
+    """A digest of everything that determines a variant's ONNX and its parity verdict
+    (``calib_sha``: ``InputPlan.key``, computed once per build)."""
+    from exporter import __version__
+
+    payload = {
+        "source": source_sha,
+        "patch": spec.patch_size,
+        "img": spec.img_size,
+        "img_range": spec.img_range,
+        "patch_resize": str(spec.patch_resize),
+        "pos_resize": str(spec.pos_resize),
+        "export": asdict(options.export),
+        "tolerance": asdict(options.tolerance),
+        "samples": options.parity_samples,
+        "seed": options.seed,
+        "calib": calib_sha,
+        "precision": options.precision,
+        "shared_weights": options.shared_weights,
+        "flexiexport": __version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _reuse(old: Bundle | None, label: str, key: str, tmp: Path) -> VariantRecord | None:
+    """The old record of a variant whose inputs and ONNX are unchanged, with its file copied."""
+    if old is None:
+        return None
+    record = next((v for v in old.manifest.variants if v.label == label), None)
+    if record is None or record.input_key != key or record.status != "passed" or not record.reference:
+        return None
+    if old.variant_problems(record):
+        return None
+    for rel, sha in record.files():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(old.file(rel, sha), tmp / rel)
+    return replace(record, resumed=True)
+
+
+def build_variant(
+    source: SourceModel,
+    spec: VariantSpec,
+    options: BuildOptions,
+    plan: InputPlan,
+    tmp: Path,
+    key: str,
+    reporter: Reporter,
+    times: dict[str, float],
+) -> VariantRecord:
+    """Resize, export and check one variant; returns its manifest record."""
+    from exporter.build.export import export_onnx
+    from exporter.build.lint import lint_onnx
+    from exporter.build.runners import ort_runner, torch_runner
+    from exporter.build.variant import count_layernorms, fixed_at, make_variant
+    from exporter.parity.compare import compare_outputs, run_batched
+
+    label = spec.label
+    with stage(reporter, label, "resize", times):
+        variant = make_variant(source, spec)
+    rel = Path("onnx") / f"model_{label}.onnx"
+    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+    dynamic = spec.img_range is not None
+    with stage(reporter, label, "export", times):
+        output = output_name(source.num_classes)  # a feature model's output is `embeddings`
+        info = export_onnx(variant.model, spec.img_size, tmp / rel, options.export, dynamic, output)
+        lint = lint_onnx(tmp / rel, layernorms=count_layernorms(variant.model), dynamic_hw=dynamic)
+    with stage(reporter, label, "parity", times):
+        start = time.perf_counter()
+        planned = plan.parity(spec)
+        inputs = planned.arrays()
+        batch = check_batch(options.export.batch)
+        # A dynamic ONNX is judged against a fixed-size model at each size, its opt size included.
+        reference_model = fixed_at(source, spec, spec.img_size) if dynamic else variant.model
+        expected = run_batched(torch_runner(reference_model), inputs, batch)
+        actual = run_batched(ort_runner(tmp / rel, options.threads), inputs, batch)
+        comparison = compare_outputs(expected, actual, options.tolerance, source.num_classes != 0)
+        ref_rel = Path(REFERENCE_DIR) / f"model_{label}.npz"
+        save_reference(tmp / ref_rel, planned, expected)
+        sizes = dynamic_checks(source, spec, options, plan, tmp, rel) if dynamic else {}
+        parity_seconds = time.perf_counter() - start
+    onnx_record = {
+        **asdict(info),
+        "path": str(rel),
+        "tolerance": asdict(options.tolerance),
+        "inputs": [asdict(i) for i in info.inputs],
+        "outputs": [asdict(o) for o in info.outputs],
+        "op_counts": dict(info.op_counts),
+    }
+    onnx_record.pop("seconds")
+    parity = comparison.to_dict() | {"inputs": planned.what}
+    reduced: dict[str, Any] = {}
+    if options.precision.reduced:
+        with stage(reporter, label, options.precision, times):
+            reduced = reduced_variant(spec, options, plan, tmp, rel, inputs, expected, batch, source.num_classes != 0)
+    reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
+    return VariantRecord(
+        label=label,
+        patch_size=spec.patch_size,
+        img_size=spec.img_size,
+        grid=spec.grid,
+        tokens=variant.tokens,
+        gflops=round(variant.gflops, 6),
+        patch_resize=str(spec.patch_resize),
+        pos_resize=str(spec.pos_resize),
+        onnx=onnx_record,
+        parity=parity,
+        status="passed"
+        if comparison and reduced.get("status", "passed") == "passed" and sizes.get("status", "passed") == "passed"
+        else "failed",
+        export_seconds=round(info.seconds, 3),
+        parity_seconds=round(parity_seconds, 3),
+        input_key=key,
+        trt_lint=lint.to_dict(),
+        reduced=reduced,
+        reference=reference,
+        dynamic=sizes,
+    )
+
+
+def dynamic_checks(
+    source: SourceModel, spec: VariantSpec, options: BuildOptions, plan: InputPlan, tmp: Path, rel: Path
+) -> dict[str, Any]:
+    """A dynamic-resolution ONNX at its smallest and largest size (the opt size is the variant's own
+    check), each against a fixed-size PyTorch model built for exactly that size
+    (``variant.fixed_at``: the position grid resampled offline as the graph does), with a stored
+    reference each so that ``validate`` judges all three without torch."""
+    from exporter.build.runners import ort_runner, torch_runner
+    from exporter.build.variant import GRAPH_POS_RESIZE, fixed_at
+    from exporter.parity.compare import compare_outputs, run_batched
+
+    assert spec.img_range is not None
+    batch = check_batch(options.export.batch)
+    runner = ort_runner(tmp / rel, options.threads)
+    checks: list[dict[str, Any]] = []
+    for which, size in zip(("min", "max"), spec.img_range):
+        planned = plan.parity(spec.at(size))
+        inputs = planned.arrays()
+        expected = run_batched(torch_runner(fixed_at(source, spec, size)), inputs, batch)
+        comparison = compare_outputs(
+            expected, run_batched(runner, inputs, batch), options.tolerance, source.num_classes != 0
+        )
+        ref_rel = Path(REFERENCE_DIR) / f"model_{spec.label}_{which}.npz"
+        save_reference(tmp / ref_rel, planned, expected)
+        reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
+        checks.append(
+            {
+                "size": which,
+                "img_size": list(size),
+                "parity": comparison.to_dict() | {"inputs": planned.what},
+                "reference": reference,
+            }
+        )
+    return {
+        "min": list(spec.img_range[0]),
+        "opt": list(spec.img_size),
+        "max": list(spec.img_range[1]),
+        "multiple_of": list(spec.patch_size),
+        "pos_resample": f"{GRAPH_POS_RESIZE} in the graph (ONNX Resize cubic), from the {format_size(spec.grid)} grid",
+        "checks": checks,
+        "status": "passed" if all(c["parity"]["passed"] for c in checks) else "failed",
+    }
+
+
+def reduced_variant(
+    spec: VariantSpec,
+    options: BuildOptions,
+    plan: InputPlan,
+    tmp: Path,
+    rel: Path,
+    inputs: np.ndarray,
+    expected: np.ndarray,
+    batch: int,
+    classifier: bool = True,
+) -> dict[str, Any]:
+    """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32
+    (``expected``: PyTorch's logits on ``inputs``)."""
+    from exporter.build.precision import int8_float_nodes, to_fp16, to_int8
+    from exporter.build.runners import ort_runner
+    from exporter.parity.compare import compare_outputs, run_batched, tolerance_for
+
+    start = time.perf_counter()
+    out_rel = rel.with_name(f"{rel.stem}.{options.precision}.onnx")
+    anchors: list[str] = []
+    calibration = ""
+    if options.precision == Precision.FP16:
+        anchors = to_fp16(tmp / rel, tmp / out_rel)
+    else:
+        static = None if options.export.batch == "dynamic" else int(options.export.batch)
+        images, calibration = plan.calibration(spec)
+        anchors = int8_float_nodes(tmp / rel)
+        to_int8(tmp / rel, tmp / out_rel, images, static, exclude=anchors)
+    import onnx
+
+    onnx.checker.check_model(str(tmp / out_rel), full_check=True)
+    tol = tolerance_for(options.precision, "onnxruntime")
+    inputs, expected = plan.reduced(options.precision, inputs), plan.reduced(options.precision, expected)
+    actual = run_batched(ort_runner(tmp / out_rel, options.threads), inputs, batch)
+    cmp = compare_outputs(expected, actual, tol, classifier)
+    return {
+        "precision": options.precision,
+        "shared_weights": options.shared_weights,
+        "path": str(out_rel),
+        "sha256": sha256_file(tmp / out_rel),
+        "bytes": (tmp / out_rel).stat().st_size,
+        "fp32_nodes": anchors,
+        **({"calibration": calibration} if calibration else {}),
+        "tolerance": asdict(tol),
+        "parity": cmp.to_dict(),
+        "status": "passed" if cmp else "failed",
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def share_bundle_weights(
+    specs: list[VariantSpec], options: BuildOptions, plan: InputPlan, tmp: Path, records: list[VariantRecord]
+) -> tuple[list[VariantRecord], dict[str, Any]]:
+    """Move the weights all variants share into one external file; each file must still give
+    exactly the outputs it gave before (same graph, same bytes), or its variant fails."""
+    from exporter.build.export import check_onnx
+    from exporter.build.runners import ort_runner
+    from exporter.build.shared import share_weights
+    from exporter.parity.compare import run_batched
+
+    paths = [tmp / r.onnx["path"] for r in records]
+    batch = check_batch(options.export.batch)
+    inputs = [plan.parity(spec).arrays() for spec in specs]
+    before = [run_batched(ort_runner(p, options.threads), x, batch) for p, x in zip(paths, inputs)]
+    sizes = sum(p.stat().st_size for p in paths)
+    info = share_weights(paths)
+    updated = []
+    for record, path, x, reference in zip(records, paths, inputs, before):
+        same = bool(np.array_equal(run_batched(ort_runner(path, options.threads), x, batch), reference))
+        checked = check_onnx(path, record.onnx["exporter"], 0.0)
+        onnx_record = record.onnx | {
+            "sha256": checked.sha256,
+            "size_bytes": checked.size_bytes,
+            "external_data": f"onnx/{info.path.name}",
+        }
+        parity = record.parity | (
+            {} if same else {"passed": False, "failures": ["outputs changed when sharing weights"]}
+        )
+        updated.append(replace(record, onnx=onnx_record, parity=parity, status=record.status if same else "failed"))
+    after = info.bytes + sum(p.stat().st_size for p in paths)
+    shared = {
+        "path": f"onnx/{info.path.name}",
+        "sha256": info.sha256,
+        "bytes": info.bytes,
+        "tensors": info.tensors,
+        "bundle_onnx_bytes_before": sizes,
+        "bundle_onnx_bytes_after": after,
+    }
+    return updated, shared
