@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.bundle.door import Bundle, remove_stale_temporaries, swap_into_place
+from exporter.bundle.door import Bundle
+from exporter.bundle.write import remove_stale_temporaries, swap_into_place
 from exporter.core.errors import Interrupted
 from exporter.source.load import sha256_file
 
@@ -324,7 +325,7 @@ def test_an_interrupt_during_the_swap_finishes_it_and_says_so(tmp_path, monkeypa
 
 
 def test_the_next_run_removes_temporaries_of_dead_runs_only(tmp_path):
-    from exporter.bundle.door import TEMP_MARKER
+    from exporter.bundle.write import TEMP_MARKER
 
     out = tmp_path / "b"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -30,7 +30,7 @@ from exporter.build.plan import (
 from exporter.build.record import _manifest, announce_assumptions, class_names, label_assumptions
 from exporter.build.stages import _reuse, build_variant, input_key, share_bundle_weights, state_digest
 from exporter.build.variant import VariantSpec
-from exporter.bundle.door import Bundle, check_replaceable_bundle, staging_folder, swap_into_place
+from exporter.bundle.door import Bundle
 from exporter.bundle.manifest import (
     MANIFEST,
     REPORT,
@@ -39,6 +39,7 @@ from exporter.bundle.manifest import (
     check_batch,
 )
 from exporter.bundle.report import render_report
+from exporter.bundle.write import check_replaceable_bundle, staging_folder, swap_into_place
 from exporter.core.errors import BundleError
 from exporter.core.files import write_atomic
 from exporter.core.progress import Reporter, SilentReporter, stage

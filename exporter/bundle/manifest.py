@@ -227,3 +227,8 @@ class Preprocessing:
     crop_pct: float = 0.9
     crop_mode: str = "center"
     source: str = "assumed (timm ViT default)"
+
+
+# Files a command writes into a bundle after the build: accounted for when deciding whether a
+# folder is one of ours (``--force`` may replace it).
+ARTEFACTS = ("bench.json", "eval.json", "tradeoff.png", "latency.json")

@@ -51,7 +51,8 @@ def serve(bundle: Path, **kw: Any) -> None:
     import sys
     import tempfile
 
-    from exporter.bundle.door import Bundle, mark_temporary
+    from exporter.bundle.door import Bundle
+    from exporter.bundle.write import mark_temporary
     from exporter.deploy.repository import write_repository
     from exporter.deploy.server import (
         TritonServer,
@@ -100,7 +101,7 @@ def serve(bundle: Path, **kw: Any) -> None:
 
 def serve_until_stopped(server: Any, names: list[str], ready_timeout: float) -> int | None:
     """Start, print the endpoints once ready, wait; Ctrl-C or SIGTERM stops the server (and is no error)."""
-    from exporter.bundle.door import signals_deferred
+    from exporter.bundle.write import signals_deferred
     from exporter.deploy.repository import ENTRY_MODEL
 
     try:

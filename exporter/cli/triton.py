@@ -67,7 +67,8 @@ def repository_max_batch(manifest: Any, max_batch: int | None) -> int:
 @debug_option
 def triton(bundle: Path, repo: Path, **kw: Any) -> None:
     """Write a Triton Inference Server model repository, one model per variant."""
-    from exporter.bundle.door import Bundle, check_replaceable_repository, staging_folder, swap_into_place
+    from exporter.bundle.door import Bundle
+    from exporter.bundle.write import check_replaceable_repository, staging_folder, swap_into_place
     from exporter.core.locks import destination_lock
     from exporter.deploy.repository import triton_schema, write_repository
 

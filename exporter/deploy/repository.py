@@ -25,8 +25,9 @@ from types import ModuleType
 from typing import Any
 
 from exporter import __version__
-from exporter.bundle.door import Bundle, write_repository_marker
+from exporter.bundle.door import Bundle
 from exporter.bundle.manifest import MANIFEST, VariantRecord
+from exporter.bundle.write import write_repository_marker
 from exporter.core.errors import BundleError, UsageError
 from exporter.core.files import write_atomic
 from exporter.core.names import check_name

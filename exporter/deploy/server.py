@@ -180,7 +180,7 @@ def work_folder_prefix() -> str:
 def remove_stale_work_folders(parent: Path) -> list[Path]:
     """``flexiexport-serve-PID-*`` folders in ``parent`` left by a ``serve`` that no longer runs
     (killed outright: its server went with it, its temporary repository stayed)."""
-    from exporter.bundle.door import is_marked_temporary
+    from exporter.bundle.write import is_marked_temporary
     from exporter.core.locks import process_alive
 
     removed = []

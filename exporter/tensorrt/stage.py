@@ -18,11 +18,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from exporter.bundle.door import Bundle, swap_into_place
+from exporter.bundle.door import Bundle
 from exporter.bundle.manifest import MANIFEST, REPORT, Manifest
 from exporter.bundle.onnxwire import onnx_node_names
 from exporter.bundle.reference import judged_rows, stored_reference
 from exporter.bundle.report import render_report
+from exporter.bundle.write import swap_into_place
 from exporter.core.errors import BundleError, EnvironmentMissing
 from exporter.core.files import sha256_file, write_atomic
 from exporter.core.names import check_name, printable
