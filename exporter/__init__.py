@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from exporter.build.pipeline import build
     from exporter.build.resize import interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
     from exporter.parity.compare import compare_outputs
-    from exporter.source.load import SourceSpec, load_source
+    from exporter.source.load import load_source
+    from exporter.source.model import SourceSpec
     from exporter.source.resampling import ResizeMethod
 
 

@@ -93,7 +93,8 @@ def test_save_for_hf_folder_builds_at_its_own_size(hf_folder, tmp_path):
 
 def test_folder_and_generic_file_names(hf_folder, tmp_path):
     """A folder's bundle takes the config's architecture, else the folder's name, never 'model'."""
-    from exporter.source.load import SourceSpec, source_name
+    from exporter.source.load import source_name
+    from exporter.source.model import SourceSpec
 
     assert source_name(SourceSpec(weights=hf_folder)) == ARCH
     assert source_name(SourceSpec(weights=hf_folder / "model.safetensors")) == ARCH
@@ -105,7 +106,8 @@ def test_folder_and_generic_file_names(hf_folder, tmp_path):
 
 def test_dinov2_with_registers_saved_at_126_is_native_126(tmp_path):
     """It was read as DINOv2's native 518; its position grid resamples as DINOv2's own code does."""
-    from exporter.source.load import SourceSpec, load_source
+    from exporter.source.load import load_source
+    from exporter.source.model import SourceSpec
     from exporter.source.resampling import ResizeMethod
 
     folder = save_for_hf(tmp_path / "dino", "vit_small_patch14_reg4_dinov2", safe=False, img_size=126, num_classes=0)
@@ -327,7 +329,8 @@ def test_bad_pos_interpolation_is_one_error_line(hf_folder):
 def test_class_names_and_malformed_fields_come_from_the_config(hf_folder, tmp_path):
     from exporter.build.record import class_names
     from exporter.core.errors import CheckpointError
-    from exporter.source.load import SourceSpec, load_source
+    from exporter.source.load import load_source
+    from exporter.source.model import SourceSpec
 
     names = ["cat", "dog", "owl", "eel", "yak"]
     folder = edit_config(hf_folder, tmp_path / "a", lambda c: c["pretrained_cfg"].update(label_names=names))

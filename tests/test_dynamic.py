@@ -23,7 +23,8 @@ from exporter.build.runners import ort_runner
 from exporter.build.variant import fixed_at, make_variant
 from exporter.bundle.manifest import Manifest
 from exporter.core.errors import UsageError
-from exporter.source.load import SourceSpec, load_source
+from exporter.source.load import load_source
+from exporter.source.model import SourceSpec
 from exporter.tensorrt.profile import load_profile
 from exporter.tensorrt.stage import engine_plan
 from exporter.tensorrt.trt import engine_shapes

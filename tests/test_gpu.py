@@ -11,7 +11,8 @@ from exporter.build.plan import plan_variants
 from exporter.build.runners import torch_runner
 from exporter.build.variant import make_variant
 from exporter.parity.compare import TOLERANCES, compare_outputs
-from exporter.source.load import SourceSpec, load_source
+from exporter.source.load import load_source
+from exporter.source.model import SourceSpec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

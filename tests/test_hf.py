@@ -113,7 +113,8 @@ def test_a_file_in_the_folder_and_validate_rebuild(vit_classifier, tmp_path):
 
 def test_eps_and_activation_reach_the_timm_model(tmp_path_factory):
     from exporter.build.variant import make_variant
-    from exporter.source.load import SourceSpec, load_source
+    from exporter.source.load import load_source
+    from exporter.source.model import SourceSpec
 
     folder = hf_folder(
         tmp_path_factory,
@@ -225,7 +226,7 @@ def test_key_map_reads_transformers_4_and_5_names(tmp_path_factory):
     """The saved file holds transformers 4's names (attention.attention.query); a state dict taken
     from a transformers 5 model in memory holds the new ones (q_proj): both map to the same timm keys."""
     from exporter.source import hf
-    from exporter.source.load import read_safetensors
+    from exporter.source.readers import read_safetensors
 
     folder = hf_folder(
         tmp_path_factory,

@@ -169,7 +169,8 @@ def test_the_demo_and_a_tiny_model_fit_at_normal_sizes(tiny_flexivit):
     from exporter.build.options import BuildOptions
     from exporter.build.plan import check_build_memory, plan_variants
     from exporter.core.machine import available_memory
-    from exporter.source.load import SourceSpec, load_source
+    from exporter.source.load import load_source
+    from exporter.source.model import SourceSpec
 
     options = BuildOptions(patch_sizes=((8, 8), (16, 16), (48, 48)), source=SourceSpec(weights=tiny_flexivit))
     source = load_source(options.source)
@@ -320,7 +321,8 @@ def test_config_num_heads_that_do_not_divide_the_width(tmp_path, tiny_state):
 
 
 def test_inferred_head_count_always_divides_the_width(tmp_path):
-    from exporter.source.load import SourceSpec, load_source
+    from exporter.source.load import load_source
+    from exporter.source.model import SourceSpec
 
     path = save_with_config(tiny_model(embed_dim=200, num_heads=5, num_classes=3), tmp_path / "w200.pt")
     source = load_source(SourceSpec(weights=path))

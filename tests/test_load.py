@@ -12,7 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from exporter.core.errors import CheckpointError, EnvironmentMissing, UsageError
-from exporter.source.load import SourceSpec, load_source, unwrap_state_dict
+from exporter.source.load import load_source
+from exporter.source.model import SourceSpec
+from exporter.source.readers import unwrap_state_dict
 
 from conftest import TINY, tiny_model
 
@@ -233,7 +235,8 @@ def test_state_digest_identifies_weights_without_a_file(tiny_flexivit):
 def test_a_head_count_from_the_config_is_not_listed_as_assumed():
     """The demo's config says 4 heads; the manifest used to add 'assumed: num_heads=1 (head dim 64...)'."""
     from exporter.source.demo import DEMO_WEIGHTS
-    from exporter.source.load import SourceSpec, load_source
+    from exporter.source.load import load_source
+    from exporter.source.model import SourceSpec
 
     source = load_source(SourceSpec(DEMO_WEIGHTS))
     assert source.num_heads == 4

@@ -171,7 +171,8 @@ def tiny_int8(tiny_flexivit, photos, tmp_path_factory) -> Path:
 def test_int8_is_checked_on_images_it_was_not_calibrated_on(tiny_int8, tiny_flexivit, photos, tmp_path):
     from exporter.build.precision import int8_float_nodes, to_int8
     from exporter.runtime.images import load_images
-    from exporter.source.load import SourceSpec, load_source
+    from exporter.source.load import load_source
+    from exporter.source.model import SourceSpec
 
     r = json.loads((tiny_int8 / "manifest.json").read_text())["variants"][1]["reduced"]
     assert r["parity"]["samples"] == 2  # the first two (sorted) images only

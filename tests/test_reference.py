@@ -19,7 +19,8 @@ from exporter.build.recheck import recheck_bundle, record_spec
 from exporter.bundle.door import Bundle
 from exporter.bundle.reference import load_reference, normalize
 from exporter.measure.validate import check_bundle
-from exporter.source.load import SourceSpec, load_source
+from exporter.source.load import load_source
+from exporter.source.model import SourceSpec
 
 from conftest import build_demo, run_cli
 

@@ -96,7 +96,8 @@ def test_a_malformed_source_parity_is_refused(demo, tmp_path):
 def test_a_timm_clip_layout_without_config_loads(tmp_path):
     """timm's pre_norm ViTs (CLIP) have no patch bias by construction; reading one off its weights
     used to add patch_bias=False, an argument timm's VisionTransformer does not take."""
-    from exporter.source.load import SourceSpec, load_source
+    from exporter.source.load import load_source
+    from exporter.source.model import SourceSpec
 
     path = tmp_path / "clip.pt"
     torch.save(tiny_model("vit_base_patch16_clip_224", num_classes=0).state_dict(), path)

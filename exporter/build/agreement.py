@@ -24,7 +24,7 @@ from exporter.build.variant import VariantSpec, plan_img_size, variant_label
 from exporter.bundle.manifest import VariantRecord
 from exporter.bundle.reference import load_reference, normalize
 from exporter.core.sizes import Size2, format_size
-from exporter.source.load import SourceModel
+from exporter.source.model import SourceModel
 
 NO_IMAGES = "no real images to compare on: pass --calib-dir DIR (real images) to measure it"
 

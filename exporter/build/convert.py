@@ -22,7 +22,8 @@ from exporter.build.resize import pi_resize_patch_embed, resample_pos_embed
 from exporter.core.errors import CheckpointError, UsageError
 from exporter.core.files import current_umask, full_disk_as_usage_error
 from exporter.core.sizes import Size2, format_size, grid_for
-from exporter.source.load import CONTAINERS, check_float, check_tensor_storage, read_safetensors, read_torch_file
+from exporter.source.model import check_float
+from exporter.source.readers import CONTAINERS, check_tensor_storage, read_safetensors, read_torch_file
 from exporter.source.resampling import TIMM_PATCH_RESIZE, TIMM_POS_RESIZE, ResizeMethod
 
 RESIZE_ADVICE = "pass one of them as --img-size"

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from exporter.build.options import BuildOptions
     from exporter.build.variant import VariantSpec
     from exporter.bundle.manifest import Manifest, Preprocessing
-    from exporter.source.load import SourceModel
+    from exporter.source.model import SourceModel
 
 CALIBRATION_IMAGES = 64  # int8: calibration images read after the ones the check uses
 NO_CALIBRATION = "--precision int8 needs calibration images: pass --calib-dir DIR"

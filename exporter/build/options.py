@@ -14,7 +14,7 @@ from exporter.core.machine import cap_threads
 from exporter.core.precision import Precision
 from exporter.core.sizes import Size2, SizeRange, format_range
 from exporter.parity.compare import TOLERANCES, Tolerance
-from exporter.source.load import SourceSpec
+from exporter.source.model import SourceSpec
 
 STAGES = ("resize", "export", "parity")
 

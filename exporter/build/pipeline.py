@@ -43,7 +43,7 @@ from exporter.bundle.write import check_replaceable_bundle, staging_folder, swap
 from exporter.core.errors import BundleError
 from exporter.core.files import write_atomic
 from exporter.core.progress import Reporter, SilentReporter, stage
-from exporter.source.load import SourceModel
+from exporter.source.model import SourceModel
 from exporter.tensorrt.profile import Profile
 from exporter.tensorrt.stage import build_engines, pending_engines, write_engine_script
 

@@ -15,7 +15,7 @@ from exporter.bundle.manifest import check_batch
 from exporter.core.errors import EnvironmentMissing, UsageError
 from exporter.core.precision import REDUCED_PRECISIONS, Precision
 from exporter.core.sizes import format_range, format_size
-from exporter.source.load import SourceModel
+from exporter.source.model import SourceModel
 from exporter.tensorrt.profile import Profile
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from exporter.core.names import printable
 from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.core.sizes import format_size
 from exporter.parity.compare import Recheck
-from exporter.source.load import SourceModel, SourceSpec
+from exporter.source.model import SourceModel, SourceSpec
 from exporter.source.resampling import ResizeMethod
 
 

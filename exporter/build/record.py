@@ -25,7 +25,7 @@ from exporter.core.errors import UsageError
 from exporter.core.names import printable
 from exporter.core.sizes import format_size
 from exporter.source.demo import DEMO_NAME
-from exporter.source.load import SourceModel
+from exporter.source.model import SourceModel
 
 log = logging.getLogger(__name__)
 

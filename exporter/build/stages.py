@@ -27,7 +27,7 @@ from exporter.core.files import sha256_file
 from exporter.core.precision import Precision
 from exporter.core.progress import Reporter, stage
 from exporter.core.sizes import format_size
-from exporter.source.load import SourceModel
+from exporter.source.model import SourceModel
 
 
 def state_digest(source: SourceModel) -> str:

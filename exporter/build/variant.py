@@ -27,7 +27,8 @@ from exporter.core.sizes import (
     nearest_multiples,
     sizes_in_range,
 )
-from exporter.source.load import KERNEL_KEY, POS_KEY, SourceModel, create_vit
+from exporter.source.infer import create_vit
+from exporter.source.model import KERNEL_KEY, POS_KEY, SourceModel
 from exporter.source.resampling import ResizeMethod
 
 ImagePolicy = Union[str, Size2]  # "native", "auto" or a fixed (h, w)

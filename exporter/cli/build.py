@@ -164,7 +164,7 @@ def build(**kw: Any) -> None:
     from exporter.build.pipeline import build as run_build
     from exporter.build.resize import ResizeOverride
     from exporter.parity.compare import TOLERANCES
-    from exporter.source.load import SourceSpec
+    from exporter.source.model import SourceSpec
 
     patch_resize = ResizeOverride(kw["interpolation"], kw["antialias"])  # the rest: the checkpoint family's
     img_policy, img_sizes = parse_img_sizes(kw["img_size"])

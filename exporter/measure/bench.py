@@ -559,7 +559,7 @@ def bench_bundle(
 
     from exporter.build.recheck import bundle_source, record_spec
     from exporter.build.variant import make_variant
-    from exporter.source.load import SourceModel
+    from exporter.source.model import SourceModel
 
     say = progress or (lambda text: None)
     threads = options.thread_count

@@ -21,7 +21,7 @@ from exporter.bundle.manifest import Preprocessing
 from exporter.core.errors import EnvironmentMissing, ImageErrors, UsageError
 from exporter.core.sizes import Size2
 from exporter.runtime.images import IMAGE_SUFFIXES, image_files, preprocess, readable_images
-from exporter.source.load import SourceModel
+from exporter.source.model import SourceModel
 
 
 @dataclass(frozen=True)
