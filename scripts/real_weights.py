@@ -24,7 +24,7 @@ compares timm's final-norm tokens with the wheel graph's own final-norm output (
 output, run in onnxruntime) on real photos at 224, with the grid resampled bicubic without
 antialias (and, to show why the choice matters, with antialias).
 
-The functions are importable: tests/test_real_weights.py reuses them.
+The functions are importable: tests/source/test_real_weights.py reuses them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import markdown_tables
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_tables_render():

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from conftest import build_demo
 
-BEFORE = Path(__file__).parent / "data" / "before_redesign"
+BEFORE = Path(__file__).resolve().parents[1] / "data" / "before_redesign"
 # What differs between two builds of the same demo on one machine: when it was built, how long each
 # step took, and where the package is installed.
 VOLATILE = ("created", "export_seconds", "parity_seconds")

@@ -19,7 +19,7 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.real
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():

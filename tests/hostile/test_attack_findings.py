@@ -293,7 +293,7 @@ def test_evaluate_never_hangs_on_a_fifo_named_like_an_image(demo, tmp_path):
     (data / "c1").mkdir()
     Image.new("RGB", (64, 64)).save(data / "c1" / "ok.png")
     os.mkfifo(data / "c0" / "a.png")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     bundle = copy_into(demo, tmp_path)  # evaluate writes eval.json into the bundle
     try:
         proc = subprocess.run(

@@ -14,7 +14,7 @@ from exporter import pi_resize_patch_embed
 
 from conftest import one_line_error, run_cli, tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "patch_embed.proj.weight"
 
 
