@@ -67,9 +67,9 @@ def source_config(weights: Path | None) -> dict[str, Any]:
 
 def transformers_reference(folder: Path, config: dict[str, Any]) -> Reference:
     """transformers' own class from the folder (``from_pretrained``, local files only)."""
-    from exporter.source import hf
+    from exporter.source import hf, hf_layout
 
-    lay = hf.layout({**config, "_path": str(folder / "config.json")})
+    lay = hf_layout.layout({**config, "_path": str(folder / "config.json")})
     patch, img = hf._size(config, "patch_size", 16), hf.image_size(config)
     what = f"transformers {lay.architecture}.from_pretrained (offline), {lay.output}"
     try:
@@ -147,11 +147,11 @@ def timm_reference(source: Any, config: dict[str, Any]) -> Reference:
 
 def independent_reference(source: Any) -> Reference:
     """The source framework's model for ``source`` (a ``SourceModel``), or why there is none."""
-    from exporter.source import hf
+    from exporter.source import hf_layout
 
     origin = source.origin
     config = source_config(origin.path) if origin.kind == "file" else {}
-    if hf.is_transformers_config(config):
+    if hf_layout.is_transformers_config(config):
         return transformers_reference(Path(origin.path).parent, config)
     if config.get("architecture") or config.get("model_args") or source.model_name:
         return timm_reference(source, config)

@@ -17,42 +17,20 @@ Mapped, per layer: q/k/v concatenated into ``attn.qkv``; ``attention.output.dens
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from exporter.core.assumptions import Assumption
 from exporter.core.errors import CheckpointError
-from exporter.core.names import printable
-from exporter.core.numbers import finite_number, is_finite_number
+from exporter.core.numbers import finite_number
+from exporter.source.hf_layout import Layout, layout
+from exporter.source.hf_processor import _assumed_preprocessing, preprocessing
+from exporter.source.hf_weights import _fold_class_position, map_weights
 
 log = logging.getLogger(__name__)
 
-# model_type -> the architectures (transformers class names) this module maps.
-ARCHITECTURES: dict[str, tuple[str, ...]] = {
-    "vit": ("ViTModel", "ViTForImageClassification"),
-    "deit": ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
-    "dinov2": ("Dinov2Model",),
-    "dinov2_with_registers": ("Dinov2WithRegistersModel",),
-    "clip_vision_model": ("CLIPVisionModel",),
-}
-SUPPORTED = ", ".join(ARCHITECTURES)  # the vision tower of CLIP alone: a full CLIPModel is refused
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# The base model's attribute inside a *For* class: its weights carry this prefix.
-BASE_PREFIX = {
-    "vit": "vit.",
-    "deit": "deit.",
-    "dinov2": "dinov2.",
-    "dinov2_with_registers": "dinov2_with_registers.",
-    "clip_vision_model": "vision_model.",  # transformers 4 saved CLIPVisionModel's weights under it
-}
-DISTILLED = "DeiTForImageClassificationWithTeacher"
 # timm's registered distilled DeiT: VisionTransformerDistilled, every size argument overridden.
 DISTILLED_TIMM = "deit_tiny_distilled_patch16_224"
 # transformers' activations (ACT2FN) -> timm act_layer names. "gelu" is exact erf GELU in both.
@@ -65,145 +43,6 @@ ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
 }
-# PIL's resampling numbers, as image processors store ``resample``.
-PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# Each model type's image processor defaults (transformers' ViTImageProcessor, DeiTImageProcessor,
-# BitImageProcessor for DINOv2), used when the folder has no preprocessor_config.json.
-PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
-    "vit": {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2, "size": {"height": 224, "width": 224}},
-    "deit": {
-        "image_mean": list(IMAGENET_MEAN),
-        "image_std": list(IMAGENET_STD),
-        "resample": 3,
-        "size": {"height": 256, "width": 256},
-        "do_center_crop": True,
-        "crop_size": {"height": 224, "width": 224},
-    },
-    "dinov2": {
-        "image_mean": list(IMAGENET_MEAN),
-        "image_std": list(IMAGENET_STD),
-        "resample": 3,
-        "size": {"shortest_edge": 256},
-        "do_center_crop": True,
-        "crop_size": {"height": 224, "width": 224},
-    },
-}
-PROCESSOR_DEFAULTS["dinov2_with_registers"] = PROCESSOR_DEFAULTS["dinov2"]
-PROCESSOR_DEFAULTS["clip_vision_model"] = {  # CLIPImageProcessor
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "resample": 3,
-    "size": {"shortest_edge": 224},
-    "do_center_crop": True,
-    "crop_size": {"height": 224, "width": 224},
-}
-
-# Per-layer weights, after ``<layer>.N.``: transformers 4 saved names and transformers 5 module names.
-LAYER_KEYS = {
-    "attention.attention.query": "attn.q",
-    "attention.attention.key": "attn.k",
-    "attention.attention.value": "attn.v",
-    "attention.q_proj": "attn.q",
-    "attention.k_proj": "attn.k",
-    "attention.v_proj": "attn.v",
-    "attention.output.dense": "attn.proj",
-    "attention.o_proj": "attn.proj",
-    "self_attn.q_proj": "attn.q",  # CLIP
-    "self_attn.k_proj": "attn.k",
-    "self_attn.v_proj": "attn.v",
-    "self_attn.out_proj": "attn.proj",
-    "layer_norm1": "norm1",
-    "layer_norm2": "norm2",
-    "layernorm_before": "norm1",
-    "norm1": "norm1",
-    "layernorm_after": "norm2",
-    "norm2": "norm2",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-LAYER_RE = re.compile(r"^(?:encoder\.layer|encoder\.layers|layers|layer)\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
-TOP_KEYS = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-    "embeddings.register_tokens": "reg_token",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
-    "embeddings.patch_embedding.weight": "patch_embed.proj.weight",  # CLIP: no bias (timm's pre_norm)
-    "pre_layrnorm.weight": "norm_pre.weight",  # sic: CLIP's name
-    "pre_layrnorm.bias": "norm_pre.bias",
-    "post_layernorm.weight": "norm.weight",
-    "post_layernorm.bias": "norm.bias",
-    "classifier.weight": "head.weight",
-    "classifier.bias": "head.bias",
-    "cls_classifier.weight": "head.weight",
-    "cls_classifier.bias": "head.bias",
-    "distillation_classifier.weight": "head_dist.weight",
-    "distillation_classifier.bias": "head_dist.bias",
-}
-# Weights the exported model does not use, and why (said once per build).
-DROPPED = {
-    "embeddings.mask_token": "the mask token (used only for masked-image pre-training)",
-    "pooler.dense.weight": "the pooler (dense + tanh on the CLS token): the output is the CLS token after "
-    "the final layernorm, last_hidden_state[:, 0]",
-    "pooler.dense.bias": "",
-    "embeddings.position_ids": "",  # a buffer of 0..N, not a weight
-}
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Which transformers model a config describes."""
-
-    model_type: str
-    architecture: str
-    path: str  # the config file, for messages
-
-    @property
-    def distilled(self) -> bool:
-        return self.architecture == DISTILLED
-
-    @property
-    def classifier(self) -> bool:
-        return "ForImageClassification" in self.architecture
-
-    @property
-    def output(self) -> str:
-        """What transformers' model returns that our ONNX must equal."""
-        if self.model_type == "clip_vision_model":
-            return "pooler_output (the CLS token after post_layernorm)"
-        return "logits" if self.classifier else "CLS token of last_hidden_state (after the final layernorm)"
-
-
-def is_transformers_config(config: Mapping[str, Any]) -> bool:
-    """A transformers ``config.json`` names its ``model_type``; timm's names an ``architecture``."""
-    return isinstance(config.get("model_type"), str) and "model_args" not in config
-
-
-def weights_in(folder: Path) -> Path | None:
-    """The weights file of a transformers or timm folder (``model.safetensors`` first), or None."""
-    return next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
-
-
-def layout(config: Mapping[str, Any]) -> Layout:
-    """The supported layout ``config`` describes; ``CheckpointError`` naming any other."""
-    where = config.get("_path", "config.json")
-    model_type = str(config.get("model_type"))
-    archs = config.get("architectures") or []
-    arch = str(archs[0]) if isinstance(archs, list) and archs else ""
-    known = ARCHITECTURES.get(model_type)
-    if known is None or (arch and arch not in known):
-        name = arch or model_type
-        classes = ", ".join(c for group in ARCHITECTURES.values() for c in group)
-        raise CheckpointError(
-            f"config {where}: a transformers {name} checkpoint (model_type {model_type!r}); "
-            f"supported: {SUPPORTED} ({classes})"
-        )
-    return Layout(model_type, arch or known[0], str(where))
 
 
 def _get(config: Mapping[str, Any], key: str, default: Any, kind: type | tuple[type, ...]) -> Any:
@@ -261,64 +100,6 @@ def to_timm(
     for note in notes:  # the pooler changes what the model outputs: said; the mask token does not
         (log.warning if note.startswith("pooler") else log.info)("transformers %s: %s", lay.architecture, note)
     return mapped, timm_config, notes
-
-
-def _strip_base(sd: Mapping[str, torch.Tensor], lay: Layout) -> dict[str, torch.Tensor]:
-    """Remove the base model's prefix (``vit.``) that a *For* class puts before its weights."""
-    prefix = BASE_PREFIX[lay.model_type]
-    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
-
-
-def map_weights(sd: Mapping[str, torch.Tensor], lay: Layout) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """timm's state dict from a transformers one, and the dropped keys with why."""
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    dropped: dict[str, str] = {}
-    for key, value in _strip_base(sd, lay).items():
-        if key in DROPPED:
-            dropped[key] = DROPPED[key]
-            continue
-        if key == "embeddings.class_embedding":  # CLIP: a [width] vector
-            out["cls_token"] = value.reshape(1, 1, -1)
-            continue
-        if key == "embeddings.position_embedding.weight":  # CLIP: an nn.Embedding [slots, width]
-            out["pos_embed"] = value.unsqueeze(0)
-            continue
-        if key == "embeddings.distillation_token":
-            out["dist_token" if lay.distilled else "reg_token"] = value
-            continue
-        if key in TOP_KEYS:
-            out[TOP_KEYS[key]] = value
-            continue
-        match = LAYER_RE.match(key)
-        target = LAYER_KEYS.get(match.group(2)) if match else None
-        if match and match.group(3) == "lambda1" and match.group(2) in ("layer_scale1", "layer_scale2"):
-            out[f"blocks.{match.group(1)}.ls{match.group(2)[-1]}.gamma"] = value
-            continue
-        if match is None or target is None:
-            raise CheckpointError(
-                f"{lay.path}: the transformers {lay.architecture} weights hold {key!r}, which this mapping "
-                "to timm does not know (a modified model?)"
-            )
-        block, param = int(match.group(1)), match.group(3)
-        if target in ("attn.q", "attn.k", "attn.v"):
-            qkv.setdefault((block, param), {})[target[-1]] = value
-        else:
-            out[f"blocks.{block}.{target}.{param}"] = value
-    for (block, param), parts in sorted(qkv.items()):
-        missing = [p for p in "qkv" if p not in parts]
-        if missing:
-            raise CheckpointError(f"{lay.path}: layer {block} lacks its attention {'/'.join(missing)} {param}")
-        out[f"blocks.{block}.attn.qkv.{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    return out, dropped
-
-
-def _fold_class_position(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """DINOv2 with registers adds the class slot of the position embedding to the class token and
-    none to the registers; timm's ``no_embed_class`` layout keeps the grid only, so the class slot
-    moves into the class token (the same sum, done once)."""
-    pos = sd["pos_embed"]
-    return {**sd, "cls_token": sd["cls_token"] + pos[:, :1], "pos_embed": pos[:, 1:].contiguous()}
 
 
 def model_args(config: Mapping[str, Any], lay: Layout, sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -430,74 +211,3 @@ def label_names(config: Mapping[str, Any], classes: int) -> list[str]:
     except KeyError:
         return []
     return [] if names == [f"LABEL_{i}" for i in range(classes)] else names
-
-
-def _assumed_preprocessing(pre: Mapping[str, Any], lay: Layout) -> list[Assumption]:
-    """The image processor's defaults stand in for a missing ``preprocessor_config.json``: said."""
-    if not str(pre.get("source", "")).startswith("assumed"):
-        return []
-    mean, std = ("[" + ", ".join(f"{v:g}" for v in pre[k]) + "]" for k in ("mean", "std"))
-    value = f"mean {mean}, std {std}, {pre['interpolation']}, crop_pct {pre['crop_pct']:g}"
-    settle = (
-        f"transformers {lay.model_type} image processor defaults; a preprocessor_config.json in the folder settles it"
-    )
-    return [Assumption("preprocessing", value, settle)]
-
-
-def read_processor(config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """``preprocessor_config.json`` beside the config, or the model type's defaults (said so)."""
-    path = Path(str(config.get("_path", ""))).parent / "preprocessor_config.json"
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: must be a JSON object")
-        return data, f"transformers image processor ({path.name})"
-    model_type = str(config.get("model_type"))
-    return dict(PROCESSOR_DEFAULTS[model_type]), f"assumed (transformers {model_type} image processor defaults)"
-
-
-def _edge(sizes: Mapping[str, Any], key: str, where: str) -> float:
-    """An image processor's edge length (``size.shortest_edge``, ``crop_size.height``...): a
-    positive number a float holds, else one error naming the key and the value."""
-    value = finite_number(sizes.get(key))
-    if value is None or value <= 0:
-        raise CheckpointError(f"{where}.{key} must be a positive number, got {printable(repr(sizes.get(key)))[:80]}")
-    return value
-
-
-def preprocessing(config: Mapping[str, Any], lay: Layout) -> dict[str, Any]:
-    """A timm ``pretrained_cfg`` (mean, std, interpolation, crop) from the image processor."""
-    proc, source = read_processor(config)
-    where = source
-    mean = proc.get("image_mean", PROCESSOR_DEFAULTS[lay.model_type]["image_mean"])
-    std = proc.get("image_std", PROCESSOR_DEFAULTS[lay.model_type]["image_std"])
-    if proc.get("do_normalize") is False:
-        mean, std = [0.0] * 3, [1.0] * 3
-    for name, value in (("image_mean", mean), ("image_std", std)):
-        if not (isinstance(value, list) and len(value) == 3 and all(map(is_finite_number, value))):
-            raise CheckpointError(f"{where}: {name} must be 3 finite numbers, got {printable(repr(value))[:80]}")
-    resample = proc.get("resample", 3)
-    interpolation = PIL_RESAMPLE.get(resample, str(resample)) if isinstance(resample, int) else str(resample)
-    size, crop = proc.get("size") or {}, proc.get("crop_size") or {}
-    crop_pct, crop_mode = 1.0, "squash"  # resize straight to the model's size (ViTImageProcessor)
-    if isinstance(size, dict) and "shortest_edge" in size:
-        crop_mode = "center"
-        if proc.get("do_center_crop") and isinstance(crop, dict) and crop.get("height"):
-            crop_pct = _edge(crop, "height", f"{where}: crop_size") / _edge(size, "shortest_edge", f"{where}: size")
-    elif isinstance(size, dict) and proc.get("do_center_crop") and isinstance(crop, dict) and size.get("height"):
-        resized = _edge(size, "height", f"{where}: size")
-        cropped = _edge(crop, "height", f"{where}: crop_size") if crop.get("height") else resized
-        crop_mode, crop_pct = "center", cropped / resized
-    if not 0.05 <= crop_pct <= 1:
-        raise CheckpointError(f"{where}: the crop ({crop}) is larger than the resize ({size})")
-    return {
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-        "interpolation": interpolation,
-        "crop_pct": round(crop_pct, 6),
-        "crop_mode": crop_mode,
-        "source": source,
-    }

@@ -108,10 +108,10 @@ def stated_img_size(spec: SourceSpec) -> Size2 | None:
     touching the weights; None when only the weights can tell."""
     weights = weights_path(spec)
     config = read_config(weights) if weights is not None and weights.is_file() else {}
-    from exporter.source import hf
+    from exporter.source import hf, hf_layout
 
-    if hf.is_transformers_config(config):
-        hf.layout(config)  # an unsupported transformers model is named before anything is read
+    if hf_layout.is_transformers_config(config):
+        hf_layout.layout(config)  # an unsupported transformers model is named before anything is read
         return hf.image_size(config)
     stated = config_img_size(config)
     return stated[0] if stated else None
@@ -124,9 +124,9 @@ def load_source(spec: SourceSpec) -> SourceModel:
         _check_model_name(spec.model_name)
     config = read_config(weights) if weights is not None else {}
     if transformers_type(config):
-        from exporter.source import hf
+        from exporter.source import hf_layout
 
-        hf.layout(config)  # an unsupported transformers model is named before any weights are read
+        hf_layout.layout(config)  # an unsupported transformers model is named before any weights are read
     model_name = spec.model_name or config.get("architecture") or None
     if not spec.model_name and model_name:
         _check_model_name(model_name, f"config {config['_path']}: unknown timm architecture", CheckpointError)
@@ -150,11 +150,11 @@ def _from_transformers(
     """A transformers checkpoint mapped into timm's layout (``exporter.source.hf``); anything else as is."""
     from dataclasses import replace
 
-    from exporter.source import hf
+    from exporter.source import hf, hf_layout
 
-    if not hf.is_transformers_config(config):
+    if not hf_layout.is_transformers_config(config):
         return sd, config, model_name, origin
-    lay = hf.layout(config)
+    lay = hf_layout.layout(config)
     sd, config, notes = hf.to_timm(sd, config)
     if spec.model_name and spec.model_name != config["architecture"]:
         raise UsageError(

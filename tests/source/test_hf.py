@@ -225,7 +225,7 @@ def test_dinov2(tmp_path_factory, tmp_path, registers):
 def test_key_map_reads_transformers_4_and_5_names(tmp_path_factory):
     """The saved file holds transformers 4's names (attention.attention.query); a state dict taken
     from a transformers 5 model in memory holds the new ones (q_proj): both map to the same timm keys."""
-    from exporter.source import hf
+    from exporter.source import hf_layout, hf_weights
     from exporter.source.readers import read_safetensors
 
     folder = hf_folder(
@@ -242,9 +242,9 @@ def test_key_map_reads_transformers_4_and_5_names(tmp_path_factory):
     model = transformers.ViTForImageClassification.from_pretrained(str(folder))
     memory = model.state_dict()
     assert any("q_proj" in k for k in memory) and any("attention.attention.query" in k for k in saved)
-    lay = hf.layout({"model_type": "vit", "architectures": ["ViTForImageClassification"]})
-    a, _ = hf.map_weights(saved, lay)
-    b, _ = hf.map_weights(memory, lay)
+    lay = hf_layout.layout({"model_type": "vit", "architectures": ["ViTForImageClassification"]})
+    a, _ = hf_weights.map_weights(saved, lay)
+    b, _ = hf_weights.map_weights(memory, lay)
     assert sorted(a) == sorted(b)
     assert all(torch.equal(a[k], b[k]) for k in a)
     qkv = a["blocks.0.attn.qkv.weight"]
@@ -254,11 +254,11 @@ def test_key_map_reads_transformers_4_and_5_names(tmp_path_factory):
 
 def test_unknown_weight_is_named(tmp_path):
     from exporter.core.errors import CheckpointError
-    from exporter.source import hf
+    from exporter.source import hf_layout, hf_weights
 
-    lay = hf.layout({"model_type": "vit", "architectures": ["ViTModel"]})
+    lay = hf_layout.layout({"model_type": "vit", "architectures": ["ViTModel"]})
     with pytest.raises(CheckpointError, match="'encoder.layer.0.adapter.weight'"):
-        hf.map_weights({"encoder.layer.0.adapter.weight": torch.zeros(2)}, lay)
+        hf_weights.map_weights({"encoder.layer.0.adapter.weight": torch.zeros(2)}, lay)
 
 
 @pytest.mark.parametrize(
@@ -321,7 +321,7 @@ def test_a_distilled_deit_refuses_dynamic_resolution(tmp_path_factory, tmp_path)
 
 def test_dinov2_image_processor_becomes_a_centre_crop(tmp_path):
     """BitImageProcessor (DINOv2's): short side 256, centre crop 224, bicubic, ImageNet mean/std."""
-    from exporter.source import hf
+    from exporter.source import hf_layout, hf_processor
 
     transformers.BitImageProcessor(
         size={"shortest_edge": 256},
@@ -331,11 +331,11 @@ def test_dinov2_image_processor_becomes_a_centre_crop(tmp_path):
         image_std=[0.229, 0.224, 0.225],
     ).save_pretrained(str(tmp_path))
     config = {"model_type": "dinov2", "architectures": ["Dinov2Model"], "_path": str(tmp_path / "config.json")}
-    pre = hf.preprocessing(config, hf.layout(config))
+    pre = hf_processor.preprocessing(config, hf_layout.layout(config))
     assert (pre["interpolation"], pre["crop_pct"], pre["crop_mode"]) == ("bicubic", 0.875, "center")
     assert pre["mean"] == [0.485, 0.456, 0.406] and pre["source"].startswith("transformers image processor")
     (tmp_path / "preprocessor_config.json").unlink()
-    assumed = hf.preprocessing(config, hf.layout(config))
+    assumed = hf_processor.preprocessing(config, hf_layout.layout(config))
     assert assumed["source"].startswith("assumed") and assumed["crop_pct"] == 0.875
 
 
@@ -397,7 +397,7 @@ def test_a_processor_edge_that_is_no_number_is_one_error_naming_it(tmp_path, hei
     """crop_size.height / size.shortest_edge are data: a 400-digit integer, a string or a negative
     length is a CheckpointError naming the key (it was an OverflowError or a TypeError: exit 1)."""
     from exporter.core.errors import CheckpointError
-    from exporter.source import hf
+    from exporter.source import hf_layout, hf_processor
 
     processor = {"size": {"shortest_edge": 256}, "crop_size": {"height": height}, "do_center_crop": True}
     (tmp_path / "preprocessor_config.json").write_text(
@@ -407,7 +407,7 @@ def test_a_processor_edge_that_is_no_number_is_one_error_naming_it(tmp_path, hei
     )
     config = {"model_type": "dinov2", "architectures": ["Dinov2Model"], "_path": str(tmp_path / "config.json")}
     if height is None:  # no crop height: the resize alone, nothing to refuse
-        assert hf.preprocessing(config, hf.layout(config))["crop_pct"] == 1.0
+        assert hf_processor.preprocessing(config, hf_layout.layout(config))["crop_pct"] == 1.0
         return
     with pytest.raises(CheckpointError, match="crop_size.height must be a positive number"):
-        hf.preprocessing(config, hf.layout(config))
+        hf_processor.preprocessing(config, hf_layout.layout(config))
