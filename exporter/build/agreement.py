@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 
 from exporter.build.inputs import InputPlan
-from exporter.build.variant import VariantSpec, plan_img_size, variant_label
+from exporter.build.runners import torch_runner
+from exporter.build.variant import VariantSpec, make_variant, plan_img_size, variant_label
 from exporter.bundle.manifest import VariantRecord
 from exporter.bundle.reference import load_reference, normalize
 from exporter.core.sizes import Size2, format_size
+from exporter.parity.compare import run_batched
 from exporter.source.model import SourceModel
 
 NO_IMAGES = "no real images to compare on: pass --calib-dir DIR (real images) to measure it"
@@ -68,9 +70,6 @@ def native_outputs(
 ) -> NativeOutputs:
     """The native model on the real images: a built native variant's stored outputs, else one
     PyTorch run of the native model; skipped (with the flag that enables it) without real images."""
-    from exporter.build.runners import torch_runner
-    from exporter.build.variant import make_variant
-    from exporter.parity.compare import run_batched
 
     pre = asdict(source.preprocessing)
     built = next((r for r in records if is_native(r, spec) and r.reference), None)

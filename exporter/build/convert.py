@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from exporter.build.resize import pi_resize_patch_embed, resample_pos_embed
+from exporter.bundle.limits import Workload, check_memory
 from exporter.core.errors import CheckpointError, UsageError
 from exporter.core.files import current_umask, full_disk_as_usage_error
 from exporter.core.sizes import Size2, format_size, grid_for
@@ -87,7 +88,6 @@ def check_paths(src: Path, dst: Path, force: bool) -> None:
 
 def check_resize_memory(kernel: torch.Tensor, patch: Size2, img_size: Size2 | None) -> None:
     """The new kernel (and position grid) must fit in memory: ``-ps 100000`` asks for terabytes."""
-    from exporter.bundle.limits import Workload, check_memory
 
     dim, chans = int(kernel.shape[0]), int(kernel.shape[1])
     img = img_size or patch

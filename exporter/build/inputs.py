@@ -22,7 +22,7 @@ import numpy as np
 from exporter.bundle.reference import ParityInputs, judged_rows
 from exporter.core.errors import UsageError
 from exporter.core.precision import Precision
-from exporter.source.demo import DEMO_NAME
+from exporter.source.demo import DEMO_NAME, digits_to_pixels, digits_to_uint8, load_demo_digits
 
 if TYPE_CHECKING:
     from exporter.build.options import BuildOptions
@@ -135,8 +135,6 @@ class InputPlan:
             pixels = load_pixels(self.calib_dir, spec.img_size, pre, limit=self.samples)
             real_from = f"images from {self.calib_dir}"
         elif self._demo_digits(spec):
-            from exporter.source.demo import digits_to_uint8, load_demo_digits
-
             digits, _ = load_demo_digits("test")
             pixels = digits_to_uint8(digits[: self.samples], spec.img_size[0])
             real_from = "held-out demo digits"
@@ -152,8 +150,6 @@ class InputPlan:
             images = load_images(self.calib_dir, spec.img_size, self._preprocessing(), CALIBRATION_IMAGES, skip)
             return images, f"{len(images)} images from {self.calib_dir} (after the {skip} used for the check)"
         if self._demo_digits(spec):
-            from exporter.source.demo import digits_to_pixels, load_demo_digits
-
             digits, _ = load_demo_digits("calib")
             images = digits_to_pixels(digits[:CALIBRATION_IMAGES], spec.img_size[0])
             return images, f"{len(images)} digits of the demo's calibration split"

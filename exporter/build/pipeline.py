@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from exporter.build.agreement import native_agreement, native_outputs, native_spec
 from exporter.build.inputs import InputPlan
 from exporter.build.options import STAGES, BuildOptions, BuildResult
 from exporter.build.plan import (
@@ -28,6 +29,7 @@ from exporter.build.plan import (
     with_profile_precision,
 )
 from exporter.build.record import _manifest, announce_assumptions, class_names, label_assumptions
+from exporter.build.source_parity import check_source
 from exporter.build.stages import _reuse, build_variant, input_key, share_bundle_weights, state_digest
 from exporter.build.variant import VariantSpec
 from exporter.bundle.door import Bundle
@@ -42,10 +44,13 @@ from exporter.bundle.report import render_report
 from exporter.bundle.write import check_replaceable_bundle, staging_folder, swap_into_place
 from exporter.core.errors import BundleError
 from exporter.core.files import write_atomic
+from exporter.core.locks import destination_lock
 from exporter.core.progress import Reporter, SilentReporter, stage
+from exporter.source.load import load_source, source_name
 from exporter.source.model import SourceModel
 from exporter.tensorrt.profile import Profile
 from exporter.tensorrt.stage import build_engines, pending_engines, write_engine_script
+from exporter.tensorrt.trt import engine_problem
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +58,6 @@ log = logging.getLogger(__name__)
 def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     """Build a bundle. Raises ``FlexiExportError`` subclasses for bad input; a variant that
     fails parity is recorded as ``failed`` (the caller decides the exit code)."""
-    from exporter.core.locks import destination_lock
-    from exporter.source.load import source_name
 
     reporter = reporter or SilentReporter()
     start = time.perf_counter()
@@ -67,7 +70,6 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
 
 def _build_locked(options: BuildOptions, reporter: Reporter, out: Path, name: str, start: float) -> BuildResult:
     """``build`` with ``out``'s lock held."""
-    from exporter.source.load import load_source
 
     times: dict[str, float] = {}
 
@@ -139,7 +141,6 @@ def check_source_parity(
     tmp: Path,
 ) -> dict[str, Any]:
     """The native variant against the source framework's own model (``exporter.build.source_parity``)."""
-    from exporter.build.source_parity import check_source
 
     batch = check_batch(options.export.batch)
     return check_source(source, records, specs, plan, tmp, options.tolerance, batch, options.threads)
@@ -155,7 +156,6 @@ def with_native_agreement(
 ) -> list[VariantRecord]:
     """Every record with its agreement with the source's own patch and size (``exporter.build.agreement``),
     resumed ones included: it is recomputed from the stored outputs, which costs no model run."""
-    from exporter.build.agreement import native_agreement, native_outputs, native_spec
 
     spec = native_spec(source, specs[0])
     native = native_outputs(source, spec, plan, records, tmp, check_batch(options.export.batch))
@@ -173,7 +173,6 @@ def engine_stage(
 ) -> dict[str, Any]:
     """Always write the trtexec script; build engines when TensorRT and a GPU are here and they
     are what the profile is for (else the engines wait for the target, and the reason says why)."""
-    from exporter.tensorrt.trt import engine_problem
 
     write_engine_script(tmp, manifest, profile)
     if options.engines == "skip":

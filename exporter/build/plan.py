@@ -9,14 +9,17 @@ from pathlib import Path
 
 from exporter.build.inputs import InputPlan
 from exporter.build.options import BuildOptions
-from exporter.build.variant import VariantSpec
+from exporter.build.variant import VariantSpec, fitted_img_size, plan_dynamic, plan_grid
 from exporter.bundle.limits import Workload, check_memory, prefix_tokens
 from exporter.bundle.manifest import check_batch
 from exporter.core.errors import EnvironmentMissing, UsageError
 from exporter.core.precision import REDUCED_PRECISIONS, Precision
 from exporter.core.sizes import format_range, format_size
+from exporter.source.load import stated_img_size, weights_path
 from exporter.source.model import SourceModel
-from exporter.tensorrt.profile import Profile
+from exporter.source.resampling import default_patch_resize
+from exporter.tensorrt.profile import Profile, load_profile
+from exporter.tensorrt.trt import engine_problem
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +31,10 @@ def default_out(source_name: str) -> Path:
 def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpec]:
     """One spec per patch size, or per (patch, image size) of a grid; every size problem is
     reported before any work starts (a grid's impossible pairs are logged and left out)."""
-    from exporter.build.variant import fitted_img_size, plan_grid
-    from exporter.source.resampling import default_patch_resize
 
     patch_resize = options.patch_resize.resolve(default_patch_resize(source.family))
     pos_resize = options.pos_resize.resolve(source.pos_resize_method())  # the source framework's own by default
     if options.img_range is not None:
-        from exporter.build.variant import plan_dynamic
-
         if "distilled" in (source.model_name or ""):  # the in-graph resample knows class and register tokens only
             raise UsageError(
                 f"--img-size dynamic:{format_range(options.img_range)} does not support a distilled DeiT "
@@ -62,15 +61,11 @@ def check_sizes_before_loading(options: BuildOptions) -> None:
     """Refuse a patch size that cannot fit before the checkpoint is read: against ``--img-size N``,
     or the native size the config beside the weights states (the demo's 64); a grid with no
     possible pair. Sizes that only the weights can tell are checked by ``plan_variants``."""
-    from exporter.build.variant import fitted_img_size, plan_grid
-    from exporter.source.load import stated_img_size
 
     if options.img_sizes:
         plan_grid(options.patch_sizes, options.img_sizes)
         return
     if options.img_range is not None:
-        from exporter.build.variant import plan_dynamic
-
         plan_dynamic(options.patch_sizes, options.img_range, options.img_range[0])
         return
     native = None if isinstance(options.img_size, tuple) else stated_img_size(options.source)
@@ -125,8 +120,6 @@ def check_engine_request(options: BuildOptions) -> Profile | None:
     """Load ``--profile`` and, for ``--engines required``, insist on TensorRT and a GPU (exit 4)."""
     if not options.profile:
         return None
-    from exporter.tensorrt.profile import load_profile
-    from exporter.tensorrt.trt import engine_problem
 
     profile = load_profile(options.profile)
     if options.engines == "required":
@@ -139,7 +132,6 @@ def check_engine_request(options: BuildOptions) -> Profile | None:
 def protected_inputs(options: BuildOptions) -> list[Path]:
     """What ``--out`` must never hold or replace: the checkpoint (and the config beside it) and
     the calibration images."""
-    from exporter.source.load import weights_path
 
     weights = weights_path(options.source)
     return [p for p in (weights, options.calib_dir) if p is not None]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from exporter.build.inputs import InputPlan
-from exporter.build.variant import VariantSpec
+from exporter.build.runners import ort_runner, torch_runner
+from exporter.build.variant import VariantSpec, fixed_at, make_variant, variant_label
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import (
@@ -19,7 +20,9 @@ from exporter.core.files import sha256_file
 from exporter.core.names import printable
 from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.core.sizes import format_size
-from exporter.parity.compare import Recheck
+from exporter.parity.compare import Recheck, check_parity, recorded_tolerance
+from exporter.source.config import resolve_weights
+from exporter.source.load import load_source
 from exporter.source.model import SourceModel, SourceSpec
 from exporter.source.resampling import ResizeMethod
 
@@ -34,8 +37,6 @@ def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceMode
     """Reload the checkpoint a bundle was built from: ``weights``, or the file the manifest names.
     That file is hashed before it is read and refused unless its sha256 is the manifest's; a
     bundle never makes a command download weights (hub-built bundles need ``--weights``)."""
-    from exporter.source.config import resolve_weights
-    from exporter.source.load import load_source
 
     src = manifest.source
     if weights is None and not src.get("path"):
@@ -57,7 +58,6 @@ def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceMode
 
 def record_spec(record: VariantRecord) -> VariantSpec:
     """The ``VariantSpec`` a manifest record was built from."""
-    from exporter.build.variant import variant_label
 
     return VariantSpec(
         record.patch_size,
@@ -73,9 +73,6 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     """Re-verify every file's sha256, rebuild every variant in PyTorch from the checkpoint and
     re-run parity on the build's inputs (the ones the bundle's reference stores: the recorded
     ``--calib-dir`` is never read again)."""
-    from exporter.build.runners import ort_runner, torch_runner
-    from exporter.build.variant import fixed_at, make_variant
-    from exporter.parity.compare import check_parity, recorded_tolerance
 
     reporter = reporter or SilentReporter()
     opened = Bundle.open(bundle)

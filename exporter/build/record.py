@@ -12,15 +12,17 @@ from typing import Any
 
 import numpy as np
 
+from exporter import __version__
 from exporter.build.options import BuildOptions
 from exporter.build.plan import img_size_policy
+from exporter.build.variant import plan_dynamic, plan_grid
 from exporter.bundle.manifest import (
     INPUT_NAME,
     SCHEMA_VERSION,
     Manifest,
     VariantRecord,
 )
-from exporter.core.assumptions import Assumption
+from exporter.core.assumptions import Assumption, summary
 from exporter.core.errors import UsageError
 from exporter.core.names import printable
 from exporter.core.sizes import format_size
@@ -35,8 +37,6 @@ def library_versions() -> dict[str, str]:
     import onnxruntime
     import timm
     import torch
-
-    from exporter import __version__
 
     return {
         "flexiexport": __version__,
@@ -121,7 +121,6 @@ def label_assumptions(source: SourceModel, labels: Path | None, names: tuple[str
 
 def announce_assumptions(source: SourceModel, strict: bool) -> None:
     """A warning per assumption, naming what settles it; ``--strict`` refuses any (before any variant is built)."""
-    from exporter.core.assumptions import summary
 
     if strict and source.assumptions:
         raise UsageError(f"--strict: {summary(source.assumptions)}")
@@ -132,14 +131,11 @@ def announce_assumptions(source: SourceModel, strict: bool) -> None:
 def _manifest(
     source: SourceModel, source_sha: str, calib_sha: str | None, options: BuildOptions, records: list[VariantRecord]
 ) -> Manifest:
-    from exporter.build.variant import plan_grid
 
     impossible: tuple[str, ...] | list[str] = ()
     if options.img_sizes:
         impossible = plan_grid(options.patch_sizes, options.img_sizes).impossible
     elif options.img_range is not None:
-        from exporter.build.variant import plan_dynamic
-
         impossible = plan_dynamic(options.patch_sizes, options.img_range, source.img_size)[1]
     pre = asdict(source.preprocessing)
     pre["input"] = {

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from exporter.build.runners import ort_runner, torch_runner
 from exporter.bundle.report import INFERRED
 from exporter.core.errors import FlexiExportError
-from exporter.parity.compare import Runner, Tolerance
+from exporter.parity.compare import Runner, Tolerance, compare_outputs, run_batched
+from exporter.source import hf, hf_layout
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,6 @@ def source_config(weights: Path | None) -> dict[str, Any]:
 
 def transformers_reference(folder: Path, config: dict[str, Any]) -> Reference:
     """transformers' own class from the folder (``from_pretrained``, local files only)."""
-    from exporter.source import hf, hf_layout
 
     lay = hf_layout.layout({**config, "_path": str(folder / "config.json")})
     patch, img = hf._size(config, "patch_size", 16), hf.image_size(config)
@@ -147,7 +148,6 @@ def timm_reference(source: Any, config: dict[str, Any]) -> Reference:
 
 def independent_reference(source: Any) -> Reference:
     """The source framework's model for ``source`` (a ``SourceModel``), or why there is none."""
-    from exporter.source import hf_layout
 
     origin = source.origin
     config = source_config(origin.path) if origin.kind == "file" else {}
@@ -179,9 +179,7 @@ def check_source(
 ) -> dict[str, Any]:
     """The manifest's ``source_parity``: the reference against the native variant's ONNX (when
     the bundle has it) or our PyTorch rebuild at that geometry."""
-    from exporter.build.runners import ort_runner, torch_runner
     from exporter.build.variant import VariantSpec, make_variant
-    from exporter.parity.compare import compare_outputs, run_batched
 
     ref = independent_reference(source)
     entry: dict[str, Any] = {

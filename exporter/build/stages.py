@@ -13,9 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from exporter import __version__
+from exporter.build.export import check_onnx, export_onnx
 from exporter.build.inputs import InputPlan
+from exporter.build.lint import lint_onnx
 from exporter.build.options import BuildOptions
-from exporter.build.variant import VariantSpec
+from exporter.build.precision import int8_float_nodes, to_fp16, to_int8
+from exporter.build.runners import ort_runner, torch_runner
+from exporter.build.shared import share_weights
+from exporter.build.variant import GRAPH_POS_RESIZE, VariantSpec, count_layernorms, fixed_at, make_variant
 from exporter.bundle.door import Bundle
 from exporter.bundle.manifest import (
     VariantRecord,
@@ -27,6 +33,7 @@ from exporter.core.files import sha256_file
 from exporter.core.precision import Precision
 from exporter.core.progress import Reporter, stage
 from exporter.core.sizes import format_size
+from exporter.parity.compare import compare_outputs, run_batched, tolerance_for
 from exporter.source.model import SourceModel
 
 
@@ -45,7 +52,6 @@ def state_digest(source: SourceModel) -> str:
 def input_key(source_sha: str, calib_sha: str | None, spec: VariantSpec, options: BuildOptions) -> str:
     """A digest of everything that determines a variant's ONNX and its parity verdict
     (``calib_sha``: ``InputPlan.key``, computed once per build)."""
-    from exporter import __version__
 
     payload = {
         "source": source_sha,
@@ -92,11 +98,6 @@ def build_variant(
     times: dict[str, float],
 ) -> VariantRecord:
     """Resize, export and check one variant; returns its manifest record."""
-    from exporter.build.export import export_onnx
-    from exporter.build.lint import lint_onnx
-    from exporter.build.runners import ort_runner, torch_runner
-    from exporter.build.variant import count_layernorms, fixed_at, make_variant
-    from exporter.parity.compare import compare_outputs, run_batched
 
     label = spec.label
     with stage(reporter, label, "resize", times):
@@ -168,9 +169,6 @@ def dynamic_checks(
     check), each against a fixed-size PyTorch model built for exactly that size
     (``variant.fixed_at``: the position grid resampled offline as the graph does), with a stored
     reference each so that ``validate`` judges all three without torch."""
-    from exporter.build.runners import ort_runner, torch_runner
-    from exporter.build.variant import GRAPH_POS_RESIZE, fixed_at
-    from exporter.parity.compare import compare_outputs, run_batched
 
     assert spec.img_range is not None
     batch = check_batch(options.export.batch)
@@ -218,9 +216,6 @@ def reduced_variant(
 ) -> dict[str, Any]:
     """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32
     (``expected``: PyTorch's logits on ``inputs``)."""
-    from exporter.build.precision import int8_float_nodes, to_fp16, to_int8
-    from exporter.build.runners import ort_runner
-    from exporter.parity.compare import compare_outputs, run_batched, tolerance_for
 
     start = time.perf_counter()
     out_rel = rel.with_name(f"{rel.stem}.{options.precision}.onnx")
@@ -260,10 +255,6 @@ def share_bundle_weights(
 ) -> tuple[list[VariantRecord], dict[str, Any]]:
     """Move the weights all variants share into one external file; each file must still give
     exactly the outputs it gave before (same graph, same bytes), or its variant fails."""
-    from exporter.build.export import check_onnx
-    from exporter.build.runners import ort_runner
-    from exporter.build.shared import share_weights
-    from exporter.parity.compare import run_batched
 
     paths = [tmp / r.onnx["path"] for r in records]
     batch = check_batch(options.export.batch)

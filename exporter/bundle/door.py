@@ -46,6 +46,7 @@ from exporter.bundle.manifest import (
 from exporter.bundle.schema import _relative_path, parse_manifest
 from exporter.core.errors import BundleError, BundleReplaced
 from exporter.core.files import sha256_file
+from exporter.core.locks import holder
 from exporter.core.names import printable
 from exporter.core.precision import Precision
 
@@ -251,7 +252,6 @@ def replaced_text(path: Path) -> str:
 
 def _replacing(path: Path) -> str:
     """What to add when a folder is missing because a build is replacing it right now."""
-    from exporter.core.locks import holder
 
     pid = holder(path)
     return "" if pid is None else f" (flexiexport PID {pid} is writing it: retry when it is done)"

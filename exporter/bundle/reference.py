@@ -23,6 +23,7 @@ import numpy as np
 
 from exporter.bundle.manifest import Manifest, VariantRecord
 from exporter.core.errors import BundleError
+from exporter.core.files import write_atomic_bytes
 
 REFERENCE_DIR = "reference"
 GENERATOR = "numpy.random.default_rng(seed).random((count, 3, H, W), dtype=float32)"
@@ -88,7 +89,6 @@ class ParityInputs:
 
 def save_reference(path: Path, inputs: ParityInputs, logits: np.ndarray) -> None:
     """Write the npz atomically (uncompressed)."""
-    from exporter.core.files import write_atomic_bytes
 
     buffer = io.BytesIO()
     np.savez(buffer, logits=np.asarray(logits, dtype=np.float32), pixels=inputs.pixels)

@@ -24,8 +24,8 @@ from exporter.bundle.manifest import (
 )
 from exporter.bundle.schema import _relative_path
 from exporter.core.errors import BundleError, Interrupted
-from exporter.core.files import current_umask
-from exporter.core.locks import process_alive
+from exporter.core.files import current_umask, write_atomic
+from exporter.core.locks import exchange, process_alive
 from exporter.core.mounts import is_mount_point, mounts_inside
 from exporter.core.names import printable
 
@@ -173,7 +173,6 @@ def repository_files(repo: Path) -> set[str] | None:
 
 
 def write_repository_marker(repo: Path, bundle: Path) -> None:
-    from exporter.core.files import write_atomic
 
     files = sorted(e.rel for e in walk(repo) if e.is_file)
     text = json.dumps({"tool": "flexiexport", "bundle": str(bundle.absolute()), "files": files}, indent=2)
@@ -299,7 +298,6 @@ def _judge_at_swap(out: Path, what: str, replaceable: Callable[[Path], object] |
 
 
 def _swap(tmp: Path, out: Path, what: str, replaceable: Callable[[Path], object] | None) -> None:
-    from exporter.core.locks import exchange
 
     _judge_at_swap(out, what, replaceable)
     (tmp / TEMP_MARKER).unlink(missing_ok=True)

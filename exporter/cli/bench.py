@@ -20,6 +20,7 @@ from exporter.cli.render import (
     safe,
     write_plot,
 )
+from exporter.core.files import write_atomic
 
 
 @cli.command(cls=BenchCommand)
@@ -43,7 +44,6 @@ def bench(bundle: Path, **kw: Any) -> None:
     import json
 
     from exporter.bundle.door import Bundle
-    from exporter.core.files import write_atomic
     from exporter.measure.bench import BenchOptions, bench_bundle, merge_reports
     from exporter.runtime.measurements import folder_locked
 

@@ -15,9 +15,11 @@ from exporter.cli.render import (
     write_plot,
 )
 from exporter.core.errors import (
+    ImageErrors,
     UsageError,
     ValidationFailed,
 )
+from exporter.core.files import write_atomic
 
 
 @cli.command()
@@ -55,7 +57,6 @@ def evaluate(
     from rich.table import Table
 
     from exporter.bundle.door import Bundle
-    from exporter.core.files import write_atomic
     from exporter.measure.evaluate import evaluate_bundle
 
     if limit is not None and limit < 1:
@@ -88,8 +89,6 @@ def evaluate(
     print_frontier(opened)
     console().print(safe(f"wrote {bundle / 'eval.json'} and {plot}"))
     if result["skipped"]:  # bad input: each unreadable image is one error line, after the others' results
-        from exporter.core.errors import ImageErrors
-
         skipped = len(result["skipped"])
         err.print(safe(f"left out {skipped} unreadable images; the {result['samples']} others were evaluated"))
         raise ImageErrors(result["skipped"])

@@ -17,6 +17,7 @@ from exporter.core.errors import (
     full_disk_cause,
 )
 from exporter.core.names import printable
+from exporter.core.progress import interrupt
 
 
 def debug_option(func: Any) -> Any:
@@ -129,8 +130,6 @@ def ignore_further_interrupts() -> None:
     ``main`` installed our handlers: an embedding program keeps its own."""
     import threading
 
-    from exporter.core.progress import interrupt
-
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is interrupt:
         for name in ("SIGINT", "SIGTERM", "SIGHUP"):
             if hasattr(signal, name):
@@ -141,7 +140,6 @@ def install_signal_handlers() -> None:
     """SIGTERM and SIGHUP (docker stop, CI time-outs, ``timeout``, a closed terminal) behave like
     Ctrl-C: the staging folder is removed and the old bundle stays. All three are remembered, so
     an interrupt that a library's clean-up code swallows is raised again at the next stage."""
-    from exporter.core.progress import interrupt
 
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from exporter.bundle.values import strict_json
 from exporter.cli.group import cli, debug_option
 from exporter.cli.render import (
     console,
@@ -28,8 +29,6 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     manifest = read_manifest(bundle)
     if as_json:  # strict JSON: a failed check's NaN is written as null
         from dataclasses import asdict
-
-        from exporter.bundle.values import strict_json
 
         click.echo(strict_json(asdict(manifest)), nl=False)
         return

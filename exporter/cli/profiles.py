@@ -7,6 +7,7 @@ from exporter.cli.render import (
     print_whole,
     safe,
 )
+from exporter.tensorrt.profile import available_profiles, load_profile
 
 
 @cli.command()
@@ -14,8 +15,6 @@ from exporter.cli.render import (
 def profiles(debug: bool) -> None:
     """List the shipped deployment profiles."""
     from rich.table import Table
-
-    from exporter.tensorrt.profile import available_profiles, load_profile
 
     table = Table(title="profiles (pass --profile NAME, or --profile FILE.toml for your own)", title_justify="left")
     for header in ("name", "precision", "batch min/opt/max", "workspace", "sm", "TensorRT", "DLA", "note"):

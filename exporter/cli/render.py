@@ -7,10 +7,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from exporter.bundle.report import top1_text
+from exporter.bundle.report import TABLE_HEADER, describe, native_summary, shown_columns, top1_text, variant_rows
+from exporter.core.assumptions import summary
 from exporter.core.errors import FlexiExportError
 from exporter.core.names import printable
 from exporter.core.sizes import format_size
+from exporter.measure.plot import native_series, plot_tradeoff
 
 
 def console(stderr: bool = False) -> Any:
@@ -120,8 +122,6 @@ def print_table(manifest: Any, title: str, wide: bool = False, out: Any = None) 
     """The variant table: the columns that fit 80 columns, or with ``wide`` every column."""
     from rich.table import Table
 
-    from exporter.bundle.report import TABLE_HEADER, shown_columns, variant_rows
-
     rows = variant_rows(manifest)
     shown = shown_columns(manifest, rows, wide)
     table = Table(title=safe(title), title_justify="left")
@@ -159,8 +159,6 @@ def print_engines(name: str, entry: dict[str, Any]) -> None:
 def failed_message(manifest: Any, bundle: Path) -> str:
     bad = [v for v in manifest.variants if v.status != "passed"]
     if not bad and manifest.source_parity.get("status") == "failed":
-        from exporter.bundle.report import describe
-
         return f"{describe(manifest.source_parity)}; see {bundle / 'report.md'}"
     bad_reduced = [v for v in bad if v.reduced and v.reduced["status"] != "passed" and v.parity.get("passed")]
     if bad_reduced and len(bad_reduced) == len(bad):
@@ -196,7 +194,6 @@ def summary_line(result: Any) -> str:
 
 def assumptions_tail(manifest: Any) -> str:
     """``; 1 assumption: heads 3 (pass --num-heads or a config.json)`` for a summary line; empty when none."""
-    from exporter.core.assumptions import summary
 
     return f"; {summary(manifest.assumptions)}" if manifest.assumptions else ""
 
@@ -204,7 +201,6 @@ def assumptions_tail(manifest: Any) -> str:
 def print_source_parity(manifest: Any, out: Any = None) -> None:
     """The lines under the table that say what the ``src`` and ``native`` columns compared (or
     why the native agreement was skipped, with the flag that enables it)."""
-    from exporter.bundle.report import describe, native_summary
 
     for line in (describe(manifest.source_parity), native_summary(manifest)):
         if line:
@@ -236,7 +232,6 @@ def print_build(result: Any, wide: bool) -> None:
 
 def write_plot(opened: Any) -> Path | None:
     """Redraw ``tradeoff.png`` from whatever of bench.json / eval.json the bundle holds."""
-    from exporter.measure.plot import native_series, plot_tradeoff
     from exporter.runtime.measurements import checked_bench
 
     variants = {v.label for v in opened.manifest.variants}

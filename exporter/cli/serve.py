@@ -20,6 +20,13 @@ from exporter.core.errors import (
     UsageError,
 )
 from exporter.core.precision import Precision
+from exporter.deploy.server import (
+    TritonServer,
+    check_port,
+    find_tritonserver,
+    remove_stale_work_folders,
+    work_folder_prefix,
+)
 
 
 @cli.command()
@@ -54,13 +61,6 @@ def serve(bundle: Path, **kw: Any) -> None:
     from exporter.bundle.door import Bundle
     from exporter.bundle.write import mark_temporary
     from exporter.deploy.repository import write_repository
-    from exporter.deploy.server import (
-        TritonServer,
-        check_port,
-        find_tritonserver,
-        remove_stale_work_folders,
-        work_folder_prefix,
-    )
     from exporter.runtime import Bundle as RuntimeBundle
 
     opened = Bundle.open(bundle)

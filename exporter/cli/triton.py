@@ -15,6 +15,7 @@ from exporter.cli.render import (
     safe,
 )
 from exporter.core.errors import UsageError
+from exporter.core.locks import destination_lock
 from exporter.core.precision import PRECISIONS, Precision
 
 
@@ -69,7 +70,6 @@ def triton(bundle: Path, repo: Path, **kw: Any) -> None:
     """Write a Triton Inference Server model repository, one model per variant."""
     from exporter.bundle.door import Bundle
     from exporter.bundle.write import check_replaceable_repository, staging_folder, swap_into_place
-    from exporter.core.locks import destination_lock
     from exporter.deploy.repository import triton_schema, write_repository
 
     opened = Bundle.open(bundle)

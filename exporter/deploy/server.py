@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import exporter
 from exporter.core.errors import EnvironmentMissing, UsageError
+from exporter.core.locks import process_alive
 from exporter.core.names import printable
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,6 @@ def remove_stale_work_folders(parent: Path) -> list[Path]:
     """``flexiexport-serve-PID-*`` folders in ``parent`` left by a ``serve`` that no longer runs
     (killed outright: its server went with it, its temporary repository stayed)."""
     from exporter.bundle.write import is_marked_temporary
-    from exporter.core.locks import process_alive
 
     removed = []
     for path in parent.glob("flexiexport-serve-*-*"):

@@ -20,12 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from exporter import __version__
+from exporter.build.runners import torch_runner
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import VariantRecord
-from exporter.core.errors import EnvironmentMissing, Unavailable, UsageError
+from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable, UsageError
 from exporter.core.machine import available_cores, cap_threads, cpu_model
 from exporter.parity.compare import Runner
+from exporter.runtime.backends import backend_problem, load_runner, openvino_core
 from exporter.tensorrt.select import tensorrt_here, tensorrt_runner
 
 BACKENDS = (
@@ -181,8 +184,6 @@ def machine_info(threads: int) -> dict[str, object]:
     import onnxruntime
     import torch
 
-    from exporter import __version__
-
     cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
@@ -233,7 +234,6 @@ def torch_sgemm_gflops(size: int, options: BenchOptions) -> float:
 
 def openvino_bf16_gflops(size: int, threads: int, options: BenchOptions) -> float | None:
     """OpenVINO's MatMul on ``size``² with bf16 inference precision; None without OpenVINO or bf16."""
-    from exporter.runtime.backends import backend_problem, openvino_core
 
     if backend_problem("openvino-bf16"):
         return None
@@ -296,15 +296,12 @@ ModelFactory = Callable[[], object]  # builds the PyTorch variant only for backe
 
 
 def torch_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
-    from exporter.build.runners import torch_runner
 
     return torch_runner(model())
 
 
 def torch_compile_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
     import torch
-
-    from exporter.build.runners import torch_runner
 
     try:
         compiled = torch.compile(model(), dynamic=False)  # type: ignore[call-overload]
@@ -317,7 +314,6 @@ def runtime_backend(name: str) -> Callable[[ModelFactory, Path, int], Runner]:
     """The runtime's runner for ``name`` (onnxruntime, OpenVINO, TensorRT): what ``predict`` runs."""
 
     def make(model: ModelFactory, path: Path, threads: int) -> Runner:
-        from exporter.runtime.backends import backend_problem, load_runner
 
         problem = backend_problem(name)
         if problem:
@@ -443,7 +439,6 @@ def resample_costs(
     from exporter.build.export import ExportOptions, export_onnx
     from exporter.build.recheck import record_spec
     from exporter.build.variant import fixed_at
-    from exporter.core.errors import BundleError
 
     records = [r for r in opened.manifest.variants if r.img_range]
     if not records or not backends:

@@ -15,12 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from exporter.build.recheck import bundle_source, record_spec
+from exporter.build.runners import ort_runner, torch_runner
+from exporter.build.variant import make_variant
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import Preprocessing
 from exporter.core.errors import EnvironmentMissing, ImageErrors, UsageError
 from exporter.core.sizes import Size2
+from exporter.parity.compare import run_batched, tolerance_for
+from exporter.runtime.backends import backend_problem, load_runner
 from exporter.runtime.images import IMAGE_SUFFIXES, image_files, preprocess, readable_images
+from exporter.source.demo import DEMO_NAME, digits_to_pixels, load_demo_digits
 from exporter.source.model import SourceModel
 
 
@@ -60,7 +66,6 @@ DEMO_DIGITS = "demo-digits"  # --data value naming the shipped held-out digits
 
 
 def demo_dataset(limit: int | None) -> Dataset:
-    from exporter.source.demo import digits_to_pixels, load_demo_digits
 
     digits, labels = load_demo_digits("test")
     digits, labels = digits[:limit], labels[:limit]
@@ -107,7 +112,6 @@ def check_labels(dataset: Dataset, source: SourceModel) -> None:
 def allowed_drop(reduced: dict[str, Any]) -> float | None:
     """The reduced file's recorded accuracy tolerance; bundles written before it was recorded get
     today's default for their precision."""
-    from exporter.parity.compare import tolerance_for
 
     recorded = reduced.get("tolerance", {})
     if "max_accuracy_drop" in recorded:
@@ -138,17 +142,11 @@ def evaluate_bundle(
     """Accuracy of every variant in PyTorch and onnxruntime (and with naive resize if asked), and
     on each of ``backends`` (the runtime's: ``openvino``, ``openvino-bf16``, ...) too."""
     check_classifier(opened)
-    from exporter.runtime.backends import backend_problem, load_runner
 
     for name in backends:
         problem = backend_problem(name)
         if problem:
             raise EnvironmentMissing(f"--backends {name}: {problem}")
-    from exporter.build.recheck import bundle_source, record_spec
-    from exporter.build.runners import ort_runner, torch_runner
-    from exporter.build.variant import make_variant
-    from exporter.parity.compare import run_batched
-    from exporter.source.demo import DEMO_NAME
 
     say = progress or (lambda text: None)
     manifest = opened.manifest

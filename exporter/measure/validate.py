@@ -28,7 +28,7 @@ from exporter.parity.compare import (
     recorded_tolerance,
     run_batched,
 )
-from exporter.runtime.backends import backend_problem, load_runner
+from exporter.runtime.backends import BACKENDS, backend_problem, load_runner
 
 
 def backend_tolerance(recorded: Tolerance, backend: str) -> Tolerance:
@@ -75,7 +75,6 @@ def fastest_passing(opened: Bundle, timings: Sequence[Any], threads: int | None 
     """Per variant, the fastest runtime backend (by p50 at its smallest batch timed) whose run of
     the fp32 ONNX meets that backend's tolerance against the stored reference: what a CPU user
     should run. Only the runtime's backends are judged (PyTorch rows are the reference)."""
-    from exporter.runtime.backends import BACKENDS
 
     found: dict[str, tuple[str, float]] = {}
     for record in opened.manifest.variants:

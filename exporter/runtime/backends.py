@@ -30,6 +30,7 @@ import numpy as np
 from exporter.bundle.manifest import static_batch
 from exporter.core.errors import BundleError, EnvironmentMissing, FlexiExportError, UsageError
 from exporter.core.machine import available_cores, cap_threads
+from exporter.tensorrt.trt import engine_runner, tensorrt_problem
 
 BACKENDS = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu", "openvino", "openvino-bf16")
 ORT_PROVIDERS = {
@@ -80,7 +81,6 @@ def backend_problem(backend: str) -> str | None:
         if backend == "openvino-bf16" and not cpu_has_bf16():
             return "this CPU has no bf16 instructions (AVX-512 BF16 or AMX)"
         return None
-    from exporter.tensorrt.trt import tensorrt_problem
 
     return tensorrt_problem()
 
@@ -177,7 +177,6 @@ def openvino_runner(path: Path, backend: str = "openvino", threads: int | None =
 
 
 def tensorrt_runner(path: Path, backend: str = "tensorrt", threads: int | None = None) -> Runner:
-    from exporter.tensorrt.trt import engine_runner
 
     return wrap_engine(engine_runner(path), path)
 

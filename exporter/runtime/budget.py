@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from exporter.core.errors import UsageError
+from exporter.core.machine import machine_key
+from exporter.runtime.measurements import BENCH, LATENCY, bench_rows_here, latency_rows_here, record_latencies
 
 if TYPE_CHECKING:
     from exporter.bundle.door import Bundle
@@ -50,8 +52,6 @@ def choose_variant(ordered: list[str], latencies: dict[str, Latency], budget_ms:
 def load_latencies(door: Bundle, backend: str, precision: str, batch: int) -> dict[str, Latency]:
     """Rows of bench.json, then latency.json, measured here for this backend, precision, batch:
     only rows that are data we can use, of variants the bundle has (``measurements``)."""
-    from exporter.core.machine import machine_key
-    from exporter.runtime.measurements import BENCH, LATENCY, bench_rows_here, latency_rows_here
 
     wanted = backend if precision == "fp32" else f"{backend} {precision}"
     variants = {v.label for v in door.manifest.variants}
@@ -83,8 +83,6 @@ def probe_latencies(
     door: Bundle, runners: dict[str, Runner], backend: str, precision: str, batch: int, preprocess: Preprocess
 ) -> dict[str, Latency]:
     """Time every variant here (a few seconds, logged per variant) and record it in latency.json."""
-    from exporter.core.machine import machine_key
-    from exporter.runtime.measurements import record_latencies
 
     found = {}
     for label, runner in runners.items():

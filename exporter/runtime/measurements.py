@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.core.errors import BundleError, DiskFullError
+from exporter.core.files import write_atomic
 from exporter.core.names import printable
 from exporter.core.numbers import finite_number
 
@@ -194,7 +195,6 @@ def record_latencies(door: Bundle, rows: list[dict[str, Any]], here: dict[str, s
     """Merge ``rows`` (this machine's) into the bundle's ``latency.json``: locked, re-read,
     merged, renamed into place. Nothing is recorded (one warning) where the folder cannot be
     written (a read-only model repository) or the present file is not one we can merge into."""
-    from exporter.core.files import write_atomic
 
     try:
         path = door.artefact(LATENCY)

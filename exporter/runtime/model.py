@@ -25,13 +25,16 @@ import numpy as np
 from exporter.bundle.door import Bundle as _Door
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import VariantRecord
-from exporter.core.errors import BundleError, EnvironmentMissing, UsageError
+from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable, UsageError
 from exporter.core.precision import PRECISIONS
 from exporter.runtime.arguments import check_arguments
-from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner
+from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner, wrap_engine
 from exporter.runtime.budget import Latency, choose_variant, load_latencies, probe_latencies
+from exporter.runtime.decode import read_image
+from exporter.runtime.measurements import accuracies
 from exporter.runtime.preprocess import Preprocess
 from exporter.runtime.sharing import SharedTensors
+from exporter.tensorrt.select import bundle_engines, tensorrt_runner
 
 log = logging.getLogger("exporter.runtime")
 
@@ -79,7 +82,6 @@ class Bundle:
         """Labels, most accurate first: top-1 from ``eval.json`` on this backend where the bundle
         has one (variants it lacks go last), else most tokens; ties go to the faster (measured
         p99), then to more tokens. The first that fits a budget is thus on the frontier."""
-        from exporter.runtime.measurements import accuracies
 
         name = backend if precision == "fp32" else f"{backend} {precision}"
         top1 = accuracies(self.door.read_artefact("eval.json"), name)
@@ -143,7 +145,6 @@ class Bundle:
 
     def _engines(self) -> bool:
         """Whether the bundle holds any engine (built, or written by ``build_<profile>.sh``)."""
-        from exporter.tensorrt.select import bundle_engines
 
         return any(bundle_engines(self.door, record) for record in self.manifest.variants)
 
@@ -152,10 +153,6 @@ class Bundle:
         check_arguments(threads=threads)
         record = self.record(label)
         if backend == "tensorrt":  # the engine that fits this GPU and TensorRT best (by its sidecar)
-            from exporter.core.errors import Unavailable
-            from exporter.runtime.backends import wrap_engine
-            from exporter.tensorrt.select import tensorrt_runner
-
             try:
                 engine = tensorrt_runner(self.door, record)
             except Unavailable as exc:
@@ -332,7 +329,6 @@ def predict_files(
 ) -> list[tuple[Path, list[Prediction] | np.ndarray | str]]:
     """Per file: its predictions (a feature model's embedding, float32 ``[dims]``), or why it could
     not be read or preprocessed (the others are still run)."""
-    from exporter.runtime.decode import read_image
 
     results: list[tuple[Path, list[Prediction] | np.ndarray | str]] = []
     for path in files:

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from exporter.bundle.reference import normalize
 from exporter.core.errors import UsageError
+from exporter.core.machine import available_memory, gigabytes
 from exporter.runtime.decode import Image, read_image, to_rgb
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -106,7 +108,6 @@ class Preprocess:
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` → float32 ``[N, 3, H, W]``."""
-        from exporter.bundle.reference import normalize
 
         return normalize(pixels, self.mean, self.std)
 
@@ -123,7 +124,6 @@ class Preprocess:
 
     def check_memory(self, count: int) -> None:
         """``UsageError`` when ``count`` images' pixel values would not fit in the memory available."""
-        from exporter.core.machine import available_memory, gigabytes
 
         h, w = self.img_size
         needed = count * 3 * h * w * BYTES_PER_VALUE

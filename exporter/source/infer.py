@@ -19,6 +19,7 @@ from exporter.source.config import (
 )
 from exporter.source.config import where as config_where
 from exporter.source.model import KERNEL_KEY, POS_KEY, check_float
+from exporter.source.resampling import num_pos_prefix_tokens
 
 
 def infer_vit_args(
@@ -218,6 +219,5 @@ def _named_defaults(model_name: str, args: Mapping[str, Any], config: Mapping[st
 
 
 def _named_pos_prefix(model_name: str, args: Mapping[str, Any], config: Mapping[str, Any]) -> int:
-    from exporter.source.resampling import num_pos_prefix_tokens
 
     return num_pos_prefix_tokens(_meta_model(model_name, args, config))

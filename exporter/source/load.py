@@ -22,6 +22,7 @@ from exporter.core.errors import CheckpointError, UsageError
 from exporter.core.files import sha256_file
 from exporter.core.names import printable, slug
 from exporter.core.sizes import Size2, format_size, to_size2
+from exporter.source import hf, hf_layout
 from exporter.source.config import (
     is_generic_name,
     label_names,
@@ -108,7 +109,6 @@ def stated_img_size(spec: SourceSpec) -> Size2 | None:
     touching the weights; None when only the weights can tell."""
     weights = weights_path(spec)
     config = read_config(weights) if weights is not None and weights.is_file() else {}
-    from exporter.source import hf, hf_layout
 
     if hf_layout.is_transformers_config(config):
         hf_layout.layout(config)  # an unsupported transformers model is named before anything is read
@@ -124,8 +124,6 @@ def load_source(spec: SourceSpec) -> SourceModel:
         _check_model_name(spec.model_name)
     config = read_config(weights) if weights is not None else {}
     if transformers_type(config):
-        from exporter.source import hf_layout
-
         hf_layout.layout(config)  # an unsupported transformers model is named before any weights are read
     model_name = spec.model_name or config.get("architecture") or None
     if not spec.model_name and model_name:
@@ -149,8 +147,6 @@ def _from_transformers(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], str | None, Origin]:
     """A transformers checkpoint mapped into timm's layout (``exporter.source.hf``); anything else as is."""
     from dataclasses import replace
-
-    from exporter.source import hf, hf_layout
 
     if not hf_layout.is_transformers_config(config):
         return sd, config, model_name, origin

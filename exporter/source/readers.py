@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from exporter.core.errors import CheckpointError, EnvironmentMissing, UsageError
+from exporter.core.machine import available_memory, gigabytes
 from exporter.core.sizes import Size2
 from exporter.source.config import first_line as _first_line
 from exporter.source.infer import _check_model_name, create_vit
@@ -76,7 +77,6 @@ def check_tensor_storage(tensors: Mapping[str, Any]) -> None:
     """Refuse tensors that claim more bytes than their storage holds (``expand``-ed, stride-0 or
     overlapping views): copying one would allocate what the file never contained, so this runs
     before anything clones, casts or hashes them."""
-    from exporter.core.machine import gigabytes
 
     for key, t in tensors.items():
         if not isinstance(t, torch.Tensor):
@@ -157,7 +157,6 @@ def _read_weights(
 
 def check_fits_in_memory(path: Path) -> None:
     """Every reader holds the whole file in memory: refuse one larger than what is available."""
-    from exporter.core.machine import available_memory, gigabytes
 
     size, free = path.stat().st_size, available_memory()
     if free is not None and size > free:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from exporter.bundle.door import Bundle
 from exporter.bundle.manifest import VariantRecord
-from exporter.core.errors import EnvironmentMissing, Unavailable
+from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable
 from exporter.parity.compare import Runner
+from exporter.tensorrt.gpu import gpu_identity
+from exporter.tensorrt.trt import engine_fit, engine_runner, import_tensorrt, read_sidecar, tensorrt_problem
 
 
 def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str, dict[str, object]]]:
@@ -15,7 +17,6 @@ def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str
     manifest names (read through their sidecar ``model_pN.engine.json``; the manifest has no
     record of those). Nothing is trusted yet: ``tensorrt_runner`` checks each file through
     ``Bundle.file`` before TensorRT reads it."""
-    from exporter.tensorrt.trt import read_sidecar
 
     found: list[tuple[str, str, dict[str, object]]] = []
     for name, entry in opened.manifest.engines.items():
@@ -31,7 +32,6 @@ def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str
 
 def tensorrt_here() -> None:
     """``Unavailable`` when engines cannot run here (no TensorRT >= 10, no usable GPU)."""
-    from exporter.tensorrt.trt import tensorrt_problem
 
     problem = tensorrt_problem()
     if problem:
@@ -43,9 +43,6 @@ def tensorrt_runner(opened: Bundle, record: VariantRecord) -> Runner:
     sidecar (same GPU model, then same compute capability, then hardware-compatible) and tried in
     that order, so one that TensorRT cannot load is passed over, not fatal. ``Unavailable`` says
     why each one was passed over."""
-    from exporter.core.errors import BundleError
-    from exporter.tensorrt.gpu import gpu_identity
-    from exporter.tensorrt.trt import engine_fit, engine_runner, import_tensorrt
 
     tensorrt_here()
     version, gpu = import_tensorrt().__version__, gpu_identity()

@@ -26,10 +26,24 @@ from exporter.bundle.report import render_report
 from exporter.bundle.write import swap_into_place
 from exporter.core.errors import BundleError, EnvironmentMissing
 from exporter.core.files import sha256_file, write_atomic
+from exporter.core.locks import destination_lock
 from exporter.core.names import check_name, printable
 from exporter.core.precision import Precision
 from exporter.core.progress import Reporter, SilentReporter, stage
-from exporter.tensorrt.profile import Profile
+from exporter.parity.compare import compare_outputs, run_batched, tolerance_for
+from exporter.tensorrt.gpu import gpu_identity
+from exporter.tensorrt.profile import Profile, load_profile
+from exporter.tensorrt.trt import (
+    build_engine,
+    build_script,
+    check_precision,
+    engine_runner,
+    engine_shapes,
+    import_tensorrt,
+    profile_mismatch,
+    tensorrt_problem,
+    timing_cache_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +57,6 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
     """Per variant: the ONNX the engine is built from (the profile's precision when the bundle
     has it), the ONNX precisions the bundle has, the engine path, the optimisation-profile shapes
     and the LayerNorm names of that ONNX."""
-    from exporter.tensorrt.trt import engine_shapes
 
     plan = []
     for record in manifest.variants:
@@ -70,7 +83,6 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
 def write_engine_script(bundle: Path, manifest: Manifest, profile: Profile, onnx_root: Path | None = None) -> Path:
     """``engines/build_<profile>.sh`` under ``bundle``, executable, for devices that have only
     trtexec; the ONNX files are read from ``onnx_root`` (default: ``bundle``)."""
-    from exporter.tensorrt.trt import build_script
 
     path = bundle / "engines" / f"build_{profile.name}.sh"
     write_atomic(path, build_script(profile, engine_plan(onnx_root or bundle, manifest, profile)))
@@ -103,16 +115,6 @@ def build_engines(
 
     ONNX files are read from ``bundle``; engines, sidecars and the timing cache are written
     under ``out_root`` (default: ``bundle``). ``cache_in`` is a saved timing cache to start from."""
-    from exporter.parity.compare import compare_outputs, run_batched, tolerance_for
-    from exporter.tensorrt.gpu import gpu_identity
-    from exporter.tensorrt.trt import (
-        build_engine,
-        check_precision,
-        engine_runner,
-        import_tensorrt,
-        profile_mismatch,
-        timing_cache_name,
-    )
 
     out_root = out_root or bundle
     trt = import_tensorrt()
@@ -180,7 +182,6 @@ def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = Non
     """``flexiexport engine``: on the target, build and validate engines and add them to the
     bundle. Engines are built in a staging folder inside the bundle and renamed into place;
     the manifest is rewritten atomically."""
-    from exporter.core.locks import destination_lock
 
     with destination_lock(
         bundle, "bundle", required=False
@@ -189,8 +190,6 @@ def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = Non
 
 
 def _add_engines(bundle: Path, profile_name: str, reporter: Reporter) -> dict[str, Any]:
-    from exporter.tensorrt.profile import load_profile
-    from exporter.tensorrt.trt import tensorrt_problem
 
     opened = Bundle.open(bundle)
     manifest = opened.manifest

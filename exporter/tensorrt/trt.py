@@ -45,6 +45,7 @@ from exporter.core.errors import EngineLoadError, EnvironmentMissing, UsageError
 from exporter.core.files import sha256_file, write_atomic_bytes
 from exporter.core.names import printable
 from exporter.core.precision import REDUCED_PRECISIONS, Precision
+from exporter.tensorrt.gpu import DeviceBuffer, Stream, gpu_identity, gpu_problem
 from exporter.tensorrt.profile import HARDWARE_MIN_CC, Profile, parse_version, version_in_range
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,6 @@ def tensorrt_problem() -> str | None:
         return str(exc)
     if version_pair(tensorrt.__version__) < MIN_TENSORRT:
         return too_old(tensorrt.__version__)
-    from exporter.tensorrt.gpu import gpu_problem
 
     return gpu_problem()
 
@@ -132,7 +132,6 @@ def engine_problem(profile: Profile) -> str | None:
     problem = tensorrt_problem()
     if problem:
         return problem
-    from exporter.tensorrt.gpu import gpu_identity
 
     gpu = gpu_identity()
     return profile_mismatch(profile, import_tensorrt().__version__, gpu.compute_capability, gpu.name)
@@ -648,8 +647,6 @@ def build_engine(
     import_tensorrt()
     import tensorrt as trt
 
-    from exporter.tensorrt.gpu import gpu_identity
-
     start = time.perf_counter()
     version = version_pair(trt.__version__)
     builder = trt.Builder(trt_logger())
@@ -718,8 +715,6 @@ class EngineRunner:
         import_tensorrt()
         import tensorrt as trt
 
-        from exporter.tensorrt.gpu import Stream
-
         self.name = engine_path.name
         self._runtime = trt.Runtime(trt_logger())  # must outlive the engine
         engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
@@ -744,7 +739,6 @@ class EngineRunner:
 
     def _buffer(self, name: str, nbytes: int) -> Any:
         """A device buffer of at least ``nbytes`` for ``name``, reused across calls."""
-        from exporter.tensorrt.gpu import DeviceBuffer
 
         buffer = self._buffers.get(name)
         if buffer is None or buffer.nbytes < nbytes:
