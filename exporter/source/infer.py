@@ -173,6 +173,13 @@ def check_config_fits(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any],
         check_heads(num_heads, width, "--num-heads")
     args = timm_model_args(config)
     where = config_where(config)
+    stated = args.get("num_heads")
+    if num_heads is not None and stated is not None and stated != num_heads:
+        raise UsageError(
+            f"--num-heads {num_heads} disagrees with {where}, which states {stated} heads "
+            f"({'num_attention_heads' if 'transformers' in config else 'model_args.num_heads'}): "
+            "drop --num-heads, or correct the config"
+        )
     try:
         if num_heads is None and "num_heads" in args:
             check_heads(args["num_heads"], width, "model_args.num_heads")

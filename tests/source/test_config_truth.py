@@ -147,6 +147,13 @@ def test_config_and_weights_that_disagree_are_refused(hf_folder, tmp_path):
     refused(run_cli("build", "--weights", str(folder), "-p", "16"), "'num_classes' 7", "model_args.num_classes 5")
 
 
+def test_num_heads_against_a_config_that_states_them_is_refused(hf_folder):
+    # the config says 2 heads: --num-heads 4 would build another model (only source parity saw it)
+    line = refused(run_cli("build", "--weights", str(hf_folder), "-p", "16", "--num-heads", "4"), "--num-heads 4")
+    assert "states 2 heads" in line and "config.json" in line
+    assert "Traceback" not in line
+
+
 def test_transformers_folder_and_bare_folder_are_named(hf_folder, tmp_path):
     folder = tmp_path / "swin"
     folder.mkdir()
