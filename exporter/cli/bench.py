@@ -9,7 +9,6 @@ import click
 
 from exporter.cli.group import cli, debug_option
 from exporter.cli.params import (
-    BENCH_BACKENDS,
     BenchCommand,
     parse_batch_sizes,
 )
@@ -20,6 +19,7 @@ from exporter.cli.render import (
     safe,
     write_plot,
 )
+from exporter.core.backends import BENCH_BACKENDS
 from exporter.core.files import write_atomic
 
 

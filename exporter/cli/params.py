@@ -120,19 +120,6 @@ def parse_batch(value: str) -> str | int:
     raise click.BadParameter(f"must be 'dynamic' or a positive integer, got {value!r}")
 
 
-BENCH_BACKENDS = (  # exporter.measure.bench.BACKENDS, spelled here so that --help imports no numpy
-    "torch",
-    "torch-compile",
-    "ort-cpu",
-    "openvino",
-    "openvino-bf16",
-    "ort-cuda",
-    "ort-tensorrt",
-    "torch-cuda",
-    "tensorrt",
-)
-
-
 class BenchCommand(GreedyCommand):
     greedy = ("--batch-sizes", "--backends")
 

@@ -25,24 +25,12 @@ from exporter.build.runners import torch_runner
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import VariantRecord
+from exporter.core.backends import BENCH_BACKENDS as BACKENDS
 from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable, UsageError
 from exporter.core.machine import available_cores, cap_threads, cpu_model
 from exporter.parity.compare import Runner
 from exporter.runtime.backends import backend_problem, load_runner, openvino_core
 from exporter.tensorrt.select import tensorrt_here, tensorrt_runner
-
-BACKENDS = (
-    "torch",
-    "torch-compile",
-    "ort-cpu",
-    "openvino",
-    "openvino-bf16",
-    "ort-cuda",
-    "ort-tensorrt",
-    "torch-cuda",
-    "tensorrt",
-)
-
 
 MAX_RUNS, MAX_WARMUP, MAX_SECONDS = 100_000, 10_000, 3600.0  # per case: a limit, not a measurement
 

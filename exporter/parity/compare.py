@@ -232,14 +232,16 @@ class Recheck:
         return self.sha256_ok and bool(self.comparison) and reduced_ok and not self.problem
 
 
-def run_batched(runner: Runner, inputs: np.ndarray, batch: int) -> np.ndarray:
-    """Run ``runner`` over ``inputs`` in chunks of ``batch`` (a static-batch ONNX needs exact chunks)."""
+def run_batched(runner: Runner, inputs: np.ndarray, batch: int, pad: bool = True) -> np.ndarray:
+    """Run ``runner`` over ``inputs`` in chunks of ``batch``. A short last chunk is padded with
+    copies of its last row and the padding dropped (a static-batch model takes exact batches
+    only); ``pad=False`` runs it as it is (a dynamic-batch model)."""
     outputs = []
     for start in range(0, len(inputs), batch):
         chunk = inputs[start : start + batch]
-        if len(chunk) < batch:  # pad the tail for static shapes, then drop the padding
-            pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
-            outputs.append(runner(np.concatenate([chunk, pad]))[: len(chunk)])
+        if pad and len(chunk) < batch:
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+            outputs.append(runner(padded)[: len(chunk)])
         else:
             outputs.append(runner(chunk))
     return np.concatenate(outputs)

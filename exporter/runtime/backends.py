@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from exporter.bundle.manifest import static_batch
+from exporter.core.backends import RUNTIME_BACKENDS as BACKENDS
 from exporter.core.errors import BundleError, EnvironmentMissing, FlexiExportError, UsageError
 from exporter.core.machine import available_cores, cap_threads
 from exporter.tensorrt.trt import engine_runner, tensorrt_problem
 
-BACKENDS = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu", "openvino", "openvino-bf16")
 ORT_PROVIDERS = {
     "ort-tensorrt": "TensorrtExecutionProvider",
     "ort-cuda": "CUDAExecutionProvider",

@@ -27,6 +27,7 @@ from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable, UsageError
 from exporter.core.precision import PRECISIONS
+from exporter.parity.compare import run_batched
 from exporter.runtime.arguments import check_arguments
 from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner, wrap_engine
 from exporter.runtime.budget import Latency, choose_variant, load_latencies, probe_latencies
@@ -309,15 +310,7 @@ def run_in_batches(runner: Runner, pixels: np.ndarray) -> np.ndarray:
     size = _chunk(runner)
     if len(pixels) == size or (runner.static_batch is None and len(pixels) <= size):
         return runner(pixels)
-    out = []
-    for start in range(0, len(pixels), size):
-        chunk = pixels[start : start + size]
-        if runner.static_batch is not None and len(chunk) < size:
-            padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
-            out.append(runner(padded)[: len(chunk)])
-        else:
-            out.append(runner(chunk))
-    return np.concatenate(out)
+    return run_batched(runner, pixels, size, pad=runner.static_batch is not None)
 
 
 def open_bundle(path: str | Path) -> Bundle:
