@@ -32,7 +32,7 @@ import numpy as np
 from exporter.build.runners import ort_runner, torch_runner
 from exporter.bundle.report import INFERRED
 from exporter.core.errors import FlexiExportError
-from exporter.parity.compare import Runner, Tolerance, compare_outputs, run_batched
+from exporter.parity.compare import Runner, Tolerance, check_parity
 from exporter.source import hf, hf_layout
 
 
@@ -218,9 +218,7 @@ def check_source(
     inputs = planned.arrays()
     tol = replace(tolerance, min_top1=0.0) if ref.features else tolerance  # an embedding has no top-1
     try:
-        expected = run_batched(ref.runner, inputs, batch)
-        actual = run_batched(candidate, inputs, batch)
-        cmp = compare_outputs(expected, actual, tol)
+        cmp = check_parity(ref.runner, candidate, inputs, batch, tol)
     except FlexiExportError as exc:
         return {"status": "failed", "reason": str(exc), **entry}
     except Exception as exc:  # the reference itself failed to run (a wrong input size, say): a finding

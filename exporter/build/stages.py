@@ -33,7 +33,7 @@ from exporter.core.files import sha256_file
 from exporter.core.precision import Precision
 from exporter.core.progress import Reporter, stage
 from exporter.core.sizes import format_size
-from exporter.parity.compare import compare_outputs, run_batched, tolerance_for
+from exporter.parity.compare import check_parity, run_batched, tolerance_for
 from exporter.source.model import SourceModel
 
 
@@ -117,8 +117,8 @@ def build_variant(
         # A dynamic ONNX is judged against a fixed-size model at each size, its opt size included.
         reference_model = fixed_at(source, spec, spec.img_size) if dynamic else variant.model
         expected = run_batched(torch_runner(reference_model), inputs, batch)
-        actual = run_batched(ort_runner(tmp / rel, options.threads), inputs, batch)
-        comparison = compare_outputs(expected, actual, options.tolerance, source.num_classes != 0)
+        candidate = ort_runner(tmp / rel, options.threads)
+        comparison = check_parity(expected, candidate, inputs, batch, options.tolerance, source.num_classes != 0)
         ref_rel = Path(REFERENCE_DIR) / f"model_{label}.npz"
         save_reference(tmp / ref_rel, planned, expected)
         sizes = dynamic_checks(source, spec, options, plan, tmp, rel) if dynamic else {}
@@ -178,9 +178,7 @@ def dynamic_checks(
         planned = plan.parity(spec.at(size))
         inputs = planned.arrays()
         expected = run_batched(torch_runner(fixed_at(source, spec, size)), inputs, batch)
-        comparison = compare_outputs(
-            expected, run_batched(runner, inputs, batch), options.tolerance, source.num_classes != 0
-        )
+        comparison = check_parity(expected, runner, inputs, batch, options.tolerance, source.num_classes != 0)
         ref_rel = Path(REFERENCE_DIR) / f"model_{spec.label}_{which}.npz"
         save_reference(tmp / ref_rel, planned, expected)
         reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
@@ -233,8 +231,7 @@ def reduced_variant(
     onnx.checker.check_model(str(tmp / out_rel), full_check=True)
     tol = tolerance_for(options.precision, "onnxruntime")
     inputs, expected = plan.reduced(options.precision, inputs), plan.reduced(options.precision, expected)
-    actual = run_batched(ort_runner(tmp / out_rel, options.threads), inputs, batch)
-    cmp = compare_outputs(expected, actual, tol, classifier)
+    cmp = check_parity(expected, ort_runner(tmp / out_rel, options.threads), inputs, batch, tol, classifier)
     return {
         "precision": options.precision,
         "shared_weights": options.shared_weights,

@@ -24,9 +24,8 @@ from exporter.parity.compare import (
     Comparison,
     Recheck,
     Tolerance,
-    compare_outputs,
+    check_parity,
     recorded_tolerance,
-    run_batched,
 )
 from exporter.runtime.backends import BACKENDS, backend_problem, load_runner
 
@@ -58,16 +57,14 @@ def check_variant(
     inputs = planned.arrays()
     tol = backend_tolerance(recorded_tolerance(record.onnx), backend)
     classifier = opened.manifest.classifier
-    cmp = compare_outputs(
-        expected, run_batched(load_runner(onnx_path, backend, threads), inputs, batch), tol, classifier
-    )
+    cmp = check_parity(expected, load_runner(onnx_path, backend, threads), inputs, batch, tol, classifier)
     reduced: Comparison | None = None
     if record.reduced and size == "opt":
         precision = record.reduced["precision"]
         samples = opened.manifest.options["parity_samples"]
         x, y = judged_rows(samples, precision, inputs), judged_rows(samples, precision, expected)
         runner = load_runner(opened.onnx(record, precision), backend, threads)
-        reduced = compare_outputs(y, run_batched(runner, x, batch), recorded_tolerance(record.reduced), classifier)
+        reduced = check_parity(y, runner, x, batch, recorded_tolerance(record.reduced), classifier)
     return Recheck(label, True, cmp, reduced=reduced)
 
 

@@ -248,9 +248,15 @@ def run_batched(runner: Runner, inputs: np.ndarray, batch: int, pad: bool = True
 
 
 def check_parity(
-    reference: Runner, candidate: Runner, inputs: np.ndarray, batch: int, tol: Tolerance, classifier: bool = True
+    reference: Runner | np.ndarray,
+    candidate: Runner,
+    inputs: np.ndarray,
+    batch: int,
+    tol: Tolerance,
+    classifier: bool = True,
 ) -> Comparison:
-    """Run both runners on the same inputs and compare their outputs (``compare_outputs``)."""
-    return compare_outputs(
-        run_batched(reference, inputs, batch), run_batched(candidate, inputs, batch), tol, classifier
-    )
+    """The one parity check (build, ``validate``, ``validate --rebuild``, ``engine``): ``candidate``
+    on ``inputs`` against the reference's outputs, a runner run on the same inputs or the outputs
+    stored with them, judged by ``tol`` (``compare_outputs``)."""
+    expected = reference if isinstance(reference, np.ndarray) else run_batched(reference, inputs, batch)
+    return compare_outputs(expected, run_batched(candidate, inputs, batch), tol, classifier)

@@ -30,7 +30,7 @@ from exporter.core.locks import destination_lock
 from exporter.core.names import check_name, printable
 from exporter.core.precision import Precision
 from exporter.core.progress import Reporter, SilentReporter, stage
-from exporter.parity.compare import compare_outputs, run_batched, tolerance_for
+from exporter.parity.compare import check_parity, tolerance_for
 from exporter.tensorrt.gpu import gpu_identity
 from exporter.tensorrt.profile import Profile, load_profile
 from exporter.tensorrt.trt import (
@@ -140,8 +140,8 @@ def build_engines(
             planned, expected = stored_reference(bundle, manifest, record)
             inputs = judged_rows(samples, profile.precision, planned.arrays())
             expected = judged_rows(samples, profile.precision, expected)
-            actual = run_batched(engine_runner(out_root / item["engine"]), inputs, item["shapes"].opt[0])
-            cmp = compare_outputs(expected, actual, tol, manifest.classifier)
+            engine = engine_runner(out_root / item["engine"])
+            cmp = check_parity(expected, engine, inputs, item["shapes"].opt[0], tol, manifest.classifier)
         variants[item["label"]] = {
             **asdict(info),
             "engine": item["engine"],  # the sidecar names files beside it; the manifest, paths in the bundle
