@@ -188,8 +188,22 @@ def summary_line(result: Any) -> str:
     mark = "✓" if result.manifest.passed else "✗"
     return (
         f"{mark} {result.manifest.name}: {passed} of {len(variants)} variants passed; "
-        f"bundle written to {result.bundle} in {result.seconds:.1f} s" + assumptions_tail(result.manifest)
+        f"bundle written to {result.bundle} in {result.seconds:.1f} s"
+        + source_parity_tail(result.manifest)
+        + assumptions_tail(result.manifest)
     )
+
+
+def source_parity_tail(manifest: Any) -> str:
+    """``; source parity inferred ...`` or ``skipped: why`` for ``-q``'s line: the proof it could not
+    anchor to an independent source (passed and failed are the line's mark already)."""
+    entry = manifest.source_parity or {}
+    status = entry.get("status")
+    if status == "inferred":
+        return "; source parity: inferred, not independently checked"
+    if status == "skipped":
+        return f"; source parity skipped: {entry.get('reason', '')}"
+    return ""
 
 
 def assumptions_tail(manifest: Any) -> str:

@@ -220,6 +220,13 @@ def test_six_heads_without_config_warns_and_names_num_heads(six_heads, tmp_path,
     assert np.abs(onnx_logits(out / data["variants"][0]["onnx"]["path"], x) - expected).max() > 1e-3
 
 
+def test_quiet_summary_says_source_parity_was_not_independently_checked(six_heads, tmp_path):
+    path, _ = six_heads
+    result = run_cli("build", "--weights", str(path), "-p", "16", "-q", "--out", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "source parity: inferred, not independently checked" in result.stdout
+
+
 def test_six_heads_strict_refuses_and_num_heads_settles_it(six_heads, tmp_path, caplog):
     path, real = six_heads
     line = refused(run_cli("build", "--weights", str(path), "-p", "16", "--strict"), "--strict", "heads 3")
