@@ -1,4 +1,4 @@
-"""Deployment profiles: ``exporter/profiles/*.toml`` (shipped in the wheel) loaded into frozen dataclasses.
+"""Deployment profiles: ``profiles/*.toml`` (shipped in the wheel) loaded into frozen dataclasses.
 
 A profile says how to build TensorRT engines for one target: precision, batch range
 (min/opt/max, one optimisation profile), workspace, builder optimisation level, timing cache,
@@ -24,7 +24,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
+# A checkout keeps them in the top-level profiles/ folder; the wheel ships them as exporter/profiles.
+PROFILE_DIR = next(
+    (
+        d
+        for d in (Path(__file__).resolve().parents[2] / "profiles", Path(__file__).resolve().parents[1] / "profiles")
+        if d.is_dir()
+    ),
+    Path(__file__).resolve().parents[1] / "profiles",
+)
 # An engine's precision: one of the bundle's ONNX precisions, or an engine-only setting.
 ENGINE_ONLY_PRECISIONS = ("tf32", "bf16", "fp8")
 PRECISIONS = (*ONNX_PRECISIONS, *ENGINE_ONLY_PRECISIONS)
