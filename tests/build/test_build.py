@@ -311,7 +311,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, broken_files, args, 
 )
 def test_a_patch_size_that_cannot_fit_is_refused_before_loading(tmp_path, tiny_flexivit, monkeypatch, args, message):
     """``build -p 7`` used to load the checkpoint before refusing the patch size."""
-    import exporter.source.load
+    import exporter.build.pipeline
 
     tiny_240 = tmp_path / "tiny_240.pt"
     shutil.copy(tiny_flexivit, tiny_240)
@@ -321,7 +321,7 @@ def test_a_patch_size_that_cannot_fit_is_refused_before_loading(tmp_path, tiny_f
     def no_loading(spec):
         raise AssertionError("the checkpoint was loaded")
 
-    monkeypatch.setattr(exporter.source.load, "load_source", no_loading)
+    monkeypatch.setattr(exporter.build.pipeline, "load_source", no_loading)  # where the build looks it up
     args = [a.format(tiny=tiny_flexivit, tiny_240=tiny_240) for a in args]
     result = run_cli("build", *args, "--out", str(tmp_path / "b"))
     assert result.exit_code == 2, result.output + result.stderr

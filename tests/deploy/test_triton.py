@@ -198,7 +198,7 @@ def test_a_probe_that_cannot_be_recorded_is_still_used(bundle, tmp_path, monkeyp
     def read_only(path, text):
         raise PermissionError(13, "Read-only file system", str(path))
 
-    monkeypatch.setattr("exporter.core.files.write_atomic", read_only)
+    monkeypatch.setattr("exporter.runtime.measurements.write_atomic", read_only)
     with caplog.at_level("WARNING", logger="exporter.runtime"):
         found = RuntimeBundle.open(copy).latencies("ort-cpu", "fp32", 1)
     assert set(found) == {"p8", "p16"} and not (copy / "latency.json").exists()
