@@ -49,6 +49,10 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     )
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
     print_table(manifest, "variants", wide)
+    from exporter.bundle.report import left_out
+
+    for line in left_out(manifest):
+        out.print(safe(f"left out {line}"))
     print_source_parity(manifest, out)
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
