@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from exporter.build.runners import ort_runner, torch_runner
+from exporter.build.variant import VariantSpec, make_variant
 from exporter.bundle.report import INFERRED
 from exporter.core.errors import FlexiExportError
 from exporter.parity.compare import Runner, Tolerance, check_parity
@@ -179,7 +180,6 @@ def check_source(
 ) -> dict[str, Any]:
     """The manifest's ``source_parity``: the reference against the native variant's ONNX (when
     the bundle has it) or our PyTorch rebuild at that geometry."""
-    from exporter.build.variant import VariantSpec, make_variant
 
     ref = independent_reference(source)
     entry: dict[str, Any] = {

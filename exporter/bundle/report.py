@@ -21,30 +21,53 @@ def percent(value: float | None) -> str:
 
 
 def variant_rows(manifest: Manifest) -> list[list[str]]:
-    """One row of strings per variant: the table shared by the CLI and ``report.md``."""
+    """One row of strings per check the build made: the table shared by the CLI and ``report.md``.
+    Each variant's fp32 row, then a row per check beyond it: a dynamic variant at its smallest
+    and largest size (``p8 at 32``), and its fp16/int8 file (``p8 fp16``)."""
     rows = []
     for v in manifest.variants:
-        p = v.parity or {}
+        size = format_size(v.img_size) + (f" ({format_range(v.img_range)})" if v.img_range else "")
         rows.append(
             [
                 "✓" if v.parity.get("passed", v.status == "passed") else "✗",
                 v.label,
-                format_size(v.img_size) + (f" ({format_range(v.img_range)})" if v.img_range else ""),
+                size,
                 f"{v.grid[0]}x{v.grid[1]}",
                 str(v.tokens),
                 f"{v.gflops:.3f}",
-                f"{p.get('max_abs', float('nan')):.1e}",
-                f"{p.get('p99_abs', float('nan')):.1e}",
-                f"{p.get('min_cosine', float('nan')):.7f}",
-                percent(p.get("top1_agreement", float("nan"))),
-                percent(p.get("top5_agreement", float("nan"))),
+                *_parity_cells(v.parity or {}),
                 *native_cells(v.native_agreement),
                 f"{v.export_seconds:.2f}",
                 Path(v.onnx.get("path", "")).name,
                 _source_cell(manifest, v),
             ]
         )
+        for check in v.dynamic.get("checks", []) if v.dynamic else []:
+            side = format_size(tuple(check["img_size"]))
+            p = check.get("parity") or {}
+            rows.append(_extra_row(bool(p.get("passed")), f"{v.label} at {side}", side, p, ""))
+        if v.reduced:
+            r = v.reduced
+            row = _extra_row(r.get("status") == "passed", f"{v.label} {r['precision']}", size, r["parity"], r["path"])
+            rows.append(row)
     return rows
+
+
+def _parity_cells(p: dict[str, Any]) -> list[str]:
+    """max|Δ|, p99|Δ|, cosine, top-1 and top-5 of one recorded comparison."""
+    return [
+        f"{p.get('max_abs', float('nan')):.1e}",
+        f"{p.get('p99_abs', float('nan')):.1e}",
+        f"{p.get('min_cosine', float('nan')):.7f}",
+        percent(p.get("top1_agreement", float("nan"))),
+        percent(p.get("top5_agreement", float("nan"))),
+    ]
+
+
+def _extra_row(passed: bool, label: str, size: str, parity: dict[str, Any], path: str) -> list[str]:
+    """A check beyond a variant's fp32 one (another size, another precision): its own verdict and
+    numbers; the cells that belong to the variant (grid, native agreement...) left blank."""
+    return ["✓" if passed else "✗", label, size, "", "", "", *_parity_cells(parity), "", "", "", Path(path).name, ""]
 
 
 def _source_cell(manifest: Manifest, v: VariantRecord) -> str:
@@ -135,6 +158,13 @@ def shown_columns(manifest: Manifest, rows: list[list[str]], wide: bool = False)
     return keep
 
 
+def left_out(manifest: Manifest) -> list[str]:
+    """The pairs of a grid (or the patches of a dynamic range) the build could not make, each
+    with why and the sizes that would work, as the build logged them."""
+    found = manifest.options.get("impossible_variants", [])
+    return [str(line) for line in found] if isinstance(found, list) else []
+
+
 def native_summary(manifest: Manifest) -> str:
     """What the ``native`` columns compare, or why they were skipped; '' in older bundles."""
     found = [v.native_agreement for v in manifest.variants if v.native_agreement]
@@ -188,6 +218,8 @@ def render_report(manifest: Manifest) -> str:
     columns = shown_columns(manifest, rows, wide=True)
     lines += [md_row([TABLE_HEADER[i] or "ok" for i in columns]), "|" + "---|" * len(columns)]
     lines += [md_row([row[i] for i in columns]) for row in rows]
+    gaps = left_out(manifest)
+    lines += ["", "Left out (the build could not make them):", *(f"- {md_cell(line)}" for line in gaps)] if gaps else []
     summary = native_summary(manifest)
     lines += ["", summary] if summary else []
     if manifest.source_parity:

@@ -154,10 +154,15 @@ def build(**kw: Any) -> None:
     """Resize, export and check one model per patch size, and write a bundle.
 
     \b
-    flexiexport build --patch-sizes 8 16 32                      # the shipped demo FlexiViT
-    flexiexport build --model flexivit_small --weights w.safetensors --patch-sizes 8 16 32 --img-size auto
-    flexiexport build --patch-sizes 8 16 32 --img-size 48 64 96   # a grid: p8_48 ... p32_96
-    flexiexport build --patch-sizes 8 16 32 --img-size dynamic:32-128   # any multiple of the patch
+    # the shipped demo FlexiViT:
+    flexiexport build --patch-sizes 8 16 32
+    # your checkpoint, each variant at the size nearest the native one that fits:
+    flexiexport build --model flexivit_small --weights w.safetensors \\
+                      --patch-sizes 8 16 32 --img-size auto
+    # a grid, p8_48 ... p32_96:
+    flexiexport build --patch-sizes 8 16 32 --img-size 48 64 96
+    # any multiple of the patch from 32 to 128:
+    flexiexport build --patch-sizes 8 16 32 --img-size dynamic:32-128
     """
     from exporter.build.export import ExportOptions
     from exporter.build.options import BuildOptions
@@ -201,9 +206,9 @@ def build(**kw: Any) -> None:
     with RichReporter(kw["quiet"]) as reporter:
         result = run_build(options, reporter)
     for line in result.manifest.options.get("impossible_variants", []):
-        console(stderr=True).print(safe(f"left out {line}"), soft_wrap=True)
+        console(stderr=True).print(safe(f"left out {line}"))
     if kw["quiet"]:
-        console().print(safe(summary_line(result)), soft_wrap=True)
+        console().print(safe(summary_line(result)))
     else:
         print_build(result, kw["wide"])
     if not result.manifest.passed:

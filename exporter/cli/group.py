@@ -115,13 +115,22 @@ class PrintableFormatter(logging.Formatter):
     terminal, and a record is one line (a ``--debug`` traceback after it keeps its own lines)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO and record.name in PROGRESS_LOGGERS:
+            return printable(record.message)  # a progress line, not a warning to act on
         return printable(super().formatMessage(record))
+
+
+# Loggers whose INFO lines are progress a user waits on (the latency probe before a budget
+# choice): printed on stderr as plain lines; everything else speaks only from WARNING up.
+PROGRESS_LOGGERS = ("exporter.runtime.budget",)
 
 
 def _setup_logging(debug: bool) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
+    for name in PROGRESS_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 def ignore_further_interrupts() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from exporter.bundle.report import left_out
 from exporter.bundle.values import strict_json
 from exporter.cli.group import cli, debug_option
 from exporter.cli.render import (
@@ -48,6 +49,9 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     )
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
     print_table(manifest, "variants", wide)
+
+    for line in left_out(manifest):
+        out.print(safe(f"left out {line}"))
     print_source_parity(manifest, out)
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from exporter.cli.group import cli, debug_option
 from exporter.cli.render import (
+    console,
     print_whole,
     safe,
 )
@@ -16,9 +17,10 @@ def profiles(debug: bool) -> None:
     """List the shipped deployment profiles."""
     from rich.table import Table
 
-    table = Table(title="profiles (pass --profile NAME, or --profile FILE.toml for your own)", title_justify="left")
-    for header in ("name", "precision", "batch min/opt/max", "workspace", "sm", "TensorRT", "DLA", "note"):
-        table.add_column(header)
+    table = Table(title="profiles (pass --profile NAME, or --profile FILE.toml)", title_justify="left")
+    for header in ("name", "precision", "batch", "workspace", "sm", "TensorRT", "DLA"):
+        table.add_column(header, no_wrap=True)
+    notes = []
     for path in available_profiles():
         p = load_profile(path)
         table.add_row(
@@ -32,8 +34,12 @@ def profiles(debug: bool) -> None:
                     p.compute_capability or "any",
                     p.tensorrt,
                     str(p.dla_core) if p.dla_core >= 0 else "-",
-                    p.description,
                 ),
             )
         )
-    print_whole(table)
+        notes.append(f"{p.name}: {p.description}")
+    out = console()
+    print_whole(table, out)
+    out.print("batch: min/opt/max of the engines' optimisation profile")
+    for note in notes:  # a sentence each: under the table, where it wraps at words, not in a 10-column cell
+        out.print(safe(note))

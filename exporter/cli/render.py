@@ -218,7 +218,7 @@ def print_source_parity(manifest: Any, out: Any = None) -> None:
 
     for line in (describe(manifest.source_parity), native_summary(manifest)):
         if line:
-            (out or console()).print(safe(line), soft_wrap=True)
+            (out or console()).print(safe(line))
 
 
 def print_build(result: Any, wide: bool) -> None:
@@ -238,7 +238,6 @@ def print_build(result: Any, wide: bool) -> None:
             f"bundle written to {result.bundle} in {result.seconds:.1f} s ({stages})"
             + assumptions_tail(result.manifest)
         ),
-        soft_wrap=True,
     )
     for name, entry in result.manifest.engines.items():
         print_engines(name, entry)
@@ -253,7 +252,7 @@ def write_plot(opened: Any) -> Path | None:
     evaluation = opened.read_artefact("eval.json")
     if bench is None and evaluation is None:
         return None
-    title = f"{opened.manifest.name}: speed / accuracy"
+    title = opened.manifest.name  # the plot says what its panels show
     native = native_series(opened.manifest)
     try:
         return plot_tradeoff(bench, evaluation, opened.artefact("tradeoff.png"), title, native)
@@ -290,55 +289,6 @@ def print_frontier(opened: Any) -> None:
                 safe(row.cost()),
             )
         print_whole(table)
-
-
-def print_bench(report: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title=safe(f"{report.machine['cpu']}, {report.threads} threads"), title_justify="left")
-    for header in (
-        "variant",
-        "batch",
-        "backend",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "img/s",
-        "GFLOP/img",
-        "GFLOP/s",
-        "of ceiling",
-        "peak RSS MB",
-    ):
-        table.add_column(header, justify="left" if header in ("variant", "backend") else "right")
-    for t in sorted(report.timings, key=lambda t: (t.patch_size, t.batch, t.backend)):
-        frac = "" if t.fraction_of_ceiling is None else f"{t.fraction_of_ceiling:.0%}"
-        table.add_row(
-            safe(t.variant),
-            str(t.batch),
-            safe(t.backend),
-            f"{t.p50_ms:.2f}",
-            f"{t.p90_ms:.2f}",
-            f"{t.p99_ms:.2f}",
-            f"{t.images_per_s:.1f}",
-            f"{t.gflops_per_image:.3f}",
-            f"{t.achieved_gflops:.1f}",
-            frac,
-            f"{t.peak_rss_mb:.0f}",
-        )
-    out = console()
-    print_whole(table, out)
-    c = report.ceiling
-    out.print(
-        f"ceiling (same run, {c.size}x{c.size}): onnxruntime fp32 MatMul {c.ort_matmul_gflops:.0f} GFLOP/s, "
-        f"torch sgemm {c.torch_sgemm_gflops:.0f} GFLOP/s"
-        + (f", OpenVINO bf16 MatMul {c.bf16_matmul_gflops:.0f} GFLOP/s" if c.bf16_matmul_gflops else "")
-        + (f", onnxruntime int8 MatMulInteger {c.int8_matmul_gops:.0f} GOP/s" if c.int8_matmul_gops else "")
-        + "; each row's share is of its own precision's ceiling"
-    )
-    if report.resample:
-        print_resample(report.resample, out)
-    for s in report.skipped:
-        out.print(safe(f"skipped {s.backend}: {s.reason}"))
 
 
 def print_resample(costs: Any, out: Any) -> None:

@@ -24,6 +24,7 @@ from exporter.deploy.server import (
     TritonServer,
     check_port,
     find_tritonserver,
+    kept_log,
     remove_stale_work_folders,
     work_folder_prefix,
 )
@@ -49,9 +50,9 @@ from exporter.deploy.server import (
 def serve(bundle: Path, **kw: Any) -> None:
     """Serve a bundle on a local Triton Inference Server until Ctrl-C (or SIGTERM).
 
-    \b
     The 'flexivit' model takes uint8 images [N, H, W, 3] (or pixel_values) and the request
     parameter budget_ms (or variant), and answers with logits and the variant that ran.
+
     \b
     flexiexport serve bundles/flexivit-demo --port 8000
     """
@@ -93,9 +94,12 @@ def serve(bundle: Path, **kw: Any) -> None:
             kw["dynamic_batching"],
         )
         log_to = sys.stderr if kw["verbose"] else None
-        server = TritonServer(install, work / "models", work, http_port, grpc_port, log_to=log_to)
+        log_path = None if log_to else kept_log()  # kept where an error names it; removed after a clean stop
+        server = TritonServer(install, work / "models", work, http_port, grpc_port, log_to=log_to, log_path=log_path)
         console(stderr=True).print(safe(f"starting {install.binary} on {len(names)} models (runtime {backend}) ..."))
         code = serve_until_stopped(server, names, kw["ready_timeout"])
+        if log_path is not None:
+            log_path.unlink(missing_ok=True)
     console(stderr=True).print(safe(f"stopped (tritonserver exit code {code}); removed {work}"))
 
 

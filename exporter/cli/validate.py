@@ -7,11 +7,8 @@ from pathlib import Path
 import click
 
 from exporter.cli.group import cli, debug_option
-from exporter.cli.render import (
-    RichReporter,
-    console,
-    safe,
-)
+from exporter.cli.render import RichReporter, console
+from exporter.cli.tables import print_validation
 from exporter.core.errors import (
     EnvironmentMissing,
     UsageError,
@@ -36,8 +33,11 @@ from exporter.core.errors import (
     "(judged with the fp16 tolerances), comma-separated.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdicts.")
+@click.option("--wide", is_flag=True, help="Every column of the table (p99 and mean |Δ|, top-5).")
 @debug_option
-def validate(bundle: Path, rebuild: bool, weights: Path | None, backends: str, quiet: bool, debug: bool) -> None:
+def validate(
+    bundle: Path, rebuild: bool, weights: Path | None, backends: str, quiet: bool, wide: bool, debug: bool
+) -> None:
     """Re-check every file's sha256, then each ONNX in onnxruntime against PyTorch's outputs."""
     if weights is not None and not rebuild:
         raise UsageError("--weights is used only with --rebuild (the stored reference needs no checkpoint)")
@@ -61,13 +61,8 @@ def validate(bundle: Path, rebuild: bool, weights: Path | None, backends: str, q
             if "tensorrt" in names:
                 raise UsageError("validate runs ONNX files; TensorRT engines are validated by 'flexiexport engine'")
             results = check_bundle(bundle, reporter=reporter, backends=names)
+    print_validation(results, wide)
     out = console()
-    for r in results:
-        mark = "[green]✓[/green]" if r else "[red]✗[/red]"
-        detail = r.problem if r.comparison is None else str(r.comparison)
-        out.print(f"{mark} {safe(f'{r.label}  sha256 ' + ('ok' if r.sha256_ok else 'MISMATCH') + '  ' + detail)}")
-        if r.reduced is not None:
-            out.print(safe(f"  {r.label} {r.reduced.tolerance.name}: {r.reduced}"))
     bad = [r.label for r in results if not r]
     what = "variants" if all(" at " not in r.label for r in results) else "checks (a dynamic variant at 3 sizes)"
     if bad:

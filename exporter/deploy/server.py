@@ -174,6 +174,17 @@ def server_environment(install: ServerInstall) -> dict[str, str]:
     return env
 
 
+def kept_log() -> Path:
+    """A new, empty file for the server's log, outside the work folder (which goes when ``serve``
+    ends), so that the path an error names can still be read; ``serve`` removes it after a clean
+    stop."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="flexiexport-tritonserver-", suffix=".log")
+    os.close(fd)
+    return Path(name)
+
+
 def work_folder_prefix() -> str:
     return f"flexiexport-serve-{os.getpid()}-"
 
@@ -242,11 +253,12 @@ class TritonServer:
         grpc_port: int,
         exit_on_error: bool = True,
         log_to: IO[str] | None = None,
+        log_path: Path | None = None,
     ) -> None:
         self.install, self.repository, self.workdir = install, repository, workdir
         self.http_port, self.grpc_port = http_port, grpc_port
         self.exit_on_error = exit_on_error
-        self.log_path = workdir / "tritonserver.log"
+        self.log_path = log_path or workdir / "tritonserver.log"  # outside workdir: it outlives it
         self.log_to = log_to
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -328,7 +340,7 @@ class TritonServer:
         loads = [m for m in messages if m.startswith("failed to load")]
         more = f" (and {len(loads) - 1} more models)" if len(loads) > 1 else ""
         text = loads[0] + more if loads else "; ".join(messages[:2])
-        detail = f": {text}" if text else f" (its log: {self.log_path})"
+        detail = (f": {text}" if text else "") + ("" if self.log_to is not None else f" (its log: {self.log_path})")
         if any("address already in use" in e.lower() for e in errors):
             return UsageError(f"{what}: a port is in use{detail}")
         return EnvironmentMissing(f"{what}{detail}")

@@ -2,15 +2,14 @@
 
 Backends are runners (batch → logits) built by small factories; one that cannot run here
 raises ``Unavailable`` with the reason, and the report lists it as skipped, never silently.
-The achievable ceiling is measured in the same run: onnxruntime's own MatMul (the MLAS kernels
-the exported model runs on) and torch's sgemm, on 2048x2048 float32.
+The achievable ceiling is measured in the same run (``exporter.measure.ceiling``), for the
+backends asked for.
 """
 
 from __future__ import annotations
 
 import platform
 import resource
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,8 +27,9 @@ from exporter.bundle.manifest import VariantRecord
 from exporter.core.backends import BENCH_BACKENDS as BACKENDS
 from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable, UsageError
 from exporter.core.machine import available_cores, cap_threads, cpu_model
+from exporter.measure.ceiling import Ceiling, measure, measure_ceiling
 from exporter.parity.compare import Runner
-from exporter.runtime.backends import backend_problem, load_runner, openvino_core
+from exporter.runtime.backends import backend_problem, load_runner
 from exporter.tensorrt.select import tensorrt_here, tensorrt_runner
 
 MAX_RUNS, MAX_WARMUP, MAX_SECONDS = 100_000, 10_000, 3600.0  # per case: a limit, not a measurement
@@ -94,27 +94,6 @@ class Skipped:
 
 
 @dataclass(frozen=True)
-class Ceiling:
-    size: int
-    ort_matmul_gflops: float
-    torch_sgemm_gflops: float
-    # Where the CPU has the instructions (AVX-512 BF16/AMX, VNNI): OpenVINO's bf16 MatMul and
-    # onnxruntime's int8 MatMulInteger, each row measured against the ceiling of its own precision.
-    bf16_matmul_gflops: float | None = None
-    int8_matmul_gops: float | None = None
-
-    def for_backend(self, backend: str) -> float | None:
-        """The ceiling a row of ``backend`` (``ort-cpu int8``, ``openvino-bf16``...) is measured against."""
-        if backend in ("torch", "torch-compile", "ort-cpu", "openvino"):
-            return self.ort_matmul_gflops
-        if backend == "openvino-bf16":
-            return self.bf16_matmul_gflops
-        if backend == "ort-cpu int8":
-            return self.int8_matmul_gops
-        return None  # GPUs, and fp16 on a CPU (no fast path in onnxruntime's CPU provider)
-
-
-@dataclass(frozen=True)
 class ResampleCost:
     """A dynamic-resolution variant against a fixed-size ONNX of the same patch built for exactly
     ``img_size`` (``variant.fixed_at``), on one backend at one batch, timed alternately in the same
@@ -144,21 +123,6 @@ class BenchReport:
     resample: tuple[ResampleCost, ...] = field(default=())
 
 
-def measure(run: Callable[[], object], options: BenchOptions) -> list[float]:
-    """Seconds per call: ``warmup`` untimed calls, then at least ``min_runs`` and ``min_seconds``."""
-    for _ in range(options.warmup):
-        run()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < options.max_runs and (
-        len(times) < options.min_runs or time.perf_counter() - start < options.min_seconds
-    ):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -185,99 +149,6 @@ def machine_info(threads: int) -> dict[str, object]:
         "ort_providers": onnxruntime.get_available_providers(),
         "flexiexport": __version__,
     }
-
-
-def ort_matmul_gflops(size: int, threads: int, options: BenchOptions) -> float:
-    """onnxruntime's MatMul on ``size``² float32: the kernels an exported ViT spends its time in."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    rng = np.random.default_rng(0)
-    b = rng.standard_normal((size, size), dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])],
-        "matmul",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])],
-        [onnx.numpy_helper.from_array(b, "b")],
-    )
-    # IR 8 (what torch writes for opset 17): older onnxruntime builds refuse newer IR versions.
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    a = rng.standard_normal((size, size), dtype=np.float32)
-    times = measure(lambda: session.run(None, {"a": a}), options)
-    return 2 * size**3 / statistics.median(times) / 1e9
-
-
-def torch_sgemm_gflops(size: int, options: BenchOptions) -> float:
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    times = measure(lambda: torch.mm(a, b), options)
-    return 2 * size**3 / statistics.median(times) / 1e9
-
-
-def openvino_bf16_gflops(size: int, threads: int, options: BenchOptions) -> float | None:
-    """OpenVINO's MatMul on ``size``² with bf16 inference precision; None without OpenVINO or bf16."""
-
-    if backend_problem("openvino-bf16"):
-        return None
-    import openvino as ov
-
-    try:
-        import openvino.opset13 as ops
-    except ImportError:  # OpenVINO before 2024.2 kept the opsets under openvino.runtime
-        import openvino.runtime.opset13 as ops  # type: ignore[no-redef]
-
-    rng = np.random.default_rng(0)
-    a = ops.parameter([size, size], ov.Type.f32, name="a")
-    b = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
-    model = ov.Model([ops.matmul(a, b, False, False)], [a], "matmul")
-    config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads}
-    request = openvino_core().compile_model(model, "CPU", config).create_infer_request()
-    x = rng.standard_normal((size, size), dtype=np.float32)
-    times = measure(lambda: request.infer({0: x}), options)
-    return 2 * size**3 / statistics.median(times) / 1e9
-
-
-def ort_int8_gops(size: int, threads: int, options: BenchOptions) -> float | None:
-    """onnxruntime's MatMulInteger (uint8 x int8 → int32) on ``size``²: its VNNI kernels where
-    the CPU has them; None when this build of onnxruntime lacks the op."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    b = rng.integers(-127, 128, (size, size), dtype=np.int8)
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
-        "matmul_int8",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
-        [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])],
-        [numpy_helper.from_array(b, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception:  # an onnxruntime build without the op: no int8 ceiling, nothing else changes
-        return None
-    a = rng.integers(0, 256, (size, size), dtype=np.uint8)
-    times = measure(lambda: session.run(None, {"a": a}), options)
-    return 2 * size**3 / statistics.median(times) / 1e9
-
-
-def measure_ceiling(threads: int, options: BenchOptions, size: int = 2048) -> Ceiling:
-    return Ceiling(
-        size,
-        ort_matmul_gflops(size, threads, options),
-        torch_sgemm_gflops(size, options),
-        openvino_bf16_gflops(size, threads, options),
-        ort_int8_gops(size, threads, options),
-    )
 
 
 ModelFactory = Callable[[], object]  # builds the PyTorch variant only for backends that run it
@@ -534,6 +405,22 @@ def _merge_same_machine(previous: dict[str, Any] | None, report: BenchReport) ->
     )
 
 
+def quiet_cuda_probe() -> None:
+    """PyTorch warns "No CUDA runtime is found" when its extension helpers (which torch.compile
+    imports) look for CUDA on a machine without a GPU: that is what ``torch-cuda``'s skip line
+    says already, so the warning is dropped (only that one)."""
+    import logging
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntime) for f in logger.filters):
+        logger.addFilter(_NoCudaRuntime())
+
+
+class _NoCudaRuntime:
+    def filter(self, record: Any) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
 def bench_bundle(
     opened: Bundle, options: BenchOptions, progress: Callable[[str], None] | None = None, weights: Path | None = None
 ) -> BenchReport:
@@ -545,6 +432,7 @@ def bench_bundle(
     from exporter.source.model import SourceModel
 
     say = progress or (lambda text: None)
+    quiet_cuda_probe()
     threads = options.thread_count
     torch.set_num_threads(threads)
     manifest = opened.manifest
@@ -556,8 +444,9 @@ def bench_bundle(
             sources.append(bundle_source(manifest, weights))
         return sources[0]
 
-    say(f"ceiling: MatMul 2048x2048 fp32 on {threads} threads")
-    ceiling = measure_ceiling(threads, options)
+    say(f"ceiling: MatMul 2048x2048 on {threads} thread{'s' if threads != 1 else ''}")
+    int8 = any(r.reduced and r.reduced["precision"] == "int8" for r in manifest.variants)
+    ceiling = measure_ceiling(threads, options, options.backends, int8)
     timings: list[Timing] = []
     skipped: list[Skipped] = []
 

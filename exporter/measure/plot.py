@@ -41,8 +41,24 @@ def plot_tradeoff(
     title: str,
     native: NativeSeries | None = None,
 ) -> Path:
-    """Write a PNG with one line per backend; returns ``path``. ``native``: drawn dashed on the
-    accuracy panel, or (no evaluation: a feature model's bundle) as a panel of its own."""
+    """Write the PNG of ``draw_tradeoff``; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_tradeoff(bench, evaluation, title, native)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic_bytes(path, image.getvalue())  # never through a link, never half-written
+    return path
+
+
+def draw_tradeoff(
+    bench: dict[str, Any] | None, evaluation: dict[str, Any] | None, title: str, native: NativeSeries | None = None
+) -> Any:
+    """The figure: one line per backend (one colour per backend in every panel; in a grid, one
+    marker and dash per image size). ``native``: drawn dashed on the accuracy panel, or (no
+    evaluation: a feature model's bundle, or one not evaluated yet) as a panel of its own.
+    ``title`` is followed by what the panels show (no "accuracy" before ``evaluate``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,13 +90,10 @@ def plot_tradeoff(
             ax.legend(fontsize=8)
         else:
             _frontier(ax, frontiers)
-    fig.suptitle(literal(title), fontsize=10)
+    shows = {"latency": "speed", "accuracy": "accuracy", "native": "agreement with the native patch (no labels)"}
+    fig.suptitle(literal(f"{title}: {' / '.join(shows[p] for p in panels if p in shows)}"), fontsize=10)
     fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic_bytes(path, image.getvalue())  # never through a link, never half-written
-    return path
+    return fig
 
 
 def literal(text: str) -> str:
@@ -88,9 +101,64 @@ def literal(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _latency(ax: Any, bench: dict[str, Any]) -> None:
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+# One colour per backend in every panel (and its names: eval.json says onnxruntime and pytorch,
+# bench.json ort-cpu and torch); backends not listed take the next free colour by name.
+SAME_BACKEND = {"onnxruntime": "ort-cpu", "pytorch": "torch"}
+COLOURS = {
+    "torch": "tab:red",
+    "ort-cpu": "tab:blue",
+    "openvino": "tab:green",
+    "openvino-bf16": "tab:olive",
+    "torch-compile": "tab:pink",
+    "ort-cuda": "tab:purple",
+    "ort-tensorrt": "tab:brown",
+    "torch-cuda": "tab:orange",
+    "tensorrt": "tab:cyan",
+    "ort-cpu fp16": "tab:gray",
+    "ort-cpu int8": "black",
+}
+SIZE_STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."))  # per image size, in a grid
 
+
+def colour(backend: str) -> str:
+    """The colour of ``backend`` (``ort-cpu``, ``onnxruntime``, ``ort-cpu, batch 1``...) in every panel."""
+    name = backend.split(",")[0].split(" @ ")[0].strip()
+    name = SAME_BACKEND.get(name, name)
+    return COLOURS.get(name, f"C{sum(map(ord, name)) % 10}")
+
+
+def _style(name: str, sides: list[str]) -> dict[str, Any]:
+    """Colour by backend; marker and dash by image size (``sides``, smallest first) where there are several."""
+    side = name.split(" @ ")[1] if " @ " in name else ""
+    marker, dash = SIZE_STYLES[sides.index(side) % len(SIZE_STYLES)] if side in sides else ("o", "-")
+    return {"color": colour(name), "marker": marker, "linestyle": dash}
+
+
+def _sides(names: Any) -> list[str]:
+    return sorted({n.split(" @ ")[1] for n in names if " @ " in n}, key=int)
+
+
+def plain_log_axis(axis: Any, values: list[float]) -> None:
+    """Log-scale ticks as plain numbers (0.5, 1, 2, 5; never ``4x10^0``), at least three of them
+    whatever the range: 1-2-5 per decade, or every 1..9 where the data spans less."""
+    import math
+
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter, NullLocator
+
+    low, high = min(values), max(values)
+    decades = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+    ticks: list[float] = []
+    for steps in ((1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [m * 10.0**e for e in decades for m in steps if low / 1.15 <= m * 10.0**e <= high * 1.15]
+        if len(ticks) >= 3:
+            break
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _latency(ax: Any, bench: dict[str, Any]) -> None:
     batch = min(t["batch"] for t in bench["timings"])
     series: dict[str, list[tuple[int, float]]] = {}
     sizes = {tuple(t.get("img_size") or ()) for t in bench["timings"]}
@@ -98,30 +166,48 @@ def _latency(ax: Any, bench: dict[str, Any]) -> None:
         if t["batch"] == batch:
             name = t["backend"] + (f" @ {t['img_size'][0]}" if len(sizes) > 1 and t.get("img_size") else "")
             series.setdefault(name, []).append((t["patch_size"][0], t["p50_ms"]))
-    for backend, points in sorted(series.items()):
-        points.sort()
-        ax.plot([p for p, _ in points], [ms for _, ms in points], marker="o", label=literal(backend))
+    _lines(ax, series)
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    plain_log_axis(ax.yaxis, [ms for points in series.values() for _, ms in points])
     _patch_axis(ax, series)
     ax.set_ylabel(f"p50 latency, batch {batch} (ms, log)")
-    machine = bench["machine"]
-    ax.set_title(literal(f"{machine['cpu']}, {bench['threads']} threads"), fontsize=8)
+    machine, threads = bench["machine"], bench["threads"]
+    ax.set_title(literal(f"{machine['cpu']}, {threads} thread{'' if threads == 1 else 's'}"), fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
 
 
+def _lines(ax: Any, series: dict[str, list[tuple[int, float]]], **style: Any) -> None:
+    """One line per series, coloured by backend; series with the very same points are one line
+    named for all of them (``pytorch = onnxruntime``), not lines drawn under one another."""
+    merged: dict[tuple[tuple[int, float], ...], list[str]] = {}
+    for name, points in sorted(series.items()):
+        merged.setdefault(tuple(sorted(points)), []).append(name)
+    sides = _sides(series)
+    for drawn, names in merged.items():
+        look = {**_style(names[0], sides), **style}
+        ax.plot([p for p, _ in drawn], [v for _, v in drawn], label=literal(_joined(names)), **look)
+
+
+def _joined(names: list[str]) -> str:
+    """``pytorch = onnxruntime @ 48`` for series equal at one size; ``a = b`` otherwise."""
+    sides = {n.split(" @ ")[1] if " @ " in n else "" for n in names}
+    if len(sides) == 1 and sides != {""}:
+        return " = ".join(n.split(" @ ")[0] for n in names) + f" @ {sides.pop()}"
+    return " = ".join(names)
+
+
 def _native(ax: Any, native: NativeSeries) -> dict[str, list[tuple[int, float]]]:
-    """The agreement with the native patch size, dashed, one line per image size."""
+    """The agreement with the native patch size, dashed grey, one marker per image size."""
     series: dict[str, list[tuple[int, float]]] = {}
     sizes = {side for _, side, _ in native.points}
     for patch, side, value in native.points:
         series.setdefault(native.what + (f" @ {side}" if len(sizes) > 1 else ""), []).append((patch, value))
+    sides = _sides(series)
     for name, points in sorted(series.items()):
         points.sort()
-        ax.plot([p for p, _ in points], [v for _, v in points], marker="x", linestyle="--", label=literal(name))
+        look = {**_style(name, sides), "color": "gray", "linestyle": "--", "alpha": 0.8}
+        ax.plot([p for p, _ in points], [v for _, v in points], label=literal(name), **look)
     _patch_axis(ax, series)
     ax.grid(True, alpha=0.3)
     return series
@@ -135,14 +221,12 @@ def _accuracy(ax: Any, evaluation: dict[str, Any], native: NativeSeries | None =
     for row in evaluation["results"]:
         name = row["backend"] + (f" @ {row['img_size'][0]}" if len(sizes) > 1 and row.get("img_size") else "")
         series.setdefault(name, []).append((row["patch_size"][0], row["top1"]))
-    for backend, points in sorted(series.items()):
-        points.sort()
-        ax.plot([p for p, _ in points], [a for _, a in points], marker="o", label=literal(backend))
+    _lines(ax, series)
     _patch_axis(ax, series)
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(literal(f"{evaluation['data']} ({evaluation['samples']} images)"), fontsize=8)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
 
 
 def _patch_axis(ax: Any, series: dict[str, list[tuple[int, float]]]) -> None:
@@ -157,25 +241,32 @@ def _patch_axis(ax: Any, series: dict[str, list[tuple[int, float]]]) -> None:
 
 
 def _frontier(ax: Any, frontiers: dict[str, Any]) -> None:
-    """Top-1 against p99 for every variant; the non-dominated ones joined and starred."""
+    """Top-1 against p99 for every variant; the non-dominated ones joined, starred and named
+    (each name once per place: two backends' points that meet share it)."""
+    named: list[tuple[float, float]] = []
     for where, rows in sorted(frontiers.items()):
         on = [r.point for r in rows if r.on_frontier]
         line = ax.plot(
-            [p.p99_ms for p in on], [p.accuracy for p in on], marker="*", markersize=10, label=literal(where)
+            [p.p99_ms for p in on],
+            [p.accuracy for p in on],
+            marker="*",
+            markersize=10,
+            color=colour(where),
+            label=literal(where),
         )
         off = [r.point for r in rows if not r.on_frontier]
-        ax.scatter([p.p99_ms for p in off], [p.accuracy for p in off], color=line[0].get_color(), alpha=0.5, s=16)
-        for r in rows:
+        ax.scatter([p.p99_ms for p in off], [p.accuracy for p in off], color=line[0].get_color(), alpha=0.4, s=16)
+        for p in on:
+            if any(abs(p.accuracy - a) < 0.02 and abs(p.p99_ms / ms - 1) < 0.25 for ms, a in named):
+                continue  # another label sits there already: ``p32p32`` otherwise
+            named.append((p.p99_ms, p.accuracy))
             ax.annotate(
-                literal(r.point.variant),
-                (r.point.p99_ms, r.point.accuracy),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
+                literal(p.variant), (p.p99_ms, p.accuracy), fontsize=7, xytext=(4, -10), textcoords="offset points"
             )
     ax.set_xscale("log")
+    plain_log_axis(ax.xaxis, [r.point.p99_ms for rows in frontiers.values() for r in rows])
     ax.set_xlabel("p99 latency (ms, log)")
     ax.set_ylabel("top-1 accuracy")
-    ax.set_title("frontier: ★ joined, dominated variants faint", fontsize=8)
+    ax.set_title("frontier: ★ joined and named, dominated variants faint", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

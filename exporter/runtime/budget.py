@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from exporter.runtime.preprocess import Preprocess
 
 log = logging.getLogger("exporter.runtime")
+progress = logging.getLogger("exporter.runtime.budget")  # the probe's lines: INFO, shown as progress by the CLI
 PROBE_SECONDS = 0.5  # per variant, after warm-up: a few seconds for a whole bundle
 PROBE_RUNS = (50, 2000)  # at least, at most
 
@@ -89,9 +90,9 @@ def probe_latencies(
         record = next(v for v in door.manifest.variants if v.label == label)
         n = runner.static_batch or batch
         x = np.random.default_rng(0).standard_normal((n, 3, *record.img_size), dtype=np.float32)
-        log.warning("probing %s on %s at batch %d (no latency measured here yet) ...", label, backend, n)
+        progress.info("probing %s on %s at batch %d (no latency measured here yet) ...", label, backend, n)
         found[label] = time_runner(runner, x)
-        log.warning("  %s: p50 %.3f ms, p99 %.3f ms", label, found[label].p50_ms, found[label].p99_ms)
+        progress.info("  %s: p50 %.3f ms, p99 %.3f ms", label, found[label].p50_ms, found[label].p99_ms)
     wanted = backend if precision == "fp32" else f"{backend} {precision}"
     measured = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     rows = [

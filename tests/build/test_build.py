@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -161,7 +162,7 @@ def test_validate_passes_then_catches_a_tampered_file(demo_bundle, tmp_path):
         handle.write(b"\0")
     result = run_cli("validate", str(copy), "--quiet")
     assert result.exit_code == 3
-    assert "sha256 MISMATCH" in result.stdout and "p16" in one_line_error(result)
+    assert re.search(r"│ ✗ │ p16 +│ MISMATCH │", result.stdout) and "p16" in one_line_error(result)
 
 
 def test_failed_parity_writes_the_report_and_exits_3(tmp_path):

@@ -527,3 +527,23 @@ def test_a_killed_serve_takes_its_server_with_it(bundle):
         assert not Path(f"/proc/{children[0]}").exists(), "tritonserver outlived serve"
         assert work.is_dir() and work.parent == Path(tempfile.gettempdir())
         assert work in remove_stale_work_folders(work.parent) and not work.exists()
+
+
+def test_a_failed_serve_keeps_the_log_it_names(bundle):
+    """``serve``'s "its log:" pointed into the work folder it had already removed (issue 25)."""
+    import re
+
+    from conftest import one_line_error
+
+    try:
+        find_tritonserver()
+    except EnvironmentMissing as exc:
+        pytest.skip(f"no tritonserver here: {exc}")
+    result = run_cli("serve", str(bundle), "--port", "0", "--ready-timeout", "0.01")
+    line = one_line_error(result)
+    assert result.exit_code == 4 and "was not ready after 0.01 s" in line, line
+    found = re.search(r"its log: (\S+\.log)\)", line)
+    assert found, line
+    log = Path(found.group(1))
+    assert log.is_file() and "flexiexport-serve-" not in str(log)  # not inside the removed work folder
+    log.unlink()

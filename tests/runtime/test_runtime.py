@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -149,9 +150,11 @@ def test_bench_rows_from_another_machine_are_not_used_and_a_probe_is_recorded(de
     shutil.copytree(demo, copy)
     write_bench(copy, {"p8": 0.001, "p16": 0.001, "p32": 0.001}, cpu="Some Other CPU")
     bundle = Bundle.open(copy)
-    with caplog.at_level(logging.WARNING, logger="exporter.runtime"):
+    with caplog.at_level(logging.INFO, logger="exporter.runtime"):
         model = bundle.model(budget_ms=10_000, backend="ort-cpu")
     assert model.variant == "p8" and "probing p8 on ort-cpu" in caplog.text
+    # the routine probe is progress, not a warning (issue 25): INFO, printed plainly by the CLI
+    assert {r.levelname for r in caplog.records if r.name == "exporter.runtime.budget"} == {"INFO"}
     recorded = json.loads((copy / "latency.json").read_text())
     assert recorded["machine"]["cpu"] == machine_key()["cpu"]
     assert {r["variant"] for r in recorded["rows"]} == {"p8", "p16", "p32"}
@@ -274,7 +277,7 @@ def test_bench_and_the_cli_list_the_same_backends():
 def test_validate_runs_the_onnx_files_on_openvino_too(demo):
     result = run_cli("validate", str(demo), "--backends", "ort-cpu,openvino", "-q")
     assert result.exit_code == 0, result.output + result.stderr
-    assert "p8 openvino  sha256 ok  ✓" in result.stdout and "all 6 variants passed" in result.stdout
+    assert re.search(r"│ ✓ │ p8 openvino +│ ok +│", result.stdout) and "all 6 variants passed" in result.stdout
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed")
@@ -295,10 +298,10 @@ def test_bench_names_the_fastest_backend_that_keeps_its_tolerance(demo, tmp_path
     quick = ("--batch-sizes", "1", "--runs", "2", "--min-seconds", "0", "--warmup", "1", "-q")
     result = run_cli("bench", str(copy), "--backends", "ort-cpu,openvino", *quick)
     assert result.exit_code == 0, result.output + result.stderr
-    lines = [line for line in result.stdout.splitlines() if "fastest within its tolerance here" in line]
+    lines = [line for line in result.stdout.splitlines() if "fastest deployable backend within its tolerance" in line]
     assert [line.split(":")[0] for line in lines] == ["p8", "p16", "p32"]
     rows = json.loads((copy / "bench.json").read_text())["timings"]
     for line in lines:  # the named backend is the faster of the two (both keep fp32 parity on the demo)
-        label, backend = line.split(":")[0], line.split("here: ")[1].split(" (")[0]
+        label, backend = line.split(":")[0], line.split(": ")[-1].split(" (")[0]
         p50 = {r["backend"]: r["p50_ms"] for r in rows if r["variant"] == label and r["batch"] == 1}
         assert backend == min(p50, key=p50.get)
