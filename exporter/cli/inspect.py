@@ -10,6 +10,7 @@ from exporter.cli.group import cli, debug_option
 from exporter.cli.render import (
     console,
     print_engines,
+    print_preflight,
     print_source_parity,
     print_table,
     safe,
@@ -24,6 +25,7 @@ from exporter.cli.render import (
 def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     """Print a bundle's manifest as a table."""
     from exporter.bundle.door import read_manifest
+    from exporter.bundle.report import lint_title
 
     manifest = read_manifest(bundle)
     if as_json:  # strict JSON: a failed check's NaN is written as null
@@ -50,10 +52,11 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
     print_table(manifest, "variants", wide)
     print_source_parity(manifest, out)
+    print_preflight(manifest, wide, out)
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             issues = "; ".join(map(str, v.trt_lint["issues"]))
-            out.print(f"[yellow]TensorRT lint[/yellow] {safe(v.label)}: {safe(issues)}")
+            out.print(f"[yellow]{safe(lint_title(v))}[/yellow] {safe(v.label)}: {safe(issues)}")
     for name, entry in manifest.engines.items():
         print_engines(name, entry)
     out.print("overall: " + ("[green]passed[/green]" if manifest.passed else "[red]FAILED[/red]"))

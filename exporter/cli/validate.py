@@ -10,6 +10,7 @@ from exporter.cli.group import cli, debug_option
 from exporter.cli.render import (
     RichReporter,
     console,
+    print_preflight,
     safe,
 )
 from exporter.core.errors import (
@@ -68,8 +69,15 @@ def validate(bundle: Path, rebuild: bool, weights: Path | None, backends: str, q
         out.print(f"{mark} {safe(f'{r.label}  sha256 ' + ('ok' if r.sha256_ok else 'MISMATCH') + '  ' + detail)}")
         if r.reduced is not None:
             out.print(safe(f"  {r.label} {r.reduced.tolerance.name}: {r.reduced}"))
+    from exporter.bundle.door import read_manifest
+
+    manifest = read_manifest(bundle)
+    print_preflight(manifest, out=out)
     bad = [r.label for r in results if not r]
+    refused = [v.label for v in manifest.variants if v.preflight_failed]
     what = "variants" if all(" at " not in r.label for r in results) else "checks (a dynamic variant at 3 sizes)"
     if bad:
         raise ValidationFailed(f"{len(bad)} of {len(results)} {what} failed validation: {', '.join(bad)}")
+    if refused:
+        raise ValidationFailed(f"TensorRT's parser or builder refused the ONNX of {', '.join(refused)} (see above)")
     out.print(f"all {len(results)} {what} passed")

@@ -80,9 +80,10 @@ def backend_problem(backend: str) -> str | None:
         if backend == "openvino-bf16" and not cpu_has_bf16():
             return "this CPU has no bf16 instructions (AVX-512 BF16 or AMX)"
         return None
-    from exporter.tensorrt.trt import tensorrt_problem
+    from exporter.tensorrt.trt import TENSORRT_RTX, tensorrt_problem
 
-    return tensorrt_problem()
+    problem = tensorrt_problem()
+    return problem if problem and tensorrt_problem(TENSORRT_RTX) else None  # either library runs engines
 
 
 def cpu_has_bf16() -> bool:
@@ -177,9 +178,10 @@ def openvino_runner(path: Path, backend: str = "openvino", threads: int | None =
 
 
 def tensorrt_runner(path: Path, backend: str = "tensorrt", threads: int | None = None) -> Runner:
-    from exporter.tensorrt.trt import engine_runner
+    from exporter.tensorrt.trt import engine_runner, library_of, read_sidecar
 
-    return wrap_engine(engine_runner(path), path)
+    info = read_sidecar(path.with_name(path.name + ".json"))  # which library built it (none: TensorRT)
+    return wrap_engine(engine_runner(path, library_of(info if isinstance(info, dict) else {})), path)
 
 
 def wrap_engine(engine: Any, path: Path) -> Runner:

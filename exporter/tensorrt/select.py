@@ -30,11 +30,11 @@ def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str
 
 
 def tensorrt_here() -> None:
-    """``Unavailable`` when engines cannot run here (no TensorRT >= 10, no usable GPU)."""
-    from exporter.tensorrt.trt import tensorrt_problem
+    """``Unavailable`` when engines cannot run here (no TensorRT >= 10 nor TensorRT-RTX, no usable GPU)."""
+    from exporter.tensorrt.trt import TENSORRT_RTX, tensorrt_problem
 
     problem = tensorrt_problem()
-    if problem:
+    if problem and tensorrt_problem(TENSORRT_RTX) is not None:
         raise Unavailable(problem)
 
 
@@ -45,20 +45,30 @@ def tensorrt_runner(opened: Bundle, record: VariantRecord) -> Runner:
     why each one was passed over."""
     from exporter.core.errors import BundleError
     from exporter.tensorrt.gpu import gpu_identity
-    from exporter.tensorrt.trt import engine_fit, engine_runner, import_tensorrt
+    from exporter.tensorrt.trt import LIBRARIES, engine_fit, engine_runner, import_tensorrt, library_of
 
     tensorrt_here()
-    version, gpu = import_tensorrt().__version__, gpu_identity()
+    gpu = gpu_identity()
+    versions = {}  # library name -> its version here (TensorRT-RTX engines run only with TensorRT-RTX)
+    for library in LIBRARIES.values():
+        try:
+            versions[library.name] = import_tensorrt(library).__version__
+        except EnvironmentMissing:
+            continue
     ranked, passed_over = [], []
     for rel, sha, info in bundle_engines(opened, record):
-        rank, why = engine_fit(info, version, gpu.compute_capability, gpu.name)
+        library = library_of(info)
+        if library.name not in versions:
+            passed_over.append(f"{rel}: built with {library.name}, which is not installed here")
+            continue
+        rank, why = engine_fit(info, versions[library.name], gpu.compute_capability, gpu.name, library.name)
         if rank < 0:
             passed_over.append(f"{rel}: {why}")
         else:
-            ranked.append((rank, rel, sha))
-    for _, rel, sha in sorted(ranked):
+            ranked.append((rank, rel, sha, library.key))
+    for _, rel, sha, key in sorted(ranked):
         try:
-            return engine_runner(opened.file(rel, sha))
+            return engine_runner(opened.file(rel, sha), LIBRARIES[key])
         except (BundleError, EnvironmentMissing) as exc:
             passed_over.append(f"{rel}: {exc}")
     if not passed_over:
