@@ -142,7 +142,8 @@ def test_every_file_of_the_demo_is_parsed_and_built(tmp_path_factory, args):
         assert p["ok"] is True and p["stage"] == "built", (where, p)
         assert p["library"] == "TensorRT-RTX" and p["layers"] > 100 and p["engine_bytes"] > 100_000, where
         assert p["version"] == TENSORRT_RTX_version()
-    batch = (1, 8, 32) if "l4" in args else (1, 1, 8)  # the profile's batch range, else the default
+    b = load_profile("l4").batch if "l4" in args else BatchRange(1, 1, 8)  # the profile's, else the default
+    batch = (b.min, b.opt, b.max)
     assert [found[0][1]["shapes"][k][0] for k in ("min", "opt", "max")] == list(batch)
 
 
