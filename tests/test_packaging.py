@@ -40,4 +40,5 @@ def test_the_wheel_ships_the_demo_and_the_profiles(tmp_path):
     assert probe.returncode == 0, probe.stderr
     lines = probe.stdout.splitlines()
     assert lines[0] == "True"  # the unpacked copy, not the checkout
-    assert lines[1] == "['a100', 'gpu-fp16', 'h100', 'jetson-agx-orin', 'jetson-orin-nano', 'l4', 't4'] fp16"
+    shipped = "'a100', 'gpu-fp16', 'h100', 'jetson-agx-orin', 'jetson-orin-nano', 'l4'"
+    assert lines[1] == f"[{shipped}, 'rtx-ada', 'rtx-ampere', 'rtx-blackwell', 't4'] fp16"

@@ -1,7 +1,7 @@
 """The build pipeline: the only module that knows the order of the stages.
 
     load ─▶ plan sizes ─▶ for each patch size: resize ─▶ export ─▶ parity ─▶ record
-         ─▶ manifest + report ─▶ atomic swap into --out
+         ─▶ TensorRT preflight of every ONNX file ─▶ manifest + report ─▶ atomic swap into --out
 
 Everything is written into a temporary folder beside ``--out`` and renamed into place at the
 end, so an interrupted or failed build never leaves a half-written or clobbered bundle.
@@ -48,9 +48,10 @@ from exporter.core.locks import destination_lock
 from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.source.load import load_source, source_name
 from exporter.source.model import SourceModel
+from exporter.tensorrt.preflight import preflight_records
 from exporter.tensorrt.profile import Profile
 from exporter.tensorrt.stage import build_engines, pending_engines, write_engine_script
-from exporter.tensorrt.trt import engine_problem
+from exporter.tensorrt.trt import engine_problem, profile_library
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def _build_locked(options: BuildOptions, reporter: Reporter, out: Path, name: st
         if options.shared_weights:
             with stage(reporter, "bundle", "shared weights", times):
                 records, shared = share_bundle_weights(specs, options, plan, tmp, records)
+        records = preflight_records(tmp, records, profile, reporter, times)
         with stage(reporter, "source", "source parity", times):
             source_parity = check_source_parity(source, records, specs, options, plan, tmp)
         manifest = replace(
@@ -174,7 +176,8 @@ def engine_stage(
     """Always write the trtexec script; build engines when TensorRT and a GPU are here and they
     are what the profile is for (else the engines wait for the target, and the reason says why)."""
 
-    write_engine_script(tmp, manifest, profile)
+    if profile_library(profile).trtexec:
+        write_engine_script(tmp, manifest, profile)
     if options.engines == "skip":
         return pending_engines(str(out), profile, "--engines skip")
     problem = engine_problem(profile)

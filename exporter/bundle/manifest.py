@@ -23,6 +23,7 @@ INPUT_NAME = "pixel_values"  # every ONNX file and engine: float32 NCHW in, logi
 OUTPUT_NAME = "logits"
 EMBEDDINGS_NAME = "embeddings"  # a feature model's output (no classifier: num_classes 0)
 CHECK_BATCH = 8  # parity runs a dynamic-batch model 8 images at a time
+PREFLIGHT = "tensorrt_preflight"  # on each ONNX file's record: what TensorRT's own parser and builder made of it
 
 
 def output_name(num_classes: int) -> str:
@@ -79,6 +80,19 @@ class VariantRecord:
         """The ONNX's fixed batch (``--batch N``), or None for a dynamic batch."""
         return static_batch(self.onnx["inputs"][0]["shape"])
 
+    def preflights(self) -> list[tuple[str, dict[str, Any]]]:
+        """(file path, TensorRT preflight record) of the variant's ONNX files that have one, fp32 first."""
+        return [
+            (str(e.get("path", "?")), e[PREFLIGHT])
+            for e in (self.onnx, self.reduced)
+            if e and isinstance(e.get(PREFLIGHT), dict)
+        ]
+
+    @property
+    def preflight_failed(self) -> bool:
+        """A file TensorRT's parser or builder refused (skipped or absent is not a failure)."""
+        return any(p.get("ok") is False for _, p in self.preflights())
+
     def files(self) -> list[tuple[str, str]]:
         """(relative path, sha256) of the variant's own files: ONNX, fp16/int8 ONNX, reference."""
         found = [(self.onnx["path"], self.onnx["sha256"])]
@@ -123,9 +137,12 @@ class Manifest:
 
     @property
     def passed(self) -> bool:
-        """Every variant passed parity, no engine set failed (pending ones are not failures) and
-        source parity did not fail (inferred or skipped is not a failure)."""
+        """Every variant passed parity and its TensorRT preflight (skipped is not a failure), no engine
+        set failed (pending ones are not failures) and source parity did not fail (inferred or
+        skipped is not a failure)."""
         engines_ok = all(e.get("status") != "failed" for e in self.engines.values())
+        if any(v.preflight_failed for v in self.variants):  # TensorRT's own parser or builder refused a file
+            return False
         source_ok = self.source_parity.get("status") != "failed"
         return engines_ok and source_ok and all(v.status == "passed" for v in self.variants)
 

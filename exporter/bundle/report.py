@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from exporter.bundle.manifest import Manifest, VariantRecord
+from exporter.bundle.manifest import PREFLIGHT, Manifest, VariantRecord
 from exporter.core.sizes import format_range, format_size
 
 
@@ -40,6 +40,7 @@ def variant_rows(manifest: Manifest) -> list[list[str]]:
                 f"{v.export_seconds:.2f}",
                 Path(v.onnx.get("path", "")).name,
                 _source_cell(manifest, v),
+                preflight_cell(v),
             ]
         )
         for check in v.dynamic.get("checks", []) if v.dynamic else []:
@@ -48,7 +49,8 @@ def variant_rows(manifest: Manifest) -> list[list[str]]:
             rows.append(_extra_row(bool(p.get("passed")), f"{v.label} at {side}", side, p, ""))
         if v.reduced:
             r = v.reduced
-            row = _extra_row(r.get("status") == "passed", f"{v.label} {r['precision']}", size, r["parity"], r["path"])
+            passed = r.get("status") == "passed"
+            row = _extra_row(passed, f"{v.label} {r['precision']}", size, r["parity"], r["path"], r.get(PREFLIGHT))
             rows.append(row)
     return rows
 
@@ -64,10 +66,66 @@ def _parity_cells(p: dict[str, Any]) -> list[str]:
     ]
 
 
-def _extra_row(passed: bool, label: str, size: str, parity: dict[str, Any], path: str) -> list[str]:
+def _extra_row(
+    passed: bool, label: str, size: str, parity: dict[str, Any], path: str, preflight: Any = None
+) -> list[str]:
     """A check beyond a variant's fp32 one (another size, another precision): its own verdict and
-    numbers; the cells that belong to the variant (grid, native agreement...) left blank."""
-    return ["✓" if passed else "✗", label, size, "", "", "", *_parity_cells(parity), "", "", "", Path(path).name, ""]
+    numbers, and its own file's TensorRT preflight; the cells that belong to the variant (grid,
+    native agreement...) left blank. One cell per TABLE_HEADER column."""
+    trt = _preflight_mark([preflight]) if isinstance(preflight, dict) else ""
+    cells = ["✓" if passed else "✗", label, size, "", "", "", *_parity_cells(parity), "", "", "", Path(path).name, ""]
+    return [*cells, trt]
+
+
+def preflight_cell(v: VariantRecord) -> str:
+    """The ``trt`` cell: ✓ TensorRT's parser and builder took every ONNX file of the variant, ✗ one
+    was refused (the lines under the table say why), – skipped or not recorded."""
+    return _preflight_mark([p for _, p in v.preflights()])
+
+
+def _preflight_mark(found: list[dict[str, Any]]) -> str:
+    if not found or any("skipped" in p for p in found):
+        return "–"
+    return "✓" if all(p.get("ok") is True for p in found) else "✗"
+
+
+def lint_title(v: VariantRecord) -> str:
+    """The op-list lint is the fallback: where TensorRT's parser ran, its verdict (``trt``) stands."""
+    ran = any("skipped" not in p for _, p in v.preflights())
+    return "TensorRT 10 op-list lint (fallback; the parser's verdict is the trt column)" if ran else "TensorRT lint"
+
+
+def preflight_lines(manifest: Manifest, wide: bool = False) -> list[str]:
+    """What the ``trt`` column judged: one line when it was skipped (why, how to install), one per
+    refused file (stage, node, op and the parser's message), and with ``wide`` one per file built."""
+    records = [(v.label, path, p) for v in manifest.variants for path, p in v.preflights()]
+    if not records:
+        return []
+    skipped = [p["skipped"] for _, _, p in records if "skipped" in p]
+    if skipped:
+        return [f"TensorRT preflight skipped: {skipped[0]}"]
+    ok = [r for r in records if r[2].get("ok") is True]
+    first = records[0][2]
+    lines = [
+        f"trt: {first.get('library')} {first.get('version')} parsed and built {len(ok)} of {len(records)} "
+        "ONNX files on the CPU (TensorRT's own ONNX parser and builder)"
+    ]
+    for label, path, p in records:
+        name = Path(path).name
+        if p.get("ok") is True:
+            if wide:
+                shapes = p.get("shapes", {})
+                lines.append(
+                    f"  ✓ {label} {name}: {p.get('layers')} layers, {p.get('engine_bytes', 0) / 1e6:.1f} MB engine "
+                    f"in {p.get('build_seconds', 0):.1f} s, batch {shapes.get('min', ['?'])[0]}-"
+                    f"{shapes.get('max', ['?'])[0]}, sm {p.get('compute_capability')}"
+                )
+            continue
+        errors = p.get("errors") or [{"message": "no reason recorded"}]
+        for e in errors[:3]:
+            where = " ".join(x for x in (e.get("node"), e.get("op")) if x)
+            lines.append(f"  ✗ {label} {name} ({p.get('stage')}): {where + ': ' if where else ''}{e.get('message')}")
+    return lines
 
 
 def _source_cell(manifest: Manifest, v: VariantRecord) -> str:
@@ -110,6 +168,7 @@ TABLE_HEADER = [
     "export s",
     "onnx",
     "src",  # source parity (exporter.build.source_parity)
+    "trt",  # TensorRT preflight (exporter.tensorrt.preflight)
 ]
 
 
@@ -128,7 +187,7 @@ def md_row(cells: list[str]) -> str:
 
 # The columns a terminal shows by default (``--wide``: all of TABLE_HEADER), within TABLE_WIDTH:
 # where they would not fit, DROP_FIRST's go, in that order (the rest always show).
-NARROW_HEADER = ["", "variant", "image", "tokens", "GFLOPs", "max|Δ|", "cosine", "top-1", "native", "src"]
+NARROW_HEADER = ["", "variant", "image", "tokens", "GFLOPs", "max|Δ|", "cosine", "top-1", "native", "src", "trt"]
 
 
 TABLE_WIDTH = 80
@@ -258,16 +317,20 @@ def render_report(manifest: Manifest) -> str:
         calibrated = [v for v in reduced if v.reduced.get("calibration")]
         if calibrated:
             lines += ["", f"INT8 calibration: {calibrated[0].reduced['calibration']}."]
+    preflight = preflight_lines(manifest, wide=True)
+    if preflight:
+        lines += ["", *(f"- {line.strip()}" if i else line for i, line in enumerate(preflight))]
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
-            lines += ["", f"TensorRT lint, {v.label}: " + "; ".join(v.trt_lint["issues"])]
+            lines += ["", f"{lint_title(v)}, {v.label}: " + "; ".join(v.trt_lint["issues"])]
     for name, entry in manifest.engines.items():
         lines += [
             "",
             f"TensorRT engines, profile {name}: {entry.get('status')}"
             + (f" ({entry['reason']})" if entry.get("reason") else "")
             + (
-                f"; build them on the target with `{entry['command']}` or `{entry['script']}`"
+                f"; build them on the target with `{entry['command']}`"
+                + (f" or `{entry['script']}`" if entry.get("script") else "")
                 if entry.get("command")
                 else ""
             ),

@@ -103,6 +103,32 @@ class ToleranceRecord(_Strict):
     max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
+class PreflightError(_Strict):
+    node: Annotated[str, Field(max_length=500)]
+    op: Annotated[str, Field(max_length=500)]
+    code: Annotated[str, Field(max_length=500)] = ""
+    message: Annotated[str, Field(max_length=500)]
+
+
+class Preflight(_Strict):
+    """What TensorRT's own ONNX parser and builder (TensorRT-RTX, on the CPU) made of one file."""
+
+    library: Annotated[str, Field(max_length=64)]
+    version: Annotated[str, Field(max_length=64)]
+    ok: bool
+    stage: Literal["parse", "build", "built"]
+    layers: Count
+    parse_seconds: Annotated[float, Field(ge=0)]
+    build_seconds: Annotated[float, Field(ge=0)]
+    engine_bytes: Count
+    engine_sha256: Sha256 | None = None
+    errors: list[PreflightError] = Field(default=[], max_length=20)
+
+
+class PreflightSkipped(_Strict):
+    skipped: Annotated[str, Field(max_length=1000)]
+
+
 class OnnxEntry(_Strict):
     path: RelPath
     sha256: Sha256
@@ -110,6 +136,7 @@ class OnnxEntry(_Strict):
     outputs: list[TensorSpec] = Field(min_length=1, max_length=1)
     external_data: RelPath | None = None
     tolerance: ToleranceRecord
+    tensorrt_preflight: Preflight | PreflightSkipped | None = None  # absent in bundles built before it
 
 
 class ReducedEntry(_Strict):
@@ -120,6 +147,7 @@ class ReducedEntry(_Strict):
     tolerance: ToleranceRecord
     parity: ParityStats
     status: Literal["passed", "failed"]
+    tensorrt_preflight: Preflight | PreflightSkipped | None = None
 
 
 class RandomInputs(_Strict):
@@ -276,7 +304,27 @@ class PendingEngines(_Strict):
     profile: EngineProfile
     reason: str
     command: str
-    script: RelPath
+    script: RelPath | None = None  # TensorRT-RTX profiles have no trtexec script
+
+
+class NotRunEngine(_Strict):
+    engine: RelPath
+    engine_sha256: Sha256
+    onnx: RelPath
+    status: Literal["not run"]
+    build_seconds: float
+
+
+class NotRunEngines(_Strict):
+    """TensorRT-RTX engines built on a machine without a GPU: built, never run here."""
+
+    status: Literal["built (not run)"]
+    profile: EngineProfile
+    reason: str
+    library: str
+    tensorrt: str
+    compute_capability: str
+    variants: dict[SafeName, NotRunEngine]
 
 
 class BuiltEngines(_Strict):
@@ -289,7 +337,7 @@ class BuiltEngines(_Strict):
     variants: dict[SafeName, EngineVariant]
 
 
-EngineSet = Annotated[PendingEngines | BuiltEngines, Field(discriminator="status")]
+EngineSet = Annotated[PendingEngines | NotRunEngines | BuiltEngines, Field(discriminator="status")]
 
 
 class SourceParity(_Strict):

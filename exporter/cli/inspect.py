@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
-from exporter.bundle.report import left_out
+from exporter.bundle.report import left_out, lint_title
 from exporter.bundle.values import strict_json
 from exporter.cli.group import cli, debug_option
 from exporter.cli.render import (
     console,
     print_engines,
+    print_preflight,
     print_source_parity,
     print_table,
     safe,
@@ -53,10 +54,11 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     for line in left_out(manifest):
         out.print(safe(f"left out {line}"))
     print_source_parity(manifest, out)
+    print_preflight(manifest, wide, out)
     for v in manifest.variants:
         if v.trt_lint and not v.trt_lint.get("passed", True):
             issues = "; ".join(map(str, v.trt_lint["issues"]))
-            out.print(f"[yellow]TensorRT lint[/yellow] {safe(v.label)}: {safe(issues)}")
+            out.print(f"[yellow]{safe(lint_title(v))}[/yellow] {safe(v.label)}: {safe(issues)}")
     for name, entry in manifest.engines.items():
         print_engines(name, entry)
     out.print("overall: " + ("[green]passed[/green]" if manifest.passed else "[red]FAILED[/red]"))

@@ -8,6 +8,7 @@ from exporter.cli.render import (
     print_whole,
     safe,
 )
+from exporter.tensorrt.library import TENSORRT_RTX
 from exporter.tensorrt.profile import available_profiles, load_profile
 
 
@@ -18,7 +19,7 @@ def profiles(debug: bool) -> None:
     from rich.table import Table
 
     table = Table(title="profiles (pass --profile NAME, or --profile FILE.toml)", title_justify="left")
-    for header in ("name", "precision", "batch", "workspace", "sm", "TensorRT", "DLA"):
+    for header in ("name", "precision", "batch", "workspace", "sm", "library"):
         table.add_column(header, no_wrap=True)
     notes = []
     for path in available_profiles():
@@ -32,14 +33,14 @@ def profiles(debug: bool) -> None:
                     f"{p.batch.min}/{p.batch.opt}/{p.batch.max}",
                     f"{p.workspace_mib} MiB",
                     p.compute_capability or "any",
-                    p.tensorrt,
-                    str(p.dla_core) if p.dla_core >= 0 else "-",
+                    f"{'RTX' if p.library == TENSORRT_RTX.key else 'TRT'} {p.tensorrt}",
                 ),
             )
         )
-        notes.append(f"{p.name}: {p.description}")
+        dla = f" DLA core {p.dla_core}." if p.dla_core >= 0 else ""
+        notes.append(f"{p.name}: {p.description}{dla}")
     out = console()
     print_whole(table, out)
-    out.print("batch: min/opt/max of the engines' optimisation profile")
+    out.print("batch: min/opt/max of the engines' optimisation profile; library: TensorRT (TRT) or TensorRT-RTX")
     for note in notes:  # a sentence each: under the table, where it wraps at words, not in a 10-column cell
         out.print(safe(note))

@@ -7,7 +7,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from exporter.bundle.report import TABLE_HEADER, describe, native_summary, shown_columns, top1_text, variant_rows
+from exporter.bundle.report import (
+    TABLE_HEADER,
+    describe,
+    native_summary,
+    preflight_lines,
+    shown_columns,
+    top1_text,
+    variant_rows,
+)
 from exporter.core.assumptions import summary
 from exporter.core.errors import FlexiExportError
 from exporter.core.names import printable
@@ -134,12 +142,33 @@ def print_table(manifest: Any, title: str, wide: bool = False, out: Any = None) 
     print_whole(table, out)
 
 
+def print_preflight(manifest: Any, wide: bool = False, out: Any = None) -> None:
+    """The lines under the table that say what its ``trt`` column judged (``--wide``: every file)."""
+
+    for line in preflight_lines(manifest, wide):
+        mark = "[red]✗[/red]" if line.lstrip().startswith("✗") else ""
+        text = safe(line.replace("✗", "", 1)) if mark else safe(line)
+        (out or console()).print(f"  {mark}{text.lstrip()}" if mark else text)
+
+
 def print_engines(name: str, entry: dict[str, Any]) -> None:
     out = console()
     if entry.get("command"):
         out.print(safe(f"TensorRT engines for profile {name}: {entry['status']} ({entry['reason']})"))
         out.print(safe(f"  on the target device run:  {entry['command']}"))
-        out.print(safe(f"  or, with trtexec only:     bash {entry['script']}  (inside the bundle)"))
+        if entry.get("script"):
+            out.print(safe(f"  or, with trtexec only:     bash {entry['script']}  (inside the bundle)"))
+        return
+    if entry.get("status") == "built (not run)":
+        out.print(
+            safe(
+                f"{entry['library']} engines for profile {name}: built on the CPU for sm {entry['compute_capability']} "
+                f"({entry['library']} {entry['tensorrt']}), not run: {entry['reason']}"
+            ),
+        )
+        for label, v in entry["variants"].items():
+            built = f"built in {v['build_seconds']:.1f} s"
+            out.print(safe(f"  {label}  {v['engine']}  {built} (sidecar {v['engine']}.json)"))
         return
     out.print(
         safe(
@@ -168,6 +197,14 @@ def failed_message(manifest: Any, bundle: Path) -> str:
         return (
             f"{len(bad)} of {len(manifest.variants)} variants failed validation ({detail}); see {bundle / 'report.md'}"
         )
+    refused = [(v.label, path, p) for v in manifest.variants for path, p in v.preflights() if p.get("ok") is False]
+    if refused and not bad:
+        detail = "; ".join(
+            f"{label} {Path(path).name}: " + ", ".join(f"{e['node'] or e['op']} {e['message']}" for e in errs[:1])
+            for label, path, p in refused
+            for errs in [p.get("errors") or []]
+        )
+        return f"TensorRT's parser or builder refused {len(refused)} ONNX files ({detail}); see {bundle / 'report.md'}"
     bad_engines = [
         (n, label, v)
         for n, e in manifest.engines.items()
@@ -224,6 +261,7 @@ def print_source_parity(manifest: Any, out: Any = None) -> None:
 def print_build(result: Any, wide: bool) -> None:
     print_table(result.manifest, f"{result.manifest.name} → {result.bundle}", wide)
     print_source_parity(result.manifest)
+    print_preflight(result.manifest, wide)
     stages = "  ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())
     if result.manifest.shared_weights:
         sw = result.manifest.shared_weights

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from exporter.cli.group import cli, debug_option
-from exporter.cli.render import RichReporter, console
+from exporter.cli.render import RichReporter, console, print_preflight
 from exporter.cli.tables import print_validation
 from exporter.core.errors import (
     EnvironmentMissing,
@@ -63,8 +63,15 @@ def validate(
             results = check_bundle(bundle, reporter=reporter, backends=names)
     print_validation(results, wide)
     out = console()
+    from exporter.bundle.door import read_manifest
+
+    manifest = read_manifest(bundle)
+    print_preflight(manifest, out=out)
     bad = [r.label for r in results if not r]
+    refused = [v.label for v in manifest.variants if v.preflight_failed]
     what = "variants" if all(" at " not in r.label for r in results) else "checks (a dynamic variant at 3 sizes)"
     if bad:
         raise ValidationFailed(f"{len(bad)} of {len(results)} {what} failed validation: {', '.join(bad)}")
+    if refused:
+        raise ValidationFailed(f"TensorRT's parser or builder refused the ONNX of {', '.join(refused)} (see above)")
     out.print(f"all {len(results)} {what} passed")

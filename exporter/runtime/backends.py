@@ -31,7 +31,7 @@ from exporter.bundle.manifest import static_batch
 from exporter.core.backends import RUNTIME_BACKENDS as BACKENDS
 from exporter.core.errors import BundleError, EnvironmentMissing, FlexiExportError, UsageError
 from exporter.core.machine import available_cores, cap_threads
-from exporter.tensorrt.trt import engine_runner, tensorrt_problem
+from exporter.tensorrt.trt import TENSORRT_RTX, engine_runner, library_of, read_sidecar, tensorrt_problem
 
 ORT_PROVIDERS = {
     "ort-tensorrt": "TensorrtExecutionProvider",
@@ -82,7 +82,8 @@ def backend_problem(backend: str) -> str | None:
             return "this CPU has no bf16 instructions (AVX-512 BF16 or AMX)"
         return None
 
-    return tensorrt_problem()
+    problem = tensorrt_problem()
+    return problem if problem and tensorrt_problem(TENSORRT_RTX) else None  # either library runs engines
 
 
 def cpu_has_bf16() -> bool:
@@ -178,7 +179,8 @@ def openvino_runner(path: Path, backend: str = "openvino", threads: int | None =
 
 def tensorrt_runner(path: Path, backend: str = "tensorrt", threads: int | None = None) -> Runner:
 
-    return wrap_engine(engine_runner(path), path)
+    info = read_sidecar(path.with_name(path.name + ".json"))  # which library built it (none: TensorRT)
+    return wrap_engine(engine_runner(path, library_of(info if isinstance(info, dict) else {})), path)
 
 
 def wrap_engine(engine: Any, path: Path) -> Runner:

@@ -3,7 +3,9 @@
 A profile says how to build TensorRT engines for one target: precision, batch range
 (min/opt/max, one optimisation profile), workspace, builder optimisation level, timing cache,
 hardware compatibility, DLA core, the GPU's compute capability and the TensorRT versions it
-supports. Unknown keys and impossible combinations are errors that name the key.
+supports, and the library that builds it (``library``: ``tensorrt``, the default, or
+``tensorrt-rtx``, which builds on the CPU for a compute capability). Unknown keys and impossible
+combinations are errors that name the key.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from exporter.core.errors import UsageError
 from exporter.core.names import SAFE_NAME_TEXT, is_safe_name, printable
 from exporter.core.precision import PRECISIONS as ONNX_PRECISIONS
 from exporter.core.precision import Precision
+from exporter.tensorrt.library import LIBRARIES, TENSORRT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,6 +112,7 @@ class Profile:
     tensorrt: str = ">=10.0,<12"
     description: str = ""
     calibration: str | None = None
+    library: str = TENSORRT.key
     path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -116,6 +120,7 @@ class Profile:
         self._check_types()
         self._check_choices()
         self._check_hardware()
+        self._check_library()
         version_in_range("10.0", self.tensorrt)  # parses the range; raises on a bad clause
 
     def _check_types(self) -> None:
@@ -131,6 +136,7 @@ class Profile:
             "tensorrt": (str,),
             "description": (str,),
             "calibration": (str, type(None)),
+            "library": (str,),
         }
         for name, allowed in kinds.items():
             value = getattr(self, name)
@@ -185,6 +191,31 @@ class Profile:
                 f"{min_cc[0]}.{min_cc[1]}, got {self.compute_capability!r}"
             )
 
+    def _check_library(self) -> None:
+        """What the library cannot do: TensorRT-RTX ignores hardware-compatibility levels, DLA
+        and timing caches, and builds only for the compute capabilities it names."""
+        if self.library not in LIBRARIES:
+            raise ProfileError(f"library must be one of {', '.join(LIBRARIES)}, got {self.library!r}")
+        lib = LIBRARIES[self.library]
+        if lib.hardware_compatibility and lib.dla and lib.timing_cache:
+            return
+        if self.hardware_compatibility != "none":
+            raise ProfileError(f"library = {self.library!r} has no hardware compatibility levels: set 'none'")
+        if self.dla_core >= 0:
+            raise ProfileError(f"library = {self.library!r} has no DLA: set dla_core = -1")
+        if self.timing_cache:
+            raise ProfileError(f"library = {self.library!r}: timing caches are no-ops there, set timing_cache = false")
+        if self.compute_capability is not None and self.compute_capability not in lib.compute_targets:
+            raise ProfileError(
+                f"library = {self.library!r} builds for compute capability {', '.join(lib.compute_targets)}, "
+                f"got {self.compute_capability!r}"
+            )
+        if self.precision not in lib.builder_flags and self.precision not in ONNX_PRECISIONS:
+            raise ProfileError(
+                f"library = {self.library!r} builds strongly typed networks from the ONNX: precision must be "
+                f"one of {', '.join(ONNX_PRECISIONS)}, got {self.precision!r}"
+            )
+
     @property
     def cc(self) -> tuple[int, int] | None:
         if self.compute_capability is None:
@@ -213,6 +244,9 @@ def profile_from_dict(name: str, data: dict[str, Any], path: Path | None = None)
     if unknown:
         raise ProfileError(f"profile {name!r}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
     values = dict(data)
+    library = LIBRARIES.get(str(values.get("library", TENSORRT.key)))
+    if library is not None and "tensorrt" not in values:  # the library's own version numbers
+        values["tensorrt"] = library.versions
     batch = values.pop("batch", {})
     if not isinstance(batch, dict):
         raise ProfileError(f"profile {name!r}: batch must be a table with min, opt and max")

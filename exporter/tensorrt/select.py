@@ -8,7 +8,16 @@ from exporter.bundle.manifest import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable
 from exporter.parity.compare import Runner
 from exporter.tensorrt.gpu import gpu_identity
-from exporter.tensorrt.trt import engine_fit, engine_runner, import_tensorrt, read_sidecar, tensorrt_problem
+from exporter.tensorrt.trt import (
+    LIBRARIES,
+    TENSORRT_RTX,
+    engine_fit,
+    engine_runner,
+    import_tensorrt,
+    library_of,
+    read_sidecar,
+    tensorrt_problem,
+)
 
 
 def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str, dict[str, object]]]:
@@ -31,10 +40,10 @@ def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str
 
 
 def tensorrt_here() -> None:
-    """``Unavailable`` when engines cannot run here (no TensorRT >= 10, no usable GPU)."""
+    """``Unavailable`` when engines cannot run here (no TensorRT >= 10 nor TensorRT-RTX, no usable GPU)."""
 
     problem = tensorrt_problem()
-    if problem:
+    if problem and tensorrt_problem(TENSORRT_RTX) is not None:
         raise Unavailable(problem)
 
 
@@ -45,17 +54,27 @@ def tensorrt_runner(opened: Bundle, record: VariantRecord) -> Runner:
     why each one was passed over."""
 
     tensorrt_here()
-    version, gpu = import_tensorrt().__version__, gpu_identity()
+    gpu = gpu_identity()
+    versions = {}  # library name -> its version here (TensorRT-RTX engines run only with TensorRT-RTX)
+    for library in LIBRARIES.values():
+        try:
+            versions[library.name] = import_tensorrt(library).__version__
+        except EnvironmentMissing:
+            continue
     ranked, passed_over = [], []
     for rel, sha, info in bundle_engines(opened, record):
-        rank, why = engine_fit(info, version, gpu.compute_capability, gpu.name)
+        library = library_of(info)
+        if library.name not in versions:
+            passed_over.append(f"{rel}: built with {library.name}, which is not installed here")
+            continue
+        rank, why = engine_fit(info, versions[library.name], gpu.compute_capability, gpu.name, library.name)
         if rank < 0:
             passed_over.append(f"{rel}: {why}")
         else:
-            ranked.append((rank, rel, sha))
-    for _, rel, sha in sorted(ranked):
+            ranked.append((rank, rel, sha, library.key))
+    for _, rel, sha, key in sorted(ranked):
         try:
-            return engine_runner(opened.file(rel, sha))
+            return engine_runner(opened.file(rel, sha), LIBRARIES[key])
         except (BundleError, EnvironmentMissing) as exc:
             passed_over.append(f"{rel}: {exc}")
     if not passed_over:

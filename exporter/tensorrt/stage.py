@@ -31,7 +31,7 @@ from exporter.core.names import check_name, printable
 from exporter.core.precision import Precision
 from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.parity.compare import check_parity, tolerance_for
-from exporter.tensorrt.gpu import gpu_identity
+from exporter.tensorrt.gpu import gpu_identity, gpu_problem
 from exporter.tensorrt.profile import Profile, load_profile
 from exporter.tensorrt.trt import (
     build_engine,
@@ -40,6 +40,7 @@ from exporter.tensorrt.trt import (
     engine_runner,
     engine_shapes,
     import_tensorrt,
+    profile_library,
     profile_mismatch,
     tensorrt_problem,
     timing_cache_name,
@@ -91,13 +92,18 @@ def write_engine_script(bundle: Path, manifest: Manifest, profile: Profile, onnx
 
 
 def pending_engines(bundle: str, profile: Profile, reason: str) -> dict[str, Any]:
+
+    script = {"script": f"engines/build_{profile.name}.sh"} if profile_library(profile).trtexec else {}
     return {
         "status": "pending (build on target)",
         "reason": reason,
         "profile": asdict(profile) | {"path": None},
         "command": shlex.join(["flexiexport", "engine", bundle, "--profile", profile.name]),
-        "script": f"engines/build_{profile.name}.sh",
+        **script,
     }
+
+
+NOT_RUN = "built (not run)"  # TensorRT-RTX engines built on a CPU: judged only where a GPU runs them
 
 
 def build_engines(
@@ -117,30 +123,43 @@ def build_engines(
     under ``out_root`` (default: ``bundle``). ``cache_in`` is a saved timing cache to start from."""
 
     out_root = out_root or bundle
-    trt = import_tensorrt()
-    gpu = gpu_identity()
-    mismatch = profile_mismatch(profile, trt.__version__, gpu.compute_capability, gpu.name)
+    library = profile_library(profile)
+    trt = import_tensorrt(library)
+    no_gpu = gpu_problem() if not library.needs_gpu_to_build else None
+    gpu = gpu_identity() if no_gpu is None else None
+    here = (gpu.compute_capability, gpu.name) if gpu and library.needs_gpu_to_build else (None, "this GPU")
+    mismatch = profile_mismatch(profile, trt.__version__, *here)
     if mismatch:
         raise EnvironmentMissing(mismatch)
-    cache = f"engines/{profile.name}/{timing_cache_name(gpu.compute_capability, trt.__version__)}"
+    cache = None
+    if library.timing_cache and gpu is not None:
+        cache = f"engines/{profile.name}/{timing_cache_name(gpu.compute_capability, trt.__version__)}"
     tol = tolerance_for(profile.precision, "tensorrt")
     plan = engine_plan(bundle, manifest, profile)
     samples = manifest.options["parity_samples"]
     for item in plan:  # every refusal before the first build
-        check_precision(trt.__version__, profile.precision, item["onnx_precision"], item["available"])
+        check_precision(trt.__version__, profile.precision, item["onnx_precision"], item["available"], library)
     variants: dict[str, Any] = {}
     for item in plan:
         record = next(v for v in manifest.variants if v.label == item["label"])
+        cache_out = out_root / cache if cache else None
         with stage(reporter, item["label"], "engine", times):
-            info = build_engine(
-                bundle / item["onnx"], out_root / item["engine"], profile, item["shapes"], cache_in, out_root / cache
-            )
-        cache_in = out_root / cache  # the next variant starts from what this one measured
+            onnx, engine = bundle / item["onnx"], out_root / item["engine"]
+            info = build_engine(onnx, engine, profile, item["shapes"], cache_in, cache_out)
+        cache_in = cache_out  # the next variant starts from what this one measured
+        if no_gpu is not None:  # TensorRT-RTX on a machine without a GPU: built, never run here
+            variants[item["label"]] = {
+                **asdict(info),
+                "engine": item["engine"],
+                "onnx": item["onnx"],
+                "status": "not run",
+            }
+            continue
         with stage(reporter, item["label"], "engine parity", times):
             planned, expected = stored_reference(bundle, manifest, record)
             inputs = judged_rows(samples, profile.precision, planned.arrays())
             expected = judged_rows(samples, profile.precision, expected)
-            engine = engine_runner(out_root / item["engine"])
+            engine = engine_runner(out_root / item["engine"], library)
             cmp = check_parity(expected, engine, inputs, item["shapes"].opt[0], tol, manifest.classifier)
         variants[item["label"]] = {
             **asdict(info),
@@ -150,17 +169,29 @@ def build_engines(
             "parity": cmp.to_dict(),
             "status": "passed" if cmp else "failed",
         }
+    if no_gpu is not None:
+        return {
+            "status": NOT_RUN,
+            "reason": no_gpu,
+            "profile": asdict(profile) | {"path": None},
+            "library": library.name,
+            "tensorrt": trt.__version__,
+            "compute_capability": profile.compute_capability or "portable",
+            "variants": variants,
+        }
     ok = all(v["status"] == "passed" for v in variants.values())
-    cache_file = out_root / cache
+    cache_file = out_root / cache if cache else None
+    cached = cache_file is not None and cache_file.is_file()
     return {
         "status": "built" if ok else "failed",
         "profile": asdict(profile) | {"path": None},
-        "gpu": gpu.name,
-        "compute_capability": gpu.compute_capability,
+        "library": library.name,
+        "gpu": gpu.name if gpu else "unknown",
+        "compute_capability": gpu.compute_capability if gpu else "unknown",
         "tensorrt": trt.__version__,
         "variants": variants,
-        "script": f"engines/build_{profile.name}.sh",
-        **({"timing_cache": {"path": cache, "sha256": sha256_file(cache_file)}} if cache_file.is_file() else {}),
+        **({"script": f"engines/build_{profile.name}.sh"} if library.trtexec else {}),
+        **({"timing_cache": {"path": cache, "sha256": sha256_file(cache_file)}} if cached and cache_file else {}),
     }
 
 
@@ -198,7 +229,10 @@ def _add_engines(bundle: Path, profile_name: str, reporter: Reporter) -> dict[st
         if (bundle / rel).is_symlink():
             raise BundleError(f"{printable(str(bundle / rel))} is a symbolic link: refusing to write through it")
     opened.verify_all()
-    problem = tensorrt_problem()
+    library = profile_library(profile)
+    problem = tensorrt_problem(library, to_build=True)
+    if problem and not library.trtexec:
+        raise EnvironmentMissing(problem)
     if problem:
         path = bundle / "engines" / f"build_{profile.name}.sh"
         if path.is_file():
@@ -212,10 +246,13 @@ def _add_engines(bundle: Path, profile_name: str, reporter: Reporter) -> dict[st
     staging = Path(tempfile.mkdtemp(prefix=f".engines-{profile.name}-", dir=bundle))
     try:
         entry = build_engines(bundle, manifest, profile, reporter, times, out_root=staging, cache_in=cache_in)
-        write_engine_script(staging, manifest, profile, onnx_root=bundle)
+        if library.trtexec:
+            write_engine_script(staging, manifest, profile, onnx_root=bundle)
         (bundle / "engines").mkdir(exist_ok=True)
         swap_into_place(staging / "engines" / profile.name, bundle / "engines" / profile.name)
-        os.replace(staging / "engines" / f"build_{profile.name}.sh", bundle / "engines" / f"build_{profile.name}.sh")
+        if library.trtexec:
+            script = f"engines/build_{profile.name}.sh"
+            os.replace(staging / script, bundle / script)
         manifest = replace(manifest, engines={**manifest.engines, profile.name: entry})
         write_atomic(bundle / MANIFEST, manifest.to_json())
         write_atomic(bundle / REPORT, render_report(manifest))

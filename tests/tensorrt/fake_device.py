@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import importlib.machinery
 import json
 import sys
 import types
@@ -32,6 +33,7 @@ class _Stream:
 
 def make_cudart(devices: int = 1, name: bytes = b"Fake Orin", cc: tuple[int, int] = (8, 7)) -> types.ModuleType:
     rt = types.ModuleType("cuda.bindings.runtime")
+    rt.__spec__ = importlib.machinery.ModuleSpec(rt.__name__, None)  # importlib.util.find_spec asks for it
 
     class cudaError_t(enum.IntEnum):
         cudaSuccess = 0
@@ -85,6 +87,8 @@ def make_cudart(devices: int = 1, name: bytes = b"Fake Orin", cc: tuple[int, int
 
 def make_tensorrt(version: str = "10.3.0.30", output_dtype: str = "float32", classes: int = 10) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
+    # torch._dynamo asks importlib.util.find_spec("tensorrt") when timm is first imported
+    trt.__spec__ = importlib.machinery.ModuleSpec(trt.__name__, None)
     trt.__version__ = version
     pair = tuple(int(p) for p in version.split(".")[:2])
     ns = types.SimpleNamespace
