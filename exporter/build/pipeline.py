@@ -30,7 +30,14 @@ from exporter.build.plan import (
 )
 from exporter.build.record import _manifest, announce_assumptions, class_names, label_assumptions
 from exporter.build.source_parity import check_source
-from exporter.build.stages import _reuse, build_variant, input_key, share_bundle_weights, state_digest
+from exporter.build.stages import (
+    _reuse,
+    build_variant,
+    carry_measurements,
+    input_key,
+    share_bundle_weights,
+    state_digest,
+)
 from exporter.build.variant import VariantSpec
 from exporter.bundle.door import Bundle
 from exporter.bundle.manifest import (
@@ -128,6 +135,12 @@ def _build_locked(options: BuildOptions, reporter: Reporter, out: Path, name: st
                 manifest,
                 engines={profile.name: engine_stage(tmp, out, manifest, profile, options, reporter, times)},
             )
+        if old is not None:  # measurements of unchanged variants stay; others are named as dropped
+            kept, dropped = carry_measurements(old, manifest, tmp)
+            if dropped:
+                log.warning("--resume: %s", dropped)
+            elif kept:
+                log.info("--resume: kept %s (every variant measured is unchanged)", ", ".join(kept))
         write_atomic(tmp / MANIFEST, manifest.to_json())
         write_atomic(tmp / REPORT, render_report(manifest))
         swap_into_place(tmp, out, replaceable=replaceable)

@@ -24,6 +24,8 @@ from exporter.build.shared import share_weights
 from exporter.build.variant import GRAPH_POS_RESIZE, VariantSpec, count_layernorms, fixed_at, make_variant
 from exporter.bundle.door import Bundle
 from exporter.bundle.manifest import (
+    ARTEFACTS,
+    Manifest,
     VariantRecord,
     check_batch,
     output_name,
@@ -85,6 +87,40 @@ def _reuse(old: Bundle | None, label: str, key: str, tmp: Path) -> VariantRecord
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(old.file(rel, sha), tmp / rel)
     return replace(record, resumed=True)
+
+
+def measured_files(manifest: Manifest) -> dict[str, Any]:
+    """What the measurements of a bundle (bench.json, eval.json, ...) depend on: each variant's
+    ONNX files by sha256, the shared weights and the preprocessing (as the manifest's JSON has them)."""
+    found = {
+        "variants": {v.label: [v.onnx["sha256"], v.reduced.get("sha256")] for v in manifest.variants},
+        "shared": manifest.shared_weights.get("sha256"),
+        "preprocessing": manifest.preprocessing,
+    }
+    return json.loads(json.dumps(found))  # tuples as lists, as read back from a manifest.json
+
+
+def carry_measurements(old: Bundle, new: Manifest, tmp: Path) -> tuple[list[str], str]:
+    """``--resume``: the old bundle's measurements (``ARTEFACTS``) copied into ``tmp`` when every
+    variant they measured is still in the bundle with the same files; else none, and why."""
+    present = [n for n in ARTEFACTS if (old.root / n).is_file() and not (old.root / n).is_symlink()]
+    if not present:
+        return [], ""
+    before, after = measured_files(old.manifest), measured_files(new)
+    changed = [k for k, v in before["variants"].items() if after["variants"].get(k) != v]
+    gone = [k for k in changed if k not in after["variants"]]
+    if changed or before["shared"] != after["shared"] or before["preprocessing"] != after["preprocessing"]:
+        why = (
+            f"{', '.join(gone)} no longer built"
+            if gone
+            else f"the ONNX of {', '.join(changed)} changed"
+            if changed
+            else "the shared weights or the preprocessing changed"
+        )
+        return [], f"dropped {', '.join(present)} of the previous bundle ({why}): measure again"
+    for name in present:
+        shutil.copy2(old.root / name, tmp / name)
+    return present, ""
 
 
 def build_variant(

@@ -20,7 +20,12 @@ from exporter.core.names import printable
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--variant", metavar="pN", help="Run this variant (see 'flexiexport inspect').")
+@click.option(
+    "--variant",
+    metavar="pN",
+    help="Run this variant: its label (see 'flexiexport inspect') or patch size (16). "
+    "Neither --variant nor --budget-ms: the most accurate variant.",
+)
 @click.option(
     "--budget-ms",
     type=float,
@@ -40,21 +45,20 @@ from exporter.core.names import printable
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @debug_option
 def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
-    """Classify images with a bundle: by --variant, or by --budget-ms on this device (a feature
-    model: each image's embedding, summarised, or whole with --json).
+    """Classify images with a bundle: by --variant, by --budget-ms on this device, else with
+    the most accurate variant (a feature model: each image's embedding, summarised, or whole
+    with --json). The demo reads white digits on black, as docs/digit.png.
 
     \b
-    flexiexport predict bundles/flexivit-demo digit.png --budget-ms 1
+    flexiexport predict bundles/flexivit-demo docs/digit.png
+    flexiexport predict bundles/flexivit-demo docs/digit.png --budget-ms 1
     """
     import json
 
     from exporter.runtime import Bundle as RuntimeBundle
     from exporter.runtime.model import predict_files
 
-    if kw["top_k"] < 1:
-        raise UsageError(f"--top-k must be at least 1, got {kw['top_k']}")
-    if kw["threads"] is not None and kw["threads"] < 1:
-        raise UsageError(f"--threads must be at least 1, got {kw['threads']}")
+    check_flags(kw)
     opened = RuntimeBundle.open(bundle)
     model = opened.model(
         variant=kw["variant"],
@@ -64,6 +68,11 @@ def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
         batch=kw["batch"],
         threads=kw["threads"],
     )
+    if kw["variant"] is None and kw["budget_ms"] is None:  # said once, on stderr: stdout stays the answer
+        click.echo(
+            safe(f"no --variant or --budget-ms: {model.variant} ({opened.ranked_by(model.backend, model.precision)})"),
+            err=True,
+        )
     results = predict_files(opened, images, model, kw["top_k"])
     bad = [(path, why) for path, why in results if isinstance(why, str)]
     if kw["as_json"]:
@@ -95,3 +104,17 @@ def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
     if bad:
         ctx = click.get_current_context()
         ctx.exit(2)
+
+
+def check_flags(kw: dict[str, Any]) -> None:
+    """The flags' own values, in the flags' words, before the bundle is opened."""
+    import math
+
+    if kw["variant"] is not None and kw["budget_ms"] is not None:
+        raise UsageError("give either --variant (e.g. --variant p16) or --budget-ms MS, not both")
+    budget = kw["budget_ms"]
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise UsageError(f"--budget-ms must be a positive number of milliseconds, got {budget:g}")
+    for flag in ("top_k", "threads", "batch"):
+        if kw[flag] is not None and kw[flag] < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {kw[flag]}")

@@ -10,7 +10,7 @@ that package is installed.
 ``exporter.runtime`` (``exporter/deploy/triton_models.py``), and an entry model, ``flexivit``,
 picks the variant per request by latency budget. Each model's version folder holds
 ``model.py`` and ``bundle/``, a copy of the files serving needs (manifest, the served ONNX or
-engines, bench.json/latency.json), hard-linked between models where the file system allows.
+engines, bench.json/eval.json/latency.json), hard-linked between models where the file system allows.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 
 from exporter.deploy.triton_models import {cls} as TritonPythonModel  # noqa: E402
 '''
-# Files a serving copy of the bundle never needs: the build's report and PyTorch reference outputs.
-SERVING_ARTEFACTS = ("bench.json", "latency.json")
+# The measurements a serving copy reads: latencies (bench.json, latency.json) and accuracy
+# (eval.json), so that the entry model ranks variants as ``predict`` does on the bundle. Never
+# needed: the build's report and PyTorch reference outputs.
+SERVING_ARTEFACTS = ("bench.json", "eval.json", "latency.json")
 # Refused inside a config's quoted strings: a line break or control character is never a real tensor name.
 PBTXT_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 COMPUTE_CAPABILITY = re.compile(r"\d{1,2}\.\d{1,2}")
@@ -260,7 +262,7 @@ def serving_files(opened: Bundle, precision: Precision, runtime_backend: str) ->
 
 
 def copy_serving_files(opened: Bundle, files: list[tuple[str, Path]], dest: Path, linked: Path | None) -> None:
-    """The manifest, ``files`` and bench.json/latency.json into ``dest``; hard links to the same
+    """The manifest, ``files`` and ``SERVING_ARTEFACTS`` into ``dest``; hard links to the same
     files under ``linked`` (an earlier copy) where the file system allows, else copies."""
     wanted = [(MANIFEST, opened.root / MANIFEST), *files]
     wanted += [(name, opened.artefact(name)) for name in SERVING_ARTEFACTS if opened.artefact(name).is_file()]

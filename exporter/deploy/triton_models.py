@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from exporter.core.errors import EnvironmentMissing, FlexiExportError, UsageError
-from exporter.runtime.budget import Latency, choose_variant, load_latencies
+from exporter.runtime.budget import Latency, load_latencies
 from exporter.runtime.model import Bundle, run_in_batches
 
 try:
@@ -109,7 +109,14 @@ class EntryModel:
     """Images (or pixel values) and a latency budget in; the chosen variant's logits out."""
 
     def initialize(self, args: dict[str, Any]) -> None:
-        self.bundle, config, params = _open(args)
+        self.setup(*_open(args))
+        shown = ", ".join(f"{k} p99 {v.p99_ms:.3g} ms" for k, v in self.latencies[1].items())
+        pb_utils.Logger.log_info(f"{args['model_name']}: variants on {self.backend} at batch 1: {shown}")
+
+    def setup(self, bundle: Bundle, config: dict[str, Any], params: dict[str, str]) -> None:
+        """What ``initialize`` does with the opened copy, its config and parameters (no Triton
+        call in it: a test runs it on a repository's copy)."""
+        self.bundle = bundle
         self.models: dict[str, str] = json.loads(params["variants"])
         self.precision = params.get("precision", "fp32")
         self.backend = self.bundle.resolve_backend(params.get("runtime_backend", "auto"), self.precision)
@@ -120,8 +127,6 @@ class EntryModel:
         # probe now (recorded in the copy's latency.json). Other batch sizes use their own rows when
         # the bundle has them.
         self.latencies: dict[int, dict[str, Latency]] = {1: self.bundle.latencies(self.backend, self.precision, 1)}
-        shown = ", ".join(f"{k} p99 {v.p99_ms:.3g} ms" for k, v in self.latencies[1].items())
-        pb_utils.Logger.log_info(f"{args['model_name']}: variants on {self.backend} at batch 1: {shown}")
 
     async def execute(self, requests: list[Any]) -> list[Any]:
         """Every request of a batch is forwarded at once, so the variants' dynamic batchers see them together."""
@@ -145,17 +150,19 @@ class EntryModel:
             return error_response(exc)
 
     def choose(self, parameters: dict[str, Any], batch: int) -> str:
-        """``variant`` as asked, or the most accurate one within ``budget_ms``, else the most accurate."""
+        """``variant`` as asked, or the most accurate one within ``budget_ms``, else the most
+        accurate: ``Bundle.choose``, as ``flexiexport predict`` chooses (the copy holds eval.json)."""
         variant, budget = parameters.get("variant"), parameters.get("budget_ms")
         if variant is not None and budget is not None:
             raise UsageError("give either the 'variant' or the 'budget_ms' parameter, not both")
         if variant is not None:
-            if variant not in self.models:
-                raise UsageError(f"no variant {variant!r} here; there are {', '.join(self.bundle.variants)}")
-            return str(variant)
+            label = self.bundle.variant_named(str(variant))
+            if label not in self.models:
+                raise UsageError(f"no variant {label!r} here; there are {', '.join(self.models)}")
+            return label
         if budget is None:
-            return self.bundle.variants[0]
-        return choose_variant(self.bundle.variants, self.latencies_at(batch), budget_value(budget))
+            return self.bundle.choose(self.backend, self.precision)
+        return self.bundle.choose(self.backend, self.precision, None, budget_value(budget), self.latencies_at(batch))
 
     def latencies_at(self, batch: int) -> dict[str, Latency]:
         if batch not in self.latencies:

@@ -1,13 +1,14 @@
 """``flexiexport evaluate``: top-1 / top-5 per variant, per backend, on labelled images.
 
-Data: an ImageFolder-style tree (one sub-folder per class, classes in sorted order = the
-model's class indices) preprocessed with the bundle's recorded preprocessing, or, for the demo
-bundle, its shipped held-out digits. ``compare_resize`` adds the same model with its kernel
-plainly interpolated instead of PI-resized: what PI-resize buys.
+Data: an ImageFolder-style tree (one sub-folder per class, named after the class as the
+manifest's labels have it, or by its index: ``class_indices``) preprocessed with the bundle's
+recorded preprocessing, or, for the demo bundle, its shipped held-out digits. ``compare_resize``
+adds the same model with its kernel plainly interpolated instead of PI-resized: what PI-resize buys.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import Preprocessing
 from exporter.core.errors import EnvironmentMissing, ImageErrors, UsageError
+from exporter.core.names import printable
 from exporter.core.sizes import Size2
 from exporter.parity.compare import run_batched, tolerance_for
 from exporter.runtime.backends import backend_problem, load_runner
@@ -72,14 +74,18 @@ def demo_dataset(limit: int | None) -> Dataset:
     return Dataset("demo held-out digits", labels, lambda size: digits_to_pixels(digits, size[0]))
 
 
-def image_folder(root: Path, pre: Preprocessing, limit: int | None) -> Dataset:
-    """An ImageFolder tree; ``limit`` keeps that many images, spread over the classes."""
+def image_folder(
+    root: Path, pre: Preprocessing, limit: int | None, classes: int, names: list[str] | None = None
+) -> Dataset:
+    """An ImageFolder tree; ``limit`` keeps that many images, spread over the classes. Each class
+    folder is matched to the model's class (``class_indices``: by label, index or WordNet id)."""
     if not root.is_dir():
         raise UsageError(f"--data {str(root)!r} is not a folder (expected one sub-folder per class)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not folders:
         raise UsageError(f"--data {str(root)!r} has no class sub-folders")
-    files = [(f, i) for i, c in enumerate(classes) for f in image_files(root / c)]
+    index, how = class_indices(folders, names or [], classes, root)
+    files = [(f, index[c]) for c in folders for f in image_files(root / c)]
     if not files:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
     if limit:
@@ -91,10 +97,45 @@ def image_folder(root: Path, pre: Preprocessing, limit: int | None) -> Dataset:
     files = [(f, i) for f, i in files if f in kept]
     labels = np.asarray([i for _, i in files])
     return Dataset(
-        f"{root} ({len(classes)} classes)",
+        f"{root} ({len(folders)} classes, {how})",
         labels,
         lambda size: np.stack([preprocess(f, size, pre) for f, _ in files]),
         tuple(skipped),
+    )
+
+
+WORDNET_ID = re.compile(r"n\d{8}")
+
+
+def class_indices(folders: list[str], names: list[str], classes: int, root: Path) -> tuple[dict[str, int], str]:
+    """The model's class index of each folder, and how they were matched: by the class's name
+    (``names``, the manifest's labels), by index (``0``..``classes-1``), or by WordNet id on an
+    ImageNet-1k model (``n01440764``: timm's ImageNet order). A model without class names takes
+    other folders in sorted order (ImageFolder's convention). Else ``UsageError`` naming the
+    folders that match no class."""
+    ways: dict[str, dict[str, int]] = {"class name": {n: i for i, n in enumerate(names)}}
+    ways["index"] = {f: int(f) for f in folders if f.isascii() and f.isdigit() and int(f) < classes}
+    if classes == 1000 and any(WORDNET_ID.fullmatch(f) for f in folders):
+        from timm.data import ImageNetInfo
+
+        ways["WordNet id"] = {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}
+    found: dict[str, int] = {}
+    used: list[str] = []
+    for way, table in ways.items():  # a folder named after a class name is matched by it first
+        matched = {f: table[f] for f in folders if f not in found and f in table}
+        found |= matched
+        used += [way] if matched else []
+    unmatched = [f for f in folders if f not in found]
+    if not unmatched:
+        return found, "matched by " + " and ".join(used)
+    if not names:  # no class names to match: the old layout, sorted folders = class indices
+        return {f: i for i, f in enumerate(sorted(folders))}, "classes in sorted folder order"
+    more = f" and {len(unmatched) - 8} more" if len(unmatched) > 8 else ""
+    shown = ", ".join(printable(f) for f in unmatched[:8]) + more
+    labels = ", ".join(printable(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+    raise UsageError(
+        f"--data {printable(str(root))!r}: the class folders {shown} match no class of the model "
+        f"(its classes: {labels}; or an index 0..{classes - 1}); rename or remove them"
     )
 
 
@@ -157,7 +198,12 @@ def evaluate_bundle(
             "has built-in evaluation data"
         )
     use_digits = data is None or str(data) == DEMO_DIGITS
-    dataset = demo_dataset(limit) if use_digits else image_folder(data, source.preprocessing, limit)  # type: ignore[arg-type]
+    names = list(manifest.labels) if len(manifest.labels) == source.num_classes else []
+    dataset = (
+        demo_dataset(limit)
+        if use_digits
+        else image_folder(data, source.preprocessing, limit, source.num_classes, names)  # type: ignore[arg-type]
+    )
     check_labels(dataset, source)
     check_bundle_memory(manifest, opened.root, "evaluate", 64, len(dataset.labels))
     rows = []

@@ -2,7 +2,7 @@
 chosen by a latency budget.
 
     bundle = Bundle.open("bundles/flexivit-demo")          # verified: schema, paths, sha256
-    model = bundle.model(budget_ms=20)                      # or variant="p16"; backend="auto"
+    model = bundle.model(budget_ms=20)                      # or variant="p16"; neither: the most accurate
     logits = model(["digit.png"])                           # paths, PIL images, uint8 or float arrays
     model.predict(["digit.png"], top_k=3)                   # class names from the manifest
 
@@ -26,7 +26,9 @@ from exporter.bundle.door import Bundle as _Door
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable, UsageError
+from exporter.core.names import printable
 from exporter.core.precision import PRECISIONS
+from exporter.core.sizes import to_size2
 from exporter.parity.compare import run_batched
 from exporter.runtime.arguments import check_arguments
 from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner, wrap_engine
@@ -114,11 +116,54 @@ class Bundle:
     def record(self, label: str) -> VariantRecord:
         found = next((v for v in self.manifest.variants if v.label == label), None)
         if found is None:
-            raise UsageError(f"no variant {label!r} in the bundle; it has {', '.join(self.variants)}")
+            raise UsageError(f"no variant {printable(label)!r} in the bundle; it has {', '.join(self.variants)}")
         return found
 
+    def variant_named(self, text: str) -> str:
+        """The label ``text`` names: a label as the manifest has it (``p16``, ``p8_64``), or the
+        patch size (and image size) of exactly one variant: ``16``, ``16x16``, ``p16x16``, ``8_64``."""
+        if any(v.label == text for v in self.manifest.variants):
+            return text
+        matches = [v.label for v in self.manifest.variants if _names(text, v)]
+        if len(matches) > 1:
+            raise UsageError(f"variant {printable(text)!r} could be {', '.join(matches)}: name one of them")
+        return matches[0] if matches else self.record(text).label  # the latter raises, naming the labels
+
+    def choose(
+        self,
+        backend: str,
+        precision: str = "fp32",
+        variant: str | None = None,
+        budget_ms: float | None = None,
+        latencies: dict[str, Latency] | None = None,
+    ) -> str:
+        """The variant that answers: ``variant`` (``variant_named``), else the most accurate whose
+        p99 in ``latencies`` fits ``budget_ms``, else the most accurate (``ranked``'s first, by
+        eval.json and tokens alone). ``predict``, ``model()`` and Triton's entry model all choose here."""
+        if variant is not None and budget_ms is not None:
+            raise UsageError("give either a variant or a latency budget, not both")
+        if variant is not None:
+            return self.variant_named(variant)
+        if budget_ms is None:
+            return self.ranked(backend, precision)[0]
+        found = latencies or {}
+        return choose_variant(self.ranked(backend, precision, found), found, budget_ms)
+
+    def ranked_by(self, backend: str, precision: str = "fp32") -> str:
+        """Why ``ranked``'s first is first here, in words: ``most accurate in eval.json``, or
+        ``most tokens; no eval.json to rank by accuracy``."""
+
+        name = backend if precision == "fp32" else f"{backend} {precision}"
+        if accuracies(self.door.read_artefact("eval.json"), name):
+            return "most accurate in eval.json"
+        return "most tokens; no eval.json to rank by accuracy"
+
     def resolve_backend(self, backend: str, precision: str = "fp32") -> str:
-        """``auto`` → the first backend in ``BACKENDS`` order that is present and has a file to run."""
+        """``auto`` → the first backend in ``BACKENDS`` order that is present and has a file to run.
+        A precision the bundle has no file of is ``UsageError`` (no backend could run it)."""
+        missing = self._file_problem("ort-cpu", precision)
+        if missing and not (backend in ("auto", "tensorrt") and self._engines()):
+            raise UsageError(missing)
         if backend != "auto":
             problem = backend_problem(backend) or self._file_problem(backend, precision)
             if problem:
@@ -141,7 +186,8 @@ class Bundle:
         if backend == "tensorrt":
             return None if self._engines() else "the bundle has no built engine for this GPU"
         if precision != "fp32" and not all(v.reduced.get("precision") == precision for v in self.manifest.variants):
-            return f"the bundle has no {precision} ONNX (build with --precision {precision})"
+            has = sorted({"fp32", *(str(v.reduced.get("precision")) for v in self.manifest.variants if v.reduced)})
+            return f"build with --precision {precision}: the bundle has no {precision} ONNX (it has {', '.join(has)})"
         return None
 
     def _engines(self) -> bool:
@@ -183,11 +229,14 @@ class Bundle:
         adaptive: bool = False,
         threads: int | None = None,
     ) -> Model:
-        """A callable for one variant, or for the most accurate one whose measured p99 at
-        ``batch`` fits ``budget_ms`` on this device and backend: by ``eval.json`` when the bundle
+        """A callable for one variant (a label, or a patch size one variant has: ``16``), or for the
+        most accurate one whose measured p99 at ``batch`` fits ``budget_ms`` on this device and
+        backend, or with neither the most accurate (``choose``): by ``eval.json`` when the bundle
         has one, else most tokens (``adaptive``: re-picked per call from the latencies observed)."""
-        if (variant is None) == (budget_ms is None):
-            raise UsageError("give either variant='pN' or budget_ms=MS")
+        if variant is not None and budget_ms is not None:
+            raise UsageError("give either variant= or budget_ms=, not both")
+        if variant is not None:
+            variant = self.variant_named(variant)
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         check_arguments(budget_ms=budget_ms, batch=batch, threads=threads)
@@ -198,8 +247,7 @@ class Bundle:
         latencies: dict[str, Latency] = {}
         if budget_ms is not None:
             latencies = self.latencies(name, precision, batch, threads, runners)
-            variant = choose_variant(self.ranked(name, precision, latencies), latencies, budget_ms)
-        assert variant is not None
+        variant = self.choose(name, precision, variant, budget_ms, latencies)
         return Model(self, variant, name, precision, threads, budget_ms, latencies, adaptive, _runners=runners)
 
     def latencies(
@@ -299,6 +347,17 @@ class Model:
             self.switches.append((label, choice, why))
             self.variant = choice
             self._observed.clear()
+
+
+def _names(text: str, record: VariantRecord) -> bool:
+    """Whether ``text`` (``16``, ``p16x16``, ``8_64``) is ``record``'s patch size (and image size)."""
+    patch, _, img = (text[1:] if text[:1] in "pP" else text).partition("_")
+    try:
+        if to_size2(patch) != tuple(record.patch_size):
+            return False
+        return not img or to_size2(img, "image size") == tuple(record.img_size)
+    except UsageError:
+        return False
 
 
 def _chunk(runner: Runner) -> int:

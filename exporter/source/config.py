@@ -179,10 +179,24 @@ def resolve_weights(path: Path) -> Path:
     )
 
 
+# Weights file stems that name a format or a training step, not a model.
+GENERIC_STEMS = ("model", "pytorch_model", "checkpoint", "weights", "best", "last", "final", "ema", "state_dict")
+
+
 def is_generic_name(weights: Path) -> bool:
-    """A weights file named for its format, not its model (``model.safetensors``): the bundle is
-    named after the config's architecture or the folder instead."""
-    return weights.name in WEIGHT_FILES or weights.stem in ("model", "pytorch_model")
+    """A weights file named for its format, not its model (``model.safetensors``, ``pytorch_model.bin``,
+    ``checkpoint.pth``): the bundle is named after the config's architecture or the folder instead."""
+    return weights.name in WEIGHT_FILES or weights.stem.lower() in GENERIC_STEMS
+
+
+def config_architecture(config: Mapping[str, Any]) -> str:
+    """The architecture a config names: timm's ``architecture``, transformers' ``architectures[0]``
+    (``ViTForImageClassification``) or ``model_type`` (``vit``); '' when it names none."""
+    found = config.get("architecture")
+    if not found and isinstance(config.get("architectures"), list) and config["architectures"]:
+        found = config["architectures"][0]
+    found = found or config.get("model_type")
+    return found if isinstance(found, str) else ""
 
 
 def where(config: Mapping[str, Any]) -> str:

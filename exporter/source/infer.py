@@ -115,10 +115,21 @@ def _check_model_name(name: str, what: str = "unknown timm model", error: type[U
     import timm
 
     if not timm.is_model(name):
-        stem = name.split("_")[0] or name
-        close = timm.list_models(f"*{stem}*")[:8]
+        close = similar_names(name, timm.list_models())
         hint = f"; similar timm models: {', '.join(close)}" if close else ""
         raise error(f"{what} {name!r}{hint}")
+
+
+def similar_names(name: str, known: list[str], n: int = 8) -> list[str]:
+    """Up to ``n`` of ``known`` nearest ``name``, those of its family first (the text before its
+    first '_': ``vit_nosuch`` is answered with ``vit_*`` names, not ``convit_*``)."""
+    import difflib
+
+    stem = name.split("_")[0].lower()
+    family = [k for k in known if k.lower() == stem or k.lower().startswith(stem + "_")] if stem else []
+    close = difflib.get_close_matches(name, family, n=n, cutoff=0.0)
+    close += [k for k in difflib.get_close_matches(name, known, n=n, cutoff=0.6) if k not in close]
+    return close[:n]
 
 
 def create_vit(model_name: str | None, args: Mapping[str, Any]) -> torch.nn.Module:

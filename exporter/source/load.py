@@ -24,6 +24,7 @@ from exporter.core.names import printable, slug
 from exporter.core.sizes import Size2, format_size, to_size2
 from exporter.source import hf, hf_layout
 from exporter.source.config import (
+    config_architecture,
     is_generic_name,
     label_names,
     read_config,
@@ -89,8 +90,8 @@ def source_name(spec: SourceSpec, announce: bool = True) -> str:
         name, origin = str(config["name"]), f"the config {config.get('_path')}"
     elif spec.model_name:
         name, origin = spec.model_name, "--model"
-    elif weights is not None and is_generic_name(weights) and config.get("architecture"):
-        name, origin = str(config["architecture"]), f"the config {config.get('_path')}"
+    elif weights is not None and is_generic_name(weights) and config_architecture(config):
+        name, origin = config_architecture(config), f"the config {config.get('_path')}"
     elif weights is not None and is_generic_name(weights):
         name, origin = weights.absolute().parent.name, f"the folder of {weights.name}"
     elif weights is not None:

@@ -196,6 +196,32 @@ def test_existing_bundle_needs_force_and_resume_reuses(demo_bundle, tmp_path):
     assert not any(v["resumed"] for v in json.loads((out / "manifest.json").read_text())["variants"])
 
 
+def test_resume_keeps_the_measurements_of_unchanged_variants_and_names_what_it_drops(demo_bundle, tmp_path, caplog):
+    """bench.json, eval.json and tradeoff.png vanished on every --resume, in silence."""
+    out = tmp_path / "b"
+    shutil.copytree(demo_bundle, out)
+    measured = {
+        "bench.json": b'{"machine": {"cpu": "x"}, "timings": []}',
+        "eval.json": b'{"results": [{"backend": "onnxruntime", "variant": "p32", "top1": 1.0}]}',
+        "tradeoff.png": b"\x89PNG\r\n\x1a\n",
+        "latency.json": b'{"machine": {"cpu": "x"}, "rows": []}',
+    }
+    for name, data in measured.items():
+        (out / name).write_bytes(data)
+    with caplog.at_level("WARNING", logger="exporter.build.pipeline"):  # the CLI's stderr
+        result = run_cli(*HEADLINE, "--out", str(out), "--resume", "--quiet")
+        assert result.exit_code == 0, result.output + result.stderr
+        assert {name: (out / name).read_bytes() for name in measured} == measured
+        assert "dropped" not in caplog.text
+        result = run_cli("build", "-p", "8", "16", "--out", str(out), "--resume", "--quiet")  # p32 is not built
+    assert result.exit_code == 0, result.output + result.stderr
+    assert not any((out / name).exists() for name in measured)
+    assert (
+        "--resume: dropped bench.json, eval.json, tradeoff.png, latency.json of the previous bundle "
+        "(p32 no longer built): measure again" in caplog.text
+    )
+
+
 def test_patch_sizes_forms(tmp_path):
     result = run_cli(
         "build",

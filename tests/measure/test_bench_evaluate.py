@@ -119,6 +119,52 @@ def test_evaluate_image_folder_and_refusals(bundle, tmp_path):
     assert result.exit_code == 2 and "--limit" in one_line_error(result)
 
 
+def save_digits(folder, names):
+    """Six held-out demo digits per folder name, rendered as the demo was trained."""
+    from PIL import Image
+
+    from exporter.source.demo import digits_to_uint8, load_demo_digits
+
+    digits, labels = load_demo_digits("test")
+    for name, index in names.items():
+        (folder / name).mkdir(parents=True)
+        chosen = [i for i, label in enumerate(labels) if label == index][:6] if index is not None else range(6)
+        for i in chosen:
+            Image.fromarray(digits_to_uint8(digits[i : i + 1])[0]).save(folder / name / f"{i}.png")
+
+
+def test_evaluate_matches_class_folders_by_name_and_refuses_the_rest(bundle, tmp_path):
+    """cat/dog/zebra on the digits model were mapped to 0/1/2 by sorted index, in silence; three
+    digit folders (3, 7, 9) were mapped to classes 0, 1, 2."""
+    save_digits(tmp_path / "pets", {"cat": None, "dog": None, "zebra": None})
+    line = one_line_error(run_cli("evaluate", str(bundle), "--data", str(tmp_path / "pets"), "-q"))
+    assert "the class folders cat, dog, zebra match no class of the model (its classes: 0, 1, 2" in line
+    save_digits(tmp_path / "mixed", {"3": 3, "owl": None})
+    result = run_cli("evaluate", str(bundle), "--data", str(tmp_path / "mixed"), "-q")
+    assert result.exit_code == 2 and "the class folders owl match no class" in one_line_error(result)
+
+    save_digits(tmp_path / "some", {"3": 3, "7": 7, "9": 9})
+    result = run_cli("evaluate", str(bundle), "--data", str(tmp_path / "some"), "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    written = json.loads((bundle / "eval.json").read_text())
+    assert written["samples"] == 18 and "matched by class name" in written["data"]
+    p32 = next(r for r in written["results"] if r["variant"] == "p32" and r["backend"] == "onnxruntime")
+    assert p32["top1"] >= 0.8  # by sorted index (3 -> 0, 7 -> 1, 9 -> 2) it was 0
+
+
+def test_class_folders_by_index_wordnet_id_or_sorted_order(tmp_path):
+    from exporter.measure.evaluate import class_indices
+
+    assert class_indices(["0", "10", "2"], [], 11, tmp_path) == ({"0": 0, "10": 10, "2": 2}, "matched by index")
+    names = [f"class {i}" for i in range(1000)]
+    found, how = class_indices(["n01443537", "n01440764", "class 5"], names, 1000, tmp_path)
+    assert found == {"n01443537": 1, "n01440764": 0, "class 5": 5} and how == "matched by class name and WordNet id"
+    # No class names in the manifest: the old layout, sorted folders = class indices.
+    assert class_indices(["b", "a"], [], 2, tmp_path) == ({"b": 1, "a": 0}, "classes in sorted folder order")
+    with pytest.raises(UsageError, match="the class folders 12 match no class"):
+        class_indices(["1", "12"], ["x"] * 10, 10, tmp_path)
+
+
 def test_bench_refusals(bundle, tmp_path):
     result = run_cli("bench", str(bundle), "--backends", "tpu")
     assert result.exit_code == 2 and "unknown backend 'tpu'" in one_line_error(result)

@@ -104,6 +104,36 @@ def test_folder_and_generic_file_names(hf_folder, tmp_path):
     assert source_name(SourceSpec(weights=bare)) == "cats-vit"
 
 
+def test_a_generic_weights_name_takes_the_architecture_from_the_config(hf_folder, tmp_path, monkeypatch):
+    """``checkpoint.safetensors`` named the bundle 'checkpoint' (and the Triton models checkpoint_p16);
+    a transformers config.json beside ``pytorch_model.bin`` gave the folder's name."""
+    import shutil
+
+    from exporter.source.load import source_name
+    from exporter.source.model import SourceSpec
+
+    run = tmp_path / "run-3"
+    run.mkdir()
+    shutil.copy(hf_folder / "model.safetensors", run / "checkpoint.safetensors")
+    shutil.copy(hf_folder / "config.json", run / "config.json")
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("build", "--weights", str(run / "checkpoint.safetensors"), "-p", "16", "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert manifest(tmp_path / "bundles" / ARCH)["name"] == ARCH
+    result = run_cli("triton", f"bundles/{ARCH}", "--out", "repo", "--backend", "python")
+    assert result.exit_code == 0 and f"{ARCH}_p16" in result.stdout, result.output + result.stderr
+
+    hf = tmp_path / "cats"
+    hf.mkdir()
+    (hf / "pytorch_model.bin").write_bytes(b"")  # the name is decided before any weights are read
+    (hf / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTForImageClassification"]}))
+    assert source_name(SourceSpec(weights=hf / "pytorch_model.bin")) == "ViTForImageClassification"
+    (hf / "config.json").write_text(json.dumps({"model_type": "dinov2"}))
+    assert source_name(SourceSpec(weights=hf)) == "dinov2"
+    (hf / "config.json").unlink()
+    assert source_name(SourceSpec(weights=hf / "pytorch_model.bin")) == "cats"
+
+
 def test_dinov2_with_registers_saved_at_126_is_native_126(tmp_path):
     """It was read as DINOv2's native 518; its position grid resamples as DINOv2's own code does."""
     from exporter.source.load import load_source

@@ -16,7 +16,7 @@ from exporter.source.load import load_source
 from exporter.source.model import SourceSpec
 from exporter.source.readers import unwrap_state_dict
 
-from conftest import TINY, tiny_model
+from conftest import TINY, one_line_error, run_cli, tiny_model
 
 
 def test_named_checkpoint_with_config(tiny_flexivit):
@@ -140,6 +140,16 @@ def test_model_name_is_checked_against_weights(tiny_vit):
 def test_unknown_model_name_suggests_close_ones(tiny_vit):
     with pytest.raises(UsageError, match="unknown timm model 'flexivit_smal'.*flexivit_small"):
         load_source(SourceSpec(weights=tiny_vit, model_name="flexivit_smal"))
+
+
+def test_unknown_model_name_suggests_its_own_family_first():
+    """``--model vit_nosuch`` suggested convit_* and crossvit_* names (a substring search on 'vit')."""
+    result = run_cli("build", "--model", "vit_nosuch", "-p", "16")
+    assert result.exit_code == 2
+    suggested = one_line_error(result).split("similar timm models: ")[1].split(", ")
+    assert len(suggested) == 8 and all(name.startswith("vit_") for name in suggested), suggested
+    line = one_line_error(run_cli("build", "--model", "vit_base_patch16_244", "-p", "16"))
+    assert line.split("similar timm models: ")[1].startswith("vit_base_patch16_224, ")
 
 
 def test_pretrained_without_network_is_an_environment_error(monkeypatch):
