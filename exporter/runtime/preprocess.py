@@ -17,6 +17,7 @@ batch's pixel values are checked against the memory available before they are al
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,8 @@ class Preprocess:
 
         image = to_rgb(image)
         width, height = image.size
+        if width < 1 or height < 1:
+            raise UsageError(f"image of {width}x{height} has no pixels")
         new_w, new_h = self.resized_size(width, height)
         crop_h, crop_w = self.img_size
         if crop_w > new_w or crop_h > new_h:
@@ -119,7 +122,11 @@ class Preprocess:
             return self._array(images)
         if isinstance(images, (str, Path)) or hasattr(images, "convert"):
             images = [images]
+        if isinstance(images, (bytes, bytearray, memoryview)) or not hasattr(images, "__iter__"):
+            raise UsageError(f"images must be paths, PIL images or arrays, got {type(images).__name__}")
         items = list(images)
+        if not items:
+            raise UsageError("no images given (an empty batch)")
         self.check_memory(len(items))
         return self.normalize(np.stack([self.pixels(read_image(item)) for item in items]))
 
@@ -140,6 +147,8 @@ class Preprocess:
         from PIL import Image as PILImage
 
         h, w = self.img_size
+        if array.ndim == 4 and len(array) == 0:
+            raise UsageError("no images given (an empty batch)")
         if array.dtype == np.uint8 and array.ndim in (3, 4) and array.shape[-1] == 3:
             batch = array[None] if array.ndim == 3 else array
             self.check_memory(len(batch))
@@ -177,6 +186,8 @@ def read_image(item: Any) -> Image:
     naming it) as 8-bit RGB, or a PIL image as it is."""
     if hasattr(item, "convert"):
         return item
+    if not isinstance(item, (str, os.PathLike)):
+        raise UsageError(f"an image must be a path, a PIL image or an array, got {type(item).__name__}")
     from exporter.images import opened_image
 
     with opened_image(Path(item)) as image:
