@@ -168,6 +168,7 @@ class Bundle:
         initializers = self.shared_tensors().initializers(path) if self.shares(backend) else None
         runner = load_runner(path, backend, threads, initializers)
         self.door.check_unchanged()  # what was loaded is the checked file, not a newer bundle's
+        check_file_shapes(record, runner)
         return runner
 
     def load_all(self, backend: str = "auto", precision: str = "fp32", threads: int | None = None) -> dict[str, Runner]:
@@ -301,6 +302,26 @@ class Model:
             self.switches.append((label, choice, why))
             self.variant = choice
             self._observed.clear()
+
+
+def check_file_shapes(record: VariantRecord, runner: Runner) -> None:
+    """``BundleError`` when the loaded file's own fixed sizes are not the manifest's: the image
+    size it is fed (``img_size``, 3 channels) and the output it is read by (``onnx.outputs[0].shape``,
+    the class count the labels follow). A manifest edited to another size or class count would
+    otherwise fail inside the runtime or index past the labels."""
+    if "shapes" not in runner.details:  # an engine: its own profile is checked when it runs
+        return
+    got_in, got_out = runner.details["shapes"]
+    wanted = [("takes", "img_size", ["N", 3, *record.img_size], got_in)]
+    wanted.append(("gives", "onnx.outputs[0].shape", list(record.onnx["outputs"][0]["shape"]), got_out))
+    for verb, field_name, want, got in wanted:
+        fixed = [(w, g) for w, g in zip(want, got) if isinstance(w, int) and g is not None]
+        if len(want) != len(got) or any(w != g for w, g in fixed):
+            shown = ", ".join(str(g) if g is not None else "N" for g in got)
+            raise BundleError(
+                f"variant {record.label}: {runner.path.name} {verb} [{shown}], not the manifest's "
+                f"{field_name} [{', '.join(map(str, want))}]"
+            )
 
 
 def _chunk(runner: Runner) -> int:

@@ -3,6 +3,9 @@
 - the runtime API's images argument: nothing (``[]``, a ``[0, ...]`` array), ``None``, a number,
   bytes or an image with no pixels is a ``UsageError`` naming the problem, never a ``ValueError``,
   ``TypeError``, ``ZeroDivisionError`` or onnxruntime's failure;
+- a manifest whose record of a variant's input size or class count is not what its (sha256-checked)
+  ONNX file takes and gives is exit 2 naming the variant and the field, when the file is loaded,
+  never onnxruntime's INVALID_ARGUMENT or an IndexError past the labels (exit 1);
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from PIL import Image
 
 from exporter.errors import UsageError
 
-from conftest import built
+from conftest import built, copy_into, edit_manifest, refused, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +54,37 @@ def test_the_runtime_api_refuses_images_that_are_no_images(shared: Path, images:
     with pytest.raises(UsageError):  # before: ValueError, TypeError, ZeroDivisionError, onnxruntime's Fail
         model(images)
     assert model(np.zeros((1, 40, 40, 3), np.uint8)).shape[0] == 1  # still serving
+
+
+# --- the manifest's record of the ONNX file against the file ------------------------------------
+
+
+def _fewer_classes(data: dict) -> None:
+    data["labels"] = data["labels"][:5]
+    for variant in data["variants"]:
+        variant["onnx"]["outputs"][0]["shape"] = ["batch", 5]
+
+
+def _smaller_input(data: dict) -> None:  # every field consistent with 48, the ONNX file takes 64
+    variant = next(v for v in data["variants"] if v["label"] == "p16")
+    variant.update(img_size=[48, 48], grid=[3, 3], tokens=10)
+    variant["onnx"]["inputs"][0]["shape"][2:] = [48, 48]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [(_fewer_classes, ("p16", "gives [N, 10]", "onnx.outputs[0].shape")), (_smaller_input, ("p16", "img_size"))],
+    ids=["class-count", "input-size"],
+)
+@pytest.mark.parametrize("backend", ["ort-cpu", "openvino"])
+def test_a_manifest_that_misstates_its_onnx_shapes_is_refused_naming_the_field(
+    shared: Path, tmp_path: Path, change, words: tuple[str, ...], backend: str
+) -> None:
+    bundle = copy_into(shared, tmp_path)
+    edit_manifest(bundle, change)
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(image)
+    result = run_cli("predict", str(bundle), str(image), "--variant", "p16", "--backend", backend, "--threads", "1")
+    refused(result, *words)  # before: exit 1 (IndexError; onnxruntime's INVALID_ARGUMENT)
+    if change is _smaller_input:  # the budget's probe loads the same way
+        refused(run_cli("predict", str(bundle), str(image), "--budget-ms", "1000", "--threads", "1"), "p16", "img_size")
