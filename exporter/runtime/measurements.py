@@ -118,7 +118,8 @@ def latency_sections(data: Any, where: str) -> list[dict[str, Any]]:
     if others is not None and not isinstance(others, list):
         warn_once(f"ignoring {where} other_machines: a {type(others).__name__}, not a list")
     extra = [s for s in others if isinstance(s, dict)] if isinstance(others, list) else []
-    return [{"machine": data.get("machine"), "rows": data.get("rows")}, *extra]
+    top = {k: v for k, v in data.items() if k != "other_machines"}  # with whatever else it records
+    return [{"machine": data.get("machine"), "rows": data.get("rows"), **top}, *extra]
 
 
 def latency_rows_here(data: Any, where: str, variants: Collection[str], here: dict[str, str]) -> list[dict[str, Any]]:
@@ -185,7 +186,7 @@ def merge_latency(
     found = mine.get("rows") if mine is not None else None
     earlier: list[Any] = found if isinstance(found, list) else []
     kept = [r for r in earlier if key(r) not in fresh and not row_problem(r, variants)]
-    section = {"machine": here, "rows": kept + rows}
+    section = {**(mine or {}), "machine": here, "rows": kept + rows}
     others = [s for s in sections if s is not mine and s.get("rows") != []]  # an empty section holds nothing
     return {**section, "other_machines": others} if others else section
 
@@ -227,4 +228,7 @@ def _read_for_merge(path: Path) -> Any:
         raise _Unmergeable(f"{path} is not valid JSON (left as it is: move it away to record here)") from exc
     if latency_sections(data, str(path)) == [] and data not in ({}, []):
         raise _Unmergeable(f"{path} is not a latency file flexiexport wrote (left as it is)")
+    others = data.get("other_machines") if isinstance(data, dict) else None
+    if others is not None and not (isinstance(others, list) and all(isinstance(s, dict) for s in others)):
+        raise _Unmergeable(f"{path}: other_machines is not a list of machine sections (left as it is)")
     return data

@@ -6,10 +6,14 @@
 - a manifest whose record of a variant's input size or class count is not what its (sha256-checked)
   ONNX file takes and gives is exit 2 naming the variant and the field, when the file is loaded,
   never onnxruntime's INVALID_ARGUMENT or an IndexError past the labels (exit 1);
+- ``latency.json``: another machine's section keeps every key it records (its ``threads``, a
+  note), not only ``machine`` and ``rows``; an ``other_machines`` that is not a list of sections
+  leaves the file as it is (the probe is used, not recorded) instead of being dropped;
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +92,39 @@ def test_a_manifest_that_misstates_its_onnx_shapes_is_refused_naming_the_field(
     refused(result, *words)  # before: exit 1 (IndexError; onnxruntime's INVALID_ARGUMENT)
     if change is _smaller_input:  # the budget's probe loads the same way
         refused(run_cli("predict", str(bundle), str(image), "--budget-ms", "1000", "--threads", "1"), "p16", "img_size")
+
+
+# --- latency.json: what another machine's section says is kept ----------------------------------
+
+JETSON = {"cpu": "ARMv8 Processor rev 1 (v8l)", "machine": "aarch64"}
+
+
+def _jetson_rows() -> list[dict[str, object]]:
+    return [{"backend": "ort-cpu", "variant": v, "batch": 1, "p50_ms": 1.0, "p99_ms": 2.0} for v in ("p16", "p32")]
+
+
+def test_another_machines_section_keeps_every_key_it_records(shared: Path, tmp_path: Path) -> None:
+    bundle = copy_into(shared, tmp_path)
+    jetson = {"machine": JETSON, "rows": _jetson_rows(), "threads": 6, "note": "nvpmodel 15 W"}
+    (bundle / "latency.json").write_text(json.dumps(jetson))
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(image)
+    result = run_cli("predict", str(bundle), str(image), "--budget-ms", "10000", "--threads", "1")
+    assert result.exit_code == 0, result.output + result.stderr
+    data = json.loads((bundle / "latency.json").read_text())
+    assert data["machine"] != JETSON  # this machine wrote last: the Jetson's section moved down
+    assert [s for s in data["other_machines"] if s["machine"] == JETSON] == [jetson]  # before: threads, note lost
+
+
+@pytest.mark.parametrize("others", [{"jetson": {"machine": JETSON}}, [{"machine": JETSON, "rows": []}, 5, None]])
+def test_other_machines_that_is_not_a_list_of_sections_is_left_as_it_is(
+    shared: Path, tmp_path: Path, others: object
+) -> None:
+    bundle = copy_into(shared, tmp_path)
+    text = json.dumps({"machine": {"cpu": "elsewhere", "machine": "x86_64"}, "rows": [], "other_machines": others})
+    (bundle / "latency.json").write_text(text)
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(image)
+    result = run_cli("predict", str(bundle), str(image), "--budget-ms", "10000", "--threads", "1")
+    assert result.exit_code == 0, result.output + result.stderr  # the probe answers
+    assert (bundle / "latency.json").read_text() == text  # before: the dict (or the 5 and the null) dropped
