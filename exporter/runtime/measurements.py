@@ -232,3 +232,28 @@ def _read_for_merge(path: Path) -> Any:
     if others is not None and not (isinstance(others, list) and all(isinstance(s, dict) for s in others)):
         raise _Unmergeable(f"{path}: other_machines is not a list of machine sections (left as it is)")
     return data
+
+
+def read_bench_for_merge(path: Path) -> Any:
+    """The present ``bench.json`` (None when absent) for ``bench`` to merge into; ``BundleError``
+    (exit 2, nothing overwritten) for one it cannot merge into without losing what it holds: not
+    valid JSON, larger than 16 MB, not an object, or an ``other_machines`` that is not a list of
+    machine sections. ``bench`` asks before it measures, and again under the lock."""
+    if not path.is_file():
+        return None
+    try:
+        if path.stat().st_size > 16 << 20:
+            raise _Unmergeable("is larger than 16 MB")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{path} is not valid JSON; left as it is: move it away to bench here") from exc
+    except _Unmergeable as exc:
+        raise BundleError(f"{path} {exc}; left as it is: move it away to bench here") from None
+    others = data.get("other_machines") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not (
+        others is None or (isinstance(others, list) and all(isinstance(s, dict) for s in others))
+    ):
+        raise BundleError(
+            f"{path} is not a bench.json flexiexport can merge into; left as it is: move it away to bench here"
+        )
+    return data

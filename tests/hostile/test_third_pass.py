@@ -9,6 +9,10 @@
 - ``latency.json``: another machine's section keeps every key it records (its ``threads``, a
   note), not only ``machine`` and ``rows``; an ``other_machines`` that is not a list of sections
   leaves the file as it is (the probe is used, not recorded) instead of being dropped;
+- ``bench.json``: one ``bench`` cannot merge into (not valid JSON, over 16 MB, ``other_machines``
+  not a list of sections) is refused before any timing, exit 2, left as it is (before: replaced
+  by this machine's rows, exit 0); another machine's section that holds only ``resample`` rows is
+  kept;
 """
 
 from __future__ import annotations
@@ -128,3 +132,31 @@ def test_other_machines_that_is_not_a_list_of_sections_is_left_as_it_is(
     result = run_cli("predict", str(bundle), str(image), "--budget-ms", "10000", "--threads", "1")
     assert result.exit_code == 0, result.output + result.stderr  # the probe answers
     assert (bundle / "latency.json").read_text() == text  # before: the dict (or the 5 and the null) dropped
+
+
+# --- bench.json: what bench cannot merge into is not overwritten -----------------------------------
+
+BENCH = ("--batch-sizes", "1", "--backends", "ort-cpu", "--runs", "2", "--min-seconds", "0.01", "--warmup", "0")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"machine": {"cpu": "Jetson"', json.dumps({"machine": {"cpu": "Jetson"}, "timings": [], "other_machines": {}})],
+    ids=["truncated", "other_machines-a-dict"],
+)
+def test_bench_refuses_a_bench_json_it_cannot_merge_into_before_timing(shared: Path, tmp_path: Path, text: str) -> None:
+    bundle = copy_into(shared, tmp_path)
+    (bundle / "bench.json").write_text(text)
+    result = run_cli("bench", str(bundle), *BENCH, "--threads", "1")
+    refused(result, "bench.json", "left as it is")
+    assert (bundle / "bench.json").read_text() == text  # before: exit 0, replaced by this machine's rows
+    assert "p16" not in result.output  # refused before timing
+
+
+def test_bench_keeps_a_machine_that_measured_only_resample_costs(shared: Path, tmp_path: Path) -> None:
+    bundle = copy_into(shared, tmp_path)
+    jetson = {"machine": {"cpu": "Jetson", "gpu": "Orin"}, "threads": 6, "timings": [], "resample": [{"x": 1}]}
+    (bundle / "bench.json").write_text(json.dumps(jetson))
+    result = run_cli("bench", str(bundle), *BENCH, "--threads", "1")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads((bundle / "bench.json").read_text())["other_machines"] == [jetson]  # before: dropped
