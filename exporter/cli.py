@@ -1346,8 +1346,6 @@ def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
     \b
     flexiexport predict bundles/flexivit-demo digit.png --budget-ms 1
     """
-    import json
-
     from exporter.runtime import Bundle as RuntimeBundle
     from exporter.runtime.model import predict_files
 
@@ -1375,7 +1373,9 @@ def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
             for path, found in results
         ]
         head = {"variant": model.variant, "backend": model.backend, "output": opened.output_name}
-        click.echo(json.dumps({**head, "results": rows}, indent=2))
+        from exporter.manifest_values import strict_json
+
+        click.echo(strict_json({**head, "results": rows}), nl=False)  # a NaN logit is null, not a bare NaN
     else:
         from exporter.runtime.model import embedding_summary
 

@@ -13,6 +13,9 @@
   not a list of sections) is refused before any timing, exit 2, left as it is (before: replaced
   by this machine's rows, exit 0); another machine's section that holds only ``resample`` rows is
   kept;
+- a ``std`` so small that float32 makes it 0 (1e-300 is finite and > 0) is refused at the door
+  naming ``preprocessing``: every pixel was inf, every logit NaN, and ``predict --json`` printed
+  a bare ``NaN`` (no JSON); ``predict --json`` now writes strict JSON as ``inspect --json`` does;
 """
 
 from __future__ import annotations
@@ -160,3 +163,19 @@ def test_bench_keeps_a_machine_that_measured_only_resample_costs(shared: Path, t
     result = run_cli("bench", str(bundle), *BENCH, "--threads", "1")
     assert result.exit_code == 0, result.output + result.stderr
     assert json.loads((bundle / "bench.json").read_text())["other_machines"] == [jetson]  # before: dropped
+
+
+# --- preprocessing numbers that float32 cannot hold ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mean", "std"), [(0.5, 1e-300), (0.5, 1e-9), (1e30, 0.5)], ids=["tiny-std", "1e-9", "huge-mean"]
+)
+def test_a_std_float32_makes_zero_is_refused_at_the_door(shared: Path, tmp_path: Path, mean: float, std: float) -> None:
+    bundle = copy_into(shared, tmp_path)
+    edit_manifest(bundle, lambda d: d["preprocessing"].update(mean=[mean] * 3, std=[std] * 3))
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(image)
+    result = run_cli("predict", str(bundle), str(image), "--variant", "p16", "--json", "--threads", "1")
+    refused(result, "preprocessing", "std")  # before: exit 0, NaN probabilities, a bare NaN in the JSON
+    assert "NaN" not in result.output
