@@ -829,11 +829,11 @@ class BenchCommand(GreedyCommand):
 def write_plot(opened: Any) -> Path | None:
     """Redraw ``tradeoff.png`` from whatever of bench.json / eval.json the bundle holds."""
     from exporter.plot import native_series, plot_tradeoff
-    from exporter.runtime.measurements import checked_bench
+    from exporter.runtime.measurements import checked_bench, checked_eval
 
     variants = {v.label for v in opened.manifest.variants}
     bench = checked_bench(opened.read_artefact("bench.json"), str(opened.root / "bench.json"), variants)
-    evaluation = opened.read_artefact("eval.json")
+    evaluation = checked_eval(opened.read_artefact("eval.json"), str(opened.root / "eval.json"), variants)
     if bench is None and evaluation is None:
         return None
     title = f"{opened.manifest.name}: speed / accuracy"

@@ -155,6 +155,36 @@ def checked_bench(data: Any, where: str, variants: Collection[str]) -> dict[str,
     return {**data, "timings": timings} if timings else None
 
 
+def checked_eval(data: Any, where: str, variants: Collection[str]) -> dict[str, Any] | None:
+    """``eval.json`` with only its usable results, for the plot: a record with a backend, a
+    variant the bundle has, a patch size, and a top-1 in [0, 1] (the others ignored with one
+    warning); None when it has none."""
+    if data is None:
+        return None
+    rows = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        warn_once(f"ignoring {where}: its results are not a list")
+        return None
+    kept = [r for r in rows if not _eval_problem(r, variants)]
+    if len(kept) < len(rows):
+        first = next(_eval_problem(r, variants) for r in rows if _eval_problem(r, variants))
+        warn_once(f"ignoring {len(rows) - len(kept)} of {len(rows)} results in {where}: {first}")
+    return {**data, "results": kept} if kept else None
+
+
+def _eval_problem(row: Any, variants: Collection[str]) -> str:
+    if not isinstance(row, dict):
+        return f"a {type(row).__name__}, not a record"
+    if not isinstance(row.get("backend"), str) or row.get("variant") not in variants:
+        return "its backend or variant is not one of this bundle"
+    top1 = finite_number(row.get("top1"))
+    if top1 is None or not 0 <= top1 <= 1:
+        return f"top1 is {printable(repr(row.get('top1')))[:40]}, not an accuracy in [0, 1]"
+    if not (_pair(row.get("patch_size")) and (row.get("img_size") is None or _pair(row["img_size"]))):
+        return "patch_size or img_size is not a pair of whole numbers"
+    return ""
+
+
 @contextmanager
 def folder_locked(folder: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``folder`` itself while the block runs: one writer at a time of

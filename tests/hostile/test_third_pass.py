@@ -16,11 +16,14 @@
 - a ``std`` so small that float32 makes it 0 (1e-300 is finite and > 0) is refused at the door
   naming ``preprocessing``: every pixel was inf, every logit NaN, and ``predict --json`` printed
   a bare ``NaN`` (no JSON); ``predict --json`` now writes strict JSON as ``inspect --json`` does;
+- ``eval.json`` is data for the plot too: a result that is ``null``, a list, a ghost variant or a
+  top-1 of 1e308 is ignored with one warning (before: ``AttributeError``, exit 1, after timing);
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +182,20 @@ def test_a_std_float32_makes_zero_is_refused_at_the_door(shared: Path, tmp_path:
     result = run_cli("predict", str(bundle), str(image), "--variant", "p16", "--json", "--threads", "1")
     refused(result, "preprocessing", "std")  # before: exit 0, NaN probabilities, a bare NaN in the JSON
     assert "NaN" not in result.output
+
+
+# --- eval.json read by the plot -----------------------------------------------------------------------
+
+
+def test_the_plot_ignores_eval_results_that_are_no_results(shared: Path, tmp_path: Path, caplog) -> None:
+    bundle = copy_into(shared, tmp_path)
+    good = {"backend": "onnxruntime", "variant": "p16", "patch_size": [16, 16], "img_size": [64, 64], "top1": 0.5}
+    results = [good, None, [1, 2], {**good, "variant": "p99"}, {**good, "variant": "p32", "top1": 1e308}]
+    text = json.dumps({"data": "digits", "samples": 8, "results": results})
+    (bundle / "eval.json").write_text(text)
+    with caplog.at_level(logging.WARNING, logger="exporter.runtime"):
+        result = run_cli("bench", str(bundle), *BENCH, "--threads", "1")
+    assert result.exit_code == 0, result.output + result.stderr  # before: exit 1, AttributeError in the plot
+    assert "ignoring 4 of 5 results" in caplog.text
+    assert (bundle / "tradeoff.png").stat().st_size > 0
+    assert (bundle / "eval.json").read_text() == text
