@@ -18,6 +18,9 @@
   a bare ``NaN`` (no JSON); ``predict --json`` now writes strict JSON as ``inspect --json`` does;
 - ``eval.json`` is data for the plot too: a result that is ``null``, a list, a ghost variant or a
   top-1 of 1e308 is ignored with one warning (before: ``AttributeError``, exit 1, after timing);
+- ``build --calib-dir``: an image file followed by 40 GB (sparse) is refused by its size before
+  any export, and the images' digest is streamed (before: ``read_bytes`` of the whole file,
+  ``MemoryError``, exit 1);
 """
 
 from __future__ import annotations
@@ -199,3 +202,30 @@ def test_the_plot_ignores_eval_results_that_are_no_results(shared: Path, tmp_pat
     assert "ignoring 4 of 5 results" in caplog.text
     assert (bundle / "tradeoff.png").stat().st_size > 0
     assert (bundle / "eval.json").read_text() == text
+
+
+# --- calibration images: a file's size, not only its pixels ------------------------------------------
+
+
+def test_a_calibration_image_with_gigabytes_after_it_is_refused_by_its_size(tmp_path: Path) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(calib / "a.png")
+    Image.fromarray(np.full((64, 64, 3), 30, np.uint8)).save(calib / "b.png")
+    with open(calib / "b.png", "r+b") as handle:  # a valid PNG, then 40 GB of zeros (sparse on disk)
+        handle.truncate(40 << 30)
+    out = tmp_path / "out"
+    result = run_cli("build", "--patch-sizes", "32", "--calib-dir", str(calib), "--out", str(out), "--quiet")
+    refused(result, "b.png", "GiB")  # before: MemoryError (exit 1) hashing the file whole
+    assert not out.exists()
+
+
+def test_the_calibration_digest_is_streamed(tmp_path: Path) -> None:
+    import hashlib
+
+    from exporter.images import folder_digest
+
+    Image.fromarray(np.full((8, 8, 3), 1, np.uint8)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    expected = hashlib.sha256(b"a.png\0" + hashlib.sha256(data).digest()).hexdigest()
+    assert folder_digest(tmp_path, 4) == expected  # the same key as before: --resume still recognises a folder
