@@ -118,9 +118,12 @@ class Bundle:
     def resolve_backend(self, backend: str, precision: str = "fp32") -> str:
         """``auto`` → the first backend in ``BACKENDS`` order that is present and has a file to run."""
         if backend != "auto":
-            problem = backend_problem(backend) or self._file_problem(backend, precision)
+            problem = backend_problem(backend)
             if problem:
                 raise EnvironmentMissing(f"backend {backend}: {problem}")
+            problem = self._file_problem(backend, precision)
+            if problem:  # the runtime is here, the bundle lacks its file (an engine is per GPU: this machine's)
+                raise (EnvironmentMissing if backend == "tensorrt" else UsageError)(f"backend {backend}: {problem}")
             return backend
         reasons: dict[str, str] = {}
         for name in BACKENDS:
@@ -131,9 +134,10 @@ class Bundle:
                 log.info("backend auto: %s (skipped: %s)", name, "; ".join(f"{k}: {v}" for k, v in reasons.items()))
                 return name
             reasons[name] = problem
-        raise EnvironmentMissing(
-            "no backend can run this bundle here: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
-        )
+        said = "no backend can run this bundle here: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
+        # a runtime that is here but has no file of this bundle to run: the bundle's lack (exit 2), as in `triton`
+        present = [name for name in reasons if name != "tensorrt" and not backend_problem(name)]
+        raise UsageError(said) if present else EnvironmentMissing(said)
 
     def _file_problem(self, backend: str, precision: str) -> str | None:
         if backend == "tensorrt":

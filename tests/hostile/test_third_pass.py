@@ -21,6 +21,8 @@
 - ``build --calib-dir``: an image file followed by 40 GB (sparse) is refused by its size before
   any export, and the images' digest is streamed (before: ``read_bytes`` of the whole file,
   ``MemoryError``, exit 1);
+- ``predict --precision int8`` on a bundle built without int8 is exit 2 (the bundle lacks the
+  file, as ``triton`` already says), not exit 4 (the environment lacks something);
 """
 
 from __future__ import annotations
@@ -229,3 +231,16 @@ def test_the_calibration_digest_is_streamed(tmp_path: Path) -> None:
     data = (tmp_path / "a.png").read_bytes()
     expected = hashlib.sha256(b"a.png\0" + hashlib.sha256(data).digest()).hexdigest()
     assert folder_digest(tmp_path, 4) == expected  # the same key as before: --resume still recognises a folder
+
+
+# --- what the bundle lacks is no missing environment ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "backend", [("--backend", "ort-cpu"), ("--backend", "openvino"), ()], ids=["ort", "ov", "auto"]
+)
+def test_a_precision_the_bundle_lacks_is_a_usage_error(shared: Path, tmp_path: Path, backend: tuple[str, ...]) -> None:
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(image)
+    result = run_cli("predict", str(shared), str(image), "--variant", "p16", "--precision", "int8", *backend)
+    refused(result, "no int8 ONNX")  # before: exit 4
