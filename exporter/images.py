@@ -85,6 +85,8 @@ def opened_image(path: Path) -> Iterator[Any]:
         raise UsageError(bomb_message(path, exc)) from None
     except FlexiExportError:
         raise
+    except Image.UnidentifiedImageError as exc:  # Pillow names the handle (<_io.BufferedReader name=6>), not the file
+        raise UsageError(f"cannot read image {str(path)!r}: not in a format Pillow can identify") from exc
     except Exception as exc:  # a decoder's failure on this file's bytes, whatever its type
         raise UsageError(f"cannot read image {str(path)!r}: {type(exc).__name__}: {exc}") from exc
 

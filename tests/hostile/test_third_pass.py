@@ -23,6 +23,7 @@
   ``MemoryError``, exit 1);
 - ``predict --precision int8`` on a bundle built without int8 is exit 2 (the bundle lacks the
   file, as ``triton`` already says), not exit 4 (the environment lacks something);
+- a file Pillow cannot identify is named as such, not as ``<_io.BufferedReader name=6>``;
 """
 
 from __future__ import annotations
@@ -244,3 +245,10 @@ def test_a_precision_the_bundle_lacks_is_a_usage_error(shared: Path, tmp_path: P
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(image)
     result = run_cli("predict", str(shared), str(image), "--variant", "p16", "--precision", "int8", *backend)
     refused(result, "no int8 ONNX")  # before: exit 4
+
+
+def test_a_file_pillow_cannot_identify_is_said_plainly(shared: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "drawing.svg.png"
+    fake.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>')
+    line = refused(run_cli("predict", str(shared), str(fake), "--variant", "p16"), "drawing.svg.png", "format")
+    assert "BufferedReader" not in line and "name=" not in line  # before: Pillow's words about the handle
