@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import time
 from collections import deque
@@ -58,6 +59,8 @@ class Bundle:
         """``share_weights``: on a ``--shared-weights`` bundle, every ort-cpu variant loaded from
         this object uses one copy of the shared tensors (less memory with several variants
         loaded, slower runs: MatMul prepacking is off; README, "Run a bundle")."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise UsageError(f"a bundle is a folder path, got {type(path).__name__}")
         return cls(_Door.open(Path(path)), share_weights)
 
     def shares(self, backend: str) -> bool:
@@ -198,6 +201,8 @@ class Bundle:
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         check_arguments(budget_ms=budget_ms, batch=batch, threads=threads)
+        if variant is not None:
+            self.record(variant)  # an unknown (or non-string) label is refused now, not at the first call
         if budget_ms is not None:  # the budget's probe runs ``batch`` images at once: they must fit
             check_bundle_memory(self.manifest, self.door.root, "predict", batch, batch)
         name = self.resolve_backend(backend, precision)

@@ -24,6 +24,8 @@
 - ``predict --precision int8`` on a bundle built without int8 is exit 2 (the bundle lacks the
   file, as ``triton`` already says), not exit 4 (the environment lacks something);
 - a file Pillow cannot identify is named as such, not as ``<_io.BufferedReader name=6>``;
+- the runtime API: ``Bundle.open(None)`` is a ``UsageError`` (was ``TypeError``), and
+  ``model(variant=16)`` is refused when the model is made, not at its first call;
 """
 
 from __future__ import annotations
@@ -252,3 +254,14 @@ def test_a_file_pillow_cannot_identify_is_said_plainly(shared: Path, tmp_path: P
     fake.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>')
     line = refused(run_cli("predict", str(shared), str(fake), "--variant", "p16"), "drawing.svg.png", "format")
     assert "BufferedReader" not in line and "name=" not in line  # before: Pillow's words about the handle
+
+
+def test_the_runtime_api_refuses_a_bundle_or_variant_of_the_wrong_kind(shared: Path) -> None:
+    from exporter.runtime import Bundle
+
+    with pytest.raises(UsageError, match="folder path"):
+        Bundle.open(None)  # type: ignore[arg-type]
+    bundle = Bundle.open(shared)
+    for label in (16, ["p16"], "p7"):
+        with pytest.raises(UsageError, match="no variant"):
+            bundle.model(variant=label)  # type: ignore[arg-type]  # before: a Model that failed at each call
