@@ -193,7 +193,7 @@ NARROW_HEADER = ["", "variant", "image", "tokens", "GFLOPs", "max|Δ|", "cosine"
 TABLE_WIDTH = 80
 
 
-DROP_FIRST = ("tokens", "GFLOPs", "image")  # a dynamic bundle's image cell (64 (32-128)) says most
+DROP_FIRST = ("tokens", "GFLOPs", "native", "image")  # a dynamic bundle's image cell (64 (32-128)) says most
 
 
 def table_width(columns: list[int], rows: list[list[str]]) -> int:

@@ -3,7 +3,8 @@
 The schema (``exporter.bundle.door``) checks each field alone; these rules tie fields together, so
 that a command never runs on numbers that contradict each other:
 
-- mean and std are finite (std > 0 is the schema's); a verdict of "passed" has finite statistics
+- mean and std are finite (std > 0 is the schema's), std >= 1e-6 and |mean| <= 1e6 (a normalised
+  float32 pixel stays finite); a verdict of "passed" has finite statistics
   (NaN compares false with every tolerance, so it would pass any check);
 - a variant's ``img_size`` is its ONNX input's height and width, and ``grid x patch_size``; its
   ``tokens`` are the grid's plus at most 64 class/register tokens;
@@ -22,6 +23,7 @@ from typing import Any
 
 from exporter.core.errors import BundleError
 
+MIN_STD, MAX_MEAN = 1e-6, 1e6  # timm's are 0.2-0.5 and 0-1; a normalised pixel stays within 1e12
 MAX_PREFIX_TOKENS = 64  # class and register tokens before the patch grid (the schema's allowance)
 STATS: tuple[str, ...] = ("max_abs", "mean_abs", "p99_abs", "max_rel", "mean_rel", "p99_rel", "min_cosine")
 STATS += ("top1_agreement", "top5_agreement")
@@ -39,6 +41,12 @@ def _problems(data: dict[str, Any]) -> Iterator[str]:
     for key in ("mean", "std"):
         if not all(math.isfinite(x) for x in pre[key]):
             yield f"preprocessing.{key}: every value must be a finite number, got {pre[key]}"
+    if not all(s >= MIN_STD and abs(m) <= MAX_MEAN for m, s in zip(pre["mean"], pre["std"])):
+        # a pixel in [0, 1] normalised in float32 stays finite (a std of 1e-300 is 0 there: inf, NaN logits)
+        yield (
+            f"preprocessing: std must be at least {MIN_STD:g} and mean at most {MAX_MEAN:g} in size, "
+            f"got mean {pre['mean']}, std {pre['std']}"
+        )
     for i, variant in enumerate(data["variants"]):
         yield from _variant_problems(variant, f"variants[{i}]")
     for name, entry in data.get("engines", {}).items():

@@ -46,10 +46,11 @@ def bench(bundle: Path, **kw: Any) -> None:
 
     from exporter.bundle.door import Bundle
     from exporter.measure.bench import BenchOptions, bench_bundle, merge_reports
-    from exporter.runtime.measurements import folder_locked
+    from exporter.runtime.measurements import folder_locked, read_bench_for_merge
 
     opened = Bundle.open(bundle)
     targets = opened.artefact("bench.json"), opened.artefact("tradeoff.png")  # refused before any work
+    read_bench_for_merge(targets[0])  # one it cannot merge into is refused now, not overwritten later
     batch_sizes = parse_batch_sizes(kw["batch_sizes"])
     options = BenchOptions(
         batch_sizes=batch_sizes,
@@ -62,7 +63,7 @@ def bench(bundle: Path, **kw: Any) -> None:
     err = console(stderr=True)
     report = bench_bundle(opened, options, None if kw["quiet"] else lambda t: err.print(safe(f"  {t}")), kw["weights"])
     with folder_locked(opened.root):  # a concurrent bench's rows are merged, not overwritten
-        merged, note = merge_reports(opened.read_artefact("bench.json"), report)
+        merged, note = merge_reports(read_bench_for_merge(targets[0]), report)
         write_atomic(targets[0], json.dumps(merged, indent=2) + "\n")
     plot = write_plot(opened)
     print_bench(report, kw["wide"])

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from exporter.bundle.values import strict_json
 from exporter.cli.group import cli, debug_option
 from exporter.cli.params import RUNTIME_BACKEND_HELP
 from exporter.cli.render import (
@@ -53,7 +54,6 @@ def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
     flexiexport predict bundles/flexivit-demo docs/digit.png
     flexiexport predict bundles/flexivit-demo docs/digit.png --budget-ms 1
     """
-    import json
 
     from exporter.runtime import Bundle as RuntimeBundle
     from exporter.runtime.model import predict_files
@@ -84,7 +84,8 @@ def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
             for path, found in results
         ]
         head = {"variant": model.variant, "backend": model.backend, "output": opened.output_name}
-        click.echo(json.dumps({**head, "results": rows}, indent=2))
+
+        click.echo(strict_json({**head, "results": rows}), nl=False)  # a NaN logit is null, not a bare NaN
     else:
         from exporter.runtime.model import embedding_summary
 

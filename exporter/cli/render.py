@@ -283,11 +283,11 @@ def print_build(result: Any, wide: bool) -> None:
 
 def write_plot(opened: Any) -> Path | None:
     """Redraw ``tradeoff.png`` from whatever of bench.json / eval.json the bundle holds."""
-    from exporter.runtime.measurements import checked_bench
+    from exporter.runtime.measurements import checked_bench, checked_eval
 
     variants = {v.label for v in opened.manifest.variants}
     bench = checked_bench(opened.read_artefact("bench.json"), str(opened.root / "bench.json"), variants)
-    evaluation = opened.read_artefact("eval.json")
+    evaluation = checked_eval(opened.read_artefact("eval.json"), str(opened.root / "eval.json"), variants)
     if bench is None and evaluation is None:
         return None
     title = opened.manifest.name  # the plot says what its panels show

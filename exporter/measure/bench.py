@@ -344,6 +344,9 @@ def resample_costs(
     return costs, []
 
 
+MEASURED = ("timings", "resample")  # a machine's section holding rows of either is kept
+
+
 def merge_reports(previous: Any, report: BenchReport) -> tuple[dict[str, Any], str]:
     """``bench.json`` after this run, and a line saying what was merged. Rows are keyed by
     (backend, variant, batch): this run's rows replace earlier ones with the same key, the
@@ -362,7 +365,7 @@ def merge_reports(previous: Any, report: BenchReport) -> tuple[dict[str, Any], s
         return (machine.get("cpu"), machine.get("gpu")) if isinstance(machine, dict) else (None, None)
 
     mine = next((s for s in sections if machine_of(s) == here), None)
-    others = [s for s in sections if s is not mine and isinstance(s.get("timings"), list) and s.get("timings")]
+    others = [s for s in sections if s is not mine and any(isinstance(s.get(k), list) and s[k] for k in MEASURED)]
     merged, note = _merge_same_machine(mine, report)
     if others:
         merged["other_machines"] = others

@@ -123,6 +123,7 @@ def ort_runner(
         return np.asarray(session.run(None, {name: batch})[0])
 
     details = {"providers": session.get_providers(), "shared_initializers": len(initializers or {})}
+    details["shapes"] = [_dims(inp.shape), _dims(session.get_outputs()[0].shape)]
     return Runner(backend, path, run, static, details=details, borrowed=dict(initializers or {}))
 
 
@@ -174,7 +175,14 @@ def openvino_runner(path: Path, backend: str = "openvino", threads: int | None =
 
     static = static_dim.get_length() if static_dim.is_static else None
     precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    return Runner(backend, path, run, static, details={"inference_precision": precision})
+    ports = (model.inputs[0], model.outputs[0])
+    shapes = [[d.get_length() if d.is_static else None for d in port.get_partial_shape()] for port in ports]
+    return Runner(backend, path, run, static, details={"inference_precision": precision, "shapes": shapes})
+
+
+def _dims(shape: list[Any]) -> list[int | None]:
+    """A runtime's shape: its fixed sizes, None for each named or unknown one."""
+    return [d if isinstance(d, int) and d >= 0 else None for d in shape]
 
 
 def tensorrt_runner(path: Path, backend: str = "tensorrt", threads: int | None = None) -> Runner:

@@ -35,6 +35,8 @@ def opened_image(path: Path) -> Iterator[Any]:
         raise UsageError(bomb_message(path, exc)) from None
     except FlexiExportError:
         raise
+    except Image.UnidentifiedImageError as exc:  # Pillow names the handle (<_io.BufferedReader name=6>), not the file
+        raise UsageError(f"cannot read image {str(path)!r}: not in a format Pillow can identify") from exc
     except Exception as exc:  # a decoder's failure on this file's bytes, whatever its type
         raise UsageError(f"cannot read image {str(path)!r}: {type(exc).__name__}: {exc}") from exc
 
@@ -86,7 +88,8 @@ def read_image(item: Any) -> Image:
     naming it) as 8-bit RGB, or a PIL image as it is."""
     if hasattr(item, "convert"):
         return item
-
+    if not isinstance(item, (str, os.PathLike)):
+        raise UsageError(f"an image must be a path, a PIL image or an array, got {type(item).__name__}")
     with opened_image(Path(item)) as image:
         image.load()
         return to_rgb(image).copy()

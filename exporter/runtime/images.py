@@ -15,12 +15,15 @@ import numpy as np
 from exporter.bundle.manifest import walk
 from exporter.core.errors import ImageErrors, UsageError
 from exporter.core.sizes import Size2
-from exporter.runtime.decode import read_image
+from exporter.runtime.decode import read_image, regular_file
 from exporter.runtime.preprocess import Preprocess
 
 if TYPE_CHECKING:
     from exporter.bundle.manifest import Preprocessing
 
+# An image within Pillow's pixel limit is under 1 GiB even uncompressed at 8 bytes a pixel; a larger
+# file (a valid header, then 40 GB of anything) would be hashed whole for --resume.
+MAX_IMAGE_FILE_BYTES = 2 << 30
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm")
 
 
@@ -50,7 +53,11 @@ def folder_digest(folder: Path, limit: int) -> str:
     digest = hashlib.sha256()
     for path in list_images(folder)[:limit]:
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        one = hashlib.sha256()
+        with regular_file(path) as handle:  # streamed: memory stays bounded whatever the file's size
+            while block := handle.read(1 << 20):
+                one.update(block)
+        digest.update(one.digest())
     return digest.hexdigest()
 
 
@@ -61,6 +68,11 @@ def check_images(folder: Path, limit: int) -> None:
     problems = []
     for path in list_images(folder)[:limit]:
         try:
+            if path.stat().st_size > MAX_IMAGE_FILE_BYTES:  # its bytes are hashed: decodable is not enough
+                raise UsageError(
+                    f"image {str(path)!r} is a file of {path.stat().st_size / 2**30:.1f} GiB, more than any image "
+                    f"this tool decodes ({MAX_IMAGE_FILE_BYTES >> 30} GiB); shrink or remove it"
+                )
             read_image(path)
         except UsageError as exc:
             problems.append(f"--calib-dir: {exc}")

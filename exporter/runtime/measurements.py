@@ -119,7 +119,8 @@ def latency_sections(data: Any, where: str) -> list[dict[str, Any]]:
     if others is not None and not isinstance(others, list):
         warn_once(f"ignoring {where} other_machines: a {type(others).__name__}, not a list")
     extra = [s for s in others if isinstance(s, dict)] if isinstance(others, list) else []
-    return [{"machine": data.get("machine"), "rows": data.get("rows")}, *extra]
+    top = {k: v for k, v in data.items() if k != "other_machines"}  # with whatever else it records
+    return [{"machine": data.get("machine"), "rows": data.get("rows"), **top}, *extra]
 
 
 def latency_rows_here(data: Any, where: str, variants: Collection[str], here: dict[str, str]) -> list[dict[str, Any]]:
@@ -155,6 +156,36 @@ def checked_bench(data: Any, where: str, variants: Collection[str]) -> dict[str,
     return {**data, "timings": timings} if timings else None
 
 
+def checked_eval(data: Any, where: str, variants: Collection[str]) -> dict[str, Any] | None:
+    """``eval.json`` with only its usable results, for the plot: a record with a backend, a
+    variant the bundle has, a patch size, and a top-1 in [0, 1] (the others ignored with one
+    warning); None when it has none."""
+    if data is None:
+        return None
+    rows = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        warn_once(f"ignoring {where}: its results are not a list")
+        return None
+    kept = [r for r in rows if not _eval_problem(r, variants)]
+    if len(kept) < len(rows):
+        first = next(_eval_problem(r, variants) for r in rows if _eval_problem(r, variants))
+        warn_once(f"ignoring {len(rows) - len(kept)} of {len(rows)} results in {where}: {first}")
+    return {**data, "results": kept} if kept else None
+
+
+def _eval_problem(row: Any, variants: Collection[str]) -> str:
+    if not isinstance(row, dict):
+        return f"a {type(row).__name__}, not a record"
+    if not isinstance(row.get("backend"), str) or row.get("variant") not in variants:
+        return "its backend or variant is not one of this bundle"
+    top1 = finite_number(row.get("top1"))
+    if top1 is None or not 0 <= top1 <= 1:
+        return f"top1 is {printable(repr(row.get('top1')))[:40]}, not an accuracy in [0, 1]"
+    if not (_pair(row.get("patch_size")) and (row.get("img_size") is None or _pair(row["img_size"]))):
+        return "patch_size or img_size is not a pair of whole numbers"
+    return ""
+
+
 @contextmanager
 def folder_locked(folder: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``folder`` itself while the block runs: one writer at a time of
@@ -186,7 +217,7 @@ def merge_latency(
     found = mine.get("rows") if mine is not None else None
     earlier: list[Any] = found if isinstance(found, list) else []
     kept = [r for r in earlier if key(r) not in fresh and not row_problem(r, variants)]
-    section = {"machine": here, "rows": kept + rows}
+    section = {**(mine or {}), "machine": here, "rows": kept + rows}
     others = [s for s in sections if s is not mine and s.get("rows") != []]  # an empty section holds nothing
     return {**section, "other_machines": others} if others else section
 
@@ -227,6 +258,34 @@ def _read_for_merge(path: Path) -> Any:
         raise _Unmergeable(f"{path} is not valid JSON (left as it is: move it away to record here)") from exc
     if latency_sections(data, str(path)) == [] and data not in ({}, []):
         raise _Unmergeable(f"{path} is not a latency file flexiexport wrote (left as it is)")
+    others = data.get("other_machines") if isinstance(data, dict) else None
+    if others is not None and not (isinstance(others, list) and all(isinstance(s, dict) for s in others)):
+        raise _Unmergeable(f"{path}: other_machines is not a list of machine sections (left as it is)")
+    return data
+
+
+def read_bench_for_merge(path: Path) -> Any:
+    """The present ``bench.json`` (None when absent) for ``bench`` to merge into; ``BundleError``
+    (exit 2, nothing overwritten) for one it cannot merge into without losing what it holds: not
+    valid JSON, larger than 16 MB, not an object, or an ``other_machines`` that is not a list of
+    machine sections. ``bench`` asks before it measures, and again under the lock."""
+    if not path.is_file():
+        return None
+    try:
+        if path.stat().st_size > 16 << 20:
+            raise _Unmergeable("is larger than 16 MB")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{path} is not valid JSON; left as it is: move it away to bench here") from exc
+    except _Unmergeable as exc:
+        raise BundleError(f"{path} {exc}; left as it is: move it away to bench here") from None
+    others = data.get("other_machines") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not (
+        others is None or (isinstance(others, list) and all(isinstance(s, dict) for s in others))
+    ):
+        raise BundleError(
+            f"{path} is not a bench.json flexiexport can merge into; left as it is: move it away to bench here"
+        )
     return data
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -63,6 +64,8 @@ class Bundle:
         """``share_weights``: on a ``--shared-weights`` bundle, every ort-cpu variant loaded from
         this object uses one copy of the shared tensors (less memory with several variants
         loaded, slower runs: MatMul prepacking is off; README, "Run a bundle")."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise UsageError(f"a bundle is a folder path, got {type(path).__name__}")
         return cls(_Door.open(Path(path)), share_weights)
 
     def shares(self, backend: str) -> bool:
@@ -121,7 +124,10 @@ class Bundle:
 
     def variant_named(self, text: str) -> str:
         """The label ``text`` names: a label as the manifest has it (``p16``, ``p8_64``), or the
-        patch size (and image size) of exactly one variant: ``16``, ``16x16``, ``p16x16``, ``8_64``."""
+        patch size (and image size) of exactly one variant: ``16``, ``16x16``, ``p16x16``, ``8_64``.
+        Anything but a string (``16`` as an int, a list) is no name: refused, naming the labels."""
+        if not isinstance(text, str):
+            raise UsageError(f"no variant {text!r} in the bundle: name one as text ({', '.join(self.variants)})")
         if any(v.label == text for v in self.manifest.variants):
             return text
         matches = [v.label for v in self.manifest.variants if _names(text, v)]
@@ -165,9 +171,12 @@ class Bundle:
         if missing and not (backend in ("auto", "tensorrt") and self._engines()):
             raise UsageError(missing)
         if backend != "auto":
-            problem = backend_problem(backend) or self._file_problem(backend, precision)
+            problem = backend_problem(backend)
             if problem:
                 raise EnvironmentMissing(f"backend {backend}: {problem}")
+            problem = self._file_problem(backend, precision)
+            if problem:  # the runtime is here, the bundle lacks its file (an engine is per GPU: this machine's)
+                raise (EnvironmentMissing if backend == "tensorrt" else UsageError)(f"backend {backend}: {problem}")
             return backend
         reasons: dict[str, str] = {}
         for name in BACKENDS:
@@ -178,9 +187,10 @@ class Bundle:
                 log.info("backend auto: %s (skipped: %s)", name, "; ".join(f"{k}: {v}" for k, v in reasons.items()))
                 return name
             reasons[name] = problem
-        raise EnvironmentMissing(
-            "no backend can run this bundle here: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
-        )
+        said = "no backend can run this bundle here: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
+        # a runtime that is here but has no file of this bundle to run: the bundle's lack (exit 2), as in `triton`
+        present = [name for name in reasons if name != "tensorrt" and not backend_problem(name)]
+        raise UsageError(said) if present else EnvironmentMissing(said)
 
     def _file_problem(self, backend: str, precision: str) -> str | None:
         if backend == "tensorrt":
@@ -212,6 +222,7 @@ class Bundle:
         initializers = self.shared_tensors().initializers(path) if self.shares(backend) else None
         runner = load_runner(path, backend, threads, initializers)
         self.door.check_unchanged()  # what was loaded is the checked file, not a newer bundle's
+        check_file_shapes(record, runner)
         return runner
 
     def load_all(self, backend: str = "auto", precision: str = "fp32", threads: int | None = None) -> dict[str, Runner]:
@@ -240,6 +251,8 @@ class Bundle:
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         check_arguments(budget_ms=budget_ms, batch=batch, threads=threads)
+        if variant is not None:
+            self.record(variant)  # an unknown (or non-string) label is refused now, not at the first call
         if budget_ms is not None:  # the budget's probe runs ``batch`` images at once: they must fit
             check_bundle_memory(self.manifest, self.door.root, "predict", batch, batch)
         name = self.resolve_backend(backend, precision)
@@ -358,6 +371,26 @@ def _names(text: str, record: VariantRecord) -> bool:
         return not img or to_size2(img, "image size") == tuple(record.img_size)
     except UsageError:
         return False
+
+
+def check_file_shapes(record: VariantRecord, runner: Runner) -> None:
+    """``BundleError`` when the loaded file's own fixed sizes are not the manifest's: the image
+    size it is fed (``img_size``, 3 channels) and the output it is read by (``onnx.outputs[0].shape``,
+    the class count the labels follow). A manifest edited to another size or class count would
+    otherwise fail inside the runtime or index past the labels."""
+    if "shapes" not in runner.details:  # an engine: its own profile is checked when it runs
+        return
+    got_in, got_out = runner.details["shapes"]
+    wanted = [("takes", "img_size", ["N", 3, *record.img_size], got_in)]
+    wanted.append(("gives", "onnx.outputs[0].shape", list(record.onnx["outputs"][0]["shape"]), got_out))
+    for verb, field_name, want, got in wanted:
+        fixed = [(w, g) for w, g in zip(want, got) if isinstance(w, int) and g is not None]
+        if len(want) != len(got) or any(w != g for w, g in fixed):
+            shown = ", ".join(str(g) if g is not None else "N" for g in got)
+            raise BundleError(
+                f"variant {record.label}: {runner.path.name} {verb} [{shown}], not the manifest's "
+                f"{field_name} [{', '.join(map(str, want))}]"
+            )
 
 
 def _chunk(runner: Runner) -> int:

@@ -92,6 +92,8 @@ class Preprocess:
 
         image = to_rgb(image)
         width, height = image.size
+        if width < 1 or height < 1:
+            raise UsageError(f"image of {width}x{height} has no pixels")
         new_w, new_h = self.resized_size(width, height)
         crop_h, crop_w = self.img_size
         if crop_w > new_w or crop_h > new_h:
@@ -118,7 +120,11 @@ class Preprocess:
             return self._array(images)
         if isinstance(images, (str, Path)) or hasattr(images, "convert"):
             images = [images]
+        if isinstance(images, (bytes, bytearray, memoryview)) or not hasattr(images, "__iter__"):
+            raise UsageError(f"images must be paths, PIL images or arrays, got {type(images).__name__}")
         items = list(images)
+        if not items:
+            raise UsageError("no images given (an empty batch)")
         self.check_memory(len(items))
         return self.normalize(np.stack([self.pixels(read_image(item)) for item in items]))
 
@@ -138,6 +144,8 @@ class Preprocess:
         from PIL import Image as PILImage
 
         h, w = self.img_size
+        if array.ndim == 4 and len(array) == 0:
+            raise UsageError("no images given (an empty batch)")
         if array.dtype == np.uint8 and array.ndim in (3, 4) and array.shape[-1] == 3:
             batch = array[None] if array.ndim == 3 else array
             self.check_memory(len(batch))

@@ -15,7 +15,6 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
-from test_trt import VERSIONS, calls, run_script
 
 from exporter.build.lint import lint_onnx
 from exporter.build.recheck import record_spec
@@ -28,6 +27,7 @@ from exporter.source.model import SourceSpec
 from exporter.tensorrt.profile import load_profile
 from exporter.tensorrt.stage import engine_plan
 from exporter.tensorrt.trt import engine_shapes
+from tests.tensorrt.test_trt import VERSIONS, calls, run_script
 
 from conftest import refused, run_cli
 

@@ -209,9 +209,9 @@ def test_a_feature_model_serves_its_embeddings_on_triton(features, photos, tmp_p
     """The python-backend repository on a real tritonserver: the entry model and a variant answer
     with ``embeddings``, as the runtime does."""
     from PIL import Image
-    from test_triton_serve import NO_CLIENT, ask, start_server
 
     from exporter.runtime import Bundle
+    from tests.deploy.test_triton_serve import NO_CLIENT, ask, start_server
 
     if NO_CLIENT:
         pytest.skip(NO_CLIENT)

@@ -131,7 +131,7 @@ def test_shared_tensors_outside_the_shared_file_are_refused(shared_bundle, tmp_p
 
 
 def test_sharing_imports_no_torch_or_onnx(shared_bundle):
-    from test_reference import BLOCKED
+    from tests.bundle.test_reference import BLOCKED
 
     code = f"""
 import sys

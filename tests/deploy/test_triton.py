@@ -172,7 +172,7 @@ def test_the_triton_models_import_without_torch_timm_or_onnx():
     import subprocess
     import sys
 
-    from test_reference import BLOCKED
+    from tests.bundle.test_reference import BLOCKED
 
     probe = (
         "import sys\n"

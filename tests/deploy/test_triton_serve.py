@@ -440,7 +440,7 @@ def test_onnx_and_tensorrt_repositories_fail_only_for_their_missing_backend(bund
 def test_flexiexport_serve_answers_and_stops_cleanly(bundle):
     """``flexiexport serve`` in its own process (torch, timm and onnx blocked): ready, the right
     digit for the budget over HTTP, then SIGTERM stops the server and removes the repository."""
-    from test_reference import NO_TORCH
+    from tests.bundle.test_reference import NO_TORCH
 
     port, grpc_port = two_ports()
     command = [sys.executable, "-c", NO_TORCH, "serve", str(bundle), "--port", str(port), "--grpc-port", str(grpc_port)]

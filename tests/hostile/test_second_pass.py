@@ -40,9 +40,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_serve_leaves_out_what_in_the_install_is_not_a_file(tmp_path: Path) -> None:
-    from test_limits_everywhere import pytriton_tree
-
     from exporter.deploy.server import prepare_backends, wheel_install
+    from tests.hostile.test_limits_everywhere import pytriton_tree
 
     home = pytriton_tree(tmp_path)
     python = home / "backends" / "python"
@@ -60,9 +59,8 @@ def test_serve_leaves_out_what_in_the_install_is_not_a_file(tmp_path: Path) -> N
 
 
 def test_serve_refuses_an_install_whose_backend_library_is_a_fifo(tmp_path: Path) -> None:
-    from test_limits_everywhere import pytriton_tree
-
     from exporter.deploy.server import wheel_install
+    from tests.hostile.test_limits_everywhere import pytriton_tree
 
     home = pytriton_tree(tmp_path)
     library = home / "backends" / "python" / "libtriton_python.so"
@@ -74,9 +72,8 @@ def test_serve_refuses_an_install_whose_backend_library_is_a_fifo(tmp_path: Path
 
 def test_serve_without_the_python_backend_is_an_environment_error(tmp_path: Path) -> None:
     """Before: found, then 'cannot use .../backends/python: No such file' (exit 2) at the start."""
-    from test_limits_everywhere import pytriton_tree
-
     from exporter.deploy.server import find_tritonserver
+    from tests.hostile.test_limits_everywhere import pytriton_tree
 
     home = pytriton_tree(tmp_path)
     shutil.rmtree(home / "backends" / "python")
@@ -143,7 +140,7 @@ def test_a_huge_integer_budget_in_a_request_is_refused_not_an_overflow() -> None
 
 
 def test_a_full_disk_under_triton_out_names_the_file_written_there(tmp_path: Path, demo: Path) -> None:
-    from test_mounts import mounted
+    from tests.hostile.test_mounts import mounted
 
     disk = tmp_path / "disk"
     disk.mkdir()

@@ -252,7 +252,7 @@ def test_ctrl_c_after_openvino_models_are_gone_is_still_handled(demo):
 
 
 def test_the_runtime_imports_no_torch_timm_or_onnx(demo, digits):
-    from test_reference import NO_TORCH
+    from tests.bundle.test_reference import NO_TORCH
 
     result = subprocess.run(
         [sys.executable, "-c", NO_TORCH, "predict", str(demo), str(digits[2][0]), "--variant", "p16", "--json"],
