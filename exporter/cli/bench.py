@@ -45,7 +45,8 @@ def bench(bundle: Path, **kw: Any) -> None:
     import json
 
     from exporter.bundle.door import Bundle
-    from exporter.measure.bench import BenchOptions, bench_bundle, merge_reports
+    from exporter.measure.bench import bench_bundle, merge_reports
+    from exporter.measure.options import BenchOptions
     from exporter.runtime.measurements import folder_locked, read_bench_for_merge
 
     opened = Bundle.open(bundle)

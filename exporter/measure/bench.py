@@ -17,53 +17,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from exporter import __version__
-from exporter.build.runners import torch_runner
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import VariantRecord
-from exporter.core.backends import BENCH_BACKENDS as BACKENDS
-from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable, UsageError
-from exporter.core.machine import available_cores, cap_threads, cpu_model
+from exporter.core.errors import Unavailable
+from exporter.core.machine import available_cores, cpu_model
+from exporter.measure.backends import FACTORIES, ONNX_BACKENDS
 from exporter.measure.ceiling import Ceiling, measure, measure_ceiling
+from exporter.measure.options import BenchOptions, Skipped, bench_input, percentile
+from exporter.measure.resample import ResampleCost, resample_costs
 from exporter.parity.compare import Runner
-from exporter.runtime.backends import backend_problem, load_runner
 from exporter.tensorrt.select import tensorrt_here, tensorrt_runner
-
-MAX_RUNS, MAX_WARMUP, MAX_SECONDS = 100_000, 10_000, 3600.0  # per case: a limit, not a measurement
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    batch_sizes: tuple[int, ...] = (1, 8)
-    backends: tuple[str, ...] = BACKENDS
-    threads: int | None = None
-    warmup: int = 3
-    min_runs: int = 10
-    min_seconds: float = 1.0
-    max_runs: int = 500
-
-    def __post_init__(self) -> None:
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise UsageError(f"--batch-sizes must be positive integers, got {list(self.batch_sizes)}")
-        unknown = [b for b in self.backends if b not in BACKENDS]
-        if unknown:
-            raise UsageError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
-        object.__setattr__(self, "threads", cap_threads(self.threads))
-        if not 1 <= self.min_runs <= MAX_RUNS:
-            raise UsageError(f"--runs must be 1 to {MAX_RUNS:,}, got {self.min_runs}")
-        if not 0 <= self.warmup <= MAX_WARMUP:
-            raise UsageError(f"--warmup must be 0 to {MAX_WARMUP:,}, got {self.warmup}")
-        if not 0 <= self.min_seconds <= MAX_SECONDS:  # false for NaN too; inf would time one case forever
-            raise UsageError(
-                f"--min-seconds must be a number of seconds from 0 to {MAX_SECONDS:g}, got {self.min_seconds}"
-            )
-
-    @property
-    def thread_count(self) -> int:
-        return self.threads or available_cores()
 
 
 @dataclass(frozen=True)
@@ -88,32 +53,6 @@ class Timing:
 
 
 @dataclass(frozen=True)
-class Skipped:
-    backend: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ResampleCost:
-    """A dynamic-resolution variant against a fixed-size ONNX of the same patch built for exactly
-    ``img_size`` (``variant.fixed_at``), on one backend at one batch, timed alternately in the same
-    run: ``extra_ms`` is what resampling the position grid in the graph (and shapes left
-    dynamic) costs at that size."""
-
-    backend: str
-    variant: str
-    img_size: tuple[int, int]
-    batch: int
-    dynamic_p50_ms: float
-    fixed_p50_ms: float
-    dynamic_p99_ms: float
-    fixed_p99_ms: float
-    extra_ms: float
-    extra_percent: float
-    measured_at: str = ""
-
-
-@dataclass(frozen=True)
 class BenchReport:
     machine: dict[str, object]
     threads: int
@@ -121,10 +60,6 @@ class BenchReport:
     timings: tuple[Timing, ...]
     skipped: tuple[Skipped, ...] = field(default=())
     resample: tuple[ResampleCost, ...] = field(default=())
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 def peak_rss_mb() -> float:
@@ -149,67 +84,6 @@ def machine_info(threads: int) -> dict[str, object]:
         "ort_providers": onnxruntime.get_available_providers(),
         "flexiexport": __version__,
     }
-
-
-ModelFactory = Callable[[], object]  # builds the PyTorch variant only for backends that run it
-
-
-def torch_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
-
-    return torch_runner(model())
-
-
-def torch_compile_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
-    import torch
-
-    try:
-        compiled = torch.compile(model(), dynamic=False)  # type: ignore[call-overload]
-    except Exception as exc:  # any compile failure means "not available here"
-        raise Unavailable(f"torch.compile failed: {exc}") from exc
-    return torch_runner(compiled)
-
-
-def runtime_backend(name: str) -> Callable[[ModelFactory, Path, int], Runner]:
-    """The runtime's runner for ``name`` (onnxruntime, OpenVINO, TensorRT): what ``predict`` runs."""
-
-    def make(model: ModelFactory, path: Path, threads: int) -> Runner:
-
-        problem = backend_problem(name)
-        if problem:
-            raise Unavailable(problem)
-        try:
-            return load_runner(path, name, threads)
-        except EnvironmentMissing as exc:
-            raise Unavailable(str(exc)) from exc
-
-    return make
-
-
-def torch_cuda_backend(model: ModelFactory, onnx_path: Path, threads: int) -> Runner:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise Unavailable("no CUDA GPU visible to PyTorch")
-    gpu_model = model().to("cuda")  # type: ignore[attr-defined]
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = gpu_model(torch.from_numpy(batch).to("cuda", non_blocking=True))
-            torch.cuda.synchronize()
-            return out.float().cpu().numpy()
-
-    return run
-
-
-ONNX_BACKENDS = ("ort-cpu", "openvino", "openvino-bf16", "ort-cuda", "ort-tensorrt")  # the runtime's, on an ONNX
-
-
-FACTORIES: dict[str, Callable[[ModelFactory, Path, int], Runner]] = {
-    "torch": torch_backend,
-    "torch-compile": torch_compile_backend,
-    **{name: runtime_backend(name) for name in ONNX_BACKENDS},
-    "torch-cuda": torch_cuda_backend,
-}  # "tensorrt" runs the bundle's engines, not its ONNX: tensorrt_runner
 
 
 def bench_variant(
@@ -248,11 +122,6 @@ def bench_variant(
     )
 
 
-def bench_input(img: tuple[int, int], batch: int) -> np.ndarray:
-    """The seeded random batch every timing runs on."""
-    return np.random.default_rng(0).standard_normal((batch, 3, *img), dtype=np.float32)
-
-
 def timed(runner: Runner, img: tuple[int, int], batch: int, options: BenchOptions) -> tuple[list[float], float]:
     """Seconds per call of ``runner`` on a seeded random batch, and the first call's seconds
     (compilation, allocation, autotuning), which are not among them."""
@@ -261,87 +130,6 @@ def timed(runner: Runner, img: tuple[int, int], batch: int, options: BenchOption
     runner(x)
     setup = time.perf_counter() - start
     return measure(lambda: runner(x), options), setup
-
-
-def timed_pair(
-    first: Runner, second: Runner, img: tuple[int, int], batch: int, options: BenchOptions
-) -> tuple[list[float], list[float]]:
-    """Seconds per call of two runners on the same batch, called in turn (ABAB...) so that
-    whatever else loads the machine meanwhile slows both alike. Warm-up calls are not counted."""
-    x = bench_input(img, batch)
-    first(x), second(x)  # first calls: compilation, allocation
-    laps: tuple[list[float], list[float]] = ([], [])
-
-    def both() -> None:
-        for runner, times in zip((first, second), laps):
-            start = time.perf_counter()
-            runner(x)
-            times.append(time.perf_counter() - start)
-
-    measure(both, options)
-    return laps[0][options.warmup :], laps[1][options.warmup :]
-
-
-def resample_costs(
-    opened: Bundle,
-    source: Callable[[], Any],
-    backends: list[str],
-    options: BenchOptions,
-    say: Callable[[str], None],
-) -> tuple[list[ResampleCost], list[Skipped]]:
-    """Each dynamic-resolution variant at its smallest, opt and largest size against a fixed-size
-    ONNX exported now for exactly that size, on every ONNX backend that ran, at the smallest
-    batch asked for (or the ONNX's static one). Needs the source checkpoint (the fixed-size
-    models are built from it); without it the comparison is skipped with the reason."""
-    import tempfile
-
-    from exporter.build.export import ExportOptions, export_onnx
-    from exporter.build.recheck import record_spec
-    from exporter.build.variant import fixed_at
-
-    records = [r for r in opened.manifest.variants if r.img_range]
-    if not records or not backends:
-        return [], []
-    try:
-        src = source()
-    except BundleError as exc:
-        return [], [Skipped("resample cost", f"{exc} (the fixed-size models are built from it)")]
-    costs: list[ResampleCost] = []
-    with tempfile.TemporaryDirectory(prefix="flexiexport-resample-") as tmp:
-        for record in records:
-            spec, (low, high) = record_spec(record), record.img_range or ((0, 0), (0, 0))
-            batch = record.static_batch or min(options.batch_sizes)
-            export = ExportOptions(
-                opset=int(record.onnx["opset"]), batch=record.static_batch or "dynamic", exporter="torchscript"
-            )
-            fixed: dict[tuple[int, int], Path] = {}
-            for size in dict.fromkeys((low, spec.img_size, high)):
-                say(f"resample cost: exporting {record.label} fixed at {size[0]}x{size[1]}")
-                fixed[size] = Path(tmp) / f"{record.label}_{size[0]}x{size[1]}.onnx"
-                export_onnx(fixed_at(src, spec, size), size, fixed[size], export)
-            for backend in backends:
-                dynamic = FACTORIES[backend](lambda: None, opened.onnx(record), options.thread_count)
-                for size, path in fixed.items():
-                    say(f"resample cost: {backend} {record.label} at {size[0]}x{size[1]}, batch {batch}")
-                    plain = FACTORIES[backend](lambda: None, path, options.thread_count)
-                    dyn_times, fixed_times = timed_pair(dynamic, plain, size, batch, options)
-                    d50, f50 = percentile(dyn_times, 50) * 1e3, percentile(fixed_times, 50) * 1e3
-                    costs.append(
-                        ResampleCost(
-                            backend=backend,
-                            variant=record.label,
-                            img_size=size,
-                            batch=batch,
-                            dynamic_p50_ms=d50,
-                            fixed_p50_ms=f50,
-                            dynamic_p99_ms=percentile(dyn_times, 99) * 1e3,
-                            fixed_p99_ms=percentile(fixed_times, 99) * 1e3,
-                            extra_ms=d50 - f50,
-                            extra_percent=100 * (d50 - f50) / f50,
-                            measured_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-                        )
-                    )
-    return costs, []
 
 
 MEASURED = ("timings", "resample")  # a machine's section holding rows of either is kept

@@ -201,7 +201,7 @@ def test_threads_above_the_cores_are_clamped_with_a_warning(demo_build, caplog):
 
 
 def test_bench_threads_are_clamped_and_below_one_refused():
-    from exporter.measure.bench import BenchOptions
+    from exporter.measure.options import BenchOptions
 
     assert BenchOptions(threads=100000).thread_count == available_cores()
     with pytest.raises(UsageError, match="--threads must be at least 1, got 0"):

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from exporter.build.variant import VariantSpec, make_variant
 from exporter.core.errors import UsageError
-from exporter.measure.bench import BenchOptions
+from exporter.measure.options import BenchOptions
 from exporter.source.load import load_source
 from exporter.source.model import SourceSpec
 from exporter.source.resampling import default_patch_resize, default_pos_resize

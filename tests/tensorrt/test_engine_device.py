@@ -272,7 +272,8 @@ def test_bench_picks_the_engine_whose_sidecar_fits_and_passes_over_the_rest(devi
 
 def test_bench_skips_batches_outside_the_engines_profile(device, orin_bundle, tmp_path):
     from exporter.bundle.door import Bundle
-    from exporter.measure.bench import BenchOptions, bench_bundle
+    from exporter.measure.bench import bench_bundle
+    from exporter.measure.options import BenchOptions
 
     bundle = tmp_path / "b"
     shutil.copytree(orin_bundle, bundle)
