@@ -167,6 +167,8 @@ class Bundle:
     def resolve_backend(self, backend: str, precision: str = "fp32") -> str:
         """``auto`` → the first backend in ``BACKENDS`` order that is present and has a file to run.
         A precision the bundle has no file of is ``UsageError`` (no backend could run it)."""
+        if precision not in PRECISIONS:  # model() and load_all() both come through here
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         missing = self._file_problem("ort-cpu", precision)
         if missing and not (backend in ("auto", "tensorrt") and self._engines()):
             raise UsageError(missing)
@@ -240,7 +242,7 @@ class Bundle:
         adaptive: bool = False,
         threads: int | None = None,
     ) -> Model:
-        """A callable for one variant (a label, or a patch size one variant has: ``16``), or for the
+        """A callable for one variant (a label, or as text a patch size one variant has: ``"16"``), or the
         most accurate one whose measured p99 at ``batch`` fits ``budget_ms`` on this device and
         backend, or with neither the most accurate (``choose``): by ``eval.json`` when the bundle
         has one, else most tokens (``adaptive``: re-picked per call from the latencies observed)."""
@@ -248,8 +250,6 @@ class Bundle:
             raise UsageError("give either variant= or budget_ms=, not both")
         if variant is not None:
             variant = self.variant_named(variant)
-        if precision not in PRECISIONS:
-            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         check_arguments(budget_ms=budget_ms, batch=batch, threads=threads)
         if variant is not None:
             self.record(variant)  # an unknown (or non-string) label is refused now, not at the first call

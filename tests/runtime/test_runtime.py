@@ -305,3 +305,14 @@ def test_bench_names_the_fastest_backend_that_keeps_its_tolerance(demo, tmp_path
         label, backend = line.split(":")[0], line.split(": ")[-1].split(" (")[0]
         p50 = {r["backend"]: r["p50_ms"] for r in rows if r["variant"] == label and r["batch"] == 1}
         assert backend == min(p50, key=p50.get)
+
+
+def test_a_precision_no_bundle_can_have_is_refused_by_every_entry(demo):
+    """``load_all(precision="fp64")`` said "build with --precision fp64", a flag build does not take."""
+    from exporter.core.errors import UsageError
+    from exporter.runtime import Bundle
+
+    opened = Bundle.open(demo)
+    for call in (lambda: opened.load_all(precision="fp64"), lambda: opened.model("p16", precision="fp64")):
+        with pytest.raises(UsageError, match="precision must be one of fp32, fp16, int8, got 'fp64'"):
+            call()
