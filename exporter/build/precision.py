@@ -164,6 +164,8 @@ def input_errors(src: Path, calibration: np.ndarray, batch: int, exclude: Sequen
 
     model = onnx.load(str(src))
     inputs = _activation_inputs(model, exclude)
+    if not inputs:
+        return {}
     tensors = sorted(set(inputs.values()))
     outputs = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in outputs)
