@@ -267,10 +267,10 @@ def test_the_runtime_imports_no_torch_timm_or_onnx(demo, digits):
 def test_bench_and_the_cli_list_the_same_backends():
     # one list (exporter.core.backends): bench's --help default names every backend bench runs
     from exporter.cli.app import cli
-    from exporter.measure.bench import BACKENDS
+    from exporter.measure.options import BenchOptions
 
     default = next(p.default for p in cli.commands["bench"].params if p.name == "backends")
-    assert tuple(default.split(",")) == BACKENDS
+    assert tuple(default.split(",")) == BenchOptions().backends
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed")
