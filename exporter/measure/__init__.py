@@ -1,1 +1,1 @@
-"""measure"""
+"""Measurements of a bundle: bench, evaluate, the accuracy/latency frontier, plots, ``validate``."""

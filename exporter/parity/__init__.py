@@ -1,1 +1,1 @@
-"""parity"""
+"""Tolerances, ``Comparison`` and the one parity check: a candidate runner against a reference."""
