@@ -48,6 +48,17 @@ def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def random_photos(folder: Path, count: int) -> Path:
+    """``count`` seeded random 250x260 RGB PNGs in ``folder`` (calibration and check images)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (250, 260, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
 def run_cli(*args: str) -> Result:
     """Invoke the CLI in-process, with stdout and stderr kept apart."""
     from exporter.cli.group import cli

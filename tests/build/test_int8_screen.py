@@ -16,7 +16,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import TINY, run_cli, save_with_config, tiny_model
+from conftest import TINY, random_photos, run_cli, save_with_config, tiny_model
 
 FC1 = "/blocks/blocks.0/mlp/fc1/MatMul"
 
@@ -39,13 +39,7 @@ def outlier_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(10):
-        Image.fromarray(rng.integers(0, 255, (250, 260, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
+    return random_photos(tmp_path_factory.mktemp("photos"), 10)
 
 
 @pytest.fixture(scope="module")

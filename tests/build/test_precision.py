@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import FP16_L4, INT8, QUICK_BENCH, built, copy_into, one_line_error, run_cli
+from conftest import FP16_L4, INT8, QUICK_BENCH, built, copy_into, one_line_error, random_photos, run_cli
 
 
 def build(out: Path, *args: str) -> dict:
@@ -150,13 +150,7 @@ def test_int8_needs_calibration_images(tiny_flexivit, tmp_path):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (250, 260, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
+    return random_photos(tmp_path_factory.mktemp("photos"), 6)
 
 
 @pytest.fixture(scope="module")
