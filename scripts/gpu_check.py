@@ -19,7 +19,7 @@ from exporter.build.variant import make_variant
 from exporter.bundle.door import read_manifest
 from exporter.bundle.reference import random_inputs
 from exporter.parity.compare import TOLERANCES, compare_outputs
-from exporter.tensorrt.trt import tensorrt_problem
+from exporter.tensorrt.versions import tensorrt_problem
 
 
 def cuda_logits(model: torch.nn.Module, x: np.ndarray, fp16: bool) -> np.ndarray:

@@ -58,7 +58,7 @@ from exporter.source.model import SourceModel
 from exporter.tensorrt.preflight import preflight_records
 from exporter.tensorrt.profile import Profile
 from exporter.tensorrt.stage import build_engines, pending_engines, write_engine_script
-from exporter.tensorrt.trt import engine_problem, profile_library
+from exporter.tensorrt.versions import engine_problem, profile_library
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from exporter.source.load import stated_img_size, weights_path
 from exporter.source.model import SourceModel
 from exporter.source.resampling import default_patch_resize
 from exporter.tensorrt.profile import Profile, load_profile
-from exporter.tensorrt.trt import engine_problem
+from exporter.tensorrt.versions import engine_problem
 
 log = logging.getLogger(__name__)
 

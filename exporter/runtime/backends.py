@@ -31,7 +31,10 @@ from exporter.bundle.manifest import static_batch
 from exporter.core.backends import RUNTIME_BACKENDS as BACKENDS
 from exporter.core.errors import BundleError, EnvironmentMissing, FlexiExportError, UsageError
 from exporter.core.machine import available_cores, cap_threads
-from exporter.tensorrt.trt import TENSORRT_RTX, engine_runner, library_of, read_sidecar, tensorrt_problem
+from exporter.tensorrt.library import TENSORRT_RTX, library_of
+from exporter.tensorrt.runner import engine_runner
+from exporter.tensorrt.sidecar import read_sidecar
+from exporter.tensorrt.versions import tensorrt_problem
 
 ORT_PROVIDERS = {
     "ort-tensorrt": "TensorrtExecutionProvider",

@@ -11,7 +11,7 @@ Why not Polygraphy's ``polygraphy.cuda`` (or its ``TrtRunner``): its wrapper is 
 ``libcudart.so`` found by searching library paths, and has no device properties (we need the GPU's
 name and compute capability for the sidecar and to pick an engine); its runner says of itself
 that it is for prototyping and debugging, and does per-call work we would be timing in ``bench``
-(a debug listener, an output allocator, formatted arrays). See ``exporter.tensorrt.trt`` for the builder.
+(a debug listener, an output allocator, formatted arrays). See ``exporter.tensorrt.builder`` for the builder.
 """
 
 from __future__ import annotations

@@ -8,16 +8,10 @@ from exporter.bundle.manifest import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable
 from exporter.parity.compare import Runner
 from exporter.tensorrt.gpu import gpu_identity
-from exporter.tensorrt.trt import (
-    LIBRARIES,
-    TENSORRT_RTX,
-    engine_fit,
-    engine_runner,
-    import_tensorrt,
-    library_of,
-    read_sidecar,
-    tensorrt_problem,
-)
+from exporter.tensorrt.library import LIBRARIES, TENSORRT_RTX, library_of
+from exporter.tensorrt.runner import engine_runner
+from exporter.tensorrt.sidecar import engine_fit, read_sidecar
+from exporter.tensorrt.versions import import_tensorrt, tensorrt_problem
 
 
 def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str, dict[str, object]]]:

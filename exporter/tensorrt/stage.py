@@ -1,7 +1,7 @@
 """The TensorRT engine stage: plan, trtexec script, build and validation, on the build machine
 or later on the target device (``flexiexport engine``).
 
-Needs TensorRT (imported lazily, in ``exporter.tensorrt.trt``), cuda-python (``exporter.tensorrt.gpu``) and numpy:
+Needs TensorRT (imported lazily, in ``exporter.tensorrt.library``), cuda-python (``exporter.tensorrt.gpu``) and numpy:
 engines are judged against the PyTorch logits the bundle carries (``exporter.bundle.reference``), and
 the LayerNorm names the trtexec script pins to FP32 are read from the ONNX's protobuf directly,
 so no torch, timm, onnx or checkpoint is needed on the device.
@@ -31,13 +31,13 @@ from exporter.core.names import check_name, printable
 from exporter.core.precision import Precision
 from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.parity.compare import check_parity, tolerance_for
+from exporter.tensorrt.builder import build_engine
 from exporter.tensorrt.gpu import gpu_identity, gpu_problem
 from exporter.tensorrt.profile import Profile, load_profile
-from exporter.tensorrt.trt import (
-    build_engine,
-    build_script,
+from exporter.tensorrt.runner import engine_runner
+from exporter.tensorrt.script import build_script
+from exporter.tensorrt.versions import (
     check_precision,
-    engine_runner,
     engine_shapes,
     import_tensorrt,
     profile_library,

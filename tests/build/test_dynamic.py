@@ -26,7 +26,7 @@ from exporter.source.load import load_source
 from exporter.source.model import SourceSpec
 from exporter.tensorrt.profile import load_profile
 from exporter.tensorrt.stage import engine_plan
-from exporter.tensorrt.trt import engine_shapes
+from exporter.tensorrt.versions import engine_shapes
 from tests.tensorrt.test_trt import VERSIONS, calls, run_script
 
 from conftest import refused, run_cli

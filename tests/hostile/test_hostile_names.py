@@ -19,8 +19,8 @@ from exporter.core.errors import BundleError
 from exporter.core.names import is_safe_name, slug
 from exporter.deploy.repository import config_text, model_name
 from exporter.tensorrt.profile import load_profile, profile_from_dict
+from exporter.tensorrt.script import build_script
 from exporter.tensorrt.stage import engine_plan
-from exporter.tensorrt.trt import build_script
 
 from conftest import TINY, build_demo, one_line_error, run_cli, save_with_config, tiny_model
 

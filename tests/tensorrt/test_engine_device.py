@@ -18,7 +18,7 @@ import pytest
 
 from exporter.core.errors import BundleError, EnvironmentMissing, UsageError
 from exporter.tensorrt.profile import load_profile, profile_from_dict
-from exporter.tensorrt.trt import EngineShapes, trt_logger
+from exporter.tensorrt.versions import EngineShapes, trt_logger
 
 from conftest import FP16_L4, INT8, ORIN_FP32, built, run_cli
 
@@ -57,7 +57,7 @@ def test_gpu_identity_problem_and_errors_come_from_cudart(device):
 
 
 def test_tensorrt_problem_needs_no_torch_and_refuses_tensorrt_8(device):
-    from exporter.tensorrt.trt import tensorrt_problem
+    from exporter.tensorrt.versions import tensorrt_problem
 
     assert tensorrt_problem() is None
     device(version="8.6.1")
@@ -94,7 +94,7 @@ def test_stream_copies_and_buffers_are_checked(device):
 
 
 def build(tmp_path: Path, profile, shapes=SHAPES, **cache):
-    from exporter.tensorrt.trt import build_engine
+    from exporter.tensorrt.builder import build_engine
 
     onnx = tmp_path / "model_p8.onnx"
     onnx.write_bytes(b"not parsed by the stand-in")
@@ -135,7 +135,7 @@ def test_same_compute_capability_on_tensorrt_10_3_is_refused_not_an_attribute_er
 
 
 def test_a_static_engine_has_no_optimisation_profile(device, tmp_path):
-    from exporter.tensorrt.trt import engine_runner
+    from exporter.tensorrt.runner import engine_runner
 
     static = EngineShapes((2, 3, 64, 64), (2, 3, 64, 64), (2, 3, 64, 64), static=True)
     build(tmp_path, load_profile("jetson-orin-nano"), static)
@@ -159,7 +159,7 @@ def test_the_timing_cache_is_read_from_one_place_and_written_to_another(device, 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_the_runner_checks_shapes_and_reads_the_engines_output_dtype(device, tmp_path, dtype):
-    from exporter.tensorrt.trt import engine_runner
+    from exporter.tensorrt.runner import engine_runner
 
     device(dtype=dtype)
     build(tmp_path, load_profile("jetson-orin-nano"))
@@ -179,7 +179,7 @@ def test_the_runner_checks_shapes_and_reads_the_engines_output_dtype(device, tmp
 
 def test_an_engine_of_another_tensorrt_is_a_load_error(device, tmp_path):
     from exporter.core.errors import EngineLoadError
-    from exporter.tensorrt.trt import engine_runner
+    from exporter.tensorrt.runner import engine_runner
 
     build(tmp_path, load_profile("jetson-orin-nano"))
     device(version="10.13.3.9")

@@ -19,18 +19,17 @@ from onnx import TensorProto, helper
 from exporter.bundle.door import Bundle
 from exporter.bundle.manifest import PREFLIGHT
 from exporter.core.errors import UsageError
+from exporter.tensorrt.builder import build_engine
 from exporter.tensorrt.library import TENSORRT, TENSORRT_RTX, library_problem
 from exporter.tensorrt.preflight import preflight_file, preflight_shapes
 from exporter.tensorrt.profile import BatchRange, ProfileError, load_profile, profile_from_dict
-from exporter.tensorrt.trt import (
+from exporter.tensorrt.sidecar import engine_fit, read_sidecar
+from exporter.tensorrt.versions import (
     EngineShapes,
-    build_engine,
     check_precision,
-    engine_fit,
     engine_problem,
     hardware_level_name,
     profile_mismatch,
-    read_sidecar,
     typing_mode,
 )
 

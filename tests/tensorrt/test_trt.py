@@ -16,22 +16,19 @@ import pytest
 
 from exporter.core.errors import EnvironmentMissing, UsageError
 from exporter.tensorrt.profile import load_profile, profile_from_dict, version_in_range
-from exporter.tensorrt.trt import (
-    SIDECAR_KEYS,
+from exporter.tensorrt.runner import profile_batch_range
+from exporter.tensorrt.script import trtexec_command, version_tests
+from exporter.tensorrt.sidecar import SIDECAR_KEYS, engine_fit, read_sidecar
+from exporter.tensorrt.versions import (
     EngineShapes,
     check_precision,
-    engine_fit,
     engine_shapes,
     hardware_level_name,
     import_tensorrt,
-    profile_batch_range,
     profile_mismatch,
-    read_sidecar,
     tensorrt_problem,
     timing_cache_name,
-    trtexec_command,
     typing_mode,
-    version_tests,
 )
 
 from conftest import ORIN_FP32, built, one_line_error, run_cli
@@ -362,8 +359,8 @@ SAME_CC_PROFILE = 'precision = "fp32"\nhardware_compatibility = "same_compute_ca
 @pytest.mark.parametrize(("version", "code"), [("10.3", 4), ("10.9", 0), ("10.13", 0), ("11.1", 0)])
 def test_same_compute_capability_needs_tensorrt_10_9(demo_with_profile, tmp_path, version, code):
     from exporter.bundle.door import read_manifest
+    from exporter.tensorrt.script import build_script
     from exporter.tensorrt.stage import engine_plan
-    from exporter.tensorrt.trt import build_script
 
     (tmp_path / "same.toml").write_text(SAME_CC_PROFILE)
     profile = load_profile(tmp_path / "same.toml")
@@ -420,8 +417,8 @@ def test_int8_engines_are_built_from_the_qdq_onnx_under_either_typing(int8_bundl
 
 def test_an_fp16_script_names_the_int8_onnx_the_bundle_has(int8_bundle, tmp_path):
     from exporter.bundle.door import read_manifest
+    from exporter.tensorrt.script import build_script
     from exporter.tensorrt.stage import engine_plan
-    from exporter.tensorrt.trt import build_script
 
     profile = load_profile("t4")  # fp16: strongly typed TensorRT needs an fp16 ONNX
     script = tmp_path / "build.sh"
@@ -432,8 +429,8 @@ def test_an_fp16_script_names_the_int8_onnx_the_bundle_has(int8_bundle, tmp_path
 
 def test_int8_script_refuses_a_float_only_bundle_under_either_typing(demo_with_profile, tmp_path):
     from exporter.bundle.door import read_manifest
+    from exporter.tensorrt.script import build_script
     from exporter.tensorrt.stage import engine_plan
-    from exporter.tensorrt.trt import build_script
 
     (tmp_path / "t4-int8.toml").write_text(INT8_PROFILE)
     profile = load_profile(tmp_path / "t4-int8.toml")
