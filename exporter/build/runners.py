@@ -1,4 +1,4 @@
-"""The build side's runners: PyTorch eager (the reference) and onnxruntime by execution provider."""
+"""The build side's runners: PyTorch eager (the reference) and onnxruntime on the CPU."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.core.errors import UsageError
 from exporter.parity.compare import Runner
 
 
@@ -21,13 +20,9 @@ def torch_runner(model: object) -> Runner:
     return run
 
 
-def ort_runner(path: Path, threads: int | None = None, provider: str = "CPUExecutionProvider") -> Runner:
-    """onnxruntime on an ONNX file (CPU provider unless told), all graph optimisations on: the
-    runtime's runner (``exporter.runtime.backends``), so a build checks what a device runs."""
-    from exporter.runtime.backends import ORT_PROVIDERS
+def ort_runner(path: Path, threads: int | None = None) -> Runner:
+    """onnxruntime on the CPU on an ONNX file, all graph optimisations on: the runtime's own
+    runner (``exporter.runtime.backends``), so a build checks what a device runs."""
     from exporter.runtime.backends import ort_runner as runtime_ort_runner
 
-    backend = next((name for name, p in ORT_PROVIDERS.items() if p == provider), None)
-    if backend is None:
-        raise UsageError(f"no onnxruntime backend for provider {provider!r}")
-    return runtime_ort_runner(path, backend, threads)
+    return runtime_ort_runner(path, "ort-cpu", threads)
