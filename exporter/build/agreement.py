@@ -13,7 +13,7 @@ images, or not at all when a built variant is the native one.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ import numpy as np
 from exporter.build.inputs import InputPlan
 from exporter.build.runners import torch_runner
 from exporter.build.variant import VariantSpec, make_variant, plan_img_size, variant_label
-from exporter.bundle.manifest import VariantRecord
+from exporter.bundle.manifest import Preprocessing
+from exporter.bundle.records import NativeAgreement, NativeSkipped
 from exporter.bundle.reference import load_reference, normalize
+from exporter.bundle.schema import VariantRecord
 from exporter.core.sizes import Size2, format_size
 from exporter.parity.compare import run_batched
 from exporter.source.model import SourceModel
@@ -59,9 +61,10 @@ def is_native(record: VariantRecord, spec: VariantSpec) -> bool:
     return not record.dynamic and (record.patch_size, record.img_size) == (spec.patch_size, spec.img_size)
 
 
-def real_outputs(tmp: Path, record: VariantRecord, mean_std: dict[str, Any]) -> tuple[np.ndarray, str]:
+def real_outputs(tmp: Path, record: VariantRecord, pre: Preprocessing) -> tuple[np.ndarray, str]:
     """A variant's stored PyTorch outputs on its real parity images, and where those came from."""
-    inputs, outputs = load_reference(tmp / record.reference["path"], record.reference, record.img_size, mean_std)
+    assert record.reference is not None
+    inputs, outputs = load_reference(tmp / record.reference.path, record.reference, record.img_size, pre.mean, pre.std)
     return outputs[inputs.random_count :], inputs.real_from
 
 
@@ -71,7 +74,7 @@ def native_outputs(
     """The native model on the real images: a built native variant's stored outputs, else one
     PyTorch run of the native model; skipped (with the flag that enables it) without real images."""
 
-    pre = asdict(source.preprocessing)
+    pre = source.preprocessing
     built = next((r for r in records if is_native(r, spec) and r.reference), None)
     if built is not None:
         outputs, real_from = real_outputs(tmp, built, pre)
@@ -102,14 +105,14 @@ def native_agreement(
     native: NativeOutputs,
     tmp: Path,
     source: SourceModel,
-) -> dict[str, Any]:
+) -> NativeAgreement | NativeSkipped:
     """The record's ``native_agreement``: its numbers, or ``skipped`` with the reason."""
     if native.outputs is None:
-        return {"skipped": native.skipped}
-    outputs, _ = real_outputs(tmp, record, asdict(source.preprocessing)) if record.reference else (None, "")
+        return NativeSkipped(skipped=native.skipped)
+    outputs, _ = real_outputs(tmp, record, source.preprocessing) if record.reference else (None, "")
     if outputs is None or not len(outputs):
         size = format_size(record.img_size)
-        return {"skipped": f"no real images at {size} (the demo's digits are square): {NO_IMAGES}"}
+        return NativeSkipped(skipped=f"no real images at {size} (the demo's digits are square): {NO_IMAGES}")
     count = min(len(outputs), len(native.outputs))  # the same sorted images, each at its own size
     classifier = source.num_classes != 0
     numbers = (
@@ -117,12 +120,14 @@ def native_agreement(
         if is_native(record, spec)
         else agreement(native.outputs[:count], outputs[:count], classifier)
     )
-    return {
-        "against": native.against,
-        "patch_size": list(native.patch_size),
-        "img_size": list(native.img_size),
-        "images": count,
-        "from": native.real_from,
-        "native": is_native(record, spec),
-        **numbers,
-    }
+    return NativeAgreement.model_validate(
+        {
+            "against": native.against,
+            "patch_size": native.patch_size,
+            "img_size": native.img_size,
+            "images": count,
+            "from": native.real_from,
+            "native": is_native(record, spec),
+            **numbers,
+        }
+    )

@@ -20,6 +20,7 @@ from typing import Literal, Union
 import torch
 
 from exporter.bundle.manifest import INPUT_NAME, OUTPUT_NAME
+from exporter.bundle.records import TensorSpec
 from exporter.core.errors import EnvironmentMissing, UsageError
 from exporter.core.files import full_disk_as_usage_error, sha256_file
 from exporter.core.sizes import Size2
@@ -48,13 +49,6 @@ class ExportOptions:
     @property
     def trace_batch(self) -> int:
         return 2 if self.batch == "dynamic" else int(self.batch)
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: tuple[Dim, ...]
 
 
 @dataclass(frozen=True)
@@ -160,8 +154,14 @@ def declare_proven_dims(path: Path) -> bool:
     return changed
 
 
-def _dims(value_info) -> tuple[Dim, ...]:  # type: ignore[no-untyped-def]
-    return tuple(d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim)
+def _dims(value_info) -> list[Dim]:  # type: ignore[no-untyped-def]
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def _dtype(value_info) -> str:  # type: ignore[no-untyped-def]
+    from onnx import helper
+
+    return str(helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type).name)
 
 
 def check_onnx(path: Path, exporter: str, seconds: float) -> ExportInfo:
@@ -177,11 +177,15 @@ def check_onnx(path: Path, exporter: str, seconds: float) -> ExportInfo:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     inputs = tuple(
-        TensorSpec(i.name, helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name, _dims(i))
+        TensorSpec(
+            name=i.name, dtype=helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name, shape=_dims(i)
+        )
         for i in graph.input
     )
     outputs = tuple(
-        TensorSpec(o.name, helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type).name, _dims(o))
+        TensorSpec(
+            name=o.name, dtype=helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type).name, shape=_dims(o)
+        )
         for o in graph.output
     )
     return ExportInfo(

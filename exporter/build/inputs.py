@@ -27,7 +27,8 @@ from exporter.source.demo import DEMO_NAME, digits_to_pixels, digits_to_uint8, l
 if TYPE_CHECKING:
     from exporter.build.options import BuildOptions
     from exporter.build.variant import VariantSpec
-    from exporter.bundle.manifest import Manifest, Preprocessing
+    from exporter.bundle.manifest import Preprocessing
+    from exporter.bundle.schema import Manifest
     from exporter.source.model import SourceModel
 
 CALIBRATION_IMAGES = 64  # int8: calibration images read after the ones the check uses
@@ -66,7 +67,7 @@ class InputPlan:
         ``--calib-dir`` is left out: a bundle never makes a command read it again (its
         reference stores the images the build checked on)."""
         options = manifest.options
-        return cls(options["parity_samples"], options["seed"], demo=manifest.name == DEMO_NAME)
+        return cls(options.parity_samples, options.seed, demo=manifest.name == DEMO_NAME)
 
     def with_source(self, source: SourceModel) -> InputPlan:
         """The plan with the loaded source's preprocessing, ready to draw images."""

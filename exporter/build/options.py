@@ -8,12 +8,12 @@ from pathlib import Path
 from exporter.build.export import ExportOptions
 from exporter.build.resize import ResizeOverride
 from exporter.build.variant import ImagePolicy
-from exporter.bundle.manifest import Manifest
+from exporter.bundle.schema import Manifest
 from exporter.core.errors import UsageError
 from exporter.core.machine import cap_threads
 from exporter.core.precision import Precision
 from exporter.core.sizes import Size2, SizeRange, format_range
-from exporter.parity.compare import TOLERANCES, Tolerance
+from exporter.parity.tolerance import TOLERANCES, Tolerance
 from exporter.source.model import SourceSpec
 
 STAGES = ("resize", "export", "parity")

@@ -14,7 +14,6 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from exporter.build.agreement import native_agreement, native_outputs, native_spec
 from exporter.build.inputs import InputPlan
@@ -40,14 +39,11 @@ from exporter.build.stages import (
 )
 from exporter.build.variant import VariantSpec
 from exporter.bundle.door import Bundle
-from exporter.bundle.manifest import (
-    MANIFEST,
-    REPORT,
-    Manifest,
-    VariantRecord,
-    check_batch,
-)
+from exporter.bundle.engines import EngineSet
+from exporter.bundle.manifest import MANIFEST, REPORT, check_batch
+from exporter.bundle.records import SourceParity
 from exporter.bundle.report import render_report
+from exporter.bundle.schema import Manifest, VariantRecord
 from exporter.bundle.write import check_replaceable_bundle, staging_folder, swap_into_place
 from exporter.core.errors import BundleError
 from exporter.core.files import write_atomic
@@ -117,24 +113,19 @@ def _build_locked(options: BuildOptions, reporter: Reporter, out: Path, name: st
             records.append(record)
         with stage(reporter, "bundle", "native agreement", times):
             records = with_native_agreement(source, specs, options, plan, tmp, records)
-        shared: dict[str, Any] = {}
+        shared = None
         if options.shared_weights:
             with stage(reporter, "bundle", "shared weights", times):
                 records, shared = share_bundle_weights(specs, options, plan, tmp, records)
         records = preflight_records(tmp, records, profile, reporter, times)
         with stage(reporter, "source", "source parity", times):
             source_parity = check_source_parity(source, records, specs, options, plan, tmp)
-        manifest = replace(
-            _manifest(source, source_sha, calib_sha, options, records),
-            shared_weights=shared,
-            labels=labels,
-            source_parity=source_parity,
+        manifest = _manifest(source, source_sha, calib_sha, options, records).but(
+            shared_weights=shared, labels=labels, source_parity=source_parity
         )
         if profile is not None:
-            manifest = replace(
-                manifest,
-                engines={profile.name: engine_stage(tmp, out, manifest, profile, options, reporter, times)},
-            )
+            engines = {profile.name: engine_stage(tmp, out, manifest, profile, options, reporter, times)}
+            manifest = manifest.but(engines=engines)
         if old is not None:  # measurements of unchanged variants stay; others are named as dropped
             kept, dropped = carry_measurements(old, manifest, tmp)
             if dropped:
@@ -154,7 +145,7 @@ def check_source_parity(
     options: BuildOptions,
     plan: InputPlan,
     tmp: Path,
-) -> dict[str, Any]:
+) -> SourceParity:
     """The native variant against the source framework's own model (``exporter.build.source_parity``)."""
 
     batch = check_batch(options.export.batch)
@@ -174,7 +165,7 @@ def with_native_agreement(
 
     spec = native_spec(source, specs[0])
     native = native_outputs(source, spec, plan, records, tmp, check_batch(options.export.batch))
-    return [replace(r, native_agreement=native_agreement(r, spec, native, tmp, source)) for r in records]
+    return [r.but(native_agreement=native_agreement(r, spec, native, tmp, source)) for r in records]
 
 
 def engine_stage(
@@ -185,7 +176,7 @@ def engine_stage(
     options: BuildOptions,
     reporter: Reporter,
     times: dict[str, float],
-) -> dict[str, Any]:
+) -> EngineSet:
     """Always write the trtexec script; build engines when TensorRT and a GPU are here and they
     are what the profile is for (else the engines wait for the target, and the reason says why)."""
 

@@ -9,18 +9,15 @@ from exporter.build.runners import ort_runner, torch_runner
 from exporter.build.variant import VariantSpec, fixed_at, make_variant, variant_label
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
-from exporter.bundle.manifest import (
-    Manifest,
-    VariantRecord,
-    check_batch,
-)
+from exporter.bundle.manifest import check_batch
 from exporter.bundle.reference import stored_reference
+from exporter.bundle.schema import Manifest, VariantRecord
 from exporter.core.errors import BundleError
 from exporter.core.files import sha256_file
 from exporter.core.names import printable
 from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.core.sizes import format_size
-from exporter.parity.compare import Recheck, check_parity, recorded_tolerance
+from exporter.parity.compare import Recheck, check_parity
 from exporter.source.config import resolve_weights
 from exporter.source.load import load_source
 from exporter.source.model import SourceModel, SourceSpec
@@ -39,20 +36,20 @@ def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceMode
     bundle never makes a command download weights (hub-built bundles need ``--weights``)."""
 
     src = manifest.source
-    if weights is None and not src.get("path"):
+    if weights is None and not src.path:
         raise BundleError("the bundle names no checkpoint file (it was built from hub weights): pass --weights FILE")
-    path = resolve_weights(weights) if weights else Path(src["path"])  # a folder: its weights file
+    path = resolve_weights(weights) if weights else Path(str(src.path))  # a folder: its weights file
     if not path.is_file():
         raise BundleError(f"the bundle's source checkpoint {printable(str(path))!r} is gone; pass --weights FILE")
-    if weights is None and not src.get("sha256"):
+    if weights is None and not src.sha256:
         raise BundleError(f"the manifest records no sha256 for {printable(str(path))!r}: pass --weights FILE")
     sha = sha256_file(path)
-    if src.get("sha256") and sha != src["sha256"]:
+    if src.sha256 and sha != src.sha256:
         raise BundleError(
-            f"{printable(str(path))} has sha256 {sha[:16]}…, but the bundle was built from {src['sha256'][:16]}…"
+            f"{printable(str(path))} has sha256 {sha[:16]}…, but the bundle was built from {src.sha256[:16]}…"
         )
-    arch = src["architecture"]
-    spec = SourceSpec(weights=path, model_name=arch.get("model_name"), num_heads=arch.get("num_heads"))
+    arch = src.architecture
+    spec = SourceSpec(weights=path, model_name=arch.model_name, num_heads=arch.num_heads)
     return load_source(spec)
 
 
@@ -79,8 +76,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
     manifest = opened.manifest
     check_bundle_memory(manifest, bundle, "validate")
     source = bundle_source(manifest, weights)
-    opts = manifest.options
-    batch = check_batch(opts["export"]["batch"])
+    batch = check_batch(manifest.options.export.batch)
     plan = InputPlan.for_bundle(manifest).with_source(source)
     reporter.begin(len(manifest.variants) * 2)
     results = []
@@ -97,16 +93,16 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
             reference = torch_runner(model)
             planned = stored_reference(opened.root, manifest, record)[0] if record.reference else plan.parity(vspec)
             inputs = planned.arrays()
-            tol = recorded_tolerance(record.onnx)
+            tol = record.onnx.tolerance.judge()
             cmp = check_parity(reference, ort_runner(opened.onnx(record)), inputs, batch, tol, manifest.classifier)
             reduced = None
             if record.reduced:
                 reduced = check_parity(
                     reference,
-                    ort_runner(opened.onnx(record, record.reduced["precision"])),
-                    plan.reduced(record.reduced["precision"], inputs),
+                    ort_runner(opened.onnx(record, record.reduced.precision)),
+                    plan.reduced(record.reduced.precision, inputs),
                     batch,
-                    recorded_tolerance(record.reduced),
+                    record.reduced.tolerance.judge(),
                     manifest.classifier,
                 )
         results.append(Recheck(record.label, True, cmp, reduced=reduced))
@@ -115,7 +111,7 @@ def recheck_bundle(bundle: Path, weights: Path | None = None, reporter: Reporter
                 planned = stored_reference(opened.root, manifest, record, which)[0]
                 runner = torch_runner(fixed_at(source, vspec, size))
                 onnx_runner = ort_runner(opened.onnx(record))
-                tol = recorded_tolerance(record.onnx)
+                tol = record.onnx.tolerance.judge()
                 cmp = check_parity(runner, onnx_runner, planned.arrays(), batch, tol, manifest.classifier)
             results.append(Recheck(f"{record.label} at {format_size(size)}", True, cmp))
     opened.check_unchanged()  # a build swapped a new bundle in meanwhile: no verdict on a mix of two

@@ -8,7 +8,6 @@ import platform
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -16,12 +15,9 @@ from exporter import __version__
 from exporter.build.options import BuildOptions
 from exporter.build.plan import img_size_policy
 from exporter.build.variant import plan_dynamic, plan_grid
-from exporter.bundle.manifest import (
-    INPUT_NAME,
-    SCHEMA_VERSION,
-    Manifest,
-    VariantRecord,
-)
+from exporter.bundle.manifest import INPUT_NAME, SCHEMA_VERSION
+from exporter.bundle.records import Architecture, ExportRecord, OptionsRecord, PreprocessingRecord, SourceRecord
+from exporter.bundle.schema import Manifest, VariantRecord
 from exporter.core.assumptions import Assumption, summary
 from exporter.core.errors import UsageError
 from exporter.core.names import printable
@@ -49,13 +45,14 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def source_record(source: SourceModel) -> dict[str, Any]:
+def source_record(source: SourceModel, sha256: str | None) -> SourceRecord:
+    """The manifest's ``source``: the file, its architecture and what was assumed of it."""
     arch = {
         "model_name": source.model_name,
         "family": source.family,
-        "kernel_size": list(source.patch_size),
-        "pos_grid": list(source.pos_grid),
-        "img_size": list(source.img_size),
+        "kernel_size": source.patch_size,
+        "pos_grid": source.pos_grid,
+        "img_size": source.img_size,
         "embed_dim": source.embed_dim,
         "depth": source.depth,
         "num_heads": source.num_heads,
@@ -74,16 +71,16 @@ def source_record(source: SourceModel) -> dict[str, Any]:
         ),
     }
     o = source.origin
-    return {
-        "name": source.name,
-        "kind": o.kind,
-        "path": str(o.path) if o.path else None,
-        "sha256": o.sha256,
-        "format": o.file_format,
-        "container": o.container,
-        "dtype": str(source.dtype).replace("torch.", ""),
-        "architecture": arch,
-    }
+    return SourceRecord(
+        name=source.name,
+        kind=o.kind,
+        path=str(o.path) if o.path else None,
+        sha256=sha256,
+        format=o.file_format,
+        container=o.container,
+        dtype=str(source.dtype).replace("torch.", ""),
+        architecture=Architecture.model_validate(arch),
+    )
 
 
 def class_names(source: SourceModel, labels: Path | None) -> tuple[str, ...]:
@@ -145,11 +142,11 @@ def _manifest(
         "channels": "RGB",
         "range_before_normalisation": [0.0, 1.0],
     }
-    what = records[0].parity.get("inputs", "") if records else ""
+    what = records[0].parity.inputs if records else ""
     opts = {
         "img_size_policy": img_size_policy(options),
         **({"impossible_variants": list(impossible)} if impossible else {}),
-        "export": asdict(options.export),
+        "export": ExportRecord(**asdict(options.export)),
         "parity_samples": options.parity_samples,
         "seed": options.seed,
         "parity_inputs": what,
@@ -163,8 +160,12 @@ def _manifest(
         name=source.name,
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         versions=library_versions(),
-        source={**source_record(source), "sha256": source_sha},
-        preprocessing=pre,
-        options=opts,
+        source=source_record(source, source_sha),
+        preprocessing=PreprocessingRecord.model_validate(pre),
+        options=OptionsRecord.model_validate(opts),
         variants=tuple(records),
+        engines={},  # every key written, the absent ones as {} (as every bundle has them)
+        shared_weights=None,
+        labels=(),
+        source_parity=None,
     )

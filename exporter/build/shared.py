@@ -21,7 +21,9 @@ ALIGN = 4096  # page-aligned tensors, so runtimes may memory-map them
 
 
 @dataclass(frozen=True)
-class SharedWeights:
+class SharedFile:
+    """The file ``share_weights`` wrote (the manifest records it as ``records.SharedWeights``)."""
+
     path: Path
     tensors: int
     bytes: int
@@ -34,7 +36,7 @@ def _raw(tensor: object) -> bytes:
     return numpy_helper.to_array(tensor).tobytes()  # type: ignore[arg-type]
 
 
-def share_weights(onnx_paths: Sequence[Path], min_bytes: int = 1024) -> SharedWeights:
+def share_weights(onnx_paths: Sequence[Path], min_bytes: int = 1024) -> SharedFile:
     """Move the initializers that every model holds byte-for-byte into one external file.
 
     Tensors smaller than ``min_bytes`` stay inline (not worth a seek). Rewrites the models in
@@ -69,4 +71,4 @@ def share_weights(onnx_paths: Sequence[Path], min_bytes: int = 1024) -> SharedWe
     for model, path in zip(models, onnx_paths):
         onnx.save(model, str(path))
     shared = folder / SHARED_FILE
-    return SharedWeights(shared, len(offsets), shared.stat().st_size, sha256_file(shared))
+    return SharedFile(shared, len(offsets), shared.stat().st_size, sha256_file(shared))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,11 @@ import numpy as np
 
 from exporter.build.runners import ort_runner, torch_runner
 from exporter.build.variant import VariantSpec, make_variant
+from exporter.bundle.records import SourceParity, ToleranceRecord, VariantParity
 from exporter.bundle.report import INFERRED
 from exporter.core.errors import FlexiExportError
-from exporter.parity.compare import Runner, Tolerance, check_parity
+from exporter.parity.compare import Runner, check_parity
+from exporter.parity.tolerance import Tolerance
 from exporter.source import hf, hf_layout
 
 
@@ -177,19 +179,19 @@ def check_source(
     tolerance: Tolerance,
     batch: int,
     threads: int | None = None,
-) -> dict[str, Any]:
+) -> SourceParity:
     """The manifest's ``source_parity``: the reference against the native variant's ONNX (when
     the bundle has it) or our PyTorch rebuild at that geometry."""
 
     ref = independent_reference(source)
     entry: dict[str, Any] = {
         "reference": ref.what,
-        "patch_size": list(ref.patch_size),
-        "img_size": list(ref.img_size),
-        "tolerance": asdict(tolerance),
+        "patch_size": tuple(ref.patch_size),
+        "img_size": tuple(ref.img_size),
+        "tolerance": ToleranceRecord.of(tolerance),
     }
     if ref.runner is None:
-        return {"status": ref.status, "reason": ref.reason, **entry}
+        return SourceParity.model_validate({"status": ref.status, "reason": ref.reason, **entry})
     native = next(
         (
             (r, s)
@@ -200,15 +202,16 @@ def check_source(
     )
     if native is not None:
         record, spec = native
-        candidate: Runner = ort_runner(tmp / record.onnx["path"], threads)
-        entry |= {"variant": record.label, "candidate": f"{record.onnx['path']} (onnxruntime CPU)"}
+        candidate: Runner = ort_runner(tmp / record.onnx.path, threads)
+        entry |= {"variant": record.label, "candidate": f"{record.onnx.path} (onnxruntime CPU)"}
     else:
         base = specs[0]
         spec = VariantSpec(ref.patch_size, ref.img_size, base.patch_resize, base.pos_resize)
         try:
             candidate = torch_runner(make_variant(source, spec).model)
         except FlexiExportError as exc:
-            return {"status": "failed", "reason": f"our rebuild at the source's geometry: {exc}", **entry}
+            reason = f"our rebuild at the source's geometry: {exc}"
+            return SourceParity.model_validate({"status": "failed", "reason": reason, **entry})
         entry |= {
             "variant": None,
             "candidate": f"our PyTorch rebuild at patch {spec.label[1:]}, "
@@ -220,14 +223,17 @@ def check_source(
     try:
         cmp = check_parity(ref.runner, candidate, inputs, batch, tol)
     except FlexiExportError as exc:
-        return {"status": "failed", "reason": str(exc), **entry}
+        return SourceParity.model_validate({"status": "failed", "reason": str(exc), **entry})
     except Exception as exc:  # the reference itself failed to run (a wrong input size, say): a finding
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        return {"status": "failed", "reason": f"the reference failed on the parity inputs: {line}", **entry}
-    return {
-        "status": "passed" if cmp else "failed",
-        "output": "embeddings (top-1 not judged)" if ref.features else "logits",
-        "inputs": planned.what,
-        "parity": cmp.to_dict(),
-        **entry,
-    }
+        reason = f"the reference failed on the parity inputs: {line}"
+        return SourceParity.model_validate({"status": "failed", "reason": reason, **entry})
+    return SourceParity.model_validate(
+        {
+            "status": "passed" if cmp else "failed",
+            "output": "embeddings (top-1 not judged)" if ref.features else "logits",
+            "inputs": planned.what,
+            "parity": VariantParity.of(cmp),
+            **entry,
+        }
+    )

@@ -7,9 +7,9 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,19 +23,27 @@ from exporter.build.runners import ort_runner, torch_runner
 from exporter.build.shared import share_weights
 from exporter.build.variant import GRAPH_POS_RESIZE, VariantSpec, count_layernorms, fixed_at, make_variant
 from exporter.bundle.door import Bundle
-from exporter.bundle.manifest import (
-    ARTEFACTS,
-    Manifest,
-    VariantRecord,
-    check_batch,
-    output_name,
+from exporter.bundle.manifest import ARTEFACTS, check_batch, output_name
+from exporter.bundle.records import (
+    DynamicCheck,
+    DynamicEntry,
+    OnnxEntry,
+    ParityStats,
+    ReducedEntry,
+    ReferenceEntry,
+    SharedWeights,
+    ToleranceRecord,
+    TrtLint,
+    VariantParity,
 )
-from exporter.bundle.reference import REFERENCE_DIR, save_reference
+from exporter.bundle.reference import REFERENCE_DIR, ParityInputs, save_reference
+from exporter.bundle.schema import Manifest, VariantRecord
 from exporter.core.files import sha256_file
 from exporter.core.precision import Precision
 from exporter.core.progress import Reporter, stage
 from exporter.core.sizes import format_size
-from exporter.parity.compare import check_parity, run_batched, tolerance_for
+from exporter.parity.compare import check_parity, run_batched
+from exporter.parity.tolerance import tolerance_for
 from exporter.source.model import SourceModel
 
 
@@ -86,16 +94,16 @@ def _reuse(old: Bundle | None, label: str, key: str, tmp: Path) -> VariantRecord
     for rel, sha in record.files():
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(old.file(rel, sha), tmp / rel)
-    return replace(record, resumed=True)
+    return record.but(resumed=True)
 
 
 def measured_files(manifest: Manifest) -> dict[str, Any]:
     """What the measurements of a bundle (bench.json, eval.json, ...) depend on: each variant's
     ONNX files by sha256, the shared weights and the preprocessing (as the manifest's JSON has them)."""
     found = {
-        "variants": {v.label: [v.onnx["sha256"], v.reduced.get("sha256")] for v in manifest.variants},
-        "shared": manifest.shared_weights.get("sha256"),
-        "preprocessing": manifest.preprocessing,
+        "variants": {v.label: [v.onnx.sha256, v.reduced.sha256 if v.reduced else None] for v in manifest.variants},
+        "shared": manifest.shared_weights.sha256 if manifest.shared_weights else None,
+        "preprocessing": manifest.preprocessing.model_dump(mode="json", exclude_unset=True),
     }
     return json.loads(json.dumps(found))  # tuples as lists, as read back from a manifest.json
 
@@ -157,23 +165,26 @@ def build_variant(
         comparison = check_parity(expected, candidate, inputs, batch, options.tolerance, source.num_classes != 0)
         ref_rel = Path(REFERENCE_DIR) / f"model_{label}.npz"
         save_reference(tmp / ref_rel, planned, expected)
-        sizes = dynamic_checks(source, spec, options, plan, tmp, rel) if dynamic else {}
+        sizes = dynamic_checks(source, spec, options, plan, tmp, rel) if dynamic else None
         parity_seconds = time.perf_counter() - start
-    onnx_record = {
-        **asdict(info),
-        "path": str(rel),
-        "tolerance": asdict(options.tolerance),
-        "inputs": [asdict(i) for i in info.inputs],
-        "outputs": [asdict(o) for o in info.outputs],
-        "op_counts": dict(info.op_counts),
-    }
-    onnx_record.pop("seconds")
-    parity = comparison.to_dict() | {"inputs": planned.what}
-    reduced: dict[str, Any] = {}
+    onnx_record = OnnxEntry(
+        path=str(rel),
+        sha256=info.sha256,
+        opset=info.opset,
+        exporter=info.exporter,
+        inputs=list(info.inputs),
+        outputs=list(info.outputs),
+        num_nodes=info.num_nodes,
+        op_counts=dict(info.op_counts),
+        size_bytes=info.size_bytes,
+        tolerance=ToleranceRecord.of(options.tolerance),
+    )
+    parity = VariantParity.of(comparison, inputs=planned.what)
+    reduced = None
     if options.precision.reduced:
         with stage(reporter, label, options.precision, times):
             reduced = reduced_variant(spec, options, plan, tmp, rel, inputs, expected, batch, source.num_classes != 0)
-    reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
+    reference = reference_entry(tmp, ref_rel, planned)
     return VariantRecord(
         label=label,
         patch_size=spec.patch_size,
@@ -186,21 +197,23 @@ def build_variant(
         onnx=onnx_record,
         parity=parity,
         status="passed"
-        if comparison and reduced.get("status", "passed") == "passed" and sizes.get("status", "passed") == "passed"
+        if comparison and all(c is None or c.status == "passed" for c in (reduced, sizes))
         else "failed",
         export_seconds=round(info.seconds, 3),
         parity_seconds=round(parity_seconds, 3),
         input_key=key,
-        trt_lint=lint.to_dict(),
+        resumed=False,
+        trt_lint=TrtLint.model_validate(lint.to_dict()),
         reduced=reduced,
         reference=reference,
         dynamic=sizes,
+        native_agreement=None,  # measured over all variants (build.agreement)
     )
 
 
 def dynamic_checks(
     source: SourceModel, spec: VariantSpec, options: BuildOptions, plan: InputPlan, tmp: Path, rel: Path
-) -> dict[str, Any]:
+) -> DynamicEntry:
     """A dynamic-resolution ONNX at its smallest and largest size (the opt size is the variant's own
     check), each against a fixed-size PyTorch model built for exactly that size
     (``variant.fixed_at``: the position grid resampled offline as the graph does), with a stored
@@ -209,32 +222,32 @@ def dynamic_checks(
     assert spec.img_range is not None
     batch = check_batch(options.export.batch)
     runner = ort_runner(tmp / rel, options.threads)
-    checks: list[dict[str, Any]] = []
-    for which, size in zip(("min", "max"), spec.img_range):
+    checks: list[DynamicCheck] = []
+    which: Literal["min", "max"]
+    for which, size in (("min", spec.img_range[0]), ("max", spec.img_range[1])):
         planned = plan.parity(spec.at(size))
         inputs = planned.arrays()
         expected = run_batched(torch_runner(fixed_at(source, spec, size)), inputs, batch)
         comparison = check_parity(expected, runner, inputs, batch, options.tolerance, source.num_classes != 0)
         ref_rel = Path(REFERENCE_DIR) / f"model_{spec.label}_{which}.npz"
         save_reference(tmp / ref_rel, planned, expected)
-        reference = {"path": ref_rel.as_posix(), "sha256": sha256_file(tmp / ref_rel), **planned.record()}
-        checks.append(
-            {
-                "size": which,
-                "img_size": list(size),
-                "parity": comparison.to_dict() | {"inputs": planned.what},
-                "reference": reference,
-            }
-        )
-    return {
-        "min": list(spec.img_range[0]),
-        "opt": list(spec.img_size),
-        "max": list(spec.img_range[1]),
-        "multiple_of": list(spec.patch_size),
-        "pos_resample": f"{GRAPH_POS_RESIZE} in the graph (ONNX Resize cubic), from the {format_size(spec.grid)} grid",
-        "checks": checks,
-        "status": "passed" if all(c["parity"]["passed"] for c in checks) else "failed",
-    }
+        parity = VariantParity.of(comparison, inputs=planned.what)
+        reference = reference_entry(tmp, ref_rel, planned)
+        checks.append(DynamicCheck(size=which, img_size=size, parity=parity, reference=reference))
+    return DynamicEntry(
+        min=spec.img_range[0],
+        opt=spec.img_size,
+        max=spec.img_range[1],
+        multiple_of=spec.patch_size,
+        pos_resample=f"{GRAPH_POS_RESIZE} in the graph (ONNX Resize cubic), from the {format_size(spec.grid)} grid",
+        checks=checks,
+        status="passed" if all(c.parity.passed for c in checks) else "failed",
+    )
+
+
+def reference_entry(tmp: Path, rel: Path, planned: ParityInputs) -> ReferenceEntry:
+    """The manifest's record of a stored reference: its file and the inputs it holds."""
+    return ReferenceEntry.model_validate({"path": rel.as_posix(), "sha256": sha256_file(tmp / rel), **planned.record()})
 
 
 def reduced_variant(
@@ -247,7 +260,7 @@ def reduced_variant(
     expected: np.ndarray,
     batch: int,
     classifier: bool = True,
-) -> dict[str, Any]:
+) -> ReducedEntry:
     """Convert the fp32 ONNX to ``options.precision`` and check it against PyTorch fp32
     (``expected``: PyTorch's logits on ``inputs``)."""
 
@@ -267,28 +280,28 @@ def reduced_variant(
     tol = tolerance_for(options.precision, "onnxruntime")
     inputs, expected = plan.reduced(options.precision, inputs), plan.reduced(options.precision, expected)
     cmp = check_parity(expected, ort_runner(tmp / out_rel, options.threads), inputs, batch, tol, classifier)
-    return {
-        "precision": options.precision,
-        "shared_weights": options.shared_weights,
-        "path": str(out_rel),
-        "sha256": sha256_file(tmp / out_rel),
-        "bytes": (tmp / out_rel).stat().st_size,
-        "fp32_nodes": anchors,
-        **({"calibration": calibration} if calibration else {}),
-        "tolerance": asdict(tol),
-        "parity": cmp.to_dict(),
-        "status": "passed" if cmp else "failed",
-        "seconds": round(time.perf_counter() - start, 3),
-    }
+    entry = ReducedEntry(
+        precision=options.precision.value,  # type: ignore[arg-type]  # fp16 or int8 here: reduced precisions only
+        shared_weights=options.shared_weights,
+        path=str(out_rel),
+        sha256=sha256_file(tmp / out_rel),
+        bytes=(tmp / out_rel).stat().st_size,
+        fp32_nodes=anchors,
+        tolerance=ToleranceRecord.of(tol),
+        parity=ParityStats.of(cmp),
+        status="passed" if cmp else "failed",
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    return entry.but(calibration=calibration) if calibration else entry
 
 
 def share_bundle_weights(
     specs: list[VariantSpec], options: BuildOptions, plan: InputPlan, tmp: Path, records: list[VariantRecord]
-) -> tuple[list[VariantRecord], dict[str, Any]]:
+) -> tuple[list[VariantRecord], SharedWeights]:
     """Move the weights all variants share into one external file; each file must still give
     exactly the outputs it gave before (same graph, same bytes), or its variant fails."""
 
-    paths = [tmp / r.onnx["path"] for r in records]
+    paths = [tmp / r.onnx.path for r in records]
     batch = check_batch(options.export.batch)
     inputs = [plan.parity(spec).arrays() for spec in specs]
     before = [run_batched(ort_runner(p, options.threads), x, batch) for p, x in zip(paths, inputs)]
@@ -297,23 +310,21 @@ def share_bundle_weights(
     updated = []
     for record, path, x, reference in zip(records, paths, inputs, before):
         same = bool(np.array_equal(run_batched(ort_runner(path, options.threads), x, batch), reference))
-        checked = check_onnx(path, record.onnx["exporter"], 0.0)
-        onnx_record = record.onnx | {
-            "sha256": checked.sha256,
-            "size_bytes": checked.size_bytes,
-            "external_data": f"onnx/{info.path.name}",
-        }
-        parity = record.parity | (
-            {} if same else {"passed": False, "failures": ["outputs changed when sharing weights"]}
+        checked = check_onnx(path, str(record.onnx.exporter), 0.0)
+        onnx_record = record.onnx.but(
+            sha256=checked.sha256, size_bytes=checked.size_bytes, external_data=f"onnx/{info.path.name}"
         )
-        updated.append(replace(record, onnx=onnx_record, parity=parity, status=record.status if same else "failed"))
-    after = info.bytes + sum(p.stat().st_size for p in paths)
-    shared = {
-        "path": f"onnx/{info.path.name}",
-        "sha256": info.sha256,
-        "bytes": info.bytes,
-        "tensors": info.tensors,
-        "bundle_onnx_bytes_before": sizes,
-        "bundle_onnx_bytes_after": after,
-    }
+        parity = record.parity if same else record.parity.but(passed=False, failures=[CHANGED_BY_SHARING])
+        updated.append(record.but(onnx=onnx_record, parity=parity, status=record.status if same else "failed"))
+    shared = SharedWeights(
+        path=f"onnx/{info.path.name}",
+        sha256=info.sha256,
+        bytes=info.bytes,
+        tensors=info.tensors,
+        bundle_onnx_bytes_before=sizes,
+        bundle_onnx_bytes_after=info.bytes + sum(p.stat().st_size for p in paths),
+    )
     return updated, shared
+
+
+CHANGED_BY_SHARING = "outputs changed when sharing weights"

@@ -35,15 +35,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from exporter.bundle.manifest import (
-    ARTEFACTS,
-    MANIFEST,
-    REPORT,
-    Manifest,
-    VariantRecord,
-    walk,
-)
-from exporter.bundle.schema import _relative_path, parse_manifest
+from exporter.bundle.manifest import ARTEFACTS, MANIFEST, REPORT, walk
+from exporter.bundle.records import OnnxEntry, ReducedEntry, relative_path
+from exporter.bundle.schema import Manifest, VariantRecord, parse_manifest
 from exporter.core.errors import BundleError, BundleReplaced
 from exporter.core.files import sha256_file
 from exporter.core.locks import holder
@@ -55,7 +49,7 @@ log = logging.getLogger(__name__)
 
 def _inside(root: Path, rel: str) -> Path:
     """``root/rel`` when its real path lies inside ``root``'s real path; ``BundleError`` otherwise."""
-    _relative_path(rel)  # the schema checked it already; a second look costs nothing
+    relative_path(rel)  # the schema checked it already; a second look costs nothing
     real = Path(os.path.realpath(root / rel))
     if not real.is_relative_to(Path(os.path.realpath(root))):
         raise BundleError(f"{printable(rel)!r} in the bundle's manifest leads outside the bundle: refused")
@@ -110,10 +104,9 @@ class Bundle:
         for record in m.variants:
             found += record.files()
         if m.shared_weights:
-            found.append((m.shared_weights["path"], m.shared_weights["sha256"]))
+            found.append((m.shared_weights.path, m.shared_weights.sha256))
         for entry in m.engines.values():
-            for variant in entry.get("variants", {}).values():
-                found.append((variant["engine"], variant["engine_sha256"]))
+            found += [(variant.engine, variant.engine_sha256) for variant in entry.built.values()]
         return list(dict.fromkeys(found))
 
     def file(self, rel: str, sha256: str) -> Path:
@@ -158,21 +151,21 @@ class Bundle:
 
     def onnx(self, record: VariantRecord, precision: str = Precision.FP32) -> Path:
         """A variant's checked ONNX file (fp32, or its fp16/int8 one), with its shared weights."""
-        entry = record.onnx if precision == Precision.FP32 else record.reduced
-        if precision != Precision.FP32 and entry.get("precision") != precision:
+        entry: OnnxEntry | ReducedEntry | None = record.onnx if precision == Precision.FP32 else record.reduced
+        if entry is None or (isinstance(entry, ReducedEntry) and entry.precision != precision):
             raise BundleError(f"the bundle has no {precision} ONNX for {record.label}")
-        if entry.get("external_data") or (precision != Precision.FP32 and record.onnx.get("external_data")):
+        if record.onnx.external_data or entry.external_data:
             sw = self.manifest.shared_weights
             if not sw:
                 raise BundleError(f"{record.label}'s ONNX uses external data, but the manifest names no shared file")
-            self.file(sw["path"], sw["sha256"])
-        return self.file(entry["path"], entry["sha256"])
+            self.file(sw.path, sw.sha256)
+        return self.file(entry.path, entry.sha256)
 
     def variant_problems(self, record: VariantRecord) -> str:
         """Why a variant's files cannot be used, '' when each is inside the bundle, present and as
         built: its fp32 ONNX and fp16/int8 one (with the shared weights they read), its reference."""
         problems = []
-        for precision in (Precision.FP32, *([record.reduced["precision"]] if record.reduced else [])):
+        for precision in (Precision.FP32, *([record.reduced.precision] if record.reduced else [])):
             try:
                 self.onnx(record, precision)
             except BundleReplaced:
@@ -180,9 +173,9 @@ class Bundle:
             except BundleError as exc:
                 problems.append(str(exc))
         if record.reference:
-            problems.append(self.problems(record.reference["path"], record.reference["sha256"]))
-        for check in record.dynamic.get("checks", []):
-            problems.append(self.problems(check["reference"]["path"], check["reference"]["sha256"]))
+            problems.append(self.problems(record.reference.path, record.reference.sha256))
+        for check in record.dynamic.checks if record.dynamic else ():
+            problems.append(self.problems(check.reference.path, check.reference.sha256))
         return "; ".join(dict.fromkeys(p for p in problems if p))
 
     def artefact(self, name: str) -> Path:
@@ -213,7 +206,7 @@ class Bundle:
         """Every relative path we may have written into this bundle."""
         known = {MANIFEST, REPORT, *ARTEFACTS, *(rel for rel, _ in self.files())}
         for name, entry in self.manifest.engines.items():
-            known.add(entry.get("script") or f"engines/build_{name}.sh")
+            known.add(entry.script or f"engines/build_{name}.sh")
             known.add(f"engines/build_{name}.sh")
             for record in self.manifest.variants:
                 engine = f"engines/{name}/model_{record.label}.engine"

@@ -19,7 +19,7 @@ from exporter.core.machine import available_memory, gigabytes
 from exporter.core.sizes import Size2, format_size
 
 if TYPE_CHECKING:
-    from exporter.bundle.manifest import Manifest
+    from exporter.bundle.schema import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -173,18 +173,18 @@ def bundle_workloads(manifest: Manifest, batch: int | None, images: int | None) 
     """One workload per variant, from the numbers a manifest records. ``batch``: the run's
     largest batch (default: the build's parity batch); ``images``: inputs held at once (default:
     the parity images, random and real). A static-batch ONNX always runs at its own batch."""
-    arch: dict[str, Any] = manifest.source["architecture"]
-    args = arch.get("model_args") or {}
-    dim, depth, classes = int(arch["embed_dim"]), int(arch["depth"]), int(arch["num_classes"])
-    in_chans, mlp_ratio = int(arch.get("in_chans", 3)), float(args.get("mlp_ratio", 4.0))
+    arch = manifest.source.architecture
+    args = arch.model_args
+    dim, depth, classes, in_chans = arch.embed_dim, arch.depth, arch.num_classes, arch.in_chans
+    mlp_ratio = float(args.get("mlp_ratio", 4.0))
     prefix = prefix_tokens(args)
-    kernel = dim * in_chans * int(arch["kernel_size"][0]) * int(arch["kernel_size"][1])
-    params = vit_params(dim, depth, classes, mlp_ratio, int(arch["pos_grid"][0]) * int(arch["pos_grid"][1]), kernel)
-    export_batch = manifest.options["export"]["batch"]
-    static = None if export_batch == "dynamic" else int(export_batch)
+    kernel = dim * in_chans * arch.kernel_size[0] * arch.kernel_size[1]
+    params = vit_params(dim, depth, classes, mlp_ratio, arch.pos_grid[0] * arch.pos_grid[1], kernel)
+    export_batch = manifest.options.export.batch
+    static = None if export_batch == "dynamic" else export_batch
     run_batch = max(batch or static or 8, static or 0)
-    held = images if images is not None else 2 * int(manifest.options["parity_samples"])
-    weight_bytes = params * DTYPE_BYTES.get(str(manifest.source.get("dtype")), FLOAT32)
+    held = images if images is not None else 2 * manifest.options.parity_samples
+    weight_bytes = params * DTYPE_BYTES.get(str(manifest.source.dtype), FLOAT32)
     workloads = []
     for record in manifest.variants:
         largest = record.img_range[1] if record.img_range else record.img_size  # a dynamic one runs up to its max
@@ -197,7 +197,7 @@ def bundle_workloads(manifest: Manifest, batch: int | None, images: int | None) 
             weight_bytes=weight_bytes,
             embed_dim=dim,
             depth=depth,
-            num_heads=int(arch["num_heads"]),
+            num_heads=arch.num_heads,
             num_classes=classes,
             img_size=img,
             patch_size=patch,

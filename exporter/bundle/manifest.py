@@ -1,22 +1,19 @@
-"""The bundle manifest: what was built, from what, and how well it matched.
-
-Plain frozen dataclasses serialised to ``manifest.json`` (and read back for ``inspect``,
-``validate`` and ``--resume``), a Markdown report with the same table, and atomic writes.
-"""
+"""The bundle's names and constants (files, tensors, batches), the upgrade of older manifest
+layouts, the folder walk and preprocessing defaults. The manifest's types are in
+``exporter.bundle.schema``."""
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from exporter.core.errors import BundleError, UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 MANIFEST = "manifest.json"
 REPORT = "report.md"
 INPUT_NAME = "pixel_values"  # every ONNX file and engine: float32 NCHW in, logits (or embeddings) out
@@ -40,128 +37,6 @@ def static_batch(shape: Sequence[int | str]) -> int | None:
 def check_batch(export_batch: int | str) -> int:
     """The batch parity checks run at: the model's static batch, else ``CHECK_BATCH``."""
     return CHECK_BATCH if export_batch == "dynamic" else int(export_batch)
-
-
-@dataclass(frozen=True)
-class VariantRecord:
-    """One variant in the manifest. ``status`` is ``passed``, ``failed`` or ``error``."""
-
-    label: str
-    patch_size: tuple[int, int]
-    img_size: tuple[int, int]
-    grid: tuple[int, int]
-    tokens: int
-    gflops: float
-    patch_resize: str
-    pos_resize: str
-    onnx: dict[str, Any]
-    parity: dict[str, Any]
-    status: str
-    export_seconds: float
-    parity_seconds: float
-    input_key: str
-    resumed: bool = False
-    trt_lint: dict[str, Any] = field(default_factory=dict)
-    reduced: dict[str, Any] = field(default_factory=dict)  # the fp16/int8 ONNX and its parity, if asked for
-    reference: dict[str, Any] = field(default_factory=dict)  # PyTorch's logits on the parity inputs (npz)
-    dynamic: dict[str, Any] = field(default_factory=dict)  # --img-size dynamic: its range and extra checks
-    native_agreement: dict[str, Any] = field(default_factory=dict)  # vs the source's own patch and size
-
-    @property
-    def img_range(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
-        """A dynamic-resolution variant's smallest and largest image size; None for a fixed one."""
-        if not self.dynamic:
-            return None
-        low, high = self.dynamic["min"], self.dynamic["max"]
-        return (int(low[0]), int(low[1])), (int(high[0]), int(high[1]))
-
-    @property
-    def static_batch(self) -> int | None:
-        """The ONNX's fixed batch (``--batch N``), or None for a dynamic batch."""
-        return static_batch(self.onnx["inputs"][0]["shape"])
-
-    def preflights(self) -> list[tuple[str, dict[str, Any]]]:
-        """(file path, TensorRT preflight record) of the variant's ONNX files that have one, fp32 first."""
-        return [
-            (str(e.get("path", "?")), e[PREFLIGHT])
-            for e in (self.onnx, self.reduced)
-            if e and isinstance(e.get(PREFLIGHT), dict)
-        ]
-
-    @property
-    def preflight_failed(self) -> bool:
-        """A file TensorRT's parser or builder refused (skipped or absent is not a failure)."""
-        return any(p.get("ok") is False for _, p in self.preflights())
-
-    def files(self) -> list[tuple[str, str]]:
-        """(relative path, sha256) of the variant's own files: ONNX, fp16/int8 ONNX, reference."""
-        found = [(self.onnx["path"], self.onnx["sha256"])]
-        found += [(e["path"], e["sha256"]) for e in (self.reduced, self.reference) if e]
-        found += [(c["reference"]["path"], c["reference"]["sha256"]) for c in self.dynamic.get("checks", [])]
-        return found
-
-
-@dataclass(frozen=True)
-class Manifest:
-    schema_version: int
-    name: str
-    created: str
-    versions: dict[str, str]
-    source: dict[str, Any]
-    preprocessing: dict[str, Any]
-    options: dict[str, Any]
-    variants: tuple[VariantRecord, ...]
-    engines: dict[str, Any] = field(default_factory=dict)
-    shared_weights: dict[str, Any] = field(default_factory=dict)  # --shared-weights: the external-data file
-    labels: tuple[str, ...] = ()  # class names by output index (empty: indices)
-    source_parity: dict[str, Any] = field(default_factory=dict)  # vs the source framework's model
-
-    @property
-    def assumptions(self) -> tuple[str, ...]:
-        """What the build assumed, each with what settles it (manifests before the structured
-        ``assumptions`` list kept only the ``assumed`` strings)."""
-        arch = self.source.get("architecture") or {}
-        records = arch.get("assumptions") or []
-        if records:
-            return tuple(f"{r['what']} {r['value']} ({r['settle']})" for r in records)
-        return tuple(map(str, arch.get("assumed") or ()))
-
-    @property
-    def classifier(self) -> bool:
-        """Whether the model has a classifier (its outputs are class scores): False for a feature
-        model (``num_classes`` 0, or an ``embeddings`` output). Bundles built before feature models
-        were named say ``logits`` but still record ``num_classes`` 0."""
-        arch = self.source.get("architecture") or {}
-        names = {o.get("name") for v in self.variants for o in v.onnx.get("outputs", [])}
-        return arch.get("num_classes") != 0 and EMBEDDINGS_NAME not in names
-
-    @property
-    def passed(self) -> bool:
-        """Every variant passed parity and its TensorRT preflight (skipped is not a failure), no engine
-        set failed (pending ones are not failures) and source parity did not fail (inferred or
-        skipped is not a failure)."""
-        engines_ok = all(e.get("status") != "failed" for e in self.engines.values())
-        if any(v.preflight_failed for v in self.variants):  # TensorRT's own parser or builder refused a file
-            return False
-        source_ok = self.source_parity.get("status") != "failed"
-        return engines_ok and source_ok and all(v.status == "passed" for v in self.variants)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise BundleError(
-                f"manifest schema_version {version!r} is not supported (this flexiexport reads {SCHEMA_VERSION})"
-            )
-        data, _ = upgrade_manifest(data)
-        names = {f.name for f in fields(VariantRecord)}
-        variants = tuple(VariantRecord(**_record_fields(item, names)) for item in data.get("variants", []))
-        known = {f.name for f in fields(cls)}
-        labels = tuple(data.get("labels", ()))
-        return cls(**{**{k: v for k, v in data.items() if k in known}, "variants": variants, "labels": labels})
 
 
 def upgrade_manifest(data: Any, where: str = MANIFEST) -> tuple[Any, bool]:
@@ -195,11 +70,6 @@ def upgrade_manifest(data: Any, where: str = MANIFEST) -> tuple[Any, bool]:
                 older = True
                 variant.setdefault("tolerance", parity.pop("tolerance"))
     return data, older
-
-
-def _record_fields(item: dict[str, Any], names: set[str]) -> dict[str, Any]:
-    """JSON lists back to the tuples a ``VariantRecord`` holds; unknown keys dropped."""
-    return {k: tuple(v) if k in ("patch_size", "img_size", "grid") else v for k, v in item.items() if k in names}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from exporter.bundle.manifest import Manifest, VariantRecord
+from exporter.bundle.records import ReferenceEntry
+from exporter.bundle.schema import Manifest, VariantRecord
 from exporter.core.errors import BundleError
 from exporter.core.files import write_atomic_bytes
 
@@ -96,10 +97,14 @@ def save_reference(path: Path, inputs: ParityInputs, logits: np.ndarray) -> None
 
 
 def load_reference(
-    path: Path, record: dict[str, Any], img_size: tuple[int, int], pre: dict[str, Any]
+    path: Path,
+    record: ReferenceEntry,
+    img_size: tuple[int, int],
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
 ) -> tuple[ParityInputs, np.ndarray]:
     """Read a (sha256-checked) reference file; its shapes must agree with the manifest record."""
-    real, random = int(record["real"]["count"]), int(record["random"]["count"])
+    real, random = record.real.count, record.random.count
     expected: dict[str, tuple[str, tuple[int, ...] | None]] = {
         "pixels.npy": ("|u1", (real, *img_size, 3)),
         "logits.npy": ("<f4", None),  # [random + real, classes]
@@ -125,15 +130,7 @@ def load_reference(
             logits, pixels = data["logits"], data["pixels"]
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise BundleError(f"cannot read the reference {path}: {exc}") from exc
-    inputs = ParityInputs(
-        tuple(img_size),  # type: ignore[arg-type]
-        int(record["random"]["count"]),
-        int(record["random"]["seed"]),
-        tuple(pre["mean"]),  # type: ignore[arg-type]
-        tuple(pre["std"]),  # type: ignore[arg-type]
-        pixels,
-        str(record["real"]["from"]),
-    )
+    inputs = ParityInputs(img_size, random, record.random.seed, mean, std, pixels, record.real.from_)
     return inputs, logits
 
 
@@ -152,25 +149,25 @@ def stored_reference(
     """A variant's parity inputs and PyTorch logits from the bundle at ``root``, whose files the
     caller has checked (``Bundle.file`` or ``Bundle.verify_all``). ``size``: a dynamic-resolution
     variant's ``min`` or ``max`` check instead of its own (opt) size."""
+    reference: ReferenceEntry | None = record.reference
+    img_size = record.img_size
     if size != "opt":
-        check = next(c for c in record.dynamic["checks"] if c["size"] == size)
-        reference, img_size = check["reference"], tuple(check["img_size"])
-    else:
-        reference, img_size = record.reference, record.img_size
+        check = next(c for c in (record.dynamic.checks if record.dynamic else ()) if c.size == size)
+        reference, img_size = check.reference, check.img_size
     if not reference:
         raise BundleError(
             f"{record.label}: the bundle carries no PyTorch reference (built by flexiexport before 0.2); "
             "rebuild it, or run 'flexiexport validate --rebuild' where the checkpoint is"
         )
-    samples = manifest.options["parity_samples"]
-    random, real = reference["random"]["count"], reference["real"]["count"]
+    samples = manifest.options.parity_samples
+    random, real = reference.random.count, reference.real.count
     if random != samples or real > samples:
         raise BundleError(
             f"{record.label}: the reference records {random} random and {real} real images, but the build "
             f"checked {samples} of each at most (options.parity_samples)"
         )
-    path = root / reference["path"]
-    return load_reference(path, reference, img_size, manifest.preprocessing)  # type: ignore[arg-type]
+    pre = manifest.preprocessing
+    return load_reference(root / reference.path, reference, img_size, pre.mean, pre.std)
 
 
 def judged_rows(samples: int, precision: str, arrays: np.ndarray) -> np.ndarray:

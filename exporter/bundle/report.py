@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from exporter.bundle.manifest import PREFLIGHT, Manifest, VariantRecord
+from exporter.bundle.engines import NotRunEngines, PendingEngines
+from exporter.bundle.records import (
+    NativeAgreement,
+    NativeSkipped,
+    ParityStats,
+    Preflight,
+    PreflightError,
+    PreflightSkipped,
+    SourceParity,
+)
+from exporter.bundle.schema import Manifest, VariantRecord
 from exporter.core.sizes import format_range, format_size
 
 
-def top1_text(parity: dict[str, Any], digits: int = 1) -> str:
+def top1_text(parity: ParityStats, digits: int = 1) -> str:
     """``"  top-1 93.8%"`` of a recorded comparison, or '' for a feature model's (no top-1)."""
-    value = parity.get("top1_agreement")
+    value = parity.top1_agreement
     return "" if value is None else f"  top-1 {value:.{digits}%}"
 
 
@@ -29,50 +38,53 @@ def variant_rows(manifest: Manifest) -> list[list[str]]:
         size = format_size(v.img_size) + (f" ({format_range(v.img_range)})" if v.img_range else "")
         rows.append(
             [
-                "✓" if v.parity.get("passed", v.status == "passed") else "✗",
+                "✓" if v.parity.passed else "✗",
                 v.label,
                 size,
                 f"{v.grid[0]}x{v.grid[1]}",
                 str(v.tokens),
                 f"{v.gflops:.3f}",
-                *_parity_cells(v.parity or {}),
+                *_parity_cells(v.parity),
                 *native_cells(v.native_agreement),
                 f"{v.export_seconds:.2f}",
-                Path(v.onnx.get("path", "")).name,
+                Path(v.onnx.path).name,
                 _source_cell(manifest, v),
                 preflight_cell(v),
             ]
         )
-        for check in v.dynamic.get("checks", []) if v.dynamic else []:
-            side = format_size(tuple(check["img_size"]))
-            p = check.get("parity") or {}
-            rows.append(_extra_row(bool(p.get("passed")), f"{v.label} at {side}", side, p, ""))
+        for check in v.dynamic.checks if v.dynamic else []:
+            side = format_size(check.img_size)
+            rows.append(_extra_row(check.parity.passed, f"{v.label} at {side}", side, check.parity, ""))
         if v.reduced:
             r = v.reduced
-            passed = r.get("status") == "passed"
-            row = _extra_row(passed, f"{v.label} {r['precision']}", size, r["parity"], r["path"], r.get(PREFLIGHT))
-            rows.append(row)
+            passed = r.status == "passed"
+            rows.append(_extra_row(passed, f"{v.label} {r.precision}", size, r.parity, r.path, r.tensorrt_preflight))
     return rows
 
 
-def _parity_cells(p: dict[str, Any]) -> list[str]:
+def _parity_cells(p: ParityStats) -> list[str]:
     """max|Δ|, p99|Δ|, cosine, top-1 and top-5 of one recorded comparison."""
     return [
-        f"{p.get('max_abs', float('nan')):.1e}",
-        f"{p.get('p99_abs', float('nan')):.1e}",
-        f"{p.get('min_cosine', float('nan')):.7f}",
-        percent(p.get("top1_agreement", float("nan"))),
-        percent(p.get("top5_agreement", float("nan"))),
+        f"{p.max_abs:.1e}",
+        f"{p.p99_abs:.1e}",
+        f"{p.min_cosine:.7f}",
+        percent(p.top1_agreement),
+        percent(p.top5_agreement),
     ]
 
 
 def _extra_row(
-    passed: bool, label: str, size: str, parity: dict[str, Any], path: str, preflight: Any = None
+    passed: bool,
+    label: str,
+    size: str,
+    parity: ParityStats,
+    path: str,
+    preflight: Preflight | PreflightSkipped | None = None,
 ) -> list[str]:
     """A check beyond a variant's fp32 one (another size, another precision): its own verdict and
     numbers, and its own file's TensorRT preflight; the cells that belong to the variant (grid,
     native agreement...) left blank. One cell per TABLE_HEADER column."""
-    trt = _preflight_mark([preflight]) if isinstance(preflight, dict) else ""
+    trt = _preflight_mark([preflight]) if preflight is not None else ""
     cells = ["✓" if passed else "✗", label, size, "", "", "", *_parity_cells(parity), "", "", "", Path(path).name, ""]
     return [*cells, trt]
 
@@ -83,15 +95,15 @@ def preflight_cell(v: VariantRecord) -> str:
     return _preflight_mark([p for _, p in v.preflights()])
 
 
-def _preflight_mark(found: list[dict[str, Any]]) -> str:
-    if not found or any("skipped" in p for p in found):
+def _preflight_mark(found: list[Preflight | PreflightSkipped]) -> str:
+    if not found or any(isinstance(p, PreflightSkipped) for p in found):
         return "–"
-    return "✓" if all(p.get("ok") is True for p in found) else "✗"
+    return "✓" if all(isinstance(p, Preflight) and p.ok for p in found) else "✗"
 
 
 def lint_title(v: VariantRecord) -> str:
     """The op-list lint is the fallback: where TensorRT's parser ran, its verdict (``trt``) stands."""
-    ran = any("skipped" not in p for _, p in v.preflights())
+    ran = any(isinstance(p, Preflight) for _, p in v.preflights())
     return "TensorRT 10 op-list lint (fallback; the parser's verdict is the trt column)" if ran else "TensorRT lint"
 
 
@@ -101,30 +113,30 @@ def preflight_lines(manifest: Manifest, wide: bool = False) -> list[str]:
     records = [(v.label, path, p) for v in manifest.variants for path, p in v.preflights()]
     if not records:
         return []
-    skipped = [p["skipped"] for _, _, p in records if "skipped" in p]
+    skipped = [p.skipped for _, _, p in records if isinstance(p, PreflightSkipped)]
     if skipped:
         return [f"TensorRT preflight skipped: {skipped[0]}"]
-    ok = [r for r in records if r[2].get("ok") is True]
-    first = records[0][2]
+    ran = [(label, path, p) for label, path, p in records if isinstance(p, Preflight)]
+    ok = [r for r in ran if r[2].ok]
+    first = ran[0][2]
     lines = [
-        f"trt: {first.get('library')} {first.get('version')} parsed and built {len(ok)} of {len(records)} "
+        f"trt: {first.library} {first.version} parsed and built {len(ok)} of {len(records)} "
         "ONNX files on the CPU (TensorRT's own ONNX parser and builder)"
     ]
-    for label, path, p in records:
+    for label, path, p in ran:
         name = Path(path).name
-        if p.get("ok") is True:
+        if p.ok:
             if wide:
-                shapes = p.get("shapes", {})
+                low, high = p.shapes.get("min", ["?"]), p.shapes.get("max", ["?"])
                 lines.append(
-                    f"  ✓ {label} {name}: {p.get('layers')} layers, {p.get('engine_bytes', 0) / 1e6:.1f} MB engine "
-                    f"in {p.get('build_seconds', 0):.1f} s, batch {shapes.get('min', ['?'])[0]}-"
-                    f"{shapes.get('max', ['?'])[0]}, sm {p.get('compute_capability')}"
+                    f"  ✓ {label} {name}: {p.layers} layers, {p.engine_bytes / 1e6:.1f} MB engine "
+                    f"in {p.build_seconds:.1f} s, batch {low[0]}-{high[0]}, sm {p.compute_capability or None}"
                 )
             continue
-        errors = p.get("errors") or [{"message": "no reason recorded"}]
+        errors = p.errors or [PreflightError(node="", op="", message="no reason recorded")]
         for e in errors[:3]:
-            where = " ".join(x for x in (e.get("node"), e.get("op")) if x)
-            lines.append(f"  ✗ {label} {name} ({p.get('stage')}): {where + ': ' if where else ''}{e.get('message')}")
+            where = " ".join(x for x in (e.node, e.op) if x)
+            lines.append(f"  ✗ {label} {name} ({p.stage}): {where + ': ' if where else ''}{e.message}")
     return lines
 
 
@@ -133,22 +145,22 @@ def _source_cell(manifest: Manifest, v: VariantRecord) -> str:
     row; ``-`` on the others; empty when the manifest predates the check."""
 
     entry = manifest.source_parity
-    if not entry or (entry.get("status") in ("passed", "failed") and entry.get("variant") not in (None, v.label)):
+    if not entry or (entry.status in ("passed", "failed") and entry.variant not in (None, v.label)):
         return "-" if entry else ""
     return mark(entry)
 
 
-def native_cells(found: dict[str, Any]) -> list[str]:
+def native_cells(found: NativeAgreement | NativeSkipped | None) -> list[str]:
     """The ``native`` cell (top-1 agreement with the native variant, a feature model's mean cosine)
     and the ``native cos`` one (min/mean cosine); 'skipped' without real images, '—' in bundles
     built before it was measured."""
     if not found:
         return ["—", "—"]
-    if "skipped" in found:
+    if isinstance(found, NativeSkipped):
         return ["skipped", "skipped"]
-    top1 = found.get("top1_agreement")
-    main = f"{found['mean_cosine']:.4f}" if top1 is None else percent(top1)
-    return [main, f"{found['min_cosine']:.3f}/{found['mean_cosine']:.3f}"]
+    top1 = found.top1_agreement
+    main = f"{found.mean_cosine:.4f}" if top1 is None else percent(top1)
+    return [main, f"{found.min_cosine:.3f}/{found.mean_cosine:.3f}"]
 
 
 TABLE_HEADER = [
@@ -220,35 +232,33 @@ def shown_columns(manifest: Manifest, rows: list[list[str]], wide: bool = False)
 def left_out(manifest: Manifest) -> list[str]:
     """The pairs of a grid (or the patches of a dynamic range) the build could not make, each
     with why and the sizes that would work, as the build logged them."""
-    found = manifest.options.get("impossible_variants", [])
-    return [str(line) for line in found] if isinstance(found, list) else []
+    return list(manifest.options.impossible_variants)
 
 
 def native_summary(manifest: Manifest) -> str:
     """What the ``native`` columns compare, or why they were skipped; '' in older bundles."""
     found = [v.native_agreement for v in manifest.variants if v.native_agreement]
-    measured = next((n for n in found if "skipped" not in n), None)
+    measured = next((n for n in found if isinstance(n, NativeAgreement)), None)
     if measured is None:
-        return f"Agreement with the native patch size: skipped ({found[0]['skipped']})." if found else ""
+        skipped = [n.skipped for n in found if isinstance(n, NativeSkipped)]
+        return f"Agreement with the native patch size: skipped ({skipped[0]})." if skipped else ""
     what = (
         "top-1 agreement (native cos: min/mean cosine)" if manifest.classifier else "mean cosine (native cos: min/mean)"
     )
     skipped = [
-        f"{v.label}: {v.native_agreement['skipped']}" for v in manifest.variants if "skipped" in v.native_agreement
+        f"{v.label}: {n.skipped}" for v in manifest.variants if isinstance(n := v.native_agreement, NativeSkipped)
     ]
     return (
-        f"native: each variant's PyTorch outputs against {measured['against']} (the source's own patch and "
-        f"image size) on {measured['images']} {measured['from']}, each image at the variant's own size: {what}. "
+        f"native: each variant's PyTorch outputs against {measured.against} (the source's own patch and "
+        f"image size) on {measured.images} {measured.from_}, each image at the variant's own size: {what}. "
         "Not judged: it is the quality/compute trade-off." + (f" Skipped for {'; '.join(skipped)}." if skipped else "")
     )
 
 
 def render_report(manifest: Manifest) -> str:
     """``report.md``: the manifest as a human-readable table."""
-    from exporter.parity.compare import recorded_tolerance
-
     src = manifest.source
-    tol = recorded_tolerance(manifest.variants[0].onnx)  # one build, one fp32 tolerance
+    tol = manifest.variants[0].onnx.tolerance  # one build, one fp32 tolerance
     lines = [
         f"# {manifest.name}",
         "",
@@ -256,15 +266,14 @@ def render_report(manifest: Manifest) -> str:
         f"(torch {manifest.versions.get('torch')}, timm {manifest.versions.get('timm')}, "
         f"onnx {manifest.versions.get('onnx')}, onnxruntime {manifest.versions.get('onnxruntime')}).",
         "",
-        f"Source: {src.get('path') or src.get('kind')} (sha256 {str(src.get('sha256'))[:16]}…), "
-        f"{src.get('architecture', {}).get('summary', '')}.",
+        f"Source: {src.path or src.kind} (sha256 {str(src.sha256)[:16]}…), {src.architecture.summary}.",
         "",
         *(
             [f"Assumed (not stated by the checkpoint or its config): {'; '.join(manifest.assumptions)}.", ""]
             if manifest.assumptions
             else []
         ),
-        f"Parity: PyTorch fp32 (CPU) vs onnxruntime CPU on {manifest.options.get('parity_inputs')}; "
+        f"Parity: PyTorch fp32 (CPU) vs onnxruntime CPU on {manifest.options.parity_inputs or None}; "
         f"pass when |Δ| ≤ {tol.atol} + {tol.rtol}·|ref|, cosine ≥ {tol.min_cosine}"
         + (
             f", top-1 agreement ≥ {tol.min_top1:.0%}."
@@ -285,10 +294,9 @@ def render_report(manifest: Manifest) -> str:
         lines += ["", describe(manifest.source_parity).replace("source parity", "Source parity", 1) + "."]
     failed = [v for v in manifest.variants if v.status != "passed"]
     for v in failed:
-        reasons = list(v.parity.get("failures", [])) or ([v.parity["error"]] if v.parity.get("error") else [])
-        if v.reduced and v.reduced.get("status") != "passed":
-            precision = v.reduced["precision"]
-            reasons += [f"{precision}: {r}" for r in v.reduced["parity"].get("failures", [])]
+        reasons = list(v.parity.failures) or ([v.parity.error] if v.parity.error else [])
+        if v.reduced and v.reduced.status != "passed":
+            reasons += [f"{v.reduced.precision}: {r}" for r in v.reduced.parity.failures]
         lines += ["", f"**{v.label} {v.status}:** " + "; ".join(reasons)]
     reduced = [v for v in manifest.variants if v.reduced]
     if reduced:
@@ -298,40 +306,44 @@ def render_report(manifest: Manifest) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]  # a feature model's top-1 cell is '—': it has none
         for v in reduced:
-            r, q = v.reduced, v.reduced["parity"]
+            r = v.reduced
+            if r is None:
+                continue
+            q = r.parity
             lines.append(
                 md_row(
                     [
-                        "✓" if r["status"] == "passed" else "✗",
+                        "✓" if r.status == "passed" else "✗",
                         v.label,
-                        r["precision"],
-                        Path(r["path"]).name,
-                        f"{r['bytes'] / 1e6:.2f}",
-                        f"{q['max_abs']:.1e}",
-                        f"{q['p99_abs']:.1e}",
-                        f"{q['min_cosine']:.5f}",
-                        percent(q.get("top1_agreement")),
+                        r.precision,
+                        Path(r.path).name,
+                        f"{r.bytes / 1e6:.2f}",
+                        f"{q.max_abs:.1e}",
+                        f"{q.p99_abs:.1e}",
+                        f"{q.min_cosine:.5f}",
+                        percent(q.top1_agreement),
                     ]
                 )
             )
-        calibrated = [v for v in reduced if v.reduced.get("calibration")]
+        calibrated = [v.reduced.calibration for v in reduced if v.reduced and v.reduced.calibration]
         if calibrated:
-            lines += ["", f"INT8 calibration: {calibrated[0].reduced['calibration']}."]
+            lines += ["", f"INT8 calibration: {calibrated[0]}."]
     preflight = preflight_lines(manifest, wide=True)
     if preflight:
         lines += ["", *(f"- {line.strip()}" if i else line for i, line in enumerate(preflight))]
     for v in manifest.variants:
-        if v.trt_lint and not v.trt_lint.get("passed", True):
-            lines += ["", f"{lint_title(v)}, {v.label}: " + "; ".join(v.trt_lint["issues"])]
+        if v.trt_lint and not v.trt_lint.passed:
+            lines += ["", f"{lint_title(v)}, {v.label}: " + "; ".join(v.trt_lint.issues)]
     for name, entry in manifest.engines.items():
+        reason = entry.reason if isinstance(entry, (PendingEngines, NotRunEngines)) else ""
+        command = entry.command if isinstance(entry, PendingEngines) else ""
         lines += [
             "",
-            f"TensorRT engines, profile {name}: {entry.get('status')}"
-            + (f" ({entry['reason']})" if entry.get("reason") else "")
+            f"TensorRT engines, profile {name}: {entry.status}"
+            + (f" ({reason})" if reason else "")
             + (
-                f"; build them on the target with `{entry['command']}`"
-                + (f" or `{entry['script']}`" if entry.get("script") else "")
-                if entry.get("command")
+                f"; build them on the target with `{command}`" + (f" or `{entry.script}`" if entry.script else "")
+                if command
                 else ""
             ),
         ]
@@ -348,25 +360,25 @@ def render_report(manifest: Manifest) -> str:
 INFERRED = "inferred, not independently checked"
 
 
-def mark(entry: dict[str, Any]) -> str:
+def mark(entry: SourceParity | None) -> str:
     """One short cell for the variant table (it must fit 80 columns): ✓, ✗, ``n/c`` (not checked:
     inferred or skipped; the line under the table says which) or empty (none recorded)."""
-    status = entry.get("status", "")
+    status = entry.status if entry else ""
     return {"passed": "✓", "failed": "✗", "": ""}.get(status, "n/c")
 
 
-def describe(entry: dict[str, Any]) -> str:
+def describe(entry: SourceParity | None) -> str:
     """One line for the build, ``inspect`` and report.md."""
     if not entry:
         return ""
-    status = entry["status"]
-    (ph, pw), (ih, iw) = entry["patch_size"], entry["img_size"]
+    status = entry.status
+    (ph, pw), (ih, iw) = entry.patch_size, entry.img_size
     where = f"at patch {ph}x{pw}, image {ih}x{iw}"
     if status == "inferred":
         return f"source parity: {INFERRED} (weights only, architecture inferred from tensor shapes)"
-    if "parity" not in entry:
-        return f"source parity {mark(entry)} {status}: {entry['reference']} {where}: {entry['reason']}"
-    p = entry["parity"]
-    numbers = f"max|Δ| {p['max_abs']:.1e}, cosine {p['min_cosine']:.7f}"
-    why = "" if status == "passed" else " (" + "; ".join(p.get("failures", [])) + ")"
-    return f"source parity {mark(entry)}: {entry['candidate']} vs {entry['reference']} {where}: {numbers}{why}"
+    p = entry.parity
+    if p is None:
+        return f"source parity {mark(entry)} {status}: {entry.reference} {where}: {entry.reason}"
+    numbers = f"max|Δ| {p.max_abs:.1e}, cosine {p.min_cosine:.7f}"
+    why = "" if status == "passed" else " (" + "; ".join(p.failures) + ")"
+    return f"source parity {mark(entry)}: {entry.candidate} vs {entry.reference} {where}: {numbers}{why}"

@@ -1,5 +1,6 @@
-"""THE manifest, as its schema: every field typed and bounded (pydantic, unknown keys refused),
-the first error named by its place; ``parse_manifest`` is the one way a manifest is read."""
+"""THE manifest: ``Manifest`` and ``VariantRecord`` (their parts in ``exporter.bundle.records``),
+every field typed and bounded, the first error named by its place. ``parse_manifest`` is the one
+way a manifest is read; writers build these classes and write ``Manifest.to_json()``."""
 
 from __future__ import annotations
 
@@ -7,203 +8,41 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from exporter.bundle.manifest import (
-    MANIFEST,
-    SCHEMA_VERSION,
-    Manifest,
-    upgrade_manifest,
+from exporter.bundle.engines import EngineSet
+from exporter.bundle.manifest import EMBEDDINGS_NAME, MANIFEST, SCHEMA_VERSION, static_batch, upgrade_manifest
+from exporter.bundle.records import (
+    MAX_SIDE,
+    DynamicEntry,
+    Entry,
+    NativeAgreement,
+    NativeSkipped,
+    OnnxEntry,
+    OptionsRecord,
+    PatchSide,
+    Preflight,
+    PreflightSkipped,
+    PreprocessingRecord,
+    ReducedEntry,
+    ReferenceEntry,
+    SafeName,
+    SharedWeights,
+    Side,
+    SourceParity,
+    SourceRecord,
+    TrtLint,
+    VariantParity,
+    _Strict,
 )
 from exporter.bundle.values import check_values
 from exporter.core.errors import BundleError
-from exporter.core.names import SAFE_NAME, printable
-
-MAX_SIDE = 16384  # pixels; the memory estimate refuses far smaller sizes on real machines
+from exporter.core.names import printable
 
 
-MAX_PATCH = 4096
+class VariantRecord(_Strict):
+    """One variant in the manifest. ``status`` is ``passed``, ``failed`` or ``error``."""
 
-
-def _relative_path(text: str) -> str:
-    """A plain relative POSIX path: no absolute path, no ``..``/``.``/empty part, no backslash or NUL."""
-    parts = text.split("/")
-    if not text or text.startswith("/") or "\\" in text or "\x00" in text or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"must be a plain path inside the bundle, got {text!r}")
-    return text
-
-
-RelPath = Annotated[str, AfterValidator(_relative_path)]
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-SafeName = Annotated[str, Field(pattern=f"^{SAFE_NAME.pattern}$")]
-Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
-PatchSide = Annotated[int, Field(ge=1, le=MAX_PATCH)]
-Count = Annotated[int, Field(ge=0)]
-TensorName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")]
-Dim = Annotated[int, Field(ge=1, le=1 << 20)] | Annotated[str, Field(max_length=64)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
-
-
-def _dims_after_batch(shape: list[int | str]) -> list[int | str]:
-    """Only the batch may be symbolic (``"batch"``), and in a dynamic-resolution input the height
-    and width (``[batch, 3, height, width]``): every other dim is a number we use."""
-    named = [i for i, d in enumerate(shape) if not isinstance(d, int)]
-    if any(i > 0 for i in named) and not (len(shape) == 4 and set(named) - {0} <= {2, 3}):
-        raise ValueError(f"only the batch, height and width dimensions may be named, got {shape!r}")
-    return shape
-
-
-class TensorSpec(_Strict):
-    name: TensorName
-    dtype: str
-    shape: Annotated[list[Dim], Field(min_length=1, max_length=8), AfterValidator(_dims_after_batch)]
-
-
-class Empty(BaseModel):
-    """``{}``: what an absent optional entry is written as, and nothing else."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-class ParityStats(_Strict):
-    """The numbers every command prints of a comparison (the rest may follow)."""
-
-    samples: Count
-    max_abs: float
-    p99_abs: float
-    min_cosine: float
-    top1_agreement: float | None = None  # None (or absent): a feature model, judged by cosine and |Δ| only
-    top5_agreement: float | None = None
-    failures: list[str] = []
-
-
-class VariantParity(ParityStats):
-    passed: bool
-
-
-class TrtLint(_Strict):
-    passed: bool
-    issues: list[str]
-
-
-class ToleranceRecord(_Strict):
-    """Exactly ``validate.Tolerance``'s fields: the record is passed to it as keywords (finite:
-    an infinite atol would pass any output)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
-    name: str
-    atol: Annotated[float, Field(ge=0)] | None
-    rtol: Annotated[float, Field(ge=0)]
-    min_cosine: Annotated[float, Field(ge=0, le=1)]
-    min_top1: Annotated[float, Field(ge=0, le=1)]
-    p99_of_range: Annotated[float, Field(ge=0)] | None = None
-    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
-
-
-class PreflightError(_Strict):
-    node: Annotated[str, Field(max_length=500)]
-    op: Annotated[str, Field(max_length=500)]
-    code: Annotated[str, Field(max_length=500)] = ""
-    message: Annotated[str, Field(max_length=500)]
-
-
-class Preflight(_Strict):
-    """What TensorRT's own ONNX parser and builder (TensorRT-RTX, on the CPU) made of one file."""
-
-    library: Annotated[str, Field(max_length=64)]
-    version: Annotated[str, Field(max_length=64)]
-    ok: bool
-    stage: Literal["parse", "build", "built"]
-    layers: Count
-    parse_seconds: Annotated[float, Field(ge=0)]
-    build_seconds: Annotated[float, Field(ge=0)]
-    engine_bytes: Count
-    engine_sha256: Sha256 | None = None
-    errors: list[PreflightError] = Field(default=[], max_length=20)
-
-
-class PreflightSkipped(_Strict):
-    skipped: Annotated[str, Field(max_length=1000)]
-
-
-class OnnxEntry(_Strict):
-    path: RelPath
-    sha256: Sha256
-    inputs: list[TensorSpec] = Field(min_length=1, max_length=1)
-    outputs: list[TensorSpec] = Field(min_length=1, max_length=1)
-    external_data: RelPath | None = None
-    tolerance: ToleranceRecord
-    tensorrt_preflight: Preflight | PreflightSkipped | None = None  # absent in bundles built before it
-
-
-class ReducedEntry(_Strict):
-    precision: Literal["fp16", "int8"]
-    path: RelPath
-    sha256: Sha256
-    bytes: Count
-    tolerance: ToleranceRecord
-    parity: ParityStats
-    status: Literal["passed", "failed"]
-    tensorrt_preflight: Preflight | PreflightSkipped | None = None
-
-
-class RandomInputs(_Strict):
-    count: Annotated[int, Field(ge=0, le=100_000)]
-    seed: Annotated[int, Field(ge=0, le=2**63 - 1)]
-
-
-class RealInputs(_Strict):
-    count: Annotated[int, Field(ge=0, le=100_000)]
-    from_: str = Field(alias="from")
-
-
-class ReferenceEntry(_Strict):
-    path: RelPath
-    sha256: Sha256
-    random: RandomInputs
-    real: RealInputs
-
-
-class DynamicCheck(_Strict):
-    size: Literal["min", "max"]
-    img_size: tuple[Side, Side]
-    parity: VariantParity
-    reference: ReferenceEntry
-
-
-class DynamicEntry(_Strict):
-    """``--img-size dynamic:MIN-MAX``: the sizes the ONNX takes and its checks beyond opt."""
-
-    min: tuple[Side, Side]
-    opt: tuple[Side, Side]
-    max: tuple[Side, Side]
-    multiple_of: tuple[PatchSide, PatchSide]
-    pos_resample: str
-    checks: list[DynamicCheck] = Field(min_length=2, max_length=2)
-    status: Literal["passed", "failed"]
-
-
-class NativeAgreement(_Strict):
-    """The variant against the source at its own patch and image size, on the build's real images."""
-
-    against: str
-    patch_size: tuple[PatchSide, PatchSide]
-    img_size: tuple[Side, Side]
-    images: Annotated[int, Field(ge=1, le=100_000)]
-    native: bool
-    min_cosine: Annotated[float, Field(ge=-1, le=1)]
-    mean_cosine: Annotated[float, Field(ge=-1, le=1)]
-    top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = None  # None: a feature model
-
-
-class NativeSkipped(_Strict):
-    skipped: str
-
-
-class VariantSchema(_Strict):
     label: SafeName
     patch_size: tuple[PatchSide, PatchSide]
     img_size: tuple[Side, Side]
@@ -219,142 +58,44 @@ class VariantSchema(_Strict):
     parity_seconds: float
     input_key: str
     resumed: bool = False
-    trt_lint: TrtLint | Empty = Empty()
-    reduced: ReducedEntry | Empty = Empty()
-    reference: ReferenceEntry | Empty = Empty()
-    dynamic: DynamicEntry | Empty = Empty()
-    native_agreement: NativeAgreement | NativeSkipped | Empty = Empty()  # absent before it was measured
+    trt_lint: Entry[TrtLint] = None
+    reduced: Entry[ReducedEntry] = None
+    reference: Entry[ReferenceEntry] = None
+    dynamic: Entry[DynamicEntry] = None
+    native_agreement: Entry[NativeAgreement | NativeSkipped] = None  # absent before it was measured
+
+    @property
+    def img_range(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """A dynamic-resolution variant's smallest and largest image size; None for a fixed one."""
+        return (self.dynamic.min, self.dynamic.max) if self.dynamic else None
+
+    @property
+    def static_batch(self) -> int | None:
+        """The ONNX's fixed batch (``--batch N``), or None for a dynamic batch."""
+        return static_batch(self.onnx.inputs[0].shape)
+
+    def preflights(self) -> list[tuple[str, Preflight | PreflightSkipped]]:
+        """(file path, TensorRT preflight record) of the variant's ONNX files that have one, fp32 first."""
+        entries = (self.onnx, self.reduced)
+        return [(e.path, e.tensorrt_preflight) for e in entries if e and e.tensorrt_preflight is not None]
+
+    @property
+    def preflight_failed(self) -> bool:
+        """A file TensorRT's parser or builder refused (skipped or absent is not a failure)."""
+        return any(isinstance(p, Preflight) and not p.ok for _, p in self.preflights())
+
+    def files(self) -> list[tuple[str, str]]:
+        """(relative path, sha256) of the variant's own files: ONNX, fp16/int8 ONNX, reference."""
+        found = [(self.onnx.path, self.onnx.sha256)]
+        found += [(e.path, e.sha256) for e in (self.reduced, self.reference) if e]
+        found += [(c.reference.path, c.reference.sha256) for c in (self.dynamic.checks if self.dynamic else ())]
+        return found
 
 
-class ExportRecord(_Strict):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)  # passed to ExportOptions as keywords
-    opset: Annotated[int, Field(ge=7, le=30)]
-    batch: Literal["dynamic"] | Annotated[int, Field(ge=1, le=4096)]
-    exporter: Literal["torchscript", "dynamo"]
+class Manifest(_Strict):
+    """THE manifest: ``Bundle.open`` returns it, the build and the engine stage build it and write
+    ``to_json()``. Unknown keys are kept (a newer flexiexport's fields survive a rewrite)."""
 
-
-class OptionsRecord(_Strict):
-    export: ExportRecord
-    parity_samples: Annotated[int, Field(ge=1, le=100_000)]
-    seed: Annotated[int, Field(ge=0, le=2**63 - 1)]
-    calib_dir: str | None = None
-
-
-class AssumptionRecord(_Strict):
-    """``exporter.core.assumptions.Assumption``: a value the build took without the checkpoint saying it."""
-
-    what: Annotated[str, Field(max_length=200)]
-    value: Annotated[str, Field(max_length=2000)]
-    settle: Annotated[str, Field(max_length=2000)]
-
-
-class Architecture(_Strict):
-    model_name: str | None
-    num_heads: Annotated[int, Field(ge=1, le=4096)]
-    summary: str
-    assumed: list[Annotated[str, Field(max_length=4000)]] = Field(default=[], max_length=256)  # as text, always written
-    assumptions: list[AssumptionRecord] = Field(default=[], max_length=256)  # the same, structured (newer builds)
-
-
-class SourceRecord(_Strict):
-    name: str
-    kind: str
-    path: str | None
-    sha256: Sha256 | None
-    architecture: Architecture
-
-
-class PreprocessingRecord(_Strict):
-    mean: tuple[float, float, float]
-    std: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
-    interpolation: str
-    crop_pct: Annotated[float, Field(ge=0.01, le=1)]  # runtime.preprocess.MIN_CROP_PCT
-
-
-class SharedWeights(_Strict):
-    path: RelPath
-    sha256: Sha256
-
-
-class EngineVariant(_Strict):
-    engine: RelPath
-    engine_sha256: Sha256
-    onnx: RelPath
-    status: Literal["passed", "failed"]
-    build_seconds: float
-    tolerance: ToleranceRecord
-    parity: ParityStats
-
-
-class BatchRecord(_Strict):
-    min: Annotated[int, Field(ge=1)]
-    opt: Annotated[int, Field(ge=1)]
-    max: Annotated[int, Field(ge=1, le=4096)]
-
-
-class EngineProfile(_Strict):
-    name: SafeName
-    batch: BatchRecord
-
-
-class PendingEngines(_Strict):
-    """Engines to build on the target: why, and how."""
-
-    status: Literal["pending (build on target)"]
-    profile: EngineProfile
-    reason: str
-    command: str
-    script: RelPath | None = None  # TensorRT-RTX profiles have no trtexec script
-
-
-class NotRunEngine(_Strict):
-    engine: RelPath
-    engine_sha256: Sha256
-    onnx: RelPath
-    status: Literal["not run"]
-    build_seconds: float
-
-
-class NotRunEngines(_Strict):
-    """TensorRT-RTX engines built on a machine without a GPU: built, never run here."""
-
-    status: Literal["built (not run)"]
-    profile: EngineProfile
-    reason: str
-    library: str
-    tensorrt: str
-    compute_capability: str
-    variants: dict[SafeName, NotRunEngine]
-
-
-class BuiltEngines(_Strict):
-    status: Literal["built", "failed"]
-    profile: EngineProfile
-    gpu: str
-    compute_capability: Annotated[str, Field(pattern=r"^\d{1,2}\.\d{1,2}$")]
-    tensorrt: str
-    script: RelPath | None = None
-    variants: dict[SafeName, EngineVariant]
-
-
-EngineSet = Annotated[PendingEngines | NotRunEngines | BuiltEngines, Field(discriminator="status")]
-
-
-class SourceParity(_Strict):
-    """The native variant against the source framework's own model (``exporter.build.source_parity``)."""
-
-    status: Literal["passed", "failed", "inferred", "skipped"]
-    reference: str
-    patch_size: tuple[PatchSide, PatchSide]
-    img_size: tuple[Side, Side]
-    tolerance: ToleranceRecord
-    reason: str = ""
-    variant: SafeName | None = None
-    candidate: str = ""
-    parity: VariantParity | Empty = Empty()
-
-
-class ManifestSchema(_Strict):
     schema_version: Literal[1]
     name: SafeName
     created: str
@@ -362,11 +103,42 @@ class ManifestSchema(_Strict):
     source: SourceRecord
     preprocessing: PreprocessingRecord
     options: OptionsRecord
-    variants: list[VariantSchema] = Field(min_length=1, max_length=256)
-    engines: dict[SafeName, EngineSet] = {}
-    shared_weights: SharedWeights | Empty = Empty()
-    labels: list[Annotated[str, Field(max_length=512)]] = Field(default=[], max_length=1_000_000)
-    source_parity: SourceParity | Empty = Empty()  # absent in bundles built before the check
+    variants: tuple[VariantRecord, ...] = Field(min_length=1, max_length=256)
+    engines: dict[SafeName, EngineSet] = Field(default={})
+    shared_weights: Entry[SharedWeights] = None
+    labels: tuple[Annotated[str, Field(max_length=512)], ...] = Field(default=(), max_length=1_000_000)
+    source_parity: Entry[SourceParity] = None  # absent in bundles built before the check
+
+    @property
+    def assumptions(self) -> tuple[str, ...]:
+        """What the build assumed, each with what settles it (manifests before the structured
+        ``assumptions`` list kept only the ``assumed`` strings)."""
+        arch = self.source.architecture
+        if arch.assumptions:
+            return tuple(f"{r.what} {r.value} ({r.settle})" for r in arch.assumptions)
+        return tuple(arch.assumed)
+
+    @property
+    def classifier(self) -> bool:
+        """Whether the model has a classifier (its outputs are class scores): False for a feature
+        model (``num_classes`` 0, or an ``embeddings`` output). Bundles built before feature models
+        were named say ``logits`` but still record ``num_classes`` 0."""
+        names = {o.name for v in self.variants for o in v.onnx.outputs}
+        return self.source.architecture.num_classes != 0 and EMBEDDINGS_NAME not in names
+
+    @property
+    def passed(self) -> bool:
+        """Every variant passed parity and its TensorRT preflight (skipped is not a failure), no engine
+        set failed (pending ones are not failures) and source parity did not fail (inferred or
+        skipped is not a failure)."""
+        engines_ok = all(e.status != "failed" for e in self.engines.values())
+        if any(v.preflight_failed for v in self.variants):  # TensorRT's own parser or builder refused a file
+            return False
+        source_ok = not self.source_parity or self.source_parity.status != "failed"
+        return engines_ok and source_ok and all(v.status == "passed" for v in self.variants)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
 def _where(loc: Sequence[int | str]) -> str:
@@ -397,7 +169,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def parse_manifest(text: str | bytes, where: str = MANIFEST) -> Manifest:
-    """Validate manifest JSON against the schema, then build the ``Manifest`` records."""
+    """Manifest JSON validated against the schema, older layouts upgraded, as a ``Manifest``."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -409,11 +181,11 @@ def parse_manifest(text: str | bytes, where: str = MANIFEST) -> Manifest:
         )
     data, older = upgrade_manifest(data, where)
     try:
-        ManifestSchema.model_validate_json(json.dumps(data) if older else text)
+        manifest = Manifest.model_validate_json(json.dumps(data) if older else text)
     except ValidationError as exc:
         raise BundleError(f"{where} is malformed: {_first_error(exc)}") from exc
-    labels = [v["label"] for v in data["variants"]]
+    labels = [v.label for v in manifest.variants]
     if len(set(labels)) != len(labels):
         raise BundleError(f"{where} is malformed: variant labels repeat ({', '.join(labels)})")
     check_values(data, where)  # what the fields say together: finite numbers, sizes that agree
-    return Manifest.from_dict(data)
+    return manifest

@@ -18,11 +18,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from exporter.bundle.door import Bundle
-from exporter.bundle.manifest import (
-    ARTEFACTS,
-    walk,
-)
-from exporter.bundle.schema import _relative_path
+from exporter.bundle.manifest import ARTEFACTS, walk
+from exporter.bundle.records import relative_path
 from exporter.core.errors import BundleError, Interrupted
 from exporter.core.files import current_umask, write_atomic
 from exporter.core.locks import exchange, process_alive
@@ -167,7 +164,7 @@ def repository_files(repo: Path) -> set[str] | None:
         files = data["files"]
         if data.get("tool") != "flexiexport" or not isinstance(files, list):
             return None
-        return {_relative_path(str(f)) for f in files}
+        return {relative_path(str(f)) for f in files}
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
 

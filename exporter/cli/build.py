@@ -168,7 +168,7 @@ def build(**kw: Any) -> None:
     from exporter.build.options import BuildOptions
     from exporter.build.pipeline import build as run_build
     from exporter.build.resize import ResizeOverride
-    from exporter.parity.compare import TOLERANCES
+    from exporter.parity.tolerance import TOLERANCES
     from exporter.source.model import SourceSpec
 
     patch_resize = ResizeOverride(kw["interpolation"], kw["antialias"])  # the rest: the checkpoint family's
@@ -205,7 +205,7 @@ def build(**kw: Any) -> None:
     )
     with RichReporter(kw["quiet"]) as reporter:
         result = run_build(options, reporter)
-    for line in result.manifest.options.get("impossible_variants", []):
+    for line in result.manifest.options.impossible_variants:
         console(stderr=True).print(safe(f"left out {line}"))
     if kw["quiet"]:
         console().print(safe(summary_line(result)))

@@ -28,5 +28,5 @@ def engine(bundle: Path, profile: str, quiet: bool, debug: bool) -> None:
     with RichReporter(quiet) as reporter:
         entry = add_engines(bundle, profile, reporter)
     print_engines(profile, entry)
-    if entry["status"] not in ("built", "built (not run)"):  # TensorRT-RTX without a GPU: built, not run
+    if entry.status not in ("built", "built (not run)"):  # TensorRT-RTX without a GPU: built, not run
         raise ValidationFailed(f"TensorRT engines for {profile} failed validation; see {bundle / 'report.md'}")

@@ -30,9 +30,7 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
 
     manifest = read_manifest(bundle)
     if as_json:  # strict JSON: a failed check's NaN is written as null
-        from dataclasses import asdict
-
-        click.echo(strict_json(asdict(manifest)), nl=False)
+        click.echo(strict_json(manifest.to_dict()), nl=False)
         return
     out = console()
     src = manifest.source
@@ -40,13 +38,13 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
         f"[bold]{safe(manifest.name)}[/bold]  "
         + safe(f"built {manifest.created} by flexiexport {manifest.versions['flexiexport']}")
     )
-    out.print(safe(f"source: {src.get('path') or src.get('kind')}  sha256 {str(src.get('sha256'))[:16]}…"))
-    out.print(safe(f"        {src['architecture']['summary']}"))
+    out.print(safe(f"source: {src.path or src.kind}  sha256 {str(src.sha256)[:16]}…"))
+    out.print(safe(f"        {src.architecture.summary}"))
     for said in manifest.assumptions:
         out.print(f"[yellow]assumed[/yellow] {safe(said)}")
     pre = manifest.preprocessing
     out.print(
-        safe(f"preprocessing: mean {pre['mean']} std {pre['std']} {pre['interpolation']} crop_pct {pre['crop_pct']}")
+        safe(f"preprocessing: mean {list(pre.mean)} std {list(pre.std)} {pre.interpolation} crop_pct {pre.crop_pct}")
     )
     out.print(safe("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())))
     print_table(manifest, "variants", wide)
@@ -56,8 +54,8 @@ def inspect(bundle: Path, as_json: bool, wide: bool, debug: bool) -> None:
     print_source_parity(manifest, out)
     print_preflight(manifest, wide, out)
     for v in manifest.variants:
-        if v.trt_lint and not v.trt_lint.get("passed", True):
-            issues = "; ".join(map(str, v.trt_lint["issues"]))
+        if v.trt_lint and not v.trt_lint.passed:
+            issues = "; ".join(map(str, v.trt_lint.issues))
             out.print(f"[yellow]{safe(lint_title(v))}[/yellow] {safe(v.label)}: {safe(issues)}")
     for name, entry in manifest.engines.items():
         print_engines(name, entry)

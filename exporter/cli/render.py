@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from exporter.bundle.engines import BuiltEngines, EngineSet, NotRunEngines, PendingEngines
+from exporter.bundle.records import Preflight
 from exporter.bundle.report import (
     TABLE_HEADER,
     describe,
@@ -16,11 +18,15 @@ from exporter.bundle.report import (
     top1_text,
     variant_rows,
 )
+from exporter.bundle.schema import Manifest, VariantRecord
 from exporter.core.assumptions import summary
 from exporter.core.errors import FlexiExportError
 from exporter.core.names import printable
 from exporter.core.sizes import format_size
 from exporter.measure.plot import native_series, plot_tradeoff
+
+if TYPE_CHECKING:
+    from exporter.build.options import BuildResult
 
 
 def console(stderr: bool = False) -> Any:
@@ -100,33 +106,33 @@ class RichReporter:
         else:
             self.err.print(safe(f"  {label}: {stage} done in {seconds:.2f} s"))
 
-    def variant(self, record: Any) -> None:
+    def variant(self, record: VariantRecord) -> None:
         if self.quiet:
             return
-        mark = "[green]✓[/green]" if record.parity.get("passed") else "[red]✗[/red]"
+        mark = "[green]✓[/green]" if record.parity.passed else "[red]✗[/red]"
         p = record.parity
         note = " (resumed: inputs and ONNX unchanged)" if record.resumed else ""
         if self.progress is not None and record.resumed:
             self.progress.advance(self.task, 3)
-        if record.trt_lint and not record.trt_lint.get("passed", True):
-            issues = "; ".join(map(str, record.trt_lint["issues"]))
+        if record.trt_lint and not record.trt_lint.passed:
+            issues = "; ".join(record.trt_lint.issues)
             self.err.print(f"[yellow]warning[/yellow] {safe(record.label)}: TensorRT lint: {safe(issues)}")
         self.err.print(
-            f"{mark} {safe(record.label)}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.7f}{top1_text(p, 0)}{note}"
+            f"{mark} {safe(record.label)}  max|Δ| {p.max_abs:.1e}  cos {p.min_cosine:.7f}{top1_text(p, 0)}{note}"
         )
         if record.reduced:
             r = record.reduced
-            mark = "[green]✓[/green]" if r["status"] == "passed" else "[red]✗[/red]"
-            q = r["parity"]
-            why = "" if r["status"] == "passed" else f"  ({'; '.join(q['failures'])})"
+            mark = "[green]✓[/green]" if r.status == "passed" else "[red]✗[/red]"
+            q = r.parity
+            why = "" if r.status == "passed" else f"  ({'; '.join(q.failures)})"
             self.err.print(
-                f"{mark} {safe(record.label)} {safe(r['precision'])}  max|Δ| {q['max_abs']:.1e}  "
-                f"p99 {q['p99_abs']:.1e}  cos {q['min_cosine']:.5f}{top1_text(q)}  "
-                f"{r['bytes'] / 1e6:.1f} MB{safe(why)}"
+                f"{mark} {safe(record.label)} {safe(r.precision)}  max|Δ| {q.max_abs:.1e}  "
+                f"p99 {q.p99_abs:.1e}  cos {q.min_cosine:.5f}{top1_text(q)}  "
+                f"{r.bytes / 1e6:.1f} MB{safe(why)}"
             )
 
 
-def print_table(manifest: Any, title: str, wide: bool = False, out: Any = None) -> None:
+def print_table(manifest: Manifest, title: str, wide: bool = False, out: Any = None) -> None:
     """The variant table: the columns that fit 80 columns, or with ``wide`` every column."""
     from rich.table import Table
 
@@ -142,7 +148,7 @@ def print_table(manifest: Any, title: str, wide: bool = False, out: Any = None) 
     print_whole(table, out)
 
 
-def print_preflight(manifest: Any, wide: bool = False, out: Any = None) -> None:
+def print_preflight(manifest: Manifest, wide: bool = False, out: Any = None) -> None:
     """The lines under the table that say what its ``trt`` column judged (``--wide``: every file)."""
 
     for line in preflight_lines(manifest, wide):
@@ -151,74 +157,77 @@ def print_preflight(manifest: Any, wide: bool = False, out: Any = None) -> None:
         (out or console()).print(f"  {mark}{text.lstrip()}" if mark else text)
 
 
-def print_engines(name: str, entry: dict[str, Any]) -> None:
+def print_engines(name: str, entry: EngineSet) -> None:
     out = console()
-    if entry.get("command"):
-        out.print(safe(f"TensorRT engines for profile {name}: {entry['status']} ({entry['reason']})"))
-        out.print(safe(f"  on the target device run:  {entry['command']}"))
-        if entry.get("script"):
-            out.print(safe(f"  or, with trtexec only:     bash {entry['script']}  (inside the bundle)"))
+    if isinstance(entry, PendingEngines):
+        out.print(safe(f"TensorRT engines for profile {name}: {entry.status} ({entry.reason})"))
+        out.print(safe(f"  on the target device run:  {entry.command}"))
+        if entry.script:
+            out.print(safe(f"  or, with trtexec only:     bash {entry.script}  (inside the bundle)"))
         return
-    if entry.get("status") == "built (not run)":
+    if isinstance(entry, NotRunEngines):
         out.print(
             safe(
-                f"{entry['library']} engines for profile {name}: built on the CPU for sm {entry['compute_capability']} "
-                f"({entry['library']} {entry['tensorrt']}), not run: {entry['reason']}"
+                f"{entry.library} engines for profile {name}: built on the CPU for sm {entry.compute_capability} "
+                f"({entry.library} {entry.tensorrt}), not run: {entry.reason}"
             ),
         )
-        for label, v in entry["variants"].items():
-            built = f"built in {v['build_seconds']:.1f} s"
-            out.print(safe(f"  {label}  {v['engine']}  {built} (sidecar {v['engine']}.json)"))
+        for label, built in entry.variants.items():
+            took = f"built in {built.build_seconds:.1f} s"
+            out.print(safe(f"  {label}  {built.engine}  {took} (sidecar {built.engine}.json)"))
         return
     out.print(
         safe(
-            f"TensorRT engines for profile {name}: {entry['status']} on {entry['gpu']} "
-            f"(sm {entry['compute_capability']}, TensorRT {entry['tensorrt']})"
+            f"TensorRT engines for profile {name}: {entry.status} on {entry.gpu} "
+            f"(sm {entry.compute_capability}, TensorRT {entry.tensorrt})"
         )
     )
-    for label, v in entry["variants"].items():
-        mark = "[green]✓[/green]" if v["status"] == "passed" else "[red]✗[/red]"
-        p = v["parity"]
+    for label, v in entry.variants.items():
+        mark = "[green]✓[/green]" if v.status == "passed" else "[red]✗[/red]"
+        p = v.parity
         out.print(
-            f"  {mark} {safe(label)}  {safe(v['engine'])}  max|Δ| {p['max_abs']:.1e}  cos {p['min_cosine']:.6f}"
-            f"{top1_text(p)}  built in {v['build_seconds']:.0f} s"
+            f"  {mark} {safe(label)}  {safe(v.engine)}  max|Δ| {p.max_abs:.1e}  cos {p.min_cosine:.6f}"
+            f"{top1_text(p)}  built in {v.build_seconds:.0f} s"
         )
 
 
-def failed_message(manifest: Any, bundle: Path) -> str:
+def failed_message(manifest: Manifest, bundle: Path) -> str:
     bad = [v for v in manifest.variants if v.status != "passed"]
-    if not bad and manifest.source_parity.get("status") == "failed":
+    if not bad and manifest.source_parity and manifest.source_parity.status == "failed":
         return f"{describe(manifest.source_parity)}; see {bundle / 'report.md'}"
-    bad_reduced = [v for v in bad if v.reduced and v.reduced["status"] != "passed" and v.parity.get("passed")]
+    bad_reduced = [(v.label, v.reduced) for v in bad if v.reduced and v.reduced.status != "passed" and v.parity.passed]
     if bad_reduced and len(bad_reduced) == len(bad):
-        detail = "; ".join(
-            f"{v.label} {v.reduced['precision']}: {', '.join(v.reduced['parity']['failures'])}" for v in bad_reduced
-        )
+        detail = "; ".join(f"{label} {r.precision}: {', '.join(r.parity.failures)}" for label, r in bad_reduced)
         return (
             f"{len(bad)} of {len(manifest.variants)} variants failed validation ({detail}); see {bundle / 'report.md'}"
         )
-    refused = [(v.label, path, p) for v in manifest.variants for path, p in v.preflights() if p.get("ok") is False]
+    refused = [
+        (v.label, path, p)
+        for v in manifest.variants
+        for path, p in v.preflights()
+        if isinstance(p, Preflight) and not p.ok
+    ]
     if refused and not bad:
         detail = "; ".join(
-            f"{label} {Path(path).name}: " + ", ".join(f"{e['node'] or e['op']} {e['message']}" for e in errs[:1])
+            f"{label} {Path(path).name}: " + ", ".join(f"{e.node or e.op} {e.message}" for e in p.errors[:1])
             for label, path, p in refused
-            for errs in [p.get("errors") or []]
         )
         return f"TensorRT's parser or builder refused {len(refused)} ONNX files ({detail}); see {bundle / 'report.md'}"
     bad_engines = [
         (n, label, v)
         for n, e in manifest.engines.items()
-        for label, v in e.get("variants", {}).items()
-        if v.get("status") == "failed"
+        if isinstance(e, BuiltEngines)
+        for label, v in e.variants.items()
+        if v.status == "failed"
     ]
     if bad_engines and not bad:
-        detail = "; ".join(f"{n} {label}: {', '.join(v['parity'].get('failures', []))}" for n, label, v in bad_engines)
+        detail = "; ".join(f"{n} {label}: {', '.join(v.parity.failures)}" for n, label, v in bad_engines)
         return f"{len(bad_engines)} TensorRT engines failed validation ({detail}); see {bundle / 'report.md'}"
-    detail = "; ".join(f"{v.label}: {', '.join(v.parity.get('failures', []))}" for v in bad)
+    detail = "; ".join(f"{v.label}: {', '.join(v.parity.failures)}" for v in bad)
     return f"{len(bad)} of {len(manifest.variants)} variants failed validation ({detail}); see {bundle / 'report.md'}"
 
 
-def summary_line(result: Any) -> str:
+def summary_line(result: BuildResult) -> str:
     """``build -q``'s one line."""
     variants = result.manifest.variants
     passed = sum(v.status == "passed" for v in variants)
@@ -231,25 +240,25 @@ def summary_line(result: Any) -> str:
     )
 
 
-def source_parity_tail(manifest: Any) -> str:
+def source_parity_tail(manifest: Manifest) -> str:
     """``; source parity inferred ...`` or ``skipped: why`` for ``-q``'s line: the proof it could not
     anchor to an independent source (passed and failed are the line's mark already)."""
-    entry = manifest.source_parity or {}
-    status = entry.get("status")
+    entry = manifest.source_parity
+    status = entry.status if entry else None
     if status == "inferred":
         return "; source parity: inferred, not independently checked"
-    if status == "skipped":
-        return f"; source parity skipped: {entry.get('reason', '')}"
+    if entry and status == "skipped":
+        return f"; source parity skipped: {entry.reason}"
     return ""
 
 
-def assumptions_tail(manifest: Any) -> str:
+def assumptions_tail(manifest: Manifest) -> str:
     """``; 1 assumption: heads 3 (pass --num-heads or a config.json)`` for a summary line; empty when none."""
 
     return f"; {summary(manifest.assumptions)}" if manifest.assumptions else ""
 
 
-def print_source_parity(manifest: Any, out: Any = None) -> None:
+def print_source_parity(manifest: Manifest, out: Any = None) -> None:
     """The lines under the table that say what the ``src`` and ``native`` columns compared (or
     why the native agreement was skipped, with the flag that enables it)."""
 
@@ -258,7 +267,7 @@ def print_source_parity(manifest: Any, out: Any = None) -> None:
             (out or console()).print(safe(line))
 
 
-def print_build(result: Any, wide: bool) -> None:
+def print_build(result: BuildResult, wide: bool) -> None:
     print_table(result.manifest, f"{result.manifest.name} → {result.bundle}", wide)
     print_source_parity(result.manifest)
     print_preflight(result.manifest, wide)
@@ -267,8 +276,8 @@ def print_build(result: Any, wide: bool) -> None:
         sw = result.manifest.shared_weights
         console().print(
             safe(
-                f"shared weights: {sw['tensors']} tensors in {sw['path']}; ONNX bytes "
-                f"{sw['bundle_onnx_bytes_before'] / 1e6:.1f} MB -> {sw['bundle_onnx_bytes_after'] / 1e6:.1f} MB"
+                f"shared weights: {sw.tensors} tensors in {sw.path}; ONNX bytes "
+                f"{(sw.bundle_onnx_bytes_before or 0) / 1e6:.1f} MB -> {(sw.bundle_onnx_bytes_after or 0) / 1e6:.1f} MB"
             )
         )
     console().print(

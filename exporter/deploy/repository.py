@@ -26,7 +26,10 @@ from typing import Any
 
 from exporter import __version__
 from exporter.bundle.door import Bundle
-from exporter.bundle.manifest import MANIFEST, VariantRecord
+from exporter.bundle.engines import BuiltEngines
+from exporter.bundle.manifest import MANIFEST
+from exporter.bundle.records import OnnxEntry, ReducedEntry
+from exporter.bundle.schema import VariantRecord
 from exporter.bundle.write import write_repository_marker
 from exporter.core.errors import BundleError, UsageError
 from exporter.core.files import write_atomic
@@ -80,20 +83,20 @@ def config_text(
     name: str, record: VariantRecord, platform: str, max_batch: int, cc_files: dict[str, str] | None = None
 ) -> str:
     """``config.pbtxt`` for one variant: names, dims and types from the manifest."""
-    (inp,), (out,) = record.onnx["inputs"], record.onnx["outputs"]
+    (inp,), (out,) = record.onnx.inputs, record.onnx.outputs
     static = record.static_batch
     # a named height/width (--img-size dynamic) is a variable dim, -1 in Triton's config
-    in_dims = [d if isinstance(d, int) else -1 for d in inp["shape"][1:]]
-    out_dims = [int(d) for d in out["shape"][1:]]
+    in_dims = [d if isinstance(d, int) else -1 for d in inp.shape[1:]]
+    out_dims = [int(d) for d in out.shape[1:]]
     if static is not None:  # a static-batch model: Triton sees the batch as part of the dims
         max_batch, in_dims, out_dims = 0, [static, *in_dims], [static, *out_dims]
     lines = [
         f"name: {pbtxt_string(name, 'Triton model name')}",
         f"platform: {pbtxt_string(platform, 'Triton platform')}",
         f"max_batch_size: {max_batch}",
-        f"input [{{ name: {pbtxt_string(inp['name'], f'{record.label} input name')} data_type: TYPE_FP32 "
+        f"input [{{ name: {pbtxt_string(inp.name, f'{record.label} input name')} data_type: TYPE_FP32 "
         f"dims: {in_dims} }}]",
-        f"output [{{ name: {pbtxt_string(out['name'], f'{record.label} output name')} data_type: TYPE_FP32 "
+        f"output [{{ name: {pbtxt_string(out.name, f'{record.label} output name')} data_type: TYPE_FP32 "
         f"dims: {out_dims} }}]",
     ]
     if max_batch > 0:
@@ -137,27 +140,28 @@ def _engines_by_cc(opened: Bundle, label: str) -> dict[str, Path]:
     """The variant's built engines by compute capability, each checked (inside, sha256)."""
     found = {}
     for entry in opened.manifest.engines.values():
-        variant = entry.get("variants", {}).get(label)
-        if entry.get("status") == "built" and variant and entry.get("compute_capability"):
-            found[entry["compute_capability"]] = opened.file(variant["engine"], variant["engine_sha256"])
+        variant = entry.variants.get(label) if isinstance(entry, BuiltEngines) else None
+        if entry.status == "built" and variant and entry.compute_capability:
+            found[entry.compute_capability] = opened.file(variant.engine, variant.engine_sha256)
     return found
 
 
-def onnx_for(record: VariantRecord, precision: Precision) -> dict[str, Any]:
+def onnx_for(record: VariantRecord, precision: Precision) -> OnnxEntry | ReducedEntry:
     """The variant's ONNX entry of ``precision`` (fp32, or the bundle's fp16/int8 file), refusing
     one that is missing or failed its parity check: a repository serves only checked models."""
+    entry: OnnxEntry | ReducedEntry
     if precision == Precision.FP32:
-        entry, failures = record.onnx, record.parity.get("failures", [])
-    elif record.reduced.get("precision") == precision:
-        entry, failures = record.reduced, record.reduced["parity"].get("failures", [])
+        entry, failures, passed = record.onnx, record.parity.failures, record.parity.passed
+    elif record.reduced and record.reduced.precision == precision:
+        entry, failures = record.reduced, record.reduced.parity.failures
+        passed = record.reduced.status == "passed"
     else:
         raise BundleError(
             f"the bundle has no {precision} ONNX for {record.label}: build it with --precision {precision}, "
             "or pick --precision fp32"
         )
-    passed = record.parity.get("passed") if precision == "fp32" else record.reduced.get("status") == "passed"
-    if failures or record.parity.get("error") or not passed:
-        why = "; ".join(failures) or record.parity.get("error") or "not recorded as passed"
+    if failures or record.parity.error or not passed:
+        why = "; ".join(failures) or record.parity.error or "not recorded as passed"
         raise BundleError(f"{record.label}'s {precision} ONNX failed its parity check ({why}): not served")
     return entry
 
@@ -199,9 +203,9 @@ def write_native_models(opened: Bundle, repo: Path, backend: str, max_batch: int
         if backend == "onnx":
             onnx_for(record, precision)  # refuses a file that failed its parity check
             shutil.copyfile(opened.onnx(record, precision), version / "model.onnx")
-            if record.onnx.get("external_data"):
+            if record.onnx.external_data and manifest.shared_weights:
                 shared = manifest.shared_weights
-                shutil.copyfile(opened.file(shared["path"], shared["sha256"]), version / Path(shared["path"]).name)
+                shutil.copyfile(opened.file(shared.path, shared.sha256), version / Path(shared.path).name)
             text = config_text(name, record, "onnxruntime_onnx", max_batch)
         else:
             engines = _engines_by_cc(opened, record.label)
@@ -250,14 +254,18 @@ def serving_files(opened: Bundle, precision: Precision, runtime_backend: str) ->
                 )
             continue
         entry = onnx_for(record, precision)
-        files.append((entry["path"], opened.onnx(record, precision)))
+        files.append((entry.path, opened.onnx(record, precision)))
     if manifest.shared_weights and runtime_backend != "tensorrt":
         shared = manifest.shared_weights
-        files.append((shared["path"], opened.file(shared["path"], shared["sha256"])))
+        files.append((shared.path, opened.file(shared.path, shared.sha256)))
     for engine_set in manifest.engines.values():
-        if engine_set.get("status") == "built" and runtime_backend in ("auto", "tensorrt"):
-            for variant in engine_set.get("variants", {}).values():
-                files.append((variant["engine"], opened.file(variant["engine"], variant["engine_sha256"])))
+        if (
+            isinstance(engine_set, BuiltEngines)
+            and engine_set.status == "built"
+            and runtime_backend in ("auto", "tensorrt")
+        ):
+            for variant in engine_set.variants.values():
+                files.append((variant.engine, opened.file(variant.engine, variant.engine_sha256)))
     return list(dict.fromkeys(files))
 
 
@@ -319,9 +327,9 @@ def write_python_models(
     texts, first = {}, None
     for record in manifest.variants:
         name = names[record.label]
-        (inp,), (out,) = record.onnx["inputs"], record.onnx["outputs"]
-        inputs = [_tensor(inp["name"], "TYPE_FP32", [3, *record.img_size], f"{record.label} input name")]
-        outputs = [_tensor(out["name"], "TYPE_FP32", [int(d) for d in out["shape"][1:]], f"{record.label} output name")]
+        (inp,), (out,) = record.onnx.inputs, record.onnx.outputs
+        inputs = [_tensor(inp.name, "TYPE_FP32", [3, *record.img_size], f"{record.label} input name")]
+        outputs = [_tensor(out.name, "TYPE_FP32", [int(d) for d in out.shape[1:]], f"{record.label} output name")]
         params = {**common, "variant": record.label}
         texts[name] = (
             python_config(name, inputs, outputs, max_batch, dynamic_batching, params),
@@ -352,17 +360,17 @@ def entry_config(
     from exporter.deploy.triton_models import IMAGES, VARIANT
 
     record = opened.manifest.variants[0]
-    (inp,), (out,) = record.onnx["inputs"], record.onnx["outputs"]
-    if inp["name"] == IMAGES or out["name"] == VARIANT:
+    (inp,), (out,) = record.onnx.inputs, record.onnx.outputs
+    if inp.name == IMAGES or out.name == VARIANT:
         raise BundleError(f"the model's tensors may not be named {IMAGES!r} or {VARIANT!r}: the entry model uses them")
     sizes = {tuple(v.img_size) for v in opened.manifest.variants}
     pixel_dims = [3, *next(iter(sizes))] if len(sizes) == 1 else [3, -1, -1]
     inputs = [
         _tensor(IMAGES, "TYPE_UINT8", [-1, -1, 3], "input name", optional=True),
-        _tensor(inp["name"], "TYPE_FP32", pixel_dims, "input name", optional=True),
+        _tensor(inp.name, "TYPE_FP32", pixel_dims, "input name", optional=True),
     ]
     outputs = [
-        _tensor(out["name"], "TYPE_FP32", [int(d) for d in out["shape"][1:]], "output name"),
+        _tensor(out.name, "TYPE_FP32", [int(d) for d in out.shape[1:]], "output name"),
         _tensor(VARIANT, "TYPE_STRING", [1], "output name"),
     ]
     params = {**common, "variants": json.dumps(names)}

@@ -187,7 +187,7 @@ class EntryModel:
 
     async def forward(self, label: str, batch: np.ndarray) -> np.ndarray:
         record = self.bundle.record(label)
-        inp, out = record.onnx["inputs"][0]["name"], record.onnx["outputs"][0]["name"]
+        inp, out = record.onnx.inputs[0].name, record.onnx.outputs[0].name
         request = pb_utils.InferenceRequest(
             model_name=self.models[label], requested_output_names=[out], inputs=[pb_utils.Tensor(inp, batch)]
         )

@@ -20,7 +20,7 @@ from typing import Any
 from exporter import __version__
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
-from exporter.bundle.manifest import VariantRecord
+from exporter.bundle.schema import VariantRecord
 from exporter.core.errors import Unavailable
 from exporter.core.machine import available_cores, cpu_model
 from exporter.measure.backends import FACTORIES, ONNX_BACKENDS
@@ -236,7 +236,7 @@ def bench_bundle(
         return sources[0]
 
     say(f"ceiling: MatMul 2048x2048 on {threads} thread{'s' if threads != 1 else ''}")
-    int8 = any(r.reduced and r.reduced["precision"] == "int8" for r in manifest.variants)
+    int8 = any(r.reduced and r.reduced.precision == "int8" for r in manifest.variants)
     ceiling = measure_ceiling(threads, options, options.backends, int8)
     timings: list[Timing] = []
     skipped: list[Skipped] = []
@@ -281,7 +281,9 @@ def bench_bundle(
     resample, not_measured = resample_costs(opened, source, ran, options, say)
     skipped += not_measured
     if "ort-cpu" in options.backends:  # the bundle's fp16/int8 ONNX, on the same provider
-        for record in (r for r in manifest.variants if r.reduced):
-            runner = FACTORIES["ort-cpu"](lambda: None, opened.onnx(record, record.reduced["precision"]), threads)
-            run_batches(f"ort-cpu {record.reduced['precision']}", runner, record)
+        for record in manifest.variants:
+            if record.reduced:
+                precision = record.reduced.precision
+                runner = FACTORIES["ort-cpu"](lambda: None, opened.onnx(record, precision), threads)
+                run_batches(f"ort-cpu {precision}", runner, record)
     return BenchReport(machine_info(threads), threads, ceiling, tuple(timings), tuple(skipped), tuple(resample))

@@ -22,10 +22,12 @@ from exporter.build.variant import make_variant
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import Preprocessing
+from exporter.bundle.records import ReducedEntry
 from exporter.core.errors import EnvironmentMissing, ImageErrors, UsageError
 from exporter.core.names import printable
 from exporter.core.sizes import Size2
-from exporter.parity.compare import run_batched, tolerance_for
+from exporter.parity.compare import run_batched
+from exporter.parity.tolerance import tolerance_for
 from exporter.runtime.backends import backend_problem, load_runner
 from exporter.runtime.images import IMAGE_SUFFIXES, image_files, preprocess, readable_images
 from exporter.source.demo import DEMO_NAME, digits_to_pixels, load_demo_digits
@@ -150,20 +152,19 @@ def check_labels(dataset: Dataset, source: SourceModel) -> None:
         raise UsageError(f"--data has {int(dataset.labels.max()) + 1} classes but the model has {source.num_classes}")
 
 
-def allowed_drop(reduced: dict[str, Any]) -> float | None:
+def allowed_drop(reduced: ReducedEntry) -> float | None:
     """The reduced file's recorded accuracy tolerance; bundles written before it was recorded get
     today's default for their precision."""
 
-    recorded = reduced.get("tolerance", {})
-    if "max_accuracy_drop" in recorded:
-        return recorded["max_accuracy_drop"]
-    return tolerance_for(reduced["precision"], "onnxruntime").max_accuracy_drop
+    if "max_accuracy_drop" in reduced.tolerance.model_fields_set:
+        return reduced.tolerance.max_accuracy_drop
+    return tolerance_for(reduced.precision, "onnxruntime").max_accuracy_drop
 
 
 def check_classifier(opened: Bundle) -> None:
     """A feature model has no classes to score against labels: refused, saying what measures it."""
     if not opened.manifest.classifier:
-        output = opened.manifest.variants[0].onnx["outputs"][0]["name"]
+        output = opened.manifest.variants[0].onnx.outputs[0].name
         raise UsageError(
             f"evaluate needs a classifier: {opened.manifest.name} is a feature model (output {output!r}, "
             "num_classes 0); its variants' agreement with the native patch size needs no labels: "
@@ -215,21 +216,22 @@ def evaluate_bundle(
             "onnxruntime": ort_runner(opened.onnx(record)),
         }
         if record.reduced:
-            precision = record.reduced["precision"]
+            precision = record.reduced.precision
             runners[f"onnxruntime {precision}"] = ort_runner(opened.onnx(record, precision))
         for name in backends:
             runners[name] = load_runner(opened.onnx(record), name)
         if compare_resize:
             runners["pytorch (naive resize)"] = torch_runner(make_variant(source, spec, naive_resize=True).model)
         reference = None
+        reduced_backend = f"onnxruntime {record.reduced.precision}" if record.reduced else None
         for backend, runner in runners.items():
             say(f"{record.label}: {backend}")
-            batch = record.onnx["inputs"][0]["shape"][0]
+            batch = record.onnx.inputs[0].shape[0]
             top1, top5 = topk_accuracy(
                 run_batched(runner, pixels, batch if isinstance(batch, int) else 64), dataset.labels
             )
             reference = top1 if reference is None else reference  # "pytorch" comes first
-            reduced = backend == f"onnxruntime {record.reduced.get('precision')}"
+            reduced = record.reduced if backend == reduced_backend else None
             row = EvalRow(
                 backend,
                 record.label,
@@ -239,7 +241,7 @@ def evaluate_bundle(
                 top1,
                 top5,
                 None if backend == "pytorch" else top1 - reference,
-                allowed_drop(record.reduced) if reduced else None,
+                allowed_drop(reduced) if reduced else None,
             )
             rows.append(row)
     return {

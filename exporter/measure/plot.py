@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.bundle.manifest import Manifest
+from exporter.bundle.records import NativeAgreement
+from exporter.bundle.schema import Manifest
 from exporter.core.files import write_atomic_bytes
 
 
@@ -26,10 +27,10 @@ def native_series(manifest: Manifest) -> NativeSeries | None:
     points, against = [], ""
     for v in manifest.variants:
         found = v.native_agreement
-        if found and "skipped" not in found:
-            top1 = found.get("top1_agreement")
-            points.append((v.patch_size[0], v.img_size[0], float(found["mean_cosine"] if top1 is None else top1)))
-            against = str(found["against"])
+        if isinstance(found, NativeAgreement):
+            top1 = found.top1_agreement
+            points.append((v.patch_size[0], v.img_size[0], found.mean_cosine if top1 is None else top1))
+            against = found.against
     what = "top-1 agreement" if manifest.classifier else "mean cosine"
     return NativeSeries(f"{what} with {against} (no labels)", tuple(points)) if points else None
 

@@ -87,7 +87,7 @@ def resample_costs(
             spec, (low, high) = record_spec(record), record.img_range or ((0, 0), (0, 0))
             batch = record.static_batch or min(options.batch_sizes)
             export = ExportOptions(
-                opset=int(record.onnx["opset"]), batch=record.static_batch or "dynamic", exporter="torchscript"
+                opset=record.onnx.opset or 17, batch=record.static_batch or "dynamic", exporter="torchscript"
             )
             fixed: dict[tuple[int, int], Path] = {}
             for size in dict.fromkeys((low, spec.img_size, high)):

@@ -14,19 +14,14 @@ from typing import Any
 
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
-from exporter.bundle.manifest import VariantRecord, check_batch
+from exporter.bundle.manifest import check_batch
 from exporter.bundle.reference import judged_rows, stored_reference
+from exporter.bundle.schema import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing
 from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.core.sizes import format_size
-from exporter.parity.compare import (
-    TOLERANCES,
-    Comparison,
-    Recheck,
-    Tolerance,
-    check_parity,
-    recorded_tolerance,
-)
+from exporter.parity.compare import Comparison, Recheck, check_parity
+from exporter.parity.tolerance import TOLERANCES, Tolerance
 from exporter.runtime.backends import BACKENDS, backend_problem, load_runner
 
 
@@ -52,19 +47,19 @@ def check_variant(
         planned, expected = stored_reference(opened.root, opened.manifest, record, size)
     except BundleError as exc:
         return Recheck(label, True, None, str(exc))
-    export = opened.manifest.options["export"]
-    batch = check_batch(export["batch"])
+    export = opened.manifest.options.export
+    batch = check_batch(export.batch)
     inputs = planned.arrays()
-    tol = backend_tolerance(recorded_tolerance(record.onnx), backend)
+    tol = backend_tolerance(record.onnx.tolerance.judge(), backend)
     classifier = opened.manifest.classifier
     cmp = check_parity(expected, load_runner(onnx_path, backend, threads), inputs, batch, tol, classifier)
     reduced: Comparison | None = None
     if record.reduced and size == "opt":
-        precision = record.reduced["precision"]
-        samples = opened.manifest.options["parity_samples"]
+        precision = record.reduced.precision
+        samples = opened.manifest.options.parity_samples
         x, y = judged_rows(samples, precision, inputs), judged_rows(samples, precision, expected)
         runner = load_runner(opened.onnx(record, precision), backend, threads)
-        reduced = check_parity(y, runner, x, batch, recorded_tolerance(record.reduced), classifier)
+        reduced = check_parity(y, runner, x, batch, record.reduced.tolerance.judge(), classifier)
     return Recheck(label, True, cmp, reduced=reduced)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from exporter.bundle.door import Bundle as _Door
 from exporter.bundle.limits import check_bundle_memory
-from exporter.bundle.manifest import VariantRecord
+from exporter.bundle.schema import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable, UsageError
 from exporter.core.names import printable
 from exporter.core.precision import PRECISIONS
@@ -76,7 +76,8 @@ class Bundle:
         """The bundle's shared file, read once per opened bundle."""
         if self._shared is None:
             entry = self.manifest.shared_weights
-            self._shared = SharedTensors(self.door.file(entry["path"], entry["sha256"]), entry["sha256"])
+            assert entry is not None, "shares() is checked first"
+            self._shared = SharedTensors(self.door.file(entry.path, entry.sha256), entry.sha256)
         return self._shared
 
     @property
@@ -106,14 +107,14 @@ class Bundle:
     @property
     def output_name(self) -> str:
         """The ONNX output's name, as the manifest records it (``logits``, or ``embeddings``)."""
-        return str(self.manifest.variants[0].onnx["outputs"][0]["name"])
+        return str(self.manifest.variants[0].onnx.outputs[0].name)
 
     @property
     def labels(self) -> list[str]:
         if not self.classifier:
             return []  # an embedding's dims are not classes
         names = self.manifest.labels
-        classes = int(self.manifest.variants[0].onnx["outputs"][0]["shape"][-1])
+        classes = int(self.manifest.variants[0].onnx.outputs[0].shape[-1])
         return list(names) if len(names) == classes else [str(i) for i in range(classes)]
 
     def record(self, label: str) -> VariantRecord:
@@ -197,8 +198,10 @@ class Bundle:
     def _file_problem(self, backend: str, precision: str) -> str | None:
         if backend == "tensorrt":
             return None if self._engines() else "the bundle has no built engine for this GPU"
-        if precision != "fp32" and not all(v.reduced.get("precision") == precision for v in self.manifest.variants):
-            has = sorted({"fp32", *(str(v.reduced.get("precision")) for v in self.manifest.variants if v.reduced)})
+        if precision != "fp32" and not all(
+            v.reduced and v.reduced.precision == precision for v in self.manifest.variants
+        ):
+            has = sorted({"fp32", *(v.reduced.precision for v in self.manifest.variants if v.reduced)})
             return f"build with --precision {precision}: the bundle has no {precision} ONNX (it has {', '.join(has)})"
         return None
 
@@ -218,7 +221,7 @@ class Bundle:
                 raise EnvironmentMissing(str(exc)) from exc
             return wrap_engine(engine, Path(getattr(engine, "name", "model.engine")))
         else:
-            if precision != "fp32" and record.reduced.get("status") != "passed":
+            if precision != "fp32" and (record.reduced is None or record.reduced.status != "passed"):
                 raise BundleError(f"{label}'s {precision} ONNX is missing or failed its parity check")
             path = self.door.onnx(record, precision)
         initializers = self.shared_tensors().initializers(path) if self.shares(backend) else None
@@ -382,7 +385,7 @@ def check_file_shapes(record: VariantRecord, runner: Runner) -> None:
         return
     got_in, got_out = runner.details["shapes"]
     wanted = [("takes", "img_size", ["N", 3, *record.img_size], got_in)]
-    wanted.append(("gives", "onnx.outputs[0].shape", list(record.onnx["outputs"][0]["shape"]), got_out))
+    wanted.append(("gives", "onnx.outputs[0].shape", list(record.onnx.outputs[0].shape), got_out))
     for verb, field_name, want, got in wanted:
         fixed = [(w, g) for w, g in zip(want, got) if isinstance(w, int) and g is not None]
         if len(want) != len(got) or any(w != g for w, g in fixed):

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from exporter.bundle.records import PreprocessingRecord
 from exporter.bundle.reference import normalize
 from exporter.core.errors import UsageError
 from exporter.core.machine import available_memory, gigabytes
@@ -61,15 +62,9 @@ class Preprocess:
             raise UsageError(f"crop_pct must be in [{MIN_CROP_PCT}, 1], got {self.crop_pct}")
 
     @classmethod
-    def from_manifest(cls, pre: dict[str, Any], img_size: Sequence[int]) -> Preprocess:
-        return cls(
-            (int(img_size[0]), int(img_size[1])),
-            tuple(pre["mean"]),  # type: ignore[arg-type]
-            tuple(pre["std"]),  # type: ignore[arg-type]
-            str(pre.get("interpolation", "bicubic")),
-            float(pre.get("crop_pct", 0.875)),
-            str(pre.get("crop_mode", "center")),
-        )
+    def from_manifest(cls, pre: PreprocessingRecord, img_size: Sequence[int]) -> Preprocess:
+        img = (int(img_size[0]), int(img_size[1]))
+        return cls(img, pre.mean, pre.std, pre.interpolation, pre.crop_pct, pre.crop_mode)
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize step, with torchvision's and timm's rounding."""

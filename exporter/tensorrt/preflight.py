@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from exporter.bundle.manifest import INPUT_NAME, PREFLIGHT, VariantRecord
+from exporter.bundle.manifest import INPUT_NAME, PREFLIGHT
+from exporter.bundle.records import OnnxEntry, Preflight, PreflightSkipped, ReducedEntry
+from exporter.bundle.schema import VariantRecord
 from exporter.core.progress import Reporter, stage
 from exporter.tensorrt.library import TENSORRT_RTX, Library, compute_target, import_library, library_problem
 from exporter.tensorrt.profile import BatchRange, Profile
@@ -139,14 +140,10 @@ def _target(profile: Profile | None) -> str | None:
 
 def _same(old: object, shapes: EngineShapes, cc: str | None, version: str) -> bool:
     """Whether a resumed record's preflight was made for these shapes, target and version."""
-    if not isinstance(old, dict) or old.get("ok") is not True:
+    if not isinstance(old, Preflight) or not old.ok:
         return False
     want = {"min": list(shapes.min), "opt": list(shapes.opt), "max": list(shapes.max)}
-    return (
-        old.get("shapes") == want
-        and old.get("compute_capability") == (cc or "portable")
-        and old.get("version") == version
-    )
+    return old.shapes == want and old.compute_capability == (cc or "portable") and old.version == version
 
 
 def preflight_records(
@@ -166,17 +163,18 @@ def preflight_records(
     done = []
     for record in records:
         shapes = preflight_shapes(record, batch)
-        entries: dict[str, dict[str, Any]] = {"onnx": record.onnx, "reduced": record.reduced}
+        entries: dict[str, OnnxEntry | ReducedEntry | None] = {"onnx": record.onnx, "reduced": record.reduced}
         for field, entry in list(entries.items()):
             if not entry:
                 continue
+            result: Preflight | PreflightSkipped
             if why:
-                result: dict[str, Any] = {"skipped": why}
-            elif record.resumed and _same(entry.get(KEY), shapes, cc, version):
-                result = entry[KEY]
+                result = PreflightSkipped(skipped=why)
+            elif record.resumed and entry.tensorrt_preflight and _same(entry.tensorrt_preflight, shapes, cc, version):
+                result = entry.tensorrt_preflight
             else:
-                with stage(reporter, f"{record.label} {Path(entry['path']).name}", "tensorrt preflight", times):
-                    result = preflight_file(folder / entry["path"], shapes, cc)
-            entries[field] = {**entry, KEY: result}
-        done.append(replace(record, onnx=entries["onnx"], reduced=entries["reduced"]))
+                with stage(reporter, f"{record.label} {Path(entry.path).name}", "tensorrt preflight", times):
+                    result = Preflight.model_validate(preflight_file(folder / entry.path, shapes, cc))
+            entries[field] = entry.but(**{KEY: result})
+        done.append(record.but(onnx=entries["onnx"], reduced=entries["reduced"]))
     return done

@@ -4,7 +4,8 @@ GPU and TensorRT, tried in that order."""
 from __future__ import annotations
 
 from exporter.bundle.door import Bundle
-from exporter.bundle.manifest import VariantRecord
+from exporter.bundle.engines import BuiltEngines
+from exporter.bundle.schema import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable
 from exporter.parity.compare import Runner
 from exporter.tensorrt.gpu import gpu_identity
@@ -24,9 +25,10 @@ def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str
     found: list[tuple[str, str, dict[str, object]]] = []
     for name, entry in opened.manifest.engines.items():
         rel = f"engines/{name}/model_{record.label}.engine"
-        variant = entry.get("variants", {}).get(record.label)
-        if entry.get("status") == "built" and variant:
-            found.append((variant["engine"], variant["engine_sha256"], variant))
+        variant = entry.variants.get(record.label) if isinstance(entry, BuiltEngines) else None
+        if entry.status == "built" and variant:
+            info = variant.model_dump(mode="json", by_alias=True, exclude_unset=True)
+            found.append((variant.engine, variant.engine_sha256, info))
         sidecar = read_sidecar(opened.root / (rel + ".json"))
         if isinstance(sidecar, dict) and sidecar["engine_sha256"] not in {sha for _, sha, _ in found}:
             found.append((rel, str(sidecar["engine_sha256"]), sidecar))

@@ -14,15 +14,17 @@ import os
 import shlex
 import shutil
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from exporter.bundle.door import Bundle
-from exporter.bundle.manifest import MANIFEST, REPORT, Manifest
+from exporter.bundle.engines import BuiltEngines, EngineSet, engine_set
+from exporter.bundle.manifest import MANIFEST, REPORT
 from exporter.bundle.onnxwire import onnx_node_names
 from exporter.bundle.reference import judged_rows, stored_reference
 from exporter.bundle.report import render_report
+from exporter.bundle.schema import Manifest
 from exporter.bundle.write import swap_into_place
 from exporter.core.errors import BundleError, EnvironmentMissing
 from exporter.core.files import sha256_file, write_atomic
@@ -30,7 +32,8 @@ from exporter.core.locks import destination_lock
 from exporter.core.names import check_name, printable
 from exporter.core.precision import Precision
 from exporter.core.progress import Reporter, SilentReporter, stage
-from exporter.parity.compare import check_parity, tolerance_for
+from exporter.parity.compare import check_parity
+from exporter.parity.tolerance import tolerance_for
 from exporter.tensorrt.builder import build_engine
 from exporter.tensorrt.gpu import gpu_identity, gpu_problem
 from exporter.tensorrt.profile import Profile, load_profile
@@ -62,8 +65,8 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
     plan = []
     for record in manifest.variants:
         check_name(record.label, "the manifest's variant label")  # it names the engine file
-        matching = record.reduced if record.reduced.get("precision") == profile.precision else None
-        onnx = matching["path"] if matching else record.onnx["path"]
+        matching = record.reduced if record.reduced and record.reduced.precision == profile.precision else None
+        onnx = matching.path if matching else record.onnx.path
         plan.append(
             {
                 "label": record.label,
@@ -71,7 +74,7 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
                 "onnx_precision": profile.precision if matching else Precision.FP32.value,
                 "available": (
                     Precision.FP32.value,
-                    *([record.reduced["precision"]] if record.reduced.get("precision") else []),
+                    *([record.reduced.precision] if record.reduced else []),
                 ),
                 "engine": f"engines/{profile.name}/model_{record.label}.engine",
                 "shapes": engine_shapes(profile, record.img_size, record.static_batch, record.img_range),
@@ -91,16 +94,18 @@ def write_engine_script(bundle: Path, manifest: Manifest, profile: Profile, onnx
     return path
 
 
-def pending_engines(bundle: str, profile: Profile, reason: str) -> dict[str, Any]:
+def pending_engines(bundle: str, profile: Profile, reason: str) -> EngineSet:
 
     script = {"script": f"engines/build_{profile.name}.sh"} if profile_library(profile).trtexec else {}
-    return {
-        "status": "pending (build on target)",
-        "reason": reason,
-        "profile": asdict(profile) | {"path": None},
-        "command": shlex.join(["flexiexport", "engine", bundle, "--profile", profile.name]),
-        **script,
-    }
+    return engine_set(
+        {
+            "status": "pending (build on target)",
+            "reason": reason,
+            "profile": asdict(profile) | {"path": None},
+            "command": shlex.join(["flexiexport", "engine", bundle, "--profile", profile.name]),
+            **script,
+        }
+    )
 
 
 NOT_RUN = "built (not run)"  # TensorRT-RTX engines built on a CPU: judged only where a GPU runs them
@@ -114,7 +119,7 @@ def build_engines(
     times: dict[str, float],
     out_root: Path | None = None,
     cache_in: Path | None = None,
-) -> dict[str, Any]:
+) -> EngineSet:
     """Build one engine per variant, then judge it against the PyTorch logits the bundle carries
     (needs TensorRT and a GPU; no torch, no checkpoint). A TensorRT version or GPU the profile is
     not for is ``EnvironmentMissing`` (exit 4) naming both, before anything is built.
@@ -136,7 +141,7 @@ def build_engines(
         cache = f"engines/{profile.name}/{timing_cache_name(gpu.compute_capability, trt.__version__)}"
     tol = tolerance_for(profile.precision, "tensorrt")
     plan = engine_plan(bundle, manifest, profile)
-    samples = manifest.options["parity_samples"]
+    samples = manifest.options.parity_samples
     for item in plan:  # every refusal before the first build
         check_precision(trt.__version__, profile.precision, item["onnx_precision"], item["available"], library)
     variants: dict[str, Any] = {}
@@ -170,46 +175,51 @@ def build_engines(
             "status": "passed" if cmp else "failed",
         }
     if no_gpu is not None:
-        return {
-            "status": NOT_RUN,
-            "reason": no_gpu,
-            "profile": asdict(profile) | {"path": None},
-            "library": library.name,
-            "tensorrt": trt.__version__,
-            "compute_capability": profile.compute_capability or "portable",
-            "variants": variants,
-        }
+        return engine_set(
+            {
+                "status": NOT_RUN,
+                "reason": no_gpu,
+                "profile": asdict(profile) | {"path": None},
+                "library": library.name,
+                "tensorrt": trt.__version__,
+                "compute_capability": profile.compute_capability or "portable",
+                "variants": variants,
+            }
+        )
     ok = all(v["status"] == "passed" for v in variants.values())
     cache_file = out_root / cache if cache else None
     cached = cache_file is not None and cache_file.is_file()
-    return {
-        "status": "built" if ok else "failed",
-        "profile": asdict(profile) | {"path": None},
-        "library": library.name,
-        "gpu": gpu.name if gpu else "unknown",
-        "compute_capability": gpu.compute_capability if gpu else "unknown",
-        "tensorrt": trt.__version__,
-        "variants": variants,
-        **({"script": f"engines/build_{profile.name}.sh"} if library.trtexec else {}),
-        **({"timing_cache": {"path": cache, "sha256": sha256_file(cache_file)}} if cached and cache_file else {}),
-    }
+    return engine_set(
+        {
+            "status": "built" if ok else "failed",
+            "profile": asdict(profile) | {"path": None},
+            "library": library.name,
+            "gpu": gpu.name if gpu else "unknown",
+            "compute_capability": gpu.compute_capability if gpu else "unknown",
+            "tensorrt": trt.__version__,
+            "variants": variants,
+            **({"script": f"engines/build_{profile.name}.sh"} if library.trtexec else {}),
+            **({"timing_cache": {"path": cache, "sha256": sha256_file(cache_file)}} if cached and cache_file else {}),
+        }
+    )
 
 
 def saved_timing_cache(opened: Bundle, profile: Profile) -> Path | None:
     """The timing cache a previous ``flexiexport engine`` recorded for ``profile``, checked like
     every bundle file (inside the bundle, sha256 as recorded); None when there is none or it has
     changed (a cache only saves build time: a warning, never a failure)."""
-    record = opened.manifest.engines.get(profile.name, {}).get("timing_cache")
-    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+    entry = opened.manifest.engines.get(profile.name)
+    record = entry.timing_cache if isinstance(entry, BuiltEngines) else None
+    if record is None:
         return None
     try:
-        return opened.file(record["path"], str(record.get("sha256")))
+        return opened.file(record.path, record.sha256)
     except BundleError as exc:
         log.warning("not reusing the timing cache: %s", exc)
         return None
 
 
-def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = None) -> dict[str, Any]:
+def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = None) -> EngineSet:
     """``flexiexport engine``: on the target, build and validate engines and add them to the
     bundle. Engines are built in a staging folder inside the bundle and renamed into place;
     the manifest is rewritten atomically."""
@@ -220,7 +230,7 @@ def add_engines(bundle: Path, profile_name: str, reporter: Reporter | None = Non
         return _add_engines(bundle, profile_name, reporter or SilentReporter())
 
 
-def _add_engines(bundle: Path, profile_name: str, reporter: Reporter) -> dict[str, Any]:
+def _add_engines(bundle: Path, profile_name: str, reporter: Reporter) -> EngineSet:
 
     opened = Bundle.open(bundle)
     manifest = opened.manifest
@@ -253,7 +263,7 @@ def _add_engines(bundle: Path, profile_name: str, reporter: Reporter) -> dict[st
         if library.trtexec:
             script = f"engines/build_{profile.name}.sh"
             os.replace(staging / script, bundle / script)
-        manifest = replace(manifest, engines={**manifest.engines, profile.name: entry})
+        manifest = manifest.but(engines={**manifest.engines, profile.name: entry})
         write_atomic(bundle / MANIFEST, manifest.to_json())
         write_atomic(bundle / REPORT, render_report(manifest))
     finally:

@@ -20,7 +20,7 @@ from exporter.build.lint import lint_onnx
 from exporter.build.recheck import record_spec
 from exporter.build.runners import ort_runner
 from exporter.build.variant import fixed_at, make_variant
-from exporter.bundle.manifest import Manifest
+from exporter.bundle.schema import parse_manifest
 from exporter.core.errors import UsageError
 from exporter.source.load import load_source
 from exporter.source.model import SourceSpec
@@ -69,7 +69,7 @@ def test_any_multiple_in_the_range_matches_a_model_built_for_that_size(dynamic_b
     """Sizes the build did not check (80, 96, and a rectangle) against fixed-size models whose grid
     timm's own resample_abs_pos_embed made offline."""
     source = load_source(SourceSpec())
-    manifest = Manifest.from_dict(manifest_of(dynamic_bundle))
+    manifest = parse_manifest(json.dumps(manifest_of(dynamic_bundle)))
     rng = np.random.default_rng(3)
     for record, size in zip(manifest.variants, [(80, 80), (96, 96), (64, 128)]):
         spec = record_spec(record)
@@ -77,7 +77,7 @@ def test_any_multiple_in_the_range_matches_a_model_built_for_that_size(dynamic_b
         with torch.no_grad():
             expected = fixed_at(source, spec, size)(torch.from_numpy(x)).numpy()
             eager = make_variant(source, spec).model(torch.from_numpy(x)).numpy()  # the graph's own module
-        actual = ort_runner(dynamic_bundle / record.onnx["path"])(x)
+        actual = ort_runner(dynamic_bundle / record.onnx.path)(x)
         assert np.abs(actual - expected).max() < 1e-4 and np.abs(eager - expected).max() < 1e-4, record.label
 
 
@@ -106,7 +106,8 @@ def test_the_engine_script_carries_min_opt_max_image_shapes(dynamic_bundle, tmp_
             assert "--minShapes=pixel_values:1x3x32x32" in words
             assert "--optShapes=pixel_values:8x3x64x64" in words
             assert "--maxShapes=pixel_values:32x3x128x128" in words
-    plan = engine_plan(dynamic_bundle, Manifest.from_dict(manifest_of(dynamic_bundle)), load_profile("gpu-fp16"))
+    manifest = parse_manifest(json.dumps(manifest_of(dynamic_bundle)))
+    plan = engine_plan(dynamic_bundle, manifest, load_profile("gpu-fp16"))
     shapes = plan[0]["shapes"]  # what the Python builder gives IOptimizationProfile.set_shape
     assert (shapes.min, shapes.opt, shapes.max, shapes.static) == (
         (1, 3, 32, 32),

@@ -186,16 +186,15 @@ def test_int8_is_checked_on_images_it_was_not_calibrated_on(tiny_int8, tiny_flex
 
 
 def test_report_says_why_a_reduced_file_failed(tiny_int8):
-    from dataclasses import replace
-
-    from exporter.bundle.manifest import Manifest
     from exporter.bundle.report import render_report
+    from exporter.bundle.schema import parse_manifest
 
-    manifest = Manifest.from_dict(json.loads((tiny_int8 / "manifest.json").read_text()))
+    manifest = parse_manifest((tiny_int8 / "manifest.json").read_text())
     first = manifest.variants[0]
-    parity = {**first.reduced["parity"], "failures": ["top-1 agreement 50.0% < 97.0%"]}
-    failed = replace(first, status="failed", reduced={**first.reduced, "status": "failed", "parity": parity})
-    report = render_report(replace(manifest, variants=(failed, *manifest.variants[1:])))
+    assert first.reduced is not None
+    parity = first.reduced.parity.but(failures=["top-1 agreement 50.0% < 97.0%"])
+    failed = first.but(status="failed", reduced=first.reduced.but(status="failed", parity=parity))
+    report = render_report(manifest.but(variants=(failed, *manifest.variants[1:])))
     assert "**p8 failed:** int8: top-1 agreement 50.0% < 97.0%" in report
     assert "| ✗ | p8 | int8 |" in report and "Overall: FAILED" in report
 

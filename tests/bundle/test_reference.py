@@ -56,12 +56,14 @@ def test_the_reference_rebuilds_the_build_inputs_bit_for_bit(demo):
     source = load_source(SourceSpec())
     plan = InputPlan.for_build(BuildOptions(patch_sizes=((16, 16),)), source.name).with_source(source)
     for record in opened.manifest.variants:
-        path = opened.file(record.reference["path"], record.reference["sha256"])
-        stored, logits = load_reference(path, record.reference, record.img_size, opened.manifest.preprocessing)
+        reference, pre = record.reference, opened.manifest.preprocessing
+        assert reference is not None
+        path = opened.file(reference.path, reference.sha256)
+        stored, logits = load_reference(path, reference, record.img_size, pre.mean, pre.std)
         planned = plan.parity(record_spec(record))
         assert np.array_equal(stored.arrays(), planned.arrays())
         assert stored.random_count == 16 and len(stored.pixels) == 16 and logits.shape == (32, 10)
-        assert record.reference["real"] == {"count": 16, "from": "held-out demo digits"}
+        assert reference.real.model_dump(by_alias=True) == {"count": 16, "from": "held-out demo digits"}
 
 
 def test_the_stored_reference_gives_the_numbers_of_the_full_rebuild(demo):

@@ -189,7 +189,7 @@ def test_a_bundle_written_before_per_file_tolerances_is_read_and_judged_with_its
     edit_manifest(bundle, lambda m: older_layout(m, 1.0))
     assert run_cli("inspect", str(bundle)).exit_code == 0
     assert run_cli("validate", str(bundle), "-q").exit_code == 0
-    assert Bundle.open(bundle).manifest.variants[2].onnx["tolerance"]["atol"] == 1.0
+    assert Bundle.open(bundle).manifest.variants[2].onnx.tolerance.atol == 1.0
     edit_manifest(bundle, lambda m: m["tolerance"].update(atol=1e-12))
     result = run_cli("validate", str(bundle))
     assert result.exit_code == 3 and "exceeds atol 1e-12" in result.stdout

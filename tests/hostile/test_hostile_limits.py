@@ -21,7 +21,8 @@ import torch
 from exporter.bundle.limits import Workload, check_memory, estimate_peak
 from exporter.core.errors import UsageError
 from exporter.core.machine import available_cores
-from exporter.parity.compare import Tolerance, compare_outputs
+from exporter.parity.compare import compare_outputs
+from exporter.parity.tolerance import Tolerance
 
 from conftest import TINY, edit_manifest, one_line_error, run_cli, save_with_config, tiny_model
 

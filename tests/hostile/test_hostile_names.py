@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -147,15 +146,16 @@ def test_triton_config_escapes_quotes_and_refuses_control_characters(demo):
 
     record = read_manifest(demo).variants[0]
     odd = 'in"put\\x'
-    onnx = {**record.onnx, "inputs": [{**record.onnx["inputs"][0], "name": odd}]}
-    text = config_text("m", replace(record, onnx=onnx), "onnxruntime_onnx", 8)
+    # names the door refuses (TensorName): the config writer escapes or refuses them all the same
+    onnx = record.onnx.model_copy(update={"inputs": [record.onnx.inputs[0].model_copy(update={"name": odd})]})
+    text = config_text("m", record.model_copy(update={"onnx": onnx}), "onnxruntime_onnx", 8)
     assert text.endswith("\n") and len(text.splitlines()) == text.count("\n")
     schema = triton_schema()
     if schema is not None:
         assert check_config(text, schema).input[0].name == odd
     for bad in ("in\nput", 'x" } ] output [ {', "a\x1b[2J"):
-        outputs = [{**record.onnx["outputs"][0], "name": bad}]
-        bad_record = replace(record, onnx={**record.onnx, "outputs": outputs})
+        outputs = [record.onnx.outputs[0].model_copy(update={"name": bad})]
+        bad_record = record.model_copy(update={"onnx": record.onnx.model_copy(update={"outputs": outputs})})
         if "\n" in bad or ESC in bad:
             with pytest.raises(BundleError, match="output name"):
                 config_text("m", bad_record, "onnxruntime_onnx", 8)
@@ -261,6 +261,7 @@ def test_an_engine_plan_refuses_a_variant_label_that_is_a_path(demo):
     from exporter.core.errors import UsageError
 
     manifest = read_manifest(demo)
-    manifest = replace(manifest, variants=(replace(manifest.variants[0], label="../../p8"),))
+    bad = manifest.variants[0].model_copy(update={"label": "../../p8"})  # the door refuses it; so must the plan
+    manifest = manifest.model_copy(update={"variants": (bad,)})
     with pytest.raises(UsageError, match="variant label '../../p8' is not a safe name"):
         engine_plan(demo, manifest, load_profile("t4"))

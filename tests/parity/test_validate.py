@@ -7,7 +7,8 @@ import pytest
 
 from exporter.bundle.reference import random_inputs
 from exporter.core.errors import UsageError
-from exporter.parity.compare import Tolerance, compare_outputs, run_batched
+from exporter.parity.compare import compare_outputs, run_batched
+from exporter.parity.tolerance import Tolerance
 
 
 def logits(n: int = 8, classes: int = 10, seed: int = 0) -> np.ndarray:
@@ -86,7 +87,7 @@ def test_random_inputs_are_seeded_and_normalised():
 
 
 def test_fp16_tolerance_uses_p99_of_the_logit_range():
-    from exporter.parity.compare import tolerance_for
+    from exporter.parity.tolerance import tolerance_for
 
     tol = tolerance_for("fp16", "tensorrt")
     ref = logits(64, 10)

@@ -185,7 +185,8 @@ def test_deit(tmp_path_factory, tmp_path, model_cls):
     x = np.random.default_rng(2).standard_normal((4, 3, 32, 32)).astype(np.float32)
     from dataclasses import replace
 
-    from exporter.parity.compare import TOLERANCES, compare_outputs
+    from exporter.parity.compare import compare_outputs
+    from exporter.parity.tolerance import TOLERANCES
 
     tol = replace(TOLERANCES["fp32"], min_top1=0.0) if model_cls == "DeiTModel" else TOLERANCES["fp32"]
     assert compare_outputs(transformers_output(folder, x), onnx_output(tmp_path / "b", "p8", x), tol)
@@ -215,7 +216,8 @@ def test_dinov2(tmp_path_factory, tmp_path, registers):
     assert manifest["variants"][1]["pos_resize"] == "bicubic"
     from dataclasses import replace
 
-    from exporter.parity.compare import TOLERANCES, compare_outputs
+    from exporter.parity.compare import compare_outputs
+    from exporter.parity.tolerance import TOLERANCES
 
     x = np.random.default_rng(3).standard_normal((4, 3, 56, 56)).astype(np.float32)
     features = replace(TOLERANCES["fp32"], min_top1=0.0)

@@ -10,7 +10,8 @@ from exporter.build.options import BuildOptions
 from exporter.build.plan import plan_variants
 from exporter.build.runners import torch_runner
 from exporter.build.variant import make_variant
-from exporter.parity.compare import TOLERANCES, compare_outputs
+from exporter.parity.compare import compare_outputs
+from exporter.parity.tolerance import TOLERANCES
 from exporter.source.load import load_source
 from exporter.source.model import SourceSpec
 

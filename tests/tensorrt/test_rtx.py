@@ -17,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from exporter.bundle.door import Bundle
+from exporter.bundle.engines import NotRunEngines
 from exporter.bundle.manifest import PREFLIGHT
 from exporter.core.errors import UsageError
 from exporter.tensorrt.builder import build_engine
@@ -237,10 +238,11 @@ def test_engine_command_builds_rtx_engines_on_the_cpu(tmp_path_factory, tmp_path
     result = run_cli("engine", str(bundle), "--profile", "rtx-ampere", "-q")
     assert result.exit_code == 0, result.output + result.stderr
     entry = Bundle.open(bundle).manifest.engines["rtx-ampere"]
-    assert entry["status"] == "built (not run)" and entry["library"] == "TensorRT-RTX"
-    for label, v in entry["variants"].items():
-        assert (bundle / v["engine"]).is_file() and (bundle / (v["engine"] + ".json")).is_file(), label
-        assert v["onnx"].endswith(".fp16.onnx")
+    assert isinstance(entry, NotRunEngines)
+    assert entry.status == "built (not run)" and entry.library == "TensorRT-RTX"
+    for label, v in entry.variants.items():
+        assert (bundle / v.engine).is_file() and (bundle / (v.engine + ".json")).is_file(), label
+        assert v.onnx.endswith(".fp16.onnx")
     assert not (bundle / "engines" / "build_rtx-ampere.sh").exists()  # no trtexec for TensorRT-RTX
 
 

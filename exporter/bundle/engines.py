@@ -1,0 +1,103 @@
+"""The manifest's engine sets: TensorRT engines pending (built on the target), built and run,
+or built by TensorRT-RTX on a machine without a GPU (never run there)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+
+from exporter.bundle.records import ParityStats, RelPath, SafeName, Sha256, ToleranceRecord, _Strict
+
+
+class EngineVariant(_Strict):
+    engine: RelPath
+    engine_sha256: Sha256
+    onnx: RelPath
+    status: Literal["passed", "failed"]
+    build_seconds: float
+    tolerance: ToleranceRecord
+    parity: ParityStats
+
+
+class BatchRecord(_Strict):
+    min: Annotated[int, Field(ge=1)]
+    opt: Annotated[int, Field(ge=1)]
+    max: Annotated[int, Field(ge=1, le=4096)]
+
+
+class EngineProfile(_Strict):
+    name: SafeName
+    batch: BatchRecord
+
+
+class PendingEngines(_Strict):
+    """Engines to build on the target: why, and how."""
+
+    status: Literal["pending (build on target)"]
+    profile: EngineProfile
+    reason: str
+    command: str
+    script: RelPath | None = None  # TensorRT-RTX profiles have no trtexec script
+
+    @property
+    def built(self) -> dict[str, EngineVariant | NotRunEngine]:
+        """The engines of the set, by variant label: none yet."""
+        return {}
+
+
+class NotRunEngine(_Strict):
+    engine: RelPath
+    engine_sha256: Sha256
+    onnx: RelPath
+    status: Literal["not run"]
+    build_seconds: float
+
+
+class NotRunEngines(_Strict):
+    """TensorRT-RTX engines built on a machine without a GPU: built, never run here."""
+
+    status: Literal["built (not run)"]
+    profile: EngineProfile
+    reason: str
+    library: str
+    tensorrt: str
+    compute_capability: str
+    variants: dict[SafeName, NotRunEngine]
+    script: RelPath | None = None
+
+    @property
+    def built(self) -> dict[str, EngineVariant | NotRunEngine]:
+        """The engines of the set, by variant label."""
+        return dict(self.variants)
+
+
+class TimingCache(_Strict):
+    path: RelPath
+    sha256: Sha256
+
+
+class BuiltEngines(_Strict):
+    status: Literal["built", "failed"]
+    profile: EngineProfile
+    gpu: str
+    compute_capability: Annotated[str, Field(pattern=r"^\d{1,2}\.\d{1,2}$")]
+    tensorrt: str
+    script: RelPath | None = None
+    variants: dict[SafeName, EngineVariant]
+    library: str = ""
+    timing_cache: TimingCache | None = None
+
+    @property
+    def built(self) -> dict[str, EngineVariant | NotRunEngine]:
+        """The engines of the set, by variant label."""
+        return dict(self.variants)
+
+
+EngineSet = Annotated[PendingEngines | NotRunEngines | BuiltEngines, Field(discriminator="status")]
+ENGINE_SETS: TypeAdapter[PendingEngines | NotRunEngines | BuiltEngines] = TypeAdapter(EngineSet)
+
+
+def engine_set(data: dict[str, Any]) -> PendingEngines | NotRunEngines | BuiltEngines:
+    """An engine set as the engine stage describes it, validated as a reader validates it."""
+    return ENGINE_SETS.validate_python(data)
