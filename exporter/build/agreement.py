@@ -23,9 +23,8 @@ from exporter.build.inputs import InputPlan
 from exporter.build.runners import torch_runner
 from exporter.build.variant import VariantSpec, make_variant, plan_img_size, variant_label
 from exporter.bundle.manifest import Preprocessing
-from exporter.bundle.records import NativeAgreement, NativeSkipped
+from exporter.bundle.records import NativeAgreement, NativeSkipped, VariantRecord
 from exporter.bundle.reference import load_reference, normalize
-from exporter.bundle.schema import VariantRecord
 from exporter.core.sizes import Size2, format_size
 from exporter.parity.compare import run_batched
 from exporter.source.model import SourceModel

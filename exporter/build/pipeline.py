@@ -41,9 +41,9 @@ from exporter.build.variant import VariantSpec
 from exporter.bundle.door import Bundle
 from exporter.bundle.engines import EngineSet
 from exporter.bundle.manifest import MANIFEST, REPORT, check_batch
-from exporter.bundle.records import SourceParity
+from exporter.bundle.records import SourceParity, VariantRecord
 from exporter.bundle.report import render_report
-from exporter.bundle.schema import Manifest, VariantRecord
+from exporter.bundle.schema import Manifest
 from exporter.bundle.write import check_replaceable_bundle, staging_folder, swap_into_place
 from exporter.core.errors import BundleError
 from exporter.core.files import write_atomic

@@ -10,8 +10,9 @@ from exporter.build.variant import VariantSpec, fixed_at, make_variant, variant_
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import check_batch
+from exporter.bundle.records import VariantRecord
 from exporter.bundle.reference import stored_reference
-from exporter.bundle.schema import Manifest, VariantRecord
+from exporter.bundle.schema import Manifest
 from exporter.core.errors import BundleError
 from exporter.core.files import sha256_file
 from exporter.core.names import printable

@@ -16,8 +16,15 @@ from exporter.build.options import BuildOptions
 from exporter.build.plan import img_size_policy
 from exporter.build.variant import plan_dynamic, plan_grid
 from exporter.bundle.manifest import INPUT_NAME, SCHEMA_VERSION
-from exporter.bundle.records import Architecture, ExportRecord, OptionsRecord, PreprocessingRecord, SourceRecord
-from exporter.bundle.schema import Manifest, VariantRecord
+from exporter.bundle.records import (
+    Architecture,
+    ExportRecord,
+    OptionsRecord,
+    PreprocessingRecord,
+    SourceRecord,
+    VariantRecord,
+)
+from exporter.bundle.schema import Manifest
 from exporter.core.assumptions import Assumption, summary
 from exporter.core.errors import UsageError
 from exporter.core.names import printable

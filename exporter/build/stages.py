@@ -35,9 +35,10 @@ from exporter.bundle.records import (
     ToleranceRecord,
     TrtLint,
     VariantParity,
+    VariantRecord,
 )
 from exporter.bundle.reference import REFERENCE_DIR, ParityInputs, save_reference
-from exporter.bundle.schema import Manifest, VariantRecord
+from exporter.bundle.schema import Manifest
 from exporter.core.files import sha256_file
 from exporter.core.precision import Precision
 from exporter.core.progress import Reporter, stage

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.bundle.manifest import ARTEFACTS, MANIFEST, REPORT, walk
-from exporter.bundle.records import OnnxEntry, ReducedEntry, relative_path
-from exporter.bundle.schema import Manifest, VariantRecord, parse_manifest
+from exporter.bundle.records import OnnxEntry, ReducedEntry, VariantRecord, relative_path
+from exporter.bundle.schema import Manifest, parse_manifest
 from exporter.core.errors import BundleError, BundleReplaced
 from exporter.core.files import sha256_file
 from exporter.core.locks import holder

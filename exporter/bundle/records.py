@@ -1,6 +1,7 @@
-"""The manifest's parts, typed and bounded (pydantic, strict): what each file, check and engine
-set records. ``exporter.bundle.schema`` puts them together into ``Manifest``; the same classes are
-what a reader gets and what a writer builds.
+"""The manifest's parts, typed and bounded (pydantic, strict): ``VariantRecord`` and what each
+file and check records (engine sets in ``exporter.bundle.engines``). ``exporter.bundle.schema``
+puts them together into ``Manifest``; the same classes are what a reader gets and what a writer
+builds.
 
 An optional entry is written ``{}`` when absent (as every bundle has written it) and is ``None`` in
 Python (``Entry[X]``), so ``if record.reduced:`` reads as it did and narrows the type."""
@@ -22,6 +23,7 @@ from pydantic import (
 )
 from typing_extensions import Self
 
+from exporter.bundle.manifest import static_batch
 from exporter.core.names import SAFE_NAME
 from exporter.parity.tolerance import Tolerance
 
@@ -285,7 +287,7 @@ class OptionsRecord(_Strict):
     parity_samples: Annotated[int, Field(ge=1, le=100_000)]
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)]
     calib_dir: str | None = None
-    img_size_policy: str = ""
+    img_size_policy: str | list[int] | list[list[int]] = ""  # native, auto, dynamic:MIN-MAX, [h, w] or a grid
     impossible_variants: list[str] = []
     parity_inputs: str = ""
     calib_sha256: str | None = None
@@ -347,6 +349,58 @@ class SharedWeights(_Strict):
     tensors: Count | None = None
     bundle_onnx_bytes_before: Count | None = None
     bundle_onnx_bytes_after: Count | None = None
+
+
+class VariantRecord(_Strict):
+    """One variant in the manifest. ``status`` is ``passed``, ``failed`` or ``error``."""
+
+    label: SafeName
+    patch_size: tuple[PatchSide, PatchSide]
+    img_size: tuple[Side, Side]
+    grid: tuple[Side, Side]
+    tokens: Annotated[int, Field(ge=1, le=(MAX_SIDE**2) + 64)]
+    gflops: Annotated[float, Field(ge=0)]
+    patch_resize: Annotated[str, Field(pattern=r"^(bilinear|bicubic|nearest|area)(\+antialias)?$")]
+    pos_resize: Annotated[str, Field(pattern=r"^(bilinear|bicubic|nearest|area)(\+antialias)?$")]
+    onnx: OnnxEntry
+    parity: VariantParity
+    status: Literal["passed", "failed", "error"]
+    export_seconds: float
+    parity_seconds: float
+    input_key: str
+    resumed: bool = False
+    trt_lint: Entry[TrtLint] = None
+    reduced: Entry[ReducedEntry] = None
+    reference: Entry[ReferenceEntry] = None
+    dynamic: Entry[DynamicEntry] = None
+    native_agreement: Entry[NativeAgreement | NativeSkipped] = None  # absent before it was measured
+
+    @property
+    def img_range(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """A dynamic-resolution variant's smallest and largest image size; None for a fixed one."""
+        return (self.dynamic.min, self.dynamic.max) if self.dynamic else None
+
+    @property
+    def static_batch(self) -> int | None:
+        """The ONNX's fixed batch (``--batch N``), or None for a dynamic batch."""
+        return static_batch(self.onnx.inputs[0].shape)
+
+    def preflights(self) -> list[tuple[str, Preflight | PreflightSkipped]]:
+        """(file path, TensorRT preflight record) of the variant's ONNX files that have one, fp32 first."""
+        entries = (self.onnx, self.reduced)
+        return [(e.path, e.tensorrt_preflight) for e in entries if e and e.tensorrt_preflight is not None]
+
+    @property
+    def preflight_failed(self) -> bool:
+        """A file TensorRT's parser or builder refused (skipped or absent is not a failure)."""
+        return any(isinstance(p, Preflight) and not p.ok for _, p in self.preflights())
+
+    def files(self) -> list[tuple[str, str]]:
+        """(relative path, sha256) of the variant's own files: ONNX, fp16/int8 ONNX, reference."""
+        found = [(self.onnx.path, self.onnx.sha256)]
+        found += [(e.path, e.sha256) for e in (self.reduced, self.reference) if e]
+        found += [(c.reference.path, c.reference.sha256) for c in (self.dynamic.checks if self.dynamic else ())]
+        return found
 
 
 class SourceParity(_Strict):

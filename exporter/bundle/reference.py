@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from exporter.bundle.records import ReferenceEntry
-from exporter.bundle.schema import Manifest, VariantRecord
+from exporter.bundle.records import ReferenceEntry, VariantRecord
+from exporter.bundle.schema import Manifest
 from exporter.core.errors import BundleError
 from exporter.core.files import write_atomic_bytes
 

@@ -13,8 +13,9 @@ from exporter.bundle.records import (
     PreflightError,
     PreflightSkipped,
     SourceParity,
+    VariantRecord,
 )
-from exporter.bundle.schema import Manifest, VariantRecord
+from exporter.bundle.schema import Manifest
 from exporter.core.sizes import format_range, format_size
 
 

@@ -11,85 +11,21 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError
 
 from exporter.bundle.engines import EngineSet
-from exporter.bundle.manifest import EMBEDDINGS_NAME, MANIFEST, SCHEMA_VERSION, static_batch, upgrade_manifest
+from exporter.bundle.manifest import EMBEDDINGS_NAME, MANIFEST, SCHEMA_VERSION, upgrade_manifest
 from exporter.bundle.records import (
-    MAX_SIDE,
-    DynamicEntry,
     Entry,
-    NativeAgreement,
-    NativeSkipped,
-    OnnxEntry,
     OptionsRecord,
-    PatchSide,
-    Preflight,
-    PreflightSkipped,
     PreprocessingRecord,
-    ReducedEntry,
-    ReferenceEntry,
     SafeName,
     SharedWeights,
-    Side,
     SourceParity,
     SourceRecord,
-    TrtLint,
-    VariantParity,
+    VariantRecord,
     _Strict,
 )
 from exporter.bundle.values import check_values
 from exporter.core.errors import BundleError
 from exporter.core.names import printable
-
-
-class VariantRecord(_Strict):
-    """One variant in the manifest. ``status`` is ``passed``, ``failed`` or ``error``."""
-
-    label: SafeName
-    patch_size: tuple[PatchSide, PatchSide]
-    img_size: tuple[Side, Side]
-    grid: tuple[Side, Side]
-    tokens: Annotated[int, Field(ge=1, le=(MAX_SIDE**2) + 64)]
-    gflops: Annotated[float, Field(ge=0)]
-    patch_resize: Annotated[str, Field(pattern=r"^(bilinear|bicubic|nearest|area)(\+antialias)?$")]
-    pos_resize: Annotated[str, Field(pattern=r"^(bilinear|bicubic|nearest|area)(\+antialias)?$")]
-    onnx: OnnxEntry
-    parity: VariantParity
-    status: Literal["passed", "failed", "error"]
-    export_seconds: float
-    parity_seconds: float
-    input_key: str
-    resumed: bool = False
-    trt_lint: Entry[TrtLint] = None
-    reduced: Entry[ReducedEntry] = None
-    reference: Entry[ReferenceEntry] = None
-    dynamic: Entry[DynamicEntry] = None
-    native_agreement: Entry[NativeAgreement | NativeSkipped] = None  # absent before it was measured
-
-    @property
-    def img_range(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
-        """A dynamic-resolution variant's smallest and largest image size; None for a fixed one."""
-        return (self.dynamic.min, self.dynamic.max) if self.dynamic else None
-
-    @property
-    def static_batch(self) -> int | None:
-        """The ONNX's fixed batch (``--batch N``), or None for a dynamic batch."""
-        return static_batch(self.onnx.inputs[0].shape)
-
-    def preflights(self) -> list[tuple[str, Preflight | PreflightSkipped]]:
-        """(file path, TensorRT preflight record) of the variant's ONNX files that have one, fp32 first."""
-        entries = (self.onnx, self.reduced)
-        return [(e.path, e.tensorrt_preflight) for e in entries if e and e.tensorrt_preflight is not None]
-
-    @property
-    def preflight_failed(self) -> bool:
-        """A file TensorRT's parser or builder refused (skipped or absent is not a failure)."""
-        return any(isinstance(p, Preflight) and not p.ok for _, p in self.preflights())
-
-    def files(self) -> list[tuple[str, str]]:
-        """(relative path, sha256) of the variant's own files: ONNX, fp16/int8 ONNX, reference."""
-        found = [(self.onnx.path, self.onnx.sha256)]
-        found += [(e.path, e.sha256) for e in (self.reduced, self.reference) if e]
-        found += [(c.reference.path, c.reference.sha256) for c in (self.dynamic.checks if self.dynamic else ())]
-        return found
 
 
 class Manifest(_Strict):
@@ -187,5 +123,5 @@ def parse_manifest(text: str | bytes, where: str = MANIFEST) -> Manifest:
     labels = [v.label for v in manifest.variants]
     if len(set(labels)) != len(labels):
         raise BundleError(f"{where} is malformed: variant labels repeat ({', '.join(labels)})")
-    check_values(data, where)  # what the fields say together: finite numbers, sizes that agree
+    check_values(manifest.preprocessing, manifest.variants, manifest.engines, where)  # what fields say together
     return manifest

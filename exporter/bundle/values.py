@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from exporter.bundle.engines import EngineSet, EngineVariant
+from exporter.bundle.records import DynamicEntry, ParityStats, PreprocessingRecord, VariantRecord
 from exporter.core.errors import BundleError
 
 MIN_STD, MAX_MEAN = 1e-6, 1e6  # timm's are 0.2-0.5 and 0-1; a normalised pixel stays within 1e12
@@ -29,82 +31,85 @@ STATS: tuple[str, ...] = ("max_abs", "mean_abs", "p99_abs", "max_rel", "mean_rel
 STATS += ("top1_agreement", "top5_agreement")
 
 
-def check_values(data: dict[str, Any], where: str) -> None:
-    """``BundleError`` for the first rule ``data`` (a manifest the schema accepted) breaks."""
-    problem = next(_problems(data), None)
+def check_values(
+    pre: PreprocessingRecord, variants: Sequence[VariantRecord], engines: Mapping[str, EngineSet], where: str
+) -> None:
+    """``BundleError`` for the first rule a manifest the schema accepted breaks."""
+    problem = next(_problems(pre, variants, engines), None)
     if problem is not None:
         raise BundleError(f"{where} is malformed: {problem}")
 
 
-def _problems(data: dict[str, Any]) -> Iterator[str]:
-    pre = data["preprocessing"]
-    for key in ("mean", "std"):
-        if not all(math.isfinite(x) for x in pre[key]):
-            yield f"preprocessing.{key}: every value must be a finite number, got {pre[key]}"
-    if not all(s >= MIN_STD and abs(m) <= MAX_MEAN for m, s in zip(pre["mean"], pre["std"])):
+def _problems(
+    pre: PreprocessingRecord, variants: Sequence[VariantRecord], engines: Mapping[str, EngineSet]
+) -> Iterator[str]:
+    for key, values in (("mean", pre.mean), ("std", pre.std)):
+        if not all(math.isfinite(x) for x in values):
+            yield f"preprocessing.{key}: every value must be a finite number, got {list(values)}"
+    if not all(s >= MIN_STD and abs(m) <= MAX_MEAN for m, s in zip(pre.mean, pre.std)):
         # a pixel in [0, 1] normalised in float32 stays finite (a std of 1e-300 is 0 there: inf, NaN logits)
         yield (
             f"preprocessing: std must be at least {MIN_STD:g} and mean at most {MAX_MEAN:g} in size, "
-            f"got mean {pre['mean']}, std {pre['std']}"
+            f"got mean {list(pre.mean)}, std {list(pre.std)}"
         )
-    for i, variant in enumerate(data["variants"]):
+    for i, variant in enumerate(variants):
         yield from _variant_problems(variant, f"variants[{i}]")
-    for name, entry in data.get("engines", {}).items():
-        for label, built in entry.get("variants", {}).items():
-            if "parity" not in built:  # TensorRT-RTX built on a CPU: never run, nothing compared
-                continue
-            yield from _stats_problems(built["parity"], built["status"] == "passed", f"engines.{name}.variants.{label}")
+    for name, entry in engines.items():
+        for label, built in entry.built.items():
+            if isinstance(built, EngineVariant):  # TensorRT-RTX built on a CPU: never run, nothing compared
+                yield from _stats_problems(built.parity, built.status == "passed", f"engines.{name}.variants.{label}")
 
 
-def _variant_problems(v: dict[str, Any], at: str) -> Iterator[str]:
-    yield from _stats_problems(v["parity"], v["parity"]["passed"] or v["status"] == "passed", f"{at}.parity")
-    if v.get("reduced"):
-        yield from _stats_problems(v["reduced"]["parity"], v["reduced"]["status"] == "passed", f"{at}.reduced.parity")
-    img, patch, grid = v["img_size"], v["patch_size"], v["grid"]
-    if [g * p for g, p in zip(grid, patch)] != list(img):
-        yield f"{at}.grid: {list(grid)} x patch {list(patch)} is not the image size {list(img)}"
-    prefix = v["tokens"] - grid[0] * grid[1]
+def _variant_problems(v: VariantRecord, at: str) -> Iterator[str]:
+    yield from _stats_problems(v.parity, v.parity.passed or v.status == "passed", f"{at}.parity")
+    if v.reduced:
+        yield from _stats_problems(v.reduced.parity, v.reduced.status == "passed", f"{at}.reduced.parity")
+    img, patch, grid = list(v.img_size), list(v.patch_size), list(v.grid)
+    if [g * p for g, p in zip(grid, patch)] != img:
+        yield f"{at}.grid: {grid} x patch {patch} is not the image size {img}"
+    prefix = v.tokens - grid[0] * grid[1]
     if not 0 <= prefix <= MAX_PREFIX_TOKENS:  # the order of variants (most tokens first) follows it
         cells = grid[0] * grid[1]
-        yield f"{at}.tokens: {v['tokens']} is not the grid's {cells} plus 0-{MAX_PREFIX_TOKENS} class/register tokens"
-    shape = v["onnx"]["inputs"][0]["shape"]
-    dynamic = v.get("dynamic") or {}
+        yield f"{at}.tokens: {v.tokens} is not the grid's {cells} plus 0-{MAX_PREFIX_TOKENS} class/register tokens"
+    shape = v.onnx.inputs[0].shape
     if len(shape) != 4:
         yield f"{at}.onnx.inputs[0].shape: an image input is [batch, channels, height, width], got {shape}"
-    elif not dynamic and shape[2:] != list(img):
-        yield f"{at}.img_size: {list(img)} is not its ONNX input's height and width {shape[2:]}"
-    elif dynamic and any(isinstance(d, int) for d in shape[2:]):
+    elif not v.dynamic and shape[2:] != img:
+        yield f"{at}.img_size: {img} is not its ONNX input's height and width {shape[2:]}"
+    elif v.dynamic and any(isinstance(d, int) for d in shape[2:]):
         yield f"{at}.onnx.inputs[0].shape: a dynamic-resolution input names its height and width, got {shape}"
-    if dynamic:
-        yield from _dynamic_problems(dynamic, img, patch, f"{at}.dynamic")
+    if v.dynamic:
+        yield from _dynamic_problems(v.dynamic, img, patch, f"{at}.dynamic")
 
 
-def _dynamic_problems(d: dict[str, Any], img: list[int], patch: list[int], at: str) -> Iterator[str]:
-    low, opt, high = d["min"], d["opt"], d["max"]
+def _dynamic_problems(d: DynamicEntry, img: list[int], patch: list[int], at: str) -> Iterator[str]:
+    ends = {"min": list(d.min), "opt": list(d.opt), "max": list(d.max)}
+    low, opt, high = ends["min"], ends["opt"], ends["max"]
     if not all(lo <= o <= hi for lo, o, hi in zip(low, opt, high)):
-        yield f"{at}: needs min <= opt <= max, got min {list(low)}, opt {list(opt)}, max {list(high)}"
-    if list(d["multiple_of"]) != list(patch):
-        yield f"{at}.multiple_of: {list(d['multiple_of'])} is not the variant's patch size {list(patch)}"
-    for key in ("min", "opt", "max"):
-        if any(s % p for s, p in zip(d[key], patch)):
-            yield f"{at}.{key}: {list(d[key])} is not a multiple of the patch size {list(patch)}"
-    if list(opt) != list(img):
-        yield f"{at}.opt: {list(opt)} is not the size the variant runs at (img_size {list(img)})"
-    sizes = [c["size"] for c in d["checks"]]
+        yield f"{at}: needs min <= opt <= max, got min {low}, opt {opt}, max {high}"
+    if list(d.multiple_of) != patch:
+        yield f"{at}.multiple_of: {list(d.multiple_of)} is not the variant's patch size {patch}"
+    for key, size in ends.items():
+        if any(s % p for s, p in zip(size, patch)):
+            yield f"{at}.{key}: {size} is not a multiple of the patch size {patch}"
+    if opt != img:
+        yield f"{at}.opt: {opt} is not the size the variant runs at (img_size {img})"
+    sizes = [c.size for c in d.checks]
     if sorted(sizes) != ["max", "min"]:
         yield f"{at}.checks: one check at min and one at max, got {sizes}"
-    for j, check in enumerate(d["checks"]):
-        end = list(d[check["size"]])
-        if list(check["img_size"]) != end:
-            yield f"{at}.checks[{j}].img_size: {list(check['img_size'])} is not its {check['size']} {end}"
-        yield from _stats_problems(check["parity"], check["parity"]["passed"], f"{at}.checks[{j}].parity")
+    for j, check in enumerate(d.checks):
+        end = ends[check.size]
+        if list(check.img_size) != end:
+            yield f"{at}.checks[{j}].img_size: {list(check.img_size)} is not its {check.size} {end}"
+        yield from _stats_problems(check.parity, check.parity.passed, f"{at}.checks[{j}].parity")
 
 
-def _stats_problems(stats: dict[str, Any], passed: bool, at: str) -> Iterator[str]:
+def _stats_problems(stats: ParityStats, passed: bool, at: str) -> Iterator[str]:
     """A passed verdict's numbers must be finite (a failed one may record the NaN it found)."""
-    bad = [k for k in STATS if isinstance(stats.get(k), float) and not math.isfinite(stats[k])]
+    numbers = {k: getattr(stats, k) for k in STATS}
+    bad = [k for k, x in numbers.items() if isinstance(x, float) and not math.isfinite(x)]
     if passed and bad:
-        yield f"{at}: a passed check with non-finite {', '.join(bad)} ({stats[bad[0]]})"
+        yield f"{at}: a passed check with non-finite {', '.join(bad)} ({numbers[bad[0]]})"
 
 
 def strict_json(data: Any) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.bundle.engines import BuiltEngines, EngineSet, NotRunEngines, PendingEngines
-from exporter.bundle.records import Preflight
+from exporter.bundle.records import Preflight, VariantRecord
 from exporter.bundle.report import (
     TABLE_HEADER,
     describe,
@@ -18,7 +18,7 @@ from exporter.bundle.report import (
     top1_text,
     variant_rows,
 )
-from exporter.bundle.schema import Manifest, VariantRecord
+from exporter.bundle.schema import Manifest
 from exporter.core.assumptions import summary
 from exporter.core.errors import FlexiExportError
 from exporter.core.names import printable

@@ -28,8 +28,7 @@ from exporter import __version__
 from exporter.bundle.door import Bundle
 from exporter.bundle.engines import BuiltEngines
 from exporter.bundle.manifest import MANIFEST
-from exporter.bundle.records import OnnxEntry, ReducedEntry
-from exporter.bundle.schema import VariantRecord
+from exporter.bundle.records import OnnxEntry, ReducedEntry, VariantRecord
 from exporter.bundle.write import write_repository_marker
 from exporter.core.errors import BundleError, UsageError
 from exporter.core.files import write_atomic

@@ -20,7 +20,7 @@ from typing import Any
 from exporter import __version__
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
-from exporter.bundle.schema import VariantRecord
+from exporter.bundle.records import VariantRecord
 from exporter.core.errors import Unavailable
 from exporter.core.machine import available_cores, cpu_model
 from exporter.measure.backends import FACTORIES, ONNX_BACKENDS

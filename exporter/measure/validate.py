@@ -15,8 +15,8 @@ from typing import Any
 from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import check_batch
+from exporter.bundle.records import VariantRecord
 from exporter.bundle.reference import judged_rows, stored_reference
-from exporter.bundle.schema import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing
 from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.core.sizes import format_size

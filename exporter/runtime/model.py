@@ -25,7 +25,7 @@ import numpy as np
 
 from exporter.bundle.door import Bundle as _Door
 from exporter.bundle.limits import check_bundle_memory
-from exporter.bundle.schema import VariantRecord
+from exporter.bundle.records import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable, UsageError
 from exporter.core.names import printable
 from exporter.core.precision import PRECISIONS

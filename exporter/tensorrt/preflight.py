@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.bundle.manifest import INPUT_NAME, PREFLIGHT
-from exporter.bundle.records import OnnxEntry, Preflight, PreflightSkipped, ReducedEntry
-from exporter.bundle.schema import VariantRecord
+from exporter.bundle.records import OnnxEntry, Preflight, PreflightSkipped, ReducedEntry, VariantRecord
 from exporter.core.progress import Reporter, stage
 from exporter.tensorrt.library import TENSORRT_RTX, Library, compute_target, import_library, library_problem
 from exporter.tensorrt.profile import BatchRange, Profile

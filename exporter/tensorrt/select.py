@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from exporter.bundle.door import Bundle
 from exporter.bundle.engines import BuiltEngines
-from exporter.bundle.schema import VariantRecord
+from exporter.bundle.records import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable
 from exporter.parity.compare import Runner
 from exporter.tensorrt.gpu import gpu_identity
