@@ -31,7 +31,7 @@ import numpy as np
 
 from exporter.build.runners import ort_runner, torch_runner
 from exporter.build.variant import VariantSpec, make_variant
-from exporter.bundle.records import SourceParity, ToleranceRecord, VariantParity
+from exporter.bundle.records import SourceParity, ToleranceRecord, VariantParity, VariantRecord
 from exporter.bundle.report import INFERRED
 from exporter.core.errors import FlexiExportError
 from exporter.parity.compare import Runner, check_parity
@@ -172,7 +172,7 @@ def independent_reference(source: Any) -> Reference:
 
 def check_source(
     source: Any,
-    records: Sequence[Any],
+    records: Sequence[VariantRecord],
     specs: Sequence[Any],
     plan: Any,
     tmp: Path,

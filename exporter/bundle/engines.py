@@ -31,14 +31,23 @@ class EngineProfile(_Strict):
     batch: BatchRecord
 
 
-class PendingEngines(_Strict):
+class TimingCache(_Strict):
+    path: RelPath
+    sha256: Sha256
+
+
+class _EngineSet(_Strict):
+    script: RelPath | None = None  # the trtexec script (none for TensorRT-RTX profiles)
+    timing_cache: TimingCache | None = None  # what the last engine build measured, for the next
+
+
+class PendingEngines(_EngineSet):
     """Engines to build on the target: why, and how."""
 
     status: Literal["pending (build on target)"]
     profile: EngineProfile
     reason: str
     command: str
-    script: RelPath | None = None  # TensorRT-RTX profiles have no trtexec script
 
     @property
     def built(self) -> dict[str, EngineVariant | NotRunEngine]:
@@ -54,7 +63,7 @@ class NotRunEngine(_Strict):
     build_seconds: float
 
 
-class NotRunEngines(_Strict):
+class NotRunEngines(_EngineSet):
     """TensorRT-RTX engines built on a machine without a GPU: built, never run here."""
 
     status: Literal["built (not run)"]
@@ -64,7 +73,6 @@ class NotRunEngines(_Strict):
     tensorrt: str
     compute_capability: str
     variants: dict[SafeName, NotRunEngine]
-    script: RelPath | None = None
 
     @property
     def built(self) -> dict[str, EngineVariant | NotRunEngine]:
@@ -72,21 +80,14 @@ class NotRunEngines(_Strict):
         return dict(self.variants)
 
 
-class TimingCache(_Strict):
-    path: RelPath
-    sha256: Sha256
-
-
-class BuiltEngines(_Strict):
+class BuiltEngines(_EngineSet):
     status: Literal["built", "failed"]
     profile: EngineProfile
     gpu: str
     compute_capability: Annotated[str, Field(pattern=r"^\d{1,2}\.\d{1,2}$")]
     tensorrt: str
-    script: RelPath | None = None
     variants: dict[SafeName, EngineVariant]
     library: str = ""
-    timing_cache: TimingCache | None = None
 
     @property
     def built(self) -> dict[str, EngineVariant | NotRunEngine]:

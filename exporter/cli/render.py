@@ -27,6 +27,7 @@ from exporter.measure.plot import native_series, plot_tradeoff
 
 if TYPE_CHECKING:
     from exporter.build.options import BuildResult
+    from exporter.bundle.door import Bundle
 
 
 def console(stderr: bool = False) -> Any:
@@ -290,7 +291,7 @@ def print_build(result: BuildResult, wide: bool) -> None:
         print_engines(name, entry)
 
 
-def write_plot(opened: Any) -> Path | None:
+def write_plot(opened: Bundle) -> Path | None:
     """Redraw ``tradeoff.png`` from whatever of bench.json / eval.json the bundle holds."""
     from exporter.runtime.measurements import checked_bench, checked_eval
 
@@ -312,7 +313,7 @@ def write_plot(opened: Any) -> Path | None:
         return None
 
 
-def print_frontier(opened: Any) -> None:
+def print_frontier(opened: Bundle) -> None:
     """The accuracy/latency frontier per backend, once the bundle has both bench.json and eval.json."""
     from rich.table import Table
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from exporter.bundle.schema import Manifest
 from exporter.cli.group import cli, debug_option
 from exporter.cli.params import RUNTIME_BACKEND_HELP
 from exporter.cli.render import (
@@ -19,10 +20,10 @@ from exporter.core.locks import destination_lock
 from exporter.core.precision import PRECISIONS, Precision
 
 
-def repository_max_batch(manifest: Any, max_batch: int | None) -> int:
+def repository_max_batch(manifest: Manifest, max_batch: int | None) -> int:
     """--max-batch, else the bundle's engine profile batch.max, else 8."""
     if max_batch is None:
-        profiles = [e["profile"]["batch"]["max"] for e in manifest.engines.values() if e.get("profile")]
+        profiles = [e.profile.batch.max for e in manifest.engines.values()]
         max_batch = profiles[0] if profiles else 8
     if not 1 <= max_batch <= 4096:  # the largest batch a bundle's profile may record
         raise UsageError(f"--max-batch must be 1 to 4096, got {max_batch}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.bundle.door import Bundle
-from exporter.bundle.engines import BuiltEngines, EngineSet, engine_set
+from exporter.bundle.engines import EngineSet, engine_set
 from exporter.bundle.manifest import MANIFEST, REPORT
 from exporter.bundle.onnxwire import onnx_node_names
 from exporter.bundle.reference import judged_rows, stored_reference
@@ -209,7 +209,7 @@ def saved_timing_cache(opened: Bundle, profile: Profile) -> Path | None:
     every bundle file (inside the bundle, sha256 as recorded); None when there is none or it has
     changed (a cache only saves build time: a warning, never a failure)."""
     entry = opened.manifest.engines.get(profile.name)
-    record = entry.timing_cache if isinstance(entry, BuiltEngines) else None
+    record = entry.timing_cache if entry is not None else None
     if record is None:
         return None
     try:

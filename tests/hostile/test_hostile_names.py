@@ -254,7 +254,7 @@ def test_the_pending_engine_command_quotes_the_bundle_path(demo, tmp_path):
     from exporter.tensorrt.stage import pending_engines
 
     entry = pending_engines(str(tmp_path / "my bundle$(id)"), load_profile("t4"), "no TensorRT")
-    assert entry["command"] == f"flexiexport engine '{tmp_path}/my bundle$(id)' --profile t4"
+    assert entry.to_dict()["command"] == f"flexiexport engine '{tmp_path}/my bundle$(id)' --profile t4"
 
 
 def test_an_engine_plan_refuses_a_variant_label_that_is_a_path(demo):

@@ -128,7 +128,7 @@ def test_not_onnx_and_missing_file_are_refused_with_the_parsers_words(tmp_path):
 
 def preflights(bundle: Path) -> list[tuple[str, dict]]:
     manifest = Bundle.open(bundle).manifest
-    return [(f"{v.label} {path}", p) for v in manifest.variants for path, p in v.preflights()]
+    return [(f"{v.label} {path}", p.to_dict()) for v in manifest.variants for path, p in v.preflights()]
 
 
 @needs_rtx
