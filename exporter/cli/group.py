@@ -51,9 +51,11 @@ class FlexiGroup(click.Group):
                 raise
             fail(ctx, disk_full_text(ctx, exc), exc.exit_code)
         except FlexiExportError as exc:
+            word = flag_wording(ctx)
             if debug:
+                exc.args = (exc.worded(word),)  # the traceback ends with the message as the CLI words it
                 raise
-            lines = exc.worded_lines(flag_wording(ctx))  # ImageErrors: a line per file
+            lines = exc.worded_lines(word)  # ImageErrors: a line per file
             for line in lines[:-1]:
                 click.echo(f"error: {printable(line)}", err=True)
             fail(ctx, lines[-1], exc.exit_code)
@@ -75,6 +77,8 @@ class FlexiGroup(click.Group):
 FLAGS = {
     "labels": "--labels",  # BuildOptions.labels; the option's name is labels_file
     "img_range": "--img-size",  # BuildOptions.img_range, from --img-size dynamic:MIN-MAX
+    "min_runs": "--runs",  # BenchOptions.min_runs
+    "explicit": "--tritonserver",  # find_tritonserver(explicit); the option's name is binary
 }
 # A command whose messages word an option by another of its flags: resize keeps the seed
 # converter's short ones.

@@ -10,16 +10,21 @@ of a function) writes the name with ``param``, never as a command-line flag::
 
 The error carries the names as values (``exc.params == ("num_heads",)``). ``str(exc)`` words each
 as the parameter a Python caller passes: ``num_heads must be a positive integer, got 0``. The CLI
-words each as the flag that sets it, ``--num-heads must be ...``, through ``exc.worded(flag)``;
-it learns the flag from the Click commands themselves (a parameter's ``name`` → its first
-option), the running command's first, and keeps one table, ``exporter.cli.group.FLAGS``, for
-the names a command's own parameters do not give (the library's ``labels`` is Click's
-``labels_file``; ``resize`` says ``-ps``). ``tests/core/test_errors.py`` checks that every name
-given to ``param`` in the library is worded as a flag.
+words each as the flag that sets it, ``--num-heads must be ...``, through ``exc.worded(flag)``
+(``exporter.cli.group.flag_wording``). It learns the flag from the Click commands themselves: the
+option whose Click name is the parameter's gives its first flag, the running command's option
+first, another command's where the running one has none (``engine`` advising "build it with
+--calib-dir"). Two tables there hold the rest: ``FLAGS``, for a library name no option has
+(``labels``, whose option is Click's ``labels_file``), and ``COMMAND_FLAGS``, for a command that
+words an option by another of its flags (``resize`` says ``-ps``). ``tests/core/test_errors.py``
+checks that every name given to ``param`` in the library is worded as one flag.
 
 ``param`` wraps the name in ``PARAM_MARK``, a control character that only ``str`` and ``worded``
-read, so a message is written as one f-string with its values in place. Text that is not an
-error's message (a manifest's field, a log line) names no ``param``: it would carry the mark.
+read, so a message is written as one f-string with its values in place (a value holding the mark
+around a lower-case word would read as a parameter; the CLI escapes control characters anyway).
+Text that is not an error's message (a manifest's field, a log line) names no ``param``: it
+would carry the mark. A command line quoted whole ('flexiexport engine BUNDLE --profile P') or
+another program's flag (trtexec's) is not a parameter of ours, and stays as written.
 """
 
 from __future__ import annotations

@@ -49,6 +49,9 @@ def test_the_library_names_parameters_and_the_cli_flags():
     assert one_line_error(run_cli("build", "--pretrained", "-p", "16")) == (
         "error: --pretrained needs --model NAME (a timm model name)"
     )
+    with pytest.raises(UsageError) as info:  # --debug's traceback ends with the same words
+        run_cli("build", "--pretrained", "-p", "16", "--debug")
+    assert str(info.value) == "--pretrained needs --model NAME (a timm model name)"
 
 
 def named_params() -> set[str]:

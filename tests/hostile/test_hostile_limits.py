@@ -204,7 +204,7 @@ def test_bench_threads_are_clamped_and_below_one_refused():
     from exporter.measure.options import BenchOptions
 
     assert BenchOptions(threads=100000).thread_count == available_cores()
-    with pytest.raises(UsageError, match="--threads must be at least 1, got 0"):
+    with pytest.raises(UsageError, match="^threads must be at least 1, got 0"):
         BenchOptions(threads=0)
 
 
