@@ -78,3 +78,9 @@ def test_every_named_parameter_has_one_flag():
         ctx.invoked_subcommand = command
         word = flag_wording(ctx)
         assert all(word(name).startswith("-") for name in names), command
+
+
+def test_resize_keeps_the_seed_converters_short_flags(tmp_path):
+    (tmp_path / "in.pt").write_bytes(b"")
+    result = run_cli("resize", "-i", str(tmp_path / "in.pt"), "-o", str(tmp_path), "-ps", "16")
+    assert one_line_error(result) == f"error: -o {str(tmp_path)!r} is a folder; give a file path"
