@@ -20,14 +20,14 @@ import torch
 
 from exporter.build.resize import pi_resize_patch_embed, resample_pos_embed
 from exporter.bundle.limits import Workload, check_memory
-from exporter.core.errors import CheckpointError, UsageError
+from exporter.core.errors import CheckpointError, UsageError, param
 from exporter.core.files import current_umask, full_disk_as_usage_error
 from exporter.core.sizes import Size2, format_size, grid_for
 from exporter.source.model import check_float
 from exporter.source.readers import CONTAINERS, check_tensor_storage, read_safetensors, read_torch_file
 from exporter.source.resampling import TIMM_PATCH_RESIZE, TIMM_POS_RESIZE, ResizeMethod
 
-RESIZE_ADVICE = "pass one of them as --img-size"
+RESIZE_ADVICE = f"pass one of them as {param('img_size')}"
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,12 @@ def check_paths(src: Path, dst: Path, force: bool) -> None:
     if not src.is_file():
         raise CheckpointError(f"input checkpoint {str(src)!r} is not a file")
     if dst.is_dir():
-        raise UsageError(f"-o {str(dst)!r} is a folder; give a file path")
+        raise UsageError(f"{param('dst')} {str(dst)!r} is a folder; give a file path")
     same = os.path.samefile(src, dst) if dst.exists() else src.resolve() == dst.resolve()
     if same:
-        raise UsageError(f"-o {str(dst)!r} is the input checkpoint itself; write to another file")
+        raise UsageError(f"{param('dst')} {str(dst)!r} is the input checkpoint itself; write to another file")
     if dst.exists() and not force:
-        raise UsageError(f"output {str(dst)!r} already exists; pass --force to overwrite it")
+        raise UsageError(f"output {str(dst)!r} already exists; pass {param('force')} to overwrite it")
 
 
 def check_resize_memory(kernel: torch.Tensor, patch: Size2, img_size: Size2 | None) -> None:
@@ -104,8 +104,13 @@ def check_resize_memory(kernel: torch.Tensor, patch: Size2, img_size: Size2 | No
         images=0,
         in_chans=chans,
     )
-    what = f"-ps {format_size(patch)}" + (f" with --img-size {format_size(img_size)}" if img_size else "")
-    advice = {"weights": "use a smaller -ps", "position embedding": "use a smaller --img-size or a larger -ps"}
+    what = f"{param('patch')} {format_size(patch)}"
+    if img_size:
+        what += f" with {param('img_size')} {format_size(img_size)}"
+    advice = {
+        "weights": f"use a smaller {param('patch')}",
+        "position embedding": f"use a smaller {param('img_size')} or a larger {param('patch')}",
+    }
     check_memory(w, what, advice)
 
 
@@ -154,7 +159,7 @@ def _resize_pos(
         stem = key.split("patch_embed.")[0] if "patch_embed." in key else ""
         pos_key = f"{stem}pos_embed"
     if pos_key not in holder:
-        raise CheckpointError(f"position embedding {pos_key!r} not found beside {key!r}; pass --pos-key")
+        raise CheckpointError(f"position embedding {pos_key!r} not found beside {key!r}; pass {param('pos_key')}")
     grid = grid_for(img, patch, RESIZE_ADVICE)
     old = holder[pos_key]
     if not isinstance(old, torch.Tensor) or old.dim() != 3:

@@ -21,7 +21,7 @@ import torch
 
 from exporter.bundle.manifest import INPUT_NAME, OUTPUT_NAME
 from exporter.bundle.records import TensorSpec
-from exporter.core.errors import EnvironmentMissing, UsageError
+from exporter.core.errors import EnvironmentMissing, UsageError, param
 from exporter.core.files import full_disk_as_usage_error, sha256_file
 from exporter.core.sizes import Size2
 
@@ -40,11 +40,11 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise UsageError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {self.opset}")
+            raise UsageError(f"{param('opset')} must be between {MIN_OPSET} and {MAX_OPSET}, got {self.opset}")
         if self.batch != "dynamic" and (not isinstance(self.batch, int) or self.batch <= 0):
-            raise UsageError(f"--batch must be 'dynamic' or a positive integer, got {self.batch!r}")
+            raise UsageError(f"{param('batch')} must be 'dynamic' or a positive integer, got {self.batch!r}")
         if self.exporter not in EXPORTERS:
-            raise UsageError(f"--exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
+            raise UsageError(f"{param('exporter')} must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
 
     @property
     def trace_batch(self) -> int:
@@ -79,7 +79,7 @@ def export_onnx(
     start = time.perf_counter()
     example = torch.zeros(options.trace_batch, 3, *img_size)
     if dynamic_hw and options.exporter == "dynamo":
-        raise UsageError("--img-size dynamic:MIN-MAX exports with --exporter torchscript only")
+        raise UsageError(f"{param('img_range')} dynamic:MIN-MAX exports with {param('exporter')} torchscript only")
     with full_disk_as_usage_error(path), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if options.exporter == "dynamo":
@@ -111,7 +111,9 @@ def _export_dynamo(
     try:
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise EnvironmentMissing("--exporter dynamo needs the onnxscript package: pip install onnxscript") from exc
+        raise EnvironmentMissing(
+            f"{param('exporter')} dynamo needs the onnxscript package: pip install onnxscript"
+        ) from exc
     shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if options.batch == "dynamic" else None
     with contextlib.redirect_stdout(io.StringIO()):  # the dynamo exporter prints its own progress lines
         program = torch.onnx.export(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from exporter.bundle.reference import ParityInputs, judged_rows
-from exporter.core.errors import UsageError
+from exporter.core.errors import UsageError, param
 from exporter.core.precision import Precision
 from exporter.source.demo import DEMO_NAME, digits_to_pixels, digits_to_uint8, load_demo_digits
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from exporter.source.model import SourceModel
 
 CALIBRATION_IMAGES = 64  # int8: calibration images read after the ones the check uses
-NO_CALIBRATION = "--precision int8 needs calibration images: pass --calib-dir DIR"
+NO_CALIBRATION = f"{param('precision')} int8 needs calibration images: pass {param('calib_dir')} DIR"
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,8 @@ class InputPlan:
         count = len(list_images(self.calib_dir))
         if count <= self.samples:
             raise UsageError(
-                f"--calib-dir {str(self.calib_dir)!r} has {count} images; int8 needs more than --parity-samples "
+                f"{param('calib_dir')} {str(self.calib_dir)!r} has {count} images; int8 needs more than "
+                f"{param('parity_samples')} "
                 f"({self.samples}): the first {self.samples} check the int8 model, the rest "
                 f"(up to {CALIBRATION_IMAGES}) calibrate it"
             )

@@ -9,7 +9,7 @@ from exporter.build.export import ExportOptions
 from exporter.build.resize import ResizeOverride
 from exporter.build.variant import ImagePolicy
 from exporter.bundle.schema import Manifest
-from exporter.core.errors import UsageError
+from exporter.core.errors import UsageError, param
 from exporter.core.machine import cap_threads
 from exporter.core.precision import Precision
 from exporter.core.sizes import Size2, SizeRange, format_range
@@ -53,11 +53,11 @@ class BuildOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", Precision.parse(self.precision))
         if self.engines not in ENGINE_MODES:
-            raise UsageError(f"--engines must be one of {', '.join(ENGINE_MODES)}, got {self.engines!r}")
+            raise UsageError(f"{param('engines')} must be one of {', '.join(ENGINE_MODES)}, got {self.engines!r}")
         if self.engines == "required" and not self.profile:
-            raise UsageError("--engines required needs --profile NAME (see 'flexiexport profiles')")
+            raise UsageError(f"{param('engines')} required needs {param('profile')} NAME (see 'flexiexport profiles')")
         if not self.patch_sizes:
-            raise UsageError("give at least one patch size, e.g. --patch-sizes 8 16 32")
+            raise UsageError(f"give at least one patch size, e.g. {param('patch_sizes')} 8 16 32")
         unique = tuple(dict.fromkeys(self.patch_sizes))
         object.__setattr__(self, "patch_sizes", unique)
         sizes = tuple(dict.fromkeys(self.img_sizes))
@@ -65,19 +65,20 @@ class BuildOptions:
             object.__setattr__(self, "img_size", sizes[0])
         object.__setattr__(self, "img_sizes", sizes if len(sizes) > 1 else ())
         if self.img_range is not None:
-            what = f"--img-size dynamic:{format_range(self.img_range)}"
+            what = f"{param('img_range')} dynamic:{format_range(self.img_range)}"
             if self.img_sizes:
                 raise UsageError(f"{what} stands alone: give either a range or image sizes")
             if self.precision == Precision.INT8:
                 raise UsageError(
-                    f"{what} builds fp32 and fp16 ONNX (int8 is calibrated at one size: use a fixed --img-size)"
+                    f"{what} builds fp32 and fp16 ONNX "
+                    f"(int8 is calibrated at one size: use a fixed {param('img_size')})"
                 )
             if self.export.exporter != "torchscript":
-                raise UsageError(f"{what} exports with --exporter torchscript only")
+                raise UsageError(f"{what} exports with {param('exporter')} torchscript only")
         if self.parity_samples < 1:
-            raise UsageError(f"--parity-samples must be at least 1, got {self.parity_samples}")
+            raise UsageError(f"{param('parity_samples')} must be at least 1, got {self.parity_samples}")
         if not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
+            raise UsageError(f"{param('seed')} must be between 0 and {MAX_SEED}, got {self.seed}")
         object.__setattr__(self, "threads", cap_threads(self.threads))
 
 

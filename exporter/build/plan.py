@@ -12,7 +12,7 @@ from exporter.build.options import BuildOptions
 from exporter.build.variant import VariantSpec, fitted_img_size, plan_dynamic, plan_grid
 from exporter.bundle.limits import Workload, check_memory, prefix_tokens
 from exporter.bundle.manifest import check_batch
-from exporter.core.errors import EnvironmentMissing, UsageError
+from exporter.core.errors import EnvironmentMissing, UsageError, param
 from exporter.core.precision import REDUCED_PRECISIONS, Precision
 from exporter.core.sizes import format_range, format_size
 from exporter.source.load import stated_img_size, weights_path
@@ -37,7 +37,7 @@ def plan_variants(source: SourceModel, options: BuildOptions) -> list[VariantSpe
     if options.img_range is not None:
         if "distilled" in (source.model_name or ""):  # the in-graph resample knows class and register tokens only
             raise UsageError(
-                f"--img-size dynamic:{format_range(options.img_range)} does not support a distilled DeiT "
+                f"{param('img_range')} dynamic:{format_range(options.img_range)} does not support a distilled DeiT "
                 f"({source.model_name}: its distillation token); give fixed image sizes"
             )
         planned, impossible = plan_dynamic(options.patch_sizes, options.img_range, source.img_size)
@@ -98,7 +98,7 @@ def check_build_memory(source: SourceModel, specs: list[VariantSpec], options: B
         size, patch = format_size(spec.img_size), format_size(spec.patch_size)
         policy = options.img_size
         what = (
-            f"--img-size {size} with patch {patch}"
+            f"{param('img_size')} {size} with patch {patch}"
             if isinstance(policy, tuple)
             else f"patch {patch} at image size {size}"
         )
@@ -125,7 +125,7 @@ def check_engine_request(options: BuildOptions) -> Profile | None:
     if options.engines == "required":
         problem = engine_problem(profile)
         if problem:
-            raise EnvironmentMissing(f"--engines required, but {problem}")
+            raise EnvironmentMissing(f"{param('engines')} required, but {problem}")
     return profile
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.bundle.manifest import INPUT_NAME
-from exporter.core.errors import UsageError
+from exporter.core.errors import UsageError, param
 
 if TYPE_CHECKING:
     import numpy as np
@@ -206,7 +206,7 @@ def to_int8(
     calibration images exceeds ``max_input_error`` (``None``: no screen). Returns the nodes kept
     float: ``exclude``, then the screened ones."""
     if len(calibration) == 0:
-        raise UsageError("int8 needs calibration images: pass --calib-dir DIR")
+        raise UsageError(f"int8 needs calibration images: pass {param('calib_dir')} DIR")
     batch = static_batch or 8
     if static_batch:
         usable = (len(calibration) // static_batch) * static_batch

@@ -13,7 +13,7 @@ from exporter.bundle.manifest import check_batch
 from exporter.bundle.records import VariantRecord
 from exporter.bundle.reference import stored_reference
 from exporter.bundle.schema import Manifest
-from exporter.core.errors import BundleError
+from exporter.core.errors import BundleError, param
 from exporter.core.files import sha256_file
 from exporter.core.names import printable
 from exporter.core.progress import Reporter, SilentReporter, stage
@@ -38,12 +38,15 @@ def bundle_source(manifest: Manifest, weights: Path | None = None) -> SourceMode
 
     src = manifest.source
     if weights is None and not src.path:
-        raise BundleError("the bundle names no checkpoint file (it was built from hub weights): pass --weights FILE")
+        raise BundleError(
+            f"the bundle names no checkpoint file (it was built from hub weights): pass {param('weights')} FILE"
+        )
     path = resolve_weights(weights) if weights else Path(str(src.path))  # a folder: its weights file
     if not path.is_file():
-        raise BundleError(f"the bundle's source checkpoint {printable(str(path))!r} is gone; pass --weights FILE")
+        shown = printable(str(path))
+        raise BundleError(f"the bundle's source checkpoint {shown!r} is gone; pass {param('weights')} FILE")
     if weights is None and not src.sha256:
-        raise BundleError(f"the manifest records no sha256 for {printable(str(path))!r}: pass --weights FILE")
+        raise BundleError(f"the manifest records no sha256 for {printable(str(path))!r}: pass {param('weights')} FILE")
     sha = sha256_file(path)
     if src.sha256 and sha != src.sha256:
         raise BundleError(

@@ -26,7 +26,7 @@ from exporter.bundle.records import (
 )
 from exporter.bundle.schema import Manifest
 from exporter.core.assumptions import Assumption, summary
-from exporter.core.errors import UsageError
+from exporter.core.errors import UsageError, param
 from exporter.core.names import printable
 from exporter.core.sizes import format_size
 from exporter.source.demo import DEMO_NAME
@@ -97,10 +97,10 @@ def class_names(source: SourceModel, labels: Path | None) -> tuple[str, ...]:
         try:
             names = tuple(line.strip() for line in labels.read_text(encoding="utf-8").splitlines() if line.strip())
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read --labels {printable(str(labels))!r}: {exc}") from exc
+            raise UsageError(f"cannot read {param('labels')} {printable(str(labels))!r}: {exc}") from exc
         if len(names) != source.num_classes or any(len(n) > 512 for n in names):
             raise UsageError(
-                f"--labels {printable(str(labels))!r} has {len(names)} names (of at most 512 characters); "
+                f"{param('labels')} {printable(str(labels))!r} has {len(names)} names (of at most 512 characters); "
                 f"the model has {source.num_classes} classes: give one name per line"
             )
         return names
@@ -127,7 +127,7 @@ def announce_assumptions(source: SourceModel, strict: bool) -> None:
     """A warning per assumption, naming what settles it; ``--strict`` refuses any (before any variant is built)."""
 
     if strict and source.assumptions:
-        raise UsageError(f"--strict: {summary(source.assumptions)}")
+        raise UsageError(f"{param('strict')}: {summary(source.assumptions)}")
     for assumption in source.assumptions:
         log.warning("assumed %s", assumption)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from exporter.build.resize import interpolate_patch_embed, pi_resize_patch_embed, resample_pos_embed
 from exporter.bundle.limits import prefix_tokens
-from exporter.core.errors import FlexiExportError, ImageSizeError, UsageError
+from exporter.core.errors import FlexiExportError, ImageSizeError, UsageError, param
 from exporter.core.sizes import (
     Size2,
     SizeRange,
@@ -121,7 +121,7 @@ def plan_dynamic(
         )
         planned.append((patch, opt, fits))
     if not planned:
-        raise ImageSizeError(f"--img-size dynamic:{format_range(span)}: " + "; ".join(impossible))
+        raise ImageSizeError(f"{param('img_range')} dynamic:{format_range(span)}: " + "; ".join(impossible))
     return planned, impossible
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.core.errors import BundleError, UsageError
+from exporter.core.errors import BundleError, UsageError, param, word_params
 from exporter.core.machine import available_memory, gigabytes
 from exporter.core.sizes import Size2, format_size
 
@@ -39,17 +39,17 @@ POS_COPIES = 3
 
 BUILD_ADVICE = {
     "weights": "this checkpoint is too large for this machine's memory",
-    "position embedding": "use a smaller --img-size or a larger patch",
-    "attention": "use a smaller --img-size or a larger patch",
-    "activations": "use a smaller --img-size, a larger patch or a smaller --batch",
-    "input images": "use fewer --parity-samples",
+    "position embedding": f"use a smaller {param('img_size')} or a larger patch",
+    "attention": f"use a smaller {param('img_size')} or a larger patch",
+    "activations": f"use a smaller {param('img_size')}, a larger patch or a smaller {param('batch')}",
+    "input images": f"use fewer {param('parity_samples')}",
 }
 _RERUN = "the bundle asks for more than this machine has: check it on a larger machine, or rebuild it smaller"
 RERUN_ADVICE = {
     "validate": {},
-    "bench": {part: "use smaller --batch-sizes" for part in ("attention", "activations", "input images")},
-    "evaluate": {"input images": "use --limit N to evaluate fewer images"},
-    "predict": {part: "use a smaller --batch" for part in ("attention", "activations", "input images")},
+    "bench": {part: f"use smaller {param('batch_sizes')}" for part in ("attention", "activations", "input images")},
+    "evaluate": {"input images": f"use {param('limit')} N to evaluate fewer images"},
+    "predict": {part: f"use a smaller {param('batch')}" for part in ("attention", "activations", "input images")},
 }
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
@@ -159,7 +159,8 @@ def check_memory(
     chosen by the largest cause."""
     estimate = estimate_peak(w)
     free = available_memory() if available is None else available
-    log.debug("%s: estimated peak %s (%s); available %s", what, gigabytes(estimate.total), estimate, free)
+    shown = word_params(what, str)  # a log line names the library's parameters
+    log.debug("%s: estimated peak %s (%s); available %s", shown, gigabytes(estimate.total), estimate, free)
     if free is None or estimate.total <= free:
         return estimate
     part, _ = estimate.largest

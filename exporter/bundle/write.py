@@ -20,7 +20,7 @@ from pathlib import Path
 from exporter.bundle.door import Bundle
 from exporter.bundle.manifest import ARTEFACTS, walk
 from exporter.bundle.records import relative_path
-from exporter.core.errors import BundleError, Interrupted
+from exporter.core.errors import BundleError, Interrupted, param
 from exporter.core.files import current_umask, write_atomic
 from exporter.core.locks import exchange, process_alive
 from exporter.core.mounts import is_mount_point, mounts_inside
@@ -95,7 +95,7 @@ def remove_empty(folders: list[Path]) -> None:
 def check_replaceable_bundle(out: Path, force: bool, resume: bool, protect: Iterable[Path] = ()) -> None:
     """``build --out``: an empty or absent folder, or (with --force/--resume) one of our bundles
     that holds nothing the manifest does not account for."""
-    check_destination(out, "--out", protect)
+    check_destination(out, param("out"), protect)
     if not (out.is_dir() and any(out.iterdir())):
         return
     shown = printable(str(out))
@@ -103,20 +103,20 @@ def check_replaceable_bundle(out: Path, force: bool, resume: bool, protect: Iter
         existing = Bundle.open(out)
     except BundleError as exc:
         raise BundleError(
-            f"--out {shown!r} is a non-empty folder that is not a flexiexport bundle ({exc}); "
-            "refusing to replace it, choose another --out"
+            f"{param('out')} {shown!r} is a non-empty folder that is not a flexiexport bundle ({exc}); "
+            f"refusing to replace it, choose another {param('out')}"
         ) from exc
     if not (force or resume):
         raise BundleError(
-            f"a bundle already exists at {shown!r}; pass --force to replace it "
-            "or --resume to reuse its unchanged variants"
+            f"a bundle already exists at {shown!r}; pass {param('force')} to replace it "
+            f"or {param('resume')} to reuse its unchanged variants"
         )
     extra = existing.unexpected_files()
     if extra:
         listed = ", ".join(printable(e) for e in extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise BundleError(
-            f"--out {shown!r} holds files the bundle's manifest does not account for ({listed}); "
-            "refusing to replace it: move them away or choose another --out"
+            f"{param('out')} {shown!r} holds files the bundle's manifest does not account for ({listed}); "
+            f"refusing to replace it: move them away or choose another {param('out')}"
         )
 
 
@@ -124,23 +124,26 @@ def check_replaceable_repository(repo: Path, force: bool, protect: Iterable[Path
     """``triton --out``: an empty or absent folder, or (with --force) a repository we wrote whose
     files are exactly those its marker lists."""
     protect = list(protect)
-    check_destination(repo, "--out", protect, enclosing=protect)
+    check_destination(repo, param("repo"), protect, enclosing=protect)
     if not (repo.is_dir() and any(repo.iterdir())):
         return
     shown = printable(str(repo))
     if not force:
-        raise BundleError(f"--out {shown!r} is not empty; pass --force to replace a repository flexiexport wrote")
+        raise BundleError(
+            f"{param('repo')} {shown!r} is not empty; pass {param('force')} to replace a repository flexiexport wrote"
+        )
     listed = repository_files(repo)
     if listed is None:
         raise BundleError(
-            f"--out {shown!r} is not a model repository flexiexport wrote (no valid {REPOSITORY_MARKER}); "
-            "refusing to replace it, choose another --out"
+            f"{param('repo')} {shown!r} is not a model repository flexiexport wrote (no valid {REPOSITORY_MARKER}); "
+            f"refusing to replace it, choose another {param('repo')}"
         )
     present = {e.rel for e in walk(repo) if not e.is_dir}
     extra = sorted(rel for rel in present - listed - {REPOSITORY_MARKER} if not _written_while_serving(rel))
     if extra:
         raise BundleError(
-            f"--out {shown!r} holds files flexiexport did not write ({', '.join(printable(e) for e in extra[:5])}); "
+            f"{param('repo')} {shown!r} holds files flexiexport did not write "
+            f"({', '.join(printable(e) for e in extra[:5])}); "
             "refusing to replace it"
         )
 

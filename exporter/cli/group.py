@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -50,9 +51,11 @@ class FlexiGroup(click.Group):
                 raise
             fail(ctx, disk_full_text(ctx, exc), exc.exit_code)
         except FlexiExportError as exc:
+            word = flag_wording(ctx)
             if debug:
+                exc.args = (exc.worded(word),)  # the traceback ends with the message as the CLI words it
                 raise
-            lines: list[str] = getattr(exc, "lines", None) or [str(exc)]  # ImageErrors: a line per file
+            lines = exc.worded_lines(word)  # ImageErrors: a line per file
             for line in lines[:-1]:
                 click.echo(f"error: {printable(line)}", err=True)
             fail(ctx, lines[-1], exc.exit_code)
@@ -66,6 +69,45 @@ class FlexiGroup(click.Group):
             if isinstance(exc, OSError) and exc.filename and exc.errno in PATH_ERRNOS:
                 fail(ctx, f"cannot use {str(exc.filename)!r}: {exc.strerror}", 2)  # a path the user gave
             fail(ctx, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+
+
+# How an error's library parameters are worded as flags (exporter.core.errors): by the Click
+# option of that name (its first flag), except where these tables say otherwise.
+# Parameters no command has an option of that name for (the library names them otherwise):
+FLAGS = {
+    "labels": "--labels",  # BuildOptions.labels; the option's name is labels_file
+    "img_range": "--img-size",  # BuildOptions.img_range, from --img-size dynamic:MIN-MAX
+    "min_runs": "--runs",  # BenchOptions.min_runs
+    "explicit": "--tritonserver",  # find_tritonserver(explicit); the option's name is binary
+}
+# A command whose messages word an option by another of its flags: resize keeps the seed
+# converter's short ones.
+COMMAND_FLAGS = {
+    "resize": {"patch": "-ps", "dst": "-o"},
+}
+
+
+def flag_wording(ctx: click.Context) -> Callable[[str], str]:
+    """How the running command words a library parameter named in an error: as the flag
+    ``COMMAND_FLAGS`` gives it, else its own option's, else the flag in ``FLAGS``, else another
+    command's (advice such as "build it with --calib-dir" that ``engine`` gives), else as the
+    name itself."""
+    group = ctx.command
+    name = ctx.invoked_subcommand or ""
+    flags: dict[str, str] = {}
+    if isinstance(group, click.Group):
+        for command in group.commands.values():
+            flags |= option_flags(command)
+        flags |= FLAGS
+        if name in group.commands:
+            flags |= option_flags(group.commands[name])
+    flags |= COMMAND_FLAGS.get(name, {})
+    return lambda param: flags.get(param, param)
+
+
+def option_flags(command: click.Command) -> dict[str, str]:
+    """Each of ``command``'s options by its parameter name: its first flag."""
+    return {p.name: p.opts[0] for p in command.params if isinstance(p, click.Option) and p.name}
 
 
 # An OSError about a path a command was given (too long, a loop of links, not a folder, no

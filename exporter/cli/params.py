@@ -88,7 +88,7 @@ def parse_img_sizes(value: str) -> tuple[str | Size2 | SizeRange, tuple[Size2, .
         try:
             return parse_img_range(parts[0]), ()
         except FlexiExportError as exc:
-            raise click.BadParameter(str(exc).removeprefix("--img-size ")) from exc
+            raise click.BadParameter(str(exc).removeprefix("img_size ")) from exc  # the option names itself
     if len(parts) <= 1:
         return parse_img_size(value.strip(",")), ()
     sizes = [parse_img_size(p) for p in parts]

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from exporter.core.errors import BundleError
+from exporter.core.errors import BundleError, param
 from exporter.core.names import printable
 
 try:
@@ -58,11 +58,11 @@ def _pid_in(fd: int) -> int | None:
 
 
 @contextmanager
-def destination_lock(out: Path, what: str = "--out", required: bool = True) -> Iterator[None]:
+def destination_lock(out: Path, what: str = param("out"), required: bool = True) -> Iterator[None]:
     """Hold ``out``'s lock while the block runs; ``BundleError`` naming the holder's PID when
-    another process holds it. The parent folder is created if needed (the lock lives there).
-    ``required=False``: where the parent cannot be written (a bundle mounted on its own into a
-    container), run unlocked rather than refuse."""
+    another process holds it (``what``: how its messages name ``out``). The parent folder is
+    created if needed (the lock lives there). ``required=False``: where the parent cannot be
+    written (a bundle mounted on its own into a container), run unlocked rather than refuse."""
     if fcntl is None:
         yield
         return

@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-from exporter.core.errors import UsageError
+from exporter.core.errors import UsageError, param
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,16 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cap_threads(threads: int | None, option: str = "--threads") -> int | None:
+def cap_threads(threads: int | None) -> int | None:
     """``threads`` limited to the available cores (more only oversubscribes, and asking
     onnxruntime or OpenMP for 100000 threads crashes the process); below 1 is a usage error."""
     if threads is None:
         return None
     if threads < 1:
-        raise UsageError(f"{option} must be at least 1, got {threads}")
+        raise UsageError(f"{param('threads')} must be at least 1, got {threads}")
     cores = available_cores()
     if threads > cores:
-        log.warning("%s %d is more than the %d cores available; using %d", option, threads, cores, cores)
+        log.warning("--threads %d is more than the %d cores available; using %d", threads, cores, cores)
         return cores
     return threads
 

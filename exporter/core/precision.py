@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from exporter.core.errors import UsageError
+from exporter.core.errors import UsageError, param
 
 
 class Precision(str, Enum):
@@ -20,11 +20,11 @@ class Precision(str, Enum):
         return self.value
 
     @classmethod
-    def parse(cls, value: object, what: str = "--precision") -> Precision:
+    def parse(cls, value: object) -> Precision:
         try:
             return cls(str(value))
         except ValueError:
-            raise UsageError(f"{what} must be one of {', '.join(PRECISIONS)}, got {value!r}") from None
+            raise UsageError(f"{param('precision')} must be one of {', '.join(PRECISIONS)}, got {value!r}") from None
 
     @property
     def reduced(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Union
 
-from exporter.core.errors import ImageSizeError, PatchSizeError
+from exporter.core.errors import ImageSizeError, PatchSizeError, param
 
 Size2 = tuple[int, int]
 SizeLike = Union[int, str, Iterable[int]]
@@ -71,7 +71,7 @@ def check_patch_fits(patch_size: Size2, img_size: Size2) -> None:
         )
 
 
-BUILD_ADVICE = "use --img-size N or --img-size auto"
+BUILD_ADVICE = f"use {param('img_size')} N or {param('img_size')} auto"
 
 
 def grid_for(img_size: Size2, patch_size: Size2, advice: str = BUILD_ADVICE) -> Size2:
@@ -123,16 +123,17 @@ def parse_img_range(text: str) -> SizeRange:
     parts = body.split("-")
     if len(parts) != 2:
         raise ImageSizeError(
-            f"--img-size dynamic takes MIN-MAX (e.g. dynamic:160-320 or dynamic:32x48-128x160), got {text!r}"
+            f"{param('img_size')} dynamic takes MIN-MAX (e.g. dynamic:160-320 or dynamic:32x48-128x160), got {text!r}"
         )
     try:
         low, high = to_size2(parts[0], "image size"), to_size2(parts[1], "image size")
     except PatchSizeError:
         raise ImageSizeError(
-            f"--img-size dynamic takes MIN-MAX with positive sizes N or HxW (e.g. dynamic:160-320), got {text!r}"
+            f"{param('img_size')} dynamic takes MIN-MAX with positive sizes N or HxW (e.g. dynamic:160-320), "
+            f"got {text!r}"
         ) from None
     if low[0] > high[0] or low[1] > high[1]:
-        raise ImageSizeError(f"--img-size {text}: the smallest size must not exceed the largest")
+        raise ImageSizeError(f"{param('img_size')} {text}: the smallest size must not exceed the largest")
     return low, high
 
 

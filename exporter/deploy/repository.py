@@ -30,7 +30,7 @@ from exporter.bundle.engines import BuiltEngines
 from exporter.bundle.manifest import MANIFEST
 from exporter.bundle.records import OnnxEntry, ReducedEntry, VariantRecord
 from exporter.bundle.write import write_repository_marker
-from exporter.core.errors import BundleError, UsageError
+from exporter.core.errors import BundleError, UsageError, param
 from exporter.core.files import write_atomic
 from exporter.core.names import check_name
 from exporter.core.precision import Precision
@@ -156,8 +156,8 @@ def onnx_for(record: VariantRecord, precision: Precision) -> OnnxEntry | Reduced
         passed = record.reduced.status == "passed"
     else:
         raise BundleError(
-            f"the bundle has no {precision} ONNX for {record.label}: build it with --precision {precision}, "
-            "or pick --precision fp32"
+            f"the bundle has no {precision} ONNX for {record.label}: build it with {param('precision')} {precision}, "
+            f"or pick {param('precision')} fp32"
         )
     if failures or record.parity.error or not passed:
         why = "; ".join(failures) or record.parity.error or "not recorded as passed"
@@ -179,7 +179,7 @@ def write_repository(
     repository from a folder that is not. ``runtime_backend`` and ``dynamic_batching`` are for
     ``backend="python"``."""
     if backend not in BACKENDS:
-        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise UsageError(f"{param('backend')} must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "python":
         names = write_python_models(opened, repo, max_batch, precision, runtime_backend, dynamic_batching)
     else:
@@ -211,7 +211,7 @@ def write_native_models(opened: Bundle, repo: Path, backend: str, max_batch: int
             if not engines:
                 raise BundleError(
                     f"the bundle has no built TensorRT engine for {record.label}; build them on the "
-                    "target with 'flexiexport engine BUNDLE --profile P', or use --backend onnx"
+                    f"target with 'flexiexport engine BUNDLE --profile P', or use {param('backend')} onnx"
                 )
             cc_files = {cc: f"model_sm{cc.replace('.', '')}.plan" for cc in engines}
             for cc, path in engines.items():

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import exporter
-from exporter.core.errors import EnvironmentMissing, UsageError
+from exporter.core.errors import EnvironmentMissing, UsageError, param
 from exporter.core.locks import process_alive
 from exporter.core.names import printable
 
@@ -89,7 +89,7 @@ def wheel_install(binary: Path) -> ServerInstall:
 
 
 PYTHON_BACKEND = ("libtriton_python.so", "triton_python_backend_utils.py")  # what the backend cannot run without
-REINSTALL = "pip install --force-reinstall nvidia-pytriton (it ships one), or pass --tritonserver PATH"
+REINSTALL = f"pip install --force-reinstall nvidia-pytriton (it ships one), or pass {param('explicit')} PATH"
 
 
 def python_backend_files(binary: Path, folder: Path) -> tuple[tuple[str, Path], ...]:
@@ -130,7 +130,7 @@ def find_tritonserver(explicit: Path | None = None) -> ServerInstall:
     """The server to run: ``explicit``, else nvidia-pytriton's, else ``tritonserver`` on PATH."""
     if explicit is not None:
         if not explicit.is_file() or not os.access(explicit, os.X_OK):
-            raise UsageError(f"--tritonserver {printable(str(explicit))!r} is not an executable file")
+            raise UsageError(f"{param('explicit')} {printable(str(explicit))!r} is not an executable file")
         return wheel_install(explicit)
     root = pytriton_root()
     if root is not None and (root / "tritonserver" / "bin" / "tritonserver").is_file():
@@ -140,7 +140,7 @@ def find_tritonserver(explicit: Path | None = None) -> ServerInstall:
         return wheel_install(Path(found))
     raise EnvironmentMissing(
         "no tritonserver found: pip install nvidia-pytriton (it ships one), put tritonserver on PATH, "
-        "or pass --tritonserver PATH"
+        f"or pass {param('explicit')} PATH"
     )
 
 

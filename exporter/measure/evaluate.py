@@ -23,7 +23,7 @@ from exporter.bundle.door import Bundle
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import Preprocessing
 from exporter.bundle.records import ReducedEntry
-from exporter.core.errors import EnvironmentMissing, ImageErrors, UsageError
+from exporter.core.errors import EnvironmentMissing, ImageErrors, UsageError, param
 from exporter.core.names import printable
 from exporter.core.sizes import Size2
 from exporter.parity.compare import run_batched
@@ -82,19 +82,19 @@ def image_folder(
     """An ImageFolder tree; ``limit`` keeps that many images, spread over the classes. Each class
     folder is matched to the model's class (``class_indices``: by label, index or WordNet id)."""
     if not root.is_dir():
-        raise UsageError(f"--data {str(root)!r} is not a folder (expected one sub-folder per class)")
+        raise UsageError(f"{param('data')} {str(root)!r} is not a folder (expected one sub-folder per class)")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not folders:
-        raise UsageError(f"--data {str(root)!r} has no class sub-folders")
+        raise UsageError(f"{param('data')} {str(root)!r} has no class sub-folders")
     index, how = class_indices(folders, names or [], classes, root)
     files = [(f, index[c]) for c in folders for f in image_files(root / c)]
     if not files:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
     if limit:
         files = files[:: max(1, len(files) // limit)][:limit]
-    readable, skipped = readable_images([f for f, _ in files])
+    readable, unreadable = readable_images([f for f, _ in files])
     if not readable:
-        raise ImageErrors(skipped)
+        raise ImageErrors([f"{param('data')}: {why}" for why in unreadable])
     kept = set(readable)
     files = [(f, i) for f, i in files if f in kept]
     labels = np.asarray([i for _, i in files])
@@ -102,7 +102,7 @@ def image_folder(
         f"{root} ({len(folders)} classes, {how})",
         labels,
         lambda size: np.stack([preprocess(f, size, pre) for f, _ in files]),
-        tuple(skipped),
+        tuple(f"--data: {why}" for why in unreadable),  # eval.json's words for them
     )
 
 
@@ -136,7 +136,7 @@ def class_indices(folders: list[str], names: list[str], classes: int, root: Path
     shown = ", ".join(printable(f) for f in unmatched[:8]) + more
     labels = ", ".join(printable(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
     raise UsageError(
-        f"--data {printable(str(root))!r}: the class folders {shown} match no class of the model "
+        f"{param('data')} {printable(str(root))!r}: the class folders {shown} match no class of the model "
         f"(its classes: {labels}; or an index 0..{classes - 1}); rename or remove them"
     )
 
@@ -149,7 +149,9 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]
 
 def check_labels(dataset: Dataset, source: SourceModel) -> None:
     if dataset.labels.max(initial=0) >= source.num_classes:
-        raise UsageError(f"--data has {int(dataset.labels.max()) + 1} classes but the model has {source.num_classes}")
+        raise UsageError(
+            f"{param('data')} has {int(dataset.labels.max()) + 1} classes but the model has {source.num_classes}"
+        )
 
 
 def allowed_drop(reduced: ReducedEntry) -> float | None:
@@ -188,14 +190,14 @@ def evaluate_bundle(
     for name in backends:
         problem = backend_problem(name)
         if problem:
-            raise EnvironmentMissing(f"--backends {name}: {problem}")
+            raise EnvironmentMissing(f"{param('backends')} {name}: {problem}")
 
     say = progress or (lambda text: None)
     manifest = opened.manifest
     source = bundle_source(manifest, weights)
     if data is None and source.name != DEMO_NAME:
         raise UsageError(
-            f"pass --data DIR (an ImageFolder tree) or --data {DEMO_DIGITS}; only the demo bundle "
+            f"pass {param('data')} DIR (an ImageFolder tree) or {param('data')} {DEMO_DIGITS}; only the demo bundle "
             "has built-in evaluation data"
         )
     use_digits = data is None or str(data) == DEMO_DIGITS

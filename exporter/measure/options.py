@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from exporter.core.backends import BENCH_BACKENDS as BACKENDS
-from exporter.core.errors import UsageError
+from exporter.core.errors import UsageError, param
 from exporter.core.machine import available_cores, cap_threads
 
 MAX_RUNS, MAX_WARMUP, MAX_SECONDS = 100_000, 10_000, 3600.0  # per case: a limit, not a measurement
@@ -26,18 +26,18 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise UsageError(f"--batch-sizes must be positive integers, got {list(self.batch_sizes)}")
+            raise UsageError(f"{param('batch_sizes')} must be positive integers, got {list(self.batch_sizes)}")
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:
             raise UsageError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
         object.__setattr__(self, "threads", cap_threads(self.threads))
         if not 1 <= self.min_runs <= MAX_RUNS:
-            raise UsageError(f"--runs must be 1 to {MAX_RUNS:,}, got {self.min_runs}")
+            raise UsageError(f"{param('min_runs')} must be 1 to {MAX_RUNS:,}, got {self.min_runs}")
         if not 0 <= self.warmup <= MAX_WARMUP:
-            raise UsageError(f"--warmup must be 0 to {MAX_WARMUP:,}, got {self.warmup}")
+            raise UsageError(f"{param('warmup')} must be 0 to {MAX_WARMUP:,}, got {self.warmup}")
         if not 0 <= self.min_seconds <= MAX_SECONDS:  # false for NaN too; inf would time one case forever
             raise UsageError(
-                f"--min-seconds must be a number of seconds from 0 to {MAX_SECONDS:g}, got {self.min_seconds}"
+                f"{param('min_seconds')} must be a number of seconds from 0 to {MAX_SECONDS:g}, got {self.min_seconds}"
             )
 
     @property

@@ -17,7 +17,7 @@ from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.manifest import check_batch
 from exporter.bundle.records import VariantRecord
 from exporter.bundle.reference import judged_rows, stored_reference
-from exporter.core.errors import BundleError, EnvironmentMissing
+from exporter.core.errors import BundleError, EnvironmentMissing, param
 from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.core.sizes import format_size
 from exporter.parity.compare import Comparison, Recheck, check_parity
@@ -89,7 +89,7 @@ def check_bundle(
     for backend in backends:
         problem = backend_problem(backend)
         if problem:
-            raise EnvironmentMissing(f"--backends {backend}: {problem}")
+            raise EnvironmentMissing(f"{param('backends')} {backend}: {problem}")
     reporter = reporter or SilentReporter()
     opened = Bundle.open(bundle)
     check_bundle_memory(opened.manifest, opened.root, "validate")

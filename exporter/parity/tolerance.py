@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from exporter.core.errors import UsageError
+from exporter.core.errors import UsageError, param
 from exporter.core.precision import Precision
 
 
@@ -26,7 +26,8 @@ class Tolerance:
         numbers = [self.atol, self.rtol, self.min_cosine, self.min_top1, self.p99_of_range, self.max_accuracy_drop]
         if not all(math.isfinite(x) for x in numbers if x is not None):  # NaN or inf would judge nothing
             raise UsageError(
-                f"tolerances (--atol, --rtol) must be finite numbers, got atol {self.atol}, rtol {self.rtol}"
+                f"tolerances ({param('atol')}, {param('rtol')}) must be finite numbers, "
+                f"got atol {self.atol}, rtol {self.rtol}"
             )
         if (self.atol is not None and self.atol < 0) or self.rtol < 0:
             raise UsageError(f"tolerances must be >= 0, got atol={self.atol}, rtol={self.rtol}")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from exporter.bundle.manifest import walk
-from exporter.core.errors import ImageErrors, UsageError
+from exporter.core.errors import ImageErrors, UsageError, param
 from exporter.core.sizes import Size2
 from exporter.runtime.decode import read_image, regular_file
 from exporter.runtime.preprocess import Preprocess
@@ -75,19 +75,19 @@ def check_images(folder: Path, limit: int) -> None:
                 )
             read_image(path)
         except UsageError as exc:
-            problems.append(f"--calib-dir: {exc}")
+            problems.append(f"{param('calib_dir')}: {exc}")
     if problems:
         raise ImageErrors(problems)
 
 
 def readable_images(files: list[Path]) -> tuple[list[Path], list[str]]:
-    """``files`` split into those that decode and why each of the others does not (``--data: ...``)."""
+    """``files`` split into those that decode and why each of the others does not."""
     good, problems = [], []
     for path in files:
         try:
             read_image(path)
         except UsageError as exc:
-            problems.append(f"--data: {exc}")
+            problems.append(str(exc))
             continue
         good.append(path)
     return good, problems

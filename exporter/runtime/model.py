@@ -26,7 +26,7 @@ import numpy as np
 from exporter.bundle.door import Bundle as _Door
 from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.records import VariantRecord
-from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable, UsageError
+from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable, UsageError, param, word_params
 from exporter.core.names import printable
 from exporter.core.precision import PRECISIONS
 from exporter.core.sizes import to_size2
@@ -187,7 +187,8 @@ class Bundle:
                 continue  # never chosen silently: it trades fp32 parity for speed
             problem = backend_problem(name) or self._file_problem(name, precision)
             if not problem:
-                log.info("backend auto: %s (skipped: %s)", name, "; ".join(f"{k}: {v}" for k, v in reasons.items()))
+                skipped = "; ".join(f"{k}: {word_params(v, str)}" for k, v in reasons.items())  # a log line: no marks
+                log.info("backend auto: %s (skipped: %s)", name, skipped)
                 return name
             reasons[name] = problem
         said = "no backend can run this bundle here: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
@@ -198,11 +199,13 @@ class Bundle:
     def _file_problem(self, backend: str, precision: str) -> str | None:
         if backend == "tensorrt":
             return None if self._engines() else "the bundle has no built engine for this GPU"
-        if precision != "fp32" and not all(
-            v.reduced and v.reduced.precision == precision for v in self.manifest.variants
-        ):
-            has = sorted({"fp32", *(v.reduced.precision for v in self.manifest.variants if v.reduced)})
-            return f"build with --precision {precision}: the bundle has no {precision} ONNX (it has {', '.join(has)})"
+        variants = self.manifest.variants
+        if precision != "fp32" and not all(v.reduced and v.reduced.precision == precision for v in variants):
+            has = sorted({"fp32", *(v.reduced.precision for v in variants if v.reduced)})
+            return (
+                f"build with {param('precision')} {precision}: "
+                f"the bundle has no {precision} ONNX (it has {', '.join(has)})"
+            )
         return None
 
     def _engines(self) -> bool:

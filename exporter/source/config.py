@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from exporter.core.errors import CheckpointError, UsageError
+from exporter.core.errors import CheckpointError, UsageError, param
 from exporter.core.numbers import is_finite_number
 from exporter.core.sizes import Size2, format_size, to_size2
 
@@ -170,11 +170,11 @@ def resolve_weights(path: Path) -> Path:
             return path / name
     if any((path / f"{name}.index.json").is_file() for name in WEIGHT_FILES):
         raise CheckpointError(
-            f"--weights {str(path)!r} holds a sharded checkpoint (*.index.json); merge it into one "
+            f"{param('weights')} {str(path)!r} holds a sharded checkpoint (*.index.json); merge it into one "
             f"{' or '.join(WEIGHT_FILES)} first"
         )
     raise CheckpointError(
-        f"--weights {str(path)!r} is a folder without {' or '.join(WEIGHT_FILES)} (the timm and transformers "
+        f"{param('weights')} {str(path)!r} is a folder without {' or '.join(WEIGHT_FILES)} (the timm and transformers "
         "layout: config.json beside them); give the weights file instead"
     )
 

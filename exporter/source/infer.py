@@ -12,7 +12,7 @@ import torch
 
 from exporter.bundle.limits import prefix_tokens
 from exporter.core.assumptions import Assumption
-from exporter.core.errors import CheckpointError, UsageError
+from exporter.core.errors import CheckpointError, UsageError, param
 from exporter.source.config import first_line as _first_line
 from exporter.source.config import (
     timm_model_args,
@@ -34,7 +34,7 @@ def infer_vit_args(
         sample = ", ".join(sorted(sd)[:6])
         raise CheckpointError(
             f"checkpoint has no patch embedding: expected key {KERNEL_KEY!r} "
-            f"(found {len(sd)} keys such as {sample}); build reads timm ViT state dicts: pass --weights the "
+            f"(found {len(sd)} keys such as {sample}); build reads timm ViT state dicts: pass {param('weights')} the "
             "folder that holds the checkpoint with its config.json, or PI-resize a kernel stored under another "
             "key with 'flexiexport resize -n KEY'"
         )
@@ -170,7 +170,8 @@ def _meta_problem(exc: Exception, model_name: str | None, args: Mapping[str, Any
         width = int(args["embed_dim"])
         return (
             f"{where}timm {arch}'s default head count does not divide model_args.embed_dim {width}; "
-            f"set model_args.num_heads or pass --num-heads (valid head counts: {', '.join(map(str, divisors(width)))})"
+            f"set model_args.num_heads or pass {param('num_heads')} "
+            f"(valid head counts: {', '.join(map(str, divisors(width)))})"
         )
     return f"{where}model_args do not build a timm {arch}: {_first_line(exc)}"
 
@@ -181,15 +182,15 @@ def check_config_fits(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any],
     kernel = sd[KERNEL_KEY]
     width, in_chans = int(kernel.shape[0]), int(kernel.shape[1])
     if num_heads is not None:
-        check_heads(num_heads, width, "--num-heads")
+        check_heads(num_heads, width, param("num_heads"))
     args = timm_model_args(config)
     where = config_where(config)
     stated = args.get("num_heads")
     if num_heads is not None and stated is not None and stated != num_heads:
         raise UsageError(
-            f"--num-heads {num_heads} disagrees with {where}, which states {stated} heads "
+            f"{param('num_heads')} {num_heads} disagrees with {where}, which states {stated} heads "
             f"({'num_attention_heads' if 'transformers' in config else 'model_args.num_heads'}): "
-            "drop --num-heads, or correct the config"
+            f"drop {param('num_heads')}, or correct the config"
         )
     try:
         if num_heads is None and "num_heads" in args:

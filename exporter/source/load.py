@@ -18,7 +18,7 @@ import torch
 
 from exporter.bundle.manifest import Preprocessing
 from exporter.core.assumptions import Assumption
-from exporter.core.errors import CheckpointError, UsageError
+from exporter.core.errors import CheckpointError, UsageError, param
 from exporter.core.files import sha256_file
 from exporter.core.names import printable, slug
 from exporter.core.sizes import Size2, format_size, to_size2
@@ -139,7 +139,7 @@ def load_source(spec: SourceSpec) -> SourceModel:
         sd = _download_pretrained(str(model_name))
         origin = Origin("pretrained", file_format="timm hub", container=f"timm {model_name} pretrained=True")
     else:
-        raise UsageError(f"--model {model_name} needs --weights FILE or --pretrained")
+        raise UsageError(f"{param('model_name')} {model_name} needs {param('weights')} FILE or {param('pretrained')}")
     return _describe(sd, source_name(spec, announce=False), model_name, config, origin, spec.num_heads)
 
 
@@ -155,8 +155,8 @@ def _from_transformers(
     sd, config, notes = hf.to_timm(sd, config)
     if spec.model_name and spec.model_name != config["architecture"]:
         raise UsageError(
-            f"--model {spec.model_name}: {lay.path} is a transformers {lay.architecture}, whose config "
-            "decides the architecture; drop --model"
+            f"{param('model_name')} {spec.model_name}: {lay.path} is a transformers {lay.architecture}, whose config "
+            f"decides the architecture; drop {param('model_name')}"
         )
     container = f"{origin.container}, transformers {lay.architecture} mapped to timm"
     return sd, config, config["architecture"], replace(origin, container=container, notes=notes)
@@ -233,7 +233,7 @@ def _class_names(config: Mapping[str, Any], num_classes: int) -> tuple[str, ...]
         key = "label_names" if config.get("label_names") else "pretrained_cfg.label_names"
         raise CheckpointError(
             f"{config_where(config)}: {key} has {len(names)} names but the weights have {num_classes} classes; "
-            f"give one name per class (or drop {key} and pass --labels FILE)"
+            f"give one name per class (or drop {key} and pass {param('labels')} FILE)"
         )
     return names
 

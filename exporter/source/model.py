@@ -12,7 +12,7 @@ import torch
 
 from exporter.bundle.manifest import Preprocessing
 from exporter.core.assumptions import Assumption
-from exporter.core.errors import CheckpointError, UsageError
+from exporter.core.errors import CheckpointError, UsageError, param
 from exporter.core.sizes import Size2
 from exporter.source.resampling import ResizeMethod, default_pos_resize
 
@@ -91,11 +91,11 @@ class SourceSpec:
 
     def __post_init__(self) -> None:
         if self.pretrained and not self.model_name:
-            raise UsageError("--pretrained needs --model NAME (a timm model name)")
+            raise UsageError(f"{param('pretrained')} needs {param('model_name')} NAME (a timm model name)")
         if self.pretrained and self.weights:
-            raise UsageError("use either --pretrained or --weights, not both")
+            raise UsageError(f"use either {param('pretrained')} or {param('weights')}, not both")
         if self.num_heads is not None and self.num_heads <= 0:
-            raise UsageError(f"--num-heads must be a positive integer, got {self.num_heads}")
+            raise UsageError(f"{param('num_heads')} must be a positive integer, got {self.num_heads}")
 
 
 def check_float(key: str, tensor: torch.Tensor) -> None:

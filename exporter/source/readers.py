@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from exporter.core.errors import CheckpointError, EnvironmentMissing, UsageError
+from exporter.core.errors import CheckpointError, EnvironmentMissing, UsageError, param
 from exporter.core.machine import available_memory, gigabytes
 from exporter.core.sizes import Size2
 from exporter.source.config import first_line as _first_line
@@ -50,7 +50,7 @@ def read_torch_file(path: Path, trust: bool = False) -> Any:
         if not trust and "GLOBAL" in str(exc):
             raise CheckpointError(
                 f"{path} needs pickled Python code to load (not plain weights); "
-                "if you trust its source, pass --trust-checkpoint"
+                f"if you trust its source, pass {param('trust_checkpoint')}"
             ) from exc
         raise CheckpointError(f"cannot read {path}: not a valid checkpoint ({_first_line(exc)})") from exc
     except Exception as exc:
@@ -205,7 +205,9 @@ def _read_npz(path: Path, model_name: str | None, model_args: Mapping[str, Any])
     resamples nothing: FlexiViT's 32x32 kernel and 7x7 grid reach our PI-resize untouched.
     """
     if not model_name:
-        raise UsageError(f"{path.name} is a big_vision .npz checkpoint: pass --model NAME (e.g. flexivit_base)")
+        raise UsageError(
+            f"{path.name} is a big_vision .npz checkpoint: pass {param('model_name')} NAME (e.g. flexivit_base)"
+        )
     _check_model_name(model_name)
     kernel, grid, _ = _npz_layout(path)
     args = {**model_args, "patch_size": kernel, "img_size": (grid[0] * kernel[0], grid[1] * kernel[1])}
@@ -255,6 +257,6 @@ def _download_pretrained(model_name: str) -> dict[str, torch.Tensor]:
     except Exception as exc:
         raise EnvironmentMissing(
             f"cannot get pretrained weights for {model_name!r}: no network access to the model hub "
-            f"and no local cache ({_first_line(exc)}); pass --weights FILE instead"
+            f"and no local cache ({_first_line(exc)}); pass {param('weights')} FILE instead"
         ) from exc
     return {k: v.detach() for k, v in model.state_dict().items()}

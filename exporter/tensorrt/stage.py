@@ -26,7 +26,7 @@ from exporter.bundle.reference import judged_rows, stored_reference
 from exporter.bundle.report import render_report
 from exporter.bundle.schema import Manifest
 from exporter.bundle.write import swap_into_place
-from exporter.core.errors import BundleError, EnvironmentMissing
+from exporter.core.errors import BundleError, EnvironmentMissing, param
 from exporter.core.files import sha256_file, write_atomic
 from exporter.core.locks import destination_lock
 from exporter.core.names import check_name, printable
@@ -248,7 +248,7 @@ def _add_engines(bundle: Path, profile_name: str, reporter: Reporter) -> EngineS
         if path.is_file():
             raise EnvironmentMissing(f"{problem}; with trtexec only, run {shlex.quote(str(path))}")
         raise EnvironmentMissing(
-            f"{problem}; with trtexec only, rebuild the bundle with --profile {profile.name} "
+            f"{problem}; with trtexec only, rebuild the bundle with {param('profile')} {profile.name} "
             "(it writes engines/build_<profile>.sh for the device; this bundle was built without that profile)"
         )
     times: dict[str, float] = {}

@@ -20,7 +20,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from exporter.core.errors import EnvironmentMissing, UsageError
+from exporter.core.errors import EnvironmentMissing, UsageError, param
 from exporter.core.precision import REDUCED_PRECISIONS, Precision
 from exporter.tensorrt.library import TENSORRT, TENSORRT_RTX, Library, import_library
 from exporter.tensorrt.profile import HARDWARE_MIN_CC, Profile, parse_version, version_in_range
@@ -195,8 +195,8 @@ def check_precision(
     if precision in QUANTISED:
         raise UsageError(
             f"precision {precision} needs the bundle's {precision} (Q/DQ) ONNX, but it has {has} only: "
-            f"build it with --precision {precision} --calib-dir DIR (TensorRT's {precision} flag on a float "
-            "ONNX has no calibration)"
+            f"build it with {param('precision')} {precision} {param('calib_dir')} DIR "
+            f"(TensorRT's {precision} flag on a float ONNX has no calibration)"
         )
     raise UsageError(
         f"{library.name} {trt_version} builds strongly typed networks: precision {precision} needs an "
@@ -232,7 +232,7 @@ def engine_shapes(
     if profile.dla_core >= 0:
         raise UsageError(
             f"profile {profile.name!r} runs on DLA core {profile.dla_core}, which needs fixed input shapes: "
-            "build the bundle with a fixed --img-size for it"
+            f"build the bundle with a fixed {param('img_size')} for it"
         )
     (low, high), (n_min, n_opt, n_max) = img_range, batches
     return EngineShapes((n_min, 3, *low), (n_opt, 3, *img_size), (n_max, 3, *high))

@@ -31,7 +31,7 @@ def test_grid_and_divisibility_error_suggests_sizes():
         grid_for((240, 240), (32, 32))
     message = str(info.value)
     assert "patch sizes that fit 240" in message and "16, 20, 24, 30" in message
-    assert "224 or 256" in message and "--img-size auto" in message
+    assert "224 or 256" in message and "img_size auto" in message
 
 
 def test_patch_larger_than_image():

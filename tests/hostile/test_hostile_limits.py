@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from exporter.bundle.limits import Workload, check_memory, estimate_peak
-from exporter.core.errors import UsageError
+from exporter.core.errors import UsageError, param
 from exporter.core.machine import available_cores
 from exporter.parity.compare import compare_outputs
 from exporter.parity.tolerance import Tolerance
@@ -99,11 +99,12 @@ def replace_params(w: Workload, params: int) -> Workload:
 
 def test_refusal_names_the_estimate_the_memory_and_the_way_out():
     with pytest.raises(UsageError) as info:
-        check_memory(demo_workload(img_size=(100000, 100000)), "--img-size 100000 with patch 8", available=21 * 10**9)
+        what = f"{param('img_size')} 100000 with patch 8"
+        check_memory(demo_workload(img_size=(100000, 100000)), what, available=21 * 10**9)
     text = str(info.value)
-    assert text.startswith("--img-size 100000 with patch 8 needs about ")
+    assert text.startswith("img_size 100000 with patch 8 needs about ")
     assert "GB (attention over 156,250,001 tokens" in text and "this machine has 21 GB available" in text
-    assert text.endswith("use a smaller --img-size or a larger patch")
+    assert text.endswith("use a smaller img_size or a larger patch")
 
 
 def test_huge_img_size_is_refused_before_any_allocation(demo_build, tmp_path):
@@ -205,7 +206,7 @@ def test_bench_threads_are_clamped_and_below_one_refused():
     from exporter.measure.options import BenchOptions
 
     assert BenchOptions(threads=100000).thread_count == available_cores()
-    with pytest.raises(UsageError, match="--threads must be at least 1, got 0"):
+    with pytest.raises(UsageError, match="^threads must be at least 1, got 0"):
         BenchOptions(threads=0)
 
 

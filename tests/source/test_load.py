@@ -82,7 +82,7 @@ def test_safetensors(tmp_path):
 
 def test_pickled_code_needs_trust(tmp_path):
     torch.save({"state_dict": tiny_model().state_dict(), "args": argparse.Namespace(lr=1)}, tmp_path / "p.pt")
-    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+    with pytest.raises(CheckpointError, match="pass trust_checkpoint"):
         load_source(SourceSpec(weights=tmp_path / "p.pt"))
     assert load_source(SourceSpec(weights=tmp_path / "p.pt", trust_checkpoint=True, num_heads=2)).depth == 2
 
@@ -157,16 +157,16 @@ def test_pretrained_without_network_is_an_environment_error(monkeypatch):
 
     # The hub reads HF_HUB_OFFLINE at import; setting the constant is what the variable does.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(EnvironmentMissing, match="no network access.*--weights FILE"):
+    with pytest.raises(EnvironmentMissing, match="no network access.*pass weights FILE"):
         load_source(SourceSpec(model_name="vit_tiny_patch16_224", pretrained=True))
 
 
 def test_spec_refusals():
-    with pytest.raises(UsageError, match="--pretrained needs --model"):
+    with pytest.raises(UsageError, match="pretrained needs model_name NAME"):
         SourceSpec(pretrained=True)
-    with pytest.raises(UsageError, match="either --pretrained or --weights"):
+    with pytest.raises(UsageError, match="either pretrained or weights"):
         SourceSpec(weights=Path("w.pt"), model_name="vit_tiny_patch16_224", pretrained=True)
-    with pytest.raises(UsageError, match="needs --weights FILE or --pretrained"):
+    with pytest.raises(UsageError, match="model_name vit_tiny_patch16_224 needs weights FILE or pretrained"):
         load_source(SourceSpec(model_name="vit_tiny_patch16_224"))
 
 
@@ -212,7 +212,7 @@ def test_big_vision_npz_keeps_its_own_kernel_and_grid(tmp_path):
     model = tiny_model(patch_size=32, img_size=224, num_classes=5)
     npz = to_big_vision_npz(model, tmp_path / "flexi.npz")
     (tmp_path / "flexi.json").write_text(json.dumps({"model_args": {**TINY, "num_classes": 5}}))
-    with pytest.raises(UsageError, match="pass --model NAME"):
+    with pytest.raises(UsageError, match="pass model_name NAME"):
         load_source(SourceSpec(weights=npz))
     src = load_source(SourceSpec(weights=npz, model_name="flexivit_small"))
     assert (src.patch_size, src.pos_grid, src.img_size, src.origin.file_format) == ((32, 32), (7, 7), (240, 240), "npz")

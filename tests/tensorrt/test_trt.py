@@ -67,7 +67,8 @@ def test_strong_typing_needs_a_reduced_precision_onnx():
 @pytest.mark.parametrize("version", ["10.3.0", "10.13.0"])
 def test_int8_needs_the_qdq_onnx_under_either_typing(version):
     check_precision(version, "int8", "int8")
-    with pytest.raises(UsageError, match=r"int8 needs the bundle's int8 \(Q/DQ\) ONNX.*--precision int8"):
+    wanted = r"int8 needs the bundle's int8 \(Q/DQ\) ONNX.*build it with precision int8 calib_dir DIR"
+    with pytest.raises(UsageError, match=wanted):
         check_precision(version, "int8", "fp32")
 
 
