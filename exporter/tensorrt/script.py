@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any
 
 from exporter.bundle.manifest import INPUT_NAME
 from exporter.core.errors import EnvironmentMissing
@@ -26,6 +25,7 @@ from exporter.tensorrt.versions import (
     STRONG_BY_DEFAULT_FROM,
     STRONG_TYPING_FROM,
     EngineShapes,
+    EngineTask,
     hardware_level_name,
     needs_precision_onnx,
     onnx_kinds,
@@ -169,12 +169,12 @@ build() {  # build ONNX ENGINE CACHE-FOLDER|- FIELDS TRTEXEC-ARGUMENTS...
 }"""
 
 
-def _sidecar_fields(profile: Profile, item: dict[str, Any], mode: str) -> str:
+def _sidecar_fields(profile: Profile, task: EngineTask, mode: str) -> str:
     """The sidecar's keys the script knows before it runs, as JSON (its own values come after)."""
-    shapes: EngineShapes = item["shapes"]
+    shapes = task.shapes
     fields = {
-        "engine": Path(item["engine"]).name,
-        "onnx": Path(item["onnx"]).name,
+        "engine": Path(task.engine).name,
+        "onnx": Path(task.onnx).name,
         "profile": profile.name,
         "precision": profile.precision,
         "typing": mode,
@@ -198,7 +198,7 @@ def _cc_check(profile: Profile) -> list[str]:
     ]
 
 
-def _era_lines(profile: Profile, variants: list[dict[str, Any]], era: tuple[int, int], folder: str) -> list[str]:
+def _era_lines(profile: Profile, variants: list[EngineTask], era: tuple[int, int], folder: str) -> list[str]:
     """The body of one version branch: refusals (exit 4) or one ``build`` per variant."""
     mode = "strong" if era >= STRONG_TYPING_FROM else "weak"
     try:
@@ -213,21 +213,21 @@ def _era_lines(profile: Profile, variants: list[dict[str, Any]], era: tuple[int,
             if profile.precision in QUANTISED
             else "TensorRT >= 10.12 builds strongly typed networks"
         )
-        has = onnx_kinds(tuple(p for v in missing for p in v.get("available", ("fp32",))))
-        labels = ", ".join(v["label"] for v in missing)
+        has = onnx_kinds(tuple(p for v in missing for p in v.available))
+        labels = ", ".join(v.label for v in missing)
         need = f"precision {profile.precision} needs an {profile.precision} ONNX"
         message = f"{why}: {need}, and this bundle has {has} only ({labels})"
         return [f"    fail {shlex.quote(printable(message))}"]
     lines = []
     for v in variants:
-        cmd = trtexec_command(v["onnx"], v["engine"], profile, v["shapes"], era, v.get("layernorms", ()))
+        cmd = trtexec_command(v.onnx, v.engine, profile, v.shapes, era, v.layernorms)
         cache = folder if profile.timing_cache else "-"
-        words = [v["onnx"], v["engine"], cache, _sidecar_fields(profile, v, mode), *cmd[1:]]
+        words = [v.onnx, v.engine, cache, _sidecar_fields(profile, v, mode), *cmd[1:]]
         lines.append("    build " + shlex.join(words))
     return lines
 
 
-def build_script(profile: Profile, variants: list[dict[str, Any]]) -> str:
+def build_script(profile: Profile, variants: list[EngineTask]) -> str:
     """``engines/build_<profile>.sh``: builds every variant with trtexec on a device that has only
     trtexec (a Jetson), with the flags of the TensorRT version it finds; checks the profile's
     TensorRT range and compute capability (exit 4 naming both values) and writes a sidecar

@@ -40,6 +40,7 @@ from exporter.tensorrt.profile import Profile, load_profile
 from exporter.tensorrt.runner import engine_runner
 from exporter.tensorrt.script import build_script
 from exporter.tensorrt.versions import (
+    EngineTask,
     check_precision,
     engine_shapes,
     import_tensorrt,
@@ -57,7 +58,7 @@ def layernorm_node_names(onnx_path: Path) -> tuple[str, ...]:
     return onnx_node_names(onnx_path, "LayerNormalization")
 
 
-def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict[str, Any]]:
+def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[EngineTask]:
     """Per variant: the ONNX the engine is built from (the profile's precision when the bundle
     has it), the ONNX precisions the bundle has, the engine path, the optimisation-profile shapes
     and the LayerNorm names of that ONNX."""
@@ -67,20 +68,16 @@ def engine_plan(bundle: Path, manifest: Manifest, profile: Profile) -> list[dict
         check_name(record.label, "the manifest's variant label")  # it names the engine file
         matching = record.reduced if record.reduced and record.reduced.precision == profile.precision else None
         onnx = matching.path if matching else record.onnx.path
-        plan.append(
-            {
-                "label": record.label,
-                "onnx": onnx,
-                "onnx_precision": profile.precision if matching else Precision.FP32.value,
-                "available": (
-                    Precision.FP32.value,
-                    *([record.reduced.precision] if record.reduced else []),
-                ),
-                "engine": f"engines/{profile.name}/model_{record.label}.engine",
-                "shapes": engine_shapes(profile, record.img_size, record.static_batch, record.img_range),
-                "layernorms": layernorm_node_names(bundle / onnx),
-            }
+        task = EngineTask(
+            label=record.label,
+            onnx=onnx,
+            onnx_precision=profile.precision if matching else Precision.FP32.value,
+            available=(Precision.FP32.value, *([record.reduced.precision] if record.reduced else [])),
+            engine=f"engines/{profile.name}/model_{record.label}.engine",
+            shapes=engine_shapes(profile, record.img_size, record.static_batch, record.img_range),
+            layernorms=layernorm_node_names(bundle / onnx),
         )
+        plan.append(task)
     return plan
 
 
@@ -143,33 +140,32 @@ def build_engines(
     plan = engine_plan(bundle, manifest, profile)
     samples = manifest.options.parity_samples
     for item in plan:  # every refusal before the first build
-        check_precision(trt.__version__, profile.precision, item["onnx_precision"], item["available"], library)
+        check_precision(trt.__version__, profile.precision, item.onnx_precision, item.available, library)
     variants: dict[str, Any] = {}
     for item in plan:
-        record = next(v for v in manifest.variants if v.label == item["label"])
+        record = next(v for v in manifest.variants if v.label == item.label)
         cache_out = out_root / cache if cache else None
-        with stage(reporter, item["label"], "engine", times):
-            onnx, engine = bundle / item["onnx"], out_root / item["engine"]
-            info = build_engine(onnx, engine, profile, item["shapes"], cache_in, cache_out)
+        with stage(reporter, item.label, "engine", times):
+            info = build_engine(bundle / item.onnx, out_root / item.engine, profile, item.shapes, cache_in, cache_out)
         cache_in = cache_out  # the next variant starts from what this one measured
         if no_gpu is not None:  # TensorRT-RTX on a machine without a GPU: built, never run here
-            variants[item["label"]] = {
+            variants[item.label] = {
                 **asdict(info),
-                "engine": item["engine"],
-                "onnx": item["onnx"],
+                "engine": item.engine,
+                "onnx": item.onnx,
                 "status": "not run",
             }
             continue
-        with stage(reporter, item["label"], "engine parity", times):
+        with stage(reporter, item.label, "engine parity", times):
             planned, expected = stored_reference(bundle, manifest, record)
             inputs = judged_rows(samples, profile.precision, planned.arrays())
             expected = judged_rows(samples, profile.precision, expected)
-            engine = engine_runner(out_root / item["engine"], library)
-            cmp = check_parity(expected, engine, inputs, item["shapes"].opt[0], tol, manifest.classifier)
-        variants[item["label"]] = {
+            runner = engine_runner(out_root / item.engine, library)
+            cmp = check_parity(expected, runner, inputs, item.shapes.opt[0], tol, manifest.classifier)
+        variants[item.label] = {
             **asdict(info),
-            "engine": item["engine"],  # the sidecar names files beside it; the manifest, paths in the bundle
-            "onnx": item["onnx"],
+            "engine": item.engine,  # the sidecar names files beside it; the manifest, paths in the bundle
+            "onnx": item.onnx,
             "tolerance": asdict(tol),
             "parity": cmp.to_dict(),
             "status": "passed" if cmp else "failed",

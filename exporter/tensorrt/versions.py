@@ -215,6 +215,20 @@ class EngineShapes:
     static: bool = False
 
 
+@dataclass(frozen=True)
+class EngineTask:
+    """One engine to build: the ONNX it is built from (in the profile's precision when the bundle
+    has one), the precisions the bundle has, the engine's path, its shapes and LayerNorm nodes."""
+
+    label: str
+    onnx: str
+    onnx_precision: str
+    available: tuple[str, ...]
+    engine: str
+    shapes: EngineShapes
+    layernorms: tuple[str, ...] = ()
+
+
 def engine_shapes(
     profile: Profile,
     img_size: tuple[int, int],
@@ -238,9 +252,9 @@ def engine_shapes(
     return EngineShapes((n_min, 3, *low), (n_opt, 3, *img_size), (n_max, 3, *high))
 
 
-def precision_ready(profile: Profile, variant: dict[str, Any]) -> bool:
-    """Whether a strongly typed build of ``variant`` yields the profile's precision."""
-    return profile.precision not in REDUCED or variant.get("onnx_precision", "fp32") == profile.precision
+def precision_ready(profile: Profile, task: EngineTask) -> bool:
+    """Whether a strongly typed build of ``task`` yields the profile's precision."""
+    return profile.precision not in REDUCED or task.onnx_precision == profile.precision
 
 
 def hardware_level_name(level: str, version: tuple[int, int], library: Library = TENSORRT) -> str | None:

@@ -108,7 +108,7 @@ def test_the_engine_script_carries_min_opt_max_image_shapes(dynamic_bundle, tmp_
             assert "--maxShapes=pixel_values:32x3x128x128" in words
     manifest = parse_manifest(json.dumps(manifest_of(dynamic_bundle)))
     plan = engine_plan(dynamic_bundle, manifest, load_profile("gpu-fp16"))
-    shapes = plan[0]["shapes"]  # what the Python builder gives IOptimizationProfile.set_shape
+    shapes = plan[0].shapes  # what the Python builder gives IOptimizationProfile.set_shape
     assert (shapes.min, shapes.opt, shapes.max, shapes.static) == (
         (1, 3, 32, 32),
         (8, 3, 64, 64),

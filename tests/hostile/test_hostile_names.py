@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,7 @@ def test_the_trtexec_script_runs_no_string_it_was_given(demo, tmp_path, precisio
     bundle = copy_of(demo, tmp_path / "b")
     profile = profile_from_dict("safe-name", {"description": HOSTILE, "precision": precision})
     plan = engine_plan(bundle, read_manifest(bundle), profile)
-    plan = [{**v, "label": v["label"] + "$(touch PWNED)", "onnx": f"onnx/{HOSTILE}.onnx"} for v in plan]
+    plan = [replace(v, label=v.label + "$(touch PWNED)", onnx=f"onnx/{HOSTILE}.onnx") for v in plan]
     script = bundle / "engines" / "build.sh"
     script.parent.mkdir()
     script.write_text(build_script(profile, plan))

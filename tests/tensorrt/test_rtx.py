@@ -214,9 +214,9 @@ def test_build_engine_runs_end_to_end_with_tensorrt_rtx(tmp_path_factory, tmp_pa
     profile = profile_from_dict("rtx-test", {**_fields(profile), "compute_capability": "8.6"})
     assert engine_problem(profile) is None  # no GPU needed to build
     item = engine_plan(opened.root, opened.manifest, profile)[0]
-    assert item["onnx"].endswith(f".{precision}.onnx" if precision != "fp32" else f"{item['label']}.onnx")
+    assert item.onnx.endswith(f".{precision}.onnx" if precision != "fp32" else f"{item.label}.onnx")
     engine = tmp_path / "model.engine"
-    info = build_engine(opened.root / item["onnx"], engine, profile, item["shapes"])
+    info = build_engine(opened.root / item.onnx, engine, profile, item.shapes)
     assert engine.stat().st_size > 100_000 and info.library == "TensorRT-RTX" and info.typing == "strong"
     sidecar = read_sidecar(tmp_path / "model.engine.json")
     assert isinstance(sidecar, dict) and sidecar["compute_capability"] == "8.6"
