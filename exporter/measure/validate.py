@@ -27,7 +27,7 @@ from exporter.parity.compare import (
     check_parity,
     recorded_tolerance,
 )
-from exporter.runtime.backends import BACKENDS, backend_problem, load_runner
+from exporter.runtime.backends.base import BACKENDS, backend_problem, load_runner
 
 
 def backend_tolerance(recorded: Tolerance, backend: str) -> Tolerance:
