@@ -27,14 +27,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from exporter.build.runners import ort_runner, torch_runner
+from exporter.build.runners import TorchRunner, ort_runner, torch_runner
 from exporter.build.variant import VariantSpec, make_variant
 from exporter.bundle.records import SourceParity, ToleranceRecord, VariantParity, VariantRecord
 from exporter.bundle.report import INFERRED
 from exporter.core.errors import FlexiExportError
-from exporter.parity.compare import Runner, check_parity
+from exporter.parity.compare import check_parity
+from exporter.parity.runner import Runner
 from exporter.parity.tolerance import Tolerance
 from exporter.source import hf, hf_layout
 
@@ -77,7 +76,7 @@ def transformers_reference(folder: Path, config: dict[str, Any]) -> Reference:
     patch, img = hf._size(config, "patch_size", 16), hf.image_size(config)
     what = f"transformers {lay.architecture}.from_pretrained (offline), {lay.output}"
     try:
-        import torch
+        import torch  # noqa: F401 - the reference runs in it (TorchRunner)
         import transformers
     except ImportError:
         return Reference(
@@ -99,16 +98,13 @@ def transformers_reference(folder: Path, config: dict[str, Any]) -> Reference:
             hf_logging.enable_progress_bar()
     model = model.float().eval()
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = model(pixel_values=torch.from_numpy(np.ascontiguousarray(batch)))
-            if lay.model_type == "clip_vision_model":  # its last_hidden_state is before post_layernorm
-                value = out.pooler_output
-            else:
-                value = out.logits if lay.classifier else out.last_hidden_state[:, 0]
-            return value.float().numpy()  # type: ignore[no-any-return]
+    def forward(pixel_values: Any) -> Any:
+        out = model(pixel_values=pixel_values)
+        if lay.model_type == "clip_vision_model":  # its last_hidden_state is before post_layernorm
+            return out.pooler_output
+        return out.logits if lay.classifier else out.last_hidden_state[:, 0]
 
-    return Reference(what, patch, img, run, features=not lay.classifier)
+    return Reference(what, patch, img, TorchRunner(forward), features=not lay.classifier)
 
 
 def timm_reference(source: Any, config: dict[str, Any]) -> Reference:
@@ -141,12 +137,7 @@ def timm_reference(source: Any, config: dict[str, Any]) -> Reference:
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         return Reference(what, patch, img, None, reason=f"{built} does not load the weights: {line}", status="failed")  # type: ignore[arg-type]
     model = model.float().eval()
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()  # type: ignore[no-any-return]
-
-    return Reference(what, patch, img, run, features=int(getattr(model, "num_classes", 0)) == 0)  # type: ignore[arg-type]
+    return Reference(what, patch, img, TorchRunner(model), features=int(getattr(model, "num_classes", 0)) == 0)  # type: ignore[arg-type]
 
 
 def independent_reference(source: Any) -> Reference:

@@ -80,7 +80,7 @@ def say_fastest(opened: Any, report: Any) -> None:
     TensorRT) that met its tolerance here, among those timed; PyTorch is the reference, not one
     of them, and is named where it ran faster."""
     from exporter.measure.validate import fastest_passing
-    from exporter.runtime.backends import BACKENDS
+    from exporter.runtime.backends.base import BACKENDS
 
     out = console()
     for label, (backend, p50) in fastest_passing(opened, report.timings, report.threads).items():

@@ -231,7 +231,7 @@ def write_native_models(opened: Bundle, repo: Path, backend: str, max_batch: int
 
 
 def check_runtime_backend(runtime_backend: str) -> None:
-    from exporter.runtime.backends import BACKENDS as RUNTIME_BACKENDS
+    from exporter.runtime.backends.base import BACKENDS as RUNTIME_BACKENDS
 
     if runtime_backend != "auto" and runtime_backend not in RUNTIME_BACKENDS:
         raise UsageError(

@@ -1,7 +1,8 @@
 """``flexiexport bench``: latency and throughput per variant, per backend, per batch size.
 
-Backends are runners (batch → logits) built by small factories; one that cannot run here
-raises ``Unavailable`` with the reason, and the report lists it as skipped, never silently.
+Backends are runners from the one registry (``exporter.measure.backends.bench_runner``); one
+that cannot run here is ``Unavailable`` with the reason, and the report lists it as skipped,
+never silently.
 The achievable ceiling is measured in the same run (``exporter.measure.ceiling``), for the
 backends asked for.
 """
@@ -23,11 +24,11 @@ from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.records import VariantRecord
 from exporter.core.errors import Unavailable
 from exporter.core.machine import available_cores, cpu_model
-from exporter.measure.backends import FACTORIES, ONNX_BACKENDS
+from exporter.measure.backends import ONNX_BACKENDS, bench_runner
 from exporter.measure.ceiling import Ceiling, measure, measure_ceiling
 from exporter.measure.options import BenchOptions, Skipped, bench_input, percentile
 from exporter.measure.resample import ResampleCost, resample_costs
-from exporter.parity.compare import Runner
+from exporter.parity.runner import Runner
 from exporter.tensorrt.select import tensorrt_here, tensorrt_runner
 
 
@@ -243,7 +244,7 @@ def bench_bundle(
 
     def run_batches(name: str, runner: Runner, record: VariantRecord) -> None:
         static = record.static_batch
-        lo, hi = getattr(runner, "batch_range", (1, None))  # an engine takes its profile's batches only
+        lo, hi = runner.batch_range  # an engine takes its profile's batches only
         for batch in options.batch_sizes:
             if static is not None and static != batch and not name.startswith("torch"):  # the ONNX/engine is fixed
                 skipped.append(
@@ -273,7 +274,7 @@ def bench_bundle(
                     continue
                 spec = record_spec(record)
                 model = lambda spec=spec: make_variant(source(), spec).model  # noqa: E731 - built only if used
-                run_batches(backend, FACTORIES[backend](model, opened.onnx(record), threads), record)
+                run_batches(backend, bench_runner(backend, opened.onnx(record), threads, model), record)
             if backend in ONNX_BACKENDS:
                 ran.append(backend)
         except Unavailable as exc:
@@ -284,6 +285,6 @@ def bench_bundle(
         for record in manifest.variants:
             if record.reduced:
                 precision = record.reduced.precision
-                runner = FACTORIES["ort-cpu"](lambda: None, opened.onnx(record, precision), threads)
+                runner = bench_runner("ort-cpu", opened.onnx(record, precision), threads)
                 run_batches(f"ort-cpu {precision}", runner, record)
     return BenchReport(machine_info(threads), threads, ceiling, tuple(timings), tuple(skipped), tuple(resample))

@@ -98,7 +98,8 @@ def torch_sgemm_gflops(size: int, options: Timed) -> float:
 
 def openvino_bf16_gflops(size: int, threads: int, options: Timed) -> float | None:
     """OpenVINO's MatMul on ``size``² with bf16 inference precision; None without OpenVINO or bf16."""
-    from exporter.runtime.backends import backend_problem, openvino_core
+    from exporter.runtime.backends.base import backend_problem
+    from exporter.runtime.backends.openvino import openvino_core
 
     if backend_problem("openvino-bf16"):
         return None

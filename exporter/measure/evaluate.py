@@ -28,7 +28,7 @@ from exporter.core.names import printable
 from exporter.core.sizes import Size2
 from exporter.parity.compare import run_batched
 from exporter.parity.tolerance import tolerance_for
-from exporter.runtime.backends import backend_problem, load_runner
+from exporter.runtime.backends.base import backend_problem, load_runner
 from exporter.runtime.images import IMAGE_SUFFIXES, image_files, preprocess, readable_images
 from exporter.source.demo import DEMO_NAME, digits_to_pixels, load_demo_digits
 from exporter.source.model import SourceModel

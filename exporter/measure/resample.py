@@ -12,10 +12,10 @@ from typing import Any
 
 from exporter.bundle.door import Bundle
 from exporter.core.errors import BundleError
-from exporter.measure.backends import FACTORIES
+from exporter.measure.backends import bench_runner
 from exporter.measure.ceiling import measure
 from exporter.measure.options import BenchOptions, Skipped, bench_input, percentile
-from exporter.parity.compare import Runner
+from exporter.parity.runner import Runner
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,10 @@ def resample_costs(
                 fixed[size] = Path(tmp) / f"{record.label}_{size[0]}x{size[1]}.onnx"
                 export_onnx(fixed_at(src, spec, size), size, fixed[size], export)
             for backend in backends:
-                dynamic = FACTORIES[backend](lambda: None, opened.onnx(record), options.thread_count)
+                dynamic = bench_runner(backend, opened.onnx(record), options.thread_count)
                 for size, path in fixed.items():
                     say(f"resample cost: {backend} {record.label} at {size[0]}x{size[1]}, batch {batch}")
-                    plain = FACTORIES[backend](lambda: None, path, options.thread_count)
+                    plain = bench_runner(backend, path, options.thread_count)
                     dyn_times, fixed_times = timed_pair(dynamic, plain, size, batch, options)
                     d50, f50 = percentile(dyn_times, 50) * 1e3, percentile(fixed_times, 50) * 1e3
                     costs.append(

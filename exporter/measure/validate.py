@@ -22,7 +22,7 @@ from exporter.core.progress import Reporter, SilentReporter, stage
 from exporter.core.sizes import format_size
 from exporter.parity.compare import Comparison, Recheck, check_parity
 from exporter.parity.tolerance import TOLERANCES, Tolerance
-from exporter.runtime.backends import BACKENDS, backend_problem, load_runner
+from exporter.runtime.backends.base import BACKENDS, backend_problem, load_runner
 
 
 def backend_tolerance(recorded: Tolerance, backend: str) -> Tolerance:

@@ -1,8 +1,8 @@
 """Compare any runner's outputs with a reference: numbers first, verdict second.
 
-A runner is anything that maps a float32 NCHW batch to logits (PyTorch, onnxruntime, later
-TensorRT), so all backends are checked by one function. A ``Comparison`` is truthy when it
-passes and prints its own statistics.
+Every backend is a ``Runner`` (``exporter.parity.runner``: PyTorch, onnxruntime, OpenVINO,
+TensorRT), so all are checked by one function. A ``Comparison`` is truthy when it passes and
+prints its own statistics.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from exporter.core.errors import UsageError
+from exporter.parity.runner import Runner
 from exporter.parity.tolerance import TOLERANCES, Tolerance
-
-Runner = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -182,10 +181,13 @@ class Recheck:
         return self.sha256_ok and bool(self.comparison) and reduced_ok and not self.problem
 
 
-def run_batched(runner: Runner, inputs: np.ndarray, batch: int, pad: bool = True) -> np.ndarray:
-    """Run ``runner`` over ``inputs`` in chunks of ``batch``. A short last chunk is padded with
-    copies of its last row and the padding dropped (a static-batch model takes exact batches
-    only); ``pad=False`` runs it as it is (a dynamic-batch model)."""
+def run_batched(
+    runner: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batch: int, pad: bool = True
+) -> np.ndarray:
+    """The one batching loop: ``runner`` (a ``Runner``, or any function of a batch) over
+    ``inputs`` in chunks of ``batch``. A short last chunk is padded with copies of its last row
+    and the padding dropped (a static-batch model takes exact batches only); ``pad=False`` runs it
+    as it is (a dynamic-batch model)."""
     outputs = []
     for start in range(0, len(inputs), batch):
         chunk = inputs[start : start + batch]

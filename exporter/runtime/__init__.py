@@ -5,7 +5,8 @@ Imports numpy, Pillow, pydantic and the one backend used; never torch, timm or o
 
 from __future__ import annotations
 
-from exporter.runtime.backends import BACKENDS, Runner, load_runner
+from exporter.parity.runner import Runner
+from exporter.runtime.backends.base import BACKENDS, load_runner
 from exporter.runtime.model import Bundle, Model, Prediction, open_bundle
 from exporter.runtime.preprocess import Preprocess
 

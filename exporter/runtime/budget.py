@@ -23,7 +23,7 @@ from exporter.runtime.measurements import BENCH, LATENCY, bench_rows_here, laten
 
 if TYPE_CHECKING:
     from exporter.bundle.door import Bundle
-    from exporter.runtime.backends import Runner
+    from exporter.parity.runner import Runner
     from exporter.runtime.preprocess import Preprocess
 
 log = logging.getLogger("exporter.runtime")

@@ -31,8 +31,9 @@ from exporter.core.names import printable
 from exporter.core.precision import PRECISIONS
 from exporter.core.sizes import to_size2
 from exporter.parity.compare import run_batched
+from exporter.parity.runner import Runner
 from exporter.runtime.arguments import check_arguments
-from exporter.runtime.backends import BACKENDS, Runner, backend_problem, load_runner, wrap_engine
+from exporter.runtime.backends.base import BACKENDS, backend_problem, load_runner
 from exporter.runtime.budget import Latency, choose_variant, load_latencies, probe_latencies
 from exporter.runtime.decode import read_image
 from exporter.runtime.measurements import accuracies
@@ -219,14 +220,12 @@ class Bundle:
         record = self.record(label)
         if backend == "tensorrt":  # the engine that fits this GPU and TensorRT best (by its sidecar)
             try:
-                engine = tensorrt_runner(self.door, record)
+                return tensorrt_runner(self.door, record)
             except Unavailable as exc:
                 raise EnvironmentMissing(str(exc)) from exc
-            return wrap_engine(engine, Path(getattr(engine, "name", "model.engine")))
-        else:
-            if precision != "fp32" and (record.reduced is None or record.reduced.status != "passed"):
-                raise BundleError(f"{label}'s {precision} ONNX is missing or failed its parity check")
-            path = self.door.onnx(record, precision)
+        if precision != "fp32" and (record.reduced is None or record.reduced.status != "passed"):
+            raise BundleError(f"{label}'s {precision} ONNX is missing or failed its parity check")
+        path = self.door.onnx(record, precision)
         initializers = self.shared_tensors().initializers(path) if self.shares(backend) else None
         runner = load_runner(path, backend, threads, initializers)
         self.door.check_unchanged()  # what was loaded is the checked file, not a newer bundle's

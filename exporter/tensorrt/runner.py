@@ -1,4 +1,4 @@
-"""A runner over a serialized engine (TensorRT's or TensorRT-RTX's, by the library its sidecar
+"""A ``Runner`` over a serialized engine (TensorRT's or TensorRT-RTX's, by the library its sidecar
 names): a float32 batch in, float32 logits out, on its own CUDA stream (``exporter.tensorrt.gpu``).
 Under TensorRT-RTX this is type-checked only: no GPU has ever run it."""
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from exporter.bundle.manifest import INPUT_NAME
 from exporter.core.errors import EngineLoadError, UsageError
+from exporter.parity.runner import Runner
 from exporter.tensorrt.gpu import DeviceBuffer, Stream
 from exporter.tensorrt.library import TENSORRT, Library
 from exporter.tensorrt.versions import import_tensorrt, trt_logger
@@ -30,10 +31,10 @@ def _shape(dims: Any) -> tuple[int, ...]:
     return tuple(int(dims[i]) for i in range(len(dims)))
 
 
-class EngineRunner:
-    """A runner (float32 NCHW numpy batch → float32 logits) over a serialized engine, on its own
-    CUDA stream with cuda-python buffers. ``batch_range`` is the (min, max) batch the engine's
-    profile takes; a batch outside it is refused before TensorRT sees it."""
+class EngineRunner(Runner):
+    """A ``Runner`` over a serialized engine, on its own CUDA stream with cuda-python buffers. Its
+    batch limits are the engine's: the input's fixed batch, else profile 0's min and max
+    (``batch_range``); a batch outside them is refused before TensorRT sees it."""
 
     def __init__(self, engine_path: Path, library: Library = TENSORRT) -> None:
         if TYPE_CHECKING:
@@ -59,9 +60,16 @@ class EngineRunner:
         input_shape = _shape(engine.get_tensor_shape(INPUT_NAME))
         dynamic = not input_shape or input_shape[0] < 0  # a static input has no profile shapes to ask for
         profile = [_shape(d) for d in engine.get_tensor_profile_shape(INPUT_NAME, 0)] if dynamic else []
-        self.batch_range = profile_batch_range(input_shape, profile)
+        low, high = profile_batch_range(input_shape, profile)
+        super().__init__("tensorrt", engine_path, low, high)
         self.stream = Stream()
         self._buffers: dict[str, Any] = {}
+
+    def batch_problem(self, n: int) -> str | None:
+        """The limits' own words, and that they are the optimisation profile's."""
+        problem = super().batch_problem(n)
+        low, high = self.batch_range
+        return problem and f"{problem}: batch {n} is outside {self.name}'s optimisation profile ({low}..{high})"
 
     def _buffer(self, name: str, nbytes: int) -> Any:
         """A device buffer of at least ``nbytes`` for ``name``, reused across calls."""
@@ -75,10 +83,7 @@ class EngineRunner:
             raise UsageError(f"TensorRT refused the address of {name!r} for {self.name}")
         return buffer
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        lo, hi = self.batch_range
-        if not lo <= len(batch) <= hi:
-            raise UsageError(f"batch {len(batch)} is outside {self.name}'s optimisation profile ({lo}..{hi})")
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)
         if not self._context.set_input_shape(INPUT_NAME, x.shape):
             raise UsageError(f"TensorRT refused input shape {list(x.shape)} for {self.name}")
@@ -93,7 +98,7 @@ class EngineRunner:
             raise UsageError(f"TensorRT failed to run {self.name}")
         self.stream.to_host(out, device_out)
         self.stream.synchronize()
-        return out.astype(np.float32, copy=False)
+        return out
 
 
 def engine_runner(engine_path: Path, library: Library = TENSORRT) -> EngineRunner:

@@ -7,7 +7,7 @@ from exporter.bundle.door import Bundle
 from exporter.bundle.engines import BuiltEngines
 from exporter.bundle.records import VariantRecord
 from exporter.core.errors import BundleError, EnvironmentMissing, Unavailable
-from exporter.parity.compare import Runner
+from exporter.parity.runner import Runner
 from exporter.tensorrt.gpu import gpu_identity
 from exporter.tensorrt.library import LIBRARIES, TENSORRT_RTX, library_of
 from exporter.tensorrt.runner import engine_runner

@@ -224,11 +224,11 @@ def test_openvino_gives_the_onnxruntime_answer(demo, digits):
 OPENVINO_THEN_CTRL_C = """
 import gc, os, signal, sys, time
 import numpy as np
-from exporter.runtime.backends import openvino_runner
+from exporter.runtime.backends.openvino import OpenVinoRunner
 x = np.ones((2, 3, 64, 64), np.float32)
-first = openvino_runner(sys.argv[1])
+first = OpenVinoRunner(sys.argv[1])
 for _ in range(3):  # as bench's resample cost does: a second model alive beside the first, in turn
-    second = openvino_runner(sys.argv[1])
+    second = OpenVinoRunner(sys.argv[1])
     first(x), second(x), first(x), second(x)
 del first, second
 gc.collect()
