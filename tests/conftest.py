@@ -106,6 +106,9 @@ ORIN_FP32 = ("build", "-p", "8", "16", "--profile", "jetson-orin-nano", "--preci
 # The demo with fp16 files (for the L4's engines) and with int8 files.
 FP16_L4 = ("build", "-p", "8", "16", "32", "--quiet", "--precision", "fp16", "--profile", "l4")
 INT8 = ("build", "-p", "8", "16", "32", "--quiet", "--precision", "int8")
+# The demo at two patch sizes (the hostile tests' small bundle), and a dynamic-resolution demo.
+TWO_VARIANTS = ("build", "--patch-sizes", "16", "32", "--quiet")
+DYNAMIC = ("build", "-p", "16", "32", "--img-size", "dynamic:32-128", "--parity-samples", "4", "-q")
 
 
 @dataclass(frozen=True)
