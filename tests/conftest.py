@@ -106,6 +106,9 @@ ORIN_FP32 = ("build", "-p", "8", "16", "--profile", "jetson-orin-nano", "--preci
 # The demo with fp16 files (for the L4's engines) and with int8 files.
 FP16_L4 = ("build", "-p", "8", "16", "32", "--quiet", "--precision", "fp16", "--profile", "l4")
 INT8 = ("build", "-p", "8", "16", "32", "--quiet", "--precision", "int8")
+# The demo at two patch sizes (the hostile tests' small bundle), and a dynamic-resolution demo.
+TWO_VARIANTS = ("build", "--patch-sizes", "16", "32", "--quiet")
+DYNAMIC = ("build", "-p", "16", "32", "--img-size", "dynamic:32-128", "--parity-samples", "4", "-q")
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,59 @@ def _cached_bundles_unchanged() -> Iterator[None]:
     for key in changed:
         del _BUILT[key]
     assert not changed, f"this module changed the shared bundle(s) built by {changed}: copy before changing"
+
+
+# The TensorRT-RTX preflight (exporter.tensorrt.preflight) parses and builds every ONNX file of every
+# build on the CPU: a third of a build's time here. Its record is a function of the file's bytes, its
+# external data, the shapes and the target (engines are byte-identical across builds), and the
+# session builds the same files again and again (the demo's p16 in a dozen bundles). So each distinct
+# file is preflighted once per session, by the real library, and a build that writes the same bytes
+# gets that record. Tests about the preflight itself take ``real_preflight`` and run it every time.
+_PREFLIGHTS: dict[tuple[object, ...], dict] = {}
+_PREFLIGHT_MEMO = {"on": True}
+
+
+def file_key(path: Path) -> str | None:
+    """sha256 over ``path`` and every other file beside it (external data is found there), None
+    where ``path`` is no readable file (the real preflight says why)."""
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256(path.read_bytes())
+    for other in sorted(path.parent.iterdir()):
+        if other != path and other.is_file() and other.suffix != ".onnx":
+            digest.update(f"{other.name}\0".encode() + hashlib.sha256(other.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _preflight_once_per_file() -> Iterator[None]:
+    import copy
+
+    from exporter.tensorrt import preflight
+
+    real = preflight.preflight_file
+
+    def once(path: Path, shapes, compute_capability=None, library=preflight.TENSORRT_RTX) -> dict:
+        key = file_key(path)
+        if key is None or not _PREFLIGHT_MEMO["on"]:
+            return real(path, shapes, compute_capability, library)
+        known = (key, shapes, compute_capability, library.key)
+        if known not in _PREFLIGHTS:
+            _PREFLIGHTS[known] = real(path, shapes, compute_capability, library)
+        return copy.deepcopy(_PREFLIGHTS[known])
+
+    preflight.preflight_file = once  # what the pipeline's preflight_records looks up at each call
+    yield
+    preflight.preflight_file = real
+
+
+@pytest.fixture
+def real_preflight() -> Iterator[None]:
+    """Every build in the test runs TensorRT-RTX's preflight on every file, none taken from earlier
+    builds (the tests about the preflight)."""
+    _PREFLIGHT_MEMO["on"] = False
+    yield
+    _PREFLIGHT_MEMO["on"] = True
 
 
 def build_demo(tmp_path_factory: pytest.TempPathFactory, folder: str = "bundles") -> Path:

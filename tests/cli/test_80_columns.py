@@ -11,7 +11,7 @@ import shutil
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import INT8, QUICK_BENCH, built
+from conftest import DYNAMIC, INT8, QUICK_BENCH, built
 
 # What Rich sees in an 80-column terminal: a terminal (so lines wrap at words and tables are
 # laid out for it, not printed whole as for a pipe), without colour.
@@ -43,8 +43,7 @@ def int8(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dynamic(tmp_path_factory):
-    args = ("build", "-p", "16", "32", "--img-size", "dynamic:32-128", "--parity-samples", "4", "-q")
-    return built(tmp_path_factory, *args, name="dynamic").path
+    return built(tmp_path_factory, *DYNAMIC, name="dynamic").path
 
 
 @pytest.fixture(scope="module")

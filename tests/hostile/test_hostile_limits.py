@@ -24,25 +24,31 @@ from exporter.core.machine import available_cores
 from exporter.parity.compare import compare_outputs
 from exporter.parity.tolerance import Tolerance
 
-from conftest import TINY, edit_manifest, one_line_error, run_cli, save_with_config, tiny_model
+from conftest import TINY, build_demo, edit_manifest, one_line_error, run_cli, save_with_config, tiny_model
 
 GB = 1e9
 
 
 @pytest.fixture(scope="module")
-def demo_build(tmp_path_factory):
-    """The demo bundle, built once with ``--threads 100000`` (clamped to the cores, not a crash)."""
+def demo(tmp_path_factory) -> Path:
+    """The demo bundle, shared by the session: tests that change it change a copy (``bundle``)."""
+    return build_demo(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def clamped_build(tmp_path_factory) -> Path:
+    """The demo at patch 32, built with ``--threads 100000`` (clamped to the cores, not a crash)."""
     out = tmp_path_factory.mktemp("bundles") / "demo"
-    result = run_cli("build", "--patch-sizes", "8", "16", "32", "--out", str(out), "--threads", "100000")
+    result = run_cli("build", "--patch-sizes", "32", "--out", str(out), "--threads", "100000")
     assert result.exit_code == 0, result.output + result.stderr
-    return out, result
+    return out
 
 
 @pytest.fixture()
-def bundle(demo_build, tmp_path) -> Path:
+def bundle(demo, tmp_path) -> Path:
     """A private copy of the demo bundle, free to tamper with."""
     copy = tmp_path / "demo"
-    shutil.copytree(demo_build[0], copy)
+    shutil.copytree(demo, copy)
     return copy
 
 
@@ -107,8 +113,8 @@ def test_refusal_names_the_estimate_the_memory_and_the_way_out():
     assert text.endswith("use a smaller img_size or a larger patch")
 
 
-def test_huge_img_size_is_refused_before_any_allocation(demo_build, tmp_path):
-    # demo_build has paid for the imports; what is left is reading the demo and the arithmetic.
+def test_huge_img_size_is_refused_before_any_allocation(demo, tmp_path):
+    # the demo's build has paid for the imports; what is left is reading the demo and the arithmetic.
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.process_time()
     result = run_cli("build", "-p", "8", "--img-size", "100000", "--out", str(tmp_path / "out"))
@@ -192,11 +198,11 @@ def test_bench_with_a_huge_batch_is_refused_before_timing(bundle):
 # 2. --threads ---------------------------------------------------------------------------------
 
 
-def test_threads_above_the_cores_are_clamped_with_a_warning(demo_build, caplog):
+def test_threads_above_the_cores_are_clamped_with_a_warning(clamped_build, caplog):
     from exporter.build.options import BuildOptions
 
     cores = available_cores()
-    assert json.loads((demo_build[0] / "manifest.json").read_text())["options"]["threads"] == cores
+    assert json.loads((clamped_build / "manifest.json").read_text())["options"]["threads"] == cores
     with caplog.at_level("WARNING", logger="exporter.bundle.limits"):
         assert BuildOptions(patch_sizes=((16, 16),), threads=100000).threads == cores
     assert f"--threads 100000 is more than the {cores} cores available; using {cores}" in caplog.text
@@ -346,14 +352,14 @@ def test_seed_out_of_range(seed):
 
 
 @pytest.mark.parametrize(("value", "bad"), [("abc", "'abc'"), ("0", "0"), ("-1", "-1"), ("1,x", "'x'")])
-def test_bench_batch_sizes_must_be_positive_integers(demo_build, value, bad):
-    result = run_cli("bench", str(demo_build[0]), "--batch-sizes", value)
+def test_bench_batch_sizes_must_be_positive_integers(demo, value, bad):
+    result = run_cli("bench", str(demo), "--batch-sizes", value)
     assert result.exit_code == 2
     assert one_line_error(result) == f"error: --batch-sizes must be positive integers (e.g. 1 8 or 1,8), got {bad}"
 
 
-def test_bench_unknown_backend_names_the_valid_ones(demo_build):
-    result = run_cli("bench", str(demo_build[0]), "--backends", "nosuch")
+def test_bench_unknown_backend_names_the_valid_ones(demo):
+    result = run_cli("bench", str(demo), "--backends", "nosuch")
     assert result.exit_code == 2
     line = one_line_error(result)
     assert "unknown backend 'nosuch'" in line and "torch, torch-compile, ort-cpu" in line

@@ -19,14 +19,14 @@ from PIL import Image
 from exporter.core.machine import machine_key
 from exporter.runtime import Bundle
 
-from conftest import built, run_cli
+from conftest import TWO_VARIANTS, built, run_cli
 
 JETSON = {"cpu": "ARMv8 Processor rev 1 (v8l)", "machine": "aarch64"}
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return built(tmp_path_factory, "build", "--patch-sizes", "16", "32", "--quiet").path
+    return built(tmp_path_factory, *TWO_VARIANTS).path
 
 
 @pytest.fixture

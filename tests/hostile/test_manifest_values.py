@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_demo, edit_manifest, refused, run_cli
+from conftest import DYNAMIC, build_demo, built, edit_manifest, refused, run_cli
 
 NAN, INF = float("nan"), float("inf")
 
@@ -24,10 +24,7 @@ def demo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dynamic(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("values-dynamic") / "demo"
-    result = run_cli("build", "-p", "16", "--img-size", "dynamic:32-64", "--out", str(out), "--quiet")
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return built(tmp_path_factory, *DYNAMIC, name="dynamic").path
 
 
 def changed(bundle: Path, where: Path, change) -> Path:

@@ -17,15 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import refused, run_cli
+from conftest import TWO_VARIANTS, built, refused, run_cli
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mounts") / "demo"
-    result = run_cli("build", "--patch-sizes", "32", "--out", str(out), "--quiet")
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return built(tmp_path_factory, *TWO_VARIANTS).path
 
 
 @contextmanager

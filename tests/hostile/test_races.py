@@ -23,14 +23,14 @@ from click.testing import Result
 
 import exporter
 
-from conftest import built, refused, run_cli
+from conftest import TWO_VARIANTS, built, refused, run_cli
 
 REPO = Path(exporter.__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def two_variants(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return built(tmp_path_factory, "build", "--patch-sizes", "16", "32", "--quiet").path
+    return built(tmp_path_factory, *TWO_VARIANTS).path
 
 
 def start_build(out: Path, *extra: str) -> subprocess.Popen[str]:

@@ -23,17 +23,14 @@ from PIL import Image
 
 from exporter.core.errors import EnvironmentMissing, UsageError
 
-from conftest import refused, run_cli
+from conftest import TWO_VARIANTS, built, refused, run_cli
 
 HUGE = 10**400
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("second") / "demo"
-    result = run_cli("build", "--patch-sizes", "16", "32", "--out", str(out), "--quiet")
-    assert result.exit_code == 0, result.output + result.stderr
-    return out
+    return built(tmp_path_factory, *TWO_VARIANTS).path
 
 
 # --- serve: an install we did not make is data -------------------------------------------------

@@ -40,12 +40,12 @@ from PIL import Image
 
 from exporter.core.errors import UsageError
 
-from conftest import built, copy_into, edit_manifest, refused, run_cli
+from conftest import TWO_VARIANTS, built, copy_into, edit_manifest, refused, run_cli
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return built(tmp_path_factory, "build", "--patch-sizes", "16", "32", "--quiet").path
+    return built(tmp_path_factory, *TWO_VARIANTS).path
 
 
 # --- the runtime API: images that are no images ----------------------------------------------------

@@ -36,6 +36,9 @@ from exporter.tensorrt.versions import (
 
 from conftest import FP16_L4, HEADLINE, INT8, built, run_cli
 
+# These tests are about the preflight: every build in them runs it on every file (conftest reuses
+# the record of a file already preflighted elsewhere in the session).
+pytestmark = pytest.mark.usefixtures("real_preflight")
 HAVE_RTX = library_problem(TENSORRT_RTX) is None
 needs_rtx = pytest.mark.skipif(not HAVE_RTX, reason=f"TensorRT-RTX: {library_problem(TENSORRT_RTX)}")
 ROOT = Path(__file__).resolve().parents[2]
