@@ -66,9 +66,9 @@ def comparison_cells(cmp: Any) -> list[str]:
     ]
 
 
-def print_validation(results: Sequence[Any], wide: bool = False) -> None:
+def print_validation(results: Sequence[Any], wide: bool = False, classifier: bool = True) -> None:
     """``validate``'s verdicts: a row per check (a reduced-precision file's on a row of its own),
-    then a line per failure saying why."""
+    then a line per failure saying why. A feature model (not ``classifier``) has no top-k columns."""
     rows: list[list[str]] = []
     why: list[str] = []
     for r in results:
@@ -81,7 +81,8 @@ def print_validation(results: Sequence[Any], wide: bool = False) -> None:
             rows.append(["✓" if r.reduced else "✗", label, "", *comparison_cells(r.reduced)])
             if not r.reduced:
                 why.append(f"✗ {label}: {'; '.join(r.reduced.failures)}")
-    columns = fitting(VALIDATE_HEADER, rows, ("mean|Δ|", "top-5", "p99|Δ|"), wide)
+    shown = len(VALIDATE_HEADER) - (0 if classifier else 2)  # top-1 and top-5 are the last two
+    columns = fitting(VALIDATE_HEADER[:shown], [r[:shown] for r in rows], ("mean|Δ|", "top-5", "p99|Δ|"), wide)
     out = console()
     print_whole(
         boxed("validation against the stored reference", VALIDATE_HEADER, rows, columns, ("check", "sha256")), out

@@ -61,11 +61,11 @@ def validate(
             if "tensorrt" in names:
                 raise UsageError("validate runs ONNX files; TensorRT engines are validated by 'flexiexport engine'")
             results = check_bundle(bundle, reporter=reporter, backends=names)
-    print_validation(results, wide)
-    out = console()
     from exporter.bundle.door import read_manifest
 
     manifest = read_manifest(bundle)
+    print_validation(results, wide, manifest.classifier)
+    out = console()
     print_preflight(manifest, out=out)
     bad = [r.label for r in results if not r]
     refused = [v.label for v in manifest.variants if v.preflight_failed]

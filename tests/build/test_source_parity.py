@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import build_demo, edit_manifest, one_line_error, run_cli, tiny_model
+from conftest import build_demo, edit_manifest, one_line_error, run_cli, tiny_model
 
 
 @pytest.fixture(scope="module")
