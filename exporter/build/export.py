@@ -156,8 +156,8 @@ def declare_proven_dims(path: Path) -> bool:
     return changed
 
 
-def _dims(value_info) -> list[Dim]:  # type: ignore[no-untyped-def]
-    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+def _dims(value_info) -> tuple[Dim, ...]:  # type: ignore[no-untyped-def]
+    return tuple(d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim)
 
 
 def _dtype(value_info) -> str:  # type: ignore[no-untyped-def]

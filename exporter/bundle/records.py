@@ -87,19 +87,19 @@ T = TypeVar("T")
 Entry = Annotated[Union[T, Annotated[None, BeforeValidator(_absent_is_none)]], WrapSerializer(_none_is_empty)]
 
 
-def _dims_after_batch(shape: list[int | str]) -> list[int | str]:
+def _dims_after_batch(shape: tuple[int | str, ...]) -> tuple[int | str, ...]:
     """Only the batch may be symbolic (``"batch"``), and in a dynamic-resolution input the height
     and width (``[batch, 3, height, width]``): every other dim is a number we use."""
     named = [i for i, d in enumerate(shape) if not isinstance(d, int)]
     if any(i > 0 for i in named) and not (len(shape) == 4 and set(named) - {0} <= {2, 3}):
-        raise ValueError(f"only the batch, height and width dimensions may be named, got {shape!r}")
+        raise ValueError(f"only the batch, height and width dimensions may be named, got {list(shape)!r}")
     return shape
 
 
 class TensorSpec(_Strict):
     name: TensorName
     dtype: str
-    shape: Annotated[list[Dim], Field(min_length=1, max_length=8), AfterValidator(_dims_after_batch)]
+    shape: Annotated[tuple[Dim, ...], Field(min_length=1, max_length=8), AfterValidator(_dims_after_batch)]
 
 
 class ParityStats(_Strict):

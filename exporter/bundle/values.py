@@ -71,7 +71,7 @@ def _variant_problems(v: VariantRecord, at: str) -> Iterator[str]:
     if not 0 <= prefix <= MAX_PREFIX_TOKENS:  # the order of variants (most tokens first) follows it
         cells = grid[0] * grid[1]
         yield f"{at}.tokens: {v.tokens} is not the grid's {cells} plus 0-{MAX_PREFIX_TOKENS} class/register tokens"
-    shape = v.onnx.inputs[0].shape
+    shape = list(v.onnx.inputs[0].shape)
     if len(shape) != 4:
         yield f"{at}.onnx.inputs[0].shape: an image input is [batch, channels, height, width], got {shape}"
     elif not v.dynamic and shape[2:] != img:

@@ -89,7 +89,7 @@ def test_plan_config_per_compute_capability_and_static_batch(bundle):
     static = record.onnx.to_dict()
     static["inputs"][0]["shape"][0] = 4
     static["outputs"][0]["shape"][0] = 4
-    static_record = record.but(onnx=record.onnx.model_validate(static))
+    static_record = record.but(onnx=record.onnx.model_validate_json(json.dumps(static)))
     config = check_config(config_text("s", static_record, "onnxruntime_onnx", 8), SCHEMA)
     assert config.max_batch_size == 0 and list(config.input[0].dims) == [4, 3, 64, 64]
 
