@@ -21,6 +21,7 @@ from pydantic import (
     ValidationInfo,
     WrapSerializer,
 )
+from pydantic_core import PydanticCustomError
 from typing_extensions import Self
 
 from exporter.bundle.manifest import static_batch
@@ -69,13 +70,12 @@ class _Strict(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-def _absent_is_none(value: Any, info: ValidationInfo) -> Any:
-    """``{}`` (an absent entry as written) is None; a JSON ``null`` is not an entry."""
-    if isinstance(value, dict) and not value:
+def _absent_is_none(value: Any, info: ValidationInfo) -> None:
+    """``{}`` (an absent entry as written) is None, and so is None in Python; a JSON ``null`` is
+    not an entry (the entry's own branch says what it lacks)."""
+    if (isinstance(value, dict) and not value) or (value is None and info.mode == "python"):
         return None
-    if value is None and info.mode == "json":
-        raise ValueError("Input should be an object ({} when absent)")
-    return value
+    raise PydanticCustomError("entry", "Input should be an object")
 
 
 def _none_is_empty(value: Any, handler: SerializerFunctionWrapHandler) -> Any:

@@ -81,13 +81,21 @@ def _where(loc: Sequence[int | str]) -> str:
     """``('variants', 0, 'tokens')`` → ``variants[0].tokens``; a union's branch tags are dropped."""
     text = ""
     for part in loc:
-        if isinstance(part, str) and (part in _BRANCHES or "[" in part):
+        if isinstance(part, str) and (part in _BRANCHES or "[" in part or part in _record_names()):
             continue
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top level)"
 
 
 _BRANCHES = {"int", "str", "float", "bool", "dict", "list", "tuple", "none", "constrained-int", "constrained-str"}
+
+
+def _record_names(cls: type[_Strict] = _Strict) -> set[str]:
+    """The names of our record classes: pydantic tags a union's branch with its class's name."""
+    names: set[str] = set()
+    for sub in cls.__subclasses__():
+        names |= {sub.__name__, *_record_names(sub)}
+    return names
 
 
 def _first_error(exc: ValidationError) -> str:
