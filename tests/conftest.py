@@ -109,6 +109,7 @@ INT8 = ("build", "-p", "8", "16", "32", "--quiet", "--precision", "int8")
 # The demo at two patch sizes (the hostile tests' small bundle), and a dynamic-resolution demo.
 TWO_VARIANTS = ("build", "--patch-sizes", "16", "32", "--quiet")
 DYNAMIC = ("build", "-p", "16", "32", "--img-size", "dynamic:32-128", "--parity-samples", "4", "-q")
+GRID = ("build", "-p", "16", "32", "--img-size", "48", "64", "--parity-samples", "4", "-q")
 
 
 @dataclass(frozen=True)
