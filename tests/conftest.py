@@ -227,6 +227,13 @@ def real_preflight() -> Iterator[None]:
     _PREFLIGHT_MEMO["on"] = True
 
 
+@pytest.fixture
+def quick_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget's latency probe at its floor, 50 timed runs per variant (not half a second each):
+    for tests about the files it reads and writes, not about its numbers."""
+    monkeypatch.setattr("exporter.runtime.budget.PROBE_SECONDS", 0.0)
+
+
 def build_demo(tmp_path_factory: pytest.TempPathFactory, folder: str = "bundles") -> Path:
     """The demo bundle (the headline build), shared by the whole session: copy it before changing it.
     ``folder`` is kept for callers; the one cached bundle serves them all."""
