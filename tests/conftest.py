@@ -109,6 +109,7 @@ INT8 = ("build", "-p", "8", "16", "32", "--quiet", "--precision", "int8")
 # The demo at two patch sizes (the hostile tests' small bundle), and a dynamic-resolution demo.
 TWO_VARIANTS = ("build", "--patch-sizes", "16", "32", "--quiet")
 DYNAMIC = ("build", "-p", "16", "32", "--img-size", "dynamic:32-128", "--parity-samples", "4", "-q")
+GRID = ("build", "-p", "16", "32", "--img-size", "48", "64", "--parity-samples", "4", "-q")
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,13 @@ def real_preflight() -> Iterator[None]:
     _PREFLIGHT_MEMO["on"] = False
     yield
     _PREFLIGHT_MEMO["on"] = True
+
+
+@pytest.fixture
+def quick_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget's latency probe at its floor, 50 timed runs per variant (not half a second each):
+    for tests about the files it reads and writes, not about its numbers."""
+    monkeypatch.setattr("exporter.runtime.budget.PROBE_SECONDS", 0.0)
 
 
 def build_demo(tmp_path_factory: pytest.TempPathFactory, folder: str = "bundles") -> Path:

@@ -14,7 +14,7 @@ from exporter.core.machine import machine_key
 from exporter.measure.frontier import Point, frontier
 from exporter.runtime.measurements import accuracies
 
-from conftest import QUICK_BENCH, one_line_error, run_cli
+from conftest import GRID, QUICK_BENCH, built, one_line_error, run_cli
 
 
 def test_a_grid_keeps_the_pairs_that_can_exist_and_names_the_others():
@@ -50,12 +50,9 @@ def test_accuracy_for_a_bench_backend_comes_from_its_own_rows_else_onnxruntime()
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("grid") / "demo"
-    result = run_cli(
-        "build", "-p", "16", "32", "--img-size", "48", "64", "--parity-samples", "4", "--out", str(out), "-q"
-    )
-    assert result.exit_code == 0, result.output + result.stderr
-    return out, result.stderr
+    """The session's grid demo (shared with test_80_columns: never changed here) and its build's stderr."""
+    grid = built(tmp_path_factory, *GRID, name="grid")
+    return grid.path, grid.result.stderr
 
 
 def test_the_demo_builds_the_grid_that_can_exist(grid):

@@ -11,7 +11,7 @@ import shutil
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import DYNAMIC, INT8, QUICK_BENCH, built
+from conftest import DYNAMIC, GRID, INT8, QUICK_BENCH, built
 
 # What Rich sees in an 80-column terminal: a terminal (so lines wrap at words and tables are
 # laid out for it, not printed whole as for a pipe), without colour.
@@ -48,8 +48,7 @@ def dynamic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    args = ("build", "-p", "16", "32", "--img-size", "48", "64", "--parity-samples", "4", "-q")
-    return built(tmp_path_factory, *args, name="grid").path
+    return built(tmp_path_factory, *GRID, name="grid").path
 
 
 @pytest.mark.parametrize("command", ["build", "inspect", "validate", "bench", "evaluate", "predict", "triton", "serve"])

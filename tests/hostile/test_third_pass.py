@@ -42,6 +42,9 @@ from exporter.core.errors import UsageError
 
 from conftest import TWO_VARIANTS, built, copy_into, edit_manifest, refused, run_cli
 
+# These tests are about the files the latency probe reads and writes, not its numbers: at its floor.
+pytestmark = pytest.mark.usefixtures("quick_probe")
+
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
