@@ -9,9 +9,10 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
+from typing_extensions import TypedDict
 
 from exporter import __version__
 from exporter.build.export import check_onnx, export_onnx
@@ -98,10 +99,18 @@ def _reuse(old: Bundle | None, label: str, key: str, tmp: Path) -> VariantRecord
     return record.but(resumed=True)
 
 
-def measured_files(manifest: Manifest) -> dict[str, Any]:
+class MeasuredFiles(TypedDict):
+    """What the measurements of a bundle depend on (``measured_files``)."""
+
+    variants: dict[str, list[str | None]]  # label: its ONNX's sha256, its reduced ONNX's (or None)
+    shared: str | None  # the shared weights' sha256
+    preprocessing: dict[str, object]  # as the manifest's JSON has it: compared whole
+
+
+def measured_files(manifest: Manifest) -> MeasuredFiles:
     """What the measurements of a bundle (bench.json, eval.json, ...) depend on: each variant's
     ONNX files by sha256, the shared weights and the preprocessing (as the manifest's JSON has them)."""
-    found = {
+    found: MeasuredFiles = {
         "variants": {v.label: [v.onnx.sha256, v.reduced.sha256 if v.reduced else None] for v in manifest.variants},
         "shared": manifest.shared_weights.sha256 if manifest.shared_weights else None,
         "preprocessing": manifest.preprocessing.model_dump(mode="json", exclude_unset=True),

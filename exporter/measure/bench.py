@@ -12,11 +12,11 @@ from __future__ import annotations
 import platform
 import resource
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter import __version__
 from exporter.bundle.door import Bundle
@@ -30,6 +30,9 @@ from exporter.measure.options import BenchOptions, Skipped, bench_input, percent
 from exporter.measure.resample import ResampleCost, resample_costs
 from exporter.parity.runner import Runner
 from exporter.tensorrt.select import tensorrt_here, tensorrt_runner
+
+if TYPE_CHECKING:
+    from exporter.runtime.artefacts import BenchFile, MachineInfo, TimingRecord
 
 
 @dataclass(frozen=True)
@@ -52,15 +55,48 @@ class Timing:
     threads: int = 0
     img_size: tuple[int, int] = (0, 0)  # the variant's (a grid has several per patch size)
 
+    def record(self) -> TimingRecord:
+        """As bench.json has it (``asdict``'s keys, in its order)."""
+        return {
+            "backend": self.backend,
+            "variant": self.variant,
+            "patch_size": self.patch_size,
+            "batch": self.batch,
+            "runs": self.runs,
+            "p50_ms": self.p50_ms,
+            "p90_ms": self.p90_ms,
+            "p99_ms": self.p99_ms,
+            "images_per_s": self.images_per_s,
+            "gflops_per_image": self.gflops_per_image,
+            "achieved_gflops": self.achieved_gflops,
+            "fraction_of_ceiling": self.fraction_of_ceiling,
+            "peak_rss_mb": self.peak_rss_mb,
+            "setup_seconds": self.setup_seconds,
+            "measured_at": self.measured_at,
+            "threads": self.threads,
+            "img_size": self.img_size,
+        }
+
 
 @dataclass(frozen=True)
 class BenchReport:
-    machine: dict[str, object]
+    machine: MachineInfo
     threads: int
     ceiling: Ceiling
     timings: tuple[Timing, ...]
     skipped: tuple[Skipped, ...] = field(default=())
     resample: tuple[ResampleCost, ...] = field(default=())
+
+    def record(self) -> BenchFile:
+        """As bench.json has it, before any merge (``asdict``'s keys, in its order)."""
+        return {
+            "machine": self.machine,
+            "threads": self.threads,
+            "ceiling": self.ceiling.record(),
+            "timings": [t.record() for t in self.timings],
+            "skipped": [s.record() for s in self.skipped],
+            "resample": [r.record() for r in self.resample],
+        }
 
 
 def peak_rss_mb() -> float:
@@ -68,7 +104,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def machine_info(threads: int) -> dict[str, object]:
+def machine_info(threads: int) -> MachineInfo:
     import onnxruntime
     import torch
 
@@ -136,20 +172,20 @@ def timed(runner: Runner, img: tuple[int, int], batch: int, options: BenchOption
 MEASURED = ("timings", "resample")  # a machine's section holding rows of either is kept
 
 
-def merge_reports(previous: Any, report: BenchReport) -> tuple[dict[str, Any], str]:
+def merge_reports(previous: Any, report: BenchReport) -> tuple[BenchFile, str]:
     """``bench.json`` after this run, and a line saying what was merged. Rows are keyed by
     (backend, variant, batch): this run's rows replace earlier ones with the same key, the
     others are kept (each says when it was measured), so a run with other options adds to the
     plot instead of erasing it. Another machine's (CPU or GPU) file is never dropped: it is kept
     whole under ``other_machines``, and comes back to the top when that machine benches again."""
     if not isinstance(previous, dict):
-        return asdict(report), ""
+        return report.record(), ""
     here = (report.machine.get("cpu"), report.machine.get("gpu"))
     earlier = previous.get("other_machines")
-    sections = [{k: v for k, v in previous.items() if k != "other_machines"}]
+    sections: list[dict[str, object]] = [{k: v for k, v in previous.items() if k != "other_machines"}]
     sections += [s for s in earlier if isinstance(s, dict)] if isinstance(earlier, list) else []
 
-    def machine_of(section: dict[str, Any]) -> tuple[Any, Any]:
+    def machine_of(section: dict[str, object]) -> tuple[object, object]:
         machine = section.get("machine")
         return (machine.get("cpu"), machine.get("gpu")) if isinstance(machine, dict) else (None, None)
 
@@ -163,31 +199,36 @@ def merge_reports(previous: Any, report: BenchReport) -> tuple[dict[str, Any], s
     return merged, note
 
 
-def _merge_same_machine(previous: dict[str, Any] | None, report: BenchReport) -> tuple[dict[str, Any], str]:
-    """``merge_reports`` for an earlier file of this same machine (None: there is none)."""
-    new = asdict(report)
-    if previous is None or not isinstance(previous.get("timings"), list):
+def _merge_same_machine(previous: dict[str, object] | None, report: BenchReport) -> tuple[BenchFile, str]:
+    """``merge_reports`` for an earlier file of this same machine (None: there is none); its
+    rows that this run does not replace are kept as they were read."""
+    new = report.record()
+    timings = previous.get("timings") if previous is not None else None
+    if previous is None or not isinstance(timings, list):
         return new, ""
 
-    def key(t: dict[str, Any]) -> tuple[Any, ...]:
+    def key(t: Mapping[str, object]) -> tuple[object, ...]:
         return (t.get("backend"), t.get("variant"), t.get("batch"))
 
     fresh = {key(t) for t in new["timings"]}
-    earlier = [t for t in previous["timings"] if isinstance(t, dict)]
+    earlier = [t for t in timings if isinstance(t, dict)]
     kept = [t for t in earlier if key(t) not in fresh]
     ran = {t.backend for t in report.timings} | {s.backend for s in report.skipped}
-    old_skips: list[Any] = previous["skipped"] if isinstance(previous.get("skipped"), list) else []
-    new["timings"] = kept + list(new["timings"])
+    skipped = previous.get("skipped")
+    old_skips: list[Any] = skipped if isinstance(skipped, list) else []
+    new["timings"] = [*kept, *new["timings"]]
     still_skipped = [s for s in old_skips if isinstance(s, dict) and s.get("backend") not in ran]
-    new["skipped"] = list(new["skipped"]) + still_skipped
-    if isinstance(previous.get("resample"), list):  # same rule, keyed by size too
+    new["skipped"] = [*new["skipped"], *still_skipped]
+    costs = previous.get("resample")
+    if isinstance(costs, list):  # same rule, keyed by size too
 
-        def sized(r: dict[str, Any]) -> tuple[Any, ...]:
-            return key(r) + (tuple(r.get("img_size") or ()),)
+        def sized(r: Mapping[str, object]) -> tuple[object, ...]:
+            size: Any = r.get("img_size") or ()  # as read: whatever it holds goes to tuple(), as ever
+            return key(r) + (tuple(size),)
 
         fresh = {sized(r) for r in new["resample"]}
-        kept_costs = [r for r in previous["resample"] if isinstance(r, dict) and sized(r) not in fresh]
-        new["resample"] = kept_costs + list(new["resample"])
+        kept_costs = [r for r in costs if isinstance(r, dict) and sized(r) not in fresh]
+        new["resample"] = [*kept_costs, *new["resample"]]
     if not kept:
         return new, f"replaced all {len(earlier)} rows of the previous bench.json" if earlier else ""
     backends = ", ".join(sorted({str(t.get("backend")) for t in kept}))

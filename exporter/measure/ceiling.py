@@ -8,9 +8,12 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from exporter.runtime.artefacts import CeilingRecord
 
 
 class Timed(Protocol):
@@ -61,6 +64,16 @@ class Ceiling:
         if backend == "ort-cpu int8":
             return self.int8_matmul_gops
         return None  # GPUs, and fp16 on a CPU (no fast path in onnxruntime's CPU provider)
+
+    def record(self) -> CeilingRecord:
+        """As bench.json has it (``asdict``'s keys, in its order)."""
+        return {
+            "size": self.size,
+            "ort_matmul_gflops": self.ort_matmul_gflops,
+            "torch_sgemm_gflops": self.torch_sgemm_gflops,
+            "bf16_matmul_gflops": self.bf16_matmul_gflops,
+            "int8_matmul_gops": self.int8_matmul_gops,
+        }
 
 
 def ort_matmul_gflops(size: int, threads: int, options: Timed) -> float:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from exporter.runtime.backends.base import backend_problem, load_runner
 from exporter.runtime.images import IMAGE_SUFFIXES, image_files, preprocess, readable_images
 from exporter.source.demo import DEMO_NAME, digits_to_pixels, load_demo_digits
 from exporter.source.model import SourceModel
+
+if TYPE_CHECKING:
+    from exporter.runtime.artefacts import EvalFile, EvalRecord
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,21 @@ class EvalRow:
     @property
     def passed(self) -> bool:
         return self.max_drop is None or self.delta_top1 is None or -self.delta_top1 <= self.max_drop + 1e-9
+
+    def record(self) -> EvalRecord:
+        """As eval.json has it: ``asdict``'s keys in its order, then ``passed``."""
+        return {
+            "backend": self.backend,
+            "variant": self.variant,
+            "patch_size": self.patch_size,
+            "img_size": self.img_size,
+            "samples": self.samples,
+            "top1": self.top1,
+            "top5": self.top5,
+            "delta_top1": self.delta_top1,
+            "max_drop": self.max_drop,
+            "passed": self.passed,
+        }
 
     def failure(self) -> str:
         delta, drop = self.delta_top1 or 0.0, self.max_drop or 0.0
@@ -182,7 +200,7 @@ def evaluate_bundle(
     weights: Path | None = None,
     progress: Callable[[str], None] | None = None,
     backends: tuple[str, ...] = (),
-) -> dict[str, Any]:
+) -> EvalFile:
     """Accuracy of every variant in PyTorch and onnxruntime (and with naive resize if asked), and
     on each of ``backends`` (the runtime's: ``openvino``, ``openvino-bf16``, ...) too."""
     check_classifier(opened)
@@ -249,7 +267,7 @@ def evaluate_bundle(
     return {
         "data": dataset.name,
         "samples": len(dataset.labels),
-        "results": [asdict(r) | {"passed": r.passed} for r in rows],
+        "results": [r.record() for r in rows],
         "failures": [r.failure() for r in rows if not r.passed],
         "skipped": list(dataset.skipped),
     }

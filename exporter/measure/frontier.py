@@ -9,10 +9,13 @@ as plain JSON: this module imports neither torch nor onnx, so the runtime can us
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter.core.numbers import finite_number
 from exporter.runtime.measurements import accuracies
+
+if TYPE_CHECKING:
+    from exporter.runtime.artefacts import CheckedBench
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,11 @@ def latencies(bench: Any, backend: str, batch: int) -> dict[str, float]:
     return found
 
 
-def bundle_frontiers(bench: Any, evaluation: Any, batch: int | None = None) -> dict[str, list[FrontierRow]]:
-    """The frontier of every backend in ``bench.json`` (at its smallest batch, or ``batch``)
-    over the variants ``eval.json`` has an accuracy for."""
+def bundle_frontiers(
+    bench: CheckedBench | None, evaluation: Any, batch: int | None = None
+) -> dict[str, list[FrontierRow]]:
+    """The frontier of every backend in ``bench.json`` (as ``checked_bench`` returns it; at its
+    smallest batch, or ``batch``) over the variants ``eval.json`` has an accuracy for."""
     rows = bench.get("timings") if isinstance(bench, dict) else None
     if not isinstance(rows, list) or not rows:
         return {}

@@ -6,11 +6,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter.bundle.records import NativeAgreement
 from exporter.bundle.schema import Manifest
 from exporter.core.files import write_atomic_bytes
+
+if TYPE_CHECKING:
+    from exporter.measure.frontier import FrontierRow
+    from exporter.runtime.artefacts import CheckedBench, CheckedEval
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,8 @@ def native_series(manifest: Manifest) -> NativeSeries | None:
 
 
 def plot_tradeoff(
-    bench: dict[str, Any] | None,
-    evaluation: dict[str, Any] | None,
+    bench: CheckedBench | None,
+    evaluation: CheckedEval | None,
     path: Path,
     title: str,
     native: NativeSeries | None = None,
@@ -54,7 +58,7 @@ def plot_tradeoff(
 
 
 def draw_tradeoff(
-    bench: dict[str, Any] | None, evaluation: dict[str, Any] | None, title: str, native: NativeSeries | None = None
+    bench: CheckedBench | None, evaluation: CheckedEval | None, title: str, native: NativeSeries | None = None
 ) -> Any:
     """The figure: one line per backend (one colour per backend in every panel; in a grid, one
     marker and dash per image size). ``native``: drawn dashed on the accuracy panel, or (no
@@ -128,7 +132,7 @@ def colour(backend: str) -> str:
     return COLOURS.get(name, f"C{sum(map(ord, name)) % 10}")
 
 
-def _style(name: str, sides: list[str]) -> dict[str, Any]:
+def _style(name: str, sides: list[str]) -> dict[str, str]:
     """Colour by backend; marker and dash by image size (``sides``, smallest first) where there are several."""
     side = name.split(" @ ")[1] if " @ " in name else ""
     marker, dash = SIZE_STYLES[sides.index(side) % len(SIZE_STYLES)] if side in sides else ("o", "-")
@@ -159,7 +163,7 @@ def plain_log_axis(axis: Any, values: list[float]) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _latency(ax: Any, bench: dict[str, Any]) -> None:
+def _latency(ax: Any, bench: CheckedBench) -> None:
     batch = min(t["batch"] for t in bench["timings"])
     series: dict[str, list[tuple[int, float]]] = {}
     sizes = {tuple(t.get("img_size") or ()) for t in bench["timings"]}
@@ -214,13 +218,14 @@ def _native(ax: Any, native: NativeSeries) -> dict[str, list[tuple[int, float]]]
     return series
 
 
-def _accuracy(ax: Any, evaluation: dict[str, Any], native: NativeSeries | None = None) -> None:
+def _accuracy(ax: Any, evaluation: CheckedEval, native: NativeSeries | None = None) -> None:
     if native is not None:
         _native(ax, native)  # beside accuracy: what a user without labels would have seen
     series: dict[str, list[tuple[int, float]]] = {}
     sizes = {tuple(row.get("img_size") or ()) for row in evaluation["results"]}
     for row in evaluation["results"]:
-        name = row["backend"] + (f" @ {row['img_size'][0]}" if len(sizes) > 1 and row.get("img_size") else "")
+        size = row.get("img_size")
+        name = row["backend"] + (f" @ {size[0]}" if len(sizes) > 1 and size else "")
         series.setdefault(name, []).append((row["patch_size"][0], row["top1"]))
     _lines(ax, series)
     _patch_axis(ax, series)
@@ -241,7 +246,7 @@ def _patch_axis(ax: Any, series: dict[str, list[tuple[int, float]]]) -> None:
     ax.set_xlabel("patch size")
 
 
-def _frontier(ax: Any, frontiers: dict[str, Any]) -> None:
+def _frontier(ax: Any, frontiers: dict[str, list[FrontierRow]]) -> None:
     """Top-1 against p99 for every variant; the non-dominated ones joined, starred and named
     (each name once per place: two backends' points that meet share it)."""
     named: list[tuple[float, float]] = []

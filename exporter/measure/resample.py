@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter.bundle.door import Bundle
 from exporter.core.errors import BundleError
@@ -16,6 +16,9 @@ from exporter.measure.backends import bench_runner
 from exporter.measure.ceiling import measure
 from exporter.measure.options import BenchOptions, Skipped, bench_input, percentile
 from exporter.parity.runner import Runner
+
+if TYPE_CHECKING:
+    from exporter.runtime.artefacts import ResampleRecord
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,22 @@ class ResampleCost:
     extra_ms: float
     extra_percent: float
     measured_at: str = ""
+
+    def record(self) -> ResampleRecord:
+        """As bench.json has it (``asdict``'s keys, in its order)."""
+        return {
+            "backend": self.backend,
+            "variant": self.variant,
+            "img_size": self.img_size,
+            "batch": self.batch,
+            "dynamic_p50_ms": self.dynamic_p50_ms,
+            "fixed_p50_ms": self.fixed_p50_ms,
+            "dynamic_p99_ms": self.dynamic_p99_ms,
+            "fixed_p99_ms": self.fixed_p99_ms,
+            "extra_ms": self.extra_ms,
+            "extra_percent": self.extra_percent,
+            "measured_at": self.measured_at,
+        }
 
 
 def timed_pair(

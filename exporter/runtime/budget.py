@@ -24,6 +24,7 @@ from exporter.runtime.measurements import BENCH, LATENCY, bench_rows_here, laten
 if TYPE_CHECKING:
     from exporter.bundle.door import Bundle
     from exporter.parity.runner import Runner
+    from exporter.runtime.artefacts import ProbeRow
     from exporter.runtime.preprocess import Preprocess
 
 log = logging.getLogger("exporter.runtime")
@@ -95,7 +96,7 @@ def probe_latencies(
         progress.info("  %s: p50 %.3f ms, p99 %.3f ms", label, found[label].p50_ms, found[label].p99_ms)
     wanted = backend if precision == "fp32" else f"{backend} {precision}"
     measured = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-    rows = [
+    rows: list[ProbeRow] = [
         {"backend": wanted, "variant": k, "batch": batch, "p50_ms": v.p50_ms, "p99_ms": v.p99_ms, "measured": measured}
         for k, v in found.items()
     ]

@@ -20,15 +20,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from exporter.core.errors import BundleError, DiskFullError
 from exporter.core.files import write_atomic
 from exporter.core.names import printable
 from exporter.core.numbers import finite_number
+from exporter.runtime.artefacts import (
+    BenchRow,
+    CheckedBench,
+    CheckedEval,
+    LatencyFile,
+    LatencyRow,
+    LatencySection,
+    ProbeRow,
+)
 
 if TYPE_CHECKING:
     from exporter.bundle.door import Bundle
@@ -80,14 +89,16 @@ def row_problem(row: Any, variants: Collection[str], bench: bool = False) -> str
     return ""
 
 
-def valid_rows(rows: Any, where: str, variants: Collection[str], bench: bool = False) -> list[dict[str, Any]]:
-    """The usable rows of ``rows``; the others ignored with one warning naming the first problem."""
+def valid_rows(rows: Any, where: str, variants: Collection[str], bench: bool = False) -> list[LatencyRow]:
+    """The usable rows of ``rows`` (``row_problem`` checked each key a ``LatencyRow`` declares, and
+    with ``bench`` a ``BenchRow``'s pairs); the others ignored with one warning naming the first problem."""
     if rows is None:
         return []
     if not isinstance(rows, list):
         warn_once(f"ignoring {where}: a {type(rows).__name__}, not a list of rows")
         return []
-    kept, bad = [], []
+    kept: list[LatencyRow] = []
+    bad: list[str] = []
     for i, row in enumerate(rows):
         problem = row_problem(row, variants, bench)
         if problem:
@@ -107,7 +118,7 @@ def same_machine(machine: Any, here: dict[str, str]) -> bool:
     return machine.get("machine") in (None, here["machine"])
 
 
-def latency_sections(data: Any, where: str) -> list[dict[str, Any]]:
+def latency_sections(data: Any, where: str) -> list[LatencySection]:
     """``latency.json``'s sections, one per machine (``{"machine": {...}, "rows": [...]}``): the
     top level is the machine that wrote last, ``other_machines`` the others (as in bench.json)."""
     if data is None:
@@ -120,12 +131,13 @@ def latency_sections(data: Any, where: str) -> list[dict[str, Any]]:
         warn_once(f"ignoring {where} other_machines: a {type(others).__name__}, not a list")
     extra = [s for s in others if isinstance(s, dict)] if isinstance(others, list) else []
     top = {k: v for k, v in data.items() if k != "other_machines"}  # with whatever else it records
-    return [{"machine": data.get("machine"), "rows": data.get("rows"), **top}, *extra]
+    sections = [{"machine": data.get("machine"), "rows": data.get("rows"), **top}, *extra]
+    return cast("list[LatencySection]", sections)  # any object is one: nothing in it is vouched for yet
 
 
-def latency_rows_here(data: Any, where: str, variants: Collection[str], here: dict[str, str]) -> list[dict[str, Any]]:
+def latency_rows_here(data: Any, where: str, variants: Collection[str], here: dict[str, str]) -> list[LatencyRow]:
     """The usable rows ``latency.json`` holds for this machine."""
-    rows: list[dict[str, Any]] = []
+    rows: list[LatencyRow] = []
     for i, section in enumerate(latency_sections(data, where)):
         if same_machine(section.get("machine"), here):
             rows += valid_rows(
@@ -134,14 +146,14 @@ def latency_rows_here(data: Any, where: str, variants: Collection[str], here: di
     return rows
 
 
-def bench_rows_here(data: Any, where: str, variants: Collection[str], here: dict[str, str]) -> list[dict[str, Any]]:
+def bench_rows_here(data: Any, where: str, variants: Collection[str], here: dict[str, str]) -> list[LatencyRow]:
     """The usable ``timings`` rows of ``bench.json`` when it was measured on this machine."""
     if not isinstance(data, dict) or not same_machine(data.get("machine"), here):
         return []
     return valid_rows(data.get("timings"), f"{where} timings", variants)  # the budget needs no patch sizes
 
 
-def checked_bench(data: Any, where: str, variants: Collection[str]) -> dict[str, Any] | None:
+def checked_bench(data: Any, where: str, variants: Collection[str]) -> CheckedBench | None:
     """``bench.json`` with only its usable timings, for the plot and the frontier; None when it
     has none or its header (machine, threads) is not as we write it."""
     if data is None:
@@ -152,11 +164,12 @@ def checked_bench(data: Any, where: str, variants: Collection[str]) -> dict[str,
     if not (isinstance(machine, dict) and isinstance(machine.get("cpu"), str) and counted):
         warn_once(f"ignoring {where}: its machine or threads is not as flexiexport writes them")
         return None
-    timings = valid_rows(data.get("timings"), f"{where} timings", variants, bench=True)
-    return {**data, "timings": timings} if timings else None
+    rows = valid_rows(data.get("timings"), f"{where} timings", variants, bench=True)
+    timings = cast("list[BenchRow]", rows)  # their patch_size and img_size checked too
+    return cast(CheckedBench, {**data, "timings": timings}) if timings else None
 
 
-def checked_eval(data: Any, where: str, variants: Collection[str]) -> dict[str, Any] | None:
+def checked_eval(data: Any, where: str, variants: Collection[str]) -> CheckedEval | None:
     """``eval.json`` with only its usable results, for the plot: a record with a backend, a
     variant the bundle has, a patch size, and a top-1 in [0, 1] (the others ignored with one
     warning); None when it has none."""
@@ -170,7 +183,7 @@ def checked_eval(data: Any, where: str, variants: Collection[str]) -> dict[str, 
     if len(kept) < len(rows):
         first = next(_eval_problem(r, variants) for r in rows if _eval_problem(r, variants))
         warn_once(f"ignoring {len(rows) - len(kept)} of {len(rows)} results in {where}: {first}")
-    return {**data, "results": kept} if kept else None
+    return cast(CheckedEval, {**data, "results": kept}) if kept else None
 
 
 def _eval_problem(row: Any, variants: Collection[str]) -> str:
@@ -202,8 +215,8 @@ def folder_locked(folder: Path) -> Iterator[None]:
 
 
 def merge_latency(
-    previous: Any, here: dict[str, str], rows: list[dict[str, Any]], variants: Collection[str]
-) -> dict[str, Any]:
+    previous: Any, here: dict[str, str], rows: Sequence[LatencyRow], variants: Collection[str]
+) -> LatencyFile:
     """``latency.json`` after recording ``rows`` measured on this machine: this machine's rows of
     the same (backend, variant, batch) replaced, and those it cannot use dropped (a variant this
     bundle lacks, a latency that is not one); every other machine's section kept as it was."""
@@ -216,13 +229,13 @@ def merge_latency(
     mine = next((s for s in sections if same_machine(s.get("machine"), here)), None)
     found = mine.get("rows") if mine is not None else None
     earlier: list[Any] = found if isinstance(found, list) else []
-    kept = [r for r in earlier if key(r) not in fresh and not row_problem(r, variants)]
-    section = {**(mine or {}), "machine": here, "rows": kept + rows}
+    kept: list[LatencyRow] = [r for r in earlier if key(r) not in fresh and not row_problem(r, variants)]
+    section: LatencyFile = {**(mine or {}), "machine": here, "rows": [*kept, *rows]}
     others = [s for s in sections if s is not mine and s.get("rows") != []]  # an empty section holds nothing
     return {**section, "other_machines": others} if others else section
 
 
-def record_latencies(door: Bundle, rows: list[dict[str, Any]], here: dict[str, str]) -> None:
+def record_latencies(door: Bundle, rows: Sequence[ProbeRow], here: dict[str, str]) -> None:
     """Merge ``rows`` (this machine's) into the bundle's ``latency.json``: locked, re-read,
     merged, renamed into place. Nothing is recorded (one warning) where the folder cannot be
     written (a read-only model repository) or the present file is not one we can merge into."""
