@@ -13,10 +13,10 @@ import platform
 import resource
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from exporter import __version__
 from exporter.bundle.door import Bundle
@@ -57,25 +57,7 @@ class Timing:
 
     def record(self) -> TimingRecord:
         """As bench.json has it (``asdict``'s keys, in its order)."""
-        return {
-            "backend": self.backend,
-            "variant": self.variant,
-            "patch_size": self.patch_size,
-            "batch": self.batch,
-            "runs": self.runs,
-            "p50_ms": self.p50_ms,
-            "p90_ms": self.p90_ms,
-            "p99_ms": self.p99_ms,
-            "images_per_s": self.images_per_s,
-            "gflops_per_image": self.gflops_per_image,
-            "achieved_gflops": self.achieved_gflops,
-            "fraction_of_ceiling": self.fraction_of_ceiling,
-            "peak_rss_mb": self.peak_rss_mb,
-            "setup_seconds": self.setup_seconds,
-            "measured_at": self.measured_at,
-            "threads": self.threads,
-            "img_size": self.img_size,
-        }
+        return cast("TimingRecord", asdict(self))
 
 
 @dataclass(frozen=True)
@@ -89,14 +71,7 @@ class BenchReport:
 
     def record(self) -> BenchFile:
         """As bench.json has it, before any merge (``asdict``'s keys, in its order)."""
-        return {
-            "machine": self.machine,
-            "threads": self.threads,
-            "ceiling": self.ceiling.record(),
-            "timings": [t.record() for t in self.timings],
-            "skipped": [s.record() for s in self.skipped],
-            "resample": [r.record() for r in self.resample],
-        }
+        return cast("BenchFile", asdict(self))
 
 
 def peak_rss_mb() -> float:

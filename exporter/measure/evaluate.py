@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -63,18 +63,7 @@ class EvalRow:
 
     def record(self) -> EvalRecord:
         """As eval.json has it: ``asdict``'s keys in its order, then ``passed``."""
-        return {
-            "backend": self.backend,
-            "variant": self.variant,
-            "patch_size": self.patch_size,
-            "img_size": self.img_size,
-            "samples": self.samples,
-            "top1": self.top1,
-            "top5": self.top5,
-            "delta_top1": self.delta_top1,
-            "max_drop": self.max_drop,
-            "passed": self.passed,
-        }
+        return cast("EvalRecord", asdict(self) | {"passed": self.passed})
 
     def failure(self) -> str:
         delta, drop = self.delta_top1 or 0.0, self.max_drop or 0.0

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from exporter.bundle.door import Bundle
 from exporter.core.errors import BundleError
@@ -42,19 +42,7 @@ class ResampleCost:
 
     def record(self) -> ResampleRecord:
         """As bench.json has it (``asdict``'s keys, in its order)."""
-        return {
-            "backend": self.backend,
-            "variant": self.variant,
-            "img_size": self.img_size,
-            "batch": self.batch,
-            "dynamic_p50_ms": self.dynamic_p50_ms,
-            "fixed_p50_ms": self.fixed_p50_ms,
-            "dynamic_p99_ms": self.dynamic_p99_ms,
-            "fixed_p99_ms": self.fixed_p99_ms,
-            "extra_ms": self.extra_ms,
-            "extra_percent": self.extra_percent,
-            "measured_at": self.measured_at,
-        }
+        return cast("ResampleRecord", asdict(self))
 
 
 def timed_pair(
