@@ -9,6 +9,7 @@ backends asked for.
 
 from __future__ import annotations
 
+import json
 import platform
 import resource
 import time
@@ -24,6 +25,7 @@ from exporter.bundle.limits import check_bundle_memory
 from exporter.bundle.records import VariantRecord
 from exporter.core.errors import Unavailable
 from exporter.core.machine import available_cores, cpu_model
+from exporter.core.names import printable
 from exporter.measure.backends import ONNX_BACKENDS, bench_runner
 from exporter.measure.ceiling import Ceiling, measure, measure_ceiling
 from exporter.measure.options import BenchOptions, Skipped, bench_input, percentile
@@ -169,7 +171,7 @@ def merge_reports(previous: Any, report: BenchReport) -> tuple[BenchFile, str]:
     merged, note = _merge_same_machine(mine, report)
     if others:
         merged["other_machines"] = others
-        kept = ", ".join(f"{m[0]}, GPU {m[1]}" for m in map(machine_of, others))
+        kept = printable(", ".join(f"{m[0]}, GPU {m[1]}" for m in map(machine_of, others)))
         note = "; ".join(filter(None, [note, f"kept the rows of {len(others)} other machine(s) ({kept})"]))
     return merged, note
 
@@ -182,8 +184,8 @@ def _merge_same_machine(previous: dict[str, object] | None, report: BenchReport)
     if previous is None or not isinstance(timings, list):
         return new, ""
 
-    def key(t: Mapping[str, object]) -> tuple[object, ...]:
-        return (t.get("backend"), t.get("variant"), t.get("batch"))
+    def key(t: Mapping[str, object], *more: str) -> str:  # as text: a row read may hold lists
+        return json.dumps([t.get(k) for k in ("backend", "variant", "batch", *more)], sort_keys=True)
 
     fresh = {key(t) for t in new["timings"]}
     earlier = [t for t in timings if isinstance(t, dict)]
@@ -196,17 +198,12 @@ def _merge_same_machine(previous: dict[str, object] | None, report: BenchReport)
     new["skipped"] = [*new["skipped"], *still_skipped]
     costs = previous.get("resample")
     if isinstance(costs, list):  # same rule, keyed by size too
-
-        def sized(r: Mapping[str, object]) -> tuple[object, ...]:
-            size: Any = r.get("img_size") or ()  # as read: whatever it holds goes to tuple(), as ever
-            return key(r) + (tuple(size),)
-
-        fresh = {sized(r) for r in new["resample"]}
-        kept_costs = [r for r in costs if isinstance(r, dict) and sized(r) not in fresh]
+        fresh = {key(r, "img_size") for r in new["resample"]}
+        kept_costs = [r for r in costs if isinstance(r, dict) and key(r, "img_size") not in fresh]
         new["resample"] = [*kept_costs, *new["resample"]]
     if not kept:
         return new, f"replaced all {len(earlier)} rows of the previous bench.json" if earlier else ""
-    backends = ", ".join(sorted({str(t.get("backend")) for t in kept}))
+    backends = printable(", ".join(sorted({str(t.get("backend")) for t in kept})))
     return new, (
         f"merged into bench.json: {len(report.timings)} rows measured now ({len(earlier) - len(kept)} replacing "
         f"earlier ones), {len(kept)} earlier rows kept ({backends})"

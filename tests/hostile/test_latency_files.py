@@ -211,3 +211,31 @@ def test_bench_keeps_another_machines_bench_json() -> None:
     back, _ = merge_reports(json.loads(json.dumps(here)), report(JETSON["cpu"], 8.0))
     assert back["machine"]["cpu"] == JETSON["cpu"] and back["timings"][0]["p99_ms"] == 8.0
     assert [s["machine"]["cpu"] for s in back["other_machines"]] == ["x86 CPU"]
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [
+        {"timings": [{"backend": "ort-cpu", "variant": "p16", "batch": [1]}]},  # a list where a number goes
+        {"timings": [], "resample": [{"backend": "ort-cpu", "img_size": 5}]},
+        {"timings": [], "resample": [{"backend": "ort-cpu", "img_size": [[64], {"h": 64}]}]},
+    ],
+)
+def test_bench_merges_into_an_earlier_bench_json_whatever_its_rows_hold(earlier: dict) -> None:
+    """A hand-edited bench.json of this machine: its odd rows are kept as they were read (they
+    are not ours to drop) and never crash the merge; the new rows are added."""
+    from exporter.measure.bench import BenchReport, Ceiling, Timing, merge_reports
+
+    timing = Timing("ort-cpu", "p16", (16, 16), 1, 2, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0, None, 1.0, 0.1)
+    report = BenchReport({"cpu": "c", "gpu": None}, 2, Ceiling(64, 1.0, 1.0), (timing,))
+    merged, _ = merge_reports({"machine": {"cpu": "c", "gpu": None}, **earlier}, report)
+    assert merged["timings"][-1]["p99_ms"] == 2.0
+    assert [*merged["timings"][:-1], *merged["resample"]] == [*earlier["timings"], *earlier.get("resample", [])]
+
+
+def test_the_merge_note_names_other_machines_on_one_line() -> None:
+    from exporter.measure.bench import BenchReport, Ceiling, merge_reports
+
+    other = {"machine": {"cpu": "Jetson\nerror: forged", "gpu": "Orin\r"}, "timings": [{"backend": "trt"}]}
+    _, note = merge_reports(other, BenchReport({"cpu": "c", "gpu": None}, 2, Ceiling(64, 1.0, 1.0), ()))
+    assert "\n" not in note and "\r" not in note and "Jetson\\nerror: forged" in note
