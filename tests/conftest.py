@@ -204,7 +204,7 @@ def _preflight_once_per_file() -> Iterator[None]:
 
     real = preflight.preflight_file
 
-    def once(path: Path, shapes, compute_capability=None, library=preflight.TENSORRT_RTX) -> dict:
+    def once(path: Path, shapes, compute_capability=None, library=preflight.TENSORRT_RTX) -> preflight.Preflight:
         key = file_key(path)
         if key is None or not _PREFLIGHT_MEMO["on"]:
             return real(path, shapes, compute_capability, library)

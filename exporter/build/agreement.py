@@ -13,9 +13,8 @@ images, or not at all when a built variant is the native one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -89,13 +88,22 @@ def native_outputs(
     return NativeOutputs(spec.patch_size, spec.img_size, outputs, real_from)
 
 
-def agreement(native: np.ndarray, variant: np.ndarray, classifier: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Agreement:
+    """The numbers of a ``NativeAgreement`` record."""
+
+    min_cosine: float
+    mean_cosine: float
+    top1_agreement: float | None  # None: a feature model
+
+
+def agreement(native: np.ndarray, variant: np.ndarray, classifier: bool) -> Agreement:
     """Min and mean cosine of each image's outputs, and (a classifier's) top-1 agreement."""
     a, b = native.astype(np.float64), variant.astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cosine = np.sum(a * b, axis=1) / np.maximum(norms, 1e-300)
     top1 = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))) if classifier else None
-    return {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean()), "top1_agreement": top1}
+    return Agreement(float(cosine.min()), float(cosine.mean()), top1)
 
 
 def native_agreement(
@@ -115,7 +123,7 @@ def native_agreement(
     count = min(len(outputs), len(native.outputs))  # the same sorted images, each at its own size
     classifier = source.num_classes != 0
     numbers = (
-        {"min_cosine": 1.0, "mean_cosine": 1.0, "top1_agreement": 1.0 if classifier else None}
+        Agreement(1.0, 1.0, 1.0 if classifier else None)
         if is_native(record, spec)
         else agreement(native.outputs[:count], outputs[:count], classifier)
     )
@@ -127,6 +135,6 @@ def native_agreement(
             "images": count,
             "from": native.real_from,
             "native": is_native(record, spec),
-            **numbers,
+            **asdict(numbers),
         }
     )

@@ -22,10 +22,12 @@ at that size (said so). Judged on the build's parity inputs with the fp32 tolera
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from typing_extensions import NotRequired, TypedDict
 
 from exporter.build.runners import TorchRunner, ort_runner, torch_runner
 from exporter.build.variant import VariantSpec, make_variant
@@ -51,6 +53,18 @@ class Reference:
     status: str = ""  # for a reference that cannot run: "inferred", "failed" or "skipped"
 
 
+class _Verdict(TypedDict):
+    """What every ``source_parity`` record of one check says: the reference, its geometry, the
+    tolerance and, once chosen, the candidate it was compared with."""
+
+    reference: str
+    patch_size: tuple[int, ...]
+    img_size: tuple[int, ...]
+    tolerance: ToleranceRecord
+    variant: NotRequired[str | None]  # None: no such variant in the bundle (our rebuild ran)
+    candidate: NotRequired[str]
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -69,7 +83,7 @@ def source_config(weights: Path | None) -> dict[str, Any]:
     return {}
 
 
-def transformers_reference(folder: Path, config: dict[str, Any]) -> Reference:
+def transformers_reference(folder: Path, config: Mapping[str, Any]) -> Reference:
     """transformers' own class from the folder (``from_pretrained``, local files only)."""
 
     lay = hf_layout.layout({**config, "_path": str(folder / "config.json")})
@@ -107,7 +121,7 @@ def transformers_reference(folder: Path, config: dict[str, Any]) -> Reference:
     return Reference(what, patch, img, TorchRunner(forward), features=not lay.classifier)
 
 
-def timm_reference(source: Any, config: dict[str, Any]) -> Reference:
+def timm_reference(source: Any, config: Mapping[str, Any]) -> Reference:
     """timm's ``create_model(architecture, **model_args)`` and a strict load of the checkpoint's
     tensors (unwrapped from their container, nothing renamed or resampled)."""
     import timm
@@ -175,7 +189,7 @@ def check_source(
     the bundle has it) or our PyTorch rebuild at that geometry."""
 
     ref = independent_reference(source)
-    entry: dict[str, Any] = {
+    entry: _Verdict = {
         "reference": ref.what,
         "patch_size": tuple(ref.patch_size),
         "img_size": tuple(ref.img_size),

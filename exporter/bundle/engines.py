@@ -3,9 +3,9 @@ or built by TensorRT-RTX on a machine without a GPU (never run there)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field
 
 from exporter.bundle.records import ParityStats, RelPath, SafeName, Sha256, ToleranceRecord, _Strict
 
@@ -96,9 +96,3 @@ class BuiltEngines(_EngineSet):
 
 
 EngineSet = Annotated[PendingEngines | NotRunEngines | BuiltEngines, Field(discriminator="status")]
-ENGINE_SETS: TypeAdapter[PendingEngines | NotRunEngines | BuiltEngines] = TypeAdapter(EngineSet)
-
-
-def engine_set(data: dict[str, Any]) -> PendingEngines | NotRunEngines | BuiltEngines:
-    """An engine set as the engine stage describes it, validated as a reader validates it."""
-    return ENGINE_SETS.validate_python(data)

@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     SerializerFunctionWrapHandler,
     ValidationInfo,
     WrapSerializer,
@@ -64,7 +65,7 @@ class _Strict(BaseModel):
         data = self.model_copy(update=changes).model_dump(by_alias=True, exclude_unset=True)
         return self.model_validate(data)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         """The record as JSON data: the keys it was built or read with (a default it never set is
         not written), ``{}`` for an absent entry."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from typing_extensions import TypedDict
 
-from exporter.bundle.records import ReferenceEntry, VariantRecord
+from exporter.bundle.records import RandomInputs, RealInputs, ReferenceEntry, VariantRecord
 from exporter.bundle.schema import Manifest
 from exporter.core.errors import BundleError
 from exporter.core.files import write_atomic_bytes
@@ -48,6 +49,13 @@ def random_inputs(
     m = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
     return ((pixels - m) / s).astype(np.float32)
+
+
+class ReferenceInputs(TypedDict):
+    """A ``ReferenceEntry``'s ``random`` and ``real`` parts."""
+
+    random: RandomInputs
+    real: RealInputs
 
 
 @dataclass(frozen=True)
@@ -81,10 +89,11 @@ class ParityInputs:
         text = f"{self.random_count} seeded random images"
         return text + (f" + {len(self.pixels)} {self.real_from}" if len(self.pixels) else "")
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> ReferenceInputs:
+        """The reference entry's inputs (its writer adds the file's path and sha256)."""
         return {
-            "random": {"count": self.random_count, "seed": self.seed, "generator": GENERATOR},
-            "real": {"count": len(self.pixels), "from": self.real_from},
+            "random": RandomInputs(count=self.random_count, seed=self.seed, generator=GENERATOR),
+            "real": RealInputs.model_validate({"count": len(self.pixels), "from": self.real_from}),
         }
 
 

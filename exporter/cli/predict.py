@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
+from typing_extensions import TypedDict, Unpack
 
 from exporter.bundle.values import strict_json
 from exporter.cli.group import cli, debug_option
@@ -16,6 +16,20 @@ from exporter.cli.render import (
 )
 from exporter.core.errors import UsageError
 from exporter.core.names import printable
+
+
+class PredictFlags(TypedDict):
+    """``predict``'s options, as Click passes them."""
+
+    variant: str | None
+    budget_ms: float | None
+    backend: str
+    precision: str
+    batch: int
+    top_k: int
+    threads: int | None
+    as_json: bool
+    debug: bool
 
 
 @cli.command()
@@ -45,7 +59,7 @@ from exporter.core.names import printable
 @click.option("--threads", type=int, help="CPU threads [default: all available cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @debug_option
-def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
+def predict(bundle: Path, images: tuple[Path, ...], **kw: Unpack[PredictFlags]) -> None:
     """Classify images with a bundle: by --variant, by --budget-ms on this device, else with
     the most accurate variant (a feature model: each image's embedding, summarised, or whole
     with --json). The demo reads white digits on black, as docs/digit.png.
@@ -107,7 +121,7 @@ def predict(bundle: Path, images: tuple[Path, ...], **kw: Any) -> None:
         ctx.exit(2)
 
 
-def check_flags(kw: dict[str, Any]) -> None:
+def check_flags(kw: PredictFlags) -> None:
     """The flags' own values, in the flags' words, before the bundle is opened."""
     import math
 
@@ -117,5 +131,6 @@ def check_flags(kw: dict[str, Any]) -> None:
     if budget is not None and not (math.isfinite(budget) and budget > 0):
         raise UsageError(f"--budget-ms must be a positive number of milliseconds, got {budget:g}")
     for flag in ("top_k", "threads", "batch"):
-        if kw[flag] is not None and kw[flag] < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {kw[flag]}")
+        value = kw[flag]
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")

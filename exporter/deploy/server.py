@@ -36,7 +36,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
+
+from typing_extensions import NotRequired, TypedDict
 
 import exporter
 from exporter.core.errors import EnvironmentMissing, UsageError, param
@@ -47,6 +49,23 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 # Never through a proxy: the server is on this machine.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ModelState(TypedDict):
+    """One model of ``/v2/repository/index`` (Triton's repository extension)."""
+
+    name: str
+    version: NotRequired[str]
+    state: NotRequired[str]  # READY, UNAVAILABLE, LOADING...; absent for a model never loaded
+    reason: NotRequired[str]  # why it is not READY
+
+
+class ServerMetadata(TypedDict, total=False):
+    """``/v2`` (KServe's server metadata); empty when the server did not answer it."""
+
+    name: str
+    version: str
+    extensions: list[str]
 
 
 @dataclass(frozen=True)
@@ -345,14 +364,15 @@ class TritonServer:
             return UsageError(f"{what}: a port is in use{detail}")
         return EnvironmentMissing(f"{what}{detail}")
 
-    def model_index(self) -> list[dict[str, Any]]:
+    def model_index(self) -> list[ModelState]:
         """``/v2/repository/index``: every model's name, state and, when it failed, the reason."""
         status, body = self.get("/v2/repository/index", "POST")
         return body if status == 200 and isinstance(body, list) else []
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> ServerMetadata:
+        """``/v2``: the server's name, version and extensions ({} when it did not answer)."""
         status, body = self.get("/v2")
-        return body if status == 200 and isinstance(body, dict) else {}
+        return cast(ServerMetadata, body) if status == 200 and isinstance(body, dict) else {}
 
     def wait(self) -> int:
         assert self.process is not None

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from typing_extensions import NotRequired, TypedDict
 
 from exporter.core.errors import EnvironmentMissing, FlexiExportError, UsageError
 from exporter.runtime.budget import Latency, load_latencies
@@ -41,14 +42,47 @@ IMAGES = "images"
 VARIANT = "variant"
 
 
-def _parameters(config: dict[str, Any]) -> dict[str, str]:
+class TritonArgs(TypedDict):
+    """What the Python backend hands ``initialize``: strings, the model's config among them as JSON."""
+
+    model_config: str
+    model_instance_kind: str
+    model_instance_device_id: str
+    model_repository: str
+    model_version: str
+    model_name: str
+
+
+class TensorConfig(TypedDict):
+    """An ``input`` or ``output`` of the model's config (the keys read here)."""
+
+    name: str
+
+
+class ConfigParameter(TypedDict):
+    string_value: str
+
+
+class ModelConfig(TypedDict):
+    """The model's ``config.pbtxt`` as Triton hands it over (JSON): the keys read here."""
+
+    input: list[TensorConfig]
+    output: list[TensorConfig]
+    parameters: NotRequired[dict[str, ConfigParameter]]
+
+
+# A request's parameter values: Triton takes booleans, integers, numbers and strings.
+RequestValue = bool | int | float | str
+
+
+def _parameters(config: ModelConfig) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
-def _open(args: dict[str, Any]) -> tuple[Bundle, dict[str, Any], dict[str, str]]:
+def _open(args: TritonArgs) -> tuple[Bundle, ModelConfig, dict[str, str]]:
     """The model's bundle copy (``<model>/<version>/bundle``), its config and string parameters."""
     check_numpy_bridge()
-    config = json.loads(args["model_config"])
+    config: ModelConfig = json.loads(args["model_config"])
     folder = Path(args["model_repository"]) / args["model_version"] / "bundle"
     return Bundle.open(folder), config, _parameters(config)
 
@@ -80,7 +114,7 @@ def error_response(exc: BaseException) -> Any:
 class VariantModel:
     """One variant: ``pixel_values`` → ``logits`` through the runtime's runner."""
 
-    def initialize(self, args: dict[str, Any]) -> None:
+    def initialize(self, args: TritonArgs) -> None:
         bundle, config, params = _open(args)
         precision = params.get("precision", "fp32")
         threads = int(params["threads"]) if params.get("threads") else None
@@ -108,12 +142,12 @@ class VariantModel:
 class EntryModel:
     """Images (or pixel values) and a latency budget in; the chosen variant's logits out."""
 
-    def initialize(self, args: dict[str, Any]) -> None:
+    def initialize(self, args: TritonArgs) -> None:
         self.setup(*_open(args))
         shown = ", ".join(f"{k} p99 {v.p99_ms:.3g} ms" for k, v in self.latencies[1].items())
         pb_utils.Logger.log_info(f"{args['model_name']}: variants on {self.backend} at batch 1: {shown}")
 
-    def setup(self, bundle: Bundle, config: dict[str, Any], params: dict[str, str]) -> None:
+    def setup(self, bundle: Bundle, config: ModelConfig, params: dict[str, str]) -> None:
         """What ``initialize`` does with the opened copy, its config and parameters (no Triton
         call in it: a test runs it on a repository's copy)."""
         self.bundle = bundle
@@ -149,7 +183,7 @@ class EntryModel:
         except Exception as exc:
             return error_response(exc)
 
-    def choose(self, parameters: dict[str, Any], batch: int) -> str:
+    def choose(self, parameters: dict[str, RequestValue], batch: int) -> str:
         """``variant`` as asked, or the most accurate one within ``budget_ms``, else the most
         accurate: ``Bundle.choose``, as ``flexiexport predict`` chooses (the copy holds eval.json)."""
         variant, budget = parameters.get("variant"), parameters.get("budget_ms")
@@ -197,7 +231,7 @@ class EntryModel:
         return np.ascontiguousarray(pb_utils.get_output_tensor_by_name(response, out).as_numpy())
 
 
-def budget_value(value: Any) -> float:
+def budget_value(value: RequestValue) -> float:
     """A request's ``budget_ms``: a positive number (or a string of one)."""
     try:
         budget = float(value) if not isinstance(value, bool) else math.nan

@@ -11,12 +11,22 @@ layer that runs models) so that every layer above may import it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from typing_extensions import TypedDict
 
 from exporter.core.errors import UsageError
+
+
+class RunnerDetails(TypedDict, total=False):
+    """What a backend reports of the model it loaded."""
+
+    providers: Sequence[str]  # onnxruntime's execution providers, in order
+    shared_initializers: int  # onnxruntime: initializers shared with the bundle's other sessions
+    inference_precision: str  # OpenVINO's
+    shapes: list[list[int | None]]  # the file's own input and output dims (None: named or unknown)
 
 
 class Runner(ABC):
@@ -32,13 +42,13 @@ class Runner(ABC):
         path: Path,
         min_batch: int = 1,
         max_batch: int | None = None,
-        details: dict[str, Any] | None = None,
+        details: RunnerDetails | None = None,
     ) -> None:
         self.backend = backend
         self.path = Path(path)
         self.min_batch = min_batch
         self.max_batch = max_batch
-        self.details: dict[str, Any] = details or {}
+        self.details: RunnerDetails = details or {}
 
     @property
     def static_batch(self) -> int | None:

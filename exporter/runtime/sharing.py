@@ -19,12 +19,15 @@ import hashlib
 import math
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from exporter.bundle.onnxwire import ExternalTensor, external_tensors
 from exporter.core.errors import BundleError
+
+if TYPE_CHECKING:
+    from onnxruntime import OrtValue
 
 # onnx.proto TensorProto.DataType → numpy (bfloat16 and the 4-bit/8-bit floats have no numpy type)
 DTYPES: dict[int, type[np.generic]] = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16}
@@ -42,14 +45,14 @@ class SharedTensors:
         if hashlib.sha256(self.data.data).hexdigest() != sha256:
             raise BundleError(f"{path} has changed since the build (sha256 differs from the manifest)")
         self.data.flags.writeable = False
-        self._values: dict[tuple[int, int, int, tuple[int, ...]], Any] = {}
+        self._values: dict[tuple[int, int, int, tuple[int, ...]], OrtValue] = {}
         self._lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
         return int(self.data.nbytes)
 
-    def initializers(self, onnx_path: Path) -> dict[str, Any]:
+    def initializers(self, onnx_path: Path) -> dict[str, OrtValue]:
         """``{initializer name: OrtValue}`` for every external initializer of ``onnx_path``; the
         same ``OrtValue`` objects for every file that names the same bytes."""
         import onnxruntime as ort

@@ -22,11 +22,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from typing_extensions import NotRequired, TypedDict
 
+from exporter.core.assumptions import Assumption
 from exporter.core.errors import CheckpointError
 from exporter.core.numbers import finite_number
 from exporter.source.hf_layout import Layout, layout
-from exporter.source.hf_processor import _assumed_preprocessing, preprocessing
+from exporter.source.hf_processor import ProcessorPreprocessing, _assumed_preprocessing, preprocessing
 from exporter.source.hf_weights import _fold_class_position, map_weights
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,43 @@ ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
 }
+
+
+class VitArgs(TypedDict):
+    """timm ``VisionTransformer`` keyword arguments, as ``model_args`` maps them from a transformers config."""
+
+    img_size: list[int]
+    patch_size: list[int]
+    in_chans: int
+    num_classes: int
+    global_pool: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    qkv_bias: bool
+    class_token: bool
+    act_layer: str
+    norm_eps: float  # the LayerNorm's eps (``load.create_vit``)
+    init_values: NotRequired[float]  # LayerScale (DINOv2)
+    pre_norm: NotRequired[bool]  # CLIP's pre_layrnorm
+    reg_tokens: NotRequired[int]  # DINOv2's registers, or DeiT's distillation token
+    no_embed_class: NotRequired[bool]
+
+
+class TimmConfig(TypedDict):
+    """A transformers config as the timm-style config the rest of ``exporter.source`` reads."""
+
+    architecture: str | None  # timm's distilled DeiT, else None (a VisionTransformer)
+    family: str
+    img_size: list[int]
+    model_args: VitArgs
+    pretrained_cfg: ProcessorPreprocessing
+    preprocessing_source: str
+    assumptions: list[Assumption]
+    label_names: list[str]
+    transformers: dict[str, str]  # model_type, architecture, output
+    _path: str
 
 
 def _get(config: Mapping[str, Any], key: str, default: Any, kind: type | tuple[type, ...]) -> Any:
@@ -74,7 +113,7 @@ def image_size(config: Mapping[str, Any]) -> tuple[int, int]:
 
 def to_timm(
     sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]
-) -> tuple[dict[str, torch.Tensor], dict[str, Any], tuple[str, ...]]:
+) -> tuple[dict[str, torch.Tensor], TimmConfig, tuple[str, ...]]:
     """transformers weights and config → timm weights, a timm-style config and notes on what was
     left out. Every config value that shapes the model is checked against the weights."""
     lay = layout(config)
@@ -82,7 +121,7 @@ def to_timm(
     args = model_args(config, lay, mapped)
     pre = preprocessing(config, lay)
     assumed = _assumed_preprocessing(pre, lay)
-    timm_config = {
+    timm_config: TimmConfig = {
         "architecture": DISTILLED_TIMM if lay.distilled else None,
         "family": "transformers",
         "img_size": list(args["img_size"]),
@@ -102,7 +141,7 @@ def to_timm(
     return mapped, timm_config, notes
 
 
-def model_args(config: Mapping[str, Any], lay: Layout, sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def model_args(config: Mapping[str, Any], lay: Layout, sd: Mapping[str, torch.Tensor]) -> VitArgs:
     """timm ``VisionTransformer`` arguments (JSON-able: ``norm_eps`` becomes the LayerNorm's eps in
     ``load.create_vit``) from the config, each checked against the weights."""
     where = f"config {lay.path}"
@@ -172,7 +211,7 @@ def model_args(config: Mapping[str, Any], lay: Layout, sd: Mapping[str, torch.Te
     classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
     if lay.classifier and not classes:
         raise CheckpointError(f"{where}: a {lay.architecture} without classifier weights")
-    args: dict[str, Any] = {
+    args: VitArgs = {
         "img_size": list(img),
         "patch_size": list(patch),
         "in_chans": chans,

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import NotRequired, TypedDict
+
 from exporter.core.assumptions import Assumption
 from exporter.core.errors import CheckpointError
 from exporter.core.names import printable
@@ -18,9 +20,33 @@ from exporter.source.hf_layout import Layout
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ProcessorDefaults(TypedDict):
+    """An image processor's defaults, in ``preprocessor_config.json``'s keys."""
+
+    image_mean: list[float]
+    image_std: list[float]
+    resample: int  # PIL's number
+    size: dict[str, int]  # height and width, or shortest_edge
+    do_center_crop: NotRequired[bool]
+    crop_size: NotRequired[dict[str, int]]
+
+
+class ProcessorPreprocessing(TypedDict):
+    """An image processor's preprocessing in timm's ``pretrained_cfg`` keys, and where it came from."""
+
+    mean: list[float]
+    std: list[float]
+    interpolation: str
+    crop_pct: float
+    crop_mode: str
+    source: NotRequired[str]  # the file, or the defaults assumed (moved to the config's preprocessing_source)
+
+
 # Each model type's image processor defaults (transformers' ViTImageProcessor, DeiTImageProcessor,
 # BitImageProcessor for DINOv2), used when the folder has no preprocessor_config.json.
-PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
+PROCESSOR_DEFAULTS: dict[str, ProcessorDefaults] = {
     "vit": {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2, "size": {"height": 224, "width": 224}},
     "deit": {
         "image_mean": list(IMAGENET_MEAN),
@@ -50,7 +76,7 @@ PROCESSOR_DEFAULTS["clip_vision_model"] = {  # CLIPImageProcessor
 }
 
 
-def _assumed_preprocessing(pre: Mapping[str, Any], lay: Layout) -> list[Assumption]:
+def _assumed_preprocessing(pre: ProcessorPreprocessing, lay: Layout) -> list[Assumption]:
     """The image processor's defaults stand in for a missing ``preprocessor_config.json``: said."""
     if not str(pre.get("source", "")).startswith("assumed"):
         return []
@@ -86,7 +112,7 @@ def _edge(sizes: Mapping[str, Any], key: str, where: str) -> float:
     return value
 
 
-def preprocessing(config: Mapping[str, Any], lay: Layout) -> dict[str, Any]:
+def preprocessing(config: Mapping[str, Any], lay: Layout) -> ProcessorPreprocessing:
     """A timm ``pretrained_cfg`` (mean, std, interpolation, crop) from the image processor."""
     proc, source = read_processor(config)
     where = source

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from typing_extensions import NotRequired, TypedDict
 
 from exporter.bundle.limits import prefix_tokens
 from exporter.core.assumptions import Assumption
@@ -22,9 +23,30 @@ from exporter.source.model import KERNEL_KEY, POS_KEY, check_float
 from exporter.source.resampling import num_pos_prefix_tokens
 
 
+class InferredArgs(TypedDict):
+    """timm ``VisionTransformer`` keyword arguments read off a state dict."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    in_chans: int
+    mlp_ratio: float
+    qkv_bias: bool
+    class_token: bool
+    reg_tokens: int
+    no_embed_class: bool
+    global_pool: str
+    fc_norm: bool | None  # None: timm's default for the pooling
+    pre_norm: bool
+    num_classes: int
+    qk_norm: NotRequired[bool]
+    init_values: NotRequired[float]
+    patch_bias: NotRequired[bool]
+
+
 def infer_vit_args(
     sd: Mapping[str, torch.Tensor], num_heads: int | None = None
-) -> tuple[dict[str, Any], list[Assumption]]:
+) -> tuple[InferredArgs, list[Assumption]]:
     """timm ``VisionTransformer`` keyword arguments read off a state dict.
 
     Returns the arguments and what had to be assumed (the head count is not stored in the
@@ -62,7 +84,7 @@ def infer_vit_args(
         prefix > 0 and math.isqrt(n_pos) ** 2 == n_pos and math.isqrt(n_pos - prefix) ** 2 != n_pos - prefix
     )
     has_fc_norm = "fc_norm.weight" in sd
-    args: dict[str, Any] = dict(
+    args = InferredArgs(
         embed_dim=dim,
         depth=depth,
         num_heads=num_heads,

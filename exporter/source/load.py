@@ -123,7 +123,7 @@ def load_source(spec: SourceSpec) -> SourceModel:
     weights = weights_path(spec)
     if spec.model_name:
         _check_model_name(spec.model_name)
-    config = read_config(weights) if weights is not None else {}
+    config: Mapping[str, Any] = read_config(weights) if weights is not None else {}
     if transformers_type(config):
         hf_layout.layout(config)  # an unsupported transformers model is named before any weights are read
     model_name = spec.model_name or config.get("architecture") or None
@@ -144,8 +144,8 @@ def load_source(spec: SourceSpec) -> SourceModel:
 
 
 def _from_transformers(
-    sd: dict[str, torch.Tensor], config: dict[str, Any], model_name: str | None, spec: SourceSpec, origin: Origin
-) -> tuple[dict[str, torch.Tensor], dict[str, Any], str | None, Origin]:
+    sd: dict[str, torch.Tensor], config: Mapping[str, Any], model_name: str | None, spec: SourceSpec, origin: Origin
+) -> tuple[dict[str, torch.Tensor], Mapping[str, Any], str | None, Origin]:
     """A transformers checkpoint mapped into timm's layout (``exporter.source.hf``); anything else as is."""
     from dataclasses import replace
 
@@ -171,17 +171,18 @@ def _describe(
     num_heads: int | None,
 ) -> SourceModel:
     config_args = timm_model_args(config)
-    args, assumed = infer_vit_args(sd, num_heads or config_args.get("num_heads"))  # assumed only when nothing says
+    inferred, assumed = infer_vit_args(sd, num_heads or config_args.get("num_heads"))  # assumed only when nothing says
     check_config_fits(sd, config, num_heads)
     named_cfg: dict[str, Any] = {}
+    args: dict[str, Any]  # timm's keywords: what the config's model_args say is free-form
     if model_name:
-        args, assumed = {"num_classes": args["num_classes"], **config_args}, []
+        args, assumed = {"num_classes": inferred["num_classes"], **config_args}, []
         if num_heads is not None:
             args["num_heads"] = num_heads
         named_cfg, heads = _named_defaults(model_name, args, config)
         num_heads = num_heads or heads
     else:
-        args.update(config_args)
+        args = {**inferred, **config_args}
     if num_heads is not None:
         args["num_heads"] = num_heads
     kernel = sd[KERNEL_KEY]

@@ -18,6 +18,7 @@ A library is recognised by the module that imports, never by its version number.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,9 +112,9 @@ def library_named(key: str) -> Library:
         raise UsageError(f"library must be one of {', '.join(LIBRARIES)}, got {key!r}") from None
 
 
-def library_of(info: dict[str, Any] | Any) -> Library:
+def library_of(info: Mapping[str, object]) -> Library:
     """The library a sidecar or manifest record says built an engine (records before the key: TensorRT)."""
-    name = info.get("library", TENSORRT.name) if isinstance(info, dict) else TENSORRT.name
+    name = info.get("library", TENSORRT.name)
     return TENSORRT_RTX if name == TENSORRT_RTX.name else TENSORRT
 
 

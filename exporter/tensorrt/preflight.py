@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.bundle.manifest import INPUT_NAME, PREFLIGHT
-from exporter.bundle.records import OnnxEntry, Preflight, PreflightSkipped, ReducedEntry, VariantRecord
+from exporter.bundle.records import OnnxEntry, Preflight, PreflightError, PreflightSkipped, ReducedEntry, VariantRecord
 from exporter.core.progress import Reporter, stage
 from exporter.tensorrt.library import TENSORRT_RTX, Library, compute_target, import_library, library_problem
 from exporter.tensorrt.profile import BatchRange, Profile
@@ -48,46 +48,43 @@ def _text(value: object) -> str:
 
 def preflight_file(
     path: Path, shapes: EngineShapes, compute_capability: str | None = None, library: Library = TENSORRT_RTX
-) -> dict[str, Any]:
+) -> Preflight:
     """Parse ``path`` and build its engine on the CPU for ``shapes`` (targeting
     ``compute_capability``; None: the library's portable default). Never raises for what the
     library refuses: that is the record's ``ok`` False and its ``errors``."""
     trt = import_library(library)
     logger = trt_logger(library)
     logger.messages.clear()  # type: ignore[attr-defined]
-    record: dict[str, Any] = {
-        "library": library.name,
-        "version": str(trt.__version__),
-        "ok": False,
-        "stage": "parse",
-        "layers": 0,
-        "parse_seconds": 0.0,
-        "build_seconds": 0.0,
-        "engine_bytes": 0,
-        "engine_sha256": None,
-        "shapes": {"min": list(shapes.min), "opt": list(shapes.opt), "max": list(shapes.max)},
-        "compute_capability": compute_capability or "portable",
-        "errors": [],
-    }
+    record = Preflight(
+        library=library.name,
+        version=str(trt.__version__),
+        ok=False,
+        stage="parse",
+        layers=0,
+        parse_seconds=0.0,
+        build_seconds=0.0,
+        engine_bytes=0,
+        engine_sha256=None,
+        shapes={"min": list(shapes.min), "opt": list(shapes.opt), "max": list(shapes.max)},
+        compute_capability=compute_capability or "portable",
+        errors=[],
+    )
     start = time.perf_counter()
     try:
         builder = trt.Builder(logger)
         network = builder.create_network(0)  # strongly typed whatever the flags
         parser = trt.OnnxParser(network, logger)
         parsed = parser.parse_from_file(str(path))  # external data: found beside the file
-        record["parse_seconds"] = round(time.perf_counter() - start, 3)
-        record["layers"] = int(network.num_layers)
+        record = record.but(parse_seconds=round(time.perf_counter() - start, 3), layers=int(network.num_layers))
         if not parsed:
-            record["errors"] = _parser_errors(parser) or _logged(logger) or [_error("unknown parser error")]
-            return record
-        record["stage"] = "build"
+            return record.but(errors=_parser_errors(parser) or _logged(logger) or [_error("unknown parser error")])
+        record = record.but(stage="build")
         config = builder.create_builder_config()
         if compute_capability:
             config.num_compute_capabilities = 1
             member = getattr(trt.ComputeCapability, compute_target(library, compute_capability))
             if not config.set_compute_capability(member, 0):
-                record["errors"] = [_error(f"{library.name} refused compute capability {compute_capability}")]
-                return record
+                return record.but(errors=[_error(f"{library.name} refused compute capability {compute_capability}")])
         if not shapes.static:
             profile = builder.create_optimization_profile()
             dims = (trt.Dims(list(s)) for s in (shapes.min, shapes.opt, shapes.max))
@@ -95,27 +92,22 @@ def preflight_file(
             config.add_optimization_profile(profile)
         built = time.perf_counter()
         serialized = builder.build_serialized_network(network, config)
-        record["build_seconds"] = round(time.perf_counter() - built, 3)
+        record = record.but(build_seconds=round(time.perf_counter() - built, 3))
         if serialized is None:
-            record["errors"] = _logged(logger) or [_error("the builder returned no engine")]
-            return record
+            return record.but(errors=_logged(logger) or [_error("the builder returned no engine")])
         engine = bytes(serialized)
     except (RuntimeError, TypeError, ValueError) as exc:  # the bindings' own exceptions
-        record["errors"] = [_error(f"{type(exc).__name__}: {exc}")]
-        return record
-    return record | {
-        "ok": True,
-        "stage": "built",
-        "engine_bytes": len(engine),
-        "engine_sha256": hashlib.sha256(engine).hexdigest(),
-    }
+        return record.but(errors=[_error(f"{type(exc).__name__}: {exc}")])
+    return record.but(
+        ok=True, stage="built", engine_bytes=len(engine), engine_sha256=hashlib.sha256(engine).hexdigest()
+    )
 
 
-def _error(message: str, node: str = "", op: str = "", code: str = "") -> dict[str, str]:
-    return {"node": _text(node), "op": _text(op), "code": _text(code), "message": _text(message)}
+def _error(message: str, node: str = "", op: str = "", code: str = "") -> PreflightError:
+    return PreflightError(node=_text(node), op=_text(op), code=_text(code), message=_text(message))
 
 
-def _parser_errors(parser: Any) -> list[dict[str, str]]:
+def _parser_errors(parser: Any) -> list[PreflightError]:
     errors = []
     for i in range(min(int(parser.num_errors), MAX_ERRORS)):
         e = parser.get_error(i)
@@ -124,7 +116,7 @@ def _parser_errors(parser: Any) -> list[dict[str, str]]:
     return errors
 
 
-def _logged(logger: Any) -> list[dict[str, str]]:
+def _logged(logger: Any) -> list[PreflightError]:
     """The logger's ERROR lines of this file (builder errors reach only the logger)."""
     found = [m for severity, m in logger.messages if severity in ("ERROR", "INTERNAL_ERROR")]
     return [_error(m) for m in found[:MAX_ERRORS]]
@@ -173,7 +165,7 @@ def preflight_records(
                 result = entry.tensorrt_preflight
             else:
                 with stage(reporter, f"{record.label} {Path(entry.path).name}", "tensorrt preflight", times):
-                    result = Preflight.model_validate(preflight_file(folder / entry.path, shapes, cc))
+                    result = preflight_file(folder / entry.path, shapes, cc)
             entries[field] = entry.but(**{KEY: result})
         done.append(record.but(onnx=entries["onnx"], reduced=entries["reduced"]))
     return done

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -236,8 +237,9 @@ def check_profile_name(name: str, hint: str = "") -> None:
         raise ProfileError(f"profile name {printable(str(name))!r} is not a safe name: use {SAFE_NAME_TEXT}{hint}")
 
 
-def profile_from_dict(name: str, data: dict[str, Any], path: Path | None = None) -> Profile:
-    """Build a ``Profile``, rejecting an unsafe name and unknown keys by name."""
+def profile_from_dict(name: str, data: Mapping[str, Any], path: Path | None = None) -> Profile:
+    """Build a ``Profile`` from a profile file's TOML data (any values: ``Profile`` checks each
+    one's type), rejecting an unsafe name and unknown keys by name."""
     check_profile_name(name)
     known = {f.name for f in fields(Profile)} - {"name", "path"}
     unknown = sorted(set(data) - known)

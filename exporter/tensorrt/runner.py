@@ -63,7 +63,7 @@ class EngineRunner(Runner):
         low, high = profile_batch_range(input_shape, profile)
         super().__init__("tensorrt", engine_path, low, high)
         self.stream = Stream()
-        self._buffers: dict[str, Any] = {}
+        self._buffers: dict[str, DeviceBuffer] = {}
 
     def batch_problem(self, n: int) -> str | None:
         """The limits' own words, and that they are the optimisation profile's."""
@@ -71,7 +71,7 @@ class EngineRunner(Runner):
         low, high = self.batch_range
         return problem and f"{problem}: batch {n} is outside {self.name}'s optimisation profile ({low}..{high})"
 
-    def _buffer(self, name: str, nbytes: int) -> Any:
+    def _buffer(self, name: str, nbytes: int) -> DeviceBuffer:
         """A device buffer of at least ``nbytes`` for ``name``, reused across calls."""
 
         buffer = self._buffers.get(name)

@@ -3,6 +3,8 @@ GPU and TensorRT, tried in that order."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from exporter.bundle.door import Bundle
 from exporter.bundle.engines import BuiltEngines
 from exporter.bundle.records import VariantRecord
@@ -15,14 +17,14 @@ from exporter.tensorrt.sidecar import engine_fit, read_sidecar
 from exporter.tensorrt.versions import import_tensorrt, tensorrt_problem
 
 
-def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str, dict[str, object]]]:
+def bundle_engines(opened: Bundle, record: VariantRecord) -> list[tuple[str, str, Mapping[str, object]]]:
     """The variant's engines the bundle holds, as ``(path, sha256, info)``: every engine set the
     manifest records as built, and the engines ``build_<profile>.sh`` wrote for a profile the
     manifest names (read through their sidecar ``model_pN.engine.json``; the manifest has no
     record of those). Nothing is trusted yet: ``tensorrt_runner`` checks each file through
     ``Bundle.file`` before TensorRT reads it."""
 
-    found: list[tuple[str, str, dict[str, object]]] = []
+    found: list[tuple[str, str, Mapping[str, object]]] = []
     for name, entry in opened.manifest.engines.items():
         rel = f"engines/{name}/model_{record.label}.engine"
         variant = entry.variants.get(record.label) if isinstance(entry, BuiltEngines) else None

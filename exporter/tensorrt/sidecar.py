@@ -7,7 +7,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
+
+from typing_extensions import NotRequired, TypedDict
 
 from exporter.core.errors import UsageError
 from exporter.core.files import write_atomic_bytes
@@ -58,7 +60,28 @@ class EngineInfo:
         write_atomic_bytes(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
 
 
-def read_sidecar(path: Path) -> dict[str, Any] | str:
+class Sidecar(TypedDict):
+    """A sidecar as ``read_sidecar`` returns it: every key of ``EngineInfo`` is there, and the ones
+    that say where an engine runs are text; the rest are as the file has them, unchecked."""
+
+    engine: str
+    engine_sha256: str
+    tensorrt: str
+    compute_capability: str
+    hardware_compatibility: str
+    gpu: str
+    onnx: object
+    onnx_sha256: object
+    profile: object
+    precision: object
+    typing: object
+    shapes: object
+    build_seconds: object
+    timing_cache: object
+    library: NotRequired[object]  # absent in sidecars written before it was recorded: TensorRT
+
+
+def read_sidecar(path: Path) -> Sidecar | str:
     """A sidecar's fields, or why it cannot be used (missing, too large, not ours): it is data
     from the bundle folder, read with the same suspicion as a manifest."""
     try:
@@ -74,11 +97,11 @@ def read_sidecar(path: Path) -> dict[str, Any] | str:
     texts = ("engine", "engine_sha256", "tensorrt", "compute_capability", "hardware_compatibility", "gpu")
     if not all(isinstance(data[k], str) for k in texts):
         return f"{path.name} is not a sidecar we wrote (a field that should be text is not)"
-    return data
+    return cast(Sidecar, data)  # its keys and texts checked above
 
 
 def engine_fit(
-    info: Mapping[str, Any], trt_version: str, cc: str, gpu: str, library: str = TENSORRT.name
+    info: Mapping[str, object], trt_version: str, cc: str, gpu: str, library: str = TENSORRT.name
 ) -> tuple[int, str]:
     """How well an engine described by ``info`` (a sidecar or its manifest record) fits this
     version of ``library`` and GPU: rank 0 same GPU model, 1 same compute capability, 2 hardware-compatible

@@ -16,10 +16,18 @@ import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Final
 
 from exporter.bundle.door import Bundle
-from exporter.bundle.engines import EngineSet, engine_set
+from exporter.bundle.engines import (
+    BuiltEngines,
+    EngineProfile,
+    EngineSet,
+    EngineVariant,
+    NotRunEngine,
+    NotRunEngines,
+    PendingEngines,
+)
 from exporter.bundle.manifest import MANIFEST, REPORT
 from exporter.bundle.onnxwire import onnx_node_names
 from exporter.bundle.reference import judged_rows, stored_reference
@@ -91,21 +99,26 @@ def write_engine_script(bundle: Path, manifest: Manifest, profile: Profile, onnx
     return path
 
 
+def profile_record(profile: Profile) -> EngineProfile:
+    """The manifest's record of ``profile``: every field but the file it was read from."""
+    return EngineProfile.model_validate(asdict(profile) | {"path": None})
+
+
 def pending_engines(bundle: str, profile: Profile, reason: str) -> EngineSet:
 
     script = {"script": f"engines/build_{profile.name}.sh"} if profile_library(profile).trtexec else {}
-    return engine_set(
+    return PendingEngines.model_validate(
         {
             "status": "pending (build on target)",
             "reason": reason,
-            "profile": asdict(profile) | {"path": None},
+            "profile": profile_record(profile),
             "command": shlex.join(["flexiexport", "engine", bundle, "--profile", profile.name]),
             **script,
         }
     )
 
 
-NOT_RUN = "built (not run)"  # TensorRT-RTX engines built on a CPU: judged only where a GPU runs them
+NOT_RUN: Final = "built (not run)"  # TensorRT-RTX engines built on a CPU: judged only where a GPU runs them
 
 
 def build_engines(
@@ -141,20 +154,18 @@ def build_engines(
     samples = manifest.options.parity_samples
     for item in plan:  # every refusal before the first build
         check_precision(trt.__version__, profile.precision, item.onnx_precision, item.available, library)
-    variants: dict[str, Any] = {}
+    built: dict[str, EngineVariant] = {}
+    not_run: dict[str, NotRunEngine] = {}
     for item in plan:
         record = next(v for v in manifest.variants if v.label == item.label)
         cache_out = out_root / cache if cache else None
         with stage(reporter, item.label, "engine", times):
             info = build_engine(bundle / item.onnx, out_root / item.engine, profile, item.shapes, cache_in, cache_out)
         cache_in = cache_out  # the next variant starts from what this one measured
+        # The sidecar names files beside the engine; the manifest, paths in the bundle.
+        made = asdict(info) | {"engine": item.engine, "onnx": item.onnx}
         if no_gpu is not None:  # TensorRT-RTX on a machine without a GPU: built, never run here
-            variants[item.label] = {
-                **asdict(info),
-                "engine": item.engine,
-                "onnx": item.onnx,
-                "status": "not run",
-            }
+            not_run[item.label] = NotRunEngine.model_validate(made | {"status": "not run"})
             continue
         with stage(reporter, item.label, "engine parity", times):
             planned, expected = stored_reference(bundle, manifest, record)
@@ -162,38 +173,30 @@ def build_engines(
             expected = judged_rows(samples, profile.precision, expected)
             runner = engine_runner(out_root / item.engine, library)
             cmp = check_parity(expected, runner, inputs, item.shapes.opt[0], tol, manifest.classifier)
-        variants[item.label] = {
-            **asdict(info),
-            "engine": item.engine,  # the sidecar names files beside it; the manifest, paths in the bundle
-            "onnx": item.onnx,
-            "tolerance": asdict(tol),
-            "parity": cmp.to_dict(),
-            "status": "passed" if cmp else "failed",
-        }
+        judged = {"tolerance": asdict(tol), "parity": cmp.to_dict(), "status": "passed" if cmp else "failed"}
+        built[item.label] = EngineVariant.model_validate(made | judged)
     if no_gpu is not None:
-        return engine_set(
-            {
-                "status": NOT_RUN,
-                "reason": no_gpu,
-                "profile": asdict(profile) | {"path": None},
-                "library": library.name,
-                "tensorrt": trt.__version__,
-                "compute_capability": profile.compute_capability or "portable",
-                "variants": variants,
-            }
+        return NotRunEngines(
+            status=NOT_RUN,
+            reason=no_gpu,
+            profile=profile_record(profile),
+            library=library.name,
+            tensorrt=trt.__version__,
+            compute_capability=profile.compute_capability or "portable",
+            variants=not_run,
         )
-    ok = all(v["status"] == "passed" for v in variants.values())
+    ok = all(v.status == "passed" for v in built.values())
     cache_file = out_root / cache if cache else None
     cached = cache_file is not None and cache_file.is_file()
-    return engine_set(
+    return BuiltEngines.model_validate(
         {
             "status": "built" if ok else "failed",
-            "profile": asdict(profile) | {"path": None},
+            "profile": profile_record(profile),
             "library": library.name,
             "gpu": gpu.name if gpu else "unknown",
             "compute_capability": gpu.compute_capability if gpu else "unknown",
             "tensorrt": trt.__version__,
-            "variants": variants,
+            "variants": built,
             **({"script": f"engines/build_{profile.name}.sh"} if library.trtexec else {}),
             **({"timing_cache": {"path": cache, "sha256": sha256_file(cache_file)}} if cached and cache_file else {}),
         }

@@ -114,7 +114,7 @@ SHAPES = EngineShapes((1, 3, 64, 64), (1, 3, 64, 64), (8, 3, 64, 64))
 
 @needs_rtx
 def test_antialiased_resize_is_refused_naming_the_node(tmp_path):
-    result = preflight_file(antialiased_resize(tmp_path / "aa.onnx"), SHAPES)
+    result = preflight_file(antialiased_resize(tmp_path / "aa.onnx"), SHAPES).to_dict()
     assert result["ok"] is False and result["stage"] == "parse" and result["library"] == "TensorRT-RTX"
     (error,) = result["errors"]
     assert error["node"] == "/pos_embed/Resize_aa" and error["op"] == "Resize"
@@ -125,7 +125,7 @@ def test_antialiased_resize_is_refused_naming_the_node(tmp_path):
 def test_not_onnx_and_missing_file_are_refused_with_the_parsers_words(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"\x00not onnx")
     for path in (tmp_path / "junk.onnx", tmp_path / "absent.onnx"):
-        result = preflight_file(path, SHAPES)
+        result = preflight_file(path, SHAPES).to_dict()
         assert result["ok"] is False and result["errors"] and result["errors"][0]["message"]
 
 
@@ -175,7 +175,7 @@ def test_dynamic_shared_weights_fp16_build_shows_the_column(tmp_path):
 def test_a_refused_file_is_exit_3_in_inspect_and_validate(tmp_path_factory, tmp_path):
     bundle = Path(shutil.copytree(built(tmp_path_factory, *HEADLINE, "--quiet").path, tmp_path / "b"))
     data = json.loads((bundle / "manifest.json").read_text())
-    data["variants"][0]["onnx"][PREFLIGHT] = preflight_file(antialiased_resize(tmp_path / "aa.onnx"), SHAPES)
+    data["variants"][0]["onnx"][PREFLIGHT] = preflight_file(antialiased_resize(tmp_path / "aa.onnx"), SHAPES).to_dict()
     (bundle / "manifest.json").write_text(json.dumps(data))
     shown = run_cli("inspect", str(bundle))
     assert "/pos_embed/Resize_aa" in shown.output and "FAILED" in shown.output

@@ -15,12 +15,15 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter.core.backends import RUNTIME_BACKENDS as BACKENDS
 from exporter.core.errors import BundleError, EnvironmentMissing, FlexiExportError, UsageError
 from exporter.core.machine import available_cores, cap_threads
 from exporter.parity.runner import Runner
+
+if TYPE_CHECKING:
+    from onnxruntime import OrtValue
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Load:
     path: Path
     threads: int
     model: Callable[[], object] | None = None
-    initializers: Mapping[str, Any] = field(default_factory=dict)
+    initializers: Mapping[str, OrtValue] = field(default_factory=dict)
 
 
 Factory = Callable[[Load], Runner]
@@ -76,7 +79,7 @@ def runner_for(
     path: Path,
     threads: int | None = None,
     model: Callable[[], object] | None = None,
-    initializers: Mapping[str, Any] | None = None,
+    initializers: Mapping[str, OrtValue] | None = None,
 ) -> Runner:
     """The registered backend ``name``'s runner on ``path``, for a backend ``problem_of`` found
     present (each caller says absence its own way: ``load_runner``, bench's skip lines)."""
@@ -93,7 +96,7 @@ def backend_problem(backend: str) -> str | None:
 
 
 def load_runner(
-    path: Path, backend: str, threads: int | None = None, initializers: Mapping[str, Any] | None = None
+    path: Path, backend: str, threads: int | None = None, initializers: Mapping[str, OrtValue] | None = None
 ) -> Runner:
     """The runtime's ``backend``'s runner on ``path`` (an ONNX file, or an engine for ``tensorrt``);
     ``initializers`` (shared OrtValues) only for ``ort-cpu``."""

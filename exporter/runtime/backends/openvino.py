@@ -32,7 +32,7 @@ class OpenVinoRunner(Runner):
 
     def __init__(self, path: Path, backend: str = "openvino", threads: int | None = None) -> None:
         core = openvino_core()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if backend == "openvino-bf16" else "f32"}
+        config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": "bf16" if backend == "openvino-bf16" else "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         with refused_file(path, "OpenVINO"):

@@ -6,13 +6,16 @@ import functools
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from exporter.bundle.manifest import static_batch
-from exporter.parity.runner import Runner
+from exporter.parity.runner import Runner, RunnerDetails
 from exporter.runtime.backends.base import Load, file_dims, refused_file, register
+
+if TYPE_CHECKING:
+    from onnxruntime import OrtValue
 
 PROVIDERS = {
     "ort-tensorrt": "TensorrtExecutionProvider",
@@ -32,7 +35,7 @@ class OrtRunner(Runner):
         path: Path,
         backend: str = "ort-cpu",
         threads: int | None = None,
-        initializers: Mapping[str, Any] | None = None,
+        initializers: Mapping[str, OrtValue] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -50,8 +53,11 @@ class OrtRunner(Runner):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         static = static_batch(inp.shape)
-        details = {"providers": self.session.get_providers(), "shared_initializers": len(initializers or {})}
-        details["shapes"] = [file_dims(inp.shape), file_dims(self.session.get_outputs()[0].shape)]
+        details: RunnerDetails = {
+            "providers": self.session.get_providers(),
+            "shared_initializers": len(initializers or {}),
+            "shapes": [file_dims(inp.shape), file_dims(self.session.get_outputs()[0].shape)],
+        }
         super().__init__(backend, path, static or 1, static, details)
         self.borrowed = dict(initializers or {})  # memory the session uses, kept alive with it
 
