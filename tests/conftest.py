@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner, Result
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` (pyproject's default) each worker takes its share of the cores for
+    torch's own threads: N workers with every core each only oversubscribe the machine."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        from exporter.core.machine import available_cores
+
+        torch.set_num_threads(max(1, available_cores() // int(workers)))
+
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 # bench options for a functional run, not a measurement: two timed runs after one warm-up.
@@ -113,11 +126,21 @@ GRID = ("build", "-p", "16", "32", "--img-size", "48", "64", "--parity-samples",
 
 
 @dataclass(frozen=True)
+class Ran:
+    """What a CLI run printed and returned (click's Result as a record the workers can share)."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    output: str
+
+
+@dataclass(frozen=True)
 class Built:
     """A bundle built once per test session, the build's CLI result, and the digest of its files."""
 
     path: Path
-    result: Result
+    result: Ran
     digest: str
 
 
@@ -149,12 +172,35 @@ def built(
     The end of each module checks that the bundles it asked for are unchanged."""
     key = (name, *args)
     if key not in _BUILT:
-        out = tmp_path_factory.mktemp("built") / name
-        result = run_cli(*args, "--out", str(out))
-        assert result.exit_code in codes, f"exit {result.exit_code}: " + result.output + result.stderr
-        _BUILT[key] = Built(out, result, tree_digest(out))
+        with shared_record(tmp_path_factory, key) as record:
+            if record.is_file():  # another worker of this run built it
+                data = json.loads(record.read_text())
+                _BUILT[key] = Built(Path(data["path"]), Ran(**data["result"]), data["digest"])
+            else:
+                out = tmp_path_factory.mktemp("built") / name
+                result = run_cli(*args, "--out", str(out))
+                assert result.exit_code in codes, f"exit {result.exit_code}: " + result.output + result.stderr
+                ran = Ran(result.exit_code, result.stdout, result.stderr, result.output)
+                _BUILT[key] = Built(out, ran, tree_digest(out))
+                record.write_text(json.dumps({"path": str(out), "result": asdict(ran), "digest": _BUILT[key].digest}))
     _TOUCHED.add(key)
     return _BUILT[key]
+
+
+@contextmanager
+def shared_record(tmp_path_factory: pytest.TempPathFactory, key: tuple[str, ...]) -> Iterator[Path]:
+    """The file recording the build of ``key`` in this run, locked while the block runs: under
+    ``pytest -n`` (pyproject's default) the workers of one run build each kind of bundle once
+    between them (each worker's temporary folder is below the run's own)."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built-bundles"
+    shared.mkdir(exist_ok=True)
+    tag = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
+    with open(shared / f"{tag}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield shared / f"{tag}.json"
 
 
 def copy_into(bundle: Path, folder: Path) -> Path:
@@ -163,7 +209,7 @@ def copy_into(bundle: Path, folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cached_bundles_unchanged() -> Iterator[None]:
+def _cached_bundles_unchanged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fails the module that changed a shared bundle (tests must change a copy), then drops it from
     the cache so that later modules get a fresh build."""
     _TOUCHED.clear()
@@ -171,6 +217,8 @@ def _cached_bundles_unchanged() -> Iterator[None]:
     changed = [key for key in sorted(_TOUCHED) if tree_digest(_BUILT[key].path) != _BUILT[key].digest]
     for key in changed:
         del _BUILT[key]
+        with shared_record(tmp_path_factory, key) as record:
+            record.unlink(missing_ok=True)
     assert not changed, f"this module changed the shared bundle(s) built by {changed}: copy before changing"
 
 
@@ -178,9 +226,9 @@ def _cached_bundles_unchanged() -> Iterator[None]:
 # build on the CPU: a third of a build's time here. Its record is a function of the file's bytes, its
 # external data, the shapes and the target (engines are byte-identical across builds), and the
 # session builds the same files again and again (the demo's p16 in a dozen bundles). So each distinct
-# file is preflighted once per session, by the real library, and a build that writes the same bytes
-# gets that record. Tests about the preflight itself take ``real_preflight`` and run it every time.
-_PREFLIGHTS: dict[tuple[object, ...], dict] = {}
+# file is preflighted once per session (under ``pytest -n``, once for all the workers of the run), by
+# the real library, and a build that writes the same bytes gets that record (read back from its
+# JSON). Tests about the preflight itself take ``real_preflight`` and run it every time.
 _PREFLIGHT_MEMO = {"on": True}
 
 
@@ -197,9 +245,7 @@ def file_key(path: Path) -> str | None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _preflight_once_per_file() -> Iterator[None]:
-    import copy
-
+def _preflight_once_per_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     from exporter.tensorrt import preflight
 
     real = preflight.preflight_file
@@ -208,10 +254,11 @@ def _preflight_once_per_file() -> Iterator[None]:
         key = file_key(path)
         if key is None or not _PREFLIGHT_MEMO["on"]:
             return real(path, shapes, compute_capability, library)
-        known = (key, shapes, compute_capability, library.key)
-        if known not in _PREFLIGHTS:
-            _PREFLIGHTS[known] = real(path, shapes, compute_capability, library)
-        return copy.deepcopy(_PREFLIGHTS[known])
+        known = repr((key, shapes, compute_capability, library.key))
+        with shared_record(tmp_path_factory, ("preflight", known)) as record:  # once per run, all workers
+            if not record.is_file():
+                record.write_text(json.dumps(real(path, shapes, compute_capability, library).to_dict()))
+            return preflight.Preflight.model_validate_json(record.read_text())
 
     preflight.preflight_file = once  # what the pipeline's preflight_records looks up at each call
     yield
