@@ -9,11 +9,10 @@ backends asked for.
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +33,7 @@ from exporter.parity.runner import Runner
 from exporter.tensorrt.select import tensorrt_here, tensorrt_runner
 
 if TYPE_CHECKING:
-    from exporter.runtime.artefacts import BenchFile, MachineInfo, TimingRecord
+    from exporter.runtime.artefacts import BenchFile, MachineInfo
 
 
 @dataclass(frozen=True)
@@ -56,10 +55,6 @@ class Timing:
     measured_at: str = ""  # UTC, ISO 8601: bench.json keeps rows of earlier runs (merge_reports)
     threads: int = 0
     img_size: tuple[int, int] = (0, 0)  # the variant's (a grid has several per patch size)
-
-    def record(self) -> TimingRecord:
-        """As bench.json has it (``asdict``'s keys, in its order)."""
-        return cast("TimingRecord", asdict(self))
 
 
 @dataclass(frozen=True)
@@ -176,6 +171,24 @@ def merge_reports(previous: Any, report: BenchReport) -> tuple[BenchFile, str]:
     return merged, note
 
 
+def row_key(row: Mapping[str, object], *more: str) -> tuple[object, ...]:
+    """A row's (backend, variant, batch, *more) as read from a file, compared as ever (1 == 1.0, a
+    list as a tuple) and never unhashable: a part that is an object or nests a list matches no row."""
+    parts: list[object] = []
+    for name in ("backend", "variant", "batch", *more):
+        value = row.get(name)
+        value = tuple(value) if isinstance(value, list) else value
+        if not all(isinstance(v, str | int | float | None) for v in (value if isinstance(value, tuple) else (value,))):
+            return (object(),)  # equal to nothing
+        parts.append(value)
+    return tuple(parts)
+
+
+def str_in(value: object, names: Collection[str]) -> bool:
+    """``value in names`` for a value read from a file (a list there is in no set of names)."""
+    return isinstance(value, str) and value in names
+
+
 def _merge_same_machine(previous: dict[str, object] | None, report: BenchReport) -> tuple[BenchFile, str]:
     """``merge_reports`` for an earlier file of this same machine (None: there is none); its
     rows that this run does not replace are kept as they were read."""
@@ -184,22 +197,19 @@ def _merge_same_machine(previous: dict[str, object] | None, report: BenchReport)
     if previous is None or not isinstance(timings, list):
         return new, ""
 
-    def key(t: Mapping[str, object], *more: str) -> str:  # as text: a row read may hold lists
-        return json.dumps([t.get(k) for k in ("backend", "variant", "batch", *more)], sort_keys=True)
-
-    fresh = {key(t) for t in new["timings"]}
+    fresh = {row_key(t) for t in new["timings"]}
     earlier = [t for t in timings if isinstance(t, dict)]
-    kept = [t for t in earlier if key(t) not in fresh]
+    kept = [t for t in earlier if row_key(t) not in fresh]
     ran = {t.backend for t in report.timings} | {s.backend for s in report.skipped}
     skipped = previous.get("skipped")
     old_skips: list[Any] = skipped if isinstance(skipped, list) else []
     new["timings"] = [*kept, *new["timings"]]
-    still_skipped = [s for s in old_skips if isinstance(s, dict) and s.get("backend") not in ran]
+    still_skipped = [s for s in old_skips if isinstance(s, dict) and not str_in(s.get("backend"), ran)]
     new["skipped"] = [*new["skipped"], *still_skipped]
     costs = previous.get("resample")
     if isinstance(costs, list):  # same rule, keyed by size too
-        fresh = {key(r, "img_size") for r in new["resample"]}
-        kept_costs = [r for r in costs if isinstance(r, dict) and key(r, "img_size") not in fresh]
+        fresh = {row_key(r, "img_size") for r in new["resample"]}
+        kept_costs = [r for r in costs if isinstance(r, dict) and row_key(r, "img_size") not in fresh]
         new["resample"] = [*kept_costs, *new["resample"]]
     if not kept:
         return new, f"replaced all {len(earlier)} rows of the previous bench.json" if earlier else ""

@@ -7,13 +7,10 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from exporter.runtime.artefacts import CeilingRecord
 
 
 class Timed(Protocol):
@@ -64,10 +61,6 @@ class Ceiling:
         if backend == "ort-cpu int8":
             return self.int8_matmul_gops
         return None  # GPUs, and fp16 on a CPU (no fast path in onnxruntime's CPU provider)
-
-    def record(self) -> CeilingRecord:
-        """As bench.json has it (``asdict``'s keys, in its order)."""
-        return cast("CeilingRecord", asdict(self))
 
 
 def ort_matmul_gflops(size: int, threads: int, options: Timed) -> float:

@@ -4,16 +4,12 @@ seeded input and percentiles every timing uses."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from exporter.core.backends import BENCH_BACKENDS as BACKENDS
 from exporter.core.errors import UsageError, param
 from exporter.core.machine import available_cores, cap_threads
-
-if TYPE_CHECKING:
-    from exporter.runtime.artefacts import SkippedRecord
 
 MAX_RUNS, MAX_WARMUP, MAX_SECONDS = 100_000, 10_000, 3600.0  # per case: a limit, not a measurement
 
@@ -53,10 +49,6 @@ class BenchOptions:
 class Skipped:
     backend: str
     reason: str
-
-    def record(self) -> SkippedRecord:
-        """As bench.json has it."""
-        return {"backend": self.backend, "reason": self.reason}
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from exporter.bundle.door import Bundle
 from exporter.core.errors import BundleError
@@ -16,9 +16,6 @@ from exporter.measure.backends import bench_runner
 from exporter.measure.ceiling import measure
 from exporter.measure.options import BenchOptions, Skipped, bench_input, percentile
 from exporter.parity.runner import Runner
-
-if TYPE_CHECKING:
-    from exporter.runtime.artefacts import ResampleRecord
 
 
 @dataclass(frozen=True)
@@ -39,10 +36,6 @@ class ResampleCost:
     extra_ms: float
     extra_percent: float
     measured_at: str = ""
-
-    def record(self) -> ResampleRecord:
-        """As bench.json has it (``asdict``'s keys, in its order)."""
-        return cast("ResampleRecord", asdict(self))
 
 
 def timed_pair(

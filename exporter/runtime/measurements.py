@@ -189,7 +189,11 @@ def checked_eval(data: Any, where: str, variants: Collection[str]) -> CheckedEva
 def _eval_problem(row: Any, variants: Collection[str]) -> str:
     if not isinstance(row, dict):
         return f"a {type(row).__name__}, not a record"
-    if not isinstance(row.get("backend"), str) or row.get("variant") not in variants:
+    if (
+        not isinstance(row.get("backend"), str)
+        or not isinstance(row.get("variant"), str)
+        or row["variant"] not in variants
+    ):
         return "its backend or variant is not one of this bundle"
     top1 = finite_number(row.get("top1"))
     if top1 is None or not 0 <= top1 <= 1:
@@ -229,7 +233,7 @@ def merge_latency(
     mine = next((s for s in sections if same_machine(s.get("machine"), here)), None)
     found = mine.get("rows") if mine is not None else None
     earlier: list[Any] = found if isinstance(found, list) else []
-    kept: list[LatencyRow] = [r for r in earlier if key(r) not in fresh and not row_problem(r, variants)]
+    kept: list[LatencyRow] = [r for r in earlier if not row_problem(r, variants) and key(r) not in fresh]
     section: LatencyFile = {**(mine or {}), "machine": here, "rows": [*kept, *rows]}
     others = [s for s in sections if s is not mine and s.get("rows") != []]  # an empty section holds nothing
     return {**section, "other_machines": others} if others else section

@@ -219,6 +219,7 @@ def test_bench_keeps_another_machines_bench_json() -> None:
         {"timings": [{"backend": "ort-cpu", "variant": "p16", "batch": [1]}]},  # a list where a number goes
         {"timings": [], "resample": [{"backend": "ort-cpu", "img_size": 5}]},
         {"timings": [], "resample": [{"backend": "ort-cpu", "img_size": [[64], {"h": 64}]}]},
+        {"timings": [], "skipped": [{"backend": ["ort-cpu"], "reason": "a list"}]},
     ],
 )
 def test_bench_merges_into_an_earlier_bench_json_whatever_its_rows_hold(earlier: dict) -> None:
@@ -231,6 +232,33 @@ def test_bench_merges_into_an_earlier_bench_json_whatever_its_rows_hold(earlier:
     merged, _ = merge_reports({"machine": {"cpu": "c", "gpu": None}, **earlier}, report)
     assert merged["timings"][-1]["p99_ms"] == 2.0
     assert [*merged["timings"][:-1], *merged["resample"]] == [*earlier["timings"], *earlier.get("resample", [])]
+    assert list(merged["skipped"]) == earlier.get("skipped", [])
+
+
+def test_bench_replaces_an_earlier_row_whose_batch_reads_as_a_float() -> None:
+    from exporter.measure.bench import BenchReport, Ceiling, Timing, merge_reports
+
+    timing = Timing("ort-cpu", "p16", (16, 16), 1, 2, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0, None, 1.0, 0.1)
+    report = BenchReport({"cpu": "c", "gpu": None}, 2, Ceiling(64, 1.0, 1.0), (timing,))
+    earlier = {
+        "machine": {"cpu": "c", "gpu": None},
+        "timings": [{"backend": "ort-cpu", "variant": "p16", "batch": 1.0}],
+    }
+    merged, note = merge_reports(earlier, report)
+    assert [t["p99_ms"] for t in merged["timings"]] == [
+        2.0
+    ] and note == "replaced all 1 rows of the previous bench.json"
+
+
+def test_rows_that_hold_lists_never_crash_the_latency_merge_or_the_eval_check() -> None:
+    from exporter.runtime.measurements import checked_eval, merge_latency
+
+    here = machine_key()
+    earlier = {"machine": here, "rows": [{"backend": "ort-cpu", "variant": "p16", "batch": [1], "p50_ms": 1.0}]}
+    row = {"backend": "ort-cpu", "variant": "p16", "batch": 1, "p50_ms": 1.0, "p99_ms": 2.0}
+    assert merge_latency(earlier, here, [row], {"p16"})["rows"] == [row]  # the unusable row dropped, as ever
+    result = {"backend": "ort-cpu", "variant": ["p16"], "top1": 0.5, "patch_size": [16, 16]}
+    assert checked_eval({"results": [result]}, "eval.json", {"p16"}) is None
 
 
 def test_the_merge_note_names_other_machines_on_one_line() -> None:
