@@ -176,22 +176,25 @@ def built(
             if record.is_file():  # another worker of this run built it
                 data = json.loads(record.read_text())
                 _BUILT[key] = Built(Path(data["path"]), Ran(**data["result"]), data["digest"])
+                changed = tree_digest(_BUILT[key].path) != _BUILT[key].digest
+                assert not changed, f"the shared bundle built by {key} was changed (by a module on another worker)"
             else:
                 out = tmp_path_factory.mktemp("built") / name
                 result = run_cli(*args, "--out", str(out))
-                assert result.exit_code in codes, f"exit {result.exit_code}: " + result.output + result.stderr
                 ran = Ran(result.exit_code, result.stdout, result.stderr, result.output)
                 _BUILT[key] = Built(out, ran, tree_digest(out))
-                record.write_text(json.dumps({"path": str(out), "result": asdict(ran), "digest": _BUILT[key].digest}))
+                write_record(record, {"path": str(out), "result": asdict(ran), "digest": _BUILT[key].digest})
+    ran = _BUILT[key].result
+    assert ran.exit_code in codes, f"exit {ran.exit_code}: " + ran.output + ran.stderr
     _TOUCHED.add(key)
     return _BUILT[key]
 
 
 @contextmanager
 def shared_record(tmp_path_factory: pytest.TempPathFactory, key: tuple[str, ...]) -> Iterator[Path]:
-    """The file recording the build of ``key`` in this run, locked while the block runs: under
-    ``pytest -n`` (pyproject's default) the workers of one run build each kind of bundle once
-    between them (each worker's temporary folder is below the run's own)."""
+    """The file recording what was made for ``key`` in this run (a bundle's build, a file's
+    preflight), locked while the block runs: under ``pytest -n`` (pyproject's default) the workers
+    of one run make each once between them (each worker's temporary folder is below the run's own)."""
     import fcntl
 
     base = tmp_path_factory.getbasetemp()
@@ -201,6 +204,13 @@ def shared_record(tmp_path_factory: pytest.TempPathFactory, key: tuple[str, ...]
     with open(shared / f"{tag}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield shared / f"{tag}.json"
+
+
+def write_record(path: Path, data: object) -> None:
+    """``data`` as JSON at ``path``, whole or not at all (renamed into place)."""
+    part = path.with_suffix(".part")
+    part.write_text(json.dumps(data))
+    os.replace(part, path)
 
 
 def copy_into(bundle: Path, folder: Path) -> Path:
@@ -257,7 +267,7 @@ def _preflight_once_per_file(tmp_path_factory: pytest.TempPathFactory) -> Iterat
         known = repr((key, shapes, compute_capability, library.key))
         with shared_record(tmp_path_factory, ("preflight", known)) as record:  # once per run, all workers
             if not record.is_file():
-                record.write_text(json.dumps(real(path, shapes, compute_capability, library).to_dict()))
+                write_record(record, real(path, shapes, compute_capability, library).to_dict())
             return preflight.Preflight.model_validate_json(record.read_text())
 
     preflight.preflight_file = once  # what the pipeline's preflight_records looks up at each call

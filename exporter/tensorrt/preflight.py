@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from exporter.bundle.manifest import INPUT_NAME, PREFLIGHT
 from exporter.bundle.records import OnnxEntry, Preflight, PreflightError, PreflightSkipped, ReducedEntry, VariantRecord
 from exporter.core.progress import Reporter, stage
@@ -96,6 +98,8 @@ def preflight_file(
         if serialized is None:
             return record.but(errors=_logged(logger) or [_error("the builder returned no engine")])
         engine = bytes(serialized)
+    except ValidationError:  # a record we built wrong: our bug (exit 1), not the library's refusal
+        raise
     except (RuntimeError, TypeError, ValueError) as exc:  # the bindings' own exceptions
         return record.but(errors=[_error(f"{type(exc).__name__}: {exc}")])
     return record.but(
