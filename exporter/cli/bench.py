@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from typing_extensions import TypedDict, Unpack
 
 from exporter.cli.group import cli, debug_option
 from exporter.cli.params import (
@@ -21,6 +22,21 @@ from exporter.cli.render import (
 from exporter.cli.tables import print_bench
 from exporter.core.backends import BENCH_BACKENDS
 from exporter.core.files import write_atomic
+
+
+class BenchFlags(TypedDict):
+    """``bench``'s options, as Click passes them."""
+
+    batch_sizes: str
+    backends: str
+    threads: int | None
+    runs: int
+    min_seconds: float
+    warmup: int
+    weights: Path | None
+    quiet: bool
+    wide: bool
+    debug: bool
 
 
 @cli.command(cls=BenchCommand)
@@ -40,7 +56,7 @@ from exporter.core.files import write_atomic
 @click.option("--quiet", "-q", is_flag=True, help="Print only the table.")
 @click.option("--wide", is_flag=True, help="Every column of the table (p90, GFLOP per image and per second).")
 @debug_option
-def bench(bundle: Path, **kw: Any) -> None:
+def bench(bundle: Path, **kw: Unpack[BenchFlags]) -> None:
     """Latency and throughput per variant, backend and batch size; writes bench.json and a plot."""
     import json
 

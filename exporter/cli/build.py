@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import click
+from typing_extensions import TypedDict, Unpack
 
 from exporter.cli.group import cli, debug_option
 from exporter.cli.params import (
@@ -26,6 +26,45 @@ from exporter.cli.render import (
 )
 from exporter.core.errors import ValidationFailed
 from exporter.core.precision import PRECISIONS, Precision
+from exporter.core.sizes import Size2
+
+
+class BuildFlags(TypedDict):
+    """``build``'s options, as Click passes them (the greedy ones joined with commas)."""
+
+    model_name: str | None
+    weights: Path | None
+    pretrained: bool
+    patch_sizes: tuple[tuple[Size2, ...], ...]
+    img_size: str
+    out: Path | None
+    opset: int
+    batch: str
+    labels_file: Path | None
+    shared_weights: bool
+    exporter: str
+    precision: str | None
+    calib_dir: Path | None
+    parity_samples: int
+    seed: int
+    atol: float
+    rtol: float
+    interpolation: str | None
+    antialias: bool | None
+    pos_interpolation: str | None
+    pos_antialias: bool | None
+    num_heads: int | None
+    strict: bool
+    trust_checkpoint: bool
+    use_ema: bool
+    threads: int | None
+    profile: str | None
+    engines: str
+    force: bool
+    resume: bool
+    quiet: bool
+    wide: bool
+    debug: bool
 
 
 @cli.command(cls=BuildCommand)
@@ -150,7 +189,7 @@ from exporter.core.precision import PRECISIONS, Precision
 )
 @click.option("--wide", is_flag=True, help="Every column of the variant table (it needs about 130 columns).")
 @debug_option
-def build(**kw: Any) -> None:
+def build(**kw: Unpack[BuildFlags]) -> None:
     """Resize, export and check one model per patch size, and write a bundle.
 
     \b

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
+from typing_extensions import TypedDict, Unpack
 
 from exporter.cli.group import cli, debug_option
 from exporter.cli.params import (
@@ -17,7 +17,23 @@ from exporter.cli.render import (
     safe,
 )
 from exporter.core.errors import UsageError
-from exporter.core.sizes import format_size, grid_for, to_size2
+from exporter.core.sizes import Size2, format_size, grid_for, to_size2
+
+
+class ResizeFlags(TypedDict):
+    """``resize``'s options, as Click passes them."""
+
+    src: Path
+    dst: Path
+    key: str
+    patch: tuple[Size2, ...]
+    img_size: str | None
+    pos_key: str | None
+    interpolation: str
+    antialias: bool
+    trust_checkpoint: bool
+    force: bool
+    debug: bool
 
 
 @cli.command(cls=ResizeCommand)
@@ -47,7 +63,7 @@ from exporter.core.sizes import format_size, grid_for, to_size2
 @click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints that need pickled code.")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 @debug_option
-def resize(**kw: Any) -> None:
+def resize(**kw: Unpack[ResizeFlags]) -> None:
     """PI-resize a checkpoint's patch embedding (the seed project's converter).
 
     \b

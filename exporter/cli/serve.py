@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from typing_extensions import TypedDict, Unpack
 
 from exporter.cli.group import cli, debug_option
 from exporter.cli.params import RUNTIME_BACKEND_HELP
@@ -30,6 +31,21 @@ from exporter.deploy.server import (
 )
 
 
+class ServeFlags(TypedDict):
+    """``serve``'s options, as Click passes them."""
+
+    port: int
+    grpc_port: int | None
+    binary: Path | None
+    backend: str
+    precision: str
+    max_batch: int | None
+    dynamic_batching: bool
+    ready_timeout: float
+    verbose: bool
+    debug: bool
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--port", type=int, default=8000, show_default=True, help="HTTP port on 127.0.0.1 (0: any free port).")
@@ -47,7 +63,7 @@ from exporter.deploy.server import (
 @click.option("--ready-timeout", type=float, default=300, show_default=True, help="Seconds to wait for the models.")
 @click.option("--verbose", is_flag=True, help="Show the server's own log.")
 @debug_option
-def serve(bundle: Path, **kw: Any) -> None:
+def serve(bundle: Path, **kw: Unpack[ServeFlags]) -> None:
     """Serve a bundle on a local Triton Inference Server until Ctrl-C (or SIGTERM).
 
     The 'flexivit' model takes uint8 images [N, H, W, 3] (or pixel_values) and the request

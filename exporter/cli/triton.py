@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import click
+from typing_extensions import TypedDict, Unpack
 
 from exporter.bundle.schema import Manifest
 from exporter.cli.group import cli, debug_option
@@ -28,6 +28,18 @@ def repository_max_batch(manifest: Manifest, max_batch: int | None) -> int:
     if not 1 <= max_batch <= 4096:  # the largest batch a bundle's profile may record
         raise UsageError(f"--max-batch must be 1 to 4096, got {max_batch}")
     return max_batch
+
+
+class TritonFlags(TypedDict):
+    """``triton``'s options, as Click passes them."""
+
+    backend: str
+    max_batch: int | None
+    precision: str
+    runtime_backend: str
+    dynamic_batching: bool
+    force: bool
+    debug: bool
 
 
 @cli.command()
@@ -67,7 +79,7 @@ def repository_max_batch(manifest: Manifest, max_batch: int | None) -> int:
 )
 @click.option("--force", is_flag=True, help="Replace an existing repository.")
 @debug_option
-def triton(bundle: Path, repo: Path, **kw: Any) -> None:
+def triton(bundle: Path, repo: Path, **kw: Unpack[TritonFlags]) -> None:
     """Write a Triton Inference Server model repository, one model per variant."""
     from exporter.bundle.door import Bundle
     from exporter.bundle.write import check_replaceable_repository, staging_folder, swap_into_place

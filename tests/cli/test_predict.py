@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import click
 import pytest
 
 from conftest import build_demo, copy_into, one_line_error, refused, run_cli
@@ -67,12 +66,3 @@ def test_a_precision_the_bundle_lacks_is_exit_2_saying_what_to_build(demo):
         assert result.exit_code == 2 and one_line_error(result) == wanted, result.stderr
     result = run_cli("serve", str(demo), "--precision", "fp16")  # refused before any server starts
     assert result.exit_code == 2 and one_line_error(result) == wanted, result.stderr
-
-
-def test_predicts_typed_flags_are_its_click_options() -> None:
-    """``PredictFlags`` types what Click passes ``predict``: an option added to one and not the
-    other fails here (mypy cannot see Click's keyword arguments)."""
-    from exporter.cli.predict import PredictFlags, predict
-
-    options = {p.name for p in predict.params if isinstance(p, click.Option)}
-    assert set(PredictFlags.__annotations__) == options
