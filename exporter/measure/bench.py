@@ -12,7 +12,7 @@ from __future__ import annotations
 import platform
 import resource
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +30,7 @@ from exporter.measure.ceiling import Ceiling, measure, measure_ceiling
 from exporter.measure.options import BenchOptions, Skipped, bench_input, percentile
 from exporter.measure.resample import ResampleCost, resample_costs
 from exporter.parity.runner import Runner
+from exporter.runtime.measurements import row_key, str_in
 from exporter.tensorrt.select import tensorrt_here, tensorrt_runner
 
 if TYPE_CHECKING:
@@ -169,24 +170,6 @@ def merge_reports(previous: Any, report: BenchReport) -> tuple[BenchFile, str]:
         kept = printable(", ".join(f"{m[0]}, GPU {m[1]}" for m in map(machine_of, others)))
         note = "; ".join(filter(None, [note, f"kept the rows of {len(others)} other machine(s) ({kept})"]))
     return merged, note
-
-
-def row_key(row: Mapping[str, object], *more: str) -> tuple[object, ...]:
-    """A row's (backend, variant, batch, *more) as read from a file, compared as ever (1 == 1.0, a
-    list as a tuple) and never unhashable: a part that is an object or nests a list matches no row."""
-    parts: list[object] = []
-    for name in ("backend", "variant", "batch", *more):
-        value = row.get(name)
-        value = tuple(value) if isinstance(value, list) else value
-        if not all(isinstance(v, str | int | float | None) for v in (value if isinstance(value, tuple) else (value,))):
-            return (object(),)  # equal to nothing
-        parts.append(value)
-    return tuple(parts)
-
-
-def str_in(value: object, names: Collection[str]) -> bool:
-    """``value in names`` for a value read from a file (a list there is in no set of names)."""
-    return isinstance(value, str) and value in names
 
 
 def _merge_same_machine(previous: dict[str, object] | None, report: BenchReport) -> tuple[BenchFile, str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -111,6 +111,24 @@ def valid_rows(rows: Any, where: str, variants: Collection[str], bench: bool = F
     return kept
 
 
+def row_key(row: Mapping[str, object], *more: str) -> tuple[object, ...]:
+    """A row's (backend, variant, batch, *more) as read from a file, compared as ever (1 == 1.0, a
+    list as a tuple) and never unhashable: a part that is an object or nests a list matches no row."""
+    parts: list[object] = []
+    for name in ("backend", "variant", "batch", *more):
+        value = row.get(name)
+        value = tuple(value) if isinstance(value, list) else value
+        if not all(isinstance(v, str | int | float | None) for v in (value if isinstance(value, tuple) else (value,))):
+            return (object(),)  # equal to nothing
+        parts.append(value)
+    return tuple(parts)
+
+
+def str_in(value: object, names: Collection[str]) -> bool:
+    """``value in names`` for a value read from a file (a list there is in no set of names)."""
+    return isinstance(value, str) and value in names
+
+
 def same_machine(machine: Any, here: dict[str, str]) -> bool:
     """A section's ``machine`` is this one: same CPU model, and same machine type where recorded."""
     if not isinstance(machine, dict) or machine.get("cpu") != here["cpu"]:
@@ -189,11 +207,7 @@ def checked_eval(data: Any, where: str, variants: Collection[str]) -> CheckedEva
 def _eval_problem(row: Any, variants: Collection[str]) -> str:
     if not isinstance(row, dict):
         return f"a {type(row).__name__}, not a record"
-    if (
-        not isinstance(row.get("backend"), str)
-        or not isinstance(row.get("variant"), str)
-        or row["variant"] not in variants
-    ):
+    if not isinstance(row.get("backend"), str) or not str_in(row.get("variant"), variants):
         return "its backend or variant is not one of this bundle"
     top1 = finite_number(row.get("top1"))
     if top1 is None or not 0 <= top1 <= 1:
@@ -225,15 +239,12 @@ def merge_latency(
     the same (backend, variant, batch) replaced, and those it cannot use dropped (a variant this
     bundle lacks, a latency that is not one); every other machine's section kept as it was."""
 
-    def key(r: Any) -> tuple[Any, ...]:
-        return (r.get("backend"), r.get("variant"), r.get("batch")) if isinstance(r, dict) else (id(r),)
-
-    fresh = {key(r) for r in rows}
+    fresh = {row_key(r) for r in rows}
     sections = latency_sections(previous, LATENCY)
     mine = next((s for s in sections if same_machine(s.get("machine"), here)), None)
     found = mine.get("rows") if mine is not None else None
     earlier: list[Any] = found if isinstance(found, list) else []
-    kept: list[LatencyRow] = [r for r in earlier if not row_problem(r, variants) and key(r) not in fresh]
+    kept: list[LatencyRow] = [r for r in earlier if not row_problem(r, variants) and row_key(r) not in fresh]
     section: LatencyFile = {**(mine or {}), "machine": here, "rows": [*kept, *rows]}
     others = [s for s in sections if s is not mine and s.get("rows") != []]  # an empty section holds nothing
     return {**section, "other_machines": others} if others else section
